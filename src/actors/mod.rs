@@ -1,0 +1,62 @@
+//! The actors. Message flow:
+//!
+//! ```text
+//!  client ──frames──▶ Session ──JoinRoom/LeaveRoom/Publish──▶ RoomRegistry ──(same msg)──▶ Room
+//!     ▲                  │                                        ▲                          │
+//!     └──── socket ◀── Outbox ◀──────── shared frame bytes ───────┼──────────────────────────┘
+//!                                                                 │
+//!  REST handlers, Stats, activities ──Publish────────────────────┘
+//! ```
+//!
+//! * [`session::Session`] — one per client connection; parses frames, checks permissions, asks
+//!   the registry, answers errors. Owns the connection's [`Outbox`].
+//! * [`registry::RoomRegistry`] — owns the room table; creates rooms on demand, routes every
+//!   join/leave/publish/query to the right room, retires idle rooms.
+//! * [`room::Room`] — one per room, spread over a pool of threads; assigns offsets, keeps
+//!   history and presence, and fans each message out by pushing one shared buffer into every
+//!   member's outbox.
+//! * [`stats::StatsPublisher`] — publishes `stats` into `system` on an interval.
+
+pub mod registry;
+pub mod room;
+pub mod session;
+pub mod stats;
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use crate::auth::UserInfo;
+use crate::transport::outbox::Outbox;
+
+/// Process-unique session number (internal key of member tables).
+pub type SessionId = u64;
+
+/// Why a room removed a member on its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EvictReason {
+    /// Its outbound queue was full.
+    SlowConsumer,
+}
+
+/// Room → Session: you were removed from `room`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Evicted {
+    pub room: String,
+    pub reason: EvictReason,
+}
+
+/// Registry → Session: the server is shutting down; close with 1001.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ServerShutdown;
+
+/// A session as a room sees it: where to push frames and whom to tell when it is evicted.
+#[derive(Clone)]
+pub struct Member {
+    pub session: SessionId,
+    pub user: Arc<UserInfo>,
+    pub outbox: Arc<Outbox>,
+    pub control: Recipient<Evicted>,
+}

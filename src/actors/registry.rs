@@ -1,0 +1,369 @@
+//! The room registry: the one owner of the room table.
+//!
+//! In: [`JoinRoom`], [`LeaveRoom`], [`Publish`], [`GetRoomInfo`]-style queries ([`ListRooms`],
+//! [`QueryPresence`], [`QueryHistory`]) which it routes to the room by name; [`LeaveAll`],
+//! [`SessionOpened`], [`SessionClosed`], [`ShutdownSessions`] from sessions and start-up;
+//! [`RoomIdle`] from rooms.
+//!
+//! Rooms are created on the first join or publish and run on a small pool of threads (one per
+//! core by default) so fan-out work spreads over cores while the registry only looks names up.
+//!
+//! Retiring a room without losing a message: a room reports [`RoomIdle`] with the number of
+//! registry messages it has handled; the registry retires it only if that equals the number it
+//! has routed to it, i.e. nothing is in flight. A retired room leaves a tombstone (epoch, last
+//! offset) so a re-created room continues the same offsets and clients can still resume.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use actix::prelude::*;
+
+use super::room::{
+    CloseRoom, GetHistory, GetPresence, GetRoomInfo, HistoryPage, JoinRoom, Joined, LeaveRoom,
+    Publish, Room, RoomInfo, RoomLimits,
+};
+use super::{ServerShutdown, SessionId};
+use crate::auth::UserInfo;
+use crate::error::{ErrorCode, Refusal};
+use crate::metrics::Metrics;
+
+/// Tombstones kept for retired rooms; past this the oldest half is forgotten (those rooms get a
+/// new epoch when re-created, so their clients reload instead of resuming).
+const MAX_TOMBSTONES: usize = 100_000;
+
+// ---- messages ------------------------------------------------------------------------------
+
+/// Session (stopping) → Registry: leave all these rooms; no reply.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct LeaveAll {
+    pub session: SessionId,
+    pub rooms: Vec<String>,
+}
+
+/// Session (started) → Registry: reachable for shutdown.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionOpened {
+    pub session: SessionId,
+    pub addr: Recipient<ServerShutdown>,
+}
+
+/// Session (stopped) → Registry.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SessionClosed {
+    pub session: SessionId,
+}
+
+/// Application (shutting down) → Registry: tell every session to close. Replies with how many.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct ShutdownSessions;
+
+/// Room → Registry: I have no members and no history.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomIdle {
+    pub name: String,
+    pub room_id: u64,
+    pub routed_seen: u64,
+    pub epoch: Arc<str>,
+    pub last_offset: u64,
+}
+
+/// REST → Registry: every room.
+#[derive(Message)]
+#[rtype(result = "Vec<RoomInfo>")]
+pub struct ListRooms;
+
+/// REST → Registry: presence of one room (`None`: no such room).
+#[derive(Message)]
+#[rtype(result = "Option<Vec<UserInfo>>")]
+pub struct QueryPresence {
+    pub room: String,
+}
+
+/// REST → Registry: history of one room (`None`: no such room).
+#[derive(Message)]
+#[rtype(result = "Option<HistoryPage>")]
+pub struct QueryHistory {
+    pub room: String,
+    pub after: Option<u64>,
+}
+
+// ---- the actor -----------------------------------------------------------------------------
+
+struct Entry {
+    addr: Addr<Room>,
+    room_id: u64,
+    /// Messages routed to this room instance (see the module docs).
+    routed: u64,
+}
+
+pub struct RoomRegistry {
+    rooms: HashMap<String, Entry>,
+    tombstones: HashMap<String, (Arc<str>, u64)>,
+    sessions: HashMap<SessionId, Recipient<ServerShutdown>>,
+    threads: Vec<Arbiter>,
+    next_thread: usize,
+    next_room_id: u64,
+    /// Prefix of epochs minted by this process; a restart changes every epoch.
+    process_epoch: String,
+    limits: RoomLimits,
+    metrics: Arc<Metrics>,
+}
+
+impl RoomRegistry {
+    pub fn new(room_threads: usize, limits: RoomLimits, metrics: Arc<Metrics>) -> Self {
+        let threads = (0..room_threads.max(1)).map(|_| Arbiter::new()).collect();
+        Self {
+            rooms: HashMap::new(),
+            tombstones: HashMap::new(),
+            sessions: HashMap::new(),
+            threads,
+            next_thread: 0,
+            next_room_id: 1,
+            process_epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            limits,
+            metrics,
+        }
+    }
+
+    fn room(&mut self, name: &str, ctx: &mut Context<Self>) -> &mut Entry {
+        if !self.rooms.contains_key(name) {
+            let room_id = self.next_room_id;
+            self.next_room_id += 1;
+            let (epoch, last_offset) = self
+                .tombstones
+                .remove(name)
+                .unwrap_or_else(|| (format!("{}-{room_id}", self.process_epoch).into(), 0));
+            let arbiter = self.threads[self.next_thread % self.threads.len()].handle();
+            self.next_thread += 1;
+            let registry = ctx.address();
+            let metrics = self.metrics.clone();
+            let limits = self.limits;
+            let owned = name.to_string();
+            let addr = Room::start_in_arbiter(&arbiter, move |_| {
+                Room::new(owned, room_id, epoch, last_offset, limits, registry, metrics)
+            });
+            self.metrics.rooms.fetch_add(1, Relaxed);
+            self.rooms.insert(
+                name.to_string(),
+                Entry {
+                    addr,
+                    room_id,
+                    routed: 0,
+                },
+            );
+        }
+        // Inserted just above when missing.
+        self.rooms
+            .get_mut(name)
+            .expect("room entry exists after insertion")
+    }
+
+    fn existing(&mut self, name: &str) -> Option<&mut Entry> {
+        self.rooms.get_mut(name)
+    }
+}
+
+fn unavailable(e: MailboxError) -> Refusal {
+    Refusal::new(ErrorCode::Unavailable, format!("room unavailable: {e}"))
+}
+
+impl Actor for RoomRegistry {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(16 * 1024);
+        log::info!("room registry started with {} room threads", self.threads.len());
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        for t in &self.threads {
+            t.stop();
+        }
+    }
+}
+
+impl Handler<JoinRoom> for RoomRegistry {
+    type Result = ResponseFuture<Result<Joined, Refusal>>;
+
+    fn handle(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) -> Self::Result {
+        let entry = self.room(&msg.room, ctx);
+        entry.routed += 1;
+        let fut = entry.addr.send(msg);
+        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) })
+    }
+}
+
+impl Handler<LeaveRoom> for RoomRegistry {
+    type Result = ResponseFuture<Result<(), Refusal>>;
+
+    fn handle(&mut self, msg: LeaveRoom, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(entry) = self.existing(&msg.room) else {
+            let room = msg.room;
+            return Box::pin(async move {
+                Err(Refusal::new(ErrorCode::NotMember, format!("not a member of {room}")))
+            });
+        };
+        entry.routed += 1;
+        let fut = entry.addr.send(msg);
+        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) })
+    }
+}
+
+impl Handler<Publish> for RoomRegistry {
+    type Result = ResponseFuture<Result<u64, Refusal>>;
+
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
+        let entry = if msg.member_check.is_some() {
+            // A member-only publish never creates a room: no room means not a member.
+            match self.existing(&msg.room) {
+                Some(e) => e,
+                None => {
+                    let room = msg.room;
+                    return Box::pin(async move {
+                        Err(Refusal::new(
+                            ErrorCode::NotMember,
+                            format!("join {room} before publishing to it"),
+                        ))
+                    });
+                }
+            }
+        } else {
+            self.room(&msg.room, ctx)
+        };
+        entry.routed += 1;
+        let fut = entry.addr.send(msg);
+        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) })
+    }
+}
+
+impl Handler<LeaveAll> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: LeaveAll, _ctx: &mut Context<Self>) {
+        for room in msg.rooms {
+            if let Some(entry) = self.existing(&room) {
+                entry.routed += 1;
+                // Fire and forget: the session is gone and nobody waits for the answer. `do_send`
+                // ignores the mailbox bound, so a leave is never lost to a full mailbox.
+                entry.addr.do_send(LeaveRoom {
+                    room,
+                    session: msg.session,
+                });
+            }
+        }
+    }
+}
+
+impl Handler<SessionOpened> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionOpened, _ctx: &mut Context<Self>) {
+        self.sessions.insert(msg.session, msg.addr);
+    }
+}
+
+impl Handler<SessionClosed> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: SessionClosed, _ctx: &mut Context<Self>) {
+        self.sessions.remove(&msg.session);
+    }
+}
+
+impl Handler<ShutdownSessions> for RoomRegistry {
+    type Result = usize;
+
+    fn handle(&mut self, _: ShutdownSessions, _ctx: &mut Context<Self>) -> usize {
+        for s in self.sessions.values() {
+            s.do_send(ServerShutdown);
+        }
+        self.sessions.len()
+    }
+}
+
+impl Handler<RoomIdle> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: RoomIdle, _ctx: &mut Context<Self>) {
+        let retire = matches!(
+            self.rooms.get(&msg.name),
+            Some(e) if e.room_id == msg.room_id && e.routed == msg.routed_seen
+        );
+        if !retire {
+            return; // something is in flight to it; it will report again
+        }
+        if let Some(entry) = self.rooms.remove(&msg.name) {
+            entry.addr.do_send(CloseRoom);
+            self.metrics.rooms.fetch_sub(1, Relaxed);
+            if self.tombstones.len() >= MAX_TOMBSTONES {
+                let forget: Vec<String> = self
+                    .tombstones
+                    .keys()
+                    .take(MAX_TOMBSTONES / 2)
+                    .cloned()
+                    .collect();
+                for k in forget {
+                    self.tombstones.remove(&k);
+                }
+            }
+            self.tombstones
+                .insert(msg.name, (msg.epoch, msg.last_offset));
+        }
+    }
+}
+
+impl Handler<ListRooms> for RoomRegistry {
+    type Result = ResponseFuture<Vec<RoomInfo>>;
+
+    fn handle(&mut self, _: ListRooms, _ctx: &mut Context<Self>) -> Self::Result {
+        let futs: Vec<_> = self
+            .rooms
+            .values_mut()
+            .map(|e| {
+                e.routed += 1;
+                e.addr.send(GetRoomInfo)
+            })
+            .collect();
+        Box::pin(async move {
+            let mut rooms: Vec<RoomInfo> = futures_util::future::join_all(futs)
+                .await
+                .into_iter()
+                .filter_map(Result::ok)
+                .collect();
+            rooms.sort_by(|a, b| a.name.cmp(&b.name));
+            rooms
+        })
+    }
+}
+
+impl Handler<QueryPresence> for RoomRegistry {
+    type Result = ResponseFuture<Option<Vec<UserInfo>>>;
+
+    fn handle(&mut self, msg: QueryPresence, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(entry) = self.existing(&msg.room) else {
+            return Box::pin(async { None });
+        };
+        entry.routed += 1;
+        let fut = entry.addr.send(GetPresence);
+        Box::pin(async move { fut.await.ok() })
+    }
+}
+
+impl Handler<QueryHistory> for RoomRegistry {
+    type Result = ResponseFuture<Option<HistoryPage>>;
+
+    fn handle(&mut self, msg: QueryHistory, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(entry) = self.existing(&msg.room) else {
+            return Box::pin(async { None });
+        };
+        entry.routed += 1;
+        let fut = entry.addr.send(GetHistory { after: msg.after });
+        Box::pin(async move { fut.await.ok() })
+    }
+}

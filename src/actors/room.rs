@@ -1,0 +1,507 @@
+//! The room actor: offsets, bounded history, presence, retained state and fan-out.
+//!
+//! In: [`JoinRoom`], [`LeaveRoom`], [`Publish`], [`GetRoomInfo`], [`GetPresence`],
+//! [`GetHistory`] (all routed here by the registry), [`CloseRoom`].
+//! Out: frames pushed into member outboxes; [`Evicted`] to sessions it drops;
+//! [`RoomIdle`] to the registry when it has neither members nor history.
+//!
+//! Hot path: a publish is encoded once into a `Bytes`; every member gets a clone (a reference
+//! count) pushed into its outbox. A member whose outbox is full is evicted on the spot, so a slow
+//! client never holds the room up.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use actix_http::ws::CloseCode;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::registry::{RoomIdle, RoomRegistry};
+use super::{EvictReason, Evicted, Member, SessionId};
+use crate::auth::UserInfo;
+use crate::error::{ErrorCode, Refusal};
+use crate::metrics::Metrics;
+use crate::protocol::native::{self, RequestId, Since};
+use crate::transport::outbox::PushError;
+
+/// Close code sent to a session dropped because it could not keep up.
+pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
+
+// ---- messages ------------------------------------------------------------------------------
+
+/// Session → Registry → Room: add `member`, reply with the room position. The room itself queues
+/// the `joined` frame, the replay and the retained message into the member's outbox, so no live
+/// message can arrive before them.
+#[derive(Message)]
+#[rtype(result = "Result<Joined, Refusal>")]
+pub struct JoinRoom {
+    pub room: String,
+    pub member: Member,
+    pub since: Option<Since>,
+    pub request_id: Option<RequestId>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub epoch: Arc<str>,
+    pub offset: u64,
+    pub recovered: bool,
+}
+
+/// Session → Registry → Room: remove the session. `Err(not_member)` if it was not in the room.
+#[derive(Message)]
+#[rtype(result = "Result<(), Refusal>")]
+pub struct LeaveRoom {
+    pub room: String,
+    pub session: SessionId,
+}
+
+/// Anyone → Registry → Room: append a message and fan it out. Replies with its offset.
+#[derive(Message)]
+#[rtype(result = "Result<u64, Refusal>")]
+pub struct Publish {
+    pub room: String,
+    pub event: String,
+    pub data: Box<RawValue>,
+    pub from: Option<Arc<UserInfo>>,
+    /// Keep this as the room's retained message, sent to every joiner that did not resume.
+    pub retain: bool,
+    /// Only members may publish: the session that must be a member, if any.
+    pub member_check: Option<SessionId>,
+    /// When the publish reached the server (for the latency histogram).
+    pub received_at: Instant,
+}
+
+/// Registry → Room: name, members, last offset.
+#[derive(Message)]
+#[rtype(result = "RoomInfo")]
+pub struct GetRoomInfo;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomInfo {
+    pub name: String,
+    pub members: usize,
+    pub users: usize,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// Registry → Room: the distinct users present.
+#[derive(Message)]
+#[rtype(result = "Vec<UserInfo>")]
+pub struct GetPresence;
+
+/// Registry → Room: the history after `after` (all of it when `None`).
+#[derive(Message)]
+#[rtype(result = "HistoryPage")]
+pub struct GetHistory {
+    pub after: Option<u64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub epoch: String,
+    pub offset: u64,
+    /// True when every message after `after` is included (nothing was trimmed away).
+    pub complete: bool,
+    /// Encoded `message` frames, oldest first.
+    pub messages: Vec<Bytes>,
+}
+
+/// Registry → Room: you are retired (only sent after a matching [`RoomIdle`]).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct CloseRoom;
+
+// ---- the actor -----------------------------------------------------------------------------
+
+struct Stored {
+    offset: u64,
+    at: Instant,
+    /// The encoded native `message` frame.
+    native: Bytes,
+}
+
+/// Per-room settings, copied from `Settings` at creation.
+#[derive(Clone, Copy)]
+pub struct RoomLimits {
+    pub history_size: usize,
+    pub history_ttl: Duration,
+}
+
+pub struct Room {
+    name: Arc<str>,
+    /// Registry-assigned instance number; distinguishes a re-created room from its predecessor.
+    room_id: u64,
+    /// Changes whenever history continuity is lost (a new process, a room re-created after its
+    /// tombstone was forgotten). Offsets are only comparable within one epoch.
+    epoch: Arc<str>,
+    /// Offset of the last message; the next one gets `last_offset + 1`.
+    last_offset: u64,
+    /// Oldest first; bounded by `limits.history_size` and `limits.history_ttl`.
+    history: VecDeque<Stored>,
+    /// The last message published with `retain`, sent to joiners that do not resume.
+    retained: Option<Bytes>,
+    members: HashMap<SessionId, Member>,
+    /// user id → (user, number of member sessions of that user). A user is present while > 0.
+    presence: HashMap<String, (Arc<UserInfo>, usize)>,
+    /// Messages received from the registry; compared with the registry's count before retiring.
+    routed_seen: u64,
+    limits: RoomLimits,
+    registry: Addr<RoomRegistry>,
+    metrics: Arc<Metrics>,
+}
+
+impl Room {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        room_id: u64,
+        epoch: Arc<str>,
+        last_offset: u64,
+        limits: RoomLimits,
+        registry: Addr<RoomRegistry>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            room_id,
+            epoch,
+            last_offset,
+            history: VecDeque::new(),
+            retained: None,
+            members: HashMap::new(),
+            presence: HashMap::new(),
+            routed_seen: 0,
+            limits,
+            registry,
+            metrics,
+        }
+    }
+
+    fn trim_history(&mut self) {
+        while self.history.len() > self.limits.history_size {
+            self.history.pop_front();
+        }
+        let ttl = self.limits.history_ttl;
+        while self
+            .history
+            .front()
+            .is_some_and(|m| m.at.elapsed() > ttl)
+        {
+            self.history.pop_front();
+        }
+    }
+
+    /// Pushes `frame` to every member except `skip`; evicts those that cannot take it.
+    fn fan_out(&mut self, frame: &Bytes, skip: Option<SessionId>) -> usize {
+        let mut delivered = 0usize;
+        let mut dropped: Vec<(SessionId, bool)> = Vec::new();
+        for (id, m) in &self.members {
+            if Some(*id) == skip {
+                continue;
+            }
+            match m.outbox.push_text(frame.clone()) {
+                Ok(()) => delivered += 1,
+                Err(PushError::Full) => dropped.push((*id, true)),
+                Err(PushError::Closed) => dropped.push((*id, false)),
+            }
+        }
+        for (id, slow) in dropped {
+            if slow {
+                self.evict(id, EvictReason::SlowConsumer);
+            } else {
+                // Its connection is gone; the session's own leave will follow, this just stops
+                // pushing into a dead outbox.
+                self.remove_member(id);
+            }
+        }
+        self.metrics
+            .messages_out
+            .fetch_add(delivered as u64, std::sync::atomic::Ordering::Relaxed);
+        delivered
+    }
+
+    fn evict(&mut self, id: SessionId, reason: EvictReason) {
+        if let Some(m) = self.members.get(&id) {
+            log::warn!(
+                "room {}: evicting session {} (user {}): slow consumer, {:?} queued",
+                self.name,
+                id,
+                m.user.id,
+                m.outbox.backlog()
+            );
+            m.outbox
+                .close(CloseCode::Other(CLOSE_SLOW_CONSUMER), "slow consumer");
+            m.control.do_send(Evicted {
+                room: self.name.to_string(),
+                reason,
+            });
+            self.metrics
+                .slow_consumers
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.refused(ErrorCode::SlowConsumer);
+        }
+        self.remove_member(id);
+    }
+
+    /// Removes a member and announces the user's departure if it was their last session.
+    fn remove_member(&mut self, id: SessionId) -> bool {
+        let Some(m) = self.members.remove(&id) else {
+            return false;
+        };
+        let gone = match self.presence.get_mut(&m.user.id) {
+            Some((_, n)) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            Some(_) => {
+                self.presence.remove(&m.user.id);
+                true
+            }
+            None => false,
+        };
+        if gone {
+            let frame = native::presence_left(&self.name, &m.user);
+            self.fan_out(&frame, None);
+        }
+        true
+    }
+
+    fn presence_list(&self) -> Vec<&UserInfo> {
+        let mut users: Vec<&UserInfo> = self.presence.values().map(|(u, _)| u.as_ref()).collect();
+        users.sort_by(|a, b| a.id.cmp(&b.id));
+        users
+    }
+
+    fn check_idle(&mut self, ctx: &mut Context<Self>) {
+        self.trim_history();
+        if self.members.is_empty() && self.history.is_empty() {
+            let _ = ctx; // the registry decides; we only report.
+            self.registry.do_send(RoomIdle {
+                name: self.name.to_string(),
+                room_id: self.room_id,
+                routed_seen: self.routed_seen,
+                epoch: self.epoch.clone(),
+                last_offset: self.last_offset,
+            });
+        }
+    }
+}
+
+impl Actor for Room {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        // Rooms receive fan-in from many sessions; a deeper mailbox smooths bursts (senders that
+        // use `send` wait when it is full, which is the back-pressure we want).
+        ctx.set_mailbox_capacity(4096);
+        let every = (self.limits.history_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
+        log::debug!("room {} started (epoch {}, offset {})", self.name, self.epoch, self.last_offset);
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        log::debug!("room {} retired at offset {}", self.name, self.last_offset);
+    }
+}
+
+impl Handler<JoinRoom> for Room {
+    type Result = Result<Joined, Refusal>;
+
+    fn handle(&mut self, msg: JoinRoom, _ctx: &mut Context<Self>) -> Self::Result {
+        self.routed_seen += 1;
+        self.trim_history();
+        let member = msg.member;
+        let session = member.session;
+        let user = member.user.clone();
+        let outbox = member.outbox.clone();
+
+        // Resume: every message after `since.offset` must still be in history.
+        let first_kept = self
+            .history
+            .front()
+            .map(|m| m.offset)
+            .unwrap_or(self.last_offset + 1);
+        let (recovered, replay_from) = match &msg.since {
+            Some(s) if *s.epoch == *self.epoch && s.offset <= self.last_offset && s.offset + 1 >= first_kept => {
+                (true, Some(s.offset))
+            }
+            _ => (false, None),
+        };
+
+        let newcomer = !self.members.contains_key(&session);
+        if newcomer {
+            self.members.insert(session, member);
+            let entry = self
+                .presence
+                .entry(user.id.clone())
+                .or_insert_with(|| (user.clone(), 0));
+            entry.1 += 1;
+            if entry.1 == 1 {
+                let frame = native::presence_joined(&self.name, &user);
+                self.fan_out(&frame, Some(session));
+            }
+        }
+
+        let mut frames = Vec::with_capacity(2 + self.history.len());
+        frames.push(native::joined(
+            msg.request_id.as_deref(),
+            &self.name,
+            &self.epoch,
+            self.last_offset,
+            recovered,
+            &self.presence_list(),
+        ));
+        if let Some(after) = replay_from {
+            frames.extend(
+                self.history
+                    .iter()
+                    .filter(|m| m.offset > after)
+                    .map(|m| m.native.clone()),
+            );
+        } else if let Some(r) = &self.retained {
+            // Not resuming: the retained message is the current state (e.g. the latest stats).
+            frames.push(r.clone());
+        }
+        let replayed = frames.len() - 1;
+        match outbox.push_all(frames) {
+            Ok(()) => {}
+            Err(PushError::Full) => {
+                self.evict(session, EvictReason::SlowConsumer);
+                return Err(Refusal::new(ErrorCode::SlowConsumer, "outbound queue is full"));
+            }
+            Err(PushError::Closed) => {
+                self.remove_member(session);
+                return Err(Refusal::new(ErrorCode::Unavailable, "session is closing"));
+            }
+        }
+        log::debug!(
+            "room {}: session {session} (user {}) joined, recovered={recovered}, replayed {replayed}",
+            self.name,
+            user.id
+        );
+        Ok(Joined {
+            epoch: self.epoch.clone(),
+            offset: self.last_offset,
+            recovered,
+        })
+    }
+}
+
+impl Handler<LeaveRoom> for Room {
+    type Result = Result<(), Refusal>;
+
+    fn handle(&mut self, msg: LeaveRoom, ctx: &mut Context<Self>) -> Self::Result {
+        self.routed_seen += 1;
+        if self.remove_member(msg.session) {
+            if self.members.is_empty() {
+                self.check_idle(ctx);
+            }
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                ErrorCode::NotMember,
+                format!("not a member of {}", self.name),
+            ))
+        }
+    }
+}
+
+impl Handler<Publish> for Room {
+    type Result = Result<u64, Refusal>;
+
+    fn handle(&mut self, msg: Publish, _ctx: &mut Context<Self>) -> Self::Result {
+        self.routed_seen += 1;
+        if let Some(s) = msg.member_check {
+            if !self.members.contains_key(&s) {
+                return Err(Refusal::new(
+                    ErrorCode::NotMember,
+                    format!("join {} before publishing to it", self.name),
+                ));
+            }
+        }
+        self.last_offset += 1;
+        let offset = self.last_offset;
+        let frame = native::message(&self.name, offset, &msg.event, &msg.data, msg.from.as_deref());
+        if msg.retain {
+            self.retained = Some(frame.clone());
+        }
+        if self.limits.history_size > 0 {
+            self.history.push_back(Stored {
+                offset,
+                at: Instant::now(),
+                native: frame.clone(),
+            });
+            self.trim_history();
+        }
+        self.fan_out(&frame, None);
+        self.metrics
+            .publishes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics
+            .observe_publish_latency(msg.received_at.elapsed());
+        Ok(offset)
+    }
+}
+
+impl Handler<GetRoomInfo> for Room {
+    type Result = MessageResult<GetRoomInfo>;
+
+    fn handle(&mut self, _: GetRoomInfo, _ctx: &mut Context<Self>) -> Self::Result {
+        self.routed_seen += 1;
+        MessageResult(RoomInfo {
+            name: self.name.to_string(),
+            members: self.members.len(),
+            users: self.presence.len(),
+            epoch: self.epoch.to_string(),
+            offset: self.last_offset,
+        })
+    }
+}
+
+impl Handler<GetPresence> for Room {
+    type Result = MessageResult<GetPresence>;
+
+    fn handle(&mut self, _: GetPresence, _ctx: &mut Context<Self>) -> Self::Result {
+        self.routed_seen += 1;
+        MessageResult(self.presence_list().into_iter().cloned().collect())
+    }
+}
+
+impl Handler<GetHistory> for Room {
+    type Result = MessageResult<GetHistory>;
+
+    fn handle(&mut self, msg: GetHistory, _ctx: &mut Context<Self>) -> Self::Result {
+        self.routed_seen += 1;
+        self.trim_history();
+        let first_kept = self
+            .history
+            .front()
+            .map(|m| m.offset)
+            .unwrap_or(self.last_offset + 1);
+        let after = msg.after.unwrap_or(0);
+        MessageResult(HistoryPage {
+            epoch: self.epoch.to_string(),
+            offset: self.last_offset,
+            complete: after + 1 >= first_kept,
+            messages: self
+                .history
+                .iter()
+                .filter(|m| m.offset > after)
+                .map(|m| m.native.clone())
+                .collect(),
+        })
+    }
+}
+
+impl Handler<CloseRoom> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: CloseRoom, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

@@ -1,0 +1,439 @@
+//! The native-protocol session actor: one per `/ws` connection.
+//!
+//! In: whole WebSocket messages from its [`WsReader`] (a stream), [`Evicted`] from rooms,
+//! [`ServerShutdown`] from the registry. Out: [`JoinRoom`], [`LeaveRoom`], [`LeaveAll`] to the
+//! registry, publishes through the [`Broker`](crate::broker::Broker); frames into its own outbox.
+//!
+//! Lifecycle and its undo: `started` registers with the registry and counts the connection;
+//! `stopped` leaves every room, deregisters and uncounts. Any exit path (client close, heartbeat
+//! timeout, eviction, shutdown, protocol violation) goes through `ctx.stop()`, so the undo always
+//! runs exactly once.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_http::ws::CloseCode;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use super::registry::{LeaveAll, SessionClosed, SessionOpened};
+use super::room::{JoinRoom, LeaveRoom, Publish, CLOSE_SLOW_CONSUMER};
+use super::{Evicted, Member, ServerShutdown, SessionId};
+use crate::auth::Identity;
+use crate::error::{ErrorCode, Refusal};
+use crate::protocol::native::{self, Request, RequestId};
+use crate::state::AppState;
+use crate::transport::outbox::Outbox;
+use crate::transport::ws::{ReadError, WsMessage};
+
+/// The window over which refused frames are counted for the error-flood limit.
+const ERROR_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+pub struct Session {
+    id: SessionId,
+    /// The id clients see (`welcome.session`).
+    key: String,
+    /// `None` until the client authenticates (only when a secret is set and no header was sent).
+    identity: Option<Identity>,
+    /// Set when the identity came from an `Authorization` header at upgrade.
+    header_auth: bool,
+    outbox: Arc<Outbox>,
+    /// Rooms this session is a member of (invariant: the room has this session as a member, or
+    /// a leave for it is in flight).
+    rooms: HashSet<String>,
+    /// Last time anything arrived from the client; the heartbeat drops the session when this is
+    /// older than the timeout.
+    last_seen: Instant,
+    error_window: (Instant, u32),
+    /// Codes already logged for this session: a refusal is logged once per client, not per frame.
+    logged_codes: u64,
+    state: Arc<AppState>,
+}
+
+impl Session {
+    pub fn new(
+        id: SessionId,
+        identity: Option<Identity>,
+        outbox: Arc<Outbox>,
+        state: Arc<AppState>,
+    ) -> Self {
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        let header_auth = identity.is_some() && !state.auth.open_mode();
+        let identity = identity.or_else(|| {
+            state
+                .auth
+                .open_mode()
+                .then(|| Identity::open(format!("anon-{}", &key[..8]), None))
+        });
+        Self {
+            id,
+            key,
+            identity,
+            header_auth,
+            outbox,
+            rooms: HashSet::new(),
+            last_seen: Instant::now(),
+            error_window: (Instant::now(), 0),
+            logged_codes: 0,
+            state,
+        }
+    }
+
+    fn send(&self, frame: Bytes) {
+        // Replies to our own client: if the outbox is full the client is not reading, and the
+        // next room push will evict it; dropping a reply here cannot stall anyone else.
+        let _ = self.outbox.push_text(frame);
+    }
+
+    fn close(&self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
+        self.outbox.close(code, reason);
+        ctx.stop();
+    }
+
+    /// Answers a refused request with an `error` frame; closes the session on an error flood.
+    fn refuse(&mut self, ctx: &mut Context<Self>, id: Option<&RawValue>, refusal: Refusal) {
+        self.state.metrics.refused(refusal.code);
+        let bit = 1u64 << (refusal.code.index() as u64 % 64);
+        if self.logged_codes & bit == 0 {
+            self.logged_codes |= bit;
+            log::warn!(
+                "session {} ({}): refused {}: {} (further refusals with this code are not logged)",
+                self.key,
+                self.user_id(),
+                refusal.code,
+                refusal.message
+            );
+        }
+        self.send(native::error(id, &refusal));
+        let now = Instant::now();
+        if now.duration_since(self.error_window.0) > ERROR_WINDOW {
+            self.error_window = (now, 0);
+        }
+        self.error_window.1 += 1;
+        if self.error_window.1 > self.state.settings.error_limit {
+            self.state.metrics.refused(ErrorCode::TooManyErrors);
+            log::warn!("session {}: too many refused frames, closing", self.key);
+            self.send(native::error(
+                None,
+                &Refusal::new(ErrorCode::TooManyErrors, "too many refused frames; closing"),
+            ));
+            self.close(ctx, CloseCode::Policy, "too many errors");
+        }
+    }
+
+    fn user_id(&self) -> &str {
+        self.identity
+            .as_ref()
+            .map(|i| i.user.id.as_str())
+            .unwrap_or("unauthenticated")
+    }
+
+    fn member(&self, ctx: &mut Context<Self>, identity: &Identity) -> Member {
+        Member {
+            session: self.id,
+            user: identity.user.clone(),
+            outbox: self.outbox.clone(),
+            control: ctx.address().recipient(),
+        }
+    }
+
+    fn on_text(&mut self, text: &str, ctx: &mut Context<Self>) {
+        let (id, request) = match native::parse(text) {
+            Ok(ok) => ok,
+            Err(bad) => return self.refuse(ctx, bad.id.as_deref(), bad.refusal),
+        };
+        let Some(identity) = self.identity.clone() else {
+            return match request {
+                Request::Auth { .. } | Request::Ping => self.dispatch(id, request, None, ctx),
+                _ => self.refuse(
+                    ctx,
+                    id.as_deref(),
+                    Refusal::new(
+                        ErrorCode::Unauthenticated,
+                        "send {\"type\":\"auth\",\"token\":…} first",
+                    ),
+                ),
+            };
+        };
+        self.dispatch(id, request, Some(identity), ctx);
+    }
+
+    fn dispatch(
+        &mut self,
+        id: Option<RequestId>,
+        request: Request,
+        identity: Option<Identity>,
+        ctx: &mut Context<Self>,
+    ) {
+        log::debug!("session {}: {}", self.key, request.kind());
+        match request {
+            Request::Ping => self.send(native::pong(id.as_deref())),
+            Request::Auth { token, user, name } => self.authenticate(id, token, user, name, ctx),
+            Request::Join { room, since } => {
+                let Some(identity) = identity else { return };
+                if !identity.may_join(&room) {
+                    let r = Refusal::new(ErrorCode::Forbidden, format!("you may not join {room}"));
+                    return self.refuse(ctx, id.as_deref(), r);
+                }
+                let msg = JoinRoom {
+                    room: room.clone(),
+                    member: self.member(ctx, &identity),
+                    since,
+                    request_id: id.clone(),
+                };
+                self.state
+                    .registry
+                    .send(msg)
+                    .into_actor(self)
+                    .map(move |res, act, ctx| match res {
+                        Ok(Ok(_joined)) => {
+                            act.rooms.insert(room);
+                        }
+                        Ok(Err(refusal)) => act.refuse(ctx, id.as_deref(), refusal),
+                        Err(e) => act.refuse(
+                            ctx,
+                            id.as_deref(),
+                            Refusal::new(ErrorCode::Unavailable, format!("registry unavailable: {e}")),
+                        ),
+                    })
+                    .wait(ctx);
+            }
+            Request::Leave { room } => {
+                if !self.rooms.remove(&room) {
+                    let r = Refusal::new(ErrorCode::NotMember, format!("not a member of {room}"));
+                    return self.refuse(ctx, id.as_deref(), r);
+                }
+                self.state
+                    .registry
+                    .send(LeaveRoom {
+                        room: room.clone(),
+                        session: self.id,
+                    })
+                    .into_actor(self)
+                    .map(move |res, act, ctx| match res {
+                        Ok(Ok(())) => act.send(native::left(id.as_deref(), &room)),
+                        Ok(Err(refusal)) => act.refuse(ctx, id.as_deref(), refusal),
+                        Err(e) => act.refuse(
+                            ctx,
+                            id.as_deref(),
+                            Refusal::new(ErrorCode::Unavailable, format!("registry unavailable: {e}")),
+                        ),
+                    })
+                    .wait(ctx);
+            }
+            Request::Publish { room, event, data } => {
+                let Some(identity) = identity else { return };
+                if !identity.may_publish(&room) {
+                    let r = Refusal::new(ErrorCode::Forbidden, format!("you may not publish to {room}"));
+                    return self.refuse(ctx, id.as_deref(), r);
+                }
+                let msg = Publish {
+                    room: room.clone(),
+                    event,
+                    data,
+                    from: Some(identity.user.clone()),
+                    retain: false,
+                    member_check: Some(self.id),
+                    received_at: Instant::now(),
+                };
+                // Not `wait`: publishes pipeline. Ordering is kept by the registry and room
+                // mailboxes (FIFO per sender), not by waiting here.
+                self.state
+                    .broker
+                    .publish(msg)
+                    .into_actor(self)
+                    .map(move |res, act, ctx| match res {
+                        Ok(offset) => {
+                            if id.is_some() {
+                                act.send(native::published(id.as_deref(), &room, offset));
+                            }
+                        }
+                        Err(refusal) => act.refuse(ctx, id.as_deref(), refusal),
+                    })
+                    .spawn(ctx);
+            }
+        }
+    }
+
+    fn authenticate(
+        &mut self,
+        id: Option<RequestId>,
+        token: Option<String>,
+        user: Option<String>,
+        name: Option<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let result = if self.state.auth.open_mode() {
+            let user = user.filter(|u| !u.is_empty() && u.len() <= 256);
+            match user {
+                Some(u) => Ok(Identity::open(u, name)),
+                None => Err(Refusal::new(
+                    ErrorCode::MissingField,
+                    "open mode: `auth` declares an identity with `user` (1-256 characters)",
+                )),
+            }
+        } else {
+            match token {
+                Some(t) => self.state.auth.verify(&t),
+                None => Err(Refusal::new(
+                    ErrorCode::MissingField,
+                    "field `token` is required for `auth`",
+                )),
+            }
+        };
+        let fresh = match result {
+            Ok(i) => i,
+            Err(refusal) => {
+                let first_auth = self.identity.is_none();
+                self.refuse(ctx, id.as_deref(), refusal);
+                if first_auth && !self.state.auth.open_mode() {
+                    self.close(ctx, CloseCode::Policy, "authentication failed");
+                }
+                return;
+            }
+        };
+        if let Some(current) = &self.identity {
+            // A refresh must keep the identity: presence and membership are keyed by it.
+            if current.user.id != fresh.user.id && (!self.rooms.is_empty() || self.header_auth) {
+                let r = Refusal::new(
+                    ErrorCode::IdentityChange,
+                    "a session cannot change user once it has joined rooms",
+                );
+                return self.refuse(ctx, id.as_deref(), r);
+            }
+        }
+        log::info!("session {}: authenticated as {}", self.key, fresh.user.id);
+        self.send(native::authenticated(id.as_deref(), &fresh.user));
+        self.identity = Some(fresh);
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let state = &self.state;
+        state.metrics.connections.fetch_add(1, Relaxed);
+        state.registry.do_send(SessionOpened {
+            session: self.id,
+            addr: ctx.address().recipient(),
+        });
+        let auth = if state.auth.open_mode() {
+            "open"
+        } else if self.identity.is_some() {
+            "ok"
+        } else {
+            "required"
+        };
+        let hb = state.settings.heartbeat_interval;
+        self.send(native::welcome(
+            &self.key,
+            hb.as_millis() as u64,
+            auth,
+            self.identity.as_ref().map(|i| i.user.as_ref()).filter(|_| self.header_auth),
+        ));
+        log::info!("session {} connected ({}, auth {auth})", self.key, self.user_id());
+
+        ctx.run_interval(hb, |act, ctx| {
+            if act.last_seen.elapsed() > act.state.settings.heartbeat_timeout {
+                log::info!("session {}: heartbeat timeout, dropping", act.key);
+                act.close(ctx, CloseCode::Away, "heartbeat timeout");
+            } else {
+                act.outbox.ping();
+            }
+        });
+        if self.identity.is_none() {
+            ctx.run_later(state.settings.auth_timeout, |act, ctx| {
+                if act.identity.is_none() {
+                    let r = Refusal::new(ErrorCode::AuthTimeout, "no auth frame in time");
+                    act.state.metrics.refused(r.code);
+                    act.send(native::error(None, &r));
+                    act.close(ctx, CloseCode::Policy, "authentication timeout");
+                }
+            });
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let state = &self.state;
+        if !self.rooms.is_empty() {
+            state.registry.do_send(LeaveAll {
+                session: self.id,
+                rooms: self.rooms.drain().collect(),
+            });
+        }
+        state.registry.do_send(SessionClosed { session: self.id });
+        state.metrics.connections.fetch_sub(1, Relaxed);
+        self.outbox.close(CloseCode::Normal, "");
+        log::info!("session {} closed", self.key);
+    }
+}
+
+impl StreamHandler<Result<WsMessage, ReadError>> for Session {
+    fn handle(&mut self, item: Result<WsMessage, ReadError>, ctx: &mut Self::Context) {
+        self.last_seen = Instant::now();
+        match item {
+            Ok(WsMessage::Text(bytes)) => {
+                self.state.metrics.messages_in.fetch_add(1, Relaxed);
+                match std::str::from_utf8(&bytes) {
+                    Ok(text) => self.on_text(text, ctx),
+                    Err(_) => {
+                        self.state.metrics.refused(ErrorCode::InvalidFrame);
+                        self.close(ctx, CloseCode::Invalid, "text frame is not valid UTF-8");
+                    }
+                }
+            }
+            Ok(WsMessage::Binary(_)) => {
+                self.state.metrics.refused(ErrorCode::BinaryNotSupported);
+                log::warn!("session {}: binary frame, closing", self.key);
+                self.close(
+                    ctx,
+                    CloseCode::Unsupported,
+                    "binary frames are not supported; send JSON text frames",
+                );
+            }
+            Ok(WsMessage::Ping(payload)) => self.outbox.pong(payload),
+            Ok(WsMessage::Pong) => {}
+            Ok(WsMessage::Close) => self.close(ctx, CloseCode::Normal, ""),
+            Err(ReadError::TooLarge { limit }) => {
+                self.state.metrics.refused(ErrorCode::FrameTooLarge);
+                log::warn!("session {}: message over {limit} bytes, closing", self.key);
+                self.close(
+                    ctx,
+                    CloseCode::Size,
+                    &format!("message exceeds the limit of {limit} bytes"),
+                );
+            }
+            Err(ReadError::Protocol(e)) => {
+                log::warn!("session {}: protocol error: {e}", self.key);
+                self.close(ctx, CloseCode::Protocol, "protocol error");
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Self::Context) {
+        // The client went away (TCP closed) or the reader gave up.
+        ctx.stop();
+    }
+}
+
+impl Handler<Evicted> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Evicted, ctx: &mut Context<Self>) {
+        self.rooms.remove(&msg.room);
+        log::warn!("session {}: evicted from {} ({:?})", self.key, msg.room, msg.reason);
+        self.close(ctx, CloseCode::Other(CLOSE_SLOW_CONSUMER), "slow consumer");
+    }
+}
+
+impl Handler<ServerShutdown> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: ServerShutdown, ctx: &mut Context<Self>) {
+        self.close(ctx, CloseCode::Away, "server shutting down");
+    }
+}

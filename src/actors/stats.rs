@@ -1,0 +1,102 @@
+//! Publishes the `stats` event into the `system` room on an interval.
+//!
+//! The message is retained by the room, so a client joining `system` gets the latest figures at
+//! once instead of waiting for the next tick. One is published at start for the same reason.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use super::room::Publish;
+use crate::broker::Broker;
+use crate::metrics::Metrics;
+
+pub const SYSTEM_ROOM: &str = "system";
+
+#[derive(Serialize)]
+struct Stats {
+    connections: i64,
+    rooms: i64,
+    messages_in_per_sec: f64,
+    messages_out_per_sec: f64,
+    uptime_seconds: u64,
+}
+
+pub struct StatsPublisher {
+    interval: Duration,
+    metrics: Arc<Metrics>,
+    broker: Arc<dyn Broker>,
+    /// (when, messages in, messages out) at the previous tick.
+    last: (Instant, u64, u64),
+}
+
+impl StatsPublisher {
+    pub fn new(interval: Duration, metrics: Arc<Metrics>, broker: Arc<dyn Broker>) -> Self {
+        let last = (
+            Instant::now(),
+            metrics.messages_in.load(Relaxed),
+            metrics.messages_out.load(Relaxed),
+        );
+        Self {
+            interval,
+            metrics,
+            broker,
+            last,
+        }
+    }
+
+    fn tick(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let (inn, out) = (
+            self.metrics.messages_in.load(Relaxed),
+            self.metrics.messages_out.load(Relaxed),
+        );
+        let secs = now.duration_since(self.last.0).as_secs_f64().max(0.001);
+        let stats = Stats {
+            connections: self.metrics.connections.load(Relaxed),
+            rooms: self.metrics.rooms.load(Relaxed),
+            messages_in_per_sec: round2((inn - self.last.1) as f64 / secs),
+            messages_out_per_sec: round2((out - self.last.2) as f64 / secs),
+            uptime_seconds: self.metrics.uptime().as_secs(),
+        };
+        self.last = (now, inn, out);
+        let data = match serde_json::to_string(&stats).map(RawValue::from_string) {
+            Ok(Ok(raw)) => raw,
+            _ => return,
+        };
+        let fut = self.broker.publish(Publish {
+            room: SYSTEM_ROOM.to_string(),
+            event: "stats".to_string(),
+            data,
+            from: None,
+            retain: true,
+            member_check: None,
+            received_at: now,
+        });
+        ctx.spawn(
+            async move {
+                if let Err(e) = fut.await {
+                    log::warn!("publishing stats failed: {e}");
+                }
+            }
+            .into_actor(self),
+        );
+    }
+}
+
+fn round2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
+}
+
+impl Actor for StatsPublisher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.tick(ctx);
+        ctx.run_interval(self.interval, |act, ctx| act.tick(ctx));
+    }
+}

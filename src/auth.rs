@@ -1,0 +1,319 @@
+//! Identity and permissions.
+//!
+//! With `SWITCHYARD_JWT_SECRET` set, every session and REST call carries an HS256 JWT whose claims
+//! say who the caller is and which rooms it may join and publish to. Without a secret the server
+//! is in open mode: everything is allowed and identities are self-declared.
+//!
+//! Room patterns are globs: `*` matches any run of characters (including `:`), `?` one character.
+
+use std::sync::Arc;
+
+use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{ErrorCode, Refusal};
+
+/// The claims Switchyard reads from a token.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Claims {
+    /// User id.
+    pub sub: String,
+    /// Display name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Glob patterns of rooms the user may join.
+    #[serde(default)]
+    pub rooms: Vec<String>,
+    /// Glob patterns of rooms the user may publish to.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// `admin`, `service`, or absent for a plain user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<String>,
+    /// Expiry, seconds since the epoch. Checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// May do everything.
+    Admin,
+    /// May publish anywhere and post activities (and report operation progress).
+    Service,
+    /// May join and publish where its patterns say.
+    User,
+}
+
+/// Who a user is, as other members see it in presence lists and `from` fields.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UserInfo {
+    #[serde(rename = "user")]
+    pub id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// An authenticated (or, in open mode, self-declared) caller and what it may do.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub user: Arc<UserInfo>,
+    pub role: Role,
+    rooms: Vec<String>,
+    publish: Vec<String>,
+    /// Open mode: every check passes.
+    open: bool,
+    /// Token expiry (seconds since the epoch), if any.
+    pub expires_at: Option<u64>,
+}
+
+impl Identity {
+    /// The identity of a caller in open mode.
+    pub fn open(id: String, name: Option<String>) -> Self {
+        Self {
+            user: Arc::new(UserInfo { id, name }),
+            role: Role::Admin,
+            rooms: Vec::new(),
+            publish: Vec::new(),
+            open: true,
+            expires_at: None,
+        }
+    }
+
+    fn from_claims(c: Claims) -> Self {
+        let role = match c.role.as_deref() {
+            Some("admin") => Role::Admin,
+            Some("service") => Role::Service,
+            _ => Role::User,
+        };
+        Self {
+            user: Arc::new(UserInfo {
+                id: c.sub,
+                name: c.name,
+            }),
+            role,
+            rooms: c.rooms,
+            publish: c.publish,
+            open: false,
+            expires_at: c.exp,
+        }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open
+    }
+
+    pub fn may_join(&self, room: &str) -> bool {
+        self.open || self.role == Role::Admin || self.rooms.iter().any(|p| glob_match(p, room))
+    }
+
+    pub fn may_publish(&self, room: &str) -> bool {
+        self.open
+            || matches!(self.role, Role::Admin | Role::Service)
+            || self.publish.iter().any(|p| glob_match(p, room))
+    }
+
+    /// Posting activities is for services (and admins).
+    pub fn may_post_activity(&self) -> bool {
+        self.open || matches!(self.role, Role::Admin | Role::Service)
+    }
+
+    /// Server-wide views (the room list) are for admins and services.
+    pub fn may_manage(&self) -> bool {
+        self.open || matches!(self.role, Role::Admin | Role::Service)
+    }
+
+    pub fn require(&self, allowed: bool, what: &str) -> Result<(), Refusal> {
+        if allowed {
+            Ok(())
+        } else {
+            Err(Refusal::new(
+                ErrorCode::Forbidden,
+                format!("user {} may not {what}", self.user.id),
+            ))
+        }
+    }
+}
+
+/// Verifies tokens. Cheap to clone.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Option<Arc<Keys>>,
+}
+
+struct Keys {
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+impl Authenticator {
+    pub fn new(secret: Option<&str>) -> Self {
+        let inner = secret.map(|s| {
+            let mut validation = Validation::new(Algorithm::HS256);
+            // `exp` is checked when present; tokens for long-lived services may omit it.
+            validation.required_spec_claims.clear();
+            validation.leeway = 5;
+            Arc::new(Keys {
+                decoding: DecodingKey::from_secret(s.as_bytes()),
+                validation,
+            })
+        });
+        Self { inner }
+    }
+
+    pub fn open_mode(&self) -> bool {
+        self.inner.is_none()
+    }
+
+    /// Verifies a token. In open mode any token is refused: there is nothing to verify it with.
+    pub fn verify(&self, token: &str) -> Result<Identity, Refusal> {
+        let Some(keys) = &self.inner else {
+            return Err(Refusal::new(
+                ErrorCode::InvalidToken,
+                "this server runs in open mode and does not verify tokens",
+            ));
+        };
+        match decode::<Claims>(token, &keys.decoding, &keys.validation) {
+            Ok(data) => {
+                if data.claims.sub.is_empty() || data.claims.sub.len() > 256 {
+                    return Err(Refusal::new(
+                        ErrorCode::InvalidToken,
+                        "token claim `sub` must be 1-256 characters",
+                    ));
+                }
+                Ok(Identity::from_claims(data.claims))
+            }
+            Err(e) => match e.kind() {
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    Err(Refusal::new(ErrorCode::TokenExpired, "token has expired"))
+                }
+                // Never echo the token or the library's detail (it can quote claims).
+                _ => Err(Refusal::new(ErrorCode::InvalidToken, "token is not valid")),
+            },
+        }
+    }
+
+    /// Reads `Authorization: Bearer <token>`. `Ok(None)` when the header is absent.
+    pub fn from_header(&self, header: Option<&str>) -> Result<Option<Identity>, Refusal> {
+        let Some(h) = header else { return Ok(None) };
+        let token = h
+            .strip_prefix("Bearer ")
+            .or_else(|| h.strip_prefix("bearer "))
+            .ok_or_else(|| {
+                Refusal::new(
+                    ErrorCode::InvalidToken,
+                    "Authorization header must be `Bearer <token>`",
+                )
+            })?;
+        if self.open_mode() {
+            // Open mode accepts (and ignores) tokens so clients need no special case.
+            return Ok(None);
+        }
+        self.verify(token.trim()).map(Some)
+    }
+}
+
+/// Signs a token (the `switchyard token` command and tests).
+pub fn sign(secret: &str, claims: &Claims) -> Result<String, jsonwebtoken::errors::Error> {
+    encode(
+        &Header::new(Algorithm::HS256),
+        claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+/// Glob match with `*` (any run, possibly empty) and `?` (one character). Iterative with
+/// single-star backtracking: linear in practice, never exponential.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let t: Vec<char> = text.chars().collect();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == '*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_room_names() {
+        assert!(glob_match("project:*", "project:42"));
+        assert!(glob_match("*", "anything:at:all"));
+        assert!(glob_match("operation:?", "operation:7"));
+        assert!(!glob_match("operation:?", "operation:77"));
+        assert!(!glob_match("project:*", "projects:1"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+        assert!(glob_match("project:42", "project:42"));
+        assert!(!glob_match("project:4", "project:42"));
+    }
+
+    #[test]
+    fn tokens_round_trip_and_expired_ones_are_refused() {
+        let auth = Authenticator::new(Some("secret-for-tests"));
+        let claims = Claims {
+            sub: "alice".into(),
+            rooms: vec!["project:*".into()],
+            ..Default::default()
+        };
+        let token = sign("secret-for-tests", &claims).unwrap();
+        let id = auth.verify(&token).unwrap();
+        assert_eq!(id.user.id, "alice");
+        assert!(id.may_join("project:1"));
+        assert!(!id.may_join("system"));
+        assert!(!id.may_publish("project:1"));
+
+        let expired = Claims {
+            exp: Some(1),
+            ..claims.clone()
+        };
+        let token = sign("secret-for-tests", &expired).unwrap();
+        assert_eq!(auth.verify(&token).unwrap_err().code, ErrorCode::TokenExpired);
+
+        let forged = sign("other-secret", &claims).unwrap();
+        let err = auth.verify(&forged).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidToken);
+        assert!(!err.message.contains(&forged));
+    }
+
+    #[test]
+    fn roles_widen_permissions() {
+        let auth = Authenticator::new(Some("k"));
+        let svc = auth
+            .verify(
+                &sign(
+                    "k",
+                    &Claims {
+                        sub: "svc".into(),
+                        role: Some("service".into()),
+                        ..Default::default()
+                    },
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        assert!(svc.may_publish("project:9"));
+        assert!(svc.may_post_activity());
+        assert!(!svc.may_join("project:9"));
+    }
+}

@@ -1,0 +1,55 @@
+//! The publish path, behind one interface.
+//!
+//! Every producer — sessions, REST handlers, the activity feed, the stats publisher — publishes
+//! through a [`Broker`]. [`LocalBroker`] hands the message to this node's room registry, where
+//! the room assigns the offset and fans out. A multi-node broker (Redis streams: `XADD` assigns
+//! the order, every node consumes and feeds its local rooms) implements the same trait, and
+//! nothing that publishes has to change.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use actix::Addr;
+
+use crate::actors::registry::RoomRegistry;
+use crate::actors::room::Publish;
+use crate::error::{ErrorCode, Refusal};
+
+pub type PublishFuture = Pin<Box<dyn Future<Output = Result<u64, Refusal>> + Send>>;
+
+pub trait Broker: Send + Sync + 'static {
+    /// Publishes into a room; resolves to the message's offset in that room.
+    fn publish(&self, msg: Publish) -> PublishFuture;
+
+    /// A short name for `/health`.
+    fn name(&self) -> &'static str;
+}
+
+/// Single-node broker: the local registry is the source of order.
+pub struct LocalBroker {
+    registry: Addr<RoomRegistry>,
+}
+
+impl LocalBroker {
+    pub fn new(registry: Addr<RoomRegistry>) -> Self {
+        Self { registry }
+    }
+}
+
+impl Broker for LocalBroker {
+    fn publish(&self, msg: Publish) -> PublishFuture {
+        let fut = self.registry.send(msg);
+        Box::pin(async move {
+            fut.await.unwrap_or_else(|e| {
+                Err(Refusal::new(
+                    ErrorCode::Unavailable,
+                    format!("registry unavailable: {e}"),
+                ))
+            })
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "local"
+    }
+}

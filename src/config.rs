@@ -1,0 +1,343 @@
+//! Settings: one struct, read from the environment, with defaults.
+//!
+//! Every variable is listed in the README's settings table. An invalid value stops start-up with
+//! a message that names the variable; tests build `Settings` directly (port 0, short heartbeats,
+//! a temporary database) instead of going through the environment.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// Where the data lives. Parsed from `DATABASE_URL`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A file path for the embedded SQLite database (created and migrated on first start).
+    Sqlite(String),
+    /// A `postgres://` or `postgresql://` URL.
+    Postgres(String),
+}
+
+impl DatabaseUrl {
+    /// Accepts `postgres://…`, `postgresql://…`, `sqlite://path`, `sqlite:path` or a bare path.
+    pub fn parse(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err("must not be empty".into());
+        }
+        if raw.starts_with("postgres://") || raw.starts_with("postgresql://") {
+            return Ok(Self::Postgres(raw.to_string()));
+        }
+        let path = raw
+            .strip_prefix("sqlite://")
+            .or_else(|| raw.strip_prefix("sqlite:"))
+            .unwrap_or(raw);
+        if path.is_empty() {
+            return Err("the sqlite path is empty".into());
+        }
+        if path.contains("://") {
+            return Err("unsupported scheme (use postgres://… or a SQLite file path)".into());
+        }
+        Ok(Self::Sqlite(path.to_string()))
+    }
+
+    /// The backend's name as reported by `/health`.
+    pub fn backend_name(&self) -> &'static str {
+        match self {
+            Self::Sqlite(_) => "sqlite",
+            Self::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// All server settings. `Settings::default()` is what a bare `switchyard` runs with.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Interface to bind (`SWITCHYARD_HOST`).
+    pub host: IpAddr,
+    /// TCP port; 0 picks a free one (`SWITCHYARD_PORT`).
+    pub port: u16,
+    /// `DATABASE_URL`.
+    pub database: DatabaseUrl,
+    /// Pooled database connections (`SWITCHYARD_DB_POOL_SIZE`).
+    pub db_pool_size: u32,
+    /// How long a query waits for a connection before the database counts as unreachable
+    /// (`SWITCHYARD_DB_TIMEOUT_MS`). Bounds how long `/health` takes during an outage.
+    pub db_timeout: Duration,
+    /// Server ping interval (`SWITCHYARD_HEARTBEAT_INTERVAL_MS`).
+    pub heartbeat_interval: Duration,
+    /// A session silent for this long is dropped (`SWITCHYARD_HEARTBEAT_TIMEOUT_MS`).
+    pub heartbeat_timeout: Duration,
+    /// Messages each room keeps for resume (`SWITCHYARD_HISTORY_SIZE`).
+    pub history_size: usize,
+    /// How long a room keeps a message for resume (`SWITCHYARD_HISTORY_TTL_SECS`).
+    pub history_ttl: Duration,
+    /// HS256 secret; `None` means open mode (`SWITCHYARD_JWT_SECRET`).
+    pub jwt_secret: Option<String>,
+    /// Allow open mode on a non-loopback address (`SWITCHYARD_ALLOW_INSECURE=1`).
+    pub allow_insecure: bool,
+    /// Time a browser session has to send its `auth` frame (`SWITCHYARD_AUTH_TIMEOUT_MS`).
+    pub auth_timeout: Duration,
+    /// Interval of the `stats` event in the `system` room (`SWITCHYARD_STATS_INTERVAL_MS`).
+    pub stats_interval: Duration,
+    /// Largest WebSocket message accepted, after reassembly (`SWITCHYARD_MAX_FRAME_BYTES`).
+    pub max_frame_bytes: usize,
+    /// Largest HTTP request body accepted (`SWITCHYARD_MAX_BODY_BYTES`).
+    pub max_body_bytes: usize,
+    /// Per-session outbound queue limit in messages (`SWITCHYARD_OUTBOX_MAX_MESSAGES`).
+    pub outbox_max_messages: usize,
+    /// Per-session outbound queue limit in bytes (`SWITCHYARD_OUTBOX_MAX_BYTES`).
+    pub outbox_max_bytes: usize,
+    /// Refused frames tolerated per 10 seconds before the session is closed (`SWITCHYARD_ERROR_LIMIT`).
+    pub error_limit: u32,
+    /// Bound on graceful shutdown (`SWITCHYARD_SHUTDOWN_TIMEOUT_MS`).
+    pub shutdown_timeout: Duration,
+    /// HTTP worker threads; 0 means one per core (`SWITCHYARD_WORKERS`).
+    pub workers: usize,
+    /// Threads that run room actors; 0 means one per core (`SWITCHYARD_ROOM_THREADS`).
+    pub room_threads: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            host: IpAddr::from([127, 0, 0, 1]),
+            port: 8080,
+            database: DatabaseUrl::Sqlite("switchyard.db".into()),
+            db_pool_size: 8,
+            db_timeout: Duration::from_millis(2_000),
+            heartbeat_interval: Duration::from_millis(25_000),
+            heartbeat_timeout: Duration::from_millis(60_000),
+            history_size: 100,
+            history_ttl: Duration::from_secs(300),
+            jwt_secret: None,
+            allow_insecure: false,
+            auth_timeout: Duration::from_millis(5_000),
+            stats_interval: Duration::from_millis(5_000),
+            max_frame_bytes: 64 * 1024,
+            max_body_bytes: 256 * 1024,
+            outbox_max_messages: 1_024,
+            outbox_max_bytes: 1024 * 1024,
+            error_limit: 20,
+            shutdown_timeout: Duration::from_millis(5_000),
+            workers: 0,
+            room_threads: 0,
+        }
+    }
+}
+
+/// A start-up configuration error; its message names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid value for {var}: {value:?} ({reason})")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+impl Settings {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Reads settings through `lookup`, so tests can supply a map instead of the environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut s = Settings::default();
+        let get = |var: &'static str| lookup(var).filter(|v| !v.is_empty());
+
+        if let Some(v) = get("SWITCHYARD_HOST") {
+            s.host = v
+                .parse()
+                .map_err(|_| err("SWITCHYARD_HOST", &v, "expected an IP address"))?;
+        }
+        if let Some(v) = get("SWITCHYARD_PORT") {
+            s.port = v
+                .parse()
+                .map_err(|_| err("SWITCHYARD_PORT", &v, "expected a port number 0-65535"))?;
+        }
+        if let Some(v) = get("DATABASE_URL") {
+            s.database = DatabaseUrl::parse(&v).map_err(|r| err("DATABASE_URL", &v, &r))?;
+        }
+        num(&get, "SWITCHYARD_DB_POOL_SIZE", 1, 256, &mut s.db_pool_size)?;
+        millis(&get, "SWITCHYARD_DB_TIMEOUT_MS", 50, &mut s.db_timeout)?;
+        millis(&get, "SWITCHYARD_HEARTBEAT_INTERVAL_MS", 10, &mut s.heartbeat_interval)?;
+        millis(&get, "SWITCHYARD_HEARTBEAT_TIMEOUT_MS", 10, &mut s.heartbeat_timeout)?;
+        num(&get, "SWITCHYARD_HISTORY_SIZE", 0, 1_000_000, &mut s.history_size)?;
+        let mut ttl = s.history_ttl.as_secs();
+        num(&get, "SWITCHYARD_HISTORY_TTL_SECS", 0, 86_400 * 30, &mut ttl)?;
+        s.history_ttl = Duration::from_secs(ttl);
+        s.jwt_secret = get("SWITCHYARD_JWT_SECRET");
+        if let Some(v) = get("SWITCHYARD_ALLOW_INSECURE") {
+            s.allow_insecure = match v.as_str() {
+                "1" | "true" | "yes" => true,
+                "0" | "false" | "no" => false,
+                _ => return Err(err("SWITCHYARD_ALLOW_INSECURE", &v, "expected 1 or 0")),
+            };
+        }
+        millis(&get, "SWITCHYARD_AUTH_TIMEOUT_MS", 10, &mut s.auth_timeout)?;
+        millis(&get, "SWITCHYARD_STATS_INTERVAL_MS", 10, &mut s.stats_interval)?;
+        num(&get, "SWITCHYARD_MAX_FRAME_BYTES", 128, 64 << 20, &mut s.max_frame_bytes)?;
+        num(&get, "SWITCHYARD_MAX_BODY_BYTES", 128, 64 << 20, &mut s.max_body_bytes)?;
+        num(&get, "SWITCHYARD_OUTBOX_MAX_MESSAGES", 1, 1 << 20, &mut s.outbox_max_messages)?;
+        num(&get, "SWITCHYARD_OUTBOX_MAX_BYTES", 1024, 1 << 30, &mut s.outbox_max_bytes)?;
+        num(&get, "SWITCHYARD_ERROR_LIMIT", 1, 1_000_000, &mut s.error_limit)?;
+        millis(&get, "SWITCHYARD_SHUTDOWN_TIMEOUT_MS", 0, &mut s.shutdown_timeout)?;
+        num(&get, "SWITCHYARD_WORKERS", 0, 1024, &mut s.workers)?;
+        num(&get, "SWITCHYARD_ROOM_THREADS", 0, 1024, &mut s.room_threads)?;
+
+        if s.heartbeat_timeout <= s.heartbeat_interval {
+            return Err(err(
+                "SWITCHYARD_HEARTBEAT_TIMEOUT_MS",
+                &s.heartbeat_timeout.as_millis().to_string(),
+                "must be longer than SWITCHYARD_HEARTBEAT_INTERVAL_MS",
+            ));
+        }
+        Ok(s)
+    }
+
+    /// True when no JWT secret is configured: everything is allowed and identities are
+    /// self-declared.
+    pub fn open_mode(&self) -> bool {
+        self.jwt_secret.is_none()
+    }
+
+    /// Open mode on an address other than loopback is refused unless explicitly allowed.
+    pub fn check_safe_to_serve(&self) -> Result<(), String> {
+        if self.open_mode() && !self.host.is_loopback() && !self.allow_insecure {
+            return Err(format!(
+                "refusing to serve in open mode (no SWITCHYARD_JWT_SECRET) on non-loopback address {}; \
+                 set SWITCHYARD_JWT_SECRET, or SWITCHYARD_ALLOW_INSECURE=1 if you really mean it",
+                self.host
+            ));
+        }
+        Ok(())
+    }
+
+    /// Worker count with 0 resolved to the number of cores.
+    pub fn resolved_workers(&self) -> usize {
+        resolve_threads(self.workers)
+    }
+
+    /// Room thread count with 0 resolved to the number of cores.
+    pub fn resolved_room_threads(&self) -> usize {
+        resolve_threads(self.room_threads)
+    }
+}
+
+fn resolve_threads(n: usize) -> usize {
+    if n > 0 {
+        n
+    } else {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    }
+}
+
+fn err(var: &'static str, value: &str, reason: &str) -> ConfigError {
+    ConfigError {
+        var,
+        value: value.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+fn num<T>(
+    get: &impl Fn(&'static str) -> Option<String>,
+    var: &'static str,
+    min: T,
+    max: T,
+    out: &mut T,
+) -> Result<(), ConfigError>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
+{
+    if let Some(v) = get(var) {
+        let parsed: T = v
+            .trim()
+            .parse()
+            .map_err(|_| err(var, &v, &format!("expected a whole number from {min} to {max}")))?;
+        if parsed < min || parsed > max {
+            return Err(err(var, &v, &format!("expected a whole number from {min} to {max}")));
+        }
+        *out = parsed;
+    }
+    Ok(())
+}
+
+fn millis(
+    get: &impl Fn(&'static str) -> Option<String>,
+    var: &'static str,
+    min: u64,
+    out: &mut Duration,
+) -> Result<(), ConfigError> {
+    let mut ms = out.as_millis() as u64;
+    num(get, var, min, 86_400_000 * 30, &mut ms)?;
+    *out = Duration::from_millis(ms);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_serve_on_loopback_8080_with_sqlite() {
+        let s = from(&[]).expect("defaults are valid");
+        assert_eq!(s.port, 8080);
+        assert!(s.host.is_loopback());
+        assert_eq!(s.database, DatabaseUrl::Sqlite("switchyard.db".into()));
+        assert!(s.open_mode());
+    }
+
+    #[test]
+    fn invalid_values_name_the_variable() {
+        let e = from(&[("SWITCHYARD_PORT", "eighty")]).unwrap_err();
+        assert_eq!(e.var, "SWITCHYARD_PORT");
+        assert!(e.to_string().contains("SWITCHYARD_PORT"));
+        let e = from(&[("SWITCHYARD_HISTORY_SIZE", "-1")]).unwrap_err();
+        assert_eq!(e.var, "SWITCHYARD_HISTORY_SIZE");
+        let e = from(&[("DATABASE_URL", "mysql://x")]).unwrap_err();
+        assert_eq!(e.var, "DATABASE_URL");
+        let e = from(&[
+            ("SWITCHYARD_HEARTBEAT_INTERVAL_MS", "1000"),
+            ("SWITCHYARD_HEARTBEAT_TIMEOUT_MS", "500"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "SWITCHYARD_HEARTBEAT_TIMEOUT_MS");
+    }
+
+    #[test]
+    fn database_urls_pick_the_backend() {
+        assert_eq!(
+            DatabaseUrl::parse("postgres://u@h/db").unwrap().backend_name(),
+            "postgres"
+        );
+        assert_eq!(
+            DatabaseUrl::parse("sqlite:///tmp/x.db").unwrap(),
+            DatabaseUrl::Sqlite("/tmp/x.db".into())
+        );
+        assert_eq!(
+            DatabaseUrl::parse("data/x.db").unwrap(),
+            DatabaseUrl::Sqlite("data/x.db".into())
+        );
+    }
+
+    #[test]
+    fn open_mode_on_public_address_is_refused_unless_allowed() {
+        let s = from(&[("SWITCHYARD_HOST", "0.0.0.0")]).unwrap();
+        assert!(s.check_safe_to_serve().is_err());
+        let s = from(&[("SWITCHYARD_HOST", "0.0.0.0"), ("SWITCHYARD_ALLOW_INSECURE", "1")]).unwrap();
+        assert!(s.check_safe_to_serve().is_ok());
+        let s = from(&[("SWITCHYARD_HOST", "0.0.0.0"), ("SWITCHYARD_JWT_SECRET", "s3cret")]).unwrap();
+        assert!(s.check_safe_to_serve().is_ok());
+    }
+}

@@ -1,0 +1,192 @@
+//! The database: one pool for either backend, migrations embedded in the binary, and the single
+//! async bridge ([`Database::run`]) through which all blocking diesel calls go.
+//!
+//! Why an enum of two pools and not `#[derive(MultiConnection)]`: query functions here are
+//! written once and compiled for each backend by [`with_conn!`](crate::with_conn), so each
+//! backend keeps its full feature set (`RETURNING`, boxed queries, partial indexes) instead of
+//! the common subset a multi-backend connection exposes.
+//!
+//! Query functions are plain `fn(&mut DbConn, …) -> QueryResult<T>`; no actor handler calls them
+//! directly, they go through `Database::run`, which runs them on the blocking thread pool.
+
+pub mod activities;
+pub mod schema;
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use diesel::r2d2::{self, ConnectionManager, CustomizeConnection, PooledConnection};
+use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+
+use crate::config::DatabaseUrl;
+use crate::metrics::Metrics;
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+type SqlitePool = r2d2::Pool<ConnectionManager<SqliteConnection>>;
+type PgPool = r2d2::Pool<ConnectionManager<PgConnection>>;
+
+#[derive(Clone)]
+enum Pool {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+/// A pooled connection to whichever backend is configured.
+pub enum DbConn {
+    Sqlite(PooledConnection<ConnectionManager<SqliteConnection>>),
+    Postgres(PooledConnection<ConnectionManager<PgConnection>>),
+}
+
+/// Runs `$body` with `$c` bound to the concrete connection; the body is compiled once per
+/// backend.
+#[macro_export]
+macro_rules! with_conn {
+    ($conn:expr, $c:ident => $body:expr) => {
+        match $conn {
+            $crate::db::DbConn::Sqlite(pooled) => {
+                let $c: &mut ::diesel::SqliteConnection = &mut *pooled;
+                $body
+            }
+            $crate::db::DbConn::Postgres(pooled) => {
+                let $c: &mut ::diesel::PgConnection = &mut *pooled;
+                $body
+            }
+        }
+    };
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("no database connection: {0}")]
+    Pool(#[from] r2d2::PoolError),
+    #[error("query failed: {0}")]
+    Query(#[from] diesel::result::Error),
+    #[error("database task was cancelled")]
+    Cancelled,
+}
+
+/// Cheap to clone; shared by every handler.
+#[derive(Clone)]
+pub struct Database {
+    pool: Pool,
+    backend: &'static str,
+    metrics: Arc<Metrics>,
+}
+
+/// SQLite settings for a server: WAL so readers never block the writer, a busy timeout so
+/// concurrent writers queue instead of failing, foreign keys on.
+#[derive(Debug)]
+struct SqlitePragmas;
+
+impl CustomizeConnection<SqliteConnection, r2d2::Error> for SqlitePragmas {
+    fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), r2d2::Error> {
+        diesel::sql_query(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+        )
+        .execute(conn)
+        .map(|_| ())
+        .map_err(r2d2::Error::QueryError)
+    }
+}
+
+impl Database {
+    /// Connects, creating (SQLite) and migrating the database as needed.
+    pub fn connect(
+        url: &DatabaseUrl,
+        pool_size: u32,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        let pool = match url {
+            DatabaseUrl::Sqlite(path) => {
+                if let Some(dir) = std::path::Path::new(path).parent() {
+                    if !dir.as_os_str().is_empty() && !dir.exists() {
+                        std::fs::create_dir_all(dir).with_context(|| {
+                            format!("creating the directory of the SQLite database {path}")
+                        })?;
+                    }
+                }
+                let pool = r2d2::Pool::builder()
+                    .max_size(pool_size)
+                    .min_idle(Some(1))
+                    .connection_timeout(timeout)
+                    .connection_customizer(Box::new(SqlitePragmas))
+                    .error_handler(Box::new(r2d2::NopErrorHandler))
+                    .build(ConnectionManager::<SqliteConnection>::new(path.as_str()))
+                    .with_context(|| format!("opening the SQLite database {path}"))?;
+                let mut conn = pool.get().context("getting a SQLite connection")?;
+                conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map_err(|e| anyhow::anyhow!("migrating the SQLite database: {e}"))?;
+                Pool::Sqlite(pool)
+            }
+            DatabaseUrl::Postgres(url) => {
+                // Connect once directly for a clear start-up error (the pool would only say
+                // "timed out").
+                PgConnection::establish(url)
+                    .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {e}"))?;
+                let pool = r2d2::Pool::builder()
+                    .max_size(pool_size)
+                    .min_idle(Some(1))
+                    .connection_timeout(timeout)
+                    .error_handler(Box::new(r2d2::NopErrorHandler))
+                    .build(ConnectionManager::<PgConnection>::new(url.as_str()))
+                    .context("building the PostgreSQL pool")?;
+                let mut conn = pool.get().context("getting a PostgreSQL connection")?;
+                conn.run_pending_migrations(POSTGRES_MIGRATIONS)
+                    .map_err(|e| anyhow::anyhow!("migrating the PostgreSQL database: {e}"))?;
+                Pool::Postgres(pool)
+            }
+        };
+        Ok(Self {
+            pool,
+            backend: url.backend_name(),
+            metrics,
+        })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    fn get(&self) -> Result<DbConn, DbError> {
+        Ok(match &self.pool {
+            Pool::Sqlite(p) => DbConn::Sqlite(p.get()?),
+            Pool::Postgres(p) => DbConn::Postgres(p.get()?),
+        })
+    }
+
+    /// The async bridge: runs a blocking query function on the blocking thread pool.
+    pub async fn run<F, T>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut DbConn) -> diesel::QueryResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let db = self.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let mut conn = db.get()?;
+            f(&mut conn).map_err(DbError::from)
+        })
+        .await
+        .unwrap_or(Err(DbError::Cancelled));
+        if result.is_err() {
+            self.metrics.database_errors.fetch_add(1, Relaxed);
+        }
+        result
+    }
+
+    /// Round trip to the database; returns its latency.
+    pub async fn ping(&self) -> Result<Duration, DbError> {
+        let start = Instant::now();
+        self.run(|conn| {
+            with_conn!(conn, c => diesel::sql_query("SELECT 1").execute(c))
+        })
+        .await?;
+        Ok(start.elapsed())
+    }
+}

@@ -1,0 +1,33 @@
+//! Switchyard: a self-hosted real-time server.
+//!
+//! Layout (one concern per module):
+//!
+//! * [`config`] — `Settings` from the environment.
+//! * [`startup`] — `Application::build` / `run_until_stopped`, shared by `main` and the tests.
+//! * [`actors`] — `Session`, `RoomRegistry`, `Room`, `StatsPublisher` and their messages.
+//! * [`protocol`] — wire formats only (`native` for `/ws`).
+//! * [`transport`] — the WebSocket byte layer and the bounded per-session outbox.
+//! * [`broker`] — the publish path behind a trait (local now; Redis later).
+//! * [`db`] — pool, embedded migrations, the async bridge, one module per table.
+//! * [`routes`] — HTTP handlers, one module per area.
+//! * [`auth`], [`error`], [`metrics`] — identity, the error codes, counters.
+//!
+//! Message flow: a client frame is parsed by its `Session`, checked against the caller's
+//! permissions and sent to the `RoomRegistry`, which forwards it to the `Room` actor owning that
+//! name. The room assigns an offset, encodes the message once, appends it to its bounded history
+//! and pushes the same bytes into each member session's outbox; each connection drains its outbox
+//! into one socket write per wake-up. See `actors` for the diagram.
+
+pub mod actors;
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod db;
+pub mod error;
+pub mod metrics;
+pub mod protocol;
+pub mod routes;
+pub mod startup;
+pub mod state;
+pub mod transport;
+pub mod util;

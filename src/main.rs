@@ -1,0 +1,115 @@
+//! The `switchyard` binary: serve (the default), or sign a token.
+
+use clap::{Parser, Subcommand};
+use switchyard::auth::{sign, Claims};
+use switchyard::config::Settings;
+use switchyard::startup::Application;
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "A self-hosted real-time server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve (the default). Settings come from the environment; see the README.
+    Serve,
+    /// Print an HS256 token signed with SWITCHYARD_JWT_SECRET.
+    Token {
+        /// User id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Display name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Room pattern the user may join (repeatable), e.g. 'project:*'.
+        #[arg(long = "rooms")]
+        rooms: Vec<String>,
+        /// Room pattern the user may publish to (repeatable).
+        #[arg(long = "publish")]
+        publish: Vec<String>,
+        /// `admin` or `service`; omit for a plain user.
+        #[arg(long)]
+        role: Option<String>,
+        /// Lifetime in seconds; 0 for a token without expiry.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let cli = Cli::parse();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => serve(),
+        Command::Token {
+            sub,
+            name,
+            rooms,
+            publish,
+            role,
+            ttl,
+        } => {
+            let Some(secret) = std::env::var("SWITCHYARD_JWT_SECRET").ok().filter(|s| !s.is_empty())
+            else {
+                eprintln!("error: SWITCHYARD_JWT_SECRET must be set to sign a token");
+                return std::process::ExitCode::from(2);
+            };
+            if let Some(r) = &role {
+                if r != "admin" && r != "service" {
+                    eprintln!("error: --role must be `admin` or `service`");
+                    return std::process::ExitCode::from(2);
+                }
+            }
+            let exp = (ttl > 0).then(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0)
+                    + ttl
+            });
+            let claims = Claims {
+                sub,
+                name,
+                rooms,
+                publish,
+                role,
+                exp,
+            };
+            match sign(&secret, &claims) {
+                Ok(t) => {
+                    println!("{t}");
+                    std::process::ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: signing failed: {e}");
+                    std::process::ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn serve() -> std::process::ExitCode {
+    let settings = match Settings::from_env() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    let result = actix_web::rt::System::new().block_on(async move {
+        let app = Application::build(settings).await?;
+        app.run_until_stopped().await?;
+        anyhow::Ok(())
+    });
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Process-wide counters, read by `/metrics` (Prometheus text), `/health` and the `stats` event.
+//!
+//! Plain relaxed atomics: each is updated at most once per frame or per broadcast (a fan-out to
+//! N members adds N in one `fetch_add`), never once per member inside a lock.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use crate::error::ErrorCode;
+
+/// Upper bounds (seconds) of the publish-to-send latency buckets.
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+];
+
+pub struct Metrics {
+    started: Instant,
+    /// Open client sessions (all protocols).
+    pub connections: AtomicI64,
+    /// Live room actors.
+    pub rooms: AtomicI64,
+    /// Frames received from clients.
+    pub messages_in: AtomicU64,
+    /// Frames queued to clients (a broadcast to N members counts N).
+    pub messages_out: AtomicU64,
+    /// Messages published into rooms.
+    pub publishes: AtomicU64,
+    /// Failed database calls.
+    pub database_errors: AtomicU64,
+    /// Sessions closed because their outbound queue was full.
+    pub slow_consumers: AtomicU64,
+    /// Refusals by error code (index = `ErrorCode::index`).
+    refusals: Vec<AtomicU64>,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_nanos: AtomicU64,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            connections: AtomicI64::new(0),
+            rooms: AtomicI64::new(0),
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+            publishes: AtomicU64::new(0),
+            database_errors: AtomicU64::new(0),
+            slow_consumers: AtomicU64::new(0),
+            refusals: ErrorCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            latency_buckets: Default::default(),
+            latency_count: AtomicU64::new(0),
+            latency_sum_nanos: AtomicU64::new(0),
+        }
+    }
+
+    pub fn uptime(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    pub fn refused(&self, code: ErrorCode) {
+        if let Some(c) = self.refusals.get(code.index()) {
+            c.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn refusals(&self, code: ErrorCode) -> u64 {
+        self.refusals
+            .get(code.index())
+            .map(|c| c.load(Relaxed))
+            .unwrap_or(0)
+    }
+
+    /// Records the time from a publish reaching the server to its frames being queued to every
+    /// member.
+    pub fn observe_publish_latency(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.latency_buckets[i].fetch_add(1, Relaxed);
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_nanos
+            .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
+    }
+
+    /// Renders the Prometheus text exposition format.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096);
+        let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "switchyard_connections",
+            "Open client sessions.",
+            self.connections.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "switchyard_rooms",
+            "Live rooms.",
+            self.rooms.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchyard_messages_in_total",
+            "Frames received from clients.",
+            self.messages_in.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchyard_messages_out_total",
+            "Frames queued to clients.",
+            self.messages_out.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchyard_publishes_total",
+            "Messages published into rooms.",
+            self.publishes.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchyard_database_errors_total",
+            "Failed database calls.",
+            self.database_errors.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchyard_slow_consumer_disconnects_total",
+            "Sessions closed because their outbound queue was full.",
+            self.slow_consumers.load(Relaxed),
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_refusals_total Requests refused, by error code.\n# TYPE switchyard_refusals_total counter"
+        );
+        for code in ErrorCode::ALL {
+            let _ = writeln!(
+                out,
+                "switchyard_refusals_total{{code=\"{}\"}} {}",
+                code.as_str(),
+                self.refusals(*code)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_publish_latency_seconds Time from a publish reaching the server to its frames queued to every member.\n# TYPE switchyard_publish_latency_seconds histogram"
+        );
+        let mut cumulative = 0u64;
+        for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.latency_buckets[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "switchyard_publish_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+            );
+        }
+        let count = self.latency_count.load(Relaxed);
+        let _ = writeln!(
+            out,
+            "switchyard_publish_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "switchyard_publish_latency_seconds_sum {}",
+            self.latency_sum_nanos.load(Relaxed) as f64 / 1e9
+        );
+        let _ = writeln!(out, "switchyard_publish_latency_seconds_count {count}");
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_uptime_seconds Seconds since start.\n# TYPE switchyard_uptime_seconds gauge\nswitchyard_uptime_seconds {}",
+            self.uptime().as_secs()
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_counts_everything() {
+        let m = Metrics::new();
+        m.observe_publish_latency(Duration::from_micros(30));
+        m.observe_publish_latency(Duration::from_millis(3));
+        m.observe_publish_latency(Duration::from_secs(2));
+        let text = m.render();
+        assert!(text.contains("switchyard_publish_latency_seconds_bucket{le=\"0.00005\"} 1"));
+        assert!(text.contains("switchyard_publish_latency_seconds_bucket{le=\"0.005\"} 2"));
+        assert!(text.contains("switchyard_publish_latency_seconds_bucket{le=\"+Inf\"} 3"));
+        assert!(text.contains("switchyard_publish_latency_seconds_count 3"));
+    }
+}

@@ -1,0 +1,476 @@
+//! The native protocol at `GET /ws`: JSON text frames (docs/protocol.md is the spec).
+//!
+//! Parsing is one pass over the frame into borrowed raw fields, then a typed check per field, so
+//! a frame with a wrong field still gets an error that carries its `id`. `data` is never parsed:
+//! it is kept as raw JSON and copied once into the encoded message.
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::auth::UserInfo;
+use crate::error::{ErrorCode, Refusal};
+
+/// A request id, echoed verbatim in the reply: a JSON string or number.
+pub type RequestId = Box<RawValue>;
+
+/// The position a client last saw in a room.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Since {
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// A parsed client request.
+#[derive(Debug)]
+pub enum Request {
+    Auth {
+        token: Option<String>,
+        user: Option<String>,
+        name: Option<String>,
+    },
+    Join {
+        room: String,
+        since: Option<Since>,
+    },
+    Leave {
+        room: String,
+    },
+    Publish {
+        room: String,
+        event: String,
+        data: Box<RawValue>,
+    },
+    Ping,
+}
+
+impl Request {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Auth { .. } => "auth",
+            Request::Join { .. } => "join",
+            Request::Leave { .. } => "leave",
+            Request::Publish { .. } => "publish",
+            Request::Ping => "ping",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    room: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    since: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    event: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    name: Option<&'a RawValue>,
+}
+
+/// A frame that could not be turned into a request: the refusal and, when the frame was an
+/// object with a usable `id`, that id.
+#[derive(Debug)]
+pub struct BadFrame {
+    pub id: Option<RequestId>,
+    pub refusal: Refusal,
+}
+
+/// Parses one text frame.
+pub fn parse(text: &str) -> Result<(Option<RequestId>, Request), BadFrame> {
+    let raw: RawFrame = match serde_json::from_str(text) {
+        Ok(r) => r,
+        Err(e) => {
+            let code = if e.classify() == serde_json::error::Category::Data {
+                ErrorCode::InvalidFrame
+            } else {
+                ErrorCode::InvalidJson
+            };
+            let message = if code == ErrorCode::InvalidFrame {
+                "a frame must be a JSON object with a `type`".to_string()
+            } else {
+                format!("malformed JSON: {e}")
+            };
+            return Err(BadFrame {
+                id: None,
+                refusal: Refusal::new(code, message),
+            });
+        }
+    };
+    let id = match raw.id {
+        None => None,
+        Some(v) => {
+            let t = v.get().trim_start();
+            let scalar = t.starts_with('"') || t.starts_with('-') || t.starts_with(|c: char| c.is_ascii_digit());
+            if !scalar || v.get().len() > 128 {
+                return Err(BadFrame {
+                    id: None,
+                    refusal: Refusal::new(
+                        ErrorCode::InvalidField,
+                        "field `id` must be a string or a number of at most 128 characters",
+                    ),
+                });
+            }
+            Some(v.to_owned())
+        }
+    };
+    let fail = |code, message: String| BadFrame {
+        id: id.clone(),
+        refusal: Refusal::new(code, message),
+    };
+    let kind: String = match raw.kind {
+        None => return Err(fail(ErrorCode::MissingField, "field `type` is required".into())),
+        Some(v) => serde_json::from_str(v.get())
+            .map_err(|_| fail(ErrorCode::InvalidField, "field `type` must be a string".into()))?,
+    };
+    let request = match kind.as_str() {
+        "ping" => Request::Ping,
+        "join" => Request::Join {
+            room: room_field(raw.room, &kind).map_err(|r| fail(r.code, r.message))?,
+            since: match raw.since {
+                None => None,
+                Some(v) if v.get() == "null" => None,
+                Some(v) => Some(serde_json::from_str(v.get()).map_err(|_| {
+                    fail(
+                        ErrorCode::InvalidField,
+                        "field `since` must be {\"epoch\": string, \"offset\": non-negative integer}"
+                            .into(),
+                    )
+                })?),
+            },
+        },
+        "leave" => Request::Leave {
+            room: room_field(raw.room, &kind).map_err(|r| fail(r.code, r.message))?,
+        },
+        "publish" => {
+            let room = room_field(raw.room, &kind).map_err(|r| fail(r.code, r.message))?;
+            let event: String = string_field(raw.event, "event", &kind, true)
+                .map_err(|r| fail(r.code, r.message))?
+                .unwrap_or_default();
+            if !super::valid_event_name(&event) {
+                return Err(fail(
+                    ErrorCode::InvalidField,
+                    "field `event` must be 1-128 characters without control characters".into(),
+                ));
+            }
+            let data = match raw.data {
+                Some(d) => d.to_owned(),
+                None => RawValue::from_string("null".into()).map_err(|_| {
+                    fail(ErrorCode::Internal, "could not build an empty payload".into())
+                })?,
+            };
+            Request::Publish { room, event, data }
+        }
+        "auth" => Request::Auth {
+            token: string_field(raw.token, "token", &kind, false)
+                .map_err(|r| fail(r.code, r.message))?,
+            user: string_field(raw.user, "user", &kind, false)
+                .map_err(|r| fail(r.code, r.message))?,
+            name: string_field(raw.name, "name", &kind, false)
+                .map_err(|r| fail(r.code, r.message))?,
+        },
+        other => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(fail(
+                ErrorCode::UnknownType,
+                format!("unknown frame type {shown:?}"),
+            ));
+        }
+    };
+    Ok((id, request))
+}
+
+fn string_field(
+    raw: Option<&RawValue>,
+    field: &str,
+    kind: &str,
+    required: bool,
+) -> Result<Option<String>, Refusal> {
+    match raw {
+        None => {
+            if required {
+                Err(Refusal::new(
+                    ErrorCode::MissingField,
+                    format!("field `{field}` is required for `{kind}`"),
+                ))
+            } else {
+                Ok(None)
+            }
+        }
+        Some(v) => serde_json::from_str::<String>(v.get()).map(Some).map_err(|_| {
+            Refusal::new(
+                ErrorCode::InvalidField,
+                format!("field `{field}` must be a string"),
+            )
+        }),
+    }
+}
+
+fn room_field(raw: Option<&RawValue>, kind: &str) -> Result<String, Refusal> {
+    let room = string_field(raw, "room", kind, true)?.unwrap_or_default();
+    if !super::valid_room_name(&room) {
+        return Err(Refusal::new(
+            ErrorCode::InvalidRoom,
+            "room names are 1-128 characters of A-Z a-z 0-9 : _ . -",
+        ));
+    }
+    Ok(room)
+}
+
+// ---- server frames -------------------------------------------------------------------------
+
+fn encode<T: Serialize>(frame: &T) -> Bytes {
+    // Serialising these plain structs cannot fail (string keys, no maps with non-string keys).
+    match serde_json::to_vec(frame) {
+        Ok(v) => Bytes::from(v),
+        Err(e) => {
+            log::error!("encoding a server frame failed: {e}");
+            Bytes::from_static(br#"{"type":"error","code":"internal","message":"encoding failed"}"#)
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Welcome<'a> {
+    #[serde(rename = "type")]
+    t: &'static str,
+    session: &'a str,
+    heartbeat_ms: u64,
+    /// `open`, `required` (send an `auth` frame) or `ok` (authenticated by header).
+    auth: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a UserInfo>,
+}
+
+pub fn welcome(session: &str, heartbeat_ms: u64, auth: &'static str, user: Option<&UserInfo>) -> Bytes {
+    encode(&Welcome {
+        t: "welcome",
+        session,
+        heartbeat_ms,
+        auth,
+        user,
+    })
+}
+
+#[derive(Serialize)]
+struct Joined<'a> {
+    #[serde(rename = "type")]
+    t: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    room: &'a str,
+    epoch: &'a str,
+    offset: u64,
+    recovered: bool,
+    presence: &'a [&'a UserInfo],
+}
+
+pub fn joined(
+    id: Option<&RawValue>,
+    room: &str,
+    epoch: &str,
+    offset: u64,
+    recovered: bool,
+    presence: &[&UserInfo],
+) -> Bytes {
+    encode(&Joined {
+        t: "joined",
+        id,
+        room,
+        epoch,
+        offset,
+        recovered,
+        presence,
+    })
+}
+
+#[derive(Serialize)]
+struct RoomReply<'a> {
+    #[serde(rename = "type")]
+    t: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    room: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+}
+
+pub fn left(id: Option<&RawValue>, room: &str) -> Bytes {
+    encode(&RoomReply {
+        t: "left",
+        id,
+        room,
+        offset: None,
+    })
+}
+
+pub fn published(id: Option<&RawValue>, room: &str, offset: u64) -> Bytes {
+    encode(&RoomReply {
+        t: "published",
+        id,
+        room,
+        offset: Some(offset),
+    })
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    #[serde(rename = "type")]
+    t: &'static str,
+    room: &'a str,
+    offset: u64,
+    event: &'a str,
+    data: &'a RawValue,
+    from: Option<&'a UserInfo>,
+}
+
+/// A room message. Encoded once per publish; the bytes go to every member and into history.
+pub fn message(room: &str, offset: u64, event: &str, data: &RawValue, from: Option<&UserInfo>) -> Bytes {
+    encode(&Message {
+        t: "message",
+        room,
+        offset,
+        event,
+        data,
+        from,
+    })
+}
+
+#[derive(Serialize)]
+struct Presence<'a> {
+    #[serde(rename = "type")]
+    t: &'static str,
+    room: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    joined: Option<[&'a UserInfo; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    left: Option<[&'a UserInfo; 1]>,
+}
+
+pub fn presence_joined(room: &str, user: &UserInfo) -> Bytes {
+    encode(&Presence {
+        t: "presence",
+        room,
+        joined: Some([user]),
+        left: None,
+    })
+}
+
+pub fn presence_left(room: &str, user: &UserInfo) -> Bytes {
+    encode(&Presence {
+        t: "presence",
+        room,
+        joined: None,
+        left: Some([user]),
+    })
+}
+
+#[derive(Serialize)]
+struct Simple<'a> {
+    #[serde(rename = "type")]
+    t: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a UserInfo>,
+}
+
+pub fn pong(id: Option<&RawValue>) -> Bytes {
+    encode(&Simple {
+        t: "pong",
+        id,
+        user: None,
+    })
+}
+
+pub fn authenticated(id: Option<&RawValue>, user: &UserInfo) -> Bytes {
+    encode(&Simple {
+        t: "authenticated",
+        id,
+        user: Some(user),
+    })
+}
+
+#[derive(Serialize)]
+struct ErrorFrame<'a> {
+    #[serde(rename = "type")]
+    t: &'static str,
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+}
+
+pub fn error(id: Option<&RawValue>, refusal: &Refusal) -> Bytes {
+    encode(&ErrorFrame {
+        t: "error",
+        code: refusal.code.as_str(),
+        message: &refusal.message,
+        id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refusal(text: &str) -> (Option<String>, ErrorCode) {
+        let e = parse(text).unwrap_err();
+        (e.id.map(|i| i.get().to_string()), e.refusal.code)
+    }
+
+    #[test]
+    fn parses_each_request_type() {
+        let (id, r) = parse(r#"{"type":"join","room":"project:42","since":{"epoch":"e1","offset":17},"id":7}"#).unwrap();
+        assert_eq!(id.unwrap().get(), "7");
+        match r {
+            Request::Join { room, since } => {
+                assert_eq!(room, "project:42");
+                assert_eq!(since, Some(Since { epoch: "e1".into(), offset: 17 }));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        let (_, r) = parse(r#"{"type":"publish","room":"r","event":"step-updated","data":{"a": [1, 2]}}"#).unwrap();
+        match r {
+            Request::Publish { data, .. } => assert_eq!(data.get(), r#"{"a": [1, 2]}"#),
+            other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(parse(r#"{"type":"ping"}"#).unwrap().1, Request::Ping));
+        assert!(matches!(parse(r#"{"type":"leave","room":"x"}"#).unwrap().1, Request::Leave { .. }));
+    }
+
+    #[test]
+    fn refusals_carry_stable_codes_and_the_id() {
+        assert_eq!(refusal("{not json"), (None, ErrorCode::InvalidJson));
+        assert_eq!(refusal("[1,2]"), (None, ErrorCode::InvalidFrame));
+        assert_eq!(refusal(r#"{"id":"a"}"#), (Some("\"a\"".into()), ErrorCode::MissingField));
+        assert_eq!(refusal(r#"{"type":"dance","id":1}"#), (Some("1".into()), ErrorCode::UnknownType));
+        assert_eq!(refusal(r#"{"type":"join","id":2}"#), (Some("2".into()), ErrorCode::MissingField));
+        assert_eq!(refusal(r#"{"type":"join","room":"bad room","id":3}"#), (Some("3".into()), ErrorCode::InvalidRoom));
+        assert_eq!(refusal(r#"{"type":"join","room":5}"#), (None, ErrorCode::InvalidField));
+        assert_eq!(refusal(r#"{"type":"publish","room":"r","id":4}"#), (Some("4".into()), ErrorCode::MissingField));
+        assert_eq!(refusal(r#"{"type":"join","room":"r","since":{"epoch":1}}"#), (None, ErrorCode::InvalidField));
+        assert_eq!(refusal(r#"{"type":"ping","id":{"x":1}}"#), (None, ErrorCode::InvalidField));
+    }
+
+    #[test]
+    fn message_embeds_raw_data_verbatim() {
+        let data = RawValue::from_string(r#"{"step":3}"#.into()).unwrap();
+        let user = UserInfo { id: "alice".into(), name: None };
+        let b = message("project:1", 5, "step-updated", &data, Some(&user));
+        assert_eq!(
+            std::str::from_utf8(&b).unwrap(),
+            r#"{"type":"message","room":"project:1","offset":5,"event":"step-updated","data":{"step":3},"from":{"user":"alice"}}"#
+        );
+    }
+}

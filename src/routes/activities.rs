@@ -1,0 +1,141 @@
+//! The activity feed: `POST /api/activities` stores and broadcasts, `GET` pages backwards.
+
+use std::time::Instant;
+
+use actix_web::{http::header, web, HttpResponse};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::Caller;
+use crate::actors::room::Publish;
+use crate::db::activities::{self, Activity, NewActivity};
+use crate::error::{AppError, ErrorCode};
+use crate::state::AppState;
+
+/// The global feed's room.
+pub const ACTIVITY_ROOM: &str = "activity";
+
+#[derive(Deserialize)]
+pub struct NewActivityBody {
+    project: Option<String>,
+    actor: String,
+    verb: String,
+    object: Option<String>,
+    data: Option<Box<RawValue>>,
+}
+
+fn check_len(field: &str, value: &str, max: usize) -> Result<(), AppError> {
+    if value.is_empty() || value.len() > max {
+        return Err(AppError::new(
+            ErrorCode::InvalidField,
+            format!("field `{field}` must be 1-{max} characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn project_room(project: &str) -> Result<String, AppError> {
+    let room = format!("project:{project}");
+    if project.is_empty() || !crate::protocol::valid_room_name(&room) {
+        return Err(AppError::new(
+            ErrorCode::InvalidField,
+            "field `project` must be 1-120 characters of A-Z a-z 0-9 : _ . -",
+        ));
+    }
+    Ok(room)
+}
+
+pub async fn create(
+    caller: Caller,
+    body: web::Json<NewActivityBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let received_at = Instant::now();
+    caller
+        .identity
+        .require(caller.identity.may_post_activity(), "post activities")?;
+    let body = body.into_inner();
+    check_len("actor", &body.actor, 256)?;
+    check_len("verb", &body.verb, 128)?;
+    if let Some(o) = &body.object {
+        check_len("object", o, 1024)?;
+    }
+    let project_room = body.project.as_deref().map(project_room).transpose()?;
+    let new = NewActivity {
+        project: body.project,
+        actor: body.actor,
+        verb: body.verb,
+        object: body.object,
+        data: body.data.map(|d| d.get().to_string()),
+        created_at: crate::util::now_millis(),
+    };
+    // Stored first: what the feed broadcasts is always what a later page will show.
+    let row = state
+        .db
+        .run(move |conn| activities::insert(conn, &new))
+        .await?;
+    let activity = Activity::from(row);
+    let json = serde_json::to_string(&activity).map_err(|e| AppError::Internal(e.into()))?;
+    let rooms = std::iter::once(ACTIVITY_ROOM.to_string()).chain(project_room);
+    for room in rooms {
+        let data = RawValue::from_string(json.clone()).map_err(|e| AppError::Internal(e.into()))?;
+        let publish = state.broker.publish(Publish {
+            room,
+            event: "activity.created".into(),
+            data,
+            from: caller.from_user(),
+            retain: false,
+            member_check: None,
+            received_at,
+        });
+        if let Err(e) = publish.await {
+            // Stored but not broadcast: clients still see it on their next page load.
+            log::warn!("activity {} stored but not broadcast: {e}", activity.id);
+        }
+    }
+    log::info!("activity {} created ({} {})", activity.id, activity.actor, activity.verb);
+    Ok(HttpResponse::Created()
+        .insert_header((header::LOCATION, format!("/api/activities?before={}", activity.id + 1)))
+        .body(json))
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    project: Option<String>,
+    before: Option<i64>,
+    limit: Option<i64>,
+}
+
+pub async fn list(
+    caller: Caller,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let q = query.into_inner();
+    let room = match &q.project {
+        Some(p) => project_room(p)?,
+        None => ACTIVITY_ROOM.to_string(),
+    };
+    caller
+        .identity
+        .require(caller.identity.may_join(&room), &format!("read {room}"))?;
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(AppError::new(ErrorCode::InvalidField, "`limit` must be 1-500"));
+    }
+    let project = q.project.clone();
+    let rows = state
+        .db
+        .run(move |conn| activities::page(conn, project.as_deref(), q.before, limit))
+        .await?;
+    let next_before = if rows.len() as i64 == limit {
+        rows.last().map(|r| r.id)
+    } else {
+        None
+    };
+    let items: Vec<Activity> = rows.into_iter().map(Activity::from).collect();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "activities": items,
+        "next_before": next_before,
+    })))
+}

@@ -1,0 +1,51 @@
+//! `GET /health` and `GET /metrics`.
+
+use std::sync::atomic::Ordering::Relaxed;
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use crate::state::AppState;
+
+/// 200 while the database answers, 503 (`degraded`) when it does not. The real-time path does
+/// not depend on the database, so sessions keep working while this says degraded.
+pub async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let bound = state.settings.db_timeout + std::time::Duration::from_secs(1);
+    let ping = tokio::time::timeout(bound, state.db.ping()).await;
+    let (db_status, latency_ms, error) = match ping {
+        Ok(Ok(d)) => ("ok", Some((d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0), None),
+        Ok(Err(e)) => ("unreachable", None, Some(e.to_string())),
+        Err(_) => ("unreachable", None, Some("timed out".to_string())),
+    };
+    if let Some(e) = &error {
+        log::warn!("health: database {}: {e}", state.db.backend());
+    }
+    let ok = db_status == "ok";
+    let body = json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "version": env!("CARGO_PKG_VERSION"),
+        "uptime_seconds": state.metrics.uptime().as_secs(),
+        "websocket": {
+            "status": "active",
+            "connections": state.metrics.connections.load(Relaxed),
+        },
+        "rooms": state.metrics.rooms.load(Relaxed),
+        "broker": { "status": "ok", "kind": state.broker.name() },
+        "database": {
+            "status": db_status,
+            "backend": state.db.backend(),
+            "latency_ms": latency_ms,
+        },
+    });
+    if ok {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4; charset=utf-8")
+        .body(state.metrics.render())
+}

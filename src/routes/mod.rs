@@ -1,0 +1,99 @@
+//! HTTP routes, one module per area. Handlers are thin: check the caller, call an actor or the
+//! database, map errors through `AppError`.
+
+pub mod activities;
+pub mod health;
+pub mod rooms;
+pub mod ws;
+
+use std::future::{ready, Ready};
+use std::sync::Arc;
+
+use actix_web::{dev::Payload, web, FromRequest, HttpRequest};
+
+use crate::auth::{Identity, UserInfo};
+use crate::error::{AppError, ErrorCode};
+use crate::state::AppState;
+
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/ws").route(web::get().to(ws::connect)))
+        .service(web::resource("/health").route(web::get().to(health::health)))
+        .service(web::resource("/metrics").route(web::get().to(health::metrics)))
+        .service(
+            web::scope("/api")
+                .service(web::resource("/rooms").route(web::get().to(rooms::list)))
+                .service(
+                    web::resource("/rooms/{room}/publish").route(web::post().to(rooms::publish)),
+                )
+                .service(
+                    web::resource("/rooms/{room}/presence").route(web::get().to(rooms::presence)),
+                )
+                .service(
+                    web::resource("/rooms/{room}/history").route(web::get().to(rooms::history)),
+                )
+                .service(
+                    web::resource("/activities")
+                        .route(web::post().to(activities::create))
+                        .route(web::get().to(activities::list)),
+                ),
+        );
+}
+
+/// The caller of a REST endpoint. With a secret, a valid `Authorization: Bearer` token is
+/// required; in open mode everyone is an anonymous caller that may do everything.
+pub struct Caller {
+    pub identity: Identity,
+    /// Open mode without a declared identity: published messages carry no `from`.
+    pub anonymous: bool,
+}
+
+impl Caller {
+    pub fn from_user(&self) -> Option<Arc<UserInfo>> {
+        (!self.anonymous).then(|| self.identity.user.clone())
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = AppError;
+    type Future = Ready<Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(caller(req))
+    }
+}
+
+fn caller(req: &HttpRequest) -> Result<Caller, AppError> {
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("application state missing")))?;
+    let header = req
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .map(|h| h.to_str().unwrap_or(""));
+    match state.auth.from_header(header)? {
+        Some(identity) => Ok(Caller {
+            identity,
+            anonymous: false,
+        }),
+        None if state.auth.open_mode() => Ok(Caller {
+            identity: Identity::open("anonymous".into(), None),
+            anonymous: true,
+        }),
+        None => Err(AppError::new(
+            ErrorCode::Unauthenticated,
+            "this endpoint needs Authorization: Bearer <token>",
+        )),
+    }
+}
+
+/// Validates a room name from a path.
+pub fn room_name(raw: &str) -> Result<String, AppError> {
+    if crate::protocol::valid_room_name(raw) {
+        Ok(raw.to_string())
+    } else {
+        Err(AppError::new(
+            ErrorCode::InvalidRoom,
+            "room names are 1-128 characters of A-Z a-z 0-9 : _ . -",
+        ))
+    }
+}

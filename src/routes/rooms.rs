@@ -1,0 +1,156 @@
+//! Room endpoints: publish, list, presence, history.
+
+use std::time::Instant;
+
+use actix_web::{web, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{room_name, Caller};
+use crate::actors::registry::{ListRooms, QueryHistory, QueryPresence};
+use crate::actors::room::Publish;
+use crate::error::{AppError, ErrorCode};
+use crate::state::AppState;
+
+#[derive(Deserialize)]
+pub struct PublishBody {
+    event: String,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+#[derive(Serialize)]
+struct Published<'a> {
+    room: &'a str,
+    offset: u64,
+}
+
+fn registry_down(e: actix::MailboxError) -> AppError {
+    AppError::new(ErrorCode::Unavailable, format!("registry unavailable: {e}"))
+}
+
+pub async fn publish(
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Json<PublishBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let received_at = Instant::now();
+    let room = room_name(&path)?;
+    caller
+        .identity
+        .require(caller.identity.may_publish(&room), &format!("publish to {room}"))?;
+    let body = body.into_inner();
+    if !crate::protocol::valid_event_name(&body.event) {
+        return Err(AppError::new(
+            ErrorCode::InvalidField,
+            "field `event` must be 1-128 characters without control characters",
+        ));
+    }
+    let data = match body.data {
+        Some(d) => d,
+        None => RawValue::from_string("null".into()).map_err(|e| AppError::Internal(e.into()))?,
+    };
+    let offset = state
+        .broker
+        .publish(Publish {
+            room: room.clone(),
+            event: body.event,
+            data,
+            from: caller.from_user(),
+            retain: false,
+            member_check: None,
+            received_at,
+        })
+        .await?;
+    Ok(HttpResponse::Ok().json(Published {
+        room: &room,
+        offset,
+    }))
+}
+
+pub async fn list(caller: Caller, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+    caller
+        .identity
+        .require(caller.identity.may_manage(), "list rooms")?;
+    let rooms = state.registry.send(ListRooms).await.map_err(registry_down)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": rooms })))
+}
+
+pub async fn presence(
+    caller: Caller,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let room = room_name(&path)?;
+    caller
+        .identity
+        .require(caller.identity.may_join(&room), &format!("see {room}"))?;
+    let users = state
+        .registry
+        .send(QueryPresence { room: room.clone() })
+        .await
+        .map_err(registry_down)?
+        .unwrap_or_default();
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "room": room, "presence": users })))
+}
+
+#[derive(Deserialize)]
+pub struct HistoryQuery {
+    after: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct HistoryBody<'a> {
+    room: &'a str,
+    epoch: Option<String>,
+    offset: u64,
+    /// True when every message after `after` is included.
+    complete: bool,
+    messages: Vec<Box<RawValue>>,
+}
+
+pub async fn history(
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<HistoryQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let room = room_name(&path)?;
+    caller
+        .identity
+        .require(caller.identity.may_join(&room), &format!("see {room}"))?;
+    let page = state
+        .registry
+        .send(QueryHistory {
+            room: room.clone(),
+            after: query.after,
+        })
+        .await
+        .map_err(registry_down)?;
+    let body = match page {
+        None => HistoryBody {
+            room: &room,
+            epoch: None,
+            offset: 0,
+            complete: query.after.unwrap_or(0) == 0,
+            messages: Vec::new(),
+        },
+        Some(p) => HistoryBody {
+            room: &room,
+            epoch: Some(p.epoch),
+            offset: p.offset,
+            complete: p.complete,
+            messages: p
+                .messages
+                .iter()
+                .filter_map(|b| {
+                    String::from_utf8(b.to_vec())
+                        .ok()
+                        .and_then(|s| RawValue::from_string(s).ok())
+                })
+                .collect(),
+        },
+    };
+    Ok(HttpResponse::Ok().json(body))
+}

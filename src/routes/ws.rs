@@ -1,0 +1,40 @@
+//! `GET /ws`: upgrade to the native protocol and start a session actor.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use actix::{Actor, AsyncContext};
+use actix_web::{http::header, web, HttpRequest, HttpResponse};
+
+use crate::actors::session::Session;
+use crate::error::{AppError, ErrorCode};
+use crate::state::AppState;
+use crate::transport::outbox::Outbox;
+use crate::transport::ws::upgrade;
+
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
+
+pub async fn connect(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    // A token in the header is checked before the upgrade: a bad one gets a plain 401.
+    let header = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|h| h.to_str().unwrap_or(""));
+    let identity = state.auth.from_header(header).inspect_err(|r| {
+        state.metrics.refused(r.code);
+    })?;
+    let settings = &state.settings;
+    let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
+    let (response, reader) = upgrade(&req, payload, outbox.clone(), settings.max_frame_bytes)
+        .map_err(|e| AppError::new(ErrorCode::BadRequest, format!("not a WebSocket upgrade: {e}")))?;
+    let id = NEXT_SESSION.fetch_add(1, Relaxed);
+    let state = state.into_inner();
+    Session::create(move |ctx| {
+        ctx.add_stream(reader);
+        Session::new(id, identity, outbox, state)
+    });
+    Ok(response)
+}

@@ -1,0 +1,182 @@
+//! `Application`: builds everything from `Settings` and runs it. Used by `main` and by the tests,
+//! so both run the very same server.
+
+use std::net::TcpListener;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{Actor, Addr};
+use actix_web::dev::{Server, ServerHandle};
+use actix_web::{web, App, HttpResponse, HttpServer};
+use anyhow::Context as _;
+
+use crate::actors::registry::{RoomRegistry, ShutdownSessions};
+use crate::actors::room::RoomLimits;
+use crate::actors::stats::StatsPublisher;
+use crate::auth::Authenticator;
+use crate::broker::{Broker, LocalBroker};
+use crate::config::Settings;
+use crate::db::Database;
+use crate::error::{self, AppError, ErrorCode};
+use crate::metrics::Metrics;
+use crate::routes;
+use crate::state::AppState;
+
+pub struct Application {
+    port: u16,
+    server: Server,
+    shutdown: ShutdownHandle,
+}
+
+/// Starts a graceful shutdown: every session gets close 1001, queued frames are flushed, then
+/// the HTTP server stops. Bounded by `SWITCHYARD_SHUTDOWN_TIMEOUT_MS`.
+#[derive(Clone)]
+pub struct ShutdownHandle {
+    registry: Addr<RoomRegistry>,
+    server: ServerHandle,
+    metrics: Arc<Metrics>,
+    timeout: Duration,
+}
+
+impl ShutdownHandle {
+    pub async fn shutdown(&self) {
+        let started = Instant::now();
+        let notified = self.registry.send(ShutdownSessions).await.unwrap_or(0);
+        log::info!("shutting down: closing {notified} sessions");
+        // Sessions uncount themselves as they stop; give them until the deadline.
+        while self.metrics.connections.load(Relaxed) > 0 && started.elapsed() < self.timeout {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Graceful stop: no new connections; open ones (now draining their close frames) get the
+        // rest of the budget before being dropped.
+        self.server.stop(true).await;
+        log::info!("stopped in {:?}", started.elapsed());
+    }
+}
+
+impl Application {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        settings
+            .check_safe_to_serve()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let settings = Arc::new(settings);
+        let metrics = Arc::new(Metrics::new());
+        let db = Database::connect(
+            &settings.database,
+            settings.db_pool_size,
+            settings.db_timeout,
+            metrics.clone(),
+        )?;
+        let registry = RoomRegistry::new(
+            settings.resolved_room_threads(),
+            RoomLimits {
+                history_size: settings.history_size,
+                history_ttl: settings.history_ttl,
+            },
+            metrics.clone(),
+        )
+        .start();
+        let broker: Arc<dyn Broker> = Arc::new(LocalBroker::new(registry.clone()));
+        StatsPublisher::new(settings.stats_interval, metrics.clone(), broker.clone()).start();
+
+        let auth = Authenticator::new(settings.jwt_secret.as_deref());
+        if auth.open_mode() {
+            log::warn!(
+                "OPEN MODE: no SWITCHYARD_JWT_SECRET is set, so every client may join and publish \
+                 anywhere under any name it declares. Set a secret before exposing this server."
+            );
+        }
+        let state = web::Data::new(AppState {
+            settings: settings.clone(),
+            registry: registry.clone(),
+            broker,
+            metrics: metrics.clone(),
+            auth,
+            db,
+        });
+
+        let listener = TcpListener::bind((settings.host, settings.port))
+            .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
+        let port = listener.local_addr()?.port();
+        let max_body = settings.max_body_bytes;
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(state.clone())
+                .app_data(error::json_config(max_body))
+                .app_data(web::PayloadConfig::new(max_body))
+                .app_data(error::query_config())
+                .app_data(error::path_config())
+                .configure(routes::configure)
+                .default_service(web::to(not_found))
+        })
+        .workers(settings.resolved_workers())
+        .disable_signals()
+        .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
+        .listen(listener)?
+        .run();
+        log::info!(
+            "switchyard {} listening on {}:{port} (database: {})",
+            env!("CARGO_PKG_VERSION"),
+            settings.host,
+            settings.database.backend_name()
+        );
+        let shutdown = ShutdownHandle {
+            registry,
+            server: server.handle(),
+            metrics,
+            timeout: settings.shutdown_timeout,
+        };
+        Ok(Self {
+            port,
+            server,
+            shutdown,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn shutdown_handle(&self) -> ShutdownHandle {
+        self.shutdown.clone()
+    }
+
+    /// Serves until a graceful shutdown completes, started by SIGINT/SIGTERM or a
+    /// [`ShutdownHandle`].
+    pub async fn run_until_stopped(self) -> std::io::Result<()> {
+        let handle = self.shutdown.clone();
+        actix_web::rt::spawn(async move {
+            wait_for_signal().await;
+            handle.shutdown().await;
+        });
+        self.server.await
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use actix_web::rt::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!("cannot listen for SIGTERM: {e}");
+                let _ = actix_web::rt::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = actix_web::rt::signal::ctrl_c() => log::info!("SIGINT received"),
+            _ = term.recv() => log::info!("SIGTERM received"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = actix_web::rt::signal::ctrl_c().await;
+    }
+}
+
+async fn not_found() -> Result<HttpResponse, AppError> {
+    Err(AppError::new(ErrorCode::NotFound, "no such endpoint"))
+}

@@ -1,0 +1,21 @@
+//! What every handler and session shares: handed in through `web::Data`, never a global.
+
+use std::sync::Arc;
+
+use actix::Addr;
+
+use crate::actors::registry::RoomRegistry;
+use crate::auth::Authenticator;
+use crate::broker::Broker;
+use crate::config::Settings;
+use crate::db::Database;
+use crate::metrics::Metrics;
+
+pub struct AppState {
+    pub settings: Arc<Settings>,
+    pub registry: Addr<RoomRegistry>,
+    pub broker: Arc<dyn Broker>,
+    pub metrics: Arc<Metrics>,
+    pub auth: Authenticator,
+    pub db: Database,
+}

@@ -1,0 +1,12 @@
+//! Byte transport for client sessions, kept apart from the protocols and the actors.
+//!
+//! Why not `actix-web-actors`: its `WebsocketContext` runs the session actor *inside* the HTTP
+//! response stream, so the actor is only polled while the socket accepts writes (a slow reader
+//! freezes its heartbeats and its mailbox), and its outbound buffer is an unbounded `VecDeque`.
+//! Here a session is an ordinary actor with its own mailbox, and its socket is fed from an
+//! [`outbox::Outbox`]: a queue bounded in messages and bytes that rooms push shared frame bytes
+//! into directly, and that the connection drains into one write per wake-up (many queued frames,
+//! one syscall). The only actix-http pieces used are the WebSocket codec and handshake.
+
+pub mod outbox;
+pub mod ws;

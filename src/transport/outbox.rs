@@ -1,0 +1,252 @@
+//! The per-session outbound queue.
+//!
+//! Producers (the session itself and every room it is in, on any thread) push already-encoded
+//! payloads; a `Bytes` clone is a reference count, so a broadcast shares one buffer among all
+//! members. The consumer is the connection's response body ([`OutboxStream`]), which drains
+//! everything queued into one chunk per poll, framing each payload as it goes.
+//!
+//! Bounds: `max_messages` and `max_bytes` cap what a client that does not read can pin in
+//! memory. A push past them fails with [`PushError::Full`]; the caller decides what that means
+//! (for a room member: disconnect as a slow consumer, the client resumes through offsets).
+//! Control frames (ping/pong/close) bypass the bounds: they are tiny and must never wait.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+
+use actix_http::ws::{CloseCode, CloseReason, OpCode, Parser};
+use bytes::{Bytes, BytesMut};
+use futures_util::task::AtomicWaker;
+use futures_util::Stream;
+
+/// Why a push was not queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushError {
+    /// The queue is at its bound: the client is not keeping up.
+    Full,
+    /// The session is closing or its connection is gone.
+    Closed,
+}
+
+enum Out {
+    Text(Bytes),
+    Ping,
+    Pong(Bytes),
+}
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<Out>,
+    /// Payload bytes in `queue`.
+    bytes: usize,
+    /// Set once: the close frame to send after the queue drains.
+    close: Option<CloseReason>,
+    /// The connection is gone (the body stream was dropped) or the close frame was written.
+    finished: bool,
+}
+
+pub struct Outbox {
+    state: Mutex<State>,
+    waker: AtomicWaker,
+    max_messages: usize,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    pub fn new(max_messages: usize, max_bytes: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State::default()),
+            waker: AtomicWaker::new(),
+            max_messages,
+            max_bytes,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding this lock cannot leave the queue half-updated (every mutation is
+        // a single push/pop), so a poisoned lock is still safe to use.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues a text payload. A single payload larger than `max_bytes` is accepted when the
+    /// queue is empty, so one large message is never refused by the bound meant for backlogs.
+    pub fn push_text(&self, payload: Bytes) -> Result<(), PushError> {
+        {
+            let mut st = self.lock();
+            if st.finished || st.close.is_some() {
+                return Err(PushError::Closed);
+            }
+            if !st.queue.is_empty()
+                && (st.queue.len() >= self.max_messages
+                    || st.bytes + payload.len() > self.max_bytes)
+            {
+                return Err(PushError::Full);
+            }
+            st.bytes += payload.len();
+            st.queue.push_back(Out::Text(payload));
+        }
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// Queues several payloads atomically (all or none), e.g. a `joined` reply and its replay,
+    /// so no live message can slip in between them.
+    pub fn push_all(&self, payloads: impl IntoIterator<Item = Bytes>) -> Result<(), PushError> {
+        {
+            let mut st = self.lock();
+            if st.finished || st.close.is_some() {
+                return Err(PushError::Closed);
+            }
+            let payloads: Vec<Bytes> = payloads.into_iter().collect();
+            let add: usize = payloads.iter().map(|p| p.len()).sum();
+            if !st.queue.is_empty()
+                && (st.queue.len() + payloads.len() > self.max_messages
+                    || st.bytes + add > self.max_bytes)
+            {
+                return Err(PushError::Full);
+            }
+            st.bytes += add;
+            st.queue.extend(payloads.into_iter().map(Out::Text));
+        }
+        self.waker.wake();
+        Ok(())
+    }
+
+    pub fn ping(&self) {
+        self.push_control(Out::Ping);
+    }
+
+    pub fn pong(&self, payload: Bytes) {
+        self.push_control(Out::Pong(payload));
+    }
+
+    fn push_control(&self, out: Out) {
+        {
+            let mut st = self.lock();
+            if st.finished || st.close.is_some() {
+                return;
+            }
+            st.queue.push_back(out);
+        }
+        self.waker.wake();
+    }
+
+    /// Sends a close frame after what is already queued; later pushes are refused. Only the
+    /// first close counts.
+    pub fn close(&self, code: CloseCode, reason: &str) {
+        {
+            let mut st = self.lock();
+            if st.close.is_some() || st.finished {
+                return;
+            }
+            st.close = Some(CloseReason {
+                code,
+                description: Some(reason.to_string()),
+            });
+        }
+        self.waker.wake();
+    }
+
+    /// True once a close was requested or the connection is gone.
+    pub fn is_closed(&self) -> bool {
+        let st = self.lock();
+        st.finished || st.close.is_some()
+    }
+
+    /// Messages and bytes waiting to be written.
+    pub fn backlog(&self) -> (usize, usize) {
+        let st = self.lock();
+        (st.queue.len(), st.bytes)
+    }
+}
+
+/// The response body of a WebSocket connection: drains its outbox, one chunk per wake-up.
+pub struct OutboxStream {
+    outbox: Arc<Outbox>,
+}
+
+impl OutboxStream {
+    pub fn new(outbox: Arc<Outbox>) -> Self {
+        Self { outbox }
+    }
+}
+
+impl Stream for OutboxStream {
+    type Item = Result<Bytes, actix_web::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let outbox = &self.outbox;
+        // Register before looking, so a push between the look and the return still wakes us.
+        outbox.waker.register(cx.waker());
+        let mut st = outbox.lock();
+        if st.finished {
+            return Poll::Ready(None);
+        }
+        if st.queue.is_empty() && st.close.is_none() {
+            return Poll::Pending;
+        }
+        // Size the chunk once; a fresh buffer per chunk means an idle connection holds none.
+        let need: usize = st.bytes + st.queue.len() * 10 + 128;
+        let mut buf = BytesMut::with_capacity(need);
+        while let Some(out) = st.queue.pop_front() {
+            match out {
+                Out::Text(p) => {
+                    st.bytes -= p.len();
+                    Parser::write_message(&mut buf, &p, OpCode::Text, true, false);
+                }
+                Out::Ping => Parser::write_message(&mut buf, b"", OpCode::Ping, true, false),
+                Out::Pong(p) => Parser::write_message(&mut buf, &p, OpCode::Pong, true, false),
+            }
+        }
+        if let Some(reason) = st.close.clone() {
+            Parser::write_close(&mut buf, Some(reason), false);
+            st.finished = true;
+        }
+        Poll::Ready(Some(Ok(buf.freeze())))
+    }
+}
+
+impl Drop for OutboxStream {
+    fn drop(&mut self) {
+        // The connection is gone: refuse further pushes instead of queueing into the void.
+        let mut st = self.outbox.lock();
+        st.finished = true;
+        st.queue.clear();
+        st.bytes = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_util::StreamExt;
+
+    #[test]
+    fn bounds_refuse_a_backlog_but_not_a_single_large_message() {
+        let ob = Outbox::new(2, 10);
+        assert_eq!(ob.push_text(Bytes::from(vec![b'x'; 100])), Ok(()));
+        assert_eq!(ob.push_text(Bytes::from_static(b"a")), Err(PushError::Full));
+        let ob = Outbox::new(2, 100);
+        ob.push_text(Bytes::from_static(b"a")).unwrap();
+        ob.push_text(Bytes::from_static(b"b")).unwrap();
+        assert_eq!(ob.push_text(Bytes::from_static(b"c")), Err(PushError::Full));
+        ob.ping(); // control frames bypass the bound
+        assert_eq!(ob.backlog().0, 3);
+    }
+
+    #[actix_web::test]
+    async fn drains_everything_queued_into_one_chunk_then_closes() {
+        let ob = Outbox::new(16, 1024);
+        ob.push_text(Bytes::from_static(b"one")).unwrap();
+        ob.push_text(Bytes::from_static(b"two")).unwrap();
+        ob.close(CloseCode::Away, "bye");
+        assert_eq!(ob.push_text(Bytes::from_static(b"late")), Err(PushError::Closed));
+        let mut s = OutboxStream::new(ob.clone());
+        let chunk = s.next().await.unwrap().unwrap();
+        // two text frames (2-byte header + payload) and a close frame (2 + 2 code + "bye")
+        assert_eq!(chunk.len(), 5 + 5 + 7);
+        assert_eq!(&chunk[..5], b"\x81\x03one");
+        assert!(s.next().await.is_none());
+    }
+}
