@@ -288,7 +288,10 @@ mod tests {
             ..claims.clone()
         };
         let token = sign("secret-for-tests", &expired).unwrap();
-        assert_eq!(auth.verify(&token).unwrap_err().code, ErrorCode::TokenExpired);
+        assert_eq!(
+            auth.verify(&token).unwrap_err().code,
+            ErrorCode::TokenExpired
+        );
 
         let forged = sign("other-secret", &claims).unwrap();
         let err = auth.verify(&forged).unwrap_err();

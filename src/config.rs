@@ -159,11 +159,33 @@ impl Settings {
         }
         num(&get, "SWITCHYARD_DB_POOL_SIZE", 1, 256, &mut s.db_pool_size)?;
         millis(&get, "SWITCHYARD_DB_TIMEOUT_MS", 50, &mut s.db_timeout)?;
-        millis(&get, "SWITCHYARD_HEARTBEAT_INTERVAL_MS", 10, &mut s.heartbeat_interval)?;
-        millis(&get, "SWITCHYARD_HEARTBEAT_TIMEOUT_MS", 10, &mut s.heartbeat_timeout)?;
-        num(&get, "SWITCHYARD_HISTORY_SIZE", 0, 1_000_000, &mut s.history_size)?;
+        millis(
+            &get,
+            "SWITCHYARD_HEARTBEAT_INTERVAL_MS",
+            10,
+            &mut s.heartbeat_interval,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_HEARTBEAT_TIMEOUT_MS",
+            10,
+            &mut s.heartbeat_timeout,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_HISTORY_SIZE",
+            0,
+            1_000_000,
+            &mut s.history_size,
+        )?;
         let mut ttl = s.history_ttl.as_secs();
-        num(&get, "SWITCHYARD_HISTORY_TTL_SECS", 0, 86_400 * 30, &mut ttl)?;
+        num(
+            &get,
+            "SWITCHYARD_HISTORY_TTL_SECS",
+            0,
+            86_400 * 30,
+            &mut ttl,
+        )?;
         s.history_ttl = Duration::from_secs(ttl);
         s.jwt_secret = get("SWITCHYARD_JWT_SECRET");
         if let Some(v) = get("SWITCHYARD_ALLOW_INSECURE") {
@@ -174,15 +196,61 @@ impl Settings {
             };
         }
         millis(&get, "SWITCHYARD_AUTH_TIMEOUT_MS", 10, &mut s.auth_timeout)?;
-        millis(&get, "SWITCHYARD_STATS_INTERVAL_MS", 10, &mut s.stats_interval)?;
-        num(&get, "SWITCHYARD_MAX_FRAME_BYTES", 128, 64 << 20, &mut s.max_frame_bytes)?;
-        num(&get, "SWITCHYARD_MAX_BODY_BYTES", 128, 64 << 20, &mut s.max_body_bytes)?;
-        num(&get, "SWITCHYARD_OUTBOX_MAX_MESSAGES", 1, 1 << 20, &mut s.outbox_max_messages)?;
-        num(&get, "SWITCHYARD_OUTBOX_MAX_BYTES", 1024, 1 << 30, &mut s.outbox_max_bytes)?;
-        num(&get, "SWITCHYARD_ERROR_LIMIT", 1, 1_000_000, &mut s.error_limit)?;
-        millis(&get, "SWITCHYARD_SHUTDOWN_TIMEOUT_MS", 0, &mut s.shutdown_timeout)?;
+        millis(
+            &get,
+            "SWITCHYARD_STATS_INTERVAL_MS",
+            10,
+            &mut s.stats_interval,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_MAX_FRAME_BYTES",
+            128,
+            64 << 20,
+            &mut s.max_frame_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_MAX_BODY_BYTES",
+            128,
+            64 << 20,
+            &mut s.max_body_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OUTBOX_MAX_MESSAGES",
+            1,
+            1 << 20,
+            &mut s.outbox_max_messages,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OUTBOX_MAX_BYTES",
+            1024,
+            1 << 30,
+            &mut s.outbox_max_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_ERROR_LIMIT",
+            1,
+            1_000_000,
+            &mut s.error_limit,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_SHUTDOWN_TIMEOUT_MS",
+            0,
+            &mut s.shutdown_timeout,
+        )?;
         num(&get, "SWITCHYARD_WORKERS", 0, 1024, &mut s.workers)?;
-        num(&get, "SWITCHYARD_ROOM_THREADS", 0, 1024, &mut s.room_threads)?;
+        num(
+            &get,
+            "SWITCHYARD_ROOM_THREADS",
+            0,
+            1024,
+            &mut s.room_threads,
+        )?;
 
         if s.heartbeat_timeout <= s.heartbeat_interval {
             return Err(err(
@@ -252,12 +320,19 @@ where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     if let Some(v) = get(var) {
-        let parsed: T = v
-            .trim()
-            .parse()
-            .map_err(|_| err(var, &v, &format!("expected a whole number from {min} to {max}")))?;
+        let parsed: T = v.trim().parse().map_err(|_| {
+            err(
+                var,
+                &v,
+                &format!("expected a whole number from {min} to {max}"),
+            )
+        })?;
         if parsed < min || parsed > max {
-            return Err(err(var, &v, &format!("expected a whole number from {min} to {max}")));
+            return Err(err(
+                var,
+                &v,
+                &format!("expected a whole number from {min} to {max}"),
+            ));
         }
         *out = parsed;
     }
@@ -318,7 +393,9 @@ mod tests {
     #[test]
     fn database_urls_pick_the_backend() {
         assert_eq!(
-            DatabaseUrl::parse("postgres://u@h/db").unwrap().backend_name(),
+            DatabaseUrl::parse("postgres://u@h/db")
+                .unwrap()
+                .backend_name(),
             "postgres"
         );
         assert_eq!(
@@ -335,9 +412,17 @@ mod tests {
     fn open_mode_on_public_address_is_refused_unless_allowed() {
         let s = from(&[("SWITCHYARD_HOST", "0.0.0.0")]).unwrap();
         assert!(s.check_safe_to_serve().is_err());
-        let s = from(&[("SWITCHYARD_HOST", "0.0.0.0"), ("SWITCHYARD_ALLOW_INSECURE", "1")]).unwrap();
+        let s = from(&[
+            ("SWITCHYARD_HOST", "0.0.0.0"),
+            ("SWITCHYARD_ALLOW_INSECURE", "1"),
+        ])
+        .unwrap();
         assert!(s.check_safe_to_serve().is_ok());
-        let s = from(&[("SWITCHYARD_HOST", "0.0.0.0"), ("SWITCHYARD_JWT_SECRET", "s3cret")]).unwrap();
+        let s = from(&[
+            ("SWITCHYARD_HOST", "0.0.0.0"),
+            ("SWITCHYARD_JWT_SECRET", "s3cret"),
+        ])
+        .unwrap();
         assert!(s.check_safe_to_serve().is_ok());
     }
 }

@@ -108,10 +108,9 @@ impl ErrorCode {
             | Self::InvalidRoom
             | Self::BadRequest
             | Self::BinaryNotSupported => StatusCode::BAD_REQUEST,
-            Self::Unauthenticated
-            | Self::InvalidToken
-            | Self::TokenExpired
-            | Self::AuthTimeout => StatusCode::UNAUTHORIZED,
+            Self::Unauthenticated | Self::InvalidToken | Self::TokenExpired | Self::AuthTimeout => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::Forbidden | Self::NotMember | Self::IdentityChange => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::FrameTooLarge | Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,

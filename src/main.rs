@@ -52,7 +52,9 @@ fn main() -> std::process::ExitCode {
             role,
             ttl,
         } => {
-            let Some(secret) = std::env::var("SWITCHYARD_JWT_SECRET").ok().filter(|s| !s.is_empty())
+            let Some(secret) = std::env::var("SWITCHYARD_JWT_SECRET")
+                .ok()
+                .filter(|s| !s.is_empty())
             else {
                 eprintln!("error: SWITCHYARD_JWT_SECRET must be set to sign a token");
                 return std::process::ExitCode::from(2);

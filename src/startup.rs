@@ -40,6 +40,12 @@ pub struct ShutdownHandle {
 }
 
 impl ShutdownHandle {
+    /// Stops the HTTP server at once, without closing sessions gracefully.
+    pub fn stop_now(&self) {
+        // The stop command is sent when `stop` is called; the returned future only waits.
+        std::mem::drop(self.server.stop(false));
+    }
+
     pub async fn shutdown(&self) {
         let started = Instant::now();
         let notified = self.registry.send(ShutdownSessions).await.unwrap_or(0);

@@ -132,36 +132,41 @@ impl RoomRegistry {
     }
 
     fn room(&mut self, name: &str, ctx: &mut Context<Self>) -> &mut Entry {
-        if !self.rooms.contains_key(name) {
-            let room_id = self.next_room_id;
-            self.next_room_id += 1;
-            let (epoch, last_offset) = self
-                .tombstones
-                .remove(name)
-                .unwrap_or_else(|| (format!("{}-{room_id}", self.process_epoch).into(), 0));
-            let arbiter = self.threads[self.next_thread % self.threads.len()].handle();
-            self.next_thread += 1;
-            let registry = ctx.address();
-            let metrics = self.metrics.clone();
-            let limits = self.limits;
-            let owned = name.to_string();
-            let addr = Room::start_in_arbiter(&arbiter, move |_| {
-                Room::new(owned, room_id, epoch, last_offset, limits, registry, metrics)
-            });
-            self.metrics.rooms.fetch_add(1, Relaxed);
-            self.rooms.insert(
-                name.to_string(),
-                Entry {
+        use std::collections::hash_map::Entry as Slot;
+        match self.rooms.entry(name.to_string()) {
+            Slot::Occupied(e) => e.into_mut(),
+            Slot::Vacant(slot) => {
+                let room_id = self.next_room_id;
+                self.next_room_id += 1;
+                let (epoch, last_offset) = self
+                    .tombstones
+                    .remove(name)
+                    .unwrap_or_else(|| (format!("{}-{room_id}", self.process_epoch).into(), 0));
+                let arbiter = self.threads[self.next_thread % self.threads.len()].handle();
+                self.next_thread += 1;
+                let registry = ctx.address();
+                let metrics = self.metrics.clone();
+                let limits = self.limits;
+                let owned = name.to_string();
+                let addr = Room::start_in_arbiter(&arbiter, move |_| {
+                    Room::new(
+                        owned,
+                        room_id,
+                        epoch,
+                        last_offset,
+                        limits,
+                        registry,
+                        metrics,
+                    )
+                });
+                self.metrics.rooms.fetch_add(1, Relaxed);
+                slot.insert(Entry {
                     addr,
                     room_id,
                     routed: 0,
-                },
-            );
+                })
+            }
         }
-        // Inserted just above when missing.
-        self.rooms
-            .get_mut(name)
-            .expect("room entry exists after insertion")
     }
 
     fn existing(&mut self, name: &str) -> Option<&mut Entry> {
@@ -178,7 +183,10 @@ impl Actor for RoomRegistry {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(16 * 1024);
-        log::info!("room registry started with {} room threads", self.threads.len());
+        log::info!(
+            "room registry started with {} room threads",
+            self.threads.len()
+        );
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -206,7 +214,10 @@ impl Handler<LeaveRoom> for RoomRegistry {
         let Some(entry) = self.existing(&msg.room) else {
             let room = msg.room;
             return Box::pin(async move {
-                Err(Refusal::new(ErrorCode::NotMember, format!("not a member of {room}")))
+                Err(Refusal::new(
+                    ErrorCode::NotMember,
+                    format!("not a member of {room}"),
+                ))
             });
         };
         entry.routed += 1;

@@ -187,11 +187,7 @@ impl Room {
             self.history.pop_front();
         }
         let ttl = self.limits.history_ttl;
-        while self
-            .history
-            .front()
-            .is_some_and(|m| m.at.elapsed() > ttl)
-        {
+        while self.history.front().is_some_and(|m| m.at.elapsed() > ttl) {
             self.history.pop_front();
         }
     }
@@ -299,9 +295,15 @@ impl Actor for Room {
         // Rooms receive fan-in from many sessions; a deeper mailbox smooths bursts (senders that
         // use `send` wait when it is full, which is the back-pressure we want).
         ctx.set_mailbox_capacity(4096);
-        let every = (self.limits.history_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+        let every =
+            (self.limits.history_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
         ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
-        log::debug!("room {} started (epoch {}, offset {})", self.name, self.epoch, self.last_offset);
+        log::debug!(
+            "room {} started (epoch {}, offset {})",
+            self.name,
+            self.epoch,
+            self.last_offset
+        );
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -327,7 +329,11 @@ impl Handler<JoinRoom> for Room {
             .map(|m| m.offset)
             .unwrap_or(self.last_offset + 1);
         let (recovered, replay_from) = match &msg.since {
-            Some(s) if *s.epoch == *self.epoch && s.offset <= self.last_offset && s.offset + 1 >= first_kept => {
+            Some(s)
+                if *s.epoch == *self.epoch
+                    && s.offset <= self.last_offset
+                    && s.offset + 1 >= first_kept =>
+            {
                 (true, Some(s.offset))
             }
             _ => (false, None),
@@ -372,7 +378,10 @@ impl Handler<JoinRoom> for Room {
             Ok(()) => {}
             Err(PushError::Full) => {
                 self.evict(session, EvictReason::SlowConsumer);
-                return Err(Refusal::new(ErrorCode::SlowConsumer, "outbound queue is full"));
+                return Err(Refusal::new(
+                    ErrorCode::SlowConsumer,
+                    "outbound queue is full",
+                ));
             }
             Err(PushError::Closed) => {
                 self.remove_member(session);
@@ -426,7 +435,13 @@ impl Handler<Publish> for Room {
         }
         self.last_offset += 1;
         let offset = self.last_offset;
-        let frame = native::message(&self.name, offset, &msg.event, &msg.data, msg.from.as_deref());
+        let frame = native::message(
+            &self.name,
+            offset,
+            &msg.event,
+            &msg.data,
+            msg.from.as_deref(),
+        );
         if msg.retain {
             self.retained = Some(frame.clone());
         }

@@ -196,7 +196,10 @@ impl Session {
                         Err(e) => act.refuse(
                             ctx,
                             id.as_deref(),
-                            Refusal::new(ErrorCode::Unavailable, format!("registry unavailable: {e}")),
+                            Refusal::new(
+                                ErrorCode::Unavailable,
+                                format!("registry unavailable: {e}"),
+                            ),
                         ),
                     })
                     .wait(ctx);
@@ -219,7 +222,10 @@ impl Session {
                         Err(e) => act.refuse(
                             ctx,
                             id.as_deref(),
-                            Refusal::new(ErrorCode::Unavailable, format!("registry unavailable: {e}")),
+                            Refusal::new(
+                                ErrorCode::Unavailable,
+                                format!("registry unavailable: {e}"),
+                            ),
                         ),
                     })
                     .wait(ctx);
@@ -227,7 +233,10 @@ impl Session {
             Request::Publish { room, event, data } => {
                 let Some(identity) = identity else { return };
                 if !identity.may_publish(&room) {
-                    let r = Refusal::new(ErrorCode::Forbidden, format!("you may not publish to {room}"));
+                    let r = Refusal::new(
+                        ErrorCode::Forbidden,
+                        format!("you may not publish to {room}"),
+                    );
                     return self.refuse(ctx, id.as_deref(), r);
                 }
                 let msg = Publish {
@@ -333,9 +342,16 @@ impl Actor for Session {
             &self.key,
             hb.as_millis() as u64,
             auth,
-            self.identity.as_ref().map(|i| i.user.as_ref()).filter(|_| self.header_auth),
+            self.identity
+                .as_ref()
+                .map(|i| i.user.as_ref())
+                .filter(|_| self.header_auth),
         ));
-        log::info!("session {} connected ({}, auth {auth})", self.key, self.user_id());
+        log::info!(
+            "session {} connected ({}, auth {auth})",
+            self.key,
+            self.user_id()
+        );
 
         ctx.run_interval(hb, |act, ctx| {
             if act.last_seen.elapsed() > act.state.settings.heartbeat_timeout {
@@ -425,7 +441,12 @@ impl Handler<Evicted> for Session {
 
     fn handle(&mut self, msg: Evicted, ctx: &mut Context<Self>) {
         self.rooms.remove(&msg.room);
-        log::warn!("session {}: evicted from {} ({:?})", self.key, msg.room, msg.reason);
+        log::warn!(
+            "session {}: evicted from {} ({:?})",
+            self.key,
+            msg.room,
+            msg.reason
+        );
         self.close(ctx, CloseCode::Other(CLOSE_SLOW_CONSUMER), "slow consumer");
     }
 }

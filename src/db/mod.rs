@@ -86,8 +86,9 @@ struct SqlitePragmas;
 impl CustomizeConnection<SqliteConnection, r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), r2d2::Error> {
         diesel::sql_query(
-            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-             PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+            // busy_timeout first, so the statements after it already wait instead of failing.
+            "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
+             PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
         .execute(conn)
         .map(|_| ())
@@ -112,6 +113,16 @@ impl Database {
                         })?;
                     }
                 }
+                // Migrate on one connection before the pool opens others: SQLite would answer
+                // a concurrent schema change with "database is locked".
+                let mut conn = SqliteConnection::establish(path)
+                    .map_err(|e| anyhow::anyhow!("opening the SQLite database {path}: {e}"))?;
+                SqlitePragmas
+                    .on_acquire(&mut conn)
+                    .map_err(|e| anyhow::anyhow!("configuring the SQLite database: {e}"))?;
+                conn.run_pending_migrations(SQLITE_MIGRATIONS)
+                    .map_err(|e| anyhow::anyhow!("migrating the SQLite database: {e}"))?;
+                drop(conn);
                 let pool = r2d2::Pool::builder()
                     .max_size(pool_size)
                     .min_idle(Some(1))
@@ -120,16 +131,16 @@ impl Database {
                     .error_handler(Box::new(r2d2::NopErrorHandler))
                     .build(ConnectionManager::<SqliteConnection>::new(path.as_str()))
                     .with_context(|| format!("opening the SQLite database {path}"))?;
-                let mut conn = pool.get().context("getting a SQLite connection")?;
-                conn.run_pending_migrations(SQLITE_MIGRATIONS)
-                    .map_err(|e| anyhow::anyhow!("migrating the SQLite database: {e}"))?;
                 Pool::Sqlite(pool)
             }
             DatabaseUrl::Postgres(url) => {
-                // Connect once directly for a clear start-up error (the pool would only say
-                // "timed out").
-                PgConnection::establish(url)
+                // Connect once directly (a clear start-up error; the pool would only say
+                // "timed out") and migrate on that connection.
+                let mut conn = PgConnection::establish(url)
                     .map_err(|e| anyhow::anyhow!("connecting to PostgreSQL: {e}"))?;
+                conn.run_pending_migrations(POSTGRES_MIGRATIONS)
+                    .map_err(|e| anyhow::anyhow!("migrating the PostgreSQL database: {e}"))?;
+                drop(conn);
                 let pool = r2d2::Pool::builder()
                     .max_size(pool_size)
                     .min_idle(Some(1))
@@ -137,9 +148,6 @@ impl Database {
                     .error_handler(Box::new(r2d2::NopErrorHandler))
                     .build(ConnectionManager::<PgConnection>::new(url.as_str()))
                     .context("building the PostgreSQL pool")?;
-                let mut conn = pool.get().context("getting a PostgreSQL connection")?;
-                conn.run_pending_migrations(POSTGRES_MIGRATIONS)
-                    .map_err(|e| anyhow::anyhow!("migrating the PostgreSQL database: {e}"))?;
                 Pool::Postgres(pool)
             }
         };
@@ -183,10 +191,8 @@ impl Database {
     /// Round trip to the database; returns its latency.
     pub async fn ping(&self) -> Result<Duration, DbError> {
         let start = Instant::now();
-        self.run(|conn| {
-            with_conn!(conn, c => diesel::sql_query("SELECT 1").execute(c))
-        })
-        .await?;
+        self.run(|conn| with_conn!(conn, c => diesel::sql_query("SELECT 1").execute(c)))
+            .await?;
         Ok(start.elapsed())
     }
 }

@@ -88,6 +88,17 @@ pub struct BadFrame {
 
 /// Parses one text frame.
 pub fn parse(text: &str) -> Result<(Option<RequestId>, Request), BadFrame> {
+    if !text.trim_start().starts_with('{') {
+        // serde would read a JSON array as a struct by position; only objects are frames.
+        let code = match serde_json::from_str::<serde::de::IgnoredAny>(text) {
+            Ok(_) => ErrorCode::InvalidFrame,
+            Err(_) => ErrorCode::InvalidJson,
+        };
+        return Err(BadFrame {
+            id: None,
+            refusal: Refusal::new(code, "a frame must be a JSON object with a `type`"),
+        });
+    }
     let raw: RawFrame = match serde_json::from_str(text) {
         Ok(r) => r,
         Err(e) => {
@@ -111,7 +122,9 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request), BadFrame> {
         None => None,
         Some(v) => {
             let t = v.get().trim_start();
-            let scalar = t.starts_with('"') || t.starts_with('-') || t.starts_with(|c: char| c.is_ascii_digit());
+            let scalar = t.starts_with('"')
+                || t.starts_with('-')
+                || t.starts_with(|c: char| c.is_ascii_digit());
             if !scalar || v.get().len() > 128 {
                 return Err(BadFrame {
                     id: None,
@@ -129,9 +142,18 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request), BadFrame> {
         refusal: Refusal::new(code, message),
     };
     let kind: String = match raw.kind {
-        None => return Err(fail(ErrorCode::MissingField, "field `type` is required".into())),
-        Some(v) => serde_json::from_str(v.get())
-            .map_err(|_| fail(ErrorCode::InvalidField, "field `type` must be a string".into()))?,
+        None => {
+            return Err(fail(
+                ErrorCode::MissingField,
+                "field `type` is required".into(),
+            ))
+        }
+        Some(v) => serde_json::from_str(v.get()).map_err(|_| {
+            fail(
+                ErrorCode::InvalidField,
+                "field `type` must be a string".into(),
+            )
+        })?,
     };
     let request = match kind.as_str() {
         "ping" => Request::Ping,
@@ -207,12 +229,14 @@ fn string_field(
                 Ok(None)
             }
         }
-        Some(v) => serde_json::from_str::<String>(v.get()).map(Some).map_err(|_| {
-            Refusal::new(
-                ErrorCode::InvalidField,
-                format!("field `{field}` must be a string"),
-            )
-        }),
+        Some(v) => serde_json::from_str::<String>(v.get())
+            .map(Some)
+            .map_err(|_| {
+                Refusal::new(
+                    ErrorCode::InvalidField,
+                    format!("field `{field}` must be a string"),
+                )
+            }),
     }
 }
 
@@ -252,7 +276,12 @@ struct Welcome<'a> {
     user: Option<&'a UserInfo>,
 }
 
-pub fn welcome(session: &str, heartbeat_ms: u64, auth: &'static str, user: Option<&UserInfo>) -> Bytes {
+pub fn welcome(
+    session: &str,
+    heartbeat_ms: u64,
+    auth: &'static str,
+    user: Option<&UserInfo>,
+) -> Bytes {
     encode(&Welcome {
         t: "welcome",
         session,
@@ -335,7 +364,13 @@ struct Message<'a> {
 }
 
 /// A room message. Encoded once per publish; the bytes go to every member and into history.
-pub fn message(room: &str, offset: u64, event: &str, data: &RawValue, from: Option<&UserInfo>) -> Bytes {
+pub fn message(
+    room: &str,
+    offset: u64,
+    event: &str,
+    data: &RawValue,
+    from: Option<&UserInfo>,
+) -> Bytes {
     encode(&Message {
         t: "message",
         room,
@@ -431,42 +466,86 @@ mod tests {
 
     #[test]
     fn parses_each_request_type() {
-        let (id, r) = parse(r#"{"type":"join","room":"project:42","since":{"epoch":"e1","offset":17},"id":7}"#).unwrap();
+        let (id, r) = parse(
+            r#"{"type":"join","room":"project:42","since":{"epoch":"e1","offset":17},"id":7}"#,
+        )
+        .unwrap();
         assert_eq!(id.unwrap().get(), "7");
         match r {
             Request::Join { room, since } => {
                 assert_eq!(room, "project:42");
-                assert_eq!(since, Some(Since { epoch: "e1".into(), offset: 17 }));
+                assert_eq!(
+                    since,
+                    Some(Since {
+                        epoch: "e1".into(),
+                        offset: 17
+                    })
+                );
             }
             other => panic!("unexpected {other:?}"),
         }
-        let (_, r) = parse(r#"{"type":"publish","room":"r","event":"step-updated","data":{"a": [1, 2]}}"#).unwrap();
+        let (_, r) =
+            parse(r#"{"type":"publish","room":"r","event":"step-updated","data":{"a": [1, 2]}}"#)
+                .unwrap();
         match r {
             Request::Publish { data, .. } => assert_eq!(data.get(), r#"{"a": [1, 2]}"#),
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(parse(r#"{"type":"ping"}"#).unwrap().1, Request::Ping));
-        assert!(matches!(parse(r#"{"type":"leave","room":"x"}"#).unwrap().1, Request::Leave { .. }));
+        assert!(matches!(
+            parse(r#"{"type":"ping"}"#).unwrap().1,
+            Request::Ping
+        ));
+        assert!(matches!(
+            parse(r#"{"type":"leave","room":"x"}"#).unwrap().1,
+            Request::Leave { .. }
+        ));
     }
 
     #[test]
     fn refusals_carry_stable_codes_and_the_id() {
         assert_eq!(refusal("{not json"), (None, ErrorCode::InvalidJson));
         assert_eq!(refusal("[1,2]"), (None, ErrorCode::InvalidFrame));
-        assert_eq!(refusal(r#"{"id":"a"}"#), (Some("\"a\"".into()), ErrorCode::MissingField));
-        assert_eq!(refusal(r#"{"type":"dance","id":1}"#), (Some("1".into()), ErrorCode::UnknownType));
-        assert_eq!(refusal(r#"{"type":"join","id":2}"#), (Some("2".into()), ErrorCode::MissingField));
-        assert_eq!(refusal(r#"{"type":"join","room":"bad room","id":3}"#), (Some("3".into()), ErrorCode::InvalidRoom));
-        assert_eq!(refusal(r#"{"type":"join","room":5}"#), (None, ErrorCode::InvalidField));
-        assert_eq!(refusal(r#"{"type":"publish","room":"r","id":4}"#), (Some("4".into()), ErrorCode::MissingField));
-        assert_eq!(refusal(r#"{"type":"join","room":"r","since":{"epoch":1}}"#), (None, ErrorCode::InvalidField));
-        assert_eq!(refusal(r#"{"type":"ping","id":{"x":1}}"#), (None, ErrorCode::InvalidField));
+        assert_eq!(
+            refusal(r#"{"id":"a"}"#),
+            (Some("\"a\"".into()), ErrorCode::MissingField)
+        );
+        assert_eq!(
+            refusal(r#"{"type":"dance","id":1}"#),
+            (Some("1".into()), ErrorCode::UnknownType)
+        );
+        assert_eq!(
+            refusal(r#"{"type":"join","id":2}"#),
+            (Some("2".into()), ErrorCode::MissingField)
+        );
+        assert_eq!(
+            refusal(r#"{"type":"join","room":"bad room","id":3}"#),
+            (Some("3".into()), ErrorCode::InvalidRoom)
+        );
+        assert_eq!(
+            refusal(r#"{"type":"join","room":5}"#),
+            (None, ErrorCode::InvalidField)
+        );
+        assert_eq!(
+            refusal(r#"{"type":"publish","room":"r","id":4}"#),
+            (Some("4".into()), ErrorCode::MissingField)
+        );
+        assert_eq!(
+            refusal(r#"{"type":"join","room":"r","since":{"epoch":1}}"#),
+            (None, ErrorCode::InvalidField)
+        );
+        assert_eq!(
+            refusal(r#"{"type":"ping","id":{"x":1}}"#),
+            (None, ErrorCode::InvalidField)
+        );
     }
 
     #[test]
     fn message_embeds_raw_data_verbatim() {
         let data = RawValue::from_string(r#"{"step":3}"#.into()).unwrap();
-        let user = UserInfo { id: "alice".into(), name: None };
+        let user = UserInfo {
+            id: "alice".into(),
+            name: None,
+        };
         let b = message("project:1", 5, "step-updated", &data, Some(&user));
         assert_eq!(
             std::str::from_utf8(&b).unwrap(),

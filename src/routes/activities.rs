@@ -93,9 +93,17 @@ pub async fn create(
             log::warn!("activity {} stored but not broadcast: {e}", activity.id);
         }
     }
-    log::info!("activity {} created ({} {})", activity.id, activity.actor, activity.verb);
+    log::info!(
+        "activity {} created ({} {})",
+        activity.id,
+        activity.actor,
+        activity.verb
+    );
     Ok(HttpResponse::Created()
-        .insert_header((header::LOCATION, format!("/api/activities?before={}", activity.id + 1)))
+        .insert_header((
+            header::LOCATION,
+            format!("/api/activities?before={}", activity.id + 1),
+        ))
         .body(json))
 }
 
@@ -121,7 +129,10 @@ pub async fn list(
         .require(caller.identity.may_join(&room), &format!("read {room}"))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(AppError::new(ErrorCode::InvalidField, "`limit` must be 1-500"));
+        return Err(AppError::new(
+            ErrorCode::InvalidField,
+            "`limit` must be 1-500",
+        ));
     }
     let project = q.project.clone();
     let rows = state

@@ -13,7 +13,11 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let bound = state.settings.db_timeout + std::time::Duration::from_secs(1);
     let ping = tokio::time::timeout(bound, state.db.ping()).await;
     let (db_status, latency_ms, error) = match ping {
-        Ok(Ok(d)) => ("ok", Some((d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0), None),
+        Ok(Ok(d)) => (
+            "ok",
+            Some((d.as_secs_f64() * 1000.0 * 100.0).round() / 100.0),
+            None,
+        ),
         Ok(Err(e)) => ("unreachable", None, Some(e.to_string())),
         Err(_) => ("unreachable", None, Some("timed out".to_string())),
     };

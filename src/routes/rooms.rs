@@ -37,9 +37,10 @@ pub async fn publish(
 ) -> Result<HttpResponse, AppError> {
     let received_at = Instant::now();
     let room = room_name(&path)?;
-    caller
-        .identity
-        .require(caller.identity.may_publish(&room), &format!("publish to {room}"))?;
+    caller.identity.require(
+        caller.identity.may_publish(&room),
+        &format!("publish to {room}"),
+    )?;
     let body = body.into_inner();
     if !crate::protocol::valid_event_name(&body.event) {
         return Err(AppError::new(
@@ -73,7 +74,11 @@ pub async fn list(caller: Caller, state: web::Data<AppState>) -> Result<HttpResp
     caller
         .identity
         .require(caller.identity.may_manage(), "list rooms")?;
-    let rooms = state.registry.send(ListRooms).await.map_err(registry_down)?;
+    let rooms = state
+        .registry
+        .send(ListRooms)
+        .await
+        .map_err(registry_down)?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": rooms })))
 }
 

@@ -29,7 +29,12 @@ pub async fn connect(
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
     let (response, reader) = upgrade(&req, payload, outbox.clone(), settings.max_frame_bytes)
-        .map_err(|e| AppError::new(ErrorCode::BadRequest, format!("not a WebSocket upgrade: {e}")))?;
+        .map_err(|e| {
+            AppError::new(
+                ErrorCode::BadRequest,
+                format!("not a WebSocket upgrade: {e}"),
+            )
+        })?;
     let id = NEXT_SESSION.fetch_add(1, Relaxed);
     let state = state.into_inner();
     Session::create(move |ctx| {

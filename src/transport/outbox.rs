@@ -241,7 +241,10 @@ mod tests {
         ob.push_text(Bytes::from_static(b"one")).unwrap();
         ob.push_text(Bytes::from_static(b"two")).unwrap();
         ob.close(CloseCode::Away, "bye");
-        assert_eq!(ob.push_text(Bytes::from_static(b"late")), Err(PushError::Closed));
+        assert_eq!(
+            ob.push_text(Bytes::from_static(b"late")),
+            Err(PushError::Closed)
+        );
         let mut s = OutboxStream::new(ob.clone());
         let chunk = s.next().await.unwrap().unwrap();
         // two text frames (2-byte header + payload) and a close frame (2 + 2 code + "bye")

@@ -1,0 +1,448 @@
+//! Test harness: a real server on port 0 with a fresh database, and small clients for it.
+
+use std::time::Duration;
+
+use diesel::{Connection, PgConnection, RunQueryDsl};
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use switchyard::config::{DatabaseUrl, Settings};
+use switchyard::startup::{Application, ShutdownHandle};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::Message;
+
+/// How long any single wait in a test may take before the test fails.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Where PostgreSQL tests create their databases (one per test).
+pub fn pg_admin_url() -> String {
+    std::env::var("SWITCHYARD_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_string())
+}
+
+fn pg_url_for(db: &str) -> String {
+    let admin = pg_admin_url();
+    match admin.rfind('/') {
+        Some(i) => format!("{}/{db}", &admin[..i]),
+        None => format!("{admin}/{db}"),
+    }
+}
+
+/// Runs SQL on the admin database (creating and dropping test databases, simulating outages).
+pub fn pg_admin(sql: &str) {
+    let mut conn = PgConnection::establish(&pg_admin_url()).unwrap_or_else(|e| {
+        panic!(
+            "PostgreSQL must be running for these tests ({}): {e}",
+            pg_admin_url()
+        )
+    });
+    diesel::sql_query(sql)
+        .execute(&mut conn)
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+pub struct TestDb {
+    pub url: DatabaseUrl,
+    pub pg_name: Option<String>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub fn new(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => {
+                let dir = tempfile::tempdir().expect("temp dir");
+                let path = dir.path().join("switchyard.db");
+                Self {
+                    url: DatabaseUrl::Sqlite(path.to_string_lossy().into_owned()),
+                    pg_name: None,
+                    _dir: Some(dir),
+                }
+            }
+            Backend::Postgres => {
+                let name = format!("sy_test_{}", uuid::Uuid::new_v4().simple());
+                pg_admin(&format!("CREATE DATABASE {name}"));
+                Self {
+                    url: DatabaseUrl::Postgres(pg_url_for(&name)),
+                    pg_name: Some(name),
+                    _dir: None,
+                }
+            }
+        }
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        if let Some(name) = &self.pg_name {
+            if let Ok(mut conn) = PgConnection::establish(&pg_admin_url()) {
+                let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .execute(&mut conn);
+            }
+        }
+    }
+}
+
+/// Settings for tests: port 0, one worker, short timers, the given database.
+pub fn test_settings(db: &TestDb) -> Settings {
+    Settings {
+        port: 0,
+        database: db.url.clone(),
+        db_pool_size: 4,
+        db_timeout: Duration::from_millis(1_000),
+        workers: 1,
+        room_threads: 1,
+        stats_interval: Duration::from_millis(500),
+        shutdown_timeout: Duration::from_millis(3_000),
+        ..Settings::default()
+    }
+}
+
+pub struct TestApp {
+    pub port: u16,
+    pub http: reqwest::Client,
+    shutdown: ShutdownHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+    pub db: TestDb,
+}
+
+/// A server with SQLite and default test settings.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(Backend::Sqlite, |_| {}).await
+}
+
+/// A server on `backend`, with `tweak` applied to the test settings.
+pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let db = TestDb::new(backend);
+    let mut settings = test_settings(&db);
+    tweak(&mut settings);
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let thread = std::thread::spawn(move || {
+        let system = actix_web::rt::System::new();
+        system.block_on(async move {
+            match Application::build(settings).await {
+                Ok(app) => {
+                    let _ = tx.send(Ok((app.port(), app.shutdown_handle())));
+                    if let Err(e) = app.run_until_stopped().await {
+                        eprintln!("server error: {e}");
+                    }
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(format!("{e:#}")));
+                }
+            }
+            actix_web::rt::System::current().stop();
+        });
+    });
+    let (port, shutdown) = rx
+        .await
+        .expect("server thread answered")
+        .unwrap_or_else(|e| panic!("server failed to start: {e}"));
+    TestApp {
+        port,
+        http: reqwest::Client::new(),
+        shutdown,
+        thread: Some(thread),
+        db,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://127.0.0.1:{}/ws", self.port)
+    }
+
+    /// Graceful shutdown, as on SIGTERM; waits for the server thread to end.
+    pub async fn shutdown(mut self) {
+        self.shutdown.shutdown().await;
+        if let Some(t) = self.thread.take() {
+            tokio::task::spawn_blocking(move || t.join())
+                .await
+                .expect("join")
+                .expect("server thread ended cleanly");
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let res = self.http.get(self.url(path)).send().await.expect("GET");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get_auth(&self, path: &str, token: &str) -> (u16, Value) {
+        let res = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("GET");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let res = self
+            .http
+            .post(self.url(path))
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post_auth(&self, path: &str, token: &str, body: Value) -> (u16, Value) {
+        let res = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST");
+        let status = res.status().as_u16();
+        (status, res.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn ws(&self) -> WsClient {
+        WsClient::connect(&self.ws_url(), None).await
+    }
+
+    /// A WebSocket that declares `user` (open mode) and is ready.
+    pub async fn ws_as(&self, user: &str) -> WsClient {
+        let mut c = self.ws().await;
+        let r = c
+            .request(json!({"type": "auth", "user": user, "name": user.to_uppercase()}))
+            .await;
+        assert_eq!(r["type"], "authenticated", "{r}");
+        c
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            // Not shut down by the test: stop the server without waiting for it.
+            self.shutdown.stop_now();
+        }
+    }
+}
+
+type Stream =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A native-protocol client.
+pub struct WsClient {
+    stream: Stream,
+    pub welcome: Value,
+    next_id: u64,
+}
+
+/// How a connection ended.
+#[derive(Debug)]
+pub struct Closed {
+    pub code: Option<u16>,
+    pub reason: String,
+}
+
+impl WsClient {
+    pub async fn connect(url: &str, bearer: Option<&str>) -> Self {
+        let mut req = url.into_client_request().expect("request");
+        if let Some(t) = bearer {
+            req.headers_mut().insert(
+                "authorization",
+                HeaderValue::from_str(&format!("Bearer {t}")).expect("header"),
+            );
+        }
+        let (stream, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+            .await
+            .expect("connect in time")
+            .expect("WebSocket connect");
+        let mut c = Self {
+            stream,
+            welcome: Value::Null,
+            next_id: 1,
+        };
+        c.welcome = c.recv().await;
+        assert_eq!(c.welcome["type"], "welcome", "first frame is welcome");
+        c
+    }
+
+    pub async fn send(&mut self, v: Value) {
+        self.stream
+            .send(Message::text(v.to_string()))
+            .await
+            .expect("send");
+    }
+
+    pub async fn send_raw(&mut self, m: Message) {
+        self.stream.send(m).await.expect("send");
+    }
+
+    /// The next JSON frame (pings are answered by the library and skipped).
+    pub async fn recv(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("a frame arrived in time")
+                .expect("stream open")
+                .expect("frame ok");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("JSON frame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                Message::Close(c) => panic!("connection closed unexpectedly: {c:?}"),
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// The next frame that satisfies `pred`, skipping others (e.g. presence updates).
+    pub async fn recv_where(&mut self, pred: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let v = self.recv().await;
+            if pred(&v) {
+                return v;
+            }
+        }
+    }
+
+    /// The next `message` frame.
+    pub async fn recv_message(&mut self) -> Value {
+        self.recv_where(|v| v["type"] == "message").await
+    }
+
+    /// Sends `v` with a fresh id and returns the reply carrying that id.
+    pub async fn request(&mut self, mut v: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        v["id"] = json!(id);
+        self.send(v).await;
+        self.recv_where(|r| r["id"] == json!(id)).await
+    }
+
+    pub async fn join(&mut self, room: &str) -> Value {
+        let r = self.request(json!({"type": "join", "room": room})).await;
+        assert_eq!(r["type"], "joined", "join {room}: {r}");
+        r
+    }
+
+    pub async fn publish(&mut self, room: &str, event: &str, data: Value) -> u64 {
+        let r = self
+            .request(json!({"type": "publish", "room": room, "event": event, "data": data}))
+            .await;
+        assert_eq!(r["type"], "published", "publish to {room}: {r}");
+        r["offset"].as_u64().expect("offset")
+    }
+
+    /// Everything received before a ping round trip: proves nothing else was queued.
+    pub async fn drain(&mut self) -> Vec<Value> {
+        let id = format!("barrier-{}", self.next_id);
+        self.next_id += 1;
+        self.send(json!({"type": "ping", "id": id})).await;
+        let mut before = Vec::new();
+        loop {
+            let v = self.recv().await;
+            if v["type"] == "pong" && v["id"] == json!(id) {
+                return before;
+            }
+            before.push(v);
+        }
+    }
+
+    /// Waits for the server to close the connection; returns the close frame. Text frames
+    /// before it are skipped.
+    pub async fn closed(&mut self) -> Closed {
+        loop {
+            let next = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("closed in time");
+            match next {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return Closed {
+                        code: Some(u16::from(f.code)),
+                        reason: f.reason.to_string(),
+                    }
+                }
+                Some(Ok(Message::Close(None))) | None => {
+                    return Closed {
+                        code: None,
+                        reason: String::new(),
+                    }
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => {
+                    return Closed {
+                        code: None,
+                        reason: String::new(),
+                    }
+                }
+            }
+        }
+    }
+
+    pub async fn close(mut self) {
+        let _ = self
+            .stream
+            .close(Some(tokio_tungstenite::tungstenite::protocol::CloseFrame {
+                code: CloseCode::Normal,
+                reason: "".into(),
+            }))
+            .await;
+    }
+
+    /// Drops the TCP connection without a close handshake.
+    pub fn abort(self) {
+        drop(self.stream);
+    }
+}
+
+/// Signs a token with the test secret.
+pub fn token(sub: &str, rooms: &[&str], publish: &[&str], role: Option<&str>) -> String {
+    switchyard::auth::sign(
+        SECRET,
+        &switchyard::auth::Claims {
+            sub: sub.into(),
+            name: Some(sub.to_uppercase()),
+            rooms: rooms.iter().map(|s| s.to_string()).collect(),
+            publish: publish.iter().map(|s| s.to_string()).collect(),
+            role: role.map(str::to_string),
+            exp: None,
+        },
+    )
+    .expect("sign")
+}
+
+/// Polls `check` until it returns true or the deadline passes (for state only visible by
+/// asking, e.g. an HTTP status during an outage).
+pub async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}

@@ -1,0 +1,11 @@
+//! One integration-test crate (links once). Every test runs a real server on port 0.
+
+mod activities;
+mod auth;
+mod health;
+mod helpers;
+mod presence;
+mod protocol;
+mod resume;
+mod rooms;
+mod shutdown;

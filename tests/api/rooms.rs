@@ -1,0 +1,211 @@
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn member_receives_message_published_by_another_member() {
+    let app = spawn_app().await;
+    let mut alice = app.ws_as("alice").await;
+    let mut bob = app.ws_as("bob").await;
+    alice.join("project:42").await;
+    bob.join("project:42").await;
+
+    let offset = alice
+        .publish("project:42", "step-updated", json!({"step": 3}))
+        .await;
+
+    let m = bob.recv_message().await;
+    assert_eq!(m["room"], "project:42");
+    assert_eq!(m["event"], "step-updated");
+    assert_eq!(m["data"], json!({"step": 3}));
+    assert_eq!(m["offset"], json!(offset));
+    assert_eq!(m["from"]["user"], "alice");
+}
+
+#[tokio::test]
+async fn every_member_sees_the_same_offsets_in_the_same_order() {
+    let app = spawn_app().await;
+    let mut clients = Vec::new();
+    for name in ["a", "b", "c"] {
+        let mut c = app.ws_as(name).await;
+        c.join("project:fan").await;
+        clients.push(c);
+    }
+    // Two publishers interleave without waiting for acks.
+    for i in 0..50 {
+        for (p, c) in clients.iter_mut().take(2).enumerate() {
+            c.send(json!({"type": "publish", "room": "project:fan", "event": "e", "data": {"p": p, "i": i}}))
+                .await;
+        }
+    }
+    let mut sequences = Vec::new();
+    for c in clients.iter_mut() {
+        let mut seen = Vec::new();
+        while seen.len() < 100 {
+            let m = c.recv_message().await;
+            seen.push((m["offset"].as_u64().unwrap(), m["data"].clone()));
+        }
+        sequences.push(seen);
+    }
+    let offsets: Vec<u64> = sequences[0].iter().map(|(o, _)| *o).collect();
+    assert_eq!(
+        offsets,
+        (1..=100).collect::<Vec<_>>(),
+        "offsets increase by exactly one"
+    );
+    assert_eq!(sequences[0], sequences[1]);
+    assert_eq!(sequences[0], sequences[2]);
+    // Each publisher's own messages arrive in the order it sent them.
+    for p in 0..2 {
+        let is: Vec<i64> = sequences[0]
+            .iter()
+            .filter(|(_, d)| d["p"] == p)
+            .map(|(_, d)| d["i"].as_i64().unwrap())
+            .collect();
+        assert_eq!(is, (0..50).collect::<Vec<_>>());
+    }
+}
+
+#[tokio::test]
+async fn publishing_to_a_room_not_joined_is_refused_and_the_session_stays_open() {
+    let app = spawn_app().await;
+    let mut c = app.ws_as("alice").await;
+    let r = c
+        .request(json!({"type": "publish", "room": "project:1", "event": "e", "data": 1}))
+        .await;
+    assert_eq!(r["type"], "error");
+    assert_eq!(r["code"], "not_member");
+    // still usable
+    c.join("project:1").await;
+    c.publish("project:1", "e", json!(1)).await;
+}
+
+#[tokio::test]
+async fn a_member_that_left_receives_nothing_more() {
+    let app = spawn_app().await;
+    let mut alice = app.ws_as("alice").await;
+    let mut bob = app.ws_as("bob").await;
+    alice.join("r1").await;
+    bob.join("r1").await;
+    let left = bob.request(json!({"type": "leave", "room": "r1"})).await;
+    assert_eq!(left["type"], "left");
+    assert_eq!(left["room"], "r1");
+    alice.publish("r1", "e", json!("after")).await;
+    let frames = bob.drain().await;
+    assert!(frames.iter().all(|f| f["type"] != "message"), "{frames:?}");
+    let again = bob.request(json!({"type": "leave", "room": "r1"})).await;
+    assert_eq!(again["code"], "not_member");
+}
+
+#[tokio::test]
+async fn rest_publish_reaches_websocket_members_and_history_and_room_list_show_it() {
+    let app = spawn_app().await;
+    let mut c = app.ws_as("watcher").await;
+    c.join("project:7").await;
+    let (status, body) = app
+        .post(
+            "/api/rooms/project:7/publish",
+            json!({"event": "deployed", "data": {"v": 2}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["offset"], 1);
+    let m = c.recv_message().await;
+    assert_eq!(m["event"], "deployed");
+    assert_eq!(m["from"], serde_json::Value::Null);
+
+    let (status, h) = app.get("/api/rooms/project:7/history?after=0").await;
+    assert_eq!(status, 200);
+    assert_eq!(h["complete"], true);
+    assert_eq!(h["messages"][0], m);
+
+    let (_, rooms) = app.get("/api/rooms").await;
+    let room = rooms["rooms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "project:7")
+        .expect("room listed")
+        .clone();
+    assert_eq!(room["members"], 1);
+    assert_eq!(room["offset"], 1);
+
+    let (status, p) = app.get("/api/rooms/project:7/presence").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        p["presence"],
+        json!([{"user": "watcher", "name": "WATCHER"}])
+    );
+}
+
+#[tokio::test]
+async fn rest_refuses_bad_room_names_and_bad_bodies_with_error_codes() {
+    let app = spawn_app().await;
+    let (s, b) = app
+        .post("/api/rooms/bad%20room/publish", json!({"event": "e"}))
+        .await;
+    assert_eq!((s, b["error"].as_str()), (400, Some("invalid_room")));
+    let (s, b) = app.post("/api/rooms/ok/publish", json!({"data": 1})).await;
+    assert_eq!((s, b["error"].as_str()), (400, Some("invalid_json")));
+    let (s, b) = app
+        .post("/api/rooms/ok/publish", json!({"event": ""}))
+        .await;
+    assert_eq!((s, b["error"].as_str()), (400, Some("invalid_field")));
+    let (s, b) = app.get("/api/nothing-here").await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("not_found")));
+}
+
+#[tokio::test]
+async fn a_client_that_does_not_read_is_dropped_without_holding_up_the_room() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.outbox_max_messages = 64;
+        s.outbox_max_bytes = 64 * 1024;
+    })
+    .await;
+    let mut slow = app.ws_as("slow").await;
+    slow.join("busy").await;
+    let mut fast = app.ws_as("fast").await;
+    fast.join("busy").await;
+
+    // ~8 MB in total: far more than the socket buffers and the slow client's outbox hold.
+    let payload = "x".repeat(4000);
+    let total = 2_000u64;
+    let publisher = {
+        let url = app.url("/api/rooms/busy/publish");
+        let http = app.http.clone();
+        let payload = payload.clone();
+        tokio::spawn(async move {
+            for i in 0..total {
+                let r = http
+                    .post(&url)
+                    .json(&json!({"event": "tick", "data": {"i": i, "pad": payload}}))
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(r.status(), 200);
+            }
+        })
+    };
+    // The fast member gets every message, in order, while the slow one is not reading.
+    for i in 0..total {
+        let m = fast.recv_message().await;
+        assert_eq!(m["offset"], i + 1);
+    }
+    publisher.await.expect("publisher");
+    let fast_frames = fast.drain().await;
+    assert!(fast_frames
+        .iter()
+        .all(|f| f["type"] != "message" || f["offset"].as_u64() <= Some(total)));
+    // The slow member was evicted with the slow-consumer close code.
+    let closed = slow.closed().await;
+    assert_eq!(closed.code, Some(4008), "{closed:?}");
+    assert_eq!(closed.reason, "slow consumer");
+    let (_, metrics) = {
+        let res = app.http.get(app.url("/metrics")).send().await.unwrap();
+        (200, res.text().await.unwrap())
+    };
+    assert!(
+        metrics.contains("switchyard_slow_consumer_disconnects_total 1"),
+        "{metrics}"
+    );
+}
