@@ -16,7 +16,8 @@ use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/ws").route(web::get().to(ws::connect)))
+    cfg.service(web::resource("/").route(web::get().to(index)))
+        .service(web::resource("/ws").route(web::get().to(ws::connect)))
         .service(web::resource("/health").route(web::get().to(health::health)))
         .service(web::resource("/metrics").route(web::get().to(health::metrics)))
         .service(
@@ -96,4 +97,12 @@ pub fn room_name(raw: &str) -> Result<String, AppError> {
             "room names are 1-128 characters of A-Z a-z 0-9 : _ . -",
         ))
     }
+}
+
+/// `GET /`: the landing page (the dashboard will live under `templates/` too).
+async fn index() -> actix_web::HttpResponse {
+    const PAGE: &str = include_str!("../../templates/index.html");
+    actix_web::HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(PAGE.replace("{{version}}", env!("CARGO_PKG_VERSION")))
 }
