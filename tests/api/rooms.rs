@@ -209,3 +209,37 @@ async fn a_client_that_does_not_read_is_dropped_without_holding_up_the_room() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn an_idle_room_is_retired_and_a_recreated_one_continues_its_epoch_and_offsets() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.history_ttl = std::time::Duration::from_millis(200)
+    })
+    .await;
+    let mut c = app.ws_as("x").await;
+    let epoch = c.join("ephemeral").await["epoch"].clone();
+    c.publish("ephemeral", "e", json!(1)).await;
+    c.close().await;
+
+    // No members and its history expired: the registry retires it.
+    eventually("the idle room to be retired", || async {
+        let (_, rooms) = app.get("/api/rooms").await;
+        !rooms["rooms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "ephemeral")
+    })
+    .await;
+
+    let mut d = app.ws_as("y").await;
+    let joined = d
+        .request(
+            json!({"type": "join", "room": "ephemeral", "since": {"epoch": epoch, "offset": 1}}),
+        )
+        .await;
+    assert_eq!(joined["epoch"], epoch, "same epoch after re-creation");
+    assert_eq!(joined["offset"], 1);
+    assert_eq!(joined["recovered"], true, "nothing was missed");
+    assert_eq!(d.publish("ephemeral", "e", json!(2)).await, 2);
+}
