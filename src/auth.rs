@@ -119,6 +119,27 @@ impl Identity {
         self.open || matches!(self.role, Role::Admin | Role::Service)
     }
 
+    /// Starting and cancelling operations: admins, services, and users who may publish to
+    /// `operations` or to the operation's project room.
+    pub fn may_operate(&self, project: Option<&str>) -> bool {
+        self.open
+            || matches!(self.role, Role::Admin | Role::Service)
+            || self.may_publish("operations")
+            || project.is_some_and(|p| self.may_publish(&format!("project:{p}")))
+    }
+
+    /// Seeing an operation: its own room, the `operations` room, or its project's room.
+    pub fn may_watch(&self, operation_id: &str, project: Option<&str>) -> bool {
+        self.may_join(&format!("operation:{operation_id}"))
+            || self.may_join("operations")
+            || project.is_some_and(|p| self.may_join(&format!("project:{p}")))
+    }
+
+    /// Reporting progress as an external worker.
+    pub fn may_report(&self) -> bool {
+        self.open || matches!(self.role, Role::Admin | Role::Service)
+    }
+
     /// Server-wide views (the room list) are for admins and services.
     pub fn may_manage(&self) -> bool {
         self.open || matches!(self.role, Role::Admin | Role::Service)

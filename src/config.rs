@@ -94,6 +94,19 @@ pub struct Settings {
     pub workers: usize,
     /// Threads that run room actors; 0 means one per core (`SWITCHYARD_ROOM_THREADS`).
     pub room_threads: usize,
+    /// Operation kinds file (`SWITCHYARD_OPERATIONS_FILE`).
+    pub operations_file: Option<std::path::PathBuf>,
+    /// Offer the built-in `demo` kind (`SWITCHYARD_DEMO`).
+    pub demo: bool,
+    /// How long a finished operation stays in memory (`SWITCHYARD_OPERATION_RETENTION_SECS`).
+    pub operation_retention: Duration,
+    /// Finished operations older than this many days are deleted (`SWITCHYARD_OPERATION_PRUNE_DAYS`).
+    pub operation_prune_days: u64,
+    /// At most one status write per operation per this interval (`SWITCHYARD_OPERATION_FLUSH_MS`).
+    pub operation_flush_interval: Duration,
+    /// Log lines replayed to a joining watcher before it must page the rest over REST
+    /// (`SWITCHYARD_LOG_REPLAY_MAX`).
+    pub log_replay_max: usize,
 }
 
 impl Default for Settings {
@@ -120,6 +133,12 @@ impl Default for Settings {
             shutdown_timeout: Duration::from_millis(5_000),
             workers: 0,
             room_threads: 0,
+            operations_file: None,
+            demo: true,
+            operation_retention: Duration::from_secs(300),
+            operation_prune_days: 30,
+            operation_flush_interval: Duration::from_millis(250),
+            log_replay_max: 1_000,
         }
     }
 }
@@ -188,13 +207,21 @@ impl Settings {
         )?;
         s.history_ttl = Duration::from_secs(ttl);
         s.jwt_secret = get("SWITCHYARD_JWT_SECRET");
-        if let Some(v) = get("SWITCHYARD_ALLOW_INSECURE") {
-            s.allow_insecure = match v.as_str() {
-                "1" | "true" | "yes" => true,
-                "0" | "false" | "no" => false,
-                _ => return Err(err("SWITCHYARD_ALLOW_INSECURE", &v, "expected 1 or 0")),
-            };
+        flag(&get, "SWITCHYARD_ALLOW_INSECURE", &mut s.allow_insecure)?;
+        flag(&get, "SWITCHYARD_DEMO", &mut s.demo)?;
+        if let Some(v) = get("SWITCHYARD_OPERATIONS_FILE") {
+            let path = std::path::PathBuf::from(&v);
+            if !path.is_file() {
+                return Err(err("SWITCHYARD_OPERATIONS_FILE", &v, "no such file"));
+            }
+            s.operations_file = Some(path);
         }
+        let mut retention = s.operation_retention.as_secs();
+        num(&get, "SWITCHYARD_OPERATION_RETENTION_SECS", 0, 86_400 * 7, &mut retention)?;
+        s.operation_retention = Duration::from_secs(retention);
+        num(&get, "SWITCHYARD_OPERATION_PRUNE_DAYS", 1, 36_500, &mut s.operation_prune_days)?;
+        millis(&get, "SWITCHYARD_OPERATION_FLUSH_MS", 10, &mut s.operation_flush_interval)?;
+        num(&get, "SWITCHYARD_LOG_REPLAY_MAX", 0, 1_000_000, &mut s.log_replay_max)?;
         millis(&get, "SWITCHYARD_AUTH_TIMEOUT_MS", 10, &mut s.auth_timeout)?;
         millis(
             &get,
@@ -335,6 +362,21 @@ where
             ));
         }
         *out = parsed;
+    }
+    Ok(())
+}
+
+fn flag(
+    get: &impl Fn(&'static str) -> Option<String>,
+    var: &'static str,
+    out: &mut bool,
+) -> Result<(), ConfigError> {
+    if let Some(v) = get(var) {
+        *out = match v.as_str() {
+            "1" | "true" | "yes" => true,
+            "0" | "false" | "no" => false,
+            _ => return Err(err(var, &v, "expected 1 or 0")),
+        };
     }
     Ok(())
 }

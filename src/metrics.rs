@@ -30,6 +30,10 @@ pub struct Metrics {
     pub database_errors: AtomicU64,
     /// Sessions closed because their outbound queue was full.
     pub slow_consumers: AtomicU64,
+    /// Operation state writes (status row + batched log lines).
+    pub operation_writes: AtomicU64,
+    /// Reports received from external workers.
+    pub operation_reports: AtomicU64,
     /// Refusals by error code (index = `ErrorCode::index`).
     refusals: Vec<AtomicU64>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
@@ -54,6 +58,8 @@ impl Metrics {
             publishes: AtomicU64::new(0),
             database_errors: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
+            operation_writes: AtomicU64::new(0),
+            operation_reports: AtomicU64::new(0),
             refusals: ErrorCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             latency_buckets: Default::default(),
             latency_count: AtomicU64::new(0),
@@ -143,6 +149,18 @@ impl Metrics {
             "switchyard_slow_consumer_disconnects_total",
             "Sessions closed because their outbound queue was full.",
             self.slow_consumers.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchyard_operation_writes_total",
+            "Coalesced operation state writes.",
+            self.operation_writes.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchyard_operation_reports_total",
+            "Progress, log and result reports from external workers.",
+            self.operation_reports.load(Relaxed),
         );
         let _ = writeln!(
             out,

@@ -11,6 +11,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context as _;
 
+use crate::actors::operations::OperationManager;
 use crate::actors::registry::{RoomRegistry, ShutdownSessions};
 use crate::actors::room::RoomLimits;
 use crate::actors::stats::StatsPublisher;
@@ -21,7 +22,8 @@ use crate::db::Database;
 use crate::error::{self, AppError, ErrorCode};
 use crate::metrics::Metrics;
 use crate::routes;
-use crate::state::AppState;
+use crate::operations::config::Kinds;
+use crate::state::{AppState, OpContext};
 
 pub struct Application {
     port: u16,
@@ -85,6 +87,17 @@ impl Application {
         .start();
         let broker: Arc<dyn Broker> = Arc::new(LocalBroker::new(registry.clone()));
         StatsPublisher::new(settings.stats_interval, metrics.clone(), broker.clone()).start();
+        let kinds = Kinds::load(settings.operations_file.as_deref(), settings.demo)?;
+        log::info!("operation kinds: {}", kinds.names().join(", "));
+        let ops = Arc::new(OpContext {
+            settings: settings.clone(),
+            broker: broker.clone(),
+            registry: registry.clone(),
+            db: db.clone(),
+            metrics: metrics.clone(),
+            kinds,
+        });
+        let operations = OperationManager::new(ops.clone()).start();
 
         let auth = Authenticator::new(settings.jwt_secret.as_deref());
         if auth.open_mode() {
@@ -100,6 +113,8 @@ impl Application {
             metrics: metrics.clone(),
             auth,
             db,
+            operations,
+            ops,
         });
 
         let listener = TcpListener::bind((settings.host, settings.port))

@@ -4,12 +4,14 @@ use std::sync::Arc;
 
 use actix::Addr;
 
+use crate::actors::operations::OperationManager;
 use crate::actors::registry::RoomRegistry;
 use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::db::Database;
 use crate::metrics::Metrics;
+use crate::operations::config::Kinds;
 
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -18,4 +20,16 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
     pub db: Database,
+    pub operations: Addr<OperationManager>,
+    pub ops: Arc<OpContext>,
+}
+
+/// What operation actors need; built once at start-up.
+pub struct OpContext {
+    pub settings: Arc<Settings>,
+    pub broker: Arc<dyn Broker>,
+    pub registry: Addr<RoomRegistry>,
+    pub db: Database,
+    pub metrics: Arc<Metrics>,
+    pub kinds: Kinds,
 }

@@ -17,10 +17,13 @@
 //!   member's outbox.
 //! * [`stats::StatsPublisher`] — publishes `stats` into `system` on an interval.
 
+pub mod operation;
+pub mod operations;
 pub mod registry;
 pub mod room;
 pub mod session;
 pub mod stats;
+pub mod watcher;
 
 use std::sync::Arc;
 
@@ -31,6 +34,12 @@ use crate::transport::outbox::Outbox;
 
 /// Process-unique session number (internal key of member tables).
 pub type SessionId = u64;
+
+/// A fresh session number for any kind of connection.
+pub fn next_session_id() -> SessionId {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Why a room removed a member on its own.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,4 +68,6 @@ pub struct Member {
     pub user: Arc<UserInfo>,
     pub outbox: Arc<Outbox>,
     pub control: Recipient<Evicted>,
+    /// How this member wants frames encoded.
+    pub wire: crate::protocol::Wire,
 }

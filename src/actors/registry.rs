@@ -182,7 +182,8 @@ impl Actor for RoomRegistry {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        ctx.set_mailbox_capacity(16 * 1024);
+        // Unbounded: see `Room::started` (FIFO from each sender needs enqueue-at-call).
+        ctx.set_mailbox_capacity(0);
         log::info!(
             "room registry started with {} room threads",
             self.threads.len()

@@ -25,6 +25,7 @@ use crate::auth::UserInfo;
 use crate::error::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
 use crate::protocol::native::{self, RequestId, Since};
+use crate::protocol::{Backfill, Event, Wire, WIRES};
 use crate::transport::outbox::PushError;
 
 /// Close code sent to a session dropped because it could not keep up.
@@ -42,6 +43,11 @@ pub struct JoinRoom {
     pub member: Member,
     pub since: Option<Since>,
     pub request_id: Option<RequestId>,
+    /// Frames for this joiner ahead of live traffic (an operation's snapshot and missed logs),
+    /// computed by whoever owns that state. When set, `since` is not used: `recovered` is
+    /// `backfill_complete`.
+    pub backfill: Option<Vec<Backfill>>,
+    pub backfill_complete: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -73,6 +79,8 @@ pub struct Publish {
     pub member_check: Option<SessionId>,
     /// When the publish reached the server (for the latency histogram).
     pub received_at: Instant,
+    /// Application sequence carried to wires that use one (the SSE event id).
+    pub seq: Option<u64>,
 }
 
 /// Registry → Room: name, members, last offset.
@@ -192,12 +200,12 @@ impl Room {
         }
     }
 
-    /// Pushes `frame` to every member except `skip`; evicts those that cannot take it.
+    /// Pushes a control frame (presence) to every native member except `skip`.
     fn fan_out(&mut self, frame: &Bytes, skip: Option<SessionId>) -> usize {
         let mut delivered = 0usize;
         let mut dropped: Vec<(SessionId, bool)> = Vec::new();
         for (id, m) in &self.members {
-            if Some(*id) == skip {
+            if Some(*id) == skip || !m.wire.wants_control() {
                 continue;
             }
             match m.outbox.push_text(frame.clone()) {
@@ -206,6 +214,35 @@ impl Room {
                 Err(PushError::Closed) => dropped.push((*id, false)),
             }
         }
+        self.settle(dropped, delivered)
+    }
+
+    /// Pushes a room message to every member, encoded once per wire in use (`native` is the
+    /// already-encoded native frame, shared with history).
+    fn broadcast(&mut self, e: &Event, native: &Bytes) -> usize {
+        let mut delivered = 0usize;
+        let mut dropped: Vec<(SessionId, bool)> = Vec::new();
+        let mut cache: [Option<Option<Bytes>>; WIRES] = Default::default();
+        cache[Wire::Native.index()] = Some(Some(native.clone()));
+        for (id, m) in &self.members {
+            let encoded = cache[m.wire.index()].get_or_insert_with(|| m.wire.encode(e));
+            let Some(frame) = encoded else { continue };
+            match m.outbox.push_text(frame.clone()) {
+                Ok(()) => {
+                    delivered += 1;
+                    if m.wire.ends_after(e.event) {
+                        m.outbox.close(CloseCode::Normal, "operation finished");
+                    }
+                }
+                Err(PushError::Full) => dropped.push((*id, true)),
+                Err(PushError::Closed) => dropped.push((*id, false)),
+            }
+        }
+        self.settle(dropped, delivered)
+    }
+
+    /// Evicts members that could not take a frame, and counts the ones that did.
+    fn settle(&mut self, dropped: Vec<(SessionId, bool)>, delivered: usize) -> usize {
         for (id, slow) in dropped {
             if slow {
                 self.evict(id, EvictReason::SlowConsumer);
@@ -292,9 +329,10 @@ impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        // Rooms receive fan-in from many sessions; a deeper mailbox smooths bursts (senders that
-        // use `send` wait when it is full, which is the back-pressure we want).
-        ctx.set_mailbox_capacity(4096);
+        // Unbounded on purpose: `send` then always enqueues at call time, which is what keeps
+        // messages from one sender in order (an operation's events and a watcher's join). Load
+        // is bounded upstream (per-session outboxes and limits), not by parking senders here.
+        ctx.set_mailbox_capacity(0);
         let every =
             (self.limits.history_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
         ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
@@ -328,8 +366,9 @@ impl Handler<JoinRoom> for Room {
             .front()
             .map(|m| m.offset)
             .unwrap_or(self.last_offset + 1);
-        let (recovered, replay_from) = match &msg.since {
-            Some(s)
+        let (recovered, replay_from) = match (&msg.backfill, &msg.since) {
+            (Some(_), _) => (msg.backfill_complete, None),
+            (None, Some(s))
                 if *s.epoch == *self.epoch
                     && s.offset <= self.last_offset
                     && s.offset + 1 >= first_kept =>
@@ -338,6 +377,7 @@ impl Handler<JoinRoom> for Room {
             }
             _ => (false, None),
         };
+        let wire = member.wire;
 
         let newcomer = !self.members.contains_key(&session);
         if newcomer {
@@ -354,15 +394,27 @@ impl Handler<JoinRoom> for Room {
         }
 
         let mut frames = Vec::with_capacity(2 + self.history.len());
-        frames.push(native::joined(
-            msg.request_id.as_deref(),
-            &self.name,
-            &self.epoch,
-            self.last_offset,
-            recovered,
-            &self.presence_list(),
-        ));
-        if let Some(after) = replay_from {
+        if wire.wants_control() {
+            frames.push(native::joined(
+                msg.request_id.as_deref(),
+                &self.name,
+                &self.epoch,
+                self.last_offset,
+                recovered,
+                &self.presence_list(),
+            ));
+        }
+        let mut ends = false;
+        if let Some(backfill) = &msg.backfill {
+            for b in backfill {
+                if let Some(f) = wire.encode_backfill(&self.name, b) {
+                    frames.push(f);
+                    ends |= wire.ends_after(&b.event);
+                }
+            }
+        } else if !wire.wants_control() {
+            // Other wires only carry what their owner backfills, then live traffic.
+        } else if let Some(after) = replay_from {
             frames.extend(
                 self.history
                     .iter()
@@ -373,9 +425,13 @@ impl Handler<JoinRoom> for Room {
             // Not resuming: the retained message is the current state (e.g. the latest stats).
             frames.push(r.clone());
         }
-        let replayed = frames.len() - 1;
+        let replayed = frames.len().saturating_sub(1);
         match outbox.push_all(frames) {
-            Ok(()) => {}
+            Ok(()) => {
+                if ends {
+                    outbox.close(CloseCode::Normal, "operation finished");
+                }
+            }
             Err(PushError::Full) => {
                 self.evict(session, EvictReason::SlowConsumer);
                 return Err(Refusal::new(
@@ -453,7 +509,15 @@ impl Handler<Publish> for Room {
             });
             self.trim_history();
         }
-        self.fan_out(&frame, None);
+        let event = Event {
+            room: &self.name.clone(),
+            offset,
+            event: &msg.event,
+            data: &msg.data,
+            from: msg.from.as_deref(),
+            seq: msg.seq,
+        };
+        self.broadcast(&event, &frame);
         self.metrics
             .publishes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -19,11 +19,15 @@ use actix_http::ws::CloseCode;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use super::operations::{
+    CancelOperation, GetOperation, ReportOperation, StartError, StartOperation, WatchOperation,
+};
 use super::registry::{LeaveAll, SessionClosed, SessionOpened};
 use super::room::{JoinRoom, LeaveRoom, Publish, CLOSE_SLOW_CONSUMER};
 use super::{Evicted, Member, ServerShutdown, SessionId};
 use crate::auth::Identity;
 use crate::error::{ErrorCode, Refusal};
+use crate::operations::Operation;
 use crate::protocol::native::{self, Request, RequestId};
 use crate::state::AppState;
 use crate::transport::outbox::Outbox;
@@ -137,6 +141,7 @@ impl Session {
             user: identity.user.clone(),
             outbox: self.outbox.clone(),
             control: ctx.address().recipient(),
+            wire: crate::protocol::Wire::Native,
         }
     }
 
@@ -172,17 +177,26 @@ impl Session {
         match request {
             Request::Ping => self.send(native::pong(id.as_deref())),
             Request::Auth { token, user, name } => self.authenticate(id, token, user, name, ctx),
-            Request::Join { room, since } => {
+            Request::Join {
+                room,
+                since,
+                log_offset,
+            } => {
                 let Some(identity) = identity else { return };
                 if !identity.may_join(&room) {
                     let r = Refusal::new(ErrorCode::Forbidden, format!("you may not join {room}"));
                     return self.refuse(ctx, id.as_deref(), r);
+                }
+                if let Some(op_id) = room.strip_prefix("operation:") {
+                    return self.watch_operation(op_id.to_string(), room, log_offset, id, &identity, ctx);
                 }
                 let msg = JoinRoom {
                     room: room.clone(),
                     member: self.member(ctx, &identity),
                     since,
                     request_id: id.clone(),
+                    backfill: None,
+                    backfill_complete: false,
                 };
                 self.state
                     .registry
@@ -230,6 +244,12 @@ impl Session {
                     })
                     .wait(ctx);
             }
+            r @ (Request::StartOperation { .. }
+            | Request::CancelOperation { .. }
+            | Request::ReportOperation { .. }) => {
+                let Some(identity) = identity else { return };
+                self.operation_request(id, r, identity, ctx);
+            }
             Request::Publish { room, event, data } => {
                 let Some(identity) = identity else { return };
                 if !identity.may_publish(&room) {
@@ -247,6 +267,7 @@ impl Session {
                     retain: false,
                     member_check: Some(self.id),
                     received_at: Instant::now(),
+                    seq: None,
                 };
                 // Not `wait`: publishes pipeline. Ordering is kept by the registry and room
                 // mailboxes (FIFO per sender), not by waiting here.
@@ -264,6 +285,117 @@ impl Session {
                     })
                     .spawn(ctx);
             }
+        }
+    }
+
+    /// Joining `operation:<id>`: the operation actor sends the join with the status snapshot and
+    /// the missed log lines ahead of live events.
+    fn watch_operation(
+        &mut self,
+        op_id: String,
+        room: String,
+        log_offset: Option<u64>,
+        id: Option<RequestId>,
+        identity: &Identity,
+        ctx: &mut Context<Self>,
+    ) {
+        // Recorded before the join is sent, so a disconnect meanwhile still leaves the room.
+        self.rooms.insert(room.clone());
+        let msg = WatchOperation {
+            id: op_id,
+            member: self.member(ctx, identity),
+            log_offset: log_offset.unwrap_or(0),
+            request_id: id.clone(),
+        };
+        self.state
+            .operations
+            .send(msg)
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let refusal = match res {
+                    Ok(Ok(())) => return,
+                    Ok(Err(r)) => r,
+                    Err(e) => Refusal::new(ErrorCode::Unavailable, format!("operations unavailable: {e}")),
+                };
+                act.rooms.remove(&room);
+                act.refuse(ctx, id.as_deref(), refusal);
+            })
+            .wait(ctx);
+    }
+
+    fn operation_request(&mut self, id: Option<RequestId>, request: Request, identity: Identity, ctx: &mut Context<Self>) {
+        let reply = move |act: &mut Self, ctx: &mut Context<Self>, res: Result<Operation, Refusal>, always: bool| match res {
+            Ok(op) => {
+                if always || id.is_some() {
+                    act.send(native::operation(id.as_deref(), &op));
+                }
+            }
+            Err(r) => act.refuse(ctx, id.as_deref(), r),
+        };
+        match request {
+            Request::StartOperation { kind, target, project, params } => {
+                if !identity.may_operate(project.as_deref()) {
+                    let r = Refusal::new(ErrorCode::Forbidden, "you may not start operations");
+                    return reply(self, ctx, Err(r), true);
+                }
+                let msg = StartOperation {
+                    kind,
+                    target,
+                    project,
+                    params,
+                    created_by: Some(identity.user.id.clone()),
+                };
+                self.state
+                    .operations
+                    .send(msg)
+                    .into_actor(self)
+                    .map(move |res, act, ctx| match res {
+                        Ok(Ok(op)) => reply(act, ctx, Ok(op), true),
+                        Ok(Err(StartError::Duplicate(existing))) => {
+                            let r = Refusal::new(
+                                ErrorCode::DuplicateOperation,
+                                format!("operation {} is already active on this target", existing.id),
+                            );
+                            act.state.metrics.refused(r.code);
+                            act.send(native::duplicate(None, &r, &existing));
+                        }
+                        Ok(Err(StartError::Refused(r))) => reply(act, ctx, Err(r), true),
+                        Ok(Err(StartError::Database(_))) => reply(
+                            act,
+                            ctx,
+                            Err(Refusal::new(ErrorCode::DatabaseUnavailable, "the database is unreachable; try again shortly")),
+                            true,
+                        ),
+                        Err(e) => reply(act, ctx, Err(Refusal::new(ErrorCode::Unavailable, e.to_string())), true),
+                    })
+                    .spawn(ctx);
+            }
+            Request::CancelOperation { operation } => {
+                let manager = self.state.operations.clone();
+                let fut = async move {
+                    let op = manager.send(GetOperation { id: operation.clone() }).await.map_err(mailbox)??;
+                    if !identity.may_operate(op.project.as_deref()) {
+                        return Err(Refusal::new(ErrorCode::Forbidden, "you may not cancel this operation"));
+                    }
+                    manager.send(CancelOperation { id: operation }).await.map_err(mailbox)?
+                };
+                fut.into_actor(self)
+                    .map(move |res, act, ctx| reply(act, ctx, res, true))
+                    .spawn(ctx);
+            }
+            Request::ReportOperation { operation, report } => {
+                if !identity.may_report() {
+                    let r = Refusal::new(ErrorCode::Forbidden, "only workers (role service) may report progress");
+                    return reply(self, ctx, Err(r), false);
+                }
+                self.state
+                    .operations
+                    .send(ReportOperation { id: operation, report })
+                    .into_actor(self)
+                    .map(move |res, act, ctx| reply(act, ctx, res.unwrap_or_else(|e| Err(mailbox(e))), false))
+                    .spawn(ctx);
+            }
+            _ => {}
         }
     }
 
@@ -457,4 +589,8 @@ impl Handler<ServerShutdown> for Session {
     fn handle(&mut self, _: ServerShutdown, ctx: &mut Context<Self>) {
         self.close(ctx, CloseCode::Away, "server shutting down");
     }
+}
+
+fn mailbox(e: MailboxError) -> Refusal {
+    Refusal::new(ErrorCode::Unavailable, format!("operations unavailable: {e}"))
 }

@@ -76,6 +76,7 @@ impl StatsPublisher {
             retain: true,
             member_check: None,
             received_at: now,
+            seq: None,
         });
         ctx.spawn(
             async move {

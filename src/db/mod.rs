@@ -10,6 +10,7 @@
 //! directly, they go through `Database::run`, which runs them on the blocking thread pool.
 
 pub mod activities;
+pub mod operations;
 pub mod schema;
 
 use std::sync::atomic::Ordering::Relaxed;
@@ -169,23 +170,27 @@ impl Database {
         })
     }
 
-    /// The async bridge: runs a blocking query function on the blocking thread pool.
-    pub async fn run<F, T>(&self, f: F) -> Result<T, DbError>
+    /// The async bridge: runs a blocking query function on the blocking thread pool. The
+    /// future owns what it needs (`'static`), so actors can hold it across their own awaits.
+    pub fn run<F, T>(&self, f: F) -> impl std::future::Future<Output = Result<T, DbError>> + 'static
     where
         F: FnOnce(&mut DbConn) -> diesel::QueryResult<T> + Send + 'static,
         T: Send + 'static,
     {
         let db = self.clone();
-        let result = tokio::task::spawn_blocking(move || {
-            let mut conn = db.get()?;
-            f(&mut conn).map_err(DbError::from)
-        })
-        .await
-        .unwrap_or(Err(DbError::Cancelled));
-        if result.is_err() {
-            self.metrics.database_errors.fetch_add(1, Relaxed);
+        async move {
+            let metrics = db.metrics.clone();
+            let result = tokio::task::spawn_blocking(move || {
+                let mut conn = db.get()?;
+                f(&mut conn).map_err(DbError::from)
+            })
+            .await
+            .unwrap_or(Err(DbError::Cancelled));
+            if result.is_err() {
+                metrics.database_errors.fetch_add(1, Relaxed);
+            }
+            result
         }
-        result
     }
 
     /// Round trip to the database; returns its latency.

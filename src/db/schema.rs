@@ -11,3 +11,41 @@ diesel::table! {
         created_at -> BigInt,
     }
 }
+
+diesel::table! {
+    operations (id) {
+        id -> Text,
+        kind -> Text,
+        target -> Text,
+        project -> Nullable<Text>,
+        runner -> Text,
+        status -> Text,
+        progress -> Double,
+        stage -> Nullable<Text>,
+        stages -> Text,
+        message -> Nullable<Text>,
+        eta_seconds -> Nullable<BigInt>,
+        result -> Nullable<Text>,
+        error -> Nullable<Text>,
+        params -> Text,
+        created_by -> Nullable<Text>,
+        created_at -> BigInt,
+        started_at -> Nullable<BigInt>,
+        updated_at -> BigInt,
+        finished_at -> Nullable<BigInt>,
+        log_offset -> BigInt,
+    }
+}
+
+diesel::table! {
+    operation_logs (operation_id, seq) {
+        operation_id -> Text,
+        seq -> BigInt,
+        stream -> Text,
+        line -> Text,
+        ts -> BigInt,
+    }
+}
+
+diesel::joinable!(operation_logs -> operations (operation_id));
+diesel::allow_tables_to_appear_in_same_query!(operations, operation_logs);

@@ -32,6 +32,8 @@ pub enum Request {
     Join {
         room: String,
         since: Option<Since>,
+        /// For `operation:<id>` rooms: the last log line seen.
+        log_offset: Option<u64>,
     },
     Leave {
         room: String,
@@ -42,6 +44,21 @@ pub enum Request {
         data: Box<RawValue>,
     },
     Ping,
+    /// `operation.start`
+    StartOperation {
+        kind: String,
+        target: String,
+        project: Option<String>,
+        params: serde_json::Value,
+    },
+    /// `operation.cancel`
+    CancelOperation { operation: String },
+    /// `operation.progress`, `operation.log`, `operation.complete`, `operation.fail`: an
+    /// external worker reporting.
+    ReportOperation {
+        operation: String,
+        report: crate::actors::operation::WorkerReport,
+    },
 }
 
 impl Request {
@@ -52,6 +69,9 @@ impl Request {
             Request::Leave { .. } => "leave",
             Request::Publish { .. } => "publish",
             Request::Ping => "ping",
+            Request::StartOperation { .. } => "operation.start",
+            Request::CancelOperation { .. } => "operation.cancel",
+            Request::ReportOperation { .. } => "operation.report",
         }
     }
 }
@@ -59,7 +79,7 @@ impl Request {
 #[derive(Deserialize)]
 struct RawFrame<'a> {
     #[serde(rename = "type", borrow, default)]
-    kind: Option<&'a RawValue>,
+    frame_type: Option<&'a RawValue>,
     #[serde(borrow, default)]
     id: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -76,6 +96,30 @@ struct RawFrame<'a> {
     user: Option<&'a RawValue>,
     #[serde(borrow, default)]
     name: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    log_offset: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    kind: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    target: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    project: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    params: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    operation: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    progress: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    message: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    lines: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    result: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
 }
 
 /// A frame that could not be turned into a request: the refusal and, when the frame was an
@@ -141,7 +185,7 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request), BadFrame> {
         id: id.clone(),
         refusal: Refusal::new(code, message),
     };
-    let kind: String = match raw.kind {
+    let kind: String = match raw.frame_type {
         None => {
             return Err(fail(
                 ErrorCode::MissingField,
@@ -158,6 +202,15 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request), BadFrame> {
     let request = match kind.as_str() {
         "ping" => Request::Ping,
         "join" => Request::Join {
+            log_offset: match raw.log_offset {
+                None => None,
+                Some(v) => Some(serde_json::from_str::<u64>(v.get()).map_err(|_| {
+                    fail(
+                        ErrorCode::InvalidField,
+                        "field `log_offset` must be a non-negative integer".into(),
+                    )
+                })?),
+            },
             room: room_field(raw.room, &kind).map_err(|r| fail(r.code, r.message))?,
             since: match raw.since {
                 None => None,
@@ -201,6 +254,36 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request), BadFrame> {
             name: string_field(raw.name, "name", &kind, false)
                 .map_err(|r| fail(r.code, r.message))?,
         },
+        "operation.start" => {
+            let f = |r: Refusal| fail(r.code, r.message);
+            let params = match raw.params {
+                None => serde_json::Value::Null,
+                Some(v) => serde_json::from_str(v.get()).map_err(|_| {
+                    fail(ErrorCode::InvalidField, "field `params` must be JSON".into())
+                })?,
+            };
+            Request::StartOperation {
+                kind: string_field(raw.kind, "kind", &kind, true).map_err(f)?.unwrap_or_default(),
+                target: string_field(raw.target, "target", &kind, true)
+                    .map_err(|r| fail(r.code, r.message))?
+                    .unwrap_or_default(),
+                project: string_field(raw.project, "project", &kind, false)
+                    .map_err(|r| fail(r.code, r.message))?,
+                params,
+            }
+        }
+        "operation.cancel" => Request::CancelOperation {
+            operation: string_field(raw.operation, "operation", &kind, true)
+                .map_err(|r| fail(r.code, r.message))?
+                .unwrap_or_default(),
+        },
+        "operation.progress" | "operation.log" | "operation.complete" | "operation.fail" => {
+            let operation = string_field(raw.operation, "operation", &kind, true)
+                .map_err(|r| fail(r.code, r.message))?
+                .unwrap_or_default();
+            let report = worker_report(&kind, &raw).map_err(|r| fail(r.code, r.message))?;
+            Request::ReportOperation { operation, report }
+        }
         other => {
             let shown: String = other.chars().take(64).collect();
             return Err(fail(
@@ -210,6 +293,93 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request), BadFrame> {
         }
     };
     Ok((id, request))
+}
+
+/// The report of an external worker, from the frame's fields (shared with the REST bodies).
+fn worker_report(
+    kind: &str,
+    raw: &RawFrame,
+) -> Result<crate::actors::operation::WorkerReport, Refusal> {
+    use crate::actors::operation::WorkerReport;
+    let json = |v: Option<&RawValue>| -> Result<Option<serde_json::Value>, Refusal> {
+        v.map(|v| serde_json::from_str(v.get()))
+            .transpose()
+            .map_err(|_| Refusal::new(ErrorCode::InvalidField, "invalid JSON field"))
+    };
+    Ok(match kind {
+        "operation.progress" => WorkerReport::Progress(crate::operations::Update {
+            progress: match raw.progress {
+                None => None,
+                Some(v) => Some(serde_json::from_str::<f64>(v.get()).map_err(|_| {
+                    Refusal::new(ErrorCode::InvalidField, "field `progress` must be a number")
+                })?),
+            },
+            stage: string_field(raw.stage, "stage", kind, false)?,
+            message: string_field(raw.message, "message", kind, false)?,
+            result: None,
+        }),
+        "operation.log" => {
+            let lines = json(raw.lines)?.ok_or_else(|| {
+                Refusal::new(ErrorCode::MissingField, "field `lines` is required for `operation.log`")
+            })?;
+            WorkerReport::Logs(log_lines(&lines)?)
+        }
+        "operation.complete" => WorkerReport::Complete(json(raw.result)?),
+        _ => {
+            let e = json(raw.error)?.unwrap_or(serde_json::Value::Null);
+            let (code, message) = fail_fields(&e)?;
+            WorkerReport::Fail { code, message }
+        }
+    })
+}
+
+/// `lines`: an array of strings or of `{stream?, line}` objects.
+pub fn log_lines(v: &serde_json::Value) -> Result<Vec<(String, String)>, Refusal> {
+    let bad = || {
+        Refusal::new(
+            ErrorCode::InvalidField,
+            "field `lines` must be an array of strings or {\"stream\", \"line\"} objects (at most 1000)",
+        )
+    };
+    let arr = v.as_array().filter(|a| a.len() <= 1000).ok_or_else(bad)?;
+    arr.iter()
+        .map(|l| match l {
+            serde_json::Value::String(s) => Ok(("stdout".to_string(), s.clone())),
+            serde_json::Value::Object(o) => {
+                let line = o.get("line").and_then(|x| x.as_str()).ok_or_else(bad)?;
+                let stream = o.get("stream").and_then(|x| x.as_str()).unwrap_or("stdout");
+                if stream.is_empty() || stream.len() > 32 {
+                    return Err(bad());
+                }
+                Ok((stream.to_string(), line.to_string()))
+            }
+            _ => Err(bad()),
+        })
+        .collect()
+}
+
+/// `error`: `{code?, message}` or a plain message string.
+pub fn fail_fields(e: &serde_json::Value) -> Result<(String, String), Refusal> {
+    let (code, message) = match e {
+        serde_json::Value::String(m) => ("failed".to_string(), m.clone()),
+        serde_json::Value::Object(o) => (
+            o.get("code").and_then(|c| c.as_str()).unwrap_or("failed").to_string(),
+            o.get("message").and_then(|c| c.as_str()).unwrap_or("").to_string(),
+        ),
+        _ => {
+            return Err(Refusal::new(
+                ErrorCode::MissingField,
+                "field `error` ({\"code\", \"message\"}) is required",
+            ))
+        }
+    };
+    if code.is_empty() || code.len() > 64 || message.len() > 4096 {
+        return Err(Refusal::new(
+            ErrorCode::InvalidField,
+            "error.code must be 1-64 characters and error.message at most 4096",
+        ));
+    }
+    Ok((code, message))
 }
 
 fn string_field(
@@ -382,6 +552,29 @@ pub fn message(
 }
 
 #[derive(Serialize)]
+struct BackfillFrame<'a> {
+    #[serde(rename = "type")]
+    t: &'static str,
+    room: &'a str,
+    event: &'a str,
+    data: &'a RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seq: Option<u64>,
+}
+
+/// State sent to one joiner ahead of live messages (an operation's snapshot and missed logs).
+/// Not a room message, so it has no room offset.
+pub fn backfill(room: &str, event: &str, data: &RawValue, seq: Option<u64>) -> Bytes {
+    encode(&BackfillFrame {
+        t: "backfill",
+        room,
+        event,
+        data,
+        seq,
+    })
+}
+
+#[derive(Serialize)]
 struct Presence<'a> {
     #[serde(rename = "type")]
     t: &'static str,
@@ -446,6 +639,46 @@ struct ErrorFrame<'a> {
     id: Option<&'a RawValue>,
 }
 
+#[derive(Serialize)]
+struct OperationReply<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    t: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    operation: &'a T,
+}
+
+/// Reply to `operation.*` requests: the operation's status.
+pub fn operation<T: Serialize>(id: Option<&RawValue>, op: &T) -> Bytes {
+    encode(&OperationReply {
+        t: "operation",
+        id,
+        operation: op,
+    })
+}
+
+#[derive(Serialize)]
+struct DuplicateFrame<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    t: &'static str,
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    operation: &'a T,
+}
+
+/// `duplicate_operation`: the error carries the active operation, so the caller watches it.
+pub fn duplicate<T: Serialize>(id: Option<&RawValue>, refusal: &Refusal, op: &T) -> Bytes {
+    encode(&DuplicateFrame {
+        t: "error",
+        code: refusal.code.as_str(),
+        message: &refusal.message,
+        id,
+        operation: op,
+    })
+}
+
 pub fn error(id: Option<&RawValue>, refusal: &Refusal) -> Bytes {
     encode(&ErrorFrame {
         t: "error",
@@ -472,7 +705,7 @@ mod tests {
         .unwrap();
         assert_eq!(id.unwrap().get(), "7");
         match r {
-            Request::Join { room, since } => {
+            Request::Join { room, since, .. } => {
                 assert_eq!(room, "project:42");
                 assert_eq!(
                     since,

@@ -87,6 +87,7 @@ pub async fn create(
             retain: false,
             member_check: None,
             received_at,
+            seq: None,
         });
         if let Err(e) = publish.await {
             // Stored but not broadcast: clients still see it on their next page load.

@@ -3,6 +3,7 @@
 
 pub mod activities;
 pub mod health;
+pub mod operations;
 pub mod rooms;
 pub mod ws;
 
@@ -32,6 +33,35 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .service(
                     web::resource("/rooms/{room}/history").route(web::get().to(rooms::history)),
                 )
+                .service(
+                    web::resource("/operations")
+                        .route(web::post().to(operations::start))
+                        .route(web::get().to(operations::list)),
+                )
+                .service(web::resource("/operations/{id}").route(web::get().to(operations::get)))
+                .service(
+                    web::resource("/operations/{id}/logs")
+                        .route(web::get().to(operations::logs))
+                        .route(web::post().to(operations::append_logs)),
+                )
+                .service(
+                    web::resource("/operations/{id}/cancel").route(web::post().to(operations::cancel)),
+                )
+                .service(
+                    web::resource("/operations/{id}/progress")
+                        .route(web::post().to(operations::progress)),
+                )
+                .service(
+                    web::resource("/operations/{id}/complete")
+                        .route(web::post().to(operations::complete)),
+                )
+                .service(
+                    web::resource("/operations/{id}/fail").route(web::post().to(operations::fail)),
+                )
+                .service(
+                    web::resource("/operations/{id}/events").route(web::get().to(operations::events)),
+                )
+                .service(web::resource("/operations/{id}/ws").route(web::get().to(operations::socket)))
                 .service(
                     web::resource("/activities")
                         .route(web::post().to(activities::create))

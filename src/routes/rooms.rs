@@ -62,6 +62,7 @@ pub async fn publish(
             retain: false,
             member_check: None,
             received_at,
+            seq: None,
         })
         .await?;
     Ok(HttpResponse::Ok().json(Published {

@@ -1,7 +1,5 @@
 //! `GET /ws`: upgrade to the native protocol and start a session actor.
 
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-
 use actix::{Actor, AsyncContext};
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 
@@ -10,8 +8,6 @@ use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 use crate::transport::outbox::Outbox;
 use crate::transport::ws::upgrade;
-
-static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 pub async fn connect(
     req: HttpRequest,
@@ -35,7 +31,7 @@ pub async fn connect(
                 format!("not a WebSocket upgrade: {e}"),
             )
         })?;
-    let id = NEXT_SESSION.fetch_add(1, Relaxed);
+    let id = crate::actors::next_session_id();
     let state = state.into_inner();
     Session::create(move |ctx| {
         ctx.add_stream(reader);

@@ -46,20 +46,36 @@ struct State {
     finished: bool,
 }
 
+/// How queued payloads go on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// Each payload is a WebSocket text frame; control frames and the close frame are written.
+    WebSocket,
+    /// Payloads are written as they are (Server-Sent Events); control frames are dropped and
+    /// closing just ends the stream.
+    Raw,
+}
+
 pub struct Outbox {
     state: Mutex<State>,
     waker: AtomicWaker,
     max_messages: usize,
     max_bytes: usize,
+    framing: Framing,
 }
 
 impl Outbox {
     pub fn new(max_messages: usize, max_bytes: usize) -> Arc<Self> {
+        Self::with_framing(max_messages, max_bytes, Framing::WebSocket)
+    }
+
+    pub fn with_framing(max_messages: usize, max_bytes: usize, framing: Framing) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             waker: AtomicWaker::new(),
             max_messages,
             max_bytes,
+            framing,
         })
     }
 
@@ -122,6 +138,9 @@ impl Outbox {
     }
 
     fn push_control(&self, out: Out) {
+        if self.framing == Framing::Raw {
+            return;
+        }
         {
             let mut st = self.lock();
             if st.finished || st.close.is_some() {
@@ -189,8 +208,13 @@ impl Stream for OutboxStream {
         // Size the chunk once; a fresh buffer per chunk means an idle connection holds none.
         let need: usize = st.bytes + st.queue.len() * 10 + 128;
         let mut buf = BytesMut::with_capacity(need);
+        let raw = outbox.framing == Framing::Raw;
         while let Some(out) = st.queue.pop_front() {
             match out {
+                Out::Text(p) if raw => {
+                    st.bytes -= p.len();
+                    buf.extend_from_slice(&p);
+                }
                 Out::Text(p) => {
                     st.bytes -= p.len();
                     Parser::write_message(&mut buf, &p, OpCode::Text, true, false);
@@ -200,7 +224,9 @@ impl Stream for OutboxStream {
             }
         }
         if let Some(reason) = st.close.clone() {
-            Parser::write_close(&mut buf, Some(reason), false);
+            if !raw {
+                Parser::write_close(&mut buf, Some(reason), false);
+            }
             st.finished = true;
         }
         Poll::Ready(Some(Ok(buf.freeze())))

@@ -1,0 +1,2 @@
+DROP TABLE operation_logs;
+DROP TABLE operations;

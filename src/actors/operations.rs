@@ -1,0 +1,497 @@
+//! The operation manager: starts operations, owns the table of live operation actors, applies
+//! each kind's concurrency limit, recovers what a previous process left behind, prunes old rows.
+//!
+//! In: [`StartOperation`], [`CancelOperation`], [`ReportOperation`], [`GetOperation`],
+//! [`WatchOperation`] (routes and sessions); [`Finished`], [`Retired`] (operation actors).
+//! Out: [`Begin`], [`Cancel`], [`Report`], [`GetSnapshot`], [`Watch`], [`Interrupt`] to
+//! operation actors; database reads for operations no longer in memory.
+//!
+//! "Never started twice" is the database's job: a partial unique index allows one active
+//! operation per (kind, target), so of several concurrent starts exactly one insert succeeds and
+//! the others get the winner back as a `duplicate_operation`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::operation::{
+    Begin, Cancel, GetSnapshot, Interrupt, OperationActor, Report, Watch, WorkerReport,
+};
+use super::room::JoinRoom;
+use super::Member;
+use crate::db::operations::{self as store, ListFilter, LogRow, OperationRow};
+use crate::db::DbError;
+use crate::error::{ErrorCode, Refusal};
+use crate::operations::{Operation, RunnerKind, Status};
+use crate::protocol::native::RequestId;
+use crate::protocol::Backfill;
+use crate::state::OpContext;
+use crate::util::now_millis;
+
+/// How often old operations are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+// ---- messages ------------------------------------------------------------------------------
+
+/// Why a start was refused.
+#[derive(Debug)]
+pub enum StartError {
+    Refused(Refusal),
+    /// An active operation of the same kind and target exists: here it is.
+    Duplicate(Box<Operation>),
+    Database(DbError),
+}
+
+/// Routes/Session → Manager.
+#[derive(Message)]
+#[rtype(result = "Result<Operation, StartError>")]
+pub struct StartOperation {
+    pub kind: String,
+    pub target: String,
+    pub project: Option<String>,
+    pub params: Value,
+    pub created_by: Option<String>,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Operation, Refusal>")]
+pub struct CancelOperation {
+    pub id: String,
+}
+
+#[derive(Message)]
+#[rtype(result = "Result<Operation, Refusal>")]
+pub struct ReportOperation {
+    pub id: String,
+    pub report: WorkerReport,
+}
+
+/// The freshest status: from the live actor if there is one, else from the database.
+#[derive(Message)]
+#[rtype(result = "Result<Operation, Refusal>")]
+pub struct GetOperation {
+    pub id: String,
+}
+
+/// A session (or the SSE / per-operation WebSocket endpoints) joins `operation:<id>`.
+#[derive(Message)]
+#[rtype(result = "Result<(), Refusal>")]
+pub struct WatchOperation {
+    pub id: String,
+    pub member: Member,
+    pub log_offset: u64,
+    pub request_id: Option<RequestId>,
+}
+
+/// Operation → Manager: terminal state written and announced; its concurrency slot is free.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Finished {
+    pub id: String,
+    pub kind: String,
+}
+
+/// Operation → Manager: the actor stopped (retention over).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Retired {
+    pub id: String,
+}
+
+// ---- the actor -----------------------------------------------------------------------------
+
+pub struct OperationManager {
+    cx: Arc<OpContext>,
+    /// Live operation actors by id.
+    live: HashMap<String, Addr<OperationActor>>,
+    /// Operations that were sent `Begin` and hold a concurrency slot until `Finished`.
+    begun: HashSet<String>,
+    running: HashMap<String, usize>,
+    /// Per kind, operations waiting for a slot (FIFO).
+    waiting: HashMap<String, VecDeque<String>>,
+}
+
+fn not_found(id: &str) -> Refusal {
+    Refusal::new(ErrorCode::NotFound, format!("no operation {id}"))
+}
+
+fn db_refusal(e: DbError) -> Refusal {
+    log::warn!("operations: database call failed: {e}");
+    Refusal::new(
+        ErrorCode::DatabaseUnavailable,
+        "the database is unreachable; try again shortly",
+    )
+}
+
+fn unavailable(e: MailboxError) -> Refusal {
+    Refusal::new(ErrorCode::Unavailable, format!("operation unavailable: {e}"))
+}
+
+impl OperationManager {
+    pub fn new(cx: Arc<OpContext>) -> Self {
+        Self {
+            cx,
+            live: HashMap::new(),
+            begun: HashSet::new(),
+            running: HashMap::new(),
+            waiting: HashMap::new(),
+        }
+    }
+
+    /// Starts an actor for `op` and gives it a slot now or queues it.
+    fn spawn(&mut self, op: Operation, announce: bool, ctx: &mut Context<Self>) -> Option<Addr<OperationActor>> {
+        let kind = self.cx.kinds.get(&op.kind)?;
+        let id = op.id.clone();
+        let kind_name = op.kind.clone();
+        let addr = OperationActor::new(op, kind, self.cx.clone(), ctx.address(), announce).start();
+        self.live.insert(id.clone(), addr.clone());
+        self.waiting.entry(kind_name.clone()).or_default().push_back(id);
+        self.schedule(&kind_name);
+        Some(addr)
+    }
+
+    /// Begins waiting operations of `kind` while its concurrency allows.
+    fn schedule(&mut self, kind: &str) {
+        let limit = self.cx.kinds.get(kind).map(|k| k.concurrency).unwrap_or(0);
+        loop {
+            let running = self.running.get(kind).copied().unwrap_or(0);
+            if limit > 0 && running >= limit {
+                return;
+            }
+            let Some(id) = self.waiting.get_mut(kind).and_then(VecDeque::pop_front) else {
+                return;
+            };
+            let Some(addr) = self.live.get(&id) else { continue };
+            addr.do_send(Begin);
+            self.begun.insert(id);
+            *self.running.entry(kind.to_string()).or_default() += 1;
+        }
+    }
+
+    fn recover(&mut self, ctx: &mut Context<Self>) {
+        self.cx
+            .db
+            .run(store::all_active)
+            .into_actor(self)
+            .map(|res, act, ctx| match res {
+                Ok(rows) => {
+                    let n = rows.len();
+                    for row in rows {
+                        let op = row.into_operation();
+                        let (id, runner, status) = (op.id.clone(), op.runner, op.status);
+                        let Some(kind) = act.cx.kinds.get(&op.kind) else {
+                            log::warn!("operation {id}: kind {} is no longer configured; leaving it", op.kind);
+                            continue;
+                        };
+                        let interrupted = runner != RunnerKind::External && status != Status::Queued;
+                        if interrupted {
+                            let addr = OperationActor::new(
+                                op,
+                                kind,
+                                act.cx.clone(),
+                                ctx.address(),
+                                false,
+                            )
+                            .start();
+                            act.live.insert(id, addr.clone());
+                            addr.do_send(Interrupt);
+                        } else if let Some(addr) = act.spawn(op, false, ctx) {
+                            if status == Status::Cancelling {
+                                addr.do_send(Cancel);
+                            }
+                        }
+                    }
+                    if n > 0 {
+                        log::info!("operations: recovered {n} unfinished operations");
+                    }
+                }
+                Err(e) => {
+                    log::warn!("operations: recovery failed, retrying in 2s: {e}");
+                    ctx.run_later(Duration::from_secs(2), |act, ctx| act.recover(ctx));
+                }
+            })
+            .wait(ctx);
+    }
+
+    fn prune(&mut self, ctx: &mut Context<Self>) {
+        let days = self.cx.settings.operation_prune_days;
+        let before = now_millis() - (days as i64) * 86_400_000;
+        self.cx
+            .db
+            .run(move |c| store::prune(c, before))
+            .into_actor(self)
+            .map(|res, _, _| match res {
+                Ok(0) => {}
+                Ok(n) => log::info!("operations: pruned {n} finished operations"),
+                Err(e) => log::warn!("operations: pruning failed: {e}"),
+            })
+            .spawn(ctx);
+    }
+}
+
+impl Actor for OperationManager {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.set_mailbox_capacity(0);
+        self.recover(ctx);
+        self.prune(ctx);
+        ctx.run_interval(PRUNE_EVERY, |act, ctx| act.prune(ctx));
+    }
+}
+
+impl Handler<StartOperation> for OperationManager {
+    type Result = ResponseActFuture<Self, Result<Operation, StartError>>;
+
+    fn handle(&mut self, msg: StartOperation, _ctx: &mut Context<Self>) -> Self::Result {
+        let Some(kind) = self.cx.kinds.get(&msg.kind) else {
+            let r = Refusal::new(
+                ErrorCode::UnknownKind,
+                format!("no operation kind {:?} (known: {})", msg.kind, self.cx.kinds.names().join(", ")),
+            );
+            return Box::pin(fut::ready(Err(StartError::Refused(r))));
+        };
+        let params = match kind.validate(&msg.target, &msg.params) {
+            Ok(p) => p,
+            Err(m) => {
+                return Box::pin(fut::ready(Err(StartError::Refused(Refusal::new(
+                    ErrorCode::InvalidField,
+                    m,
+                )))))
+            }
+        };
+        if let Some(p) = &msg.project {
+            if !crate::protocol::valid_room_name(&format!("project:{p}")) {
+                let r = Refusal::new(ErrorCode::InvalidField, "project must be 1-120 characters of A-Z a-z 0-9 : _ . -");
+                return Box::pin(fut::ready(Err(StartError::Refused(r))));
+            }
+        }
+        let op = Operation::new(
+            uuid::Uuid::now_v7().to_string(),
+            msg.kind,
+            msg.target,
+            msg.project,
+            kind.runner,
+            kind.stages.clone(),
+            params,
+            msg.created_by,
+            now_millis(),
+        );
+        let row = OperationRow::from(&op);
+        let (kind_name, target) = (op.kind.clone(), op.target.clone());
+        let db = self.cx.db.clone();
+        Box::pin(
+            async move {
+                match db.run(move |c| store::insert(c, &row)).await {
+                    Ok(()) => Ok(None),
+                    Err(DbError::Query(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))) => {
+                        match db.run(move |c| store::find_active(c, &kind_name, &target)).await {
+                            Ok(Some(existing)) => Ok(Some(existing.into_operation())),
+                            // It finished between the insert and this read: the caller may
+                            // simply try again.
+                            Ok(None) => Err(StartError::Refused(Refusal::new(
+                                ErrorCode::DuplicateOperation,
+                                "an operation of this kind on this target just finished; try again",
+                            ))),
+                            Err(e) => Err(StartError::Database(e)),
+                        }
+                    }
+                    Err(e) => Err(StartError::Database(e)),
+                }
+            }
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(None) => {
+                    log::info!("operation {} ({} on {}) created", op.id, op.kind, op.target);
+                    act.spawn(op.clone(), true, ctx);
+                    Ok(op)
+                }
+                Ok(Some(existing)) => Err(StartError::Duplicate(Box::new(existing))),
+                Err(e) => Err(e),
+            }),
+        )
+    }
+}
+
+impl Handler<CancelOperation> for OperationManager {
+    type Result = ResponseFuture<Result<Operation, Refusal>>;
+
+    fn handle(&mut self, msg: CancelOperation, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(addr) = self.live.get(&msg.id) {
+            let fut = addr.send(Cancel);
+            return Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) });
+        }
+        let db = self.cx.db.clone();
+        Box::pin(async move {
+            let id = msg.id;
+            let row = db.run({
+                let id = id.clone();
+                move |c| store::get(c, &id)
+            });
+            match row.await.map_err(db_refusal)? {
+                None => Err(not_found(&id)),
+                Some(r) => {
+                    let op = r.into_operation();
+                    Err(Refusal::new(
+                        ErrorCode::OperationFinished,
+                        format!("operation {id} is already {}", op.status.as_str()),
+                    ))
+                }
+            }
+        })
+    }
+}
+
+impl Handler<ReportOperation> for OperationManager {
+    type Result = ResponseFuture<Result<Operation, Refusal>>;
+
+    fn handle(&mut self, msg: ReportOperation, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(addr) = self.live.get(&msg.id) {
+            let fut = addr.send(Report(msg.report));
+            return Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) });
+        }
+        let db = self.cx.db.clone();
+        Box::pin(async move {
+            let id = msg.id;
+            let row = db.run({
+                let id = id.clone();
+                move |c| store::get(c, &id)
+            });
+            match row.await.map_err(db_refusal)? {
+                None => Err(not_found(&id)),
+                Some(r) => Err(Refusal::new(
+                    ErrorCode::OperationFinished,
+                    format!("operation {id} is already {}", r.into_operation().status.as_str()),
+                )),
+            }
+        })
+    }
+}
+
+impl Handler<GetOperation> for OperationManager {
+    type Result = ResponseFuture<Result<Operation, Refusal>>;
+
+    fn handle(&mut self, msg: GetOperation, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(addr) = self.live.get(&msg.id) {
+            let fut = addr.send(GetSnapshot);
+            return Box::pin(async move { fut.await.map_err(unavailable) });
+        }
+        let db = self.cx.db.clone();
+        Box::pin(async move {
+            let id = msg.id;
+            let row = db.run({
+                let id = id.clone();
+                move |c| store::get(c, &id)
+            });
+            row.await
+                .map_err(db_refusal)?
+                .map(OperationRow::into_operation)
+                .ok_or_else(|| not_found(&id))
+        })
+    }
+}
+
+impl Handler<WatchOperation> for OperationManager {
+    type Result = ResponseFuture<Result<(), Refusal>>;
+
+    fn handle(&mut self, msg: WatchOperation, _ctx: &mut Context<Self>) -> Self::Result {
+        if let Some(addr) = self.live.get(&msg.id) {
+            let fut = addr.send(Watch {
+                member: msg.member,
+                log_offset: msg.log_offset,
+                request_id: msg.request_id,
+            });
+            return Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) });
+        }
+        // Not in memory: it finished (and retired) — serve it from the database. No events
+        // will follow, so there is nothing to order against.
+        let db = self.cx.db.clone();
+        let registry = self.cx.registry.clone();
+        let max = self.cx.settings.log_replay_max as i64;
+        Box::pin(async move {
+            let id = msg.id.clone();
+            let after = msg.log_offset;
+            let (row, logs) = db
+                .run(move |c| {
+                    let row = store::get(c, &id)?;
+                    let logs = match &row {
+                        Some(_) => store::logs_after(c, &id, after, max)?,
+                        None => Vec::new(),
+                    };
+                    Ok((row, logs))
+                })
+                .await
+                .map_err(db_refusal)?;
+            let op = row.ok_or_else(|| not_found(&msg.id))?.into_operation();
+            let complete = logs.last().map(|l| l.seq as u64).unwrap_or(after) >= op.log_offset;
+            let mut backfill = vec![Backfill {
+                event: op.status.terminal_event().unwrap_or("operation.progress").to_string(),
+                data: to_raw(&op),
+                seq: Some(after),
+            }];
+            backfill.extend(logs.into_iter().map(LogRow::into_line).filter_map(|l| {
+                Some(Backfill {
+                    event: "operation.log".into(),
+                    data: RawValue::from_string(serde_json::to_string(&l).ok()?).ok()?,
+                    seq: Some(l.offset),
+                })
+            }));
+            registry
+                .send(JoinRoom {
+                    room: op.room(),
+                    member: msg.member,
+                    since: None,
+                    request_id: msg.request_id,
+                    backfill: Some(backfill),
+                    backfill_complete: complete,
+                })
+                .await
+                .map_err(unavailable)?
+                .map(|_| ())
+        })
+    }
+}
+
+fn to_raw(op: &Operation) -> Box<RawValue> {
+    serde_json::to_string(op)
+        .ok()
+        .and_then(|s| RawValue::from_string(s).ok())
+        .unwrap_or_else(|| serde_json::value::to_raw_value(&Value::Null).unwrap_or_default())
+}
+
+impl Handler<Finished> for OperationManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Finished, _ctx: &mut Context<Self>) {
+        if self.begun.remove(&msg.id) {
+            if let Some(n) = self.running.get_mut(&msg.kind) {
+                *n = n.saturating_sub(1);
+            }
+        } else if let Some(q) = self.waiting.get_mut(&msg.kind) {
+            // Finished without a slot (cancelled while queued).
+            q.retain(|id| id != &msg.id);
+        }
+        self.schedule(&msg.kind);
+    }
+}
+
+impl Handler<Retired> for OperationManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: Retired, _ctx: &mut Context<Self>) {
+        self.live.remove(&msg.id);
+    }
+}
+
+/// Paged listing straight from the database (the REST list endpoint).
+pub async fn list(cx: &OpContext, filter: ListFilter) -> Result<Vec<Operation>, DbError> {
+    cx.db
+        .run(move |c| store::list(c, &filter))
+        .await
+        .map(|rows| rows.into_iter().map(OperationRow::into_operation).collect())
+}

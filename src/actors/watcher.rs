@@ -1,0 +1,170 @@
+//! A watcher of one operation that is not a native session: a Server-Sent Events stream
+//! (`GET /api/operations/{id}/events`) or the per-operation WebSocket
+//! (`GET /api/operations/{id}/ws`). It joins `operation:<id>` with its own wire, so the room
+//! encodes for it, and it ends when the operation does.
+//!
+//! In: [`Evicted`], [`ServerShutdown`], the WebSocket reader (per-operation WebSocket only).
+//! Out: [`WatchOperation`] to the manager; [`LeaveAll`] when it stops.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use actix_http::ws::CloseCode;
+
+use super::operations::WatchOperation;
+use super::registry::{LeaveAll, SessionClosed, SessionOpened};
+use super::{Evicted, Member, ServerShutdown, SessionId};
+use crate::auth::UserInfo;
+use crate::protocol::{sse, Wire};
+use crate::state::AppState;
+use crate::transport::outbox::Outbox;
+use crate::transport::ws::{ReadError, WsMessage};
+
+/// How often a watcher checks whether its client went away (SSE has no read side to tell).
+const GONE_CHECK: Duration = Duration::from_secs(1);
+
+pub struct Watcher {
+    id: SessionId,
+    operation: String,
+    log_offset: u64,
+    wire: Wire,
+    user: Arc<UserInfo>,
+    outbox: Arc<Outbox>,
+    state: Arc<AppState>,
+}
+
+impl Watcher {
+    pub fn new(
+        id: SessionId,
+        operation: String,
+        log_offset: u64,
+        wire: Wire,
+        user: Arc<UserInfo>,
+        outbox: Arc<Outbox>,
+        state: Arc<AppState>,
+    ) -> Self {
+        Self {
+            id,
+            operation,
+            log_offset,
+            wire,
+            user,
+            outbox,
+            state,
+        }
+    }
+
+    fn room(&self) -> String {
+        format!("operation:{}", self.operation)
+    }
+}
+
+impl Actor for Watcher {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        self.state.metrics.connections.fetch_add(1, Relaxed);
+        self.state.registry.do_send(SessionOpened {
+            session: self.id,
+            addr: ctx.address().recipient(),
+        });
+        if self.wire == Wire::Sse {
+            let _ = self.outbox.push_text(sse::retry(3_000));
+        }
+        let member = Member {
+            session: self.id,
+            user: self.user.clone(),
+            outbox: self.outbox.clone(),
+            control: ctx.address().recipient(),
+            wire: self.wire,
+        };
+        self.state
+            .operations
+            .send(WatchOperation {
+                id: self.operation.clone(),
+                member,
+                log_offset: self.log_offset,
+                request_id: None,
+            })
+            .into_actor(self)
+            .map(|res, act, ctx| {
+                if !matches!(res, Ok(Ok(()))) {
+                    log::warn!("watcher of operation {}: could not join", act.operation);
+                    act.outbox.close(CloseCode::Error, "operation unavailable");
+                    ctx.stop();
+                }
+            })
+            .wait(ctx);
+        let keepalive = self.state.settings.heartbeat_interval;
+        let mut since_keepalive = Duration::ZERO;
+        ctx.run_interval(GONE_CHECK, move |act, ctx| {
+            if act.outbox.is_closed() {
+                ctx.stop();
+                return;
+            }
+            since_keepalive += GONE_CHECK;
+            if since_keepalive >= keepalive {
+                since_keepalive = Duration::ZERO;
+                match act.wire {
+                    Wire::Sse => {
+                        let _ = act.outbox.push_text(sse::keepalive());
+                    }
+                    _ => act.outbox.ping(),
+                }
+            }
+        });
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.state.registry.do_send(LeaveAll {
+            session: self.id,
+            rooms: vec![self.room()],
+        });
+        self.state.registry.do_send(SessionClosed { session: self.id });
+        self.state.metrics.connections.fetch_sub(1, Relaxed);
+        self.outbox.close(CloseCode::Normal, "");
+    }
+}
+
+impl Handler<Evicted> for Watcher {
+    type Result = ();
+    fn handle(&mut self, _: Evicted, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<ServerShutdown> for Watcher {
+    type Result = ();
+    fn handle(&mut self, _: ServerShutdown, ctx: &mut Context<Self>) {
+        self.outbox.close(CloseCode::Away, "server shutting down");
+        ctx.stop();
+    }
+}
+
+impl StreamHandler<Result<WsMessage, ReadError>> for Watcher {
+    fn handle(&mut self, item: Result<WsMessage, ReadError>, ctx: &mut Context<Self>) {
+        match item {
+            Ok(WsMessage::Ping(p)) => self.outbox.pong(p),
+            Ok(WsMessage::Close) => {
+                self.outbox.close(CloseCode::Normal, "");
+                ctx.stop();
+            }
+            Ok(_) => {} // this stream is server → client only
+            Err(ReadError::TooLarge { limit }) => {
+                self.outbox
+                    .close(CloseCode::Size, &format!("message exceeds the limit of {limit} bytes"));
+                ctx.stop();
+            }
+            Err(ReadError::Protocol(_)) => {
+                self.outbox.close(CloseCode::Protocol, "protocol error");
+                ctx.stop();
+            }
+        }
+    }
+
+    fn finished(&mut self, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}

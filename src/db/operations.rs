@@ -1,0 +1,234 @@
+//! The `operations` and `operation_logs` tables.
+
+use diesel::prelude::*;
+use serde_json::Value;
+
+use super::schema::{operation_logs, operations};
+use super::DbConn;
+use crate::operations::{LogLine, OpError, Operation, RunnerKind, Stage, Status, Timestamp};
+use crate::with_conn;
+
+/// A stored operation (row, insert form and full-update form in one: every write writes the
+/// whole status, which is what coalescing wants).
+#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+#[diesel(table_name = operations, treat_none_as_null = true)]
+pub struct OperationRow {
+    pub id: String,
+    pub kind: String,
+    pub target: String,
+    pub project: Option<String>,
+    pub runner: String,
+    pub status: String,
+    pub progress: f64,
+    pub stage: Option<String>,
+    pub stages: String,
+    pub message: Option<String>,
+    pub eta_seconds: Option<i64>,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub params: String,
+    pub created_by: Option<String>,
+    pub created_at: i64,
+    pub started_at: Option<i64>,
+    pub updated_at: i64,
+    pub finished_at: Option<i64>,
+    pub log_offset: i64,
+}
+
+impl From<&Operation> for OperationRow {
+    fn from(o: &Operation) -> Self {
+        Self {
+            id: o.id.clone(),
+            kind: o.kind.clone(),
+            target: o.target.clone(),
+            project: o.project.clone(),
+            runner: o.runner.as_str().to_string(),
+            status: o.status.as_str().to_string(),
+            progress: o.progress,
+            stage: o.stage.clone(),
+            stages: serde_json::to_string(&o.stages).unwrap_or_else(|_| "[]".into()),
+            message: o.message.clone(),
+            eta_seconds: o.eta_seconds.map(|e| e.min(i64::MAX as u64) as i64),
+            result: o.result.as_ref().map(Value::to_string),
+            error: o
+                .error
+                .as_ref()
+                .and_then(|e| serde_json::to_string(e).ok()),
+            params: o.params.to_string(),
+            created_by: o.created_by.clone(),
+            created_at: o.created_at.0,
+            started_at: o.started_at.map(|t| t.0),
+            updated_at: o.updated_at.0,
+            finished_at: o.finished_at.map(|t| t.0),
+            log_offset: o.log_offset as i64,
+        }
+    }
+}
+
+impl OperationRow {
+    /// Back to the model. Columns written by this code always parse; a hand-edited row that
+    /// does not is shown with neutral values rather than failing the whole request.
+    pub fn into_operation(self) -> Operation {
+        Operation {
+            id: self.id,
+            kind: self.kind,
+            target: self.target,
+            project: self.project,
+            runner: RunnerKind::parse(&self.runner).unwrap_or(RunnerKind::External),
+            status: Status::parse(&self.status).unwrap_or(Status::Failed),
+            progress: self.progress,
+            stage: self.stage,
+            stages: serde_json::from_str::<Vec<Stage>>(&self.stages).unwrap_or_default(),
+            message: self.message,
+            eta_seconds: self.eta_seconds.map(|e| e.max(0) as u64),
+            result: self.result.and_then(|r| serde_json::from_str(&r).ok()),
+            error: self
+                .error
+                .and_then(|e| serde_json::from_str::<OpError>(&e).ok()),
+            params: serde_json::from_str(&self.params).unwrap_or(Value::Null),
+            created_by: self.created_by,
+            created_at: Timestamp(self.created_at),
+            started_at: self.started_at.map(Timestamp),
+            updated_at: Timestamp(self.updated_at),
+            finished_at: self.finished_at.map(Timestamp),
+            log_offset: self.log_offset.max(0) as u64,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Queryable, Selectable, Insertable)]
+#[diesel(table_name = operation_logs)]
+pub struct LogRow {
+    pub operation_id: String,
+    pub seq: i64,
+    pub stream: String,
+    pub line: String,
+    pub ts: i64,
+}
+
+impl LogRow {
+    pub fn new(operation_id: &str, l: &LogLine) -> Self {
+        Self {
+            operation_id: operation_id.to_string(),
+            seq: l.offset as i64,
+            stream: l.stream.clone(),
+            line: l.line.clone(),
+            ts: l.ts,
+        }
+    }
+
+    pub fn into_line(self) -> LogLine {
+        LogLine {
+            offset: self.seq.max(0) as u64,
+            stream: self.stream,
+            line: self.line,
+            ts: self.ts,
+        }
+    }
+}
+
+/// Inserts a new operation. A second active operation of the same kind and target violates
+/// the partial unique index (`DatabaseErrorKind::UniqueViolation`).
+pub fn insert(conn: &mut DbConn, row: &OperationRow) -> QueryResult<()> {
+    with_conn!(conn, c => diesel::insert_into(operations::table).values(row).execute(c)).map(|_| ())
+}
+
+pub fn get(conn: &mut DbConn, id: &str) -> QueryResult<Option<OperationRow>> {
+    with_conn!(conn, c => operations::table
+        .find(id)
+        .select(OperationRow::as_select())
+        .first(c)
+        .optional())
+}
+
+/// The active operation of `kind` on `target`, if any.
+pub fn find_active(conn: &mut DbConn, kind: &str, target: &str) -> QueryResult<Option<OperationRow>> {
+    let active: Vec<&str> = Status::ACTIVE.iter().map(|s| s.as_str()).collect();
+    with_conn!(conn, c => operations::table
+        .filter(operations::kind.eq(kind))
+        .filter(operations::target.eq(target))
+        .filter(operations::status.eq_any(&active))
+        .select(OperationRow::as_select())
+        .first(c)
+        .optional())
+}
+
+/// Every operation not in a terminal state (start-up recovery).
+pub fn all_active(conn: &mut DbConn) -> QueryResult<Vec<OperationRow>> {
+    let active: Vec<&str> = Status::ACTIVE.iter().map(|s| s.as_str()).collect();
+    with_conn!(conn, c => operations::table
+        .filter(operations::status.eq_any(&active))
+        .order(operations::id.asc())
+        .select(OperationRow::as_select())
+        .load(c))
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub status: Option<String>,
+    pub kind: Option<String>,
+    pub project: Option<String>,
+    /// Ids sort by creation time (UUIDv7): `before` pages back from the newest.
+    pub before: Option<String>,
+    pub limit: i64,
+}
+
+pub fn list(conn: &mut DbConn, f: &ListFilter) -> QueryResult<Vec<OperationRow>> {
+    with_conn!(conn, c => {
+        let mut q = operations::table
+            .select(OperationRow::as_select())
+            .order(operations::id.desc())
+            .limit(f.limit)
+            .into_boxed();
+        if let Some(s) = &f.status {
+            q = q.filter(operations::status.eq(s.clone()));
+        }
+        if let Some(k) = &f.kind {
+            q = q.filter(operations::kind.eq(k.clone()));
+        }
+        if let Some(p) = &f.project {
+            q = q.filter(operations::project.eq(p.clone()));
+        }
+        if let Some(b) = &f.before {
+            q = q.filter(operations::id.lt(b.clone()));
+        }
+        q.load(c)
+    })
+}
+
+/// Writes the whole status and appends log lines, in one transaction so the stored
+/// `log_offset` never runs ahead of the stored lines.
+pub fn save(conn: &mut DbConn, row: &OperationRow, logs: &[LogRow]) -> QueryResult<()> {
+    with_conn!(conn, c => c.transaction(|c| {
+        if !logs.is_empty() {
+            // Chunked: SQLite limits the number of bind parameters per statement.
+            for chunk in logs.chunks(500) {
+                diesel::insert_into(operation_logs::table).values(chunk).execute(c)?;
+            }
+        }
+        diesel::update(operations::table.find(&row.id)).set(row).execute(c)?;
+        Ok(())
+    }))
+}
+
+pub fn logs_after(conn: &mut DbConn, id: &str, after: u64, limit: i64) -> QueryResult<Vec<LogRow>> {
+    with_conn!(conn, c => operation_logs::table
+        .filter(operation_logs::operation_id.eq(id))
+        .filter(operation_logs::seq.gt(after as i64))
+        .order(operation_logs::seq.asc())
+        .limit(limit)
+        .select(LogRow::as_select())
+        .load(c))
+}
+
+/// Deletes operations finished before `before_ms` with their logs; returns how many.
+pub fn prune(conn: &mut DbConn, before_ms: i64) -> QueryResult<usize> {
+    with_conn!(conn, c => c.transaction(|c| {
+        let old = operations::table
+            .filter(operations::finished_at.lt(before_ms))
+            .select(operations::id);
+        diesel::delete(operation_logs::table.filter(operation_logs::operation_id.eq_any(old)))
+            .execute(c)?;
+        diesel::delete(operations::table.filter(operations::finished_at.lt(before_ms))).execute(c)
+    }))
+}

@@ -1,0 +1,405 @@
+//! Operation kinds, declared in a TOML file (`SWITCHYARD_OPERATIONS_FILE`; see
+//! `docs/operations.example.toml`). The built-in `demo` kind is added unless disabled or
+//! redefined.
+//!
+//! Every value that reaches a command line is validated against a pattern declared for its kind
+//! (anchored: the whole value must match), and commands are run from an argv list, never through
+//! a shell.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{RunnerKind, Stage, StageState};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct FileFormat {
+    #[serde(default)]
+    kinds: BTreeMap<String, KindFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KindFormat {
+    runner: String,
+    /// argv; `{target}` and `{params.NAME}` are replaced (command runner).
+    command: Option<Vec<String>>,
+    /// Pattern the target must match (whole value). Defaults to a conservative identifier.
+    target_pattern: Option<String>,
+    #[serde(default)]
+    params: BTreeMap<String, ParamFormat>,
+    timeout_secs: Option<u64>,
+    /// How many may run at once; more wait as `queued`. 0 or absent: no limit.
+    concurrency: Option<usize>,
+    cancel_grace_secs: Option<u64>,
+    stall_timeout_secs: Option<u64>,
+    #[serde(default)]
+    stages: Vec<StageFormat>,
+    /// Working directory of the command.
+    workdir: Option<String>,
+    /// Extra environment for the command.
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ParamFormat {
+    pattern: String,
+    #[serde(default)]
+    required: bool,
+    default: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StageFormat {
+    name: String,
+    from: f64,
+    to: f64,
+}
+
+#[derive(Debug)]
+pub struct ParamSpec {
+    pub pattern: Regex,
+    pub required: bool,
+    pub default: Option<String>,
+}
+
+/// One operation kind.
+#[derive(Debug)]
+pub struct Kind {
+    pub name: String,
+    pub runner: RunnerKind,
+    pub command: Vec<String>,
+    pub target_pattern: Regex,
+    pub params: BTreeMap<String, ParamSpec>,
+    pub timeout: Option<Duration>,
+    pub concurrency: usize,
+    pub cancel_grace: Duration,
+    pub stall_timeout: Duration,
+    pub stages: Vec<Stage>,
+    pub workdir: Option<String>,
+    pub env: BTreeMap<String, String>,
+}
+
+const DEFAULT_TARGET: &str = r"[A-Za-z0-9:_./@-]{1,256}";
+
+fn anchored(pattern: &str, what: &str) -> anyhow::Result<Regex> {
+    Regex::new(&format!("^(?:{pattern})$")).with_context(|| format!("{what}: invalid pattern"))
+}
+
+impl Kind {
+    /// The built-in simulated install.
+    pub fn demo() -> Self {
+        let stage = |name: &str, from: f64, to: f64| Stage {
+            name: name.into(),
+            state: StageState::Pending,
+            progress_from: from,
+            progress_to: to,
+        };
+        Self {
+            name: "demo".into(),
+            runner: RunnerKind::Demo,
+            command: Vec::new(),
+            target_pattern: anchored(DEFAULT_TARGET, "demo").expect("built-in pattern is valid"),
+            params: BTreeMap::new(),
+            timeout: None,
+            concurrency: 0,
+            cancel_grace: Duration::from_secs(5),
+            stall_timeout: Duration::from_secs(3600),
+            stages: vec![
+                stage("init", 0.0, 10.0),
+                stage("config", 10.0, 20.0),
+                stage("pull", 20.0, 50.0),
+                stage("build", 55.0, 75.0),
+                stage("deploy", 80.0, 90.0),
+                stage("validate", 95.0, 100.0),
+            ],
+            workdir: None,
+            env: BTreeMap::new(),
+        }
+    }
+
+    fn from_format(name: &str, f: KindFormat) -> anyhow::Result<Self> {
+        let what = format!("kind {name}");
+        let runner = RunnerKind::parse(&f.runner)
+            .with_context(|| format!("{what}: runner must be command, external or demo"))?;
+        let mut params = BTreeMap::new();
+        for (p, spec) in f.params {
+            let pattern = anchored(&spec.pattern, &format!("{what}: param {p}"))?;
+            if let Some(d) = &spec.default {
+                if !pattern.is_match(d) {
+                    bail!("{what}: default of param {p} does not match its pattern");
+                }
+            }
+            params.insert(
+                p,
+                ParamSpec {
+                    pattern,
+                    required: spec.required,
+                    default: spec.default,
+                },
+            );
+        }
+        let command = f.command.unwrap_or_default();
+        if runner == RunnerKind::Command {
+            if command.is_empty() || command[0].is_empty() {
+                bail!("{what}: a command runner needs `command = [\"program\", …]`");
+            }
+            for arg in &command {
+                for placeholder in placeholders(arg) {
+                    let ok = placeholder == "target"
+                        || placeholder
+                            .strip_prefix("params.")
+                            .is_some_and(|p| params.contains_key(p));
+                    if !ok {
+                        bail!("{what}: placeholder {{{placeholder}}} is not `target` or a declared param");
+                    }
+                }
+            }
+        }
+        let stages = f
+            .stages
+            .into_iter()
+            .map(|s| {
+                if !(0.0..=100.0).contains(&s.from) || !(s.from..=100.0).contains(&s.to) {
+                    bail!("{what}: stage {} needs 0 <= from <= to <= 100", s.name);
+                }
+                Ok(Stage {
+                    name: s.name,
+                    state: StageState::Pending,
+                    progress_from: s.from,
+                    progress_to: s.to,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            name: name.to_string(),
+            runner,
+            command,
+            target_pattern: anchored(
+                f.target_pattern.as_deref().unwrap_or(DEFAULT_TARGET),
+                &format!("{what}: target_pattern"),
+            )?,
+            params,
+            timeout: f.timeout_secs.map(Duration::from_secs),
+            concurrency: f.concurrency.unwrap_or(0),
+            cancel_grace: Duration::from_secs(f.cancel_grace_secs.unwrap_or(10)),
+            stall_timeout: Duration::from_secs(f.stall_timeout_secs.unwrap_or(300)),
+            stages,
+            workdir: f.workdir,
+            env: f.env,
+        })
+    }
+
+    /// Checks a start request's target and params. For command kinds, returns the params with
+    /// defaults filled in (every value a validated string); other kinds keep params as given.
+    pub fn validate(&self, target: &str, params: &Value) -> Result<Value, String> {
+        if !self.target_pattern.is_match(target) {
+            return Err(format!("target {target:?} is not valid for kind {}", self.name));
+        }
+        let obj = match params {
+            Value::Null => serde_json::Map::new(),
+            Value::Object(m) => m.clone(),
+            _ => return Err("params must be a JSON object".into()),
+        };
+        match self.runner {
+            RunnerKind::Command => {
+                let mut out = serde_json::Map::new();
+                for (k, v) in &obj {
+                    if !self.params.contains_key(k) {
+                        return Err(format!("param {k:?} is not declared for kind {}", self.name));
+                    }
+                    let s = match v {
+                        Value::String(s) => s.clone(),
+                        Value::Number(n) => n.to_string(),
+                        Value::Bool(b) => b.to_string(),
+                        _ => return Err(format!("param {k:?} must be a string or a number")),
+                    };
+                    out.insert(k.clone(), Value::String(s));
+                }
+                for (k, spec) in &self.params {
+                    let value = match (out.get(k), &spec.default) {
+                        (Some(Value::String(s)), _) => s.clone(),
+                        (None, Some(d)) => {
+                            out.insert(k.clone(), Value::String(d.clone()));
+                            d.clone()
+                        }
+                        (None, None) if spec.required => {
+                            return Err(format!("param {k:?} is required for kind {}", self.name))
+                        }
+                        _ => continue,
+                    };
+                    if !spec.pattern.is_match(&value) {
+                        return Err(format!("param {k:?} does not match its pattern"));
+                    }
+                }
+                Ok(Value::Object(out))
+            }
+            RunnerKind::Demo => {
+                if let Some(f) = obj.get("fail_at") {
+                    let ok = f
+                        .as_str()
+                        .is_some_and(|s| self.stages.iter().any(|st| st.name == s));
+                    if !ok {
+                        return Err("fail_at must name a demo stage (init, config, pull, build, deploy, validate)".into());
+                    }
+                }
+                if let Some(ms) = obj.get("step_ms") {
+                    if !ms.as_u64().is_some_and(|ms| (1..=10_000).contains(&ms)) {
+                        return Err("step_ms must be 1-10000".into());
+                    }
+                }
+                Ok(Value::Object(obj))
+            }
+            RunnerKind::External => Ok(Value::Object(obj)),
+        }
+    }
+
+    /// The argv for a command run, placeholders replaced by validated values.
+    pub fn render_argv(&self, target: &str, params: &Value) -> Vec<String> {
+        self.command
+            .iter()
+            .map(|arg| {
+                let mut out = arg.clone();
+                for p in placeholders(arg) {
+                    let value = if p == "target" {
+                        target.to_string()
+                    } else {
+                        p.strip_prefix("params.")
+                            .and_then(|name| params.get(name))
+                            .and_then(Value::as_str)
+                            .unwrap_or("")
+                            .to_string()
+                    };
+                    out = out.replace(&format!("{{{p}}}"), &value);
+                }
+                out
+            })
+            .collect()
+    }
+}
+
+/// `{name}` placeholders in an argument.
+fn placeholders(arg: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut rest = arg;
+    while let Some(start) = rest.find('{') {
+        let Some(len) = rest[start + 1..].find('}') else {
+            break;
+        };
+        out.push(rest[start + 1..start + 1 + len].to_string());
+        rest = &rest[start + 1 + len + 1..];
+    }
+    out
+}
+
+/// All configured kinds.
+#[derive(Debug, Default, Clone)]
+pub struct Kinds {
+    kinds: BTreeMap<String, Arc<Kind>>,
+}
+
+impl Kinds {
+    /// Reads `path` (if any) and adds the demo kind when `demo` is on and the file does not
+    /// define a kind named `demo`.
+    pub fn load(path: Option<&Path>, demo: bool) -> anyhow::Result<Self> {
+        match path {
+            None => Self::from_toml("", demo),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading operations file {}", p.display()))?;
+                Self::from_toml(&text, demo)
+                    .with_context(|| format!("in operations file {}", p.display()))
+            }
+        }
+    }
+
+    pub fn from_toml(text: &str, demo: bool) -> anyhow::Result<Self> {
+        let format: FileFormat = toml::from_str(text)?;
+        let mut kinds = BTreeMap::new();
+        for (name, f) in format.kinds {
+            if !crate::protocol::valid_room_name(&name) {
+                bail!("kind name {name:?} must be 1-128 characters of A-Z a-z 0-9 : _ . -");
+            }
+            kinds.insert(name.clone(), Arc::new(Kind::from_format(&name, f)?));
+        }
+        if demo {
+            kinds
+                .entry("demo".to_string())
+                .or_insert_with(|| Arc::new(Kind::demo()));
+        }
+        Ok(Self { kinds })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Kind>> {
+        self.kinds.get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.kinds.keys().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const FILE: &str = r#"
+[kinds.restart]
+runner = "command"
+command = ["/bin/echo", "restart", "{target}", "--service={params.service}"]
+target_pattern = "[a-z0-9.-]+"
+concurrency = 2
+[kinds.restart.params.service]
+pattern = "[a-z]+"
+required = true
+
+[kinds.convert]
+runner = "external"
+stall_timeout_secs = 30
+"#;
+
+    #[test]
+    fn loads_kinds_and_adds_demo() {
+        let k = Kinds::from_toml(FILE, true).unwrap();
+        assert_eq!(k.names(), vec!["convert", "demo", "restart"]);
+        let r = k.get("restart").unwrap();
+        assert_eq!(r.concurrency, 2);
+        assert_eq!(k.get("convert").unwrap().stall_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn values_are_validated_before_they_reach_argv() {
+        let k = Kinds::from_toml(FILE, false).unwrap();
+        let r = k.get("restart").unwrap();
+        let p = r.validate("web-1", &json!({"service": "nginx"})).unwrap();
+        assert_eq!(
+            r.render_argv("web-1", &p),
+            vec!["/bin/echo", "restart", "web-1", "--service=nginx"]
+        );
+        assert!(r.validate("web-1; rm -rf /", &json!({"service": "nginx"})).is_err());
+        assert!(r.validate("web-1", &json!({"service": "nginx && reboot"})).is_err());
+        assert!(r.validate("web-1", &json!({})).is_err(), "required param");
+        assert!(r.validate("web-1", &json!({"service": "a", "extra": "b"})).is_err());
+    }
+
+    #[test]
+    fn undeclared_placeholders_are_refused_at_load() {
+        let bad = r#"
+[kinds.x]
+runner = "command"
+command = ["/bin/echo", "{params.nope}"]
+"#;
+        assert!(Kinds::from_toml(bad, false).is_err());
+    }
+}

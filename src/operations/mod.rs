@@ -1,0 +1,533 @@
+//! Long-running operations: the model and its state transitions (pure; no actors, no I/O).
+//!
+//! An operation is created `queued`, becomes `running`, may pass through `cancelling`, and
+//! reaches exactly one terminal state: `completed`, `failed` or `cancelled`. Every method here
+//! refuses to move a terminal operation, which is what makes "exactly one terminal state" hold
+//! whatever order reports arrive in.
+
+pub mod config;
+pub mod runner;
+
+use std::collections::VecDeque;
+
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::Value;
+
+/// Milliseconds since the Unix epoch; serialised as RFC 3339.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub i64);
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::util::rfc3339_millis(self.0))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Queued,
+    Running,
+    Cancelling,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub const ACTIVE: [Status; 3] = [Status::Queued, Status::Running, Status::Cancelling];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Running => "running",
+            Status::Cancelling => "cancelling",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "queued" => Status::Queued,
+            "running" => Status::Running,
+            "cancelling" => Status::Cancelling,
+            "completed" => Status::Completed,
+            "failed" => Status::Failed,
+            "cancelled" => Status::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+
+    /// The event a terminal status is announced with.
+    pub fn terminal_event(self) -> Option<&'static str> {
+        match self {
+            Status::Completed => Some("operation.completed"),
+            Status::Failed => Some("operation.failed"),
+            Status::Cancelled => Some("operation.cancelled"),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StageState {
+    Pending,
+    Running,
+    Done,
+    Failed,
+    Cancelled,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage {
+    pub name: String,
+    pub state: StageState,
+    pub progress_from: f64,
+    pub progress_to: f64,
+}
+
+/// Why an operation failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OpError {
+    pub code: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<String>,
+}
+
+/// Which runner does the work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunnerKind {
+    Command,
+    External,
+    Demo,
+}
+
+impl RunnerKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RunnerKind::Command => "command",
+            RunnerKind::External => "external",
+            RunnerKind::Demo => "demo",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "command" => RunnerKind::Command,
+            "external" => RunnerKind::External,
+            "demo" => RunnerKind::Demo,
+            _ => return None,
+        })
+    }
+}
+
+/// The status object: what REST returns and every `operation.*` status event carries.
+#[derive(Debug, Clone, Serialize)]
+pub struct Operation {
+    pub id: String,
+    pub kind: String,
+    pub target: String,
+    pub project: Option<String>,
+    pub runner: RunnerKind,
+    pub status: Status,
+    /// 0-100.
+    pub progress: f64,
+    pub stage: Option<String>,
+    pub stages: Vec<Stage>,
+    pub message: Option<String>,
+    /// Computed by the server from the progress rate.
+    pub eta_seconds: Option<u64>,
+    pub result: Option<Value>,
+    pub error: Option<OpError>,
+    pub params: Value,
+    pub created_by: Option<String>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub updated_at: Timestamp,
+    pub finished_at: Option<Timestamp>,
+    /// Offset of the last log line (0: none yet). Log offsets start at 1 and have no gaps.
+    pub log_offset: u64,
+}
+
+/// A progress report (from a worker, a command's JSON line or the demo script).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Update {
+    pub progress: Option<f64>,
+    pub stage: Option<String>,
+    pub message: Option<String>,
+    /// Only from command runners: the value the operation completes with.
+    #[serde(default)]
+    pub result: Option<Value>,
+}
+
+/// What an update changed, so the actor knows what to announce and how soon to persist.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Changed {
+    pub any: bool,
+    pub stage: bool,
+}
+
+/// A refused transition (the operation is terminal, or the report is out of range).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransitionError {
+    Finished(Status),
+    Invalid(String),
+}
+
+impl Operation {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        id: String,
+        kind: String,
+        target: String,
+        project: Option<String>,
+        runner: RunnerKind,
+        stages: Vec<Stage>,
+        params: Value,
+        created_by: Option<String>,
+        now: i64,
+    ) -> Self {
+        Self {
+            id,
+            kind,
+            target,
+            project,
+            runner,
+            status: Status::Queued,
+            progress: 0.0,
+            stage: None,
+            stages,
+            message: None,
+            eta_seconds: None,
+            result: None,
+            error: None,
+            params,
+            created_by,
+            created_at: Timestamp(now),
+            started_at: None,
+            updated_at: Timestamp(now),
+            finished_at: None,
+            log_offset: 0,
+        }
+    }
+
+    pub fn room(&self) -> String {
+        format!("operation:{}", self.id)
+    }
+
+    fn ensure_active(&self) -> Result<(), TransitionError> {
+        if self.status.is_terminal() {
+            Err(TransitionError::Finished(self.status))
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn start(&mut self, now: i64) -> Result<(), TransitionError> {
+        self.ensure_active()?;
+        if self.status == Status::Queued {
+            self.status = Status::Running;
+            self.started_at = Some(Timestamp(now));
+            self.updated_at = Timestamp(now);
+        }
+        Ok(())
+    }
+
+    /// Applies a progress report. Progress never goes backwards (a late report cannot undo
+    /// a newer one); a new stage marks the stages before it done.
+    pub fn apply(&mut self, u: &Update, now: i64) -> Result<Changed, TransitionError> {
+        self.ensure_active()?;
+        if let Some(p) = u.progress {
+            if !p.is_finite() || !(0.0..=100.0).contains(&p) {
+                return Err(TransitionError::Invalid(
+                    "progress must be a number from 0 to 100".into(),
+                ));
+            }
+        }
+        let mut changed = Changed::default();
+        if self.status == Status::Queued {
+            self.start(now)?;
+            changed.any = true;
+        }
+        if let Some(stage) = &u.stage {
+            if self.stage.as_deref() != Some(stage.as_str()) {
+                self.enter_stage(stage);
+                changed.any = true;
+                changed.stage = true;
+            }
+        }
+        if let Some(p) = u.progress {
+            if p > self.progress {
+                self.progress = p;
+                changed.any = true;
+            }
+        }
+        if let Some(m) = &u.message {
+            if self.message.as_deref() != Some(m.as_str()) {
+                self.message = Some(m.clone());
+                changed.any = true;
+            }
+        }
+        if let Some(r) = &u.result {
+            self.result = Some(r.clone());
+        }
+        if changed.any {
+            self.updated_at = Timestamp(now);
+        }
+        Ok(changed)
+    }
+
+    fn enter_stage(&mut self, name: &str) {
+        let idx = match self.stages.iter().position(|s| s.name == name) {
+            Some(i) => i,
+            None => {
+                // An undeclared stage is appended where the operation is now.
+                self.stages.push(Stage {
+                    name: name.to_string(),
+                    state: StageState::Pending,
+                    progress_from: self.progress,
+                    progress_to: self.progress,
+                });
+                self.stages.len() - 1
+            }
+        };
+        for (i, s) in self.stages.iter_mut().enumerate() {
+            if i < idx && matches!(s.state, StageState::Pending | StageState::Running) {
+                s.state = StageState::Done;
+            }
+        }
+        self.stages[idx].state = StageState::Running;
+        if self.progress < self.stages[idx].progress_from {
+            self.progress = self.stages[idx].progress_from;
+        }
+        self.stage = Some(name.to_string());
+    }
+
+    pub fn request_cancel(&mut self, now: i64) -> Result<(), TransitionError> {
+        self.ensure_active()?;
+        self.status = Status::Cancelling;
+        self.updated_at = Timestamp(now);
+        Ok(())
+    }
+
+    fn finish(&mut self, status: Status, now: i64) -> Result<(), TransitionError> {
+        self.ensure_active()?;
+        self.status = status;
+        self.finished_at = Some(Timestamp(now));
+        self.updated_at = Timestamp(now);
+        self.eta_seconds = None;
+        let current = self.stage.clone();
+        for s in &mut self.stages {
+            match status {
+                Status::Completed => s.state = StageState::Done,
+                Status::Failed | Status::Cancelled => {
+                    if Some(&s.name) == current.as_ref() && s.state == StageState::Running {
+                        s.state = if status == Status::Failed {
+                            StageState::Failed
+                        } else {
+                            StageState::Cancelled
+                        };
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn complete(&mut self, result: Option<Value>, now: i64) -> Result<(), TransitionError> {
+        self.ensure_active()?;
+        if result.is_some() {
+            self.result = result;
+        }
+        self.progress = 100.0;
+        self.finish(Status::Completed, now)
+    }
+
+    pub fn fail(&mut self, code: &str, message: &str, now: i64) -> Result<(), TransitionError> {
+        self.ensure_active()?;
+        self.error = Some(OpError {
+            code: code.to_string(),
+            message: message.to_string(),
+            stage: self.stage.clone(),
+        });
+        self.finish(Status::Failed, now)
+    }
+
+    pub fn cancelled(&mut self, now: i64) -> Result<(), TransitionError> {
+        self.finish(Status::Cancelled, now)
+    }
+}
+
+/// Estimates the time left from the recent progress rate (a 30-second window of samples).
+#[derive(Debug, Default)]
+pub struct EtaEstimator {
+    samples: VecDeque<(i64, f64)>,
+}
+
+const ETA_WINDOW_MS: i64 = 30_000;
+
+impl EtaEstimator {
+    pub fn observe(&mut self, now: i64, progress: f64) -> Option<u64> {
+        if self.samples.back().is_none_or(|(_, p)| progress > *p) {
+            self.samples.push_back((now, progress));
+        }
+        while self.samples.len() > 2
+            && self
+                .samples
+                .front()
+                .is_some_and(|(t, _)| now - t > ETA_WINDOW_MS)
+        {
+            self.samples.pop_front();
+        }
+        let (t0, p0) = *self.samples.front()?;
+        let (t1, p1) = *self.samples.back()?;
+        if p1 >= 100.0 || t1 <= t0 || p1 <= p0 {
+            return None;
+        }
+        let rate = (p1 - p0) / ((t1 - t0) as f64 / 1000.0); // percent per second
+        Some(((100.0 - p1) / rate).ceil().max(0.0) as u64)
+    }
+}
+
+/// One log line, as stored and as carried by `operation.log`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    pub offset: u64,
+    pub stream: String,
+    pub line: String,
+    /// Milliseconds since the Unix epoch.
+    pub ts: i64,
+}
+
+/// Longest log line kept; longer lines are cut (and marked) so one runaway line cannot bloat
+/// every watcher's queue.
+pub const MAX_LOG_LINE: usize = 16 * 1024;
+
+pub fn clip_line(mut line: String) -> String {
+    if line.len() > MAX_LOG_LINE {
+        let mut cut = MAX_LOG_LINE;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        line.truncate(cut);
+        line.push_str(" …[truncated]");
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op() -> Operation {
+        Operation::new(
+            "o1".into(),
+            "demo".into(),
+            "t".into(),
+            None,
+            RunnerKind::Demo,
+            vec![
+                Stage {
+                    name: "a".into(),
+                    state: StageState::Pending,
+                    progress_from: 0.0,
+                    progress_to: 50.0,
+                },
+                Stage {
+                    name: "b".into(),
+                    state: StageState::Pending,
+                    progress_from: 50.0,
+                    progress_to: 100.0,
+                },
+            ],
+            Value::Null,
+            None,
+            0,
+        )
+    }
+
+    #[test]
+    fn stages_advance_and_progress_never_goes_back() {
+        let mut o = op();
+        let c = o
+            .apply(
+                &Update {
+                    stage: Some("a".into()),
+                    progress: Some(10.0),
+                    ..Default::default()
+                },
+                1,
+            )
+            .unwrap();
+        assert!(c.stage && c.any);
+        assert_eq!(o.status, Status::Running);
+        o.apply(
+            &Update {
+                stage: Some("b".into()),
+                ..Default::default()
+            },
+            2,
+        )
+        .unwrap();
+        assert_eq!(o.progress, 50.0, "entering b lifts progress to its start");
+        assert_eq!(o.stages[0].state, StageState::Done);
+        assert_eq!(o.stages[1].state, StageState::Running);
+        let c = o
+            .apply(
+                &Update {
+                    progress: Some(20.0),
+                    ..Default::default()
+                },
+                3,
+            )
+            .unwrap();
+        assert!(!c.any);
+        assert_eq!(o.progress, 50.0);
+        assert!(o
+            .apply(
+                &Update {
+                    progress: Some(101.0),
+                    ..Default::default()
+                },
+                4
+            )
+            .is_err());
+    }
+
+    #[test]
+    fn exactly_one_terminal_state() {
+        let mut o = op();
+        o.start(1).unwrap();
+        o.fail("boom", "it broke", 2).unwrap();
+        assert_eq!(o.status, Status::Failed);
+        assert_eq!(
+            o.complete(None, 3),
+            Err(TransitionError::Finished(Status::Failed))
+        );
+        assert_eq!(
+            o.cancelled(3),
+            Err(TransitionError::Finished(Status::Failed))
+        );
+        assert!(o.apply(&Update::default(), 4).is_err());
+        assert_eq!(o.status, Status::Failed);
+    }
+
+    #[test]
+    fn eta_follows_the_recent_rate() {
+        let mut e = EtaEstimator::default();
+        assert_eq!(e.observe(0, 0.0), None);
+        assert_eq!(e.observe(10_000, 10.0), Some(90));
+        assert_eq!(e.observe(20_000, 20.0), Some(80));
+        assert_eq!(e.observe(20_000, 100.0), None);
+    }
+}

@@ -1,0 +1,163 @@
+//! Running a configured program as a child process.
+//!
+//! The child gets its own process group so cancel and timeout reach everything it started
+//! (SIGTERM to the group, SIGKILL after the grace period): no orphans. Output is read line by
+//! line; a stdout line that is a JSON object with `progress`, `stage`, `message` or `result`
+//! is a status update, every other line is a log line.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+
+use futures_util::stream::{self, BoxStream, StreamExt};
+use tokio::process::Command;
+use tokio_util::codec::{FramedRead, LinesCodec};
+
+use crate::operations::{Update, MAX_LOG_LINE};
+
+/// What the running program produced.
+#[derive(Debug)]
+pub enum Output {
+    Line { stream: &'static str, line: String },
+    /// The program ended; `code` is `None` when a signal ended it.
+    Exited { code: Option<i32>, signal: Option<i32> },
+}
+
+pub struct Spawned {
+    /// Process id, which is also its process group id.
+    pub pgid: i32,
+    pub output: BoxStream<'static, Output>,
+}
+
+/// Variables never passed to commands: the server's own secrets.
+const SCRUBBED_ENV: &[&str] = &["SWITCHYARD_JWT_SECRET", "DATABASE_URL"];
+
+pub fn spawn(
+    argv: &[String],
+    workdir: Option<&str>,
+    env: &BTreeMap<String, String>,
+) -> std::io::Result<Spawned> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "empty command",
+        ));
+    };
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(false);
+    for var in SCRUBBED_ENV {
+        cmd.env_remove(var);
+    }
+    cmd.envs(env);
+    if let Some(dir) = workdir {
+        cmd.current_dir(dir);
+    }
+    let mut child = cmd.spawn()?;
+    let pgid = child.id().map(|p| p as i32).unwrap_or(0);
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let out = lines(stdout, "stdout");
+    let err = lines(stderr, "stderr");
+    let exit = stream::once(async move {
+        match child.wait().await {
+            Ok(status) => {
+                use std::os::unix::process::ExitStatusExt;
+                Output::Exited {
+                    code: status.code(),
+                    signal: status.signal(),
+                }
+            }
+            Err(_) => Output::Exited {
+                code: None,
+                signal: None,
+            },
+        }
+    });
+    // All output first, then the exit: the final status never overtakes its last lines.
+    let output = stream::select(out, err).chain(exit).boxed();
+    Ok(Spawned { pgid, output })
+}
+
+/// A stream of the lines of one pipe (absent pipe: no lines).
+fn lines<R>(pipe: Option<R>, stream: &'static str) -> BoxStream<'static, Output>
+where
+    R: tokio::io::AsyncRead + Send + Unpin + 'static,
+{
+    match pipe {
+        Some(r) => FramedRead::new(r, LinesCodec::new_with_max_length(MAX_LOG_LINE))
+            .filter_map(move |l| async move {
+                match l {
+                    Ok(line) => Some(Output::Line { stream, line }),
+                    Err(tokio_util::codec::LinesCodecError::MaxLineLengthExceeded) => {
+                        Some(Output::Line {
+                            stream,
+                            line: format!("[line longer than {MAX_LOG_LINE} bytes dropped]"),
+                        })
+                    }
+                    Err(_) => None,
+                }
+            })
+            .boxed(),
+        None => stream::empty().boxed(),
+    }
+}
+
+/// Sends `signal` to the whole process group. Harmless if it is already gone.
+pub fn signal_group(pgid: i32, signal: i32) {
+    if pgid > 0 {
+        // SAFETY: kill(2) with a negative pid signals a process group; it has no memory
+        // effects in this process.
+        unsafe {
+            libc::kill(-pgid, signal);
+        }
+    }
+}
+
+/// True while any process of the group exists.
+pub fn group_alive(pgid: i32) -> bool {
+    // SAFETY: signal 0 only checks for existence.
+    pgid > 0 && unsafe { libc::kill(-pgid, 0) } == 0
+}
+
+/// A stdout line that is a status update, if it is one.
+pub fn status_line(line: &str) -> Option<Update> {
+    let t = line.trim();
+    if !t.starts_with('{') {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_str(t).ok()?;
+    let obj = v.as_object()?;
+    if !["progress", "stage", "message", "result"]
+        .iter()
+        .any(|k| obj.contains_key(*k))
+    {
+        return None;
+    }
+    Some(Update {
+        progress: obj.get("progress").and_then(|p| p.as_f64()),
+        stage: obj.get("stage").and_then(|s| s.as_str()).map(str::to_string),
+        message: obj.get("message").and_then(|s| s.as_str()).map(str::to_string),
+        result: obj.get("result").cloned(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_status_lines_are_updates_and_other_lines_are_logs() {
+        let u = status_line(r#"{"progress":40,"stage":"pull","message":"Pulling images"}"#).unwrap();
+        assert_eq!(u.progress, Some(40.0));
+        assert_eq!(u.stage.as_deref(), Some("pull"));
+        assert!(status_line("plain text").is_none());
+        assert!(status_line(r#"{"unrelated":1}"#).is_none());
+        assert!(status_line("{broken").is_none());
+        let r = status_line(r#"{"result":{"url":"/x"}}"#).unwrap();
+        assert_eq!(r.result, Some(serde_json::json!({"url": "/x"})));
+    }
+}

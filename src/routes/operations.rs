@@ -1,0 +1,376 @@
+//! Operation endpoints: start, list, get, logs, cancel, worker reports, and the two socket-less
+//! ways to follow one (Server-Sent Events and a per-operation WebSocket).
+
+use std::sync::Arc;
+
+use actix::{Actor, AsyncContext};
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::Caller;
+use crate::actors::operation::WorkerReport;
+use crate::actors::operations::{
+    self as manager, CancelOperation, GetOperation, ReportOperation, StartError, StartOperation,
+};
+use crate::actors::watcher::Watcher;
+use crate::auth::Identity;
+use crate::db::operations::{self as store, ListFilter, LogRow};
+use crate::error::{AppError, ErrorCode};
+use crate::operations::{Operation, Status, Update};
+use crate::protocol::native::{fail_fields, log_lines};
+use crate::protocol::Wire;
+use crate::state::AppState;
+use crate::transport::outbox::{Framing, Outbox, OutboxStream};
+
+fn mailbox(e: actix::MailboxError) -> AppError {
+    AppError::new(ErrorCode::Unavailable, format!("operations unavailable: {e}"))
+}
+
+/// The operation if the caller may see it; `not_found` otherwise (so ids cannot be probed).
+async fn visible(state: &AppState, identity: &Identity, id: &str) -> Result<Operation, AppError> {
+    let op = state
+        .operations
+        .send(GetOperation { id: id.to_string() })
+        .await
+        .map_err(mailbox)??;
+    if !identity.may_watch(&op.id, op.project.as_deref()) {
+        return Err(AppError::new(ErrorCode::NotFound, format!("no operation {id}")));
+    }
+    Ok(op)
+}
+
+#[derive(Deserialize)]
+pub struct StartBody {
+    kind: String,
+    target: String,
+    project: Option<String>,
+    #[serde(default)]
+    params: Value,
+}
+
+#[derive(Serialize)]
+struct Duplicate<'a> {
+    error: &'static str,
+    message: String,
+    operation: &'a Operation,
+}
+
+pub async fn start(
+    caller: Caller,
+    body: web::Json<StartBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let body = body.into_inner();
+    caller.identity.require(
+        caller.identity.may_operate(body.project.as_deref()),
+        "start operations",
+    )?;
+    let res = state
+        .operations
+        .send(StartOperation {
+            kind: body.kind,
+            target: body.target,
+            project: body.project,
+            params: body.params,
+            created_by: caller.from_user().map(|u| u.id.clone()),
+        })
+        .await
+        .map_err(mailbox)?;
+    match res {
+        Ok(op) => Ok(HttpResponse::Accepted()
+            .insert_header((header::LOCATION, format!("/api/operations/{}", op.id)))
+            .json(op)),
+        Err(StartError::Duplicate(existing)) => {
+            state.metrics.refused(ErrorCode::DuplicateOperation);
+            Ok(HttpResponse::Conflict().json(Duplicate {
+                error: ErrorCode::DuplicateOperation.as_str(),
+                message: format!(
+                    "operation {} ({} on {}) is already {}; watch it instead",
+                    existing.id,
+                    existing.kind,
+                    existing.target,
+                    existing.status.as_str()
+                ),
+                operation: &existing,
+            }))
+        }
+        Err(StartError::Refused(r)) => Err(r.into()),
+        Err(StartError::Database(e)) => Err(e.into()),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    kind: Option<String>,
+    project: Option<String>,
+    limit: Option<i64>,
+    before: Option<String>,
+}
+
+pub async fn list(
+    caller: Caller,
+    query: web::Query<ListQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let q = query.into_inner();
+    let allowed = match &q.project {
+        Some(p) => caller.identity.may_join(&format!("project:{p}")) || caller.identity.may_join("operations"),
+        None => caller.identity.may_join("operations"),
+    };
+    caller.identity.require(allowed, "list operations")?;
+    if let Some(s) = &q.status {
+        if Status::parse(s).is_none() {
+            return Err(AppError::new(
+                ErrorCode::InvalidField,
+                "status must be queued, running, cancelling, completed, failed or cancelled",
+            ));
+        }
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(AppError::new(ErrorCode::InvalidField, "`limit` must be 1-500"));
+    }
+    let ops = manager::list(
+        &state.ops,
+        ListFilter {
+            status: q.status,
+            kind: q.kind,
+            project: q.project,
+            before: q.before,
+            limit,
+        },
+    )
+    .await?;
+    let next_before = if ops.len() as i64 == limit {
+        ops.last().map(|o| o.id.clone())
+    } else {
+        None
+    };
+    Ok(HttpResponse::Ok().json(serde_json::json!({ "operations": ops, "next_before": next_before })))
+}
+
+pub async fn get(
+    caller: Caller,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let op = visible(&state, &caller.identity, &path).await?;
+    Ok(HttpResponse::Ok().json(op))
+}
+
+#[derive(Deserialize)]
+pub struct LogsQuery {
+    after: Option<u64>,
+    limit: Option<i64>,
+}
+
+pub async fn logs(
+    caller: Caller,
+    path: web::Path<String>,
+    query: web::Query<LogsQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let op = visible(&state, &caller.identity, &path).await?;
+    let after = query.after.unwrap_or(0);
+    let limit = query.limit.unwrap_or(500);
+    if !(1..=5000).contains(&limit) {
+        return Err(AppError::new(ErrorCode::InvalidField, "`limit` must be 1-5000"));
+    }
+    let id = op.id.clone();
+    let rows = state
+        .db
+        .run(move |c| store::logs_after(c, &id, after, limit))
+        .await?;
+    let lines: Vec<_> = rows.into_iter().map(LogRow::into_line).collect();
+    let next_after = lines.last().map(|l| l.offset).unwrap_or(after);
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "operation": op.id,
+        "lines": lines,
+        "next_after": next_after,
+        // Lines are written in batches; the last few may not be readable here yet.
+        "log_offset": op.log_offset,
+    })))
+}
+
+pub async fn cancel(
+    caller: Caller,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let op = visible(&state, &caller.identity, &path).await?;
+    caller
+        .identity
+        .require(caller.identity.may_operate(op.project.as_deref()), "cancel this operation")?;
+    let op = state
+        .operations
+        .send(CancelOperation { id: op.id })
+        .await
+        .map_err(mailbox)??;
+    Ok(HttpResponse::Accepted().json(op))
+}
+
+async fn report(
+    caller: Caller,
+    id: String,
+    report: WorkerReport,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    caller
+        .identity
+        .require(caller.identity.may_report(), "report operation progress")?;
+    let op = state
+        .operations
+        .send(ReportOperation { id, report })
+        .await
+        .map_err(mailbox)??;
+    Ok(HttpResponse::Ok().json(op))
+}
+
+pub async fn progress(
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Json<Update>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let mut u = body.into_inner();
+    u.result = None;
+    report(caller, path.into_inner(), WorkerReport::Progress(u), state).await
+}
+
+#[derive(Deserialize)]
+pub struct LogsBody {
+    lines: Value,
+}
+
+pub async fn append_logs(
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Json<LogsBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let lines = log_lines(&body.lines)?;
+    report(caller, path.into_inner(), WorkerReport::Logs(lines), state).await
+}
+
+#[derive(Deserialize)]
+pub struct CompleteBody {
+    #[serde(default)]
+    result: Option<Value>,
+}
+
+pub async fn complete(
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Json<CompleteBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let result = body.into_inner().result;
+    report(caller, path.into_inner(), WorkerReport::Complete(result), state).await
+}
+
+#[derive(Deserialize)]
+pub struct FailBody {
+    #[serde(default)]
+    error: Value,
+}
+
+pub async fn fail(
+    caller: Caller,
+    path: web::Path<String>,
+    body: web::Json<FailBody>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let (code, message) = fail_fields(&body.error).map_err(AppError::from)?;
+    report(caller, path.into_inner(), WorkerReport::Fail { code, message }, state).await
+}
+
+#[derive(Deserialize)]
+pub struct EventsQuery {
+    after: Option<u64>,
+}
+
+/// `GET /api/operations/{id}/events`: the status now, the log lines after `Last-Event-ID` (or
+/// `?after=`), then live events; ends after the terminal event. Event ids are log offsets, so
+/// `EventSource` resumes exactly. Reconnecting after the end gets 204, which stops
+/// `EventSource` from retrying.
+pub async fn events(
+    caller: Caller,
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<EventsQuery>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let op = visible(&state, &caller.identity, &path).await?;
+    let last_event_id = req
+        .headers()
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.trim().parse::<u64>().map_err(|_| {
+                AppError::new(ErrorCode::InvalidField, "Last-Event-ID must be a log offset")
+            })
+        })
+        .transpose()?;
+    let resumed = last_event_id.is_some();
+    let after = last_event_id.or(query.after).unwrap_or(0);
+    if resumed && op.status.is_terminal() && after >= op.log_offset {
+        return Ok(HttpResponse::NoContent().finish());
+    }
+    let settings = &state.settings;
+    let outbox = Outbox::with_framing(settings.outbox_max_messages, settings.outbox_max_bytes, Framing::Raw);
+    start_watcher(&state, &caller, op.id, after, Wire::Sse, outbox.clone());
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CONTENT_TYPE, "text/event-stream"))
+        .insert_header((header::CACHE_CONTROL, "no-cache"))
+        .insert_header(("x-accel-buffering", "no"))
+        .streaming(OutboxStream::new(outbox)))
+}
+
+/// `GET /api/operations/{id}/ws`: the full status on connect and on every change; closes
+/// normally (1000) after the terminal status.
+pub async fn socket(
+    caller: Caller,
+    req: HttpRequest,
+    payload: web::Payload,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let op = visible(&state, &caller.identity, &path).await?;
+    let settings = &state.settings;
+    let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
+    let (response, reader) =
+        crate::transport::ws::upgrade(&req, payload, outbox.clone(), settings.max_frame_bytes)
+            .map_err(|e| AppError::new(ErrorCode::BadRequest, format!("not a WebSocket upgrade: {e}")))?;
+    let watcher = watcher(&state, &caller, op.id, op.log_offset, Wire::StatusStream, outbox);
+    Watcher::create(move |ctx| {
+        ctx.add_stream(reader);
+        watcher
+    });
+    Ok(response)
+}
+
+fn watcher(
+    state: &web::Data<AppState>,
+    caller: &Caller,
+    id: String,
+    after: u64,
+    wire: Wire,
+    outbox: Arc<Outbox>,
+) -> Watcher {
+    Watcher::new(
+        crate::actors::next_session_id(),
+        id,
+        after,
+        wire,
+        caller.identity.user.clone(),
+        outbox,
+        state.clone().into_inner(),
+    )
+}
+
+fn start_watcher(state: &web::Data<AppState>, caller: &Caller, id: String, after: u64, wire: Wire, outbox: Arc<Outbox>) {
+    watcher(state, caller, id, after, wire, outbox).start();
+}
