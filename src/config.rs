@@ -217,11 +217,34 @@ impl Settings {
             s.operations_file = Some(path);
         }
         let mut retention = s.operation_retention.as_secs();
-        num(&get, "SWITCHYARD_OPERATION_RETENTION_SECS", 0, 86_400 * 7, &mut retention)?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_RETENTION_SECS",
+            0,
+            86_400 * 7,
+            &mut retention,
+        )?;
         s.operation_retention = Duration::from_secs(retention);
-        num(&get, "SWITCHYARD_OPERATION_PRUNE_DAYS", 1, 36_500, &mut s.operation_prune_days)?;
-        millis(&get, "SWITCHYARD_OPERATION_FLUSH_MS", 10, &mut s.operation_flush_interval)?;
-        num(&get, "SWITCHYARD_LOG_REPLAY_MAX", 0, 1_000_000, &mut s.log_replay_max)?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_PRUNE_DAYS",
+            1,
+            36_500,
+            &mut s.operation_prune_days,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_OPERATION_FLUSH_MS",
+            10,
+            &mut s.operation_flush_interval,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_LOG_REPLAY_MAX",
+            0,
+            1_000_000,
+            &mut s.log_replay_max,
+        )?;
         millis(&get, "SWITCHYARD_AUTH_TIMEOUT_MS", 10, &mut s.auth_timeout)?;
         millis(
             &get,

@@ -21,8 +21,8 @@ use crate::config::Settings;
 use crate::db::Database;
 use crate::error::{self, AppError, ErrorCode};
 use crate::metrics::Metrics;
-use crate::routes;
 use crate::operations::config::Kinds;
+use crate::routes;
 use crate::state::{AppState, OpContext};
 
 pub struct Application {

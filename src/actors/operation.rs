@@ -265,7 +265,13 @@ impl OperationActor {
 
     /// Moves to a terminal state (ignored if already terminal), stops the runner, and writes
     /// the state; the terminal event follows the write.
-    fn finish(&mut self, ctx: &mut Context<Self>, to: Status, error: Option<(&str, String)>, result: Option<Value>) {
+    fn finish(
+        &mut self,
+        ctx: &mut Context<Self>,
+        to: Status,
+        error: Option<(&str, String)>,
+        result: Option<Value>,
+    ) {
         let now = now_millis();
         let outcome = match to {
             Status::Completed => self.op.complete(result, now),
@@ -371,7 +377,12 @@ impl OperationActor {
             return;
         };
         let json = self.status_json();
-        self.publish(self.op.room(), event, json.clone(), Some(self.op.log_offset));
+        self.publish(
+            self.op.room(),
+            event,
+            json.clone(),
+            Some(self.op.log_offset),
+        );
         self.publish("operations".into(), event, json.clone(), None);
         if let Some(room) = self.project_room() {
             self.publish(room, event, json, None);
@@ -428,7 +439,10 @@ impl OperationActor {
                     }
                 }
                 Err(e) => {
-                    log::warn!("operation {}: reading logs for a watcher failed: {e}", act.op.id);
+                    log::warn!(
+                        "operation {}: reading logs for a watcher failed: {e}",
+                        act.op.id
+                    );
                     // Still join: live events and the snapshot are worth more than nothing.
                     let from = act.memory_start().saturating_sub(1);
                     let lines = act.memory_lines(from, act.op.log_offset);
@@ -473,25 +487,12 @@ impl OperationActor {
     /// `after` is where the watcher's log stood: the snapshot carries it as its sequence, so an
     /// SSE client that drops right after the snapshot resumes without skipping lines.
     fn send_join(&self, w: Watch, after: u64, lines: Vec<LogLine>, complete: bool) {
-        let snapshot_event = if self.announced {
-            self.op.status.terminal_event().unwrap_or("operation.progress")
+        let terminal = if self.announced {
+            self.op.status.terminal_event()
         } else {
-            "operation.progress"
+            None
         };
-        let mut backfill = Vec::with_capacity(lines.len() + 1);
-        backfill.push(Backfill {
-            event: snapshot_event.to_string(),
-            data: self.status_json(),
-            seq: Some(after),
-        });
-        backfill.extend(lines.into_iter().filter_map(|l| {
-            let data = serde_json::to_string(&l).ok().and_then(|s| RawValue::from_string(s).ok())?;
-            Some(Backfill {
-                event: "operation.log".into(),
-                data,
-                seq: Some(l.offset),
-            })
-        }));
+        let backfill = backfill_frames(self.status_json(), after, lines, terminal);
         // `send` enqueues now, behind every event already published: no gap, no duplicate.
         let join = self.cx.registry.send(JoinRoom {
             room: self.op.room(),
@@ -543,7 +544,12 @@ impl OperationActor {
                             ctx.run_later(t, move |act, ctx| {
                                 if !act.op.status.is_terminal() {
                                     act.add_log("system", format!("timed out after {t:?}"));
-                                    act.finish(ctx, Status::Failed, Some(("timeout", format!("no result within {t:?}"))), None);
+                                    act.finish(
+                                        ctx,
+                                        Status::Failed,
+                                        Some(("timeout", format!("no result within {t:?}"))),
+                                        None,
+                                    );
                                 }
                             });
                         }
@@ -560,7 +566,9 @@ impl OperationActor {
 
     fn schedule_demo(&mut self, ctx: &mut Context<Self>) {
         ctx.run_later(self.demo_step, |act, ctx| {
-            let Some(step) = act.demo.pop_front() else { return };
+            let Some(step) = act.demo.pop_front() else {
+                return;
+            };
             if act.op.status.is_terminal() || act.op.status == Status::Cancelling {
                 return;
             }
@@ -609,6 +617,46 @@ impl OperationActor {
     }
 }
 
+/// A watcher's backfill: the status snapshot first (its sequence is where the watcher's log
+/// stood), then the missed lines, then — for a finished operation — its one terminal event, so
+/// the order is the same as for a watcher that was there all along.
+pub fn backfill_frames(
+    status: Box<RawValue>,
+    after: u64,
+    lines: Vec<LogLine>,
+    terminal_event: Option<&str>,
+) -> Vec<Backfill> {
+    let mut out = Vec::with_capacity(lines.len() + 2);
+    out.push(Backfill {
+        event: "operation.progress".into(),
+        data: status.clone(),
+        seq: Some(after),
+    });
+    let mut last = after;
+    for l in lines {
+        let Some(data) = serde_json::to_string(&l)
+            .ok()
+            .and_then(|s| RawValue::from_string(s).ok())
+        else {
+            continue;
+        };
+        last = l.offset;
+        out.push(Backfill {
+            event: "operation.log".into(),
+            data,
+            seq: Some(l.offset),
+        });
+    }
+    if let Some(event) = terminal_event {
+        out.push(Backfill {
+            event: event.to_string(),
+            data: status,
+            seq: Some(last),
+        });
+    }
+    out
+}
+
 fn raw(s: &str) -> Box<RawValue> {
     RawValue::from_string(s.to_string()).unwrap_or_else(|_| {
         // "null" always parses; this branch is unreachable in practice.
@@ -642,7 +690,10 @@ impl Actor for OperationActor {
         let flush_every = self.cx.settings.operation_flush_interval;
         ctx.run_interval(flush_every, |act, ctx| {
             act.flush(ctx);
-            if act.ops_room_pending && act.ops_room_last.elapsed() >= OPERATIONS_ROOM_INTERVAL && !act.op.status.is_terminal() {
+            if act.ops_room_pending
+                && act.ops_room_last.elapsed() >= OPERATIONS_ROOM_INTERVAL
+                && !act.op.status.is_terminal()
+            {
                 act.ops_room_pending = false;
                 act.ops_room_last = Instant::now();
                 let json = act.status_json();
@@ -660,7 +711,10 @@ impl Actor for OperationActor {
                     act.finish(
                         ctx,
                         Status::Failed,
-                        Some(("stalled", format!("no report from the worker for {stall:?}"))),
+                        Some((
+                            "stalled",
+                            format!("no report from the worker for {stall:?}"),
+                        )),
                         None,
                     );
                 }
@@ -713,11 +767,17 @@ impl Handler<Report> for OperationActor {
         if self.op.runner != RunnerKind::External {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
-                format!("operation {} is run by the server ({})", self.op.id, self.op.runner.as_str()),
+                format!(
+                    "operation {} is run by the server ({})",
+                    self.op.id,
+                    self.op.runner.as_str()
+                ),
             ));
         }
         if self.op.status.is_terminal() {
-            return Err(transition_refusal(crate::operations::TransitionError::Finished(self.op.status)));
+            return Err(transition_refusal(
+                crate::operations::TransitionError::Finished(self.op.status),
+            ));
         }
         self.last_report = Instant::now();
         self.cx
@@ -779,9 +839,16 @@ impl Handler<Cancel> for OperationActor {
             RunnerKind::External => {
                 // The worker sees the status change and this event; it has the grace period to
                 // wind down (and may still report complete or fail), then we record cancelled.
-                self.publish(self.op.room(), "operation.cancel", self.status_json(), Some(self.op.log_offset));
+                self.publish(
+                    self.op.room(),
+                    "operation.cancel",
+                    self.status_json(),
+                    Some(self.op.log_offset),
+                );
                 let grace = self.kind.cancel_grace;
-                ctx.run_later(grace, |act, ctx| act.finish(ctx, Status::Cancelled, None, None));
+                ctx.run_later(grace, |act, ctx| {
+                    act.finish(ctx, Status::Cancelled, None, None)
+                });
             }
         }
         Ok(self.op.clone())
@@ -806,11 +873,20 @@ impl Handler<Watch> for OperationActor {
 impl StreamHandler<Output> for OperationActor {
     fn handle(&mut self, item: Output, ctx: &mut Context<Self>) {
         match item {
-            Output::Line { stream: "stdout", line } => match command::status_line(&line) {
+            Output::Line {
+                stream: "stdout",
+                line,
+            } => match command::status_line(&line) {
                 Some(u) => {
                     // Out-of-range values from a command are clamped, not fatal.
                     let u = Update {
-                        progress: u.progress.map(|p| if p.is_finite() { p.clamp(0.0, 100.0) } else { 0.0 }),
+                        progress: u.progress.map(|p| {
+                            if p.is_finite() {
+                                p.clamp(0.0, 100.0)
+                            } else {
+                                0.0
+                            }
+                        }),
                         ..u
                     };
                     let _ = self.apply(&u);

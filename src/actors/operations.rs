@@ -20,7 +20,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::operation::{
-    Begin, Cancel, GetSnapshot, Interrupt, OperationActor, Report, Watch, WorkerReport,
+    backfill_frames, Begin, Cancel, GetSnapshot, Interrupt, OperationActor, Report, Watch,
+    WorkerReport,
 };
 use super::room::JoinRoom;
 use super::Member;
@@ -29,7 +30,6 @@ use crate::db::DbError;
 use crate::error::{ErrorCode, Refusal};
 use crate::operations::{Operation, RunnerKind, Status};
 use crate::protocol::native::RequestId;
-use crate::protocol::Backfill;
 use crate::state::OpContext;
 use crate::util::now_millis;
 
@@ -129,7 +129,10 @@ fn db_refusal(e: DbError) -> Refusal {
 }
 
 fn unavailable(e: MailboxError) -> Refusal {
-    Refusal::new(ErrorCode::Unavailable, format!("operation unavailable: {e}"))
+    Refusal::new(
+        ErrorCode::Unavailable,
+        format!("operation unavailable: {e}"),
+    )
 }
 
 impl OperationManager {
@@ -144,13 +147,21 @@ impl OperationManager {
     }
 
     /// Starts an actor for `op` and gives it a slot now or queues it.
-    fn spawn(&mut self, op: Operation, announce: bool, ctx: &mut Context<Self>) -> Option<Addr<OperationActor>> {
+    fn spawn(
+        &mut self,
+        op: Operation,
+        announce: bool,
+        ctx: &mut Context<Self>,
+    ) -> Option<Addr<OperationActor>> {
         let kind = self.cx.kinds.get(&op.kind)?;
         let id = op.id.clone();
         let kind_name = op.kind.clone();
         let addr = OperationActor::new(op, kind, self.cx.clone(), ctx.address(), announce).start();
         self.live.insert(id.clone(), addr.clone());
-        self.waiting.entry(kind_name.clone()).or_default().push_back(id);
+        self.waiting
+            .entry(kind_name.clone())
+            .or_default()
+            .push_back(id);
         self.schedule(&kind_name);
         Some(addr)
     }
@@ -166,7 +177,9 @@ impl OperationManager {
             let Some(id) = self.waiting.get_mut(kind).and_then(VecDeque::pop_front) else {
                 return;
             };
-            let Some(addr) = self.live.get(&id) else { continue };
+            let Some(addr) = self.live.get(&id) else {
+                continue;
+            };
             addr.do_send(Begin);
             self.begun.insert(id);
             *self.running.entry(kind.to_string()).or_default() += 1;
@@ -185,19 +198,18 @@ impl OperationManager {
                         let op = row.into_operation();
                         let (id, runner, status) = (op.id.clone(), op.runner, op.status);
                         let Some(kind) = act.cx.kinds.get(&op.kind) else {
-                            log::warn!("operation {id}: kind {} is no longer configured; leaving it", op.kind);
+                            log::warn!(
+                                "operation {id}: kind {} is no longer configured; leaving it",
+                                op.kind
+                            );
                             continue;
                         };
-                        let interrupted = runner != RunnerKind::External && status != Status::Queued;
+                        let interrupted =
+                            runner != RunnerKind::External && status != Status::Queued;
                         if interrupted {
-                            let addr = OperationActor::new(
-                                op,
-                                kind,
-                                act.cx.clone(),
-                                ctx.address(),
-                                false,
-                            )
-                            .start();
+                            let addr =
+                                OperationActor::new(op, kind, act.cx.clone(), ctx.address(), false)
+                                    .start();
                             act.live.insert(id, addr.clone());
                             addr.do_send(Interrupt);
                         } else if let Some(addr) = act.spawn(op, false, ctx) {
@@ -252,7 +264,11 @@ impl Handler<StartOperation> for OperationManager {
         let Some(kind) = self.cx.kinds.get(&msg.kind) else {
             let r = Refusal::new(
                 ErrorCode::UnknownKind,
-                format!("no operation kind {:?} (known: {})", msg.kind, self.cx.kinds.names().join(", ")),
+                format!(
+                    "no operation kind {:?} (known: {})",
+                    msg.kind,
+                    self.cx.kinds.names().join(", ")
+                ),
             );
             return Box::pin(fut::ready(Err(StartError::Refused(r))));
         };
@@ -267,7 +283,10 @@ impl Handler<StartOperation> for OperationManager {
         };
         if let Some(p) = &msg.project {
             if !crate::protocol::valid_room_name(&format!("project:{p}")) {
-                let r = Refusal::new(ErrorCode::InvalidField, "project must be 1-120 characters of A-Z a-z 0-9 : _ . -");
+                let r = Refusal::new(
+                    ErrorCode::InvalidField,
+                    "project must be 1-120 characters of A-Z a-z 0-9 : _ . -",
+                );
                 return Box::pin(fut::ready(Err(StartError::Refused(r))));
             }
         }
@@ -289,8 +308,14 @@ impl Handler<StartOperation> for OperationManager {
             async move {
                 match db.run(move |c| store::insert(c, &row)).await {
                     Ok(()) => Ok(None),
-                    Err(DbError::Query(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _))) => {
-                        match db.run(move |c| store::find_active(c, &kind_name, &target)).await {
+                    Err(DbError::Query(DieselError::DatabaseError(
+                        DatabaseErrorKind::UniqueViolation,
+                        _,
+                    ))) => {
+                        match db
+                            .run(move |c| store::find_active(c, &kind_name, &target))
+                            .await
+                        {
                             Ok(Some(existing)) => Ok(Some(existing.into_operation())),
                             // It finished between the insert and this read: the caller may
                             // simply try again.
@@ -366,7 +391,10 @@ impl Handler<ReportOperation> for OperationManager {
                 None => Err(not_found(&id)),
                 Some(r) => Err(Refusal::new(
                     ErrorCode::OperationFinished,
-                    format!("operation {id} is already {}", r.into_operation().status.as_str()),
+                    format!(
+                        "operation {id} is already {}",
+                        r.into_operation().status.as_str()
+                    ),
                 )),
             }
         })
@@ -429,18 +457,12 @@ impl Handler<WatchOperation> for OperationManager {
                 .map_err(db_refusal)?;
             let op = row.ok_or_else(|| not_found(&msg.id))?.into_operation();
             let complete = logs.last().map(|l| l.seq as u64).unwrap_or(after) >= op.log_offset;
-            let mut backfill = vec![Backfill {
-                event: op.status.terminal_event().unwrap_or("operation.progress").to_string(),
-                data: to_raw(&op),
-                seq: Some(after),
-            }];
-            backfill.extend(logs.into_iter().map(LogRow::into_line).filter_map(|l| {
-                Some(Backfill {
-                    event: "operation.log".into(),
-                    data: RawValue::from_string(serde_json::to_string(&l).ok()?).ok()?,
-                    seq: Some(l.offset),
-                })
-            }));
+            let backfill = backfill_frames(
+                to_raw(&op),
+                after,
+                logs.into_iter().map(LogRow::into_line).collect(),
+                op.status.terminal_event(),
+            );
             registry
                 .send(JoinRoom {
                     room: op.room(),

@@ -188,7 +188,14 @@ impl Session {
                     return self.refuse(ctx, id.as_deref(), r);
                 }
                 if let Some(op_id) = room.strip_prefix("operation:") {
-                    return self.watch_operation(op_id.to_string(), room, log_offset, id, &identity, ctx);
+                    return self.watch_operation(
+                        op_id.to_string(),
+                        room,
+                        log_offset,
+                        id,
+                        &identity,
+                        ctx,
+                    );
                 }
                 let msg = JoinRoom {
                     room: room.clone(),
@@ -315,7 +322,10 @@ impl Session {
                 let refusal = match res {
                     Ok(Ok(())) => return,
                     Ok(Err(r)) => r,
-                    Err(e) => Refusal::new(ErrorCode::Unavailable, format!("operations unavailable: {e}")),
+                    Err(e) => Refusal::new(
+                        ErrorCode::Unavailable,
+                        format!("operations unavailable: {e}"),
+                    ),
                 };
                 act.rooms.remove(&room);
                 act.refuse(ctx, id.as_deref(), refusal);
@@ -323,8 +333,18 @@ impl Session {
             .wait(ctx);
     }
 
-    fn operation_request(&mut self, id: Option<RequestId>, request: Request, identity: Identity, ctx: &mut Context<Self>) {
-        let reply = move |act: &mut Self, ctx: &mut Context<Self>, res: Result<Operation, Refusal>, always: bool| match res {
+    fn operation_request(
+        &mut self,
+        id: Option<RequestId>,
+        request: Request,
+        identity: Identity,
+        ctx: &mut Context<Self>,
+    ) {
+        let dup_id = id.clone();
+        let reply = move |act: &mut Self,
+                          ctx: &mut Context<Self>,
+                          res: Result<Operation, Refusal>,
+                          always: bool| match res {
             Ok(op) => {
                 if always || id.is_some() {
                     act.send(native::operation(id.as_deref(), &op));
@@ -333,7 +353,12 @@ impl Session {
             Err(r) => act.refuse(ctx, id.as_deref(), r),
         };
         match request {
-            Request::StartOperation { kind, target, project, params } => {
+            Request::StartOperation {
+                kind,
+                target,
+                project,
+                params,
+            } => {
                 if !identity.may_operate(project.as_deref()) {
                     let r = Refusal::new(ErrorCode::Forbidden, "you may not start operations");
                     return reply(self, ctx, Err(r), true);
@@ -354,30 +379,52 @@ impl Session {
                         Ok(Err(StartError::Duplicate(existing))) => {
                             let r = Refusal::new(
                                 ErrorCode::DuplicateOperation,
-                                format!("operation {} is already active on this target", existing.id),
+                                format!(
+                                    "operation {} is already active on this target",
+                                    existing.id
+                                ),
                             );
                             act.state.metrics.refused(r.code);
-                            act.send(native::duplicate(None, &r, &existing));
+                            act.send(native::duplicate(dup_id.as_deref(), &r, &existing));
                         }
                         Ok(Err(StartError::Refused(r))) => reply(act, ctx, Err(r), true),
                         Ok(Err(StartError::Database(_))) => reply(
                             act,
                             ctx,
-                            Err(Refusal::new(ErrorCode::DatabaseUnavailable, "the database is unreachable; try again shortly")),
+                            Err(Refusal::new(
+                                ErrorCode::DatabaseUnavailable,
+                                "the database is unreachable; try again shortly",
+                            )),
                             true,
                         ),
-                        Err(e) => reply(act, ctx, Err(Refusal::new(ErrorCode::Unavailable, e.to_string())), true),
+                        Err(e) => reply(
+                            act,
+                            ctx,
+                            Err(Refusal::new(ErrorCode::Unavailable, e.to_string())),
+                            true,
+                        ),
                     })
                     .spawn(ctx);
             }
             Request::CancelOperation { operation } => {
                 let manager = self.state.operations.clone();
                 let fut = async move {
-                    let op = manager.send(GetOperation { id: operation.clone() }).await.map_err(mailbox)??;
+                    let op = manager
+                        .send(GetOperation {
+                            id: operation.clone(),
+                        })
+                        .await
+                        .map_err(mailbox)??;
                     if !identity.may_operate(op.project.as_deref()) {
-                        return Err(Refusal::new(ErrorCode::Forbidden, "you may not cancel this operation"));
+                        return Err(Refusal::new(
+                            ErrorCode::Forbidden,
+                            "you may not cancel this operation",
+                        ));
                     }
-                    manager.send(CancelOperation { id: operation }).await.map_err(mailbox)?
+                    manager
+                        .send(CancelOperation { id: operation })
+                        .await
+                        .map_err(mailbox)?
                 };
                 fut.into_actor(self)
                     .map(move |res, act, ctx| reply(act, ctx, res, true))
@@ -385,14 +432,22 @@ impl Session {
             }
             Request::ReportOperation { operation, report } => {
                 if !identity.may_report() {
-                    let r = Refusal::new(ErrorCode::Forbidden, "only workers (role service) may report progress");
+                    let r = Refusal::new(
+                        ErrorCode::Forbidden,
+                        "only workers (role service) may report progress",
+                    );
                     return reply(self, ctx, Err(r), false);
                 }
                 self.state
                     .operations
-                    .send(ReportOperation { id: operation, report })
+                    .send(ReportOperation {
+                        id: operation,
+                        report,
+                    })
                     .into_actor(self)
-                    .map(move |res, act, ctx| reply(act, ctx, res.unwrap_or_else(|e| Err(mailbox(e))), false))
+                    .map(move |res, act, ctx| {
+                        reply(act, ctx, res.unwrap_or_else(|e| Err(mailbox(e))), false)
+                    })
                     .spawn(ctx);
             }
             _ => {}
@@ -592,5 +647,8 @@ impl Handler<ServerShutdown> for Session {
 }
 
 fn mailbox(e: MailboxError) -> Refusal {
-    Refusal::new(ErrorCode::Unavailable, format!("operations unavailable: {e}"))
+    Refusal::new(
+        ErrorCode::Unavailable,
+        format!("operations unavailable: {e}"),
+    )
 }

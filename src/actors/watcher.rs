@@ -122,7 +122,9 @@ impl Actor for Watcher {
             session: self.id,
             rooms: vec![self.room()],
         });
-        self.state.registry.do_send(SessionClosed { session: self.id });
+        self.state
+            .registry
+            .do_send(SessionClosed { session: self.id });
         self.state.metrics.connections.fetch_sub(1, Relaxed);
         self.outbox.close(CloseCode::Normal, "");
     }
@@ -153,8 +155,10 @@ impl StreamHandler<Result<WsMessage, ReadError>> for Watcher {
             }
             Ok(_) => {} // this stream is server → client only
             Err(ReadError::TooLarge { limit }) => {
-                self.outbox
-                    .close(CloseCode::Size, &format!("message exceeds the limit of {limit} bytes"));
+                self.outbox.close(
+                    CloseCode::Size,
+                    &format!("message exceeds the limit of {limit} bytes"),
+                );
                 ctx.stop();
             }
             Err(ReadError::Protocol(_)) => {

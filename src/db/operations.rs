@@ -50,10 +50,7 @@ impl From<&Operation> for OperationRow {
             message: o.message.clone(),
             eta_seconds: o.eta_seconds.map(|e| e.min(i64::MAX as u64) as i64),
             result: o.result.as_ref().map(Value::to_string),
-            error: o
-                .error
-                .as_ref()
-                .and_then(|e| serde_json::to_string(e).ok()),
+            error: o.error.as_ref().and_then(|e| serde_json::to_string(e).ok()),
             params: o.params.to_string(),
             created_by: o.created_by.clone(),
             created_at: o.created_at.0,
@@ -142,7 +139,11 @@ pub fn get(conn: &mut DbConn, id: &str) -> QueryResult<Option<OperationRow>> {
 }
 
 /// The active operation of `kind` on `target`, if any.
-pub fn find_active(conn: &mut DbConn, kind: &str, target: &str) -> QueryResult<Option<OperationRow>> {
+pub fn find_active(
+    conn: &mut DbConn,
+    kind: &str,
+    target: &str,
+) -> QueryResult<Option<OperationRow>> {
     let active: Vec<&str> = Status::ACTIVE.iter().map(|s| s.as_str()).collect();
     with_conn!(conn, c => operations::table
         .filter(operations::kind.eq(kind))

@@ -204,7 +204,10 @@ impl Kind {
     /// defaults filled in (every value a validated string); other kinds keep params as given.
     pub fn validate(&self, target: &str, params: &Value) -> Result<Value, String> {
         if !self.target_pattern.is_match(target) {
-            return Err(format!("target {target:?} is not valid for kind {}", self.name));
+            return Err(format!(
+                "target {target:?} is not valid for kind {}",
+                self.name
+            ));
         }
         let obj = match params {
             Value::Null => serde_json::Map::new(),
@@ -216,7 +219,10 @@ impl Kind {
                 let mut out = serde_json::Map::new();
                 for (k, v) in &obj {
                     if !self.params.contains_key(k) {
-                        return Err(format!("param {k:?} is not declared for kind {}", self.name));
+                        return Err(format!(
+                            "param {k:?} is not declared for kind {}",
+                            self.name
+                        ));
                     }
                     let s = match v {
                         Value::String(s) => s.clone(),
@@ -375,7 +381,10 @@ stall_timeout_secs = 30
         assert_eq!(k.names(), vec!["convert", "demo", "restart"]);
         let r = k.get("restart").unwrap();
         assert_eq!(r.concurrency, 2);
-        assert_eq!(k.get("convert").unwrap().stall_timeout, Duration::from_secs(30));
+        assert_eq!(
+            k.get("convert").unwrap().stall_timeout,
+            Duration::from_secs(30)
+        );
     }
 
     #[test]
@@ -387,10 +396,16 @@ stall_timeout_secs = 30
             r.render_argv("web-1", &p),
             vec!["/bin/echo", "restart", "web-1", "--service=nginx"]
         );
-        assert!(r.validate("web-1; rm -rf /", &json!({"service": "nginx"})).is_err());
-        assert!(r.validate("web-1", &json!({"service": "nginx && reboot"})).is_err());
+        assert!(r
+            .validate("web-1; rm -rf /", &json!({"service": "nginx"}))
+            .is_err());
+        assert!(r
+            .validate("web-1", &json!({"service": "nginx && reboot"}))
+            .is_err());
         assert!(r.validate("web-1", &json!({})).is_err(), "required param");
-        assert!(r.validate("web-1", &json!({"service": "a", "extra": "b"})).is_err());
+        assert!(r
+            .validate("web-1", &json!({"service": "a", "extra": "b"}))
+            .is_err());
     }
 
     #[test]

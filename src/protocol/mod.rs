@@ -98,8 +98,9 @@ impl Wire {
     pub fn encode(self, e: &Event) -> Option<Bytes> {
         match self {
             Wire::Native => Some(native::message(e.room, e.offset, e.event, e.data, e.from)),
-            Wire::StatusStream => is_status_event(e.event)
-                .then(|| Bytes::copy_from_slice(e.data.get().as_bytes())),
+            Wire::StatusStream => {
+                is_status_event(e.event).then(|| Bytes::copy_from_slice(e.data.get().as_bytes()))
+            }
             Wire::Sse => Some(sse::event(e.event, e.data, e.seq)),
         }
     }
@@ -107,8 +108,9 @@ impl Wire {
     pub fn encode_backfill(self, room: &str, b: &Backfill) -> Option<Bytes> {
         match self {
             Wire::Native => Some(native::backfill(room, &b.event, &b.data, b.seq)),
-            Wire::StatusStream => is_status_event(&b.event)
-                .then(|| Bytes::copy_from_slice(b.data.get().as_bytes())),
+            Wire::StatusStream => {
+                is_status_event(&b.event).then(|| Bytes::copy_from_slice(b.data.get().as_bytes()))
+            }
             Wire::Sse => Some(sse::event(&b.event, &b.data, b.seq)),
         }
     }

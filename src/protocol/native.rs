@@ -52,7 +52,9 @@ pub enum Request {
         params: serde_json::Value,
     },
     /// `operation.cancel`
-    CancelOperation { operation: String },
+    CancelOperation {
+        operation: String,
+    },
     /// `operation.progress`, `operation.log`, `operation.complete`, `operation.fail`: an
     /// external worker reporting.
     ReportOperation {
@@ -320,7 +322,10 @@ fn worker_report(
         }),
         "operation.log" => {
             let lines = json(raw.lines)?.ok_or_else(|| {
-                Refusal::new(ErrorCode::MissingField, "field `lines` is required for `operation.log`")
+                Refusal::new(
+                    ErrorCode::MissingField,
+                    "field `lines` is required for `operation.log`",
+                )
             })?;
             WorkerReport::Logs(log_lines(&lines)?)
         }
@@ -363,8 +368,14 @@ pub fn fail_fields(e: &serde_json::Value) -> Result<(String, String), Refusal> {
     let (code, message) = match e {
         serde_json::Value::String(m) => ("failed".to_string(), m.clone()),
         serde_json::Value::Object(o) => (
-            o.get("code").and_then(|c| c.as_str()).unwrap_or("failed").to_string(),
-            o.get("message").and_then(|c| c.as_str()).unwrap_or("").to_string(),
+            o.get("code")
+                .and_then(|c| c.as_str())
+                .unwrap_or("failed")
+                .to_string(),
+            o.get("message")
+                .and_then(|c| c.as_str())
+                .unwrap_or("")
+                .to_string(),
         ),
         _ => {
             return Err(Refusal::new(

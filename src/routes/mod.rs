@@ -45,7 +45,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                         .route(web::post().to(operations::append_logs)),
                 )
                 .service(
-                    web::resource("/operations/{id}/cancel").route(web::post().to(operations::cancel)),
+                    web::resource("/operations/{id}/cancel")
+                        .route(web::post().to(operations::cancel)),
                 )
                 .service(
                     web::resource("/operations/{id}/progress")
@@ -59,9 +60,12 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     web::resource("/operations/{id}/fail").route(web::post().to(operations::fail)),
                 )
                 .service(
-                    web::resource("/operations/{id}/events").route(web::get().to(operations::events)),
+                    web::resource("/operations/{id}/events")
+                        .route(web::get().to(operations::events)),
                 )
-                .service(web::resource("/operations/{id}/ws").route(web::get().to(operations::socket)))
+                .service(
+                    web::resource("/operations/{id}/ws").route(web::get().to(operations::socket)),
+                )
                 .service(
                     web::resource("/activities")
                         .route(web::post().to(activities::create))

@@ -25,7 +25,10 @@ use crate::state::AppState;
 use crate::transport::outbox::{Framing, Outbox, OutboxStream};
 
 fn mailbox(e: actix::MailboxError) -> AppError {
-    AppError::new(ErrorCode::Unavailable, format!("operations unavailable: {e}"))
+    AppError::new(
+        ErrorCode::Unavailable,
+        format!("operations unavailable: {e}"),
+    )
 }
 
 /// The operation if the caller may see it; `not_found` otherwise (so ids cannot be probed).
@@ -36,7 +39,10 @@ async fn visible(state: &AppState, identity: &Identity, id: &str) -> Result<Oper
         .await
         .map_err(mailbox)??;
     if !identity.may_watch(&op.id, op.project.as_deref()) {
-        return Err(AppError::new(ErrorCode::NotFound, format!("no operation {id}")));
+        return Err(AppError::new(
+            ErrorCode::NotFound,
+            format!("no operation {id}"),
+        ));
     }
     Ok(op)
 }
@@ -117,7 +123,10 @@ pub async fn list(
 ) -> Result<HttpResponse, AppError> {
     let q = query.into_inner();
     let allowed = match &q.project {
-        Some(p) => caller.identity.may_join(&format!("project:{p}")) || caller.identity.may_join("operations"),
+        Some(p) => {
+            caller.identity.may_join(&format!("project:{p}"))
+                || caller.identity.may_join("operations")
+        }
         None => caller.identity.may_join("operations"),
     };
     caller.identity.require(allowed, "list operations")?;
@@ -131,7 +140,10 @@ pub async fn list(
     }
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
-        return Err(AppError::new(ErrorCode::InvalidField, "`limit` must be 1-500"));
+        return Err(AppError::new(
+            ErrorCode::InvalidField,
+            "`limit` must be 1-500",
+        ));
     }
     let ops = manager::list(
         &state.ops,
@@ -149,7 +161,8 @@ pub async fn list(
     } else {
         None
     };
-    Ok(HttpResponse::Ok().json(serde_json::json!({ "operations": ops, "next_before": next_before })))
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({ "operations": ops, "next_before": next_before })))
 }
 
 pub async fn get(
@@ -177,7 +190,10 @@ pub async fn logs(
     let after = query.after.unwrap_or(0);
     let limit = query.limit.unwrap_or(500);
     if !(1..=5000).contains(&limit) {
-        return Err(AppError::new(ErrorCode::InvalidField, "`limit` must be 1-5000"));
+        return Err(AppError::new(
+            ErrorCode::InvalidField,
+            "`limit` must be 1-5000",
+        ));
     }
     let id = op.id.clone();
     let rows = state
@@ -201,9 +217,10 @@ pub async fn cancel(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let op = visible(&state, &caller.identity, &path).await?;
-    caller
-        .identity
-        .require(caller.identity.may_operate(op.project.as_deref()), "cancel this operation")?;
+    caller.identity.require(
+        caller.identity.may_operate(op.project.as_deref()),
+        "cancel this operation",
+    )?;
     let op = state
         .operations
         .send(CancelOperation { id: op.id })
@@ -268,7 +285,13 @@ pub async fn complete(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let result = body.into_inner().result;
-    report(caller, path.into_inner(), WorkerReport::Complete(result), state).await
+    report(
+        caller,
+        path.into_inner(),
+        WorkerReport::Complete(result),
+        state,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -284,7 +307,13 @@ pub async fn fail(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let (code, message) = fail_fields(&body.error).map_err(AppError::from)?;
-    report(caller, path.into_inner(), WorkerReport::Fail { code, message }, state).await
+    report(
+        caller,
+        path.into_inner(),
+        WorkerReport::Fail { code, message },
+        state,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -310,7 +339,10 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .map(|v| {
             v.trim().parse::<u64>().map_err(|_| {
-                AppError::new(ErrorCode::InvalidField, "Last-Event-ID must be a log offset")
+                AppError::new(
+                    ErrorCode::InvalidField,
+                    "Last-Event-ID must be a log offset",
+                )
             })
         })
         .transpose()?;
@@ -320,7 +352,11 @@ pub async fn events(
         return Ok(HttpResponse::NoContent().finish());
     }
     let settings = &state.settings;
-    let outbox = Outbox::with_framing(settings.outbox_max_messages, settings.outbox_max_bytes, Framing::Raw);
+    let outbox = Outbox::with_framing(
+        settings.outbox_max_messages,
+        settings.outbox_max_bytes,
+        Framing::Raw,
+    );
     start_watcher(&state, &caller, op.id, after, Wire::Sse, outbox.clone());
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
@@ -343,8 +379,20 @@ pub async fn socket(
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
     let (response, reader) =
         crate::transport::ws::upgrade(&req, payload, outbox.clone(), settings.max_frame_bytes)
-            .map_err(|e| AppError::new(ErrorCode::BadRequest, format!("not a WebSocket upgrade: {e}")))?;
-    let watcher = watcher(&state, &caller, op.id, op.log_offset, Wire::StatusStream, outbox);
+            .map_err(|e| {
+                AppError::new(
+                    ErrorCode::BadRequest,
+                    format!("not a WebSocket upgrade: {e}"),
+                )
+            })?;
+    let watcher = watcher(
+        &state,
+        &caller,
+        op.id,
+        op.log_offset,
+        Wire::StatusStream,
+        outbox,
+    );
     Watcher::create(move |ctx| {
         ctx.add_stream(reader);
         watcher
@@ -371,6 +419,13 @@ fn watcher(
     )
 }
 
-fn start_watcher(state: &web::Data<AppState>, caller: &Caller, id: String, after: u64, wire: Wire, outbox: Arc<Outbox>) {
+fn start_watcher(
+    state: &web::Data<AppState>,
+    caller: &Caller,
+    id: String,
+    after: u64,
+    wire: Wire,
+    outbox: Arc<Outbox>,
+) {
     watcher(state, caller, id, after, wire, outbox).start();
 }

@@ -4,6 +4,7 @@ mod activities;
 mod auth;
 mod health;
 mod helpers;
+mod operations;
 mod presence;
 mod protocol;
 mod resume;

@@ -17,9 +17,15 @@ use crate::operations::{Update, MAX_LOG_LINE};
 /// What the running program produced.
 #[derive(Debug)]
 pub enum Output {
-    Line { stream: &'static str, line: String },
+    Line {
+        stream: &'static str,
+        line: String,
+    },
     /// The program ended; `code` is `None` when a signal ended it.
-    Exited { code: Option<i32>, signal: Option<i32> },
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
 }
 
 pub struct Spawned {
@@ -139,8 +145,14 @@ pub fn status_line(line: &str) -> Option<Update> {
     }
     Some(Update {
         progress: obj.get("progress").and_then(|p| p.as_f64()),
-        stage: obj.get("stage").and_then(|s| s.as_str()).map(str::to_string),
-        message: obj.get("message").and_then(|s| s.as_str()).map(str::to_string),
+        stage: obj
+            .get("stage")
+            .and_then(|s| s.as_str())
+            .map(str::to_string),
+        message: obj
+            .get("message")
+            .and_then(|s| s.as_str())
+            .map(str::to_string),
         result: obj.get("result").cloned(),
     })
 }
@@ -151,7 +163,8 @@ mod tests {
 
     #[test]
     fn json_status_lines_are_updates_and_other_lines_are_logs() {
-        let u = status_line(r#"{"progress":40,"stage":"pull","message":"Pulling images"}"#).unwrap();
+        let u =
+            status_line(r#"{"progress":40,"stage":"pull","message":"Pulling images"}"#).unwrap();
         assert_eq!(u.progress, Some(40.0));
         assert_eq!(u.stage.as_deref(), Some("pull"));
         assert!(status_line("plain text").is_none());

@@ -33,7 +33,13 @@ fn log(line: impl Into<String>) -> Step {
 }
 
 pub fn script(fail_at: Option<&str>) -> Vec<Step> {
-    let images = ["postgres:16", "redis:7", "api:1.4.2", "worker:1.4.2", "web:1.4.2"];
+    let images = [
+        "postgres:16",
+        "redis:7",
+        "api:1.4.2",
+        "worker:1.4.2",
+        "web:1.4.2",
+    ];
     let services = ["api", "worker", "web", "scheduler"];
     let mut s: Vec<(&str, Vec<Step>)> = Vec::new();
     s.push((
@@ -122,7 +128,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(stages, ["init", "config", "pull", "build", "deploy", "validate"]);
+        assert_eq!(
+            stages,
+            ["init", "config", "pull", "build", "deploy", "validate"]
+        );
         assert!(matches!(steps.last(), Some(Step::Complete(_))));
         let failing = script(Some("build"));
         assert!(matches!(failing.last(), Some(Step::Fail { .. })));
