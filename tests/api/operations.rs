@@ -1164,3 +1164,132 @@ async fn joining_a_just_finished_operation_gives_snapshot_lines_then_the_termina
         (1..=frames[0]["data"]["log_offset"].as_u64().unwrap()).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn with_a_secret_only_permitted_callers_start_watch_and_report() {
+    let kinds = Kinds::new();
+    let file = kinds.file();
+    let app = spawn_app_with(Backend::Sqlite, move |s| {
+        s.jwt_secret = Some(SECRET.into());
+        s.operations_file = Some(file);
+    })
+    .await;
+    let viewer = token("viewer", &["project:1"], &[], None);
+    let (s, _) = app
+        .post_auth(
+            "/api/operations",
+            &viewer,
+            json!({"kind": "convert", "target": "a", "project": "1"}),
+        )
+        .await;
+    assert_eq!(s, 403, "no publish rights: may not start");
+    let member = token("member", &["project:1"], &["project:1"], None);
+    let (s, op) = app
+        .post_auth(
+            "/api/operations",
+            &member,
+            json!({"kind": "convert", "target": "a", "project": "1"}),
+        )
+        .await;
+    assert_eq!(
+        s, 202,
+        "publishing to the project allows starting its operations"
+    );
+    let id = op["id"].as_str().unwrap();
+    assert_eq!(op["created_by"], "member");
+    // Watching through the project works; a stranger cannot even see it exists.
+    let (s, _) = app
+        .get_auth(&format!("/api/operations/{id}"), &viewer)
+        .await;
+    assert_eq!(s, 200);
+    let stranger = token("stranger", &["project:2"], &[], None);
+    let (s, b) = app
+        .get_auth(&format!("/api/operations/{id}"), &stranger)
+        .await;
+    assert_eq!((s, b["error"].as_str()), (404, Some("not_found")));
+    // Only services report progress.
+    let (s, _) = app
+        .post_auth(
+            &format!("/api/operations/{id}/progress"),
+            &member,
+            json!({"progress": 5}),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let worker = token("converter", &[], &[], Some("service"));
+    let (s, b) = app
+        .post_auth(
+            &format!("/api/operations/{id}/progress"),
+            &worker,
+            json!({"progress": 5}),
+        )
+        .await;
+    assert_eq!((s, b["progress"].as_f64()), (200, Some(5.0)));
+    let (s, b) = app
+        .post_auth(&format!("/api/operations/{id}/cancel"), &viewer, json!({}))
+        .await;
+    assert_eq!((s, b["error"].as_str()), (403, Some("forbidden")));
+}
+
+#[tokio::test]
+async fn finished_operations_older_than_the_retention_are_pruned() {
+    use switchyard::db::operations as store;
+    let db_dir = tempfile::tempdir().unwrap();
+    let url = switchyard::config::DatabaseUrl::Sqlite(
+        db_dir.path().join("p.db").to_string_lossy().into_owned(),
+    );
+    let db = switchyard::db::Database::connect(&url, 1, Duration::from_secs(2), Default::default())
+        .unwrap();
+    let mk = |id: &str, finished: Option<i64>| {
+        let mut op = switchyard::operations::Operation::new(
+            id.into(),
+            "demo".into(),
+            id.into(),
+            None,
+            switchyard::operations::RunnerKind::Demo,
+            vec![],
+            Value::Null,
+            None,
+            0,
+        );
+        if let Some(t) = finished {
+            op.complete(None, t).unwrap();
+        }
+        store::OperationRow::from(&op)
+    };
+    let now = switchyard::util::now_millis();
+    let rows = vec![
+        mk("old", Some(now - 40 * 86_400_000)),
+        mk("recent", Some(now - 1_000)),
+        mk("active", None),
+    ];
+    let removed = db
+        .run(move |c| {
+            for r in &rows {
+                store::insert(c, r)?;
+            }
+            let line = switchyard::operations::LogLine {
+                offset: 1,
+                stream: "stdout".into(),
+                line: "x".into(),
+                ts: 0,
+            };
+            store::save(c, &rows[0], &[store::LogRow::new("old", &line)])?;
+            store::prune(c, now - 30 * 86_400_000)
+        })
+        .await
+        .unwrap();
+    assert_eq!(removed, 1);
+    let left = db
+        .run(|c| {
+            Ok((
+                store::get(c, "old")?,
+                store::get(c, "recent")?,
+                store::get(c, "active")?,
+                store::logs_after(c, "old", 0, 10)?,
+            ))
+        })
+        .await
+        .unwrap();
+    assert!(left.0.is_none() && left.1.is_some() && left.2.is_some() && left.3.is_empty());
+}
