@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use futures_util::FutureExt;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
@@ -343,6 +344,27 @@ impl Handler<StartOperation> for OperationManager {
     }
 }
 
+/// An operation that is not live, from the database (`not_found` if there is none).
+async fn stored(db: crate::db::Database, id: String) -> Result<Operation, Refusal> {
+    let lookup = id.clone();
+    db.run(move |c| store::get(c, &lookup))
+        .await
+        .map_err(db_refusal)?
+        .map(OperationRow::into_operation)
+        .ok_or_else(|| not_found(&id))
+}
+
+/// The refusal for acting on an operation that is not live: it finished, or never existed.
+async fn not_live(db: crate::db::Database, id: String) -> Refusal {
+    match stored(db, id.clone()).await {
+        Ok(op) => Refusal::new(
+            ErrorCode::OperationFinished,
+            format!("operation {id} is already {}", op.status.as_str()),
+        ),
+        Err(r) => r,
+    }
+}
+
 impl Handler<CancelOperation> for OperationManager {
     type Result = ResponseFuture<Result<Operation, Refusal>>;
 
@@ -351,24 +373,7 @@ impl Handler<CancelOperation> for OperationManager {
             let fut = addr.send(Cancel);
             return Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) });
         }
-        let db = self.cx.db.clone();
-        Box::pin(async move {
-            let id = msg.id;
-            let row = db.run({
-                let id = id.clone();
-                move |c| store::get(c, &id)
-            });
-            match row.await.map_err(db_refusal)? {
-                None => Err(not_found(&id)),
-                Some(r) => {
-                    let op = r.into_operation();
-                    Err(Refusal::new(
-                        ErrorCode::OperationFinished,
-                        format!("operation {id} is already {}", op.status.as_str()),
-                    ))
-                }
-            }
-        })
+        Box::pin(not_live(self.cx.db.clone(), msg.id).map(Err))
     }
 }
 
@@ -380,24 +385,7 @@ impl Handler<ReportOperation> for OperationManager {
             let fut = addr.send(Report(msg.report));
             return Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) });
         }
-        let db = self.cx.db.clone();
-        Box::pin(async move {
-            let id = msg.id;
-            let row = db.run({
-                let id = id.clone();
-                move |c| store::get(c, &id)
-            });
-            match row.await.map_err(db_refusal)? {
-                None => Err(not_found(&id)),
-                Some(r) => Err(Refusal::new(
-                    ErrorCode::OperationFinished,
-                    format!(
-                        "operation {id} is already {}",
-                        r.into_operation().status.as_str()
-                    ),
-                )),
-            }
-        })
+        Box::pin(not_live(self.cx.db.clone(), msg.id).map(Err))
     }
 }
 
@@ -409,18 +397,7 @@ impl Handler<GetOperation> for OperationManager {
             let fut = addr.send(GetSnapshot);
             return Box::pin(async move { fut.await.map_err(unavailable) });
         }
-        let db = self.cx.db.clone();
-        Box::pin(async move {
-            let id = msg.id;
-            let row = db.run({
-                let id = id.clone();
-                move |c| store::get(c, &id)
-            });
-            row.await
-                .map_err(db_refusal)?
-                .map(OperationRow::into_operation)
-                .ok_or_else(|| not_found(&id))
-        })
+        Box::pin(stored(self.cx.db.clone(), msg.id))
     }
 }
 

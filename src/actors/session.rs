@@ -214,14 +214,7 @@ impl Session {
                             act.rooms.insert(room);
                         }
                         Ok(Err(refusal)) => act.refuse(ctx, id.as_deref(), refusal),
-                        Err(e) => act.refuse(
-                            ctx,
-                            id.as_deref(),
-                            Refusal::new(
-                                ErrorCode::Unavailable,
-                                format!("registry unavailable: {e}"),
-                            ),
-                        ),
+                        Err(e) => act.refuse(ctx, id.as_deref(), registry_down(e)),
                     })
                     .wait(ctx);
             }
@@ -240,14 +233,7 @@ impl Session {
                     .map(move |res, act, ctx| match res {
                         Ok(Ok(())) => act.send(native::left(id.as_deref(), &room)),
                         Ok(Err(refusal)) => act.refuse(ctx, id.as_deref(), refusal),
-                        Err(e) => act.refuse(
-                            ctx,
-                            id.as_deref(),
-                            Refusal::new(
-                                ErrorCode::Unavailable,
-                                format!("registry unavailable: {e}"),
-                            ),
-                        ),
+                        Err(e) => act.refuse(ctx, id.as_deref(), registry_down(e)),
                     })
                     .wait(ctx);
             }
@@ -651,4 +637,8 @@ fn mailbox(e: MailboxError) -> Refusal {
         ErrorCode::Unavailable,
         format!("operations unavailable: {e}"),
     )
+}
+
+fn registry_down(e: MailboxError) -> Refusal {
+    Refusal::new(ErrorCode::Unavailable, format!("registry unavailable: {e}"))
 }

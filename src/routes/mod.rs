@@ -140,3 +140,15 @@ async fn index() -> actix_web::HttpResponse {
         .content_type("text/html; charset=utf-8")
         .body(PAGE.replace("{{version}}", env!("CARGO_PKG_VERSION")))
 }
+
+/// Validates a `limit` query parameter (absent: `default`).
+pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, AppError> {
+    let limit = limit.unwrap_or(default);
+    if !(1..=max).contains(&limit) {
+        return Err(AppError::new(
+            ErrorCode::InvalidField,
+            format!("`limit` must be 1-{max}"),
+        ));
+    }
+    Ok(limit)
+}

@@ -671,25 +671,8 @@ async fn hundreds_of_reports_a_second_are_coalesced_into_few_writes() {
     assert!(stages.contains(&"half"));
     assert_eq!(w.terminal.unwrap()["status"], "completed");
     // ... while the database got a handful of writes, not 400.
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let get = |name: &str| -> u64 {
-        metrics
-            .lines()
-            .find_map(|l| l.strip_prefix(&format!("{name} ")))
-            .unwrap()
-            .parse()
-            .unwrap()
-    };
-    assert!(get("switchyard_operation_reports_total") >= 401);
-    let writes = get("switchyard_operation_writes_total");
+    assert!(app.metric("switchyard_operation_reports_total").await >= 401);
+    let writes = app.metric("switchyard_operation_writes_total").await;
     assert!(writes < 40, "{writes} writes for 401 reports");
 }
 

@@ -66,15 +66,7 @@ async fn an_oversize_message_closes_with_1009_naming_the_limit() {
     let closed = c.closed().await;
     assert_eq!(closed.code, Some(1009));
     assert!(closed.reason.contains("4096"), "{closed:?}");
-    let metrics = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     assert!(metrics.contains("switchyard_refusals_total{code=\"frame_too_large\"} 1"));
 }
 

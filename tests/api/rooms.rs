@@ -200,13 +200,10 @@ async fn a_client_that_does_not_read_is_dropped_without_holding_up_the_room() {
     let closed = slow.closed().await;
     assert_eq!(closed.code, Some(4008), "{closed:?}");
     assert_eq!(closed.reason, "slow consumer");
-    let (_, metrics) = {
-        let res = app.http.get(app.url("/metrics")).send().await.unwrap();
-        (200, res.text().await.unwrap())
-    };
-    assert!(
-        metrics.contains("switchyard_slow_consumer_disconnects_total 1"),
-        "{metrics}"
+    assert_eq!(
+        app.metric("switchyard_slow_consumer_disconnects_total")
+            .await,
+        1
     );
 }
 
