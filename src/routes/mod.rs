@@ -2,6 +2,7 @@
 //! database, map errors through `AppError`.
 
 pub mod activities;
+pub mod dashboard;
 pub mod health;
 pub mod operations;
 pub mod rooms;
@@ -17,7 +18,12 @@ use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/").route(web::get().to(index)))
+    cfg.service(web::resource("/").route(web::get().to(dashboard::overview)))
+        .service(web::resource("/operations").route(web::get().to(dashboard::operations)))
+        .service(web::resource("/operations/{id}").route(web::get().to(dashboard::operation)))
+        .service(web::resource("/activity").route(web::get().to(dashboard::activity)))
+        .service(web::resource("/rooms").route(web::get().to(dashboard::rooms)))
+        .service(web::resource("/assets/{name}").route(web::get().to(dashboard::asset)))
         .service(web::resource("/ws").route(web::get().to(ws::connect)))
         .service(web::resource("/health").route(web::get().to(health::health)))
         .service(web::resource("/metrics").route(web::get().to(health::metrics)))
@@ -131,14 +137,6 @@ pub fn room_name(raw: &str) -> Result<String, AppError> {
             "room names are 1-128 characters of A-Z a-z 0-9 : _ . -",
         ))
     }
-}
-
-/// `GET /`: the landing page (the dashboard will live under `templates/` too).
-async fn index() -> actix_web::HttpResponse {
-    const PAGE: &str = include_str!("../../templates/index.html");
-    actix_web::HttpResponse::Ok()
-        .content_type("text/html; charset=utf-8")
-        .body(PAGE.replace("{{version}}", env!("CARGO_PKG_VERSION")))
 }
 
 /// Validates a `limit` query parameter (absent: `default`).

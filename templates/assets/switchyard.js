@@ -1,0 +1,1 @@
+/* switchyard dashboard client (in progress) */
