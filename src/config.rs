@@ -107,6 +107,21 @@ pub struct Settings {
     /// Log lines replayed to a joining watcher before it must page the rest over REST
     /// (`SWITCHYARD_LOG_REPLAY_MAX`).
     pub log_replay_max: usize,
+    /// Origins allowed for browser connections (WebSocket upgrades and CORS); empty allows any
+    /// (`SWITCHYARD_ALLOWED_ORIGINS`, comma-separated).
+    pub allowed_origins: Vec<String>,
+    /// Engine.IO ping interval (`SWITCHYARD_SOCKETIO_PING_INTERVAL_MS`).
+    pub sio_ping_interval: Duration,
+    /// Engine.IO pong deadline (`SWITCHYARD_SOCKETIO_PING_TIMEOUT_MS`).
+    pub sio_ping_timeout: Duration,
+    /// Engine.IO `maxPayload`: largest polling body or WebSocket message (`SWITCHYARD_SOCKETIO_MAX_PAYLOAD`).
+    pub sio_max_payload: usize,
+    /// Time to send the first Socket.IO CONNECT (`SWITCHYARD_SOCKETIO_CONNECT_TIMEOUT_MS`).
+    pub sio_connect_timeout: Duration,
+    /// Socket.IO namespaces besides `/` (`SWITCHYARD_SOCKETIO_NAMESPACES`, comma-separated).
+    pub sio_namespaces: Vec<String>,
+    /// Serve the official protocol test suites' fixtures instead (`switchyard conformance`).
+    pub conformance: bool,
 }
 
 impl Default for Settings {
@@ -139,6 +154,13 @@ impl Default for Settings {
             operation_prune_days: 30,
             operation_flush_interval: Duration::from_millis(250),
             log_replay_max: 1_000,
+            allowed_origins: Vec::new(),
+            sio_ping_interval: Duration::from_millis(25_000),
+            sio_ping_timeout: Duration::from_millis(20_000),
+            sio_max_payload: 1_000_000,
+            sio_connect_timeout: Duration::from_millis(45_000),
+            sio_namespaces: Vec::new(),
+            conformance: false,
         }
     }
 }
@@ -245,6 +267,53 @@ impl Settings {
             1_000_000,
             &mut s.log_replay_max,
         )?;
+        if let Some(v) = get("SWITCHYARD_ALLOWED_ORIGINS") {
+            s.allowed_origins = list(&v);
+            let bad = s
+                .allowed_origins
+                .iter()
+                .find(|o| !(o.starts_with("http://") || o.starts_with("https://")));
+            if let Some(bad) = bad {
+                let reason = format!("{bad:?} is not an http(s) origin");
+                return Err(err("SWITCHYARD_ALLOWED_ORIGINS", &v, &reason));
+            }
+        }
+        millis(
+            &get,
+            "SWITCHYARD_SOCKETIO_PING_INTERVAL_MS",
+            10,
+            &mut s.sio_ping_interval,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_SOCKETIO_PING_TIMEOUT_MS",
+            10,
+            &mut s.sio_ping_timeout,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_SOCKETIO_MAX_PAYLOAD",
+            1024,
+            64 << 20,
+            &mut s.sio_max_payload,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_SOCKETIO_CONNECT_TIMEOUT_MS",
+            10,
+            &mut s.sio_connect_timeout,
+        )?;
+        if let Some(v) = get("SWITCHYARD_SOCKETIO_NAMESPACES") {
+            s.sio_namespaces = list(&v);
+            let bad = s
+                .sio_namespaces
+                .iter()
+                .find(|n| !n.starts_with('/') || n.len() > 128 || n.contains(','));
+            if let Some(bad) = bad {
+                let reason = format!("{bad:?} must start with /");
+                return Err(err("SWITCHYARD_SOCKETIO_NAMESPACES", &v, &reason));
+            }
+        }
         millis(&get, "SWITCHYARD_AUTH_TIMEOUT_MS", 10, &mut s.auth_timeout)?;
         millis(
             &get,
@@ -387,6 +456,13 @@ where
         *out = parsed;
     }
     Ok(())
+}
+
+fn list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(|s| s.trim().trim_end_matches('/').to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
 fn flag(

@@ -16,6 +16,14 @@ struct Cli {
 enum Command {
     /// Serve (the default). Settings come from the environment; see the README.
     Serve,
+    /// Serve what the official Engine.IO and Socket.IO protocol test suites expect: an Engine.IO
+    /// echo at /engine.io/ and their fixture at /socket.io/ (pingInterval 300, pingTimeout 200,
+    /// maxPayload 1000000, connectTimeout 1000), with a throwaway database.
+    Conformance {
+        /// Port (the suites use 3000).
+        #[arg(long, default_value_t = 3000)]
+        port: u16,
+    },
     /// Print an HS256 token signed with SWITCHYARD_JWT_SECRET.
     Token {
         /// User id (`sub`).
@@ -43,7 +51,8 @@ fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let cli = Cli::parse();
     match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(),
+        Command::Serve => serve(None),
+        Command::Conformance { port } => serve(Some(port)),
         Command::Token {
             sub,
             name,
@@ -94,14 +103,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn serve() -> std::process::ExitCode {
-    let settings = match Settings::from_env() {
+fn serve(conformance_port: Option<u16>) -> std::process::ExitCode {
+    let mut settings = match Settings::from_env() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("error: {e}");
             return std::process::ExitCode::from(2);
         }
     };
+    if let Some(port) = conformance_port {
+        use std::time::Duration;
+        settings.port = port;
+        settings.conformance = true;
+        // One worker, so concurrent requests of one client are handled in arrival order, as
+        // by the single-threaded reference server the suites were written against.
+        settings.workers = 1;
+        settings.sio_ping_interval = Duration::from_millis(300);
+        settings.sio_ping_timeout = Duration::from_millis(200);
+        settings.sio_max_payload = 1_000_000;
+        settings.sio_connect_timeout = Duration::from_millis(1_000);
+        let db =
+            std::env::temp_dir().join(format!("switchyard-conformance-{}.db", std::process::id()));
+        settings.database =
+            switchyard::config::DatabaseUrl::Sqlite(db.to_string_lossy().into_owned());
+    }
     let result = actix_web::rt::System::new().block_on(async move {
         let app = Application::build(settings).await?;
         app.run_until_stopped().await?;

@@ -11,6 +11,7 @@ use actix_web::dev::{Server, ServerHandle};
 use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context as _;
 
+use crate::actors::engine::{EngineConfig, EngineMode, EngineSessions};
 use crate::actors::operations::OperationManager;
 use crate::actors::registry::{RoomRegistry, ShutdownSessions};
 use crate::actors::room::RoomLimits;
@@ -106,6 +107,35 @@ impl Application {
                  anywhere under any name it declares. Set a secret before exposing this server."
             );
         }
+        let engine_config = |mode| {
+            let mut namespaces: Vec<Arc<str>> = vec![Arc::from("/")];
+            namespaces.extend(
+                settings
+                    .sio_namespaces
+                    .iter()
+                    .map(|n| Arc::from(n.as_str())),
+            );
+            if mode == EngineMode::Fixture {
+                namespaces.push(Arc::from("/custom"));
+            }
+            Arc::new(EngineConfig {
+                mode,
+                ping_interval: settings.sio_ping_interval,
+                ping_timeout: settings.sio_ping_timeout,
+                max_payload: settings.sio_max_payload,
+                connect_timeout: settings.sio_connect_timeout,
+                namespaces,
+            })
+        };
+        let (socketio, engineio_echo) = if settings.conformance {
+            log::warn!("CONFORMANCE MODE: /engine.io/ echoes and /socket.io/ serves the protocol test fixture");
+            (
+                engine_config(EngineMode::Fixture),
+                Some(engine_config(EngineMode::Echo)),
+            )
+        } else {
+            (engine_config(EngineMode::Switchyard), None)
+        };
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             registry: registry.clone(),
@@ -115,6 +145,9 @@ impl Application {
             db,
             operations,
             ops,
+            engines: Arc::new(EngineSessions::default()),
+            socketio,
+            engineio_echo,
         });
 
         let listener = TcpListener::bind((settings.host, settings.port))

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use actix::Addr;
 
+use crate::actors::engine::{EngineConfig, EngineSessions};
 use crate::actors::operations::OperationManager;
 use crate::actors::registry::RoomRegistry;
 use crate::auth::Authenticator;
@@ -22,6 +23,12 @@ pub struct AppState {
     pub db: Database,
     pub operations: Addr<OperationManager>,
     pub ops: Arc<OpContext>,
+    /// Live Engine.IO sessions by sid.
+    pub engines: Arc<EngineSessions>,
+    /// The `/socket.io/` endpoint.
+    pub socketio: Arc<EngineConfig>,
+    /// The `/engine.io/` echo (conformance mode only).
+    pub engineio_echo: Option<Arc<EngineConfig>>,
 }
 
 /// What operation actors need; built once at start-up.

@@ -17,6 +17,7 @@
 //!   member's outbox.
 //! * [`stats::StatsPublisher`] — publishes `stats` into `system` on an interval.
 
+pub mod engine;
 pub mod operation;
 pub mod operations;
 pub mod registry;

@@ -185,6 +185,7 @@ impl OperationActor {
             member_check: None,
             received_at: Instant::now(),
             seq,
+            attachments: Vec::new(),
         });
         let id = self.op.id.clone();
         actix::spawn(async move {

@@ -25,7 +25,8 @@ use crate::auth::UserInfo;
 use crate::error::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
 use crate::protocol::native::{self, RequestId, Since};
-use crate::protocol::{Backfill, Event, Wire, WIRES};
+use crate::protocol::{Backfill, Encoded, Event, Wire};
+use crate::transport::outbox::Frame;
 use crate::transport::outbox::PushError;
 
 /// Close code sent to a session dropped because it could not keep up.
@@ -81,6 +82,8 @@ pub struct Publish {
     pub received_at: Instant,
     /// Application sequence carried to wires that use one (the SSE event id).
     pub seq: Option<u64>,
+    /// Binary attachments, referenced from `data` by `{"_placeholder":true,"num":i}`.
+    pub attachments: Vec<Bytes>,
 }
 
 /// Registry → Room: name, members, last offset.
@@ -126,9 +129,16 @@ pub struct CloseRoom;
 
 // ---- the actor -----------------------------------------------------------------------------
 
+/// A message kept in history: its parts (to encode it for other wires on replay) and its
+/// native encoding (shared with the live broadcast).
 struct Stored {
     offset: u64,
     at: Instant,
+    event: String,
+    data: Box<RawValue>,
+    from: Option<Arc<UserInfo>>,
+    seq: Option<u64>,
+    attachments: Arc<[Bytes]>,
     /// The encoded native `message` frame.
     native: Bytes,
 }
@@ -150,9 +160,9 @@ pub struct Room {
     /// Offset of the last message; the next one gets `last_offset + 1`.
     last_offset: u64,
     /// Oldest first; bounded by `limits.history_size` and `limits.history_ttl`.
-    history: VecDeque<Stored>,
+    history: VecDeque<Arc<Stored>>,
     /// The last message published with `retain`, sent to joiners that do not resume.
-    retained: Option<Bytes>,
+    retained: Option<Arc<Stored>>,
     members: HashMap<SessionId, Member>,
     /// user id → (user, number of member sessions of that user). A user is present while > 0.
     presence: HashMap<String, (Arc<UserInfo>, usize)>,
@@ -200,15 +210,24 @@ impl Room {
         }
     }
 
-    /// Pushes a control frame (presence) to every native member except `skip`.
-    fn fan_out(&mut self, frame: &Bytes, skip: Option<SessionId>) -> usize {
+    /// Tells every member but `skip` that `user` arrived or left, encoded once per wire.
+    fn announce_presence(
+        &mut self,
+        user: &UserInfo,
+        joined: bool,
+        skip: Option<SessionId>,
+    ) -> usize {
         let mut delivered = 0usize;
         let mut dropped: Vec<(SessionId, bool)> = Vec::new();
+        let mut cache = WireCache::default();
         for (id, m) in &self.members {
-            if Some(*id) == skip || !m.wire.wants_control() {
+            if Some(*id) == skip {
                 continue;
             }
-            match m.outbox.push_text(frame.clone()) {
+            let Some(frame) = cache.get(&m.wire, |w| w.presence(&self.name, user, joined)) else {
+                continue;
+            };
+            match m.outbox.push_text(frame) {
                 Ok(()) => delivered += 1,
                 Err(PushError::Full) => dropped.push((*id, true)),
                 Err(PushError::Closed) => dropped.push((*id, false)),
@@ -222,12 +241,24 @@ impl Room {
     fn broadcast(&mut self, e: &Event, native: &Bytes) -> usize {
         let mut delivered = 0usize;
         let mut dropped: Vec<(SessionId, bool)> = Vec::new();
-        let mut cache: [Option<Option<Bytes>>; WIRES] = Default::default();
-        cache[Wire::Native.index()] = Some(Some(native.clone()));
+        let mut cache: WireCache<Encoded> = WireCache::default();
+        cache.seed(
+            Wire::Native,
+            Encoded {
+                text: native.clone(),
+                binary: Arc::from(Vec::new()),
+            },
+        );
         for (id, m) in &self.members {
-            let encoded = cache[m.wire.index()].get_or_insert_with(|| m.wire.encode(e));
-            let Some(frame) = encoded else { continue };
-            match m.outbox.push_text(frame.clone()) {
+            let Some(encoded) = cache.get(&m.wire, |w| w.encode(e)) else {
+                continue;
+            };
+            let pushed = if encoded.binary.is_empty() {
+                m.outbox.push_text(encoded.text)
+            } else {
+                m.outbox.push_frames(encoded.frames())
+            };
+            match pushed {
                 Ok(()) => {
                     delivered += 1;
                     if m.wire.ends_after(e.event) {
@@ -298,10 +329,19 @@ impl Room {
             None => false,
         };
         if gone {
-            let frame = native::presence_left(&self.name, &m.user);
-            self.fan_out(&frame, None);
+            self.announce_presence(&m.user, false, None);
         }
         true
+    }
+
+    fn encode_stored(&self, wire: &Wire, m: &Stored) -> Option<Encoded> {
+        if *wire == Wire::Native {
+            return Some(Encoded {
+                text: m.native.clone(),
+                binary: m.attachments.clone(),
+            });
+        }
+        wire.encode(&stored_event(&self.name, m))
     }
 
     fn presence_list(&self) -> Vec<&UserInfo> {
@@ -377,7 +417,7 @@ impl Handler<JoinRoom> for Room {
             }
             _ => (false, None),
         };
-        let wire = member.wire;
+        let wire = member.wire.clone();
 
         let newcomer = !self.members.contains_key(&session);
         if newcomer {
@@ -388,45 +428,45 @@ impl Handler<JoinRoom> for Room {
                 .or_insert_with(|| (user.clone(), 0));
             entry.1 += 1;
             if entry.1 == 1 {
-                let frame = native::presence_joined(&self.name, &user);
-                self.fan_out(&frame, Some(session));
+                self.announce_presence(&user, true, Some(session));
             }
         }
 
-        let mut frames = Vec::with_capacity(2 + self.history.len());
-        if wire.wants_control() {
-            frames.push(native::joined(
-                msg.request_id.as_deref(),
-                &self.name,
-                &self.epoch,
-                self.last_offset,
-                recovered,
-                &self.presence_list(),
-            ));
+        let mut frames: Vec<Frame> = Vec::with_capacity(2 + self.history.len());
+        if let Some(f) = wire.joined(
+            msg.request_id.as_deref(),
+            &self.name,
+            &self.epoch,
+            self.last_offset,
+            recovered,
+            &self.presence_list(),
+        ) {
+            frames.push(Frame::Text(f));
         }
         let mut ends = false;
         if let Some(backfill) = &msg.backfill {
             for b in backfill {
                 if let Some(f) = wire.encode_backfill(&self.name, b) {
-                    frames.push(f);
+                    frames.push(Frame::Text(f));
                     ends |= wire.ends_after(&b.event);
                 }
             }
         } else if !wire.wants_control() {
             // Other wires only carry what their owner backfills, then live traffic.
         } else if let Some(after) = replay_from {
-            frames.extend(
-                self.history
-                    .iter()
-                    .filter(|m| m.offset > after)
-                    .map(|m| m.native.clone()),
-            );
+            for m in self.history.iter().filter(|m| m.offset > after) {
+                if let Some(e) = self.encode_stored(&wire, m) {
+                    frames.extend(e.frames());
+                }
+            }
         } else if let Some(r) = &self.retained {
             // Not resuming: the retained message is the current state (e.g. the latest stats).
-            frames.push(r.clone());
+            if let Some(e) = self.encode_stored(&wire, r) {
+                frames.extend(e.frames());
+            }
         }
         let replayed = frames.len().saturating_sub(1);
-        match outbox.push_all(frames) {
+        match outbox.push_frames(frames) {
             Ok(()) => {
                 if ends {
                     outbox.close(CloseCode::Normal, "operation finished");
@@ -491,32 +531,33 @@ impl Handler<Publish> for Room {
         }
         self.last_offset += 1;
         let offset = self.last_offset;
-        let frame = native::message(
+        let frame = native::message_with(
             &self.name,
             offset,
             &msg.event,
             &msg.data,
             msg.from.as_deref(),
+            &msg.attachments,
         );
+        let stored = Arc::new(Stored {
+            offset,
+            at: Instant::now(),
+            event: msg.event,
+            data: msg.data,
+            from: msg.from,
+            seq: msg.seq,
+            attachments: Arc::from(msg.attachments),
+            native: frame.clone(),
+        });
         if msg.retain {
-            self.retained = Some(frame.clone());
+            self.retained = Some(stored.clone());
         }
         if self.limits.history_size > 0 {
-            self.history.push_back(Stored {
-                offset,
-                at: Instant::now(),
-                native: frame.clone(),
-            });
+            self.history.push_back(stored.clone());
             self.trim_history();
         }
-        let event = Event {
-            room: &self.name.clone(),
-            offset,
-            event: &msg.event,
-            data: &msg.data,
-            from: msg.from.as_deref(),
-            seq: msg.seq,
-        };
+        let name = self.name.clone();
+        let event = stored_event(&name, &stored);
         self.broadcast(&event, &frame);
         self.metrics
             .publishes
@@ -582,5 +623,45 @@ impl Handler<CloseRoom> for Room {
 
     fn handle(&mut self, _: CloseRoom, ctx: &mut Context<Self>) {
         ctx.stop();
+    }
+}
+
+fn stored_event<'a>(room: &'a str, m: &'a Stored) -> Event<'a> {
+    Event {
+        room,
+        offset: m.offset,
+        event: &m.event,
+        data: &m.data,
+        from: m.from.as_deref(),
+        seq: m.seq,
+        attachments: &m.attachments,
+    }
+}
+
+/// Encodings of one frame, at most one per wire (rooms rarely see more than two wires).
+struct WireCache<T> {
+    entries: Vec<(Wire, Option<T>)>,
+}
+
+impl<T> Default for WireCache<T> {
+    fn default() -> Self {
+        Self {
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl<T: Clone> WireCache<T> {
+    fn seed(&mut self, wire: Wire, value: T) {
+        self.entries.push((wire, Some(value)));
+    }
+
+    fn get(&mut self, wire: &Wire, encode: impl FnOnce(&Wire) -> Option<T>) -> Option<T> {
+        if let Some((_, v)) = self.entries.iter().find(|(w, _)| w == wire) {
+            return v.clone();
+        }
+        let v = encode(wire);
+        self.entries.push((wire.clone(), v.clone()));
+        v
     }
 }

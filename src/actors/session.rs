@@ -29,6 +29,7 @@ use crate::auth::Identity;
 use crate::error::{ErrorCode, Refusal};
 use crate::operations::Operation;
 use crate::protocol::native::{self, Request, RequestId};
+use crate::protocol::{Reply, Wire};
 use crate::state::AppState;
 use crate::transport::outbox::Outbox;
 use crate::transport::ws::{ReadError, WsMessage};
@@ -52,6 +53,10 @@ pub struct Session {
     /// older than the timeout.
     last_seen: Instant,
     error_window: (Instant, u32),
+    /// How replies and room traffic are encoded for this client.
+    wire: Wire,
+    /// For Socket.IO sockets: the Engine.IO session that owns the connection.
+    engine: Option<Recipient<SocketEnded>>,
     /// Codes already logged for this session: a refusal is logged once per client, not per frame.
     logged_codes: u64,
     state: Arc<AppState>,
@@ -81,9 +86,27 @@ impl Session {
             rooms: HashSet::new(),
             last_seen: Instant::now(),
             error_window: (Instant::now(), 0),
+            wire: Wire::Native,
+            engine: None,
             logged_codes: 0,
             state,
         }
+    }
+
+    /// A Socket.IO socket: replies and room traffic go to `outbox` as Engine.IO packets of
+    /// namespace `nsp`; the Engine.IO session handles liveness and feeds [`Inbound`] requests.
+    pub fn socket_io(
+        id: SessionId,
+        identity: Identity,
+        outbox: Arc<Outbox>,
+        state: Arc<AppState>,
+        nsp: Arc<str>,
+        engine: Recipient<SocketEnded>,
+    ) -> Self {
+        let mut s = Self::new(id, Some(identity), outbox, state);
+        s.wire = Wire::SocketIo(nsp);
+        s.engine = Some(engine);
+        s
     }
 
     fn send(&self, frame: Bytes) {
@@ -92,8 +115,23 @@ impl Session {
         let _ = self.outbox.push_text(frame);
     }
 
+    fn reply(&self, id: Option<&RawValue>, r: Reply) {
+        if let Some(frame) = self.wire.reply(id, r) {
+            self.send(frame);
+        }
+    }
+
+    /// Ends this session. A native session owns its connection and closes it; a Socket.IO
+    /// socket shares its connection with the other namespaces, so its Engine.IO session decides.
     fn close(&self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
-        self.outbox.close(code, reason);
+        match &self.engine {
+            None => self.outbox.close(code, reason),
+            Some(engine) => engine.do_send(SocketEnded {
+                session: self.id,
+                code,
+                reason: reason.to_string(),
+            }),
+        }
         ctx.stop();
     }
 
@@ -111,7 +149,7 @@ impl Session {
                 refusal.message
             );
         }
-        self.send(native::error(id, &refusal));
+        self.reply(id, Reply::Error(&refusal));
         let now = Instant::now();
         if now.duration_since(self.error_window.0) > ERROR_WINDOW {
             self.error_window = (now, 0);
@@ -120,10 +158,8 @@ impl Session {
         if self.error_window.1 > self.state.settings.error_limit {
             self.state.metrics.refused(ErrorCode::TooManyErrors);
             log::warn!("session {}: too many refused frames, closing", self.key);
-            self.send(native::error(
-                None,
-                &Refusal::new(ErrorCode::TooManyErrors, "too many refused frames; closing"),
-            ));
+            let r = Refusal::new(ErrorCode::TooManyErrors, "too many refused frames; closing");
+            self.reply(None, Reply::Error(&r));
             self.close(ctx, CloseCode::Policy, "too many errors");
         }
     }
@@ -141,7 +177,7 @@ impl Session {
             user: identity.user.clone(),
             outbox: self.outbox.clone(),
             control: ctx.address().recipient(),
-            wire: crate::protocol::Wire::Native,
+            wire: self.wire.clone(),
         }
     }
 
@@ -175,7 +211,7 @@ impl Session {
     ) {
         log::debug!("session {}: {}", self.key, request.kind());
         match request {
-            Request::Ping => self.send(native::pong(id.as_deref())),
+            Request::Ping => self.reply(id.as_deref(), Reply::Pong),
             Request::Auth { token, user, name } => self.authenticate(id, token, user, name, ctx),
             Request::Join {
                 room,
@@ -231,7 +267,7 @@ impl Session {
                     })
                     .into_actor(self)
                     .map(move |res, act, ctx| match res {
-                        Ok(Ok(())) => act.send(native::left(id.as_deref(), &room)),
+                        Ok(Ok(())) => act.reply(id.as_deref(), Reply::Left { room: &room }),
                         Ok(Err(refusal)) => act.refuse(ctx, id.as_deref(), refusal),
                         Err(e) => act.refuse(ctx, id.as_deref(), registry_down(e)),
                     })
@@ -243,7 +279,12 @@ impl Session {
                 let Some(identity) = identity else { return };
                 self.operation_request(id, r, identity, ctx);
             }
-            Request::Publish { room, event, data } => {
+            Request::Publish {
+                room,
+                event,
+                data,
+                attachments,
+            } => {
                 let Some(identity) = identity else { return };
                 if !identity.may_publish(&room) {
                     let r = Refusal::new(
@@ -261,6 +302,7 @@ impl Session {
                     member_check: Some(self.id),
                     received_at: Instant::now(),
                     seq: None,
+                    attachments,
                 };
                 // Not `wait`: publishes pipeline. Ordering is kept by the registry and room
                 // mailboxes (FIFO per sender), not by waiting here.
@@ -271,7 +313,13 @@ impl Session {
                     .map(move |res, act, ctx| match res {
                         Ok(offset) => {
                             if id.is_some() {
-                                act.send(native::published(id.as_deref(), &room, offset));
+                                act.reply(
+                                    id.as_deref(),
+                                    Reply::Published {
+                                        room: &room,
+                                        offset,
+                                    },
+                                );
                             }
                         }
                         Err(refusal) => act.refuse(ctx, id.as_deref(), refusal),
@@ -333,7 +381,7 @@ impl Session {
                           always: bool| match res {
             Ok(op) => {
                 if always || id.is_some() {
-                    act.send(native::operation(id.as_deref(), &op));
+                    act.reply(id.as_deref(), Reply::Operation(&op));
                 }
             }
             Err(r) => act.refuse(ctx, id.as_deref(), r),
@@ -371,7 +419,7 @@ impl Session {
                                 ),
                             );
                             act.state.metrics.refused(r.code);
-                            act.send(native::duplicate(dup_id.as_deref(), &r, &existing));
+                            act.reply(dup_id.as_deref(), Reply::Duplicate(&r, &existing));
                         }
                         Ok(Err(StartError::Refused(r))) => reply(act, ctx, Err(r), true),
                         Ok(Err(StartError::Database(_))) => reply(
@@ -488,7 +536,7 @@ impl Session {
             }
         }
         log::info!("session {}: authenticated as {}", self.key, fresh.user.id);
-        self.send(native::authenticated(id.as_deref(), &fresh.user));
+        self.reply(id.as_deref(), Reply::Authenticated(&fresh.user));
         self.identity = Some(fresh);
     }
 }
@@ -503,6 +551,14 @@ impl Actor for Session {
             session: self.id,
             addr: ctx.address().recipient(),
         });
+        if self.engine.is_some() {
+            log::debug!(
+                "socket.io socket {} connected ({})",
+                self.key,
+                self.user_id()
+            );
+            return;
+        }
         let auth = if state.auth.open_mode() {
             "open"
         } else if self.identity.is_some() {
@@ -539,7 +595,7 @@ impl Actor for Session {
                 if act.identity.is_none() {
                     let r = Refusal::new(ErrorCode::AuthTimeout, "no auth frame in time");
                     act.state.metrics.refused(r.code);
-                    act.send(native::error(None, &r));
+                    act.reply(None, Reply::Error(&r));
                     act.close(ctx, CloseCode::Policy, "authentication timeout");
                 }
             });
@@ -556,7 +612,9 @@ impl Actor for Session {
         }
         state.registry.do_send(SessionClosed { session: self.id });
         state.metrics.connections.fetch_sub(1, Relaxed);
-        self.outbox.close(CloseCode::Normal, "");
+        if self.engine.is_none() {
+            self.outbox.close(CloseCode::Normal, "");
+        }
         log::info!("session {} closed", self.key);
     }
 }
@@ -605,6 +663,53 @@ impl StreamHandler<Result<WsMessage, ReadError>> for Session {
 
     fn finished(&mut self, ctx: &mut Self::Context) {
         // The client went away (TCP closed) or the reader gave up.
+        ctx.stop();
+    }
+}
+
+/// Engine.IO session → Session (Socket.IO): a request from this socket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inbound {
+    pub id: Option<RequestId>,
+    pub request: Result<Request, Refusal>,
+}
+
+/// Session → Engine.IO session: this socket ended (error flood, eviction) and how.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SocketEnded {
+    pub session: SessionId,
+    pub code: CloseCode,
+    pub reason: String,
+}
+
+/// Engine.IO session → Session: the socket disconnected (namespace DISCONNECT or the
+/// connection ended).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect;
+
+impl Handler<Inbound> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
+        self.last_seen = Instant::now();
+        self.state.metrics.messages_in.fetch_add(1, Relaxed);
+        match msg.request {
+            Ok(request) => {
+                let identity = self.identity.clone();
+                self.dispatch(msg.id, request, identity, ctx);
+            }
+            Err(refusal) => self.refuse(ctx, msg.id.as_deref(), refusal),
+        }
+    }
+}
+
+impl Handler<Disconnect> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Disconnect, ctx: &mut Context<Self>) {
         ctx.stop();
     }
 }

@@ -77,6 +77,7 @@ impl StatsPublisher {
             member_check: None,
             received_at: now,
             seq: None,
+            attachments: Vec::new(),
         });
         ctx.spawn(
             async move {

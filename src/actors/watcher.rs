@@ -78,7 +78,7 @@ impl Actor for Watcher {
             user: self.user.clone(),
             outbox: self.outbox.clone(),
             control: ctx.address().recipient(),
-            wire: self.wire,
+            wire: self.wire.clone(),
         };
         self.state
             .operations

@@ -1,7 +1,9 @@
 //! Wire formats, one module per protocol. Nothing here knows about actors: a frame is parsed
 //! once into a typed request, and replies are encoded from plain data.
 
+pub mod engineio;
 pub mod native;
+pub mod socketio;
 
 /// Room names: `[A-Za-z0-9:_.-]{1,128}`.
 pub fn valid_room_name(name: &str) -> bool {
@@ -35,14 +37,19 @@ mod tests {
 
 pub mod sse;
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::auth::UserInfo;
+use crate::error::Refusal;
+use crate::operations::Operation;
+use crate::transport::outbox::Frame;
 
-/// How a member's connection wants room traffic encoded. A room encodes each message at most
-/// once per wire in use, never once per member.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// How a member's connection wants traffic encoded. A room encodes each message at most once
+/// per wire in use, never once per member.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Wire {
     /// `/ws` JSON frames (`message`, `presence`, `joined`, …).
     Native,
@@ -51,14 +58,9 @@ pub enum Wire {
     StatusStream,
     /// `/api/operations/{id}/events`: Server-Sent Events, ended after the terminal event.
     Sse,
-}
-
-pub const WIRES: usize = 3;
-
-impl Wire {
-    pub fn index(self) -> usize {
-        self as usize
-    }
+    /// A Socket.IO socket in this namespace: Engine.IO message packets carrying Socket.IO
+    /// events and acks.
+    SocketIo(Arc<str>),
 }
 
 /// A room message as the room sees it, for encoding.
@@ -70,6 +72,29 @@ pub struct Event<'a> {
     pub from: Option<&'a UserInfo>,
     /// Application sequence (an operation's log offset), used as the SSE event id.
     pub seq: Option<u64>,
+    /// Binary attachments referenced from `data` by `{"_placeholder":true,"num":i}`.
+    pub attachments: &'a [Bytes],
+}
+
+/// A message encoded for one wire: one text frame, and binary frames for attachments.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    pub text: Bytes,
+    pub binary: Arc<[Bytes]>,
+}
+
+impl Encoded {
+    fn text(text: Bytes) -> Self {
+        Self {
+            text,
+            binary: Arc::from(Vec::new()),
+        }
+    }
+
+    pub fn frames(&self) -> impl Iterator<Item = Frame> + '_ {
+        std::iter::once(Frame::Text(self.text.clone()))
+            .chain(self.binary.iter().cloned().map(Frame::Binary))
+    }
 }
 
 /// A frame sent to one joiner ahead of live traffic (an operation's status snapshot and the log
@@ -79,6 +104,17 @@ pub struct Backfill {
     pub event: String,
     pub data: Box<RawValue>,
     pub seq: Option<u64>,
+}
+
+/// A reply to one client request.
+pub enum Reply<'a> {
+    Pong,
+    Authenticated(&'a UserInfo),
+    Left { room: &'a str },
+    Published { room: &'a str, offset: u64 },
+    Operation(&'a Operation),
+    Duplicate(&'a Refusal, &'a Operation),
+    Error(&'a Refusal),
 }
 
 /// Status events are the ones a status stream carries.
@@ -95,33 +131,250 @@ pub fn is_terminal_event(event: &str) -> bool {
 
 impl Wire {
     /// Encodes a room message for this wire; `None` when this wire does not carry it.
-    pub fn encode(self, e: &Event) -> Option<Bytes> {
+    pub fn encode(&self, e: &Event) -> Option<Encoded> {
         match self {
-            Wire::Native => Some(native::message(e.room, e.offset, e.event, e.data, e.from)),
-            Wire::StatusStream => {
-                is_status_event(e.event).then(|| Bytes::copy_from_slice(e.data.get().as_bytes()))
-            }
-            Wire::Sse => Some(sse::event(e.event, e.data, e.seq)),
+            Wire::Native => Some(Encoded::text(native::message_with(
+                e.room,
+                e.offset,
+                e.event,
+                e.data,
+                e.from,
+                e.attachments,
+            ))),
+            Wire::StatusStream => is_status_event(e.event)
+                .then(|| Encoded::text(Bytes::copy_from_slice(e.data.get().as_bytes()))),
+            Wire::Sse => Some(Encoded::text(sse::event(e.event, e.data, e.seq))),
+            Wire::SocketIo(nsp) => Some(sio::event(
+                nsp,
+                e.event,
+                e.data,
+                &sio::Meta {
+                    room: e.room,
+                    offset: Some(e.offset),
+                    from: e.from,
+                    backfill: false,
+                    seq: e.seq,
+                },
+                e.attachments,
+            )),
         }
     }
 
-    pub fn encode_backfill(self, room: &str, b: &Backfill) -> Option<Bytes> {
+    pub fn encode_backfill(&self, room: &str, b: &Backfill) -> Option<Bytes> {
         match self {
             Wire::Native => Some(native::backfill(room, &b.event, &b.data, b.seq)),
             Wire::StatusStream => {
                 is_status_event(&b.event).then(|| Bytes::copy_from_slice(b.data.get().as_bytes()))
             }
             Wire::Sse => Some(sse::event(&b.event, &b.data, b.seq)),
+            Wire::SocketIo(nsp) => Some(
+                sio::event(
+                    nsp,
+                    &b.event,
+                    &b.data,
+                    &sio::Meta {
+                        room,
+                        offset: None,
+                        from: None,
+                        backfill: true,
+                        seq: b.seq,
+                    },
+                    &[],
+                )
+                .text,
+            ),
+        }
+    }
+
+    /// The answer to a join: a `joined` frame, or for Socket.IO the join's ack.
+    pub fn joined(
+        &self,
+        id: Option<&RawValue>,
+        room: &str,
+        epoch: &str,
+        offset: u64,
+        recovered: bool,
+        presence: &[&UserInfo],
+    ) -> Option<Bytes> {
+        match self {
+            Wire::Native => Some(native::joined(id, room, epoch, offset, recovered, presence)),
+            Wire::SocketIo(nsp) => sio::ack_ok(
+                nsp,
+                id,
+                &serde_json::json!({
+                    "ok": true, "room": room, "epoch": epoch, "offset": offset,
+                    "recovered": recovered, "presence": presence,
+                }),
+            ),
+            _ => None,
+        }
+    }
+
+    pub fn presence(&self, room: &str, user: &UserInfo, joined: bool) -> Option<Bytes> {
+        match self {
+            Wire::Native => Some(if joined {
+                native::presence_joined(room, user)
+            } else {
+                native::presence_left(room, user)
+            }),
+            Wire::SocketIo(nsp) => {
+                let key = if joined { "joined" } else { "left" };
+                let body = serde_json::json!({ "room": room, key: [user] });
+                Some(sio::emit(nsp, "presence", &body))
+            }
+            _ => None,
+        }
+    }
+
+    /// Encodes a reply to a request carrying `id`. Socket.IO answers only requests that asked
+    /// for an ack; a refusal without one is emitted as an `error` event.
+    pub fn reply(&self, id: Option<&RawValue>, r: Reply) -> Option<Bytes> {
+        match self {
+            Wire::Native => Some(match r {
+                Reply::Pong => native::pong(id),
+                Reply::Authenticated(u) => native::authenticated(id, u),
+                Reply::Left { room } => native::left(id, room),
+                Reply::Published { room, offset } => native::published(id, room, offset),
+                Reply::Operation(op) => native::operation(id, op),
+                Reply::Duplicate(refusal, op) => native::duplicate(id, refusal, op),
+                Reply::Error(refusal) => native::error(id, refusal),
+            }),
+            Wire::SocketIo(nsp) => {
+                let body = match r {
+                    Reply::Pong => serde_json::json!({"ok": true}),
+                    Reply::Authenticated(u) => serde_json::json!({"ok": true, "user": u}),
+                    Reply::Left { room } => serde_json::json!({"ok": true, "room": room}),
+                    Reply::Published { room, offset } => {
+                        serde_json::json!({"ok": true, "room": room, "offset": offset})
+                    }
+                    Reply::Operation(op) => serde_json::json!({"ok": true, "operation": op}),
+                    Reply::Duplicate(refusal, op) => serde_json::json!({
+                        "ok": false,
+                        "error": {"code": refusal.code.as_str(), "message": refusal.message},
+                        "operation": op,
+                    }),
+                    Reply::Error(refusal) => {
+                        let err = serde_json::json!({
+                            "code": refusal.code.as_str(), "message": refusal.message,
+                        });
+                        if id.is_none() {
+                            return Some(sio::emit(nsp, "error", &err));
+                        }
+                        serde_json::json!({"ok": false, "error": err})
+                    }
+                };
+                sio::ack_ok(nsp, id, &body)
+            }
+            _ => None,
         }
     }
 
     /// Whether this wire's connection ends after delivering `event`.
-    pub fn ends_after(self, event: &str) -> bool {
+    pub fn ends_after(&self, event: &str) -> bool {
         matches!(self, Wire::StatusStream | Wire::Sse) && is_terminal_event(event)
     }
 
-    /// Presence, `joined` and other control frames are for the native protocol only.
-    pub fn wants_control(self) -> bool {
-        self == Wire::Native
+    /// Whether this wire carries presence and join answers.
+    pub fn wants_control(&self) -> bool {
+        matches!(self, Wire::Native | Wire::SocketIo(_))
+    }
+}
+
+/// Encoding of Switchyard traffic as Socket.IO packets (inside Engine.IO message packets).
+pub mod sio {
+    use super::*;
+    use crate::protocol::socketio::{encode, Kind};
+
+    /// The last argument of every room event a Socket.IO client receives.
+    #[derive(serde::Serialize)]
+    pub struct Meta<'a> {
+        pub room: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub from: Option<&'a UserInfo>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        pub backfill: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub seq: Option<u64>,
+    }
+
+    fn engine_message(packet: String) -> Bytes {
+        let mut s = String::with_capacity(packet.len() + 1);
+        s.push('4');
+        s.push_str(&packet);
+        Bytes::from(s)
+    }
+
+    /// `socket.on(event, (data, meta) => …)`.
+    pub fn event(
+        nsp: &str,
+        event: &str,
+        data: &RawValue,
+        meta: &Meta,
+        attachments: &[Bytes],
+    ) -> Encoded {
+        let args = match serde_json::to_string(&(event, data, meta)) {
+            Ok(a) => a,
+            Err(_) => {
+                return Encoded::text(engine_message(encode(
+                    Kind::Event,
+                    nsp,
+                    None,
+                    Some("[\"error\"]"),
+                    0,
+                )))
+            }
+        };
+        if attachments.is_empty() {
+            Encoded::text(engine_message(encode(
+                Kind::Event,
+                nsp,
+                None,
+                Some(&args),
+                0,
+            )))
+        } else {
+            Encoded {
+                text: engine_message(encode(
+                    Kind::BinaryEvent,
+                    nsp,
+                    None,
+                    Some(&args),
+                    attachments.len(),
+                )),
+                binary: Arc::from(attachments.to_vec()),
+            }
+        }
+    }
+
+    /// A server-originated event with one argument.
+    pub fn emit(nsp: &str, event: &str, body: &serde_json::Value) -> Bytes {
+        let args = serde_json::to_string(&(event, body)).unwrap_or_else(|_| "[\"error\"]".into());
+        engine_message(encode(Kind::Event, nsp, None, Some(&args), 0))
+    }
+
+    /// An ack with one argument, when the request asked for one.
+    pub fn ack_ok(nsp: &str, id: Option<&RawValue>, body: &serde_json::Value) -> Option<Bytes> {
+        let id: u64 = id?.get().parse().ok()?;
+        let args = serde_json::to_string(&[body]).ok()?;
+        Some(engine_message(encode(
+            Kind::Ack,
+            nsp,
+            Some(id),
+            Some(&args),
+            0,
+        )))
+    }
+
+    /// A raw Socket.IO packet as an Engine.IO message.
+    pub fn packet(
+        kind: Kind,
+        nsp: &str,
+        id: Option<u64>,
+        data: Option<&str>,
+        attachments: usize,
+    ) -> Bytes {
+        engine_message(encode(kind, nsp, id, data, attachments))
     }
 }

@@ -42,6 +42,8 @@ pub enum Request {
         room: String,
         event: String,
         data: Box<RawValue>,
+        /// Binary attachments (Socket.IO binary events); empty on `/ws`.
+        attachments: Vec<Bytes>,
     },
     Ping,
     /// `operation.start`
@@ -246,7 +248,12 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request), BadFrame> {
                     fail(ErrorCode::Internal, "could not build an empty payload".into())
                 })?,
             };
-            Request::Publish { room, event, data }
+            Request::Publish {
+                room,
+                event,
+                data,
+                attachments: Vec::new(),
+            }
         }
         "auth" => Request::Auth {
             token: string_field(raw.token, "token", &kind, false)
@@ -542,6 +549,9 @@ struct Message<'a> {
     event: &'a str,
     data: &'a RawValue,
     from: Option<&'a UserInfo>,
+    /// Binary attachments (base64), referenced from `data` by Socket.IO-style placeholders.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    attachments: Vec<String>,
 }
 
 /// A room message. Encoded once per publish; the bytes go to every member and into history.
@@ -552,6 +562,19 @@ pub fn message(
     data: &RawValue,
     from: Option<&UserInfo>,
 ) -> Bytes {
+    message_with(room, offset, event, data, from, &[])
+}
+
+/// A room message with binary attachments.
+pub fn message_with(
+    room: &str,
+    offset: u64,
+    event: &str,
+    data: &RawValue,
+    from: Option<&UserInfo>,
+    attachments: &[Bytes],
+) -> Bytes {
+    use base64::Engine as _;
     encode(&Message {
         t: "message",
         room,
@@ -559,6 +582,10 @@ pub fn message(
         event,
         data,
         from,
+        attachments: attachments
+            .iter()
+            .map(|a| base64::engine::general_purpose::STANDARD.encode(a))
+            .collect(),
     })
 }
 

@@ -88,6 +88,7 @@ pub async fn create(
             member_check: None,
             received_at,
             seq: None,
+            attachments: Vec::new(),
         });
         if let Err(e) = publish.await {
             // Stored but not broadcast: clients still see it on their next page load.

@@ -6,6 +6,7 @@ pub mod dashboard;
 pub mod health;
 pub mod operations;
 pub mod rooms;
+pub mod socketio;
 pub mod ws;
 
 use std::future::{ready, Ready};
@@ -25,6 +26,8 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/rooms").route(web::get().to(dashboard::rooms)))
         .service(web::resource("/assets/{name}").route(web::get().to(dashboard::asset)))
         .service(web::resource("/ws").route(web::get().to(ws::connect)))
+        .service(web::resource("/socket.io/").route(web::to(socketio::socket_io)))
+        .service(web::resource("/engine.io/").route(web::to(socketio::engine_io)))
         .service(web::resource("/health").route(web::get().to(health::health)))
         .service(web::resource("/metrics").route(web::get().to(health::metrics)))
         .service(

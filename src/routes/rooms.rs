@@ -63,6 +63,7 @@ pub async fn publish(
             member_check: None,
             received_at,
             seq: None,
+            attachments: Vec::new(),
         })
         .await?;
     Ok(HttpResponse::Ok().json(Published {

@@ -31,8 +31,37 @@ pub enum PushError {
 
 enum Out {
     Text(Bytes),
+    Binary(Bytes),
     Ping,
     Pong(Bytes),
+}
+
+/// A data frame to queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    Text(Bytes),
+    Binary(Bytes),
+}
+
+impl Frame {
+    fn len(&self) -> usize {
+        match self {
+            Frame::Text(b) | Frame::Binary(b) => b.len(),
+        }
+    }
+}
+
+/// What a long-polling request takes from the outbox.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Taken {
+    /// Everything that was queued (never empty).
+    Frames(Vec<Frame>),
+    /// The waiting request was released (the session upgraded or the client closed).
+    Released,
+    /// The session is closed.
+    Closed,
+    /// The session moved to another transport while this request waited.
+    Refused,
 }
 
 #[derive(Default)]
@@ -44,6 +73,10 @@ struct State {
     close: Option<CloseReason>,
     /// The connection is gone (the body stream was dropped) or the close frame was written.
     finished: bool,
+    /// A long-polling request waiting on this outbox must return at once.
+    release: bool,
+    /// ... and be refused.
+    refuse: bool,
 }
 
 /// How queued payloads go on the wire.
@@ -106,27 +139,89 @@ impl Outbox {
         Ok(())
     }
 
-    /// Queues several payloads atomically (all or none), e.g. a `joined` reply and its replay,
-    /// so no live message can slip in between them.
+    /// Queues several text payloads atomically (all or none), e.g. a `joined` reply and its
+    /// replay, so no live message can slip in between them.
     pub fn push_all(&self, payloads: impl IntoIterator<Item = Bytes>) -> Result<(), PushError> {
+        self.push_frames(payloads.into_iter().map(Frame::Text))
+    }
+
+    /// Queues frames atomically (all or none): a message with binary attachments is one text
+    /// frame and its binary frames, which must not be interleaved with anything else.
+    pub fn push_frames(&self, frames: impl IntoIterator<Item = Frame>) -> Result<(), PushError> {
         {
             let mut st = self.lock();
             if st.finished || st.close.is_some() {
                 return Err(PushError::Closed);
             }
-            let payloads: Vec<Bytes> = payloads.into_iter().collect();
-            let add: usize = payloads.iter().map(|p| p.len()).sum();
+            let frames: Vec<Frame> = frames.into_iter().collect();
+            let add: usize = frames.iter().map(Frame::len).sum();
             if !st.queue.is_empty()
-                && (st.queue.len() + payloads.len() > self.max_messages
+                && (st.queue.len() + frames.len() > self.max_messages
                     || st.bytes + add > self.max_bytes)
             {
                 return Err(PushError::Full);
             }
             st.bytes += add;
-            st.queue.extend(payloads.into_iter().map(Out::Text));
+            st.queue.extend(frames.into_iter().map(|f| match f {
+                Frame::Text(b) => Out::Text(b),
+                Frame::Binary(b) => Out::Binary(b),
+            }));
         }
         self.waker.wake();
         Ok(())
+    }
+
+    /// Long-polling: takes everything queued, or waits. Control frames are WebSocket-only and
+    /// are dropped here.
+    pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Taken> {
+        self.waker.register(cx.waker());
+        let mut st = self.lock();
+        if st.refuse {
+            st.refuse = false;
+            return Poll::Ready(Taken::Refused);
+        }
+        if st.release {
+            st.release = false;
+            return Poll::Ready(Taken::Released);
+        }
+        let mut frames = Vec::with_capacity(st.queue.len());
+        while let Some(out) = st.queue.pop_front() {
+            match out {
+                Out::Text(b) => {
+                    st.bytes -= b.len();
+                    frames.push(Frame::Text(b));
+                }
+                Out::Binary(b) => {
+                    st.bytes -= b.len();
+                    frames.push(Frame::Binary(b));
+                }
+                Out::Ping | Out::Pong(_) => {}
+            }
+        }
+        if !frames.is_empty() {
+            return Poll::Ready(Taken::Frames(frames));
+        }
+        if st.finished || st.close.is_some() {
+            return Poll::Ready(Taken::Closed);
+        }
+        Poll::Pending
+    }
+
+    /// Makes a waiting (or the next) long-polling request return `Released`.
+    pub fn release_poll(&self) {
+        self.lock().release = true;
+        self.waker.wake();
+    }
+
+    /// Makes a waiting long-polling request fail (the session left long-polling).
+    pub fn refuse_poll(&self) {
+        self.lock().refuse = true;
+        self.waker.wake();
+    }
+
+    /// Wakes whoever drains this outbox (used when the drain should re-check its source).
+    pub fn wake(&self) {
+        self.waker.wake();
     }
 
     pub fn ping(&self) {
@@ -218,6 +313,11 @@ impl Stream for OutboxStream {
                 Out::Text(p) => {
                     st.bytes -= p.len();
                     Parser::write_message(&mut buf, &p, OpCode::Text, true, false);
+                }
+                Out::Binary(p) if raw => st.bytes -= p.len(),
+                Out::Binary(p) => {
+                    st.bytes -= p.len();
+                    Parser::write_message(&mut buf, &p, OpCode::Binary, true, false);
                 }
                 Out::Ping => Parser::write_message(&mut buf, b"", OpCode::Ping, true, false),
                 Out::Pong(p) => Parser::write_message(&mut buf, &p, OpCode::Pong, true, false),

@@ -161,6 +161,19 @@ pub fn upgrade(
     outbox: Arc<Outbox>,
     max_size: usize,
 ) -> Result<(HttpResponse, WsReader), HandshakeError> {
+    upgrade_with(req, payload, OutboxStream::new(outbox), max_size)
+}
+
+/// [`upgrade`] with any body stream (the Engine.IO upgrade switches outboxes mid-stream).
+pub fn upgrade_with<S>(
+    req: &HttpRequest,
+    payload: web::Payload,
+    body: S,
+    max_size: usize,
+) -> Result<(HttpResponse, WsReader), HandshakeError>
+where
+    S: futures_util::Stream<Item = Result<Bytes, actix_web::Error>> + 'static,
+{
     actix_http::ws::verify_handshake(req.head())?;
     // verify_handshake checked the key is present.
     let key = req
@@ -172,6 +185,6 @@ pub fn upgrade(
     let response = HttpResponse::build(StatusCode::SWITCHING_PROTOCOLS)
         .upgrade("websocket")
         .insert_header((header::SEC_WEBSOCKET_ACCEPT, accept))
-        .streaming(OutboxStream::new(outbox));
+        .streaming(body);
     Ok((response, WsReader::new(payload, max_size)))
 }

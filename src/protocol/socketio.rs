@@ -1,0 +1,257 @@
+//! Socket.IO v5 packets (carried in Engine.IO messages).
+//!
+//! `<type>[<attachments>-][<namespace>,][<ack id>][<JSON payload>]`, types: `0` CONNECT,
+//! `1` DISCONNECT, `2` EVENT, `3` ACK, `4` CONNECT_ERROR, `5` BINARY_EVENT, `6` BINARY_ACK.
+//! Binary packets name how many binary Engine.IO messages follow; the JSON holds
+//! `{"_placeholder":true,"num":i}` where each goes. The JSON is kept as it came; attachments
+//! travel beside it.
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Connect,
+    Disconnect,
+    Event,
+    Ack,
+    ConnectError,
+    BinaryEvent,
+    BinaryAck,
+}
+
+impl Kind {
+    fn digit(self) -> char {
+        match self {
+            Kind::Connect => '0',
+            Kind::Disconnect => '1',
+            Kind::Event => '2',
+            Kind::Ack => '3',
+            Kind::ConnectError => '4',
+            Kind::BinaryEvent => '5',
+            Kind::BinaryAck => '6',
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Packet {
+    pub kind: Kind,
+    pub nsp: String,
+    pub id: Option<u64>,
+    pub data: Option<Value>,
+    /// Binary messages that follow this packet (binary kinds only).
+    pub attachments: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid Socket.IO packet: {0}")]
+pub struct PacketError(pub &'static str);
+
+/// At most this many attachments per packet: each is held in memory until all arrive.
+pub const MAX_ATTACHMENTS: usize = 16;
+
+pub fn parse(s: &str) -> Result<Packet, PacketError> {
+    let bytes = s.as_bytes();
+    let kind = match bytes.first() {
+        Some(b'0') => Kind::Connect,
+        Some(b'1') => Kind::Disconnect,
+        Some(b'2') => Kind::Event,
+        Some(b'3') => Kind::Ack,
+        Some(b'4') => Kind::ConnectError,
+        Some(b'5') => Kind::BinaryEvent,
+        Some(b'6') => Kind::BinaryAck,
+        _ => return Err(PacketError("unknown packet type")),
+    };
+    let mut i = 1;
+    let mut attachments = 0usize;
+    if matches!(kind, Kind::BinaryEvent | Kind::BinaryAck) {
+        let start = i;
+        while i < bytes.len() && bytes[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start || i >= bytes.len() || bytes[i] != b'-' || i - start > 3 {
+            return Err(PacketError("binary packet without attachment count"));
+        }
+        attachments = s[start..i]
+            .parse()
+            .map_err(|_| PacketError("bad attachment count"))?;
+        if attachments > MAX_ATTACHMENTS {
+            return Err(PacketError("too many attachments"));
+        }
+        i += 1;
+    }
+    let mut nsp = "/".to_string();
+    if i < bytes.len() && bytes[i] == b'/' {
+        let start = i;
+        while i < bytes.len() && bytes[i] != b',' {
+            i += 1;
+        }
+        nsp = s[start..i].to_string();
+        if i < bytes.len() {
+            i += 1; // the comma
+        }
+        if nsp.len() > 128 {
+            return Err(PacketError("namespace too long"));
+        }
+    }
+    let mut id = None;
+    let start = i;
+    while i < bytes.len() && bytes[i].is_ascii_digit() {
+        i += 1;
+    }
+    if i > start {
+        if i - start > 15 {
+            return Err(PacketError("ack id too long"));
+        }
+        id = Some(s[start..i].parse().map_err(|_| PacketError("bad ack id"))?);
+    }
+    let rest = &s[i..];
+    let data = if rest.is_empty() {
+        None
+    } else {
+        Some(serde_json::from_str::<Value>(rest).map_err(|_| PacketError("payload is not JSON"))?)
+    };
+    let valid = match kind {
+        Kind::Connect => matches!(data, None | Some(Value::Object(_))),
+        Kind::Disconnect => data.is_none(),
+        Kind::Event | Kind::BinaryEvent => matches!(
+            &data,
+            Some(Value::Array(a)) if matches!(a.first(), Some(Value::String(_)))
+        ),
+        Kind::Ack | Kind::BinaryAck => matches!(data, Some(Value::Array(_))) && id.is_some(),
+        Kind::ConnectError => matches!(data, Some(Value::Object(_)) | Some(Value::String(_))),
+    };
+    if !valid {
+        return Err(PacketError("payload does not fit the packet type"));
+    }
+    Ok(Packet {
+        kind,
+        nsp,
+        id,
+        data,
+        attachments,
+    })
+}
+
+/// Encodes a packet; `data` is JSON text. The Engine.IO `4` prefix is not included.
+pub fn encode(
+    kind: Kind,
+    nsp: &str,
+    id: Option<u64>,
+    data: Option<&str>,
+    attachments: usize,
+) -> String {
+    let mut out = String::with_capacity(data.map_or(0, str::len) + nsp.len() + 16);
+    out.push(kind.digit());
+    if matches!(kind, Kind::BinaryEvent | Kind::BinaryAck) {
+        out.push_str(&attachments.to_string());
+        out.push('-');
+    }
+    if nsp != "/" {
+        out.push_str(nsp);
+        out.push(',');
+    }
+    if let Some(id) = id {
+        out.push_str(&id.to_string());
+    }
+    if let Some(d) = data {
+        out.push_str(d);
+    }
+    out
+}
+
+/// Counts the `{"_placeholder":true,"num":n}` objects in `v`, checking each `num` is in range
+/// and used once.
+pub fn placeholders_ok(v: &Value, attachments: usize) -> bool {
+    fn walk(v: &Value, seen: &mut Vec<bool>) -> bool {
+        match v {
+            Value::Object(o) if o.get("_placeholder") == Some(&Value::Bool(true)) => {
+                match o.get("num").and_then(Value::as_u64) {
+                    Some(n) if (n as usize) < seen.len() && !seen[n as usize] => {
+                        seen[n as usize] = true;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Value::Object(o) => o.values().all(|x| walk(x, seen)),
+            Value::Array(a) => a.iter().all(|x| walk(x, seen)),
+            _ => true,
+        }
+    }
+    let mut seen = vec![false; attachments];
+    walk(v, &mut seen) && seen.iter().all(|s| *s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn parses_the_packet_forms() {
+        let p = parse("0").unwrap();
+        assert_eq!((p.kind, p.nsp.as_str(), p.data), (Kind::Connect, "/", None));
+        let p = parse(r#"0/custom,{"token":"abc"}"#).unwrap();
+        assert_eq!(
+            (p.nsp.as_str(), p.data),
+            ("/custom", Some(json!({"token": "abc"})))
+        );
+        let p = parse(r#"2456["message-with-ack",1]"#).unwrap();
+        assert_eq!((p.kind, p.id), (Kind::Event, Some(456)));
+        let p = parse(r#"52-789["m",{"_placeholder":true,"num":0},{"_placeholder":true,"num":1}]"#)
+            .unwrap();
+        assert_eq!(
+            (p.kind, p.attachments, p.id),
+            (Kind::BinaryEvent, 2, Some(789))
+        );
+        assert!(placeholders_ok(p.data.as_ref().unwrap(), 2));
+        assert!(!placeholders_ok(p.data.as_ref().unwrap(), 3));
+        let p = parse("1/custom,").unwrap();
+        assert_eq!((p.kind, p.nsp.as_str()), (Kind::Disconnect, "/custom"));
+        let p = parse("0/random").unwrap();
+        assert_eq!(p.nsp, "/random");
+    }
+
+    #[test]
+    fn refuses_malformed_packets() {
+        for bad in [
+            "",
+            "abc",
+            "2{}",
+            "2abc[\"x\"]",
+            "2[]",
+            "2[1]",
+            "3[1]",
+            "5[\"x\"]",
+            "599-[\"x\"]",
+            "1{}",
+            "0[1]",
+        ] {
+            assert!(parse(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    #[test]
+    fn encodes_with_namespace_and_id() {
+        assert_eq!(encode(Kind::Ack, "/", Some(3), Some("[1]"), 0), "33[1]");
+        assert_eq!(
+            encode(Kind::Event, "/custom", None, Some(r#"["a"]"#), 0),
+            r#"2/custom,["a"]"#
+        );
+        assert_eq!(
+            encode(Kind::BinaryAck, "/", Some(9), Some("[]"), 2),
+            "62-9[]"
+        );
+        assert_eq!(
+            encode(
+                Kind::ConnectError,
+                "/random",
+                None,
+                Some(r#"{"message":"Invalid namespace"}"#),
+                0
+            ),
+            r#"4/random,{"message":"Invalid namespace"}"#
+        );
+    }
+}

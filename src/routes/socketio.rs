@@ -1,0 +1,429 @@
+//! `/socket.io/` (and, in conformance mode, `/engine.io/`): the Engine.IO v4 HTTP and
+//! WebSocket endpoints. These handlers only check the request and hand it to the session's
+//! actor; everything stateful is in `actors::engine`.
+
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use actix::AsyncContext;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use futures_util::{Stream, StreamExt};
+
+use crate::actors::engine::{
+    BeginPoll, EndPoll, EngineConfig, EngineSession, PollRefused, PostPackets, Upgrade,
+    UpgradeSwitch, WsFrame,
+};
+use crate::protocol::engineio::{self, Queued};
+use crate::state::AppState;
+use crate::transport::outbox::{Frame, Outbox, OutboxStream, Taken};
+use crate::transport::ws;
+
+/// The Engine.IO error answers (`{"code", "message"}` with the codes of the reference server).
+fn engine_error(
+    status: StatusCode,
+    code: u8,
+    message: &str,
+    cors: Option<&HeaderValue>,
+) -> HttpResponse {
+    let mut res = HttpResponse::build(status);
+    add_cors(&mut res, cors);
+    res.json(serde_json::json!({ "code": code, "message": message }))
+}
+
+fn unknown_transport(cors: Option<&HeaderValue>) -> HttpResponse {
+    engine_error(StatusCode::BAD_REQUEST, 0, "Transport unknown", cors)
+}
+fn unknown_sid(cors: Option<&HeaderValue>) -> HttpResponse {
+    engine_error(StatusCode::BAD_REQUEST, 1, "Session ID unknown", cors)
+}
+fn bad_handshake_method(cors: Option<&HeaderValue>) -> HttpResponse {
+    engine_error(StatusCode::BAD_REQUEST, 2, "Bad handshake method", cors)
+}
+fn bad_request(cors: Option<&HeaderValue>) -> HttpResponse {
+    engine_error(StatusCode::BAD_REQUEST, 3, "Bad request", cors)
+}
+fn forbidden() -> HttpResponse {
+    engine_error(StatusCode::FORBIDDEN, 4, "Forbidden", None)
+}
+fn unsupported_version(cors: Option<&HeaderValue>) -> HttpResponse {
+    engine_error(
+        StatusCode::BAD_REQUEST,
+        5,
+        "Unsupported protocol version",
+        cors,
+    )
+}
+
+fn add_cors(res: &mut HttpResponseBuilder, origin: Option<&HeaderValue>) {
+    if let Some(o) = origin {
+        res.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone()))
+            .insert_header((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true"))
+            .insert_header((header::VARY, "Origin"));
+    }
+}
+
+/// `Ok(Some(origin))` to echo in CORS headers, `Ok(None)` without an Origin header, `Err` when
+/// the origin is not allowed.
+pub fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<Option<HeaderValue>, ()> {
+    let Some(origin) = req.headers().get(header::ORIGIN) else {
+        return Ok(None);
+    };
+    if allowed.is_empty() {
+        return Ok(Some(origin.clone()));
+    }
+    let o = origin.to_str().map_err(|_| ())?;
+    if allowed.iter().any(|a| a == o) {
+        Ok(Some(origin.clone()))
+    } else {
+        Err(())
+    }
+}
+
+struct Query<'a> {
+    eio: Option<&'a str>,
+    transport: Option<&'a str>,
+    sid: Option<&'a str>,
+}
+
+fn query(qs: &str) -> Query<'_> {
+    let mut q = Query {
+        eio: None,
+        transport: None,
+        sid: None,
+    };
+    for pair in qs.split('&') {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "EIO" => q.eio = Some(v),
+            "transport" => q.transport = Some(v),
+            "sid" => q.sid = Some(v),
+            _ => {}
+        }
+    }
+    q
+}
+
+/// The Switchyard endpoint at `/socket.io/` (the Socket.IO fixture in conformance mode).
+pub async fn socket_io(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    let config = state.socketio.clone();
+    endpoint(req, payload, state, config).await
+}
+
+/// The Engine.IO echo at `/engine.io/` (conformance mode only).
+pub async fn engine_io(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+) -> HttpResponse {
+    match state.engineio_echo.clone() {
+        Some(config) => endpoint(req, payload, state, config).await,
+        None => HttpResponse::NotFound().finish(),
+    }
+}
+
+async fn endpoint(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    config: Arc<EngineConfig>,
+) -> HttpResponse {
+    let cors = match check_origin(&req, &state.settings.allowed_origins) {
+        Ok(c) => c,
+        Err(()) => {
+            state.metrics.refused(crate::error::ErrorCode::Forbidden);
+            return forbidden();
+        }
+    };
+    let cors = cors.as_ref();
+    if req.method() == Method::OPTIONS {
+        let mut res = HttpResponse::NoContent();
+        add_cors(&mut res, cors);
+        return res
+            .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"))
+            .insert_header((
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "content-type, authorization",
+            ))
+            .finish();
+    }
+    let q = query(req.query_string());
+    match q.eio {
+        Some("4") => {}
+        _ => return unsupported_version(cors),
+    }
+    let sid = q.sid.map(str::to_string);
+    match q.transport {
+        Some("polling") => polling(req, payload, state, config, sid, cors).await,
+        Some("websocket") => websocket(req, payload, state, config, sid, cors).await,
+        _ => unknown_transport(cors),
+    }
+}
+
+fn header_identity(
+    req: &HttpRequest,
+    state: &AppState,
+) -> Result<Option<crate::auth::Identity>, ()> {
+    let h = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|h| h.to_str().unwrap_or(""));
+    state.auth.from_header(h).map_err(|_| ())
+}
+
+fn new_sid() -> String {
+    use base64::Engine as _;
+    let raw: [u8; 15] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+async fn polling(
+    req: HttpRequest,
+    mut payload: web::Payload,
+    state: web::Data<AppState>,
+    config: Arc<EngineConfig>,
+    sid: Option<String>,
+    cors: Option<&HeaderValue>,
+) -> HttpResponse {
+    let text = |body: bytes::Bytes| {
+        let mut res = HttpResponse::Ok();
+        add_cors(&mut res, cors);
+        res.content_type("text/plain; charset=UTF-8").body(body)
+    };
+    let Some(sid) = sid else {
+        // Handshake.
+        if req.method() != Method::GET {
+            return bad_handshake_method(cors);
+        }
+        let Ok(identity) = header_identity(&req, &state) else {
+            return engine_error(StatusCode::UNAUTHORIZED, 4, "Forbidden", cors);
+        };
+        let sid = new_sid();
+        let settings = &state.settings;
+        let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
+        let open = EngineSession::open_packet(&sid, &config, false);
+        EngineSession::new(
+            sid,
+            outbox,
+            false,
+            config,
+            state.clone().into_inner(),
+            state.engines.clone(),
+            identity,
+        )
+        .launch(|_| {});
+        return text(bytes::Bytes::from(open));
+    };
+    let Some(session) = state.engines.get(&sid) else {
+        return unknown_sid(cors);
+    };
+    match *req.method() {
+        Method::GET => {
+            let outbox = match session.send(BeginPoll).await {
+                Ok(Ok(outbox)) => outbox,
+                Ok(Err(PollRefused::Duplicate)) | Ok(Err(PollRefused::NotPolling)) | Err(_) => {
+                    return bad_request(cors)
+                }
+            };
+            let taken = futures_util::future::poll_fn(|cx| outbox.poll_take(cx)).await;
+            session.do_send(EndPoll);
+            let body = match taken {
+                Taken::Frames(frames) => engineio::encode_payload(
+                    &frames
+                        .into_iter()
+                        .map(|f| match f {
+                            Frame::Text(t) => Queued::Text(t),
+                            Frame::Binary(b) => Queued::Binary(b),
+                        })
+                        .collect::<Vec<_>>(),
+                ),
+                Taken::Released => bytes::Bytes::from_static(b"6"),
+                Taken::Closed => bytes::Bytes::from_static(b"1"),
+                Taken::Refused => {
+                    // This poll raced its own client's upgrade, whose `3probe` is being written
+                    // on the WebSocket right now; answering a moment later keeps that frame
+                    // first, as a client reading both connections expects.
+                    actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
+                    return bad_request(cors);
+                }
+            };
+            text(body)
+        }
+        Method::POST => {
+            let limit = config.max_payload;
+            let mut body = bytes::BytesMut::new();
+            while let Some(chunk) = payload.next().await {
+                let Ok(chunk) = chunk else {
+                    return bad_request(cors);
+                };
+                if body.len() + chunk.len() > limit {
+                    state
+                        .metrics
+                        .refused(crate::error::ErrorCode::PayloadTooLarge);
+                    return engine_error(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        3,
+                        "Payload too large",
+                        cors,
+                    );
+                }
+                body.extend_from_slice(&chunk);
+            }
+            let packets = match engineio::decode_payload(&body) {
+                Ok(p) => p,
+                Err(_) => {
+                    // A broken payload ends the session.
+                    let _ = session
+                        .send(PostPackets(vec![engineio::Packet::Open(String::new())]))
+                        .await;
+                    return bad_request(cors);
+                }
+            };
+            match session.send(PostPackets(packets)).await {
+                Ok(Ok(())) => text(bytes::Bytes::from_static(b"ok")),
+                _ => bad_request(cors),
+            }
+        }
+        _ => bad_request(cors),
+    }
+}
+
+async fn websocket(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    config: Arc<EngineConfig>,
+    sid: Option<String>,
+    cors: Option<&HeaderValue>,
+) -> HttpResponse {
+    let settings = &state.settings;
+    match sid {
+        None => {
+            let Ok(identity) = header_identity(&req, &state) else {
+                return engine_error(StatusCode::UNAUTHORIZED, 4, "Forbidden", cors);
+            };
+            let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
+            let (response, reader) =
+                match ws::upgrade(&req, payload, outbox.clone(), config.max_payload) {
+                    Ok(ok) => ok,
+                    Err(_) => return bad_request(cors),
+                };
+            let session = EngineSession::new(
+                new_sid(),
+                outbox,
+                true,
+                config,
+                state.clone().into_inner(),
+                state.engines.clone(),
+                identity,
+            );
+            session.launch(move |ctx| {
+                ctx.add_stream(reader);
+            });
+            response
+        }
+        Some(sid) => {
+            let Some(session) = state.engines.get(&sid) else {
+                return unknown_sid(cors);
+            };
+            if actix_http::ws::verify_handshake(req.head()).is_err() {
+                return bad_request(cors);
+            }
+            let probe = Outbox::new(16, 64 * 1024);
+            let switch = Arc::new(UpgradeSwitch::default());
+            // The upgrade is decided before the 101 goes out: a second one is refused.
+            let main = match session
+                .send(Upgrade {
+                    probe: probe.clone(),
+                    switch: switch.clone(),
+                })
+                .await
+            {
+                Ok(Ok(main)) => main,
+                // Already upgraded (or upgrading): like the reference server, accept the
+                // WebSocket and close it at once; the session carries on undisturbed.
+                _ => {
+                    let refused = Outbox::new(1, 1024);
+                    refused.close(
+                        actix_http::ws::CloseCode::Policy,
+                        "session already upgraded",
+                    );
+                    return match ws::upgrade(&req, payload, refused, 1024) {
+                        Ok((response, _reader)) => response,
+                        Err(_) => bad_request(cors),
+                    };
+                }
+            };
+            let (response, mut reader) = match ws::upgrade_with(
+                &req,
+                payload,
+                UpgradeStream::new(probe, main, switch),
+                config.max_payload,
+            ) {
+                Ok(ok) => ok,
+                Err(_) => return bad_request(cors),
+            };
+            // The reader is tied to this request's thread; forward its messages.
+            actix_web::rt::spawn(async move {
+                while let Some(item) = reader.next().await {
+                    if session.try_send(WsFrame(Some(item))).is_err() {
+                        return;
+                    }
+                }
+                let _ = session.try_send(WsFrame(None));
+            });
+            response
+        }
+    }
+}
+
+/// The body of an upgrading WebSocket: the probe's own queue until the upgrade completes, then
+/// the session's main outbox.
+pub struct UpgradeStream {
+    probe: OutboxStream,
+    main: Arc<Outbox>,
+    main_stream: Option<OutboxStream>,
+    switch: Arc<UpgradeSwitch>,
+}
+
+impl UpgradeStream {
+    fn new(probe: Arc<Outbox>, main: Arc<Outbox>, switch: Arc<UpgradeSwitch>) -> Self {
+        Self {
+            probe: OutboxStream::new(probe),
+            main,
+            main_stream: None,
+            switch,
+        }
+    }
+}
+
+impl Stream for UpgradeStream {
+    type Item = Result<bytes::Bytes, actix_web::Error>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.main_stream.is_none() {
+            // Drain the probe first (it holds `3probe`), whether or not the switch happened.
+            match Pin::new(&mut this.probe).poll_next(cx) {
+                Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => {}
+            }
+            if !this.switch.switched.load(Ordering::Acquire) {
+                return Poll::Pending;
+            }
+            this.main_stream = Some(OutboxStream::new(this.main.clone()));
+        }
+        match this.main_stream.as_mut() {
+            Some(s) => Pin::new(s).poll_next(cx),
+            None => Poll::Ready(None),
+        }
+    }
+}
