@@ -801,6 +801,12 @@
     /** Ids shown, newest first (UUIDv7 ids sort by creation time). */
     let order = [];
     let nextBefore = null;
+    /**
+     * The oldest id of the pages loaded so far ('' once the last page is in, null before the
+     * first): a live operation older than it shows up when paging instead.
+     */
+    let floor = null;
+    let firstLoaded = false;
     let generation = 0;
     const kinds = new Set(['demo']);
 
@@ -888,8 +894,7 @@
         if (r && !matches(op)) { remove(id); pendingIds.delete(id); continue; }
         if (r) { update(r, op); pendingIds.delete(id); continue; }
         if (!matches(op)) { pendingIds.delete(id); continue; }
-        // Older than what is loaded while more pages exist: it shows up when paging.
-        if (nextBefore && order.length && id < order[order.length - 1]) { pendingIds.delete(id); continue; }
+        if (floor && id < floor) { pendingIds.delete(id); continue; }
         if (budget-- <= 0) break;
         const nr = row(op);
         update(nr, op);
@@ -905,6 +910,7 @@
       if (order.length > CONFIG.opsMaxRows) {
         for (const id of order.slice(CONFIG.opsMaxRows)) remove(id);
         nextBefore = order[order.length - 1];
+        floor = nextBefore;
       }
       showSummary();
       if (pendingIds.size) {
@@ -931,6 +937,9 @@
     }
 
     function take(page, live) {
+      const oldest = page.operations.length ? page.operations[page.operations.length - 1].id : null;
+      if (!nextBefore) floor = '';
+      else if (oldest && (floor === null || (floor && oldest < floor))) floor = oldest;
       for (const op of page.operations) {
         addKind(op.kind);
         store.put(op, { live });
@@ -943,7 +952,8 @@
       const page = await api(query(null));
       if (gen !== generation) return;
       // Only the first load decides paging; a refresh keeps what was paged in.
-      if (!order.length && !pendingIds.size) nextBefore = page.next_before;
+      if (!firstLoaded) nextBefore = page.next_before;
+      firstLoaded = true;
       take(page, live);
       showSummary();
     }
@@ -979,6 +989,8 @@
       order = [];
       pendingIds.clear();
       nextBefore = null;
+      floor = null;
+      firstLoaded = false;
       summary.textContent = 'Loading…';
       loadFirst(false).catch((e) => toast('error', 'Could not load operations', e.message));
     }
@@ -1217,8 +1229,11 @@
         const range = document.createRange();
         range.setStartBefore(this.box.firstElementChild);
         range.setEndBefore(this.box.children[excess]);
+        // Not following: keep the line being read where it is as older lines leave.
+        const removed = this.follow ? 0 : range.getBoundingClientRect().height;
         range.deleteContents();
         this.count -= excess;
+        if (removed) this.box.scrollTop -= removed;
       }
       this.first = Number(this.box.firstElementChild.dataset.offset);
       if (this.follow) this.box.scrollTop = this.box.scrollHeight;
@@ -1434,7 +1449,7 @@
       const what = el('div', { class: 'what' },
         el('span', { class: 'actor' }, a.actor), ' ', a.verb,
         a.object ? ' ' : null, a.object ? el('span', { class: 'object' }, a.object) : null,
-        a.project ? el('span', { class: 'tag' }, `project ${a.project}`) : null);
+        a.project ? ' ' : null, a.project ? el('span', { class: 'tag' }, `project ${a.project}`) : null);
       let data = null;
       if (a.data !== null && a.data !== undefined) {
         const text = JSON.stringify(a.data);

@@ -1,0 +1,235 @@
+//! The dashboard: its pages and assets over HTTP, and the whole thing end to end in headless
+//! Chromium.
+//!
+//! The browser tests live in `tests/browser/` (Node's test runner, `playwright-core` driving
+//! Debian's `chromium`). This file starts the servers they use and runs them, so `cargo test`
+//! runs them too; `.ci/run` installs chromium and the Node packages. Missing tools fail the test
+//! (they never skip it) with a message saying so.
+//!
+//! `SWITCHYARD_SCREENSHOTS=docs/screenshots cargo test --test api dashboard` refreshes the
+//! screenshots shown in the README.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::helpers::{spawn_app, spawn_app_with, token, Backend, SECRET};
+
+/// Everything the browser run may take before the test fails.
+const BROWSER_RUN_LIMIT: Duration = Duration::from_secs(300);
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn chromium() -> PathBuf {
+    std::env::var_os("SWITCHYARD_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
+}
+
+/// Fails (never skips) when a tool the browser tests need is missing.
+fn require_browser_tools() -> PathBuf {
+    let dir = repo_root().join("tests/browser");
+    assert!(
+        dir.join("node_modules/playwright-core/package.json")
+            .is_file(),
+        "the browser tests need their Node packages in tests/browser/node_modules: \
+         run .ci/run (or `npm ci --prefix tests/browser`)"
+    );
+    assert!(
+        chromium().is_file(),
+        "the browser tests need Chromium at {}: run .ci/run (it installs Debian's `chromium`), \
+         or set SWITCHYARD_CHROMIUM",
+        chromium().display()
+    );
+    let node = std::process::Command::new("node").arg("--version").output();
+    assert!(
+        node.is_ok_and(|o| o.status.success()),
+        "the browser tests need Node.js (`node`) on the PATH: run .ci/run"
+    );
+    dir
+}
+
+/// A kinds file with an external kind the big-data tests can fill at will.
+fn perf_kinds(dir: &Path) -> PathBuf {
+    let file = dir.join("kinds.toml");
+    std::fs::write(
+        &file,
+        "[kinds.import]\nrunner = \"external\"\nstall_timeout_secs = 3600\n",
+    )
+    .expect("write kinds file");
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_works_in_headless_chromium() {
+    let dir = require_browser_tools();
+    let kinds_dir = tempfile::tempdir().expect("temp dir");
+    let kinds = perf_kinds(kinds_dir.path());
+
+    let open = spawn_app().await;
+    let perf = spawn_app_with(Backend::Sqlite, move |s| {
+        s.operations_file = Some(kinds);
+    })
+    .await;
+    let secured = spawn_app_with(Backend::Sqlite, |s| {
+        s.jwt_secret = Some(SECRET.to_string());
+    })
+    .await;
+    let admin = token("admin", &[], &[], Some("admin"));
+
+    let mut cmd = tokio::process::Command::new("node");
+    cmd.args([
+        "--test",
+        "--test-concurrency=1",
+        "--test-reporter=spec",
+        "dashboard.test.mjs",
+        "perf.test.mjs",
+        "auth.test.mjs",
+    ])
+    .current_dir(&dir)
+    .env("SY_URL", open.url(""))
+    .env("SY_PERF_URL", perf.url(""))
+    .env("SY_AUTH_URL", secured.url(""))
+    .env("SY_AUTH_TOKEN", &admin)
+    .env("SY_CHROMIUM", chromium())
+    .kill_on_drop(true);
+    if let Some(shots) = std::env::var_os("SWITCHYARD_SCREENSHOTS") {
+        // Relative to the repository, wherever Node runs.
+        cmd.env("SWITCHYARD_SCREENSHOTS", repo_root().join(shots));
+    }
+
+    let started = Instant::now();
+    let out = tokio::time::timeout(BROWSER_RUN_LIMIT, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("the browser tests did not finish in {BROWSER_RUN_LIMIT:?}"))
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "browser tests ran in {:.1} s\n{stdout}\n{stderr}",
+        started.elapsed().as_secs_f64()
+    );
+    assert!(
+        out.status.success(),
+        "the browser tests failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    // A run that ran nothing must not pass.
+    assert!(
+        stdout.contains("pass ") && stdout.contains("fail 0"),
+        "the browser tests reported no results:\n{stdout}"
+    );
+}
+
+// ---- the pages and assets over plain HTTP ---------------------------------------------------
+
+async fn get(url: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut req = reqwest::Client::new().get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.expect("GET")
+}
+
+fn header<'a>(res: &'a reqwest::Response, name: &str) -> &'a str {
+    res.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}
+
+#[tokio::test]
+async fn every_page_is_html_with_a_strict_policy_and_revalidated() {
+    let app = spawn_app().await;
+    let pages = [
+        ("/", "overview"),
+        ("/operations", "operations"),
+        (
+            "/operations/019a8f2e-5c1d-7e44-a1b2-3c4d5e6f7a8b",
+            "operation",
+        ),
+        ("/activity", "activity"),
+        ("/rooms", "rooms"),
+    ];
+    for (path, name) in pages {
+        let res = get(&app.url(path), &[]).await;
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(header(&res, "content-type"), "text/html; charset=utf-8");
+        assert_eq!(header(&res, "cache-control"), "no-cache");
+        assert!(header(&res, "content-security-policy").contains("script-src 'self'"));
+        let etag = header(&res, "etag").to_string();
+        let body = res.text().await.expect("body");
+        assert!(body.contains(&format!("data-page=\"{name}\"")), "{path}");
+        assert!(body.contains("data-auth=\"open\""), "{path}");
+        // Unchanged: 304 without a body.
+        let again = get(&app.url(path), &[("if-none-match", &etag)]).await;
+        assert_eq!(again.status(), 304, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn pages_tell_the_client_when_a_token_is_needed_and_need_none_themselves() {
+    let app = spawn_app_with(Backend::Sqlite, |s| s.jwt_secret = Some(SECRET.into())).await;
+    let res = get(&app.url("/operations"), &[]).await;
+    assert_eq!(res.status(), 200);
+    assert!(res
+        .text()
+        .await
+        .expect("body")
+        .contains("data-auth=\"required\""));
+    // The data behind it still needs the token.
+    let (status, _) = app.get("/api/operations").await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn assets_linked_with_their_hash_are_immutable_and_others_revalidate() {
+    let app = spawn_app().await;
+    let page = get(&app.url("/"), &[]).await.text().await.expect("body");
+    let start = page
+        .find("/assets/switchyard.js?v=")
+        .expect("the page links the script with its hash");
+    let link = &page[start..];
+    let link = &link[..link.find('"').expect("end of the link")];
+
+    let res = get(&app.url(link), &[]).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        header(&res, "content-type"),
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(
+        header(&res, "cache-control"),
+        "public, max-age=31536000, immutable"
+    );
+    let etag = header(&res, "etag").to_string();
+    assert!(res.text().await.expect("body").contains("class Connection"));
+
+    let unversioned = get(&app.url("/assets/switchyard.js"), &[]).await;
+    assert_eq!(header(&unversioned, "cache-control"), "no-cache");
+    let stale = get(&app.url("/assets/switchyard.js?v=old"), &[]).await;
+    assert_eq!(header(&stale, "cache-control"), "no-cache");
+    let revalidated = get(
+        &app.url("/assets/switchyard.js"),
+        &[("if-none-match", &etag)],
+    )
+    .await;
+    assert_eq!(revalidated.status(), 304);
+
+    let css = get(&app.url("/assets/switchyard.css"), &[]).await;
+    assert_eq!(header(&css, "content-type"), "text/css; charset=utf-8");
+    let icon = get(&app.url("/assets/favicon.svg"), &[]).await;
+    assert_eq!(header(&icon, "content-type"), "image/svg+xml");
+}
+
+#[tokio::test]
+async fn unknown_assets_and_implausible_operation_ids_are_not_found() {
+    let app = spawn_app().await;
+    let (status, body) = app.get("/assets/secrets.txt").await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let (status, body) = app.get("/assets/..%2Fsrc%2Fmain.rs").await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+    let (status, _) = app.get("/operations/not%20an%20id").await;
+    assert_eq!(status, 404);
+}
