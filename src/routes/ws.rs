@@ -14,6 +14,11 @@ pub async fn connect(
     payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
+    // Browsers send their page's origin: only allowed ones may open a socket (empty list: any).
+    if super::socketio::check_origin(&req, &state.settings.allowed_origins).is_err() {
+        state.metrics.refused(ErrorCode::Forbidden);
+        return Err(AppError::new(ErrorCode::Forbidden, "origin not allowed"));
+    }
     // A token in the header is checked before the upgrade: a bad one gets a plain 401.
     let header = req
         .headers()

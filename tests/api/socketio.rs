@@ -1,0 +1,162 @@
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+/// Runs the socket.io-client@4 suite (tests/js) against two real servers.
+#[tokio::test]
+async fn socket_io_client_v4_works_against_switchyard() {
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        js.join("node_modules/socket.io-client").is_dir(),
+        "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (.ci/run does)"
+    );
+    let open = spawn_app_with(Backend::Sqlite, |s| {
+        s.sio_max_payload = 100_000;
+        s.sio_namespaces = vec!["/admin".into()];
+        s.workers = 2;
+    })
+    .await;
+    let secure = spawn_app_with(Backend::Sqlite, |s| s.jwt_secret = Some(SECRET.into())).await;
+    let run = tokio::process::Command::new("node")
+        .args(["--test", "--test-reporter=spec", "socketio.test.mjs"])
+        .current_dir(&js)
+        .env("SY_URL", format!("http://127.0.0.1:{}", open.port))
+        .env("SY_SECURE_URL", format!("http://127.0.0.1:{}", secure.port))
+        .env("SY_SECRET", SECRET)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the node suite finished in time")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "socket.io-client suite failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("fail 0"), "{stdout}");
+}
+
+async fn get(app: &TestApp, query: &str) -> (u16, String) {
+    let res = app
+        .http
+        .get(app.url(&format!("/socket.io/?{query}")))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
+}
+
+fn code(body: &str) -> i64 {
+    serde_json::from_str::<Value>(body).unwrap()["code"]
+        .as_i64()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn engine_io_refusals_use_the_reference_codes() {
+    let app = spawn_app().await;
+    let (s, b) = get(&app, "EIO=4&transport=carrier-pigeon").await;
+    assert_eq!((s, code(&b)), (400, 0));
+    let (s, b) = get(&app, "EIO=4&transport=polling&sid=nope").await;
+    assert_eq!((s, code(&b)), (400, 1));
+    let res = app
+        .http
+        .put(app.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    assert_eq!(code(&res.text().await.unwrap()), 2);
+    let (s, b) = get(&app, "EIO=3&transport=polling").await;
+    assert_eq!((s, code(&b)), (400, 5));
+
+    // A real session: open packet, then a POST over maxPayload is 413 and a bad one 400.
+    let (s, open) = get(&app, "EIO=4&transport=polling").await;
+    assert_eq!(s, 200);
+    let hs: Value = serde_json::from_str(&open[1..]).unwrap();
+    assert_eq!(hs["upgrades"], serde_json::json!(["websocket"]));
+    assert_eq!(hs["maxPayload"], 1_000_000);
+    let sid = hs["sid"].as_str().unwrap();
+    let url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    let res = app
+        .http
+        .post(&url)
+        .body("4".repeat(1_000_001))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 413);
+    let res = app.http.post(&url).body("40").send().await.unwrap();
+    assert_eq!(
+        (res.status().as_u16(), res.text().await.unwrap()),
+        (200, "ok".to_string())
+    );
+    let res = app.http.post(&url).body("zzz").send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    let (s, _) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    assert_eq!(s, 400, "the session ended with the malformed packet");
+}
+
+#[tokio::test]
+async fn origins_are_checked_and_cors_is_answered() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let res = app
+        .http
+        .get(app.url("/socket.io/?EIO=4&transport=polling"))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    assert_eq!(res.headers()["access-control-allow-credentials"], "true");
+    let res = app
+        .http
+        .get(app.url("/socket.io/?EIO=4&transport=polling"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(code(&res.text().await.unwrap()), 4);
+    let pre = app
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            app.url("/socket.io/?EIO=4&transport=polling"),
+        )
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(pre.status(), 204);
+    assert!(pre.headers()["access-control-allow-methods"]
+        .to_str()
+        .unwrap()
+        .contains("POST"));
+
+    // WebSocket upgrades from a foreign origin are refused too, on both endpoints.
+    for path in ["/socket.io/?EIO=4&transport=websocket", "/ws"] {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("ws://127.0.0.1:{}{path}", app.port)
+            .into_client_request()
+            .unwrap();
+        req.headers_mut()
+            .insert("origin", "https://evil.example".parse().unwrap());
+        let err = tokio_tungstenite::connect_async(req)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().contains("403"), "{path}: {err}");
+    }
+}
