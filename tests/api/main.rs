@@ -11,3 +11,4 @@ mod protocol;
 mod resume;
 mod rooms;
 mod shutdown;
+mod socketio;
