@@ -132,6 +132,11 @@ pub enum PollRefused {
 #[rtype(result = "()")]
 pub struct EndPoll;
 
+/// A long-polling POST begins (`Err`: another is in flight, which ends the session).
+#[derive(Message)]
+#[rtype(result = "Result<(), ()>")]
+pub struct BeginPost;
+
 /// A long-polling POST's packets. `Err` closes the session (the request gets 400).
 #[derive(Message)]
 #[rtype(result = "Result<(), ()>")]
@@ -169,6 +174,8 @@ pub struct EngineSession {
     /// timer happened to fire).
     next_ping: std::time::Instant,
     polling: bool,
+    /// A POST is being read or applied.
+    posting: bool,
     /// The waiting GET arrived mid-upgrade before the probe: the upgrade's outcome decides it.
     held_poll: bool,
     sockets: HashMap<Arc<str>, Socket>,
@@ -211,6 +218,7 @@ impl EngineSession {
             pong_timer: None,
             next_ping: std::time::Instant::now() + first_ping,
             polling: false,
+            posting: false,
             held_poll: false,
             sockets: HashMap::new(),
             socket_ids: HashMap::new(),
@@ -729,10 +737,24 @@ impl Handler<EndPoll> for EngineSession {
     }
 }
 
+impl Handler<BeginPost> for EngineSession {
+    type Result = Result<(), ()>;
+
+    fn handle(&mut self, _: BeginPost, ctx: &mut Context<Self>) -> Self::Result {
+        if self.posting {
+            self.close(ctx, false, CloseCode::Policy, "overlapping POST requests");
+            return Err(());
+        }
+        self.posting = true;
+        Ok(())
+    }
+}
+
 impl Handler<PostPackets> for EngineSession {
     type Result = Result<(), ()>;
 
     fn handle(&mut self, msg: PostPackets, ctx: &mut Context<Self>) -> Self::Result {
+        self.posting = false;
         if self.expired(ctx) {
             return Err(());
         }
@@ -804,6 +826,11 @@ impl Handler<SocketEnded> for EngineSession {
     fn handle(&mut self, msg: SocketEnded, ctx: &mut Context<Self>) {
         if let Some(nsp) = self.socket_ids.remove(&msg.session) {
             self.sockets.remove(&nsp);
+            if msg.code == CloseCode::Policy {
+                // Closed for misbehaving: a DISCONNECT tells the client not to reconnect
+                // straight back into the same refusal (`io server disconnect`).
+                self.push_text(sio::packet(Kind::Disconnect, &nsp, None, None, 0));
+            }
         }
         // A socket ends itself only for reasons that concern the whole connection (error
         // flood, slow consumer, shutdown).

@@ -14,7 +14,7 @@ use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use futures_util::{Stream, StreamExt};
 
 use crate::actors::engine::{
-    BeginPoll, EndPoll, EngineConfig, EngineSession, PollRefused, PostPackets, Upgrade,
+    BeginPoll, BeginPost, EndPoll, EngineConfig, EngineSession, PollRefused, PostPackets, Upgrade,
     UpgradeSwitch, WsFrame,
 };
 use crate::protocol::engineio::{self, Queued};
@@ -66,20 +66,26 @@ fn add_cors(res: &mut HttpResponseBuilder, origin: Option<&HeaderValue>) {
     }
 }
 
-/// `Ok(Some(origin))` to echo in CORS headers, `Ok(None)` without an Origin header, `Err` when
-/// the origin is not allowed.
-pub fn check_origin(req: &HttpRequest, allowed: &[String]) -> Result<Option<HeaderValue>, ()> {
+/// An `Origin` header that is not on the allow-list.
+#[derive(Debug)]
+pub struct OriginRefused;
+
+/// `Ok(Some(origin))` to echo in CORS headers, `Ok(None)` without an Origin header.
+pub fn check_origin(
+    req: &HttpRequest,
+    allowed: &[String],
+) -> Result<Option<HeaderValue>, OriginRefused> {
     let Some(origin) = req.headers().get(header::ORIGIN) else {
         return Ok(None);
     };
     if allowed.is_empty() {
         return Ok(Some(origin.clone()));
     }
-    let o = origin.to_str().map_err(|_| ())?;
+    let o = origin.to_str().map_err(|_| OriginRefused)?;
     if allowed.iter().any(|a| a == o) {
         Ok(Some(origin.clone()))
     } else {
-        Err(())
+        Err(OriginRefused)
     }
 }
 
@@ -137,7 +143,7 @@ async fn endpoint(
 ) -> HttpResponse {
     let cors = match check_origin(&req, &state.settings.allowed_origins) {
         Ok(c) => c,
-        Err(()) => {
+        Err(OriginRefused) => {
             state.metrics.refused(crate::error::ErrorCode::Forbidden);
             return forbidden();
         }
@@ -257,13 +263,19 @@ async fn polling(
             text(body)
         }
         Method::POST => {
+            if !matches!(session.send(BeginPost).await, Ok(Ok(()))) {
+                return bad_request(cors);
+            }
             let limit = config.max_payload;
             let mut body = bytes::BytesMut::new();
             while let Some(chunk) = payload.next().await {
                 let Ok(chunk) = chunk else {
+                    session.do_send(PostPackets(Vec::new()));
                     return bad_request(cors);
                 };
                 if body.len() + chunk.len() > limit {
+                    // Frees the POST slot; the session itself carries on.
+                    session.do_send(PostPackets(Vec::new()));
                     state
                         .metrics
                         .refused(crate::error::ErrorCode::PayloadTooLarge);

@@ -1,5 +1,7 @@
 use std::time::Duration;
 
+use futures_util::StreamExt;
+
 use serde_json::Value;
 
 use crate::helpers::*;
@@ -159,4 +161,47 @@ async fn origins_are_checked_and_cors_is_answered() {
             .expect_err("refused");
         assert!(err.to_string().contains("403"), "{path}: {err}");
     }
+}
+
+#[tokio::test]
+async fn overlapping_polling_posts_end_the_session() {
+    let app = spawn_app().await;
+    let (_, open) = get(&app, "EIO=4&transport=polling").await;
+    let hs: Value = serde_json::from_str(&open[1..]).unwrap();
+    let sid = hs["sid"].as_str().unwrap().to_string();
+    let url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    // The first POST's body stays open until we say so.
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let body = futures_util::stream::once(async {
+        Ok::<_, std::io::Error>(bytes::Bytes::from_static(b"40"))
+    })
+    .chain(futures_util::stream::once(async move {
+        let _ = rx.await;
+        Ok(bytes::Bytes::new())
+    }));
+    let first = {
+        let http = app.http.clone();
+        let url = url.clone();
+        tokio::spawn(async move {
+            http.post(url)
+                .body(reqwest::Body::wrap_stream(body))
+                .send()
+                .await
+        })
+    };
+    // The second POST finds the first in flight.
+    let mut second_status = 0;
+    for _ in 0..200 {
+        let res = app.http.post(&url).body("40").send().await.unwrap();
+        second_status = res.status().as_u16();
+        if second_status == 400 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(second_status, 400, "an overlapping POST is refused");
+    let _ = tx.send(());
+    let _ = first.await;
+    let (s, _) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    assert_eq!(s, 400, "and the session is gone");
 }

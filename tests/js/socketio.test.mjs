@@ -320,3 +320,12 @@ test("a socket.io client starts an operation and watches it to its terminal even
     socket.close();
   }
 });
+
+test("a socket that floods the server with refused requests is disconnected for good", async () => {
+  const socket = await connected(connect({ auth: { user: "noisy" } }));
+  const gone = once(socket, "disconnect");
+  for (let i = 0; i < 30; i++) socket.emit("publish", { room: "bad room", event: "e" });
+  const [reason] = await gone;
+  assert.equal(reason, "io server disconnect", "no automatic reconnection into the same refusal");
+  socket.close();
+});
