@@ -23,7 +23,9 @@
     pollMs: 3000,
     pingMs: 15000,
     silenceMs: 40000,
-    logTailLines: 1000,
+    // Lines backfilled over the socket on first look; kept well under the server's per-session
+    // queue (1,024 messages) so a long log never gets the page evicted as a slow consumer.
+    logTailLines: 500,
     logMaxLines: 5000,
     logPageLines: 1000,
     opsPageSize: 200,
@@ -276,8 +278,9 @@
 
     /**
      * Keeps `room` joined. handlers: event(name, data, frame), joined(frame, info), reset(),
-     * presence(frame), error(frame). `logOffset` (a function) makes it an operation room joined
-     * with `log_offset` instead of `since`.
+     * presence(frame), error(frame). `logOffset({behind})` (may be async) makes it an operation
+     * room joined with `log_offset` instead of `since`; `behind` says the server dropped us as a
+     * slow consumer, so the missed lines are better paged over REST than backfilled.
      */
     subscribe(room, handlers, { logOffset } = {}) {
       const sub = { room, handlers, logOffset, since: null, answered: false };
@@ -358,6 +361,8 @@
       this.authed = false;
       this.joinIds.clear();
       for (const sub of this.subs.values()) sub.answered = false;
+      // 4008: evicted as a slow consumer. Rejoin without a big backfill (see subscribe).
+      if (ev && ev.code === 4008) this.behind = true;
       if (ev && ev.code === 1008 && Auth.required) {
         this.authProblem = ev.reason || 'The server refused the token.';
         Auth.clear();
@@ -424,17 +429,25 @@
     }
 
     joinAll() {
-      for (const sub of this.subs.values()) this.sendJoin(sub);
+      const behind = Boolean(this.behind);
+      this.behind = false;
+      for (const sub of this.subs.values()) this.sendJoin(sub, { behind });
       this.checkReady();
     }
 
-    sendJoin(sub) {
+    async sendJoin(sub, opts = {}) {
+      const ws = this.ws;
       const id = this.nextId++;
       this.joinIds.set(id, sub.room);
       sub.answered = false;
       const frame = { type: 'join', room: sub.room, id };
-      if (sub.logOffset) frame.log_offset = sub.logOffset();
-      else if (sub.since) frame.since = sub.since;
+      if (sub.logOffset) {
+        frame.log_offset = await sub.logOffset(opts);
+        // The connection changed meanwhile: the next one joins again.
+        if (this.ws !== ws) return;
+      } else if (sub.since) {
+        frame.since = sub.since;
+      }
       this.send(frame);
     }
 
@@ -1060,6 +1073,8 @@
       /** Lines that arrived after a gap, waiting for the gap to be filled over REST. */
       this.gap = [];
       this.filling = false;
+      /** Lines up to this offset exist on the server and are to be paged in over REST. */
+      this.want = 0;
       this.count = 0;
       this.total = 0;
       this.follow = true;
@@ -1099,6 +1114,12 @@
       this.note();
     }
 
+    /** Pages lines up to `upto` in over REST (after a rejoin that skipped them). */
+    expect(upto) {
+      if (upto > this.want) this.want = upto;
+      if (this.want > this.last) this.fill();
+    }
+
     push(line) {
       if (!line || typeof line.offset !== 'number' || line.offset <= this.last) return; // seen
       if (line.offset !== this.last + 1) {
@@ -1134,9 +1155,13 @@
       this.filling = true;
       let idle = 0;
       try {
-        while (this.gap.length) {
+        while (this.gap.length || this.want > this.last) {
           this.gap.sort((a, b) => a.offset - b.offset);
-          const upto = this.gap[0].offset - 1;
+          const upto = this.gap.length ? this.gap[0].offset - 1 : this.want;
+          if (upto <= this.last) {
+            this.drainGap();
+            continue;
+          }
           if (upto - this.last > CONFIG.logMaxLines) {
             // More than the view keeps: skip to the part that will be shown.
             this.reset(upto - CONFIG.logMaxLines);
@@ -1425,7 +1450,20 @@
         log.startAt(Math.max(0, (op.log_offset || 0) - CONFIG.logTailLines));
         log.setTotal(op.log_offset || 0);
       }
-      conn.subscribe(`operation:${id}`, room, { logOffset: () => log.last });
+      conn.subscribe(`operation:${id}`, room, {
+        async logOffset({ behind }) {
+          if (!behind) return log.last; // exactly the lines after the last one seen
+          try {
+            // Dropped for falling behind: page the missed lines over REST and join from now.
+            const now = await api(`/api/operations/${encodeURIComponent(id)}`);
+            store.put(now, { live: true });
+            log.expect(now.log_offset || 0);
+            return Math.max(log.last, now.log_offset || 0);
+          } catch {
+            return log.last;
+          }
+        },
+      });
     })();
 
     conn.onPoll(async () => {

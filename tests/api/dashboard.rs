@@ -116,9 +116,15 @@ async fn the_dashboard_works_in_headless_chromium() {
         out.status
     );
     // A run that ran nothing must not pass.
+    let count = |what: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.trim_start_matches(['ℹ', ' ']).strip_prefix(what))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+    };
     assert!(
-        stdout.contains("pass ") && stdout.contains("fail 0"),
-        "the browser tests reported no results:\n{stdout}"
+        count("pass ").is_some_and(|n| n >= 10) && count("fail ") == Some(0),
+        "the browser tests did not report their results:\n{stdout}"
     );
 }
 
