@@ -122,6 +122,17 @@ pub struct Settings {
     pub sio_namespaces: Vec<String>,
     /// Serve the official protocol test suites' fixtures instead (`switchyard conformance`).
     pub conformance: bool,
+    /// Rooms one connection may be in (`SWITCHYARD_MAX_ROOMS_PER_CONNECTION`, 0: no limit).
+    pub max_rooms_per_connection: usize,
+    /// Publishes a second per connection, burst twice that (`SWITCHYARD_PUBLISH_RATE`, 0: none).
+    pub publish_rate: u32,
+    /// Publishes a second per user across its connections (`SWITCHYARD_USER_PUBLISH_RATE`).
+    pub user_publish_rate: u32,
+    /// Open connections per client address (`SWITCHYARD_MAX_CONNECTIONS_PER_IP`, 0: no limit).
+    pub max_connections_per_ip: usize,
+    /// New connections a second per client address, burst twice that
+    /// (`SWITCHYARD_NEW_CONNECTIONS_PER_IP`, 0: no limit).
+    pub new_connections_per_ip: u32,
 }
 
 impl Default for Settings {
@@ -161,6 +172,11 @@ impl Default for Settings {
             sio_connect_timeout: Duration::from_millis(45_000),
             sio_namespaces: Vec::new(),
             conformance: false,
+            max_rooms_per_connection: 100,
+            publish_rate: 100,
+            user_publish_rate: 200,
+            max_connections_per_ip: 2_000,
+            new_connections_per_ip: 200,
         }
     }
 }
@@ -266,6 +282,41 @@ impl Settings {
             0,
             1_000_000,
             &mut s.log_replay_max,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_MAX_ROOMS_PER_CONNECTION",
+            0,
+            1_000_000,
+            &mut s.max_rooms_per_connection,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_PUBLISH_RATE",
+            0,
+            10_000_000,
+            &mut s.publish_rate,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_USER_PUBLISH_RATE",
+            0,
+            10_000_000,
+            &mut s.user_publish_rate,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_MAX_CONNECTIONS_PER_IP",
+            0,
+            10_000_000,
+            &mut s.max_connections_per_ip,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_NEW_CONNECTIONS_PER_IP",
+            0,
+            10_000_000,
+            &mut s.new_connections_per_ip,
         )?;
         if let Some(v) = get("SWITCHYARD_ALLOWED_ORIGINS") {
             s.allowed_origins = list(&v);

@@ -33,6 +33,9 @@ pub enum ErrorCode {
     DuplicateOperation,
     OperationFinished,
     UnknownKind,
+    TooManyRooms,
+    RateLimited,
+    TooManyConnections,
     NotFound,
     BadRequest,
     PayloadTooLarge,
@@ -63,6 +66,9 @@ impl ErrorCode {
         Self::DuplicateOperation,
         Self::OperationFinished,
         Self::UnknownKind,
+        Self::TooManyRooms,
+        Self::RateLimited,
+        Self::TooManyConnections,
         Self::NotFound,
         Self::BadRequest,
         Self::PayloadTooLarge,
@@ -93,6 +99,9 @@ impl ErrorCode {
             Self::DuplicateOperation => "duplicate_operation",
             Self::OperationFinished => "operation_finished",
             Self::UnknownKind => "unknown_kind",
+            Self::TooManyRooms => "too_many_rooms",
+            Self::RateLimited => "rate_limited",
+            Self::TooManyConnections => "too_many_connections",
             Self::NotFound => "not_found",
             Self::BadRequest => "bad_request",
             Self::PayloadTooLarge => "payload_too_large",
@@ -125,7 +134,11 @@ impl ErrorCode {
             Self::DuplicateOperation | Self::OperationFinished => StatusCode::CONFLICT,
             Self::UnknownKind => StatusCode::BAD_REQUEST,
             Self::FrameTooLarge | Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::TooManyErrors | Self::SlowConsumer => StatusCode::TOO_MANY_REQUESTS,
+            Self::TooManyErrors
+            | Self::SlowConsumer
+            | Self::TooManyRooms
+            | Self::RateLimited
+            | Self::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             Self::DatabaseUnavailable | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }

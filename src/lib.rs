@@ -24,6 +24,7 @@ pub mod broker;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod limits;
 pub mod metrics;
 pub mod operations;
 pub mod protocol;

@@ -21,6 +21,7 @@ use crate::broker::{Broker, LocalBroker};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::error::{self, AppError, ErrorCode};
+use crate::limits::{ConnectionGate, KeyedRate};
 use crate::metrics::Metrics;
 use crate::operations::config::Kinds;
 use crate::routes;
@@ -148,6 +149,15 @@ impl Application {
             engines: Arc::new(EngineSessions::default()),
             socketio,
             engineio_echo,
+            gate: ConnectionGate::new(
+                settings.max_connections_per_ip,
+                settings.new_connections_per_ip as f64,
+                settings.new_connections_per_ip as f64 * 2.0,
+            ),
+            user_publishes: KeyedRate::new(
+                settings.user_publish_rate as f64,
+                settings.user_publish_rate as f64 * 2.0,
+            ),
         });
 
         let listener = TcpListener::bind((settings.host, settings.port))

@@ -11,6 +11,7 @@ use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::db::Database;
+use crate::limits::{ConnectionGate, ConnectionSlot, GateRefusal, KeyedRate};
 use crate::metrics::Metrics;
 use crate::operations::config::Kinds;
 
@@ -29,6 +30,32 @@ pub struct AppState {
     pub socketio: Arc<EngineConfig>,
     /// The `/engine.io/` echo (conformance mode only).
     pub engineio_echo: Option<Arc<EngineConfig>>,
+    /// Connections per client address.
+    pub gate: Arc<ConnectionGate>,
+    /// Publishes per user, across connections.
+    pub user_publishes: KeyedRate,
+}
+
+impl AppState {
+    /// Admits a new connection from this request's address, or refuses it (counted).
+    pub fn admit(
+        &self,
+        req: &actix_web::HttpRequest,
+    ) -> Result<ConnectionSlot, crate::error::Refusal> {
+        use crate::error::{ErrorCode, Refusal};
+        self.gate
+            .admit(req.peer_addr().map(|a| a.ip()))
+            .map_err(|why| {
+                self.metrics.refused(ErrorCode::TooManyConnections);
+                let message = match why {
+                    GateRefusal::TooMany => "too many open connections from this address",
+                    GateRefusal::TooFast => {
+                        "too many new connections from this address; retry shortly"
+                    }
+                };
+                Refusal::new(ErrorCode::TooManyConnections, message)
+            })
+    }
 }
 
 /// What operation actors need; built once at start-up.

@@ -190,6 +190,8 @@ pub struct EngineSession {
     closed: bool,
     /// When the session was created (the handshake): heartbeats count from here, as clients do.
     created: std::time::Instant,
+    /// This connection's place in the per-address count.
+    slot: Option<crate::limits::ConnectionSlot>,
 }
 
 impl EngineSession {
@@ -227,7 +229,14 @@ impl EngineSession {
             send_open: websocket,
             closed: false,
             created: std::time::Instant::now(),
+            slot: None,
         }
+    }
+
+    /// Holds the connection's per-address slot for the session's lifetime.
+    pub fn with_slot(mut self, slot: crate::limits::ConnectionSlot) -> Self {
+        self.slot = Some(slot);
+        self
     }
 
     /// Starts the actor on this thread, registered under its sid before this returns (so the

@@ -27,6 +27,7 @@ use super::room::{JoinRoom, LeaveRoom, Publish, CLOSE_SLOW_CONSUMER};
 use super::{Evicted, Member, ServerShutdown, SessionId};
 use crate::auth::Identity;
 use crate::error::{ErrorCode, Refusal};
+use crate::limits::{ConnectionSlot, TokenBucket};
 use crate::operations::Operation;
 use crate::protocol::native::{self, Request, RequestId};
 use crate::protocol::{Reply, Wire};
@@ -57,6 +58,10 @@ pub struct Session {
     wire: Wire,
     /// For Socket.IO sockets: the Engine.IO session that owns the connection.
     engine: Option<Recipient<SocketEnded>>,
+    /// Publishes this connection may still make (see `SWITCHYARD_PUBLISH_RATE`).
+    publishes: TokenBucket,
+    /// This connection's place in the per-address count; freed when the session ends.
+    slot: Option<ConnectionSlot>,
     /// Codes already logged for this session: a refusal is logged once per client, not per frame.
     logged_codes: u64,
     state: Arc<AppState>,
@@ -88,6 +93,11 @@ impl Session {
             error_window: (Instant::now(), 0),
             wire: Wire::Native,
             engine: None,
+            publishes: TokenBucket::new(
+                state.settings.publish_rate as f64,
+                state.settings.publish_rate as f64 * 2.0,
+            ),
+            slot: None,
             logged_codes: 0,
             state,
         }
@@ -107,6 +117,38 @@ impl Session {
         s.wire = Wire::SocketIo(nsp);
         s.engine = Some(engine);
         s
+    }
+
+    /// Holds the connection's per-address slot for the session's lifetime.
+    pub fn with_slot(mut self, slot: ConnectionSlot) -> Self {
+        self.slot = Some(slot);
+        self
+    }
+
+    /// Closes the session when its token expires, unless a fresh `auth` frame arrived meanwhile.
+    fn schedule_expiry(&self, ctx: &mut Context<Self>) {
+        let Some(exp) = self.identity.as_ref().and_then(|i| i.expires_at) else {
+            return;
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let wait = std::time::Duration::from_secs(exp.saturating_sub(now));
+        ctx.run_later(wait, move |act, ctx| {
+            let current = act.identity.as_ref().and_then(|i| i.expires_at);
+            if current != Some(exp) {
+                return; // refreshed: the new token has its own timer
+            }
+            let r = Refusal::new(
+                ErrorCode::TokenExpired,
+                "your token expired; reconnect with a fresh one (or send a new auth frame before it expires)",
+            );
+            act.state.metrics.refused(r.code);
+            log::info!("session {}: token expired, closing", act.key);
+            act.reply(None, Reply::Error(&r));
+            act.close(ctx, CloseCode::Policy, "token expired");
+        });
     }
 
     fn send(&self, frame: Bytes) {
@@ -223,6 +265,14 @@ impl Session {
                     let r = Refusal::new(ErrorCode::Forbidden, format!("you may not join {room}"));
                     return self.refuse(ctx, id.as_deref(), r);
                 }
+                let max = self.state.settings.max_rooms_per_connection;
+                if max > 0 && self.rooms.len() >= max && !self.rooms.contains(&room) {
+                    let r = Refusal::new(
+                        ErrorCode::TooManyRooms,
+                        format!("a connection may be in at most {max} rooms"),
+                    );
+                    return self.refuse(ctx, id.as_deref(), r);
+                }
                 if let Some(op_id) = room.strip_prefix("operation:") {
                     return self.watch_operation(
                         op_id.to_string(),
@@ -290,6 +340,15 @@ impl Session {
                     let r = Refusal::new(
                         ErrorCode::Forbidden,
                         format!("you may not publish to {room}"),
+                    );
+                    return self.refuse(ctx, id.as_deref(), r);
+                }
+                if !self.publishes.try_take()
+                    || !self.state.user_publishes.try_take(&identity.user.id)
+                {
+                    let r = Refusal::new(
+                        ErrorCode::RateLimited,
+                        "publishing too fast; slow down and retry",
                     );
                     return self.refuse(ctx, id.as_deref(), r);
                 }
@@ -538,6 +597,7 @@ impl Session {
         log::info!("session {}: authenticated as {}", self.key, fresh.user.id);
         self.reply(id.as_deref(), Reply::Authenticated(&fresh.user));
         self.identity = Some(fresh);
+        self.schedule_expiry(ctx);
     }
 }
 
@@ -551,6 +611,7 @@ impl Actor for Session {
             session: self.id,
             addr: ctx.address().recipient(),
         });
+        self.schedule_expiry(ctx);
         if self.engine.is_some() {
             log::debug!(
                 "socket.io socket {} connected ({})",

@@ -33,6 +33,8 @@ pub struct Watcher {
     user: Arc<UserInfo>,
     outbox: Arc<Outbox>,
     state: Arc<AppState>,
+    /// This connection's place in the per-address count.
+    slot: Option<crate::limits::ConnectionSlot>,
 }
 
 impl Watcher {
@@ -53,7 +55,13 @@ impl Watcher {
             user,
             outbox,
             state,
+            slot: None,
         }
+    }
+
+    pub fn with_slot(mut self, slot: crate::limits::ConnectionSlot) -> Self {
+        self.slot = Some(slot);
+        self
     }
 
     fn room(&self) -> String {

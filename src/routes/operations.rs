@@ -351,13 +351,16 @@ pub async fn events(
     if resumed && op.status.is_terminal() && after >= op.log_offset {
         return Ok(HttpResponse::NoContent().finish());
     }
+    let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::with_framing(
         settings.outbox_max_messages,
         settings.outbox_max_bytes,
         Framing::Raw,
     );
-    start_watcher(&state, &caller, op.id, after, Wire::Sse, outbox.clone());
+    watcher(&state, &caller, op.id, after, Wire::Sse, outbox.clone())
+        .with_slot(slot)
+        .start();
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -375,6 +378,7 @@ pub async fn socket(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let op = visible(&state, &caller.identity, &path).await?;
+    let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
     let (response, reader) =
@@ -392,7 +396,8 @@ pub async fn socket(
         op.log_offset,
         Wire::StatusStream,
         outbox,
-    );
+    )
+    .with_slot(slot);
     Watcher::create(move |ctx| {
         ctx.add_stream(reader);
         watcher
@@ -417,15 +422,4 @@ fn watcher(
         outbox,
         state.clone().into_inner(),
     )
-}
-
-fn start_watcher(
-    state: &web::Data<AppState>,
-    caller: &Caller,
-    id: String,
-    after: u64,
-    wire: Wire,
-    outbox: Arc<Outbox>,
-) {
-    watcher(state, caller, id, after, wire, outbox).start();
 }

@@ -211,6 +211,10 @@ async fn polling(
         let Ok(identity) = header_identity(&req, &state) else {
             return engine_error(StatusCode::UNAUTHORIZED, 4, "Forbidden", cors);
         };
+        let slot = match state.admit(&req) {
+            Ok(slot) => slot,
+            Err(r) => return engine_error(StatusCode::TOO_MANY_REQUESTS, 4, &r.message, cors),
+        };
         let sid = new_sid();
         let settings = &state.settings;
         let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
@@ -224,6 +228,7 @@ async fn polling(
             state.engines.clone(),
             identity,
         )
+        .with_slot(slot)
         .launch(|_| {});
         return text(bytes::Bytes::from(open));
     };
@@ -321,6 +326,10 @@ async fn websocket(
             let Ok(identity) = header_identity(&req, &state) else {
                 return engine_error(StatusCode::UNAUTHORIZED, 4, "Forbidden", cors);
             };
+            let slot = match state.admit(&req) {
+                Ok(slot) => slot,
+                Err(r) => return engine_error(StatusCode::TOO_MANY_REQUESTS, 4, &r.message, cors),
+            };
             let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
             let (response, reader) =
                 match ws::upgrade(&req, payload, outbox.clone(), config.max_payload) {
@@ -336,6 +345,7 @@ async fn websocket(
                 state.engines.clone(),
                 identity,
             );
+            let session = session.with_slot(slot);
             session.launch(move |ctx| {
                 ctx.add_stream(reader);
             });

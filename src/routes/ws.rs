@@ -27,6 +27,7 @@ pub async fn connect(
     let identity = state.auth.from_header(header).inspect_err(|r| {
         state.metrics.refused(r.code);
     })?;
+    let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
     let (response, reader) = upgrade(&req, payload, outbox.clone(), settings.max_frame_bytes)
@@ -40,7 +41,7 @@ pub async fn connect(
     let state = state.into_inner();
     Session::create(move |ctx| {
         ctx.add_stream(reader);
-        Session::new(id, identity, outbox, state)
+        Session::new(id, identity, outbox, state).with_slot(slot)
     });
     Ok(response)
 }

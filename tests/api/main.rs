@@ -5,6 +5,7 @@ mod auth;
 mod dashboard;
 mod health;
 mod helpers;
+mod limits;
 mod operations;
 mod presence;
 mod protocol;

@@ -1,0 +1,193 @@
+//! Abuse limits: token buckets for rates, and a gate counting connections per client address.
+//!
+//! Everything here is in memory and per node. Keys are bounded: idle buckets are dropped when a
+//! map grows, so a scan over many user ids or addresses cannot grow memory without bound.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+/// A token bucket: `rate` tokens a second, at most `burst` saved up.
+#[derive(Debug, Clone)]
+pub struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+    rate: f64,
+    burst: f64,
+}
+
+impl TokenBucket {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            tokens: burst,
+            last: Instant::now(),
+            rate,
+            burst,
+        }
+    }
+
+    /// Takes one token if there is one. A rate of 0 means unlimited.
+    pub fn try_take(&mut self) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Full again (nothing to remember about this key).
+    fn idle(&self) -> bool {
+        self.tokens + self.last.elapsed().as_secs_f64() * self.rate >= self.burst
+    }
+}
+
+/// Keys tracked before idle ones are swept.
+const SWEEP_AT: usize = 10_000;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section is a single map operation: a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Rate limits shared by all connections of a key (a user id).
+pub struct KeyedRate {
+    rate: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, TokenBucket>>,
+}
+
+impl KeyedRate {
+    pub fn new(rate: f64, burst: f64) -> Self {
+        Self {
+            rate,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn try_take(&self, key: &str) -> bool {
+        if self.rate <= 0.0 {
+            return true;
+        }
+        let mut map = lock(&self.buckets);
+        if map.len() >= SWEEP_AT {
+            map.retain(|_, b| !b.idle());
+        }
+        map.entry(key.to_string())
+            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
+            .try_take()
+    }
+}
+
+/// Counts open connections per address and paces new ones.
+pub struct ConnectionGate {
+    max_per_ip: usize,
+    rate: f64,
+    burst: f64,
+    state: Mutex<HashMap<IpAddr, (usize, TokenBucket)>>,
+}
+
+/// Why a connection was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GateRefusal {
+    TooMany,
+    TooFast,
+}
+
+impl ConnectionGate {
+    pub fn new(max_per_ip: usize, rate: f64, burst: f64) -> Arc<Self> {
+        Arc::new(Self {
+            max_per_ip,
+            rate,
+            burst,
+            state: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Admits a connection from `ip`; the slot is given back when the returned guard drops.
+    pub fn admit(self: &Arc<Self>, ip: Option<IpAddr>) -> Result<ConnectionSlot, GateRefusal> {
+        let Some(ip) = ip else {
+            return Ok(ConnectionSlot {
+                gate: None,
+                ip: None,
+            });
+        };
+        let mut map = lock(&self.state);
+        if map.len() >= SWEEP_AT {
+            map.retain(|_, (open, bucket)| *open > 0 || !bucket.idle());
+        }
+        let (open, bucket) = map
+            .entry(ip)
+            .or_insert_with(|| (0, TokenBucket::new(self.rate, self.burst)));
+        if self.max_per_ip > 0 && *open >= self.max_per_ip {
+            return Err(GateRefusal::TooMany);
+        }
+        if !bucket.try_take() {
+            return Err(GateRefusal::TooFast);
+        }
+        *open += 1;
+        Ok(ConnectionSlot {
+            gate: Some(self.clone()),
+            ip: Some(ip),
+        })
+    }
+
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        lock(&self.state).get(&ip).map(|(n, _)| *n).unwrap_or(0)
+    }
+}
+
+/// One admitted connection; dropping it frees the slot.
+pub struct ConnectionSlot {
+    gate: Option<Arc<ConnectionGate>>,
+    ip: Option<IpAddr>,
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        if let (Some(gate), Some(ip)) = (&self.gate, self.ip) {
+            let mut map = lock(&gate.state);
+            if let Some((open, _)) = map.get_mut(&ip) {
+                *open = open.saturating_sub(1);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_allow_the_burst_then_the_rate() {
+        let mut b = TokenBucket::new(1.0, 3.0);
+        assert!(b.try_take() && b.try_take() && b.try_take());
+        assert!(!b.try_take());
+        let mut unlimited = TokenBucket::new(0.0, 0.0);
+        assert!((0..1000).all(|_| unlimited.try_take()));
+    }
+
+    #[test]
+    fn the_gate_counts_open_connections_per_address() {
+        let gate = ConnectionGate::new(2, 0.0, 0.0);
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        let a = gate.admit(Some(ip)).unwrap();
+        let _b = gate.admit(Some(ip)).unwrap();
+        assert_eq!(gate.admit(Some(ip)).err(), Some(GateRefusal::TooMany));
+        drop(a);
+        assert!(gate.admit(Some(ip)).is_ok());
+        assert_eq!(gate.open_from(ip), 2);
+        let paced = ConnectionGate::new(0, 1.0, 1.0);
+        let _c = paced.admit(Some(ip)).unwrap();
+        assert_eq!(paced.admit(Some(ip)).err(), Some(GateRefusal::TooFast));
+    }
+}
