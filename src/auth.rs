@@ -140,9 +140,9 @@ impl Identity {
         self.open || matches!(self.role, Role::Admin | Role::Service)
     }
 
-    /// Server-wide views (the room list) are for admins and services.
+    /// Server-wide management views (the room list) are for admins.
     pub fn may_manage(&self) -> bool {
-        self.open || matches!(self.role, Role::Admin | Role::Service)
+        self.open || self.role == Role::Admin
     }
 
     pub fn require(&self, allowed: bool, what: &str) -> Result<(), Refusal> {

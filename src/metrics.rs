@@ -34,6 +34,8 @@ pub struct Metrics {
     pub operation_writes: AtomicU64,
     /// Reports received from external workers.
     pub operation_reports: AtomicU64,
+    /// Log lines dropped unwritten during a long database outage.
+    pub operation_log_lines_lost: AtomicU64,
     /// Refusals by error code (index = `ErrorCode::index`).
     refusals: Vec<AtomicU64>,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
@@ -60,6 +62,7 @@ impl Metrics {
             slow_consumers: AtomicU64::new(0),
             operation_writes: AtomicU64::new(0),
             operation_reports: AtomicU64::new(0),
+            operation_log_lines_lost: AtomicU64::new(0),
             refusals: ErrorCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
             latency_buckets: Default::default(),
             latency_count: AtomicU64::new(0),
@@ -161,6 +164,12 @@ impl Metrics {
             "switchyard_operation_reports_total",
             "Progress, log and result reports from external workers.",
             self.operation_reports.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchyard_operation_log_lines_lost_total",
+            "Operation log lines dropped unwritten during a long database outage.",
+            self.operation_log_lines_lost.load(Relaxed),
         );
         let _ = writeln!(
             out,

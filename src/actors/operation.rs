@@ -40,6 +40,9 @@ use crate::util::now_millis;
 
 /// Lines kept in memory for watchers that rejoin (older ones come from the database).
 const RECENT_LINES: usize = 1_000;
+/// Unwritten lines kept while the database is unreachable; past this the oldest are dropped,
+/// counted in `switchyard_operation_log_lines_lost_total` and logged.
+const MAX_UNPERSISTED: usize = 100_000;
 /// Lines of stderr kept for the failure message of a command.
 const STDERR_TAIL: usize = 20;
 /// Pure progress changes reach the `operations` room at most this often per operation.
@@ -176,6 +179,18 @@ impl OperationActor {
     /// Publishes through the broker. The broker enqueues at call time, so events leave in the
     /// order they are published here.
     fn publish(&self, room: String, event: &str, data: Box<RawValue>, seq: Option<u64>) {
+        self.publish_as(room, event, data, seq, false);
+    }
+
+    /// `conflate`: pure progress, which a slow watcher may receive only the latest of.
+    fn publish_as(
+        &self,
+        room: String,
+        event: &str,
+        data: Box<RawValue>,
+        seq: Option<u64>,
+        conflate: bool,
+    ) {
         let fut = self.cx.broker.publish(Publish {
             room,
             event: event.to_string(),
@@ -186,6 +201,7 @@ impl OperationActor {
             received_at: Instant::now(),
             seq,
             attachments: Vec::new(),
+            conflate,
         });
         let id = self.op.id.clone();
         actix::spawn(async move {
@@ -203,11 +219,14 @@ impl OperationActor {
     /// stage changes, what goes to `operations` at once; pure progress there is throttled.
     fn announce(&mut self, lifecycle: Option<&str>, stage_changed: bool) {
         let json = self.status_json();
-        self.publish(
+        // Stage and status changes are never conflated; pure progress may be, for a slow watcher.
+        let pure_progress = lifecycle.is_none() && !stage_changed;
+        self.publish_as(
             self.op.room(),
             "operation.progress",
             json.clone(),
             Some(self.op.log_offset),
+            pure_progress,
         );
         if let Some(event) = lifecycle {
             if let Some(room) = self.project_room() {
@@ -260,6 +279,22 @@ impl OperationActor {
             self.recent.pop_front();
         }
         self.recent.push_back(entry.clone());
+        if self.unpersisted.len() >= MAX_UNPERSISTED {
+            if let Some(lost) = self.unpersisted.pop_front() {
+                let total = self
+                    .cx
+                    .metrics
+                    .operation_log_lines_lost
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if total % 10_000 == 0 {
+                    log::error!(
+                        "operation {}: database unreachable for too long, dropping unwritten log line {} (and counting)",
+                        self.op.id,
+                        lost.offset
+                    );
+                }
+            }
+        }
         self.unpersisted.push_back(entry);
         self.dirty = true;
     }

@@ -84,6 +84,9 @@ pub struct Publish {
     pub seq: Option<u64>,
     /// Binary attachments, referenced from `data` by `{"_placeholder":true,"num":i}`.
     pub attachments: Vec<Bytes>,
+    /// Delivery class: a slow member may get only the latest of these (pure progress of an
+    /// operation); everything else is delivered or the member is evicted.
+    pub conflate: bool,
 }
 
 /// Registry → Room: name, members, last offset.
@@ -169,6 +172,8 @@ pub struct Room {
     /// Messages received from the registry; compared with the registry's count before retiring.
     routed_seen: u64,
     limits: RoomLimits,
+    /// Identifies this room's conflatable messages in member outboxes.
+    conflation_key: u64,
     registry: Addr<RoomRegistry>,
     metrics: Arc<Metrics>,
 }
@@ -184,6 +189,12 @@ impl Room {
         registry: Addr<RoomRegistry>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let conflation_key = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            name.hash(&mut h);
+            h.finish()
+        };
         Self {
             name: name.into(),
             room_id,
@@ -194,6 +205,7 @@ impl Room {
             members: HashMap::new(),
             presence: HashMap::new(),
             routed_seen: 0,
+            conflation_key,
             limits,
             registry,
             metrics,
@@ -237,8 +249,9 @@ impl Room {
     }
 
     /// Pushes a room message to every member, encoded once per wire in use (`native` is the
-    /// already-encoded native frame, shared with history).
-    fn broadcast(&mut self, e: &Event, native: &Bytes) -> usize {
+    /// already-encoded native frame, shared with history). `conflate`: a member that has not
+    /// yet received the previous conflatable message of this room gets only this one.
+    fn broadcast(&mut self, e: &Event, native: &Bytes, conflate: bool) -> usize {
         let mut delivered = 0usize;
         let mut dropped: Vec<(SessionId, bool)> = Vec::new();
         let mut cache: WireCache<Encoded> = WireCache::default();
@@ -253,10 +266,12 @@ impl Room {
             let Some(encoded) = cache.get(&m.wire, |w| w.encode(e)) else {
                 continue;
             };
-            let pushed = if encoded.binary.is_empty() {
-                m.outbox.push_text(encoded.text)
-            } else {
+            let pushed = if !encoded.binary.is_empty() {
                 m.outbox.push_frames(encoded.frames())
+            } else if conflate {
+                m.outbox.push_latest(encoded.text, self.conflation_key)
+            } else {
+                m.outbox.push_text(encoded.text)
             };
             match pushed {
                 Ok(()) => {
@@ -531,6 +546,7 @@ impl Handler<Publish> for Room {
         }
         self.last_offset += 1;
         let offset = self.last_offset;
+        let msg_conflate = msg.conflate;
         let frame = native::message_with(
             &self.name,
             offset,
@@ -558,7 +574,7 @@ impl Handler<Publish> for Room {
         }
         let name = self.name.clone();
         let event = stored_event(&name, &stored);
-        self.broadcast(&event, &frame);
+        self.broadcast(&event, &frame, msg_conflate);
         self.metrics
             .publishes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -362,6 +362,7 @@ impl Session {
                     received_at: Instant::now(),
                     seq: None,
                     attachments,
+                    conflate: false,
                 };
                 // Not `wait`: publishes pipeline. Ordering is kept by the registry and room
                 // mailboxes (FIFO per sender), not by waiting here.

@@ -78,6 +78,7 @@ impl StatsPublisher {
             received_at: now,
             seq: None,
             attachments: Vec::new(),
+            conflate: false,
         });
         ctx.spawn(
             async move {

@@ -89,6 +89,7 @@ pub async fn create(
             received_at,
             seq: None,
             attachments: Vec::new(),
+            conflate: false,
         });
         if let Err(e) = publish.await {
             // Stored but not broadcast: clients still see it on their next page load.

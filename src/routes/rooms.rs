@@ -64,6 +64,7 @@ pub async fn publish(
             received_at,
             seq: None,
             attachments: Vec::new(),
+            conflate: false,
         })
         .await?;
     Ok(HttpResponse::Ok().json(Published {

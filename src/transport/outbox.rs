@@ -31,6 +31,9 @@ pub enum PushError {
 
 enum Out {
     Text(Bytes),
+    /// A text payload that a newer one with the same key replaces while it is still queued
+    /// (conflation: only the latest progress of an operation matters).
+    Latest(Bytes, u64),
     Binary(Bytes),
     Ping,
     Pong(Bytes),
@@ -139,6 +142,36 @@ impl Outbox {
         Ok(())
     }
 
+    /// Queues a conflatable payload: a queued one with the same `key` is dropped and this one
+    /// goes to the end, so a client that cannot keep up gets the latest value instead of every
+    /// value — and is not evicted for falling behind on values that would be stale anyway.
+    pub fn push_latest(&self, payload: Bytes, key: u64) -> Result<(), PushError> {
+        {
+            let mut st = self.lock();
+            if st.finished || st.close.is_some() {
+                return Err(PushError::Closed);
+            }
+            let stale = st
+                .queue
+                .iter()
+                .position(|o| matches!(o, Out::Latest(_, k) if *k == key));
+            if let Some(i) = stale {
+                if let Some(Out::Latest(old, _)) = st.queue.remove(i) {
+                    st.bytes -= old.len();
+                }
+            } else if !st.queue.is_empty()
+                && (st.queue.len() >= self.max_messages
+                    || st.bytes + payload.len() > self.max_bytes)
+            {
+                return Err(PushError::Full);
+            }
+            st.bytes += payload.len();
+            st.queue.push_back(Out::Latest(payload, key));
+        }
+        self.waker.wake();
+        Ok(())
+    }
+
     /// Queues several text payloads atomically (all or none), e.g. a `joined` reply and its
     /// replay, so no live message can slip in between them.
     pub fn push_all(&self, payloads: impl IntoIterator<Item = Bytes>) -> Result<(), PushError> {
@@ -187,7 +220,7 @@ impl Outbox {
         let mut frames = Vec::with_capacity(st.queue.len());
         while let Some(out) = st.queue.pop_front() {
             match out {
-                Out::Text(b) => {
+                Out::Text(b) | Out::Latest(b, _) => {
                     st.bytes -= b.len();
                     frames.push(Frame::Text(b));
                 }
@@ -306,11 +339,11 @@ impl Stream for OutboxStream {
         let raw = outbox.framing == Framing::Raw;
         while let Some(out) = st.queue.pop_front() {
             match out {
-                Out::Text(p) if raw => {
+                Out::Text(p) | Out::Latest(p, _) if raw => {
                     st.bytes -= p.len();
                     buf.extend_from_slice(&p);
                 }
-                Out::Text(p) => {
+                Out::Text(p) | Out::Latest(p, _) => {
                     st.bytes -= p.len();
                     Parser::write_message(&mut buf, &p, OpCode::Text, true, false);
                 }
@@ -359,6 +392,32 @@ mod tests {
         assert_eq!(ob.push_text(Bytes::from_static(b"c")), Err(PushError::Full));
         ob.ping(); // control frames bypass the bound
         assert_eq!(ob.backlog().0, 3);
+    }
+
+    #[test]
+    fn a_newer_latest_value_replaces_the_queued_one_even_when_full() {
+        let ob = Outbox::new(2, 1024);
+        ob.push_latest(Bytes::from_static(b"p1"), 7).unwrap();
+        ob.push_text(Bytes::from_static(b"log")).unwrap();
+        // Full, but p2 replaces p1 (and goes after the log line).
+        ob.push_latest(Bytes::from_static(b"p2"), 7).unwrap();
+        assert_eq!(ob.backlog(), (2, 5));
+        assert_eq!(ob.push_text(Bytes::from_static(b"x")), Err(PushError::Full));
+        assert_eq!(
+            ob.push_latest(Bytes::from_static(b"q"), 8),
+            Err(PushError::Full)
+        );
+        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
+        match ob.poll_take(&mut cx) {
+            Poll::Ready(Taken::Frames(f)) => assert_eq!(
+                f,
+                vec![
+                    Frame::Text(Bytes::from_static(b"log")),
+                    Frame::Text(Bytes::from_static(b"p2"))
+                ]
+            ),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[actix_web::test]

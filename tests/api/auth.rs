@@ -137,6 +137,8 @@ async fn rest_calls_need_a_token_and_roles_decide() {
         )
         .await;
     assert_eq!(s, 201);
+    let (s, _) = app.get_auth("/api/rooms", &service).await;
+    assert_eq!(s, 403, "management views are for admins");
     let admin = token("root", &[], &[], Some("admin"));
     let (s, _) = app.get_auth("/api/rooms", &admin).await;
     assert_eq!(s, 200);

@@ -1276,3 +1276,152 @@ async fn finished_operations_older_than_the_retention_are_pruned() {
         .unwrap();
     assert!(left.0.is_none() && left.1.is_some() && left.2.is_some() && left.3.is_empty());
 }
+
+#[tokio::test]
+async fn a_slow_watcher_gets_the_latest_progress_but_every_log_line_and_the_end() {
+    let kinds = Kinds::new();
+    let file = kinds.file();
+    let app = spawn_app_with(Backend::Sqlite, move |s| {
+        s.operations_file = Some(file);
+        s.outbox_max_messages = 32;
+        s.outbox_max_bytes = 256 * 1024;
+    })
+    .await;
+    let op = start(&app, json!({"kind": "convert", "target": "slow-watch"})).await;
+    let id = op["id"].as_str().unwrap().to_string();
+    let mut slow = app.ws_as("slow").await;
+    slow.join(&format!("operation:{id}")).await;
+    // From here on `slow` reads nothing until the worker is done.
+    let mut worker = app.ws_as("worker").await;
+    let pad = "p".repeat(3000);
+    let mut lines = 0;
+    for i in 1..=4000u32 {
+        worker
+            .send(json!({"type": "operation.progress", "operation": id, "progress": f64::from(i) / 40.01, "message": format!("{i} {pad}")}))
+            .await;
+        if i % 100 == 0 {
+            lines += 1;
+            worker
+                .send(json!({"type": "operation.log", "operation": id, "lines": [format!("line {lines}")]}))
+                .await;
+        }
+    }
+    let done = worker
+        .request(json!({"type": "operation.complete", "operation": id}))
+        .await;
+    assert_eq!(done["operation"]["status"], "completed", "{done}");
+
+    // ~12 MB of progress went out; the slow watcher was not evicted for it.
+    let w = watch_to_end(&mut slow, &id).await;
+    assert_eq!(w.terminal.unwrap()["status"], "completed");
+    let texts: Vec<String> = w
+        .logs
+        .iter()
+        .map(|l| l["line"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        texts,
+        (1..=40).map(|n| format!("line {n}")).collect::<Vec<_>>()
+    );
+    assert!(
+        w.statuses.len() < 4000,
+        "progress was conflated ({} of 4000)",
+        w.statuses.len()
+    );
+    let progress: Vec<f64> = w
+        .statuses
+        .iter()
+        .map(|s| s["progress"].as_f64().unwrap())
+        .collect();
+    assert!(progress.windows(2).all(|p| p[0] <= p[1]));
+    assert_eq!(
+        app.metric("switchyard_slow_consumer_disconnects_total")
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_database_outage_loses_no_operation_state() {
+    let kinds = Kinds::new();
+    let file = kinds.file();
+    let app = spawn_app_with(Backend::Postgres, move |s| {
+        s.operations_file = Some(file);
+        s.operation_flush_interval = Duration::from_millis(50);
+        s.db_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let db = app.db.pg_name.clone().unwrap();
+    let op = start(&app, json!({"kind": "convert", "target": "outage"})).await;
+    let id = op["id"].as_str().unwrap().to_string();
+    let mut watcher = app.ws_as("w").await;
+    watcher.join(&format!("operation:{id}")).await;
+    let mut worker = app.ws_as("worker").await;
+
+    pg_admin(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS false"));
+    pg_admin(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+    ));
+    eventually("the outage to show", || async {
+        app.get("/health").await.0 == 503
+    })
+    .await;
+
+    // Work goes on: watchers see it live.
+    for n in 1..=20 {
+        worker
+            .send(json!({"type": "operation.log", "operation": id, "lines": [format!("line {n}")]}))
+            .await;
+    }
+    worker
+        .send(json!({"type": "operation.progress", "operation": id, "progress": 90, "stage": "finish"}))
+        .await;
+    let r = worker
+        .request(json!({"type": "operation.complete", "operation": id, "result": {"ok": true}}))
+        .await;
+    assert_eq!(r["operation"]["status"], "completed");
+    watcher
+        .recv_where(|f| f["event"] == "operation.log" && f["data"]["offset"] == 20)
+        .await;
+    // The terminal event waits for its write: nothing about the end has gone out yet.
+    let pending = watcher.drain().await;
+    assert!(
+        pending.iter().all(|f| f["event"] != "operation.completed"),
+        "{pending:?}"
+    );
+
+    pg_admin(&format!("ALTER DATABASE {db} ALLOW_CONNECTIONS true"));
+    let end = watcher
+        .recv_where(|f| f["event"] == "operation.completed")
+        .await;
+    assert_eq!(end["data"]["result"], json!({"ok": true}));
+    // Everything reached the database.
+    let store = switchyard::db::Database::connect(
+        &app.db.url,
+        1,
+        Duration::from_secs(2),
+        Default::default(),
+    )
+    .unwrap();
+    let (row, lines) = store
+        .run({
+            let id = id.clone();
+            move |c| {
+                Ok((
+                    switchyard::db::operations::get(c, &id)?,
+                    switchyard::db::operations::logs_after(c, &id, 0, 100)?,
+                ))
+            }
+        })
+        .await
+        .unwrap();
+    let row = row.unwrap();
+    assert_eq!(row.status, "completed");
+    assert_eq!(row.log_offset, 20);
+    assert_eq!(lines.len(), 20);
+    assert_eq!(
+        app.metric("switchyard_operation_log_lines_lost_total")
+            .await,
+        0
+    );
+}
