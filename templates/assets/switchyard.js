@@ -147,10 +147,14 @@
       try { sessionStorage.removeItem(this.key); } catch { /* nothing stored */ }
       this.memory = null;
     },
+    /** Forgets `token` if it is still the current one (a newer one typed meanwhile stays). */
+    drop(token) {
+      if (token && (this.get() || this.memory) === token) this.clear();
+    },
     // A token to send: the stored one, or one the person types (one dialog, however many ask).
-    async token() {
+    async token(problem) {
       if (!this.required) return null;
-      return this.get() || this.memory || this.ask();
+      return this.get() || this.memory || this.ask(problem);
     },
     ask(problem) {
       if (this.asking) return this.asking;
@@ -220,8 +224,8 @@
         try { data = JSON.parse(text); } catch { data = null; }
       }
       if (res.status === 401 && Auth.required && attempt < 2) {
-        Auth.clear();
-        await Auth.ask((data && data.message) || 'The server refused the token.');
+        Auth.drop(token);
+        await Auth.token((data && data.message) || 'The server refused the token.');
         continue;
       }
       if (!res.ok) throw new ApiError(res.status, data);
@@ -257,6 +261,7 @@
       this.pollTimer = 0;
       this.retryTimer = 0;
       this.pollers = [];
+      this.readyListeners = [];
       this.lastFrameAt = 0;
       this.authProblem = null;
       this.state = null;
@@ -294,6 +299,11 @@
       this.pollers.push(fn);
     }
 
+    /** `fn` runs each time every room is joined (first connect and every reconnect). */
+    onReady(fn) {
+      this.readyListeners.push(fn);
+    }
+
     start() {
       this.connect();
       setInterval(() => this.keepAlive(), CONFIG.pingMs);
@@ -316,7 +326,7 @@
       if (this.ws || this.opening) return;
       this.opening = true;
       try {
-        if (Auth.required) await Auth.token();
+        if (Auth.required) await Auth.token(this.authProblem);
       } finally {
         this.opening = false;
       }
@@ -331,6 +341,7 @@
       }
       this.ws = ws;
       this.authed = false;
+      this.sentToken = null;
       ws.onmessage = (ev) => {
         if (this.ws === ws) this.onFrame(ev.data);
       };
@@ -363,10 +374,6 @@
       for (const sub of this.subs.values()) sub.answered = false;
       // 4008: evicted as a slow consumer. Rejoin without a big backfill (see subscribe).
       if (ev && ev.code === 4008) this.behind = true;
-      if (ev && ev.code === 1008 && Auth.required) {
-        this.authProblem = ev.reason || 'The server refused the token.';
-        Auth.clear();
-      }
       this.failures = wasReady ? 1 : this.failures + 1;
       if (this.failures >= CONFIG.failuresBeforePolling) this.startPolling();
       else if (!this.polling) this.setState('reconnecting');
@@ -416,8 +423,8 @@
     async onWelcome(f) {
       if (f.auth === 'required') {
         Auth.required = true;
-        let token = Auth.get() || Auth.memory;
-        if (!token) token = await Auth.ask(this.authProblem);
+        const token = await Auth.token(this.authProblem);
+        this.sentToken = token;
         this.send({ type: 'auth', token });
       } else if (f.auth === 'open') {
         // Open mode: declare who we are so presence lists read well.
@@ -479,8 +486,9 @@
 
     onError(f) {
       if (f.code === 'invalid_token' || f.code === 'token_expired') {
+        // The server closes the session next; the reconnect asks for a new token.
         this.authProblem = f.message || 'The server refused the token.';
-        Auth.clear();
+        Auth.drop(this.sentToken);
         return;
       }
       const room = this.joinIds.get(f.id);
@@ -503,6 +511,7 @@
       this.failures = 0;
       this.stopPolling();
       this.setState('connected');
+      for (const fn of this.readyListeners) fn();
     }
 
     startPolling() {
@@ -714,6 +723,7 @@
       return body;
     }
     loadHealth().catch(() => {});
+    conn.onReady(() => loadHealth().catch(() => {}));
     setInterval(() => {
       if (conn.state === 'connected') loadHealth().catch(() => {});
     }, 10000);

@@ -189,7 +189,7 @@ test('cutting the connection: the badge goes to reconnecting and back to connect
   await page.locator('#op-status[data-status="running"]').waitFor();
   await waitForBadge(page, 'connected');
   const id = page.url().split('/').pop();
-  await page.waitForFunction(() => document.querySelectorAll('#log .ln').length >= 4, null, { timeout: WAIT });
+  await page.waitForFunction(() => document.querySelectorAll('#log .ln').length >= 8, null, { timeout: WAIT });
   await screenshot(page, 'operation');
 
   console.expectNetworkErrors(true);
@@ -249,7 +249,9 @@ test('when the socket keeps failing the page polls the REST API (badge "polling"
 
 test('the activity feed is newest first, pages back through history and shows new items live', async () => {
   for (let i = 1; i <= 60; i++) {
-    const r = await rest.post('/api/activities', { project: String(i % 3), actor: ['alice', 'bob', 'carol'][i % 3], verb: 'completed', object: `step ${i}` });
+    const r = await rest.post('/api/activities', {
+      project: String(i % 3), actor: ['alice', 'bob', 'carol'][i % 3], verb: ['completed', 'reviewed', 'reopened', 'commented on'][i % 4], object: `step ${i}`,
+    });
     assert.equal(r.status, 201);
   }
   const { page, console } = await openPage(browser, `${proxy.url}/activity`);
@@ -268,7 +270,8 @@ test('the activity feed is newest first, pages back through history and shows ne
   assert.equal(r.status, 201);
   await page.waitForFunction(() => document.querySelector('#feed li')?.textContent.includes('deployed api 1.4.2'));
   assert.equal(await items.count(), 61);
-  await screenshot(page, 'activity');
+  await page.evaluate(() => window.scrollTo(0, 0));
+  await screenshot(page, 'activity', { fullPage: false });
   console.assertClean();
   await page.close();
 });
