@@ -14,6 +14,36 @@ pub fn valid_room_name(name: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'-'))
 }
 
+/// Deepest nesting of arrays and objects accepted in client payloads (`data`, `params`). Raw
+/// payloads are passed through unparsed, so serde's own recursion limit does not apply to them.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// Nesting depth of a JSON text, in one pass (brackets inside strings do not count).
+pub fn json_depth(json: &str) -> usize {
+    let (mut depth, mut max, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                max = max.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    max
+}
+
 /// Event names: 1-128 bytes, no control characters.
 pub fn valid_event_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 128 && !name.chars().any(char::is_control)
@@ -22,6 +52,13 @@ pub fn valid_event_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_counts_nesting_outside_strings() {
+        assert_eq!(json_depth("1"), 0);
+        assert_eq!(json_depth(r#"{"a":[1,{"b":2}]}"#), 3);
+        assert_eq!(json_depth(r#"["[[[[", "\\\"{{"]"#), 1);
+    }
 
     #[test]
     fn room_names_follow_the_pattern() {

@@ -8,6 +8,7 @@ mod helpers;
 mod limits;
 mod operations;
 mod presence;
+mod properties;
 mod protocol;
 mod resume;
 mod rooms;
