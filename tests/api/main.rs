@@ -2,6 +2,7 @@
 
 mod activities;
 mod auth;
+mod chaos;
 mod dashboard;
 mod health;
 mod helpers;
