@@ -84,7 +84,7 @@
     const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
     if (d) return `${d} d ${h} h`;
     if (h) return `${h} h ${m} min`;
-    if (m) return `${m} min ${s % 60} s`;
+    if (m) return `${m} min`;
     return `${s} s`;
   }
 
@@ -718,7 +718,7 @@
       const broker = body.broker || {};
       pill('broker', broker.status || 'unknown', broker.status || 'unknown', broker.kind || '');
       const ws = body.websocket || {};
-      pill('websocket', ws.status || 'unknown', ws.status || 'unknown', `${fmtNum(ws.connections)} connections`);
+      pill('websocket', ws.status || 'unknown', ws.status || 'unknown', `${fmtNum(ws.connections)} connection${ws.connections === 1 ? '' : 's'}`);
       $('#health-checked').textContent = `Checked ${new Date().toLocaleTimeString()} · server ${body.version || ''}`;
       return body;
     }
