@@ -351,6 +351,10 @@ pub async fn events(
     if resumed && op.status.is_terminal() && after >= op.log_offset {
         return Ok(HttpResponse::NoContent().finish());
     }
+    if super::socketio::check_origin(&req, &state.settings.allowed_origins).is_err() {
+        state.metrics.refused(ErrorCode::Forbidden);
+        return Err(AppError::new(ErrorCode::Forbidden, "origin not allowed"));
+    }
     let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::with_framing(
@@ -378,6 +382,10 @@ pub async fn socket(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let op = visible(&state, &caller.identity, &path).await?;
+    if super::socketio::check_origin(&req, &state.settings.allowed_origins).is_err() {
+        state.metrics.refused(ErrorCode::Forbidden);
+        return Err(AppError::new(ErrorCode::Forbidden, "origin not allowed"));
+    }
     let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);

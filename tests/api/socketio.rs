@@ -205,3 +205,26 @@ async fn overlapping_polling_posts_end_the_session() {
     let (s, _) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
     assert_eq!(s, 400, "and the session is gone");
 }
+
+#[tokio::test]
+async fn operation_streams_check_the_origin_too() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.allowed_origins = vec!["https://app.example".into()];
+    })
+    .await;
+    let (_, op) = app
+        .post(
+            "/api/operations",
+            serde_json::json!({"kind": "demo", "target": "o", "params": {"step_ms": 1}}),
+        )
+        .await;
+    let id = op["id"].as_str().unwrap();
+    let res = app
+        .http
+        .get(app.url(&format!("/api/operations/{id}/events")))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+}
