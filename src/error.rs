@@ -169,6 +169,10 @@ impl Refusal {
     }
 }
 
+/// Marks an HTTP response as a refusal with this code, for `/metrics`.
+#[derive(Debug, Clone, Copy)]
+pub struct RefusedWith(pub ErrorCode);
+
 /// The error type of every HTTP handler.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -217,10 +221,13 @@ impl ResponseError for AppError {
                 "internal server error".to_string()
             }
         };
-        HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut res = HttpResponse::build(self.status_code()).json(ErrorBody {
             error: self.code().as_str(),
             message: &message,
-        })
+        });
+        // Read by the refusal-counting middleware (see `startup`), which has the metrics.
+        res.extensions_mut().insert(RefusedWith(self.code()));
+        res
     }
 }
 

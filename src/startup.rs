@@ -165,7 +165,21 @@ impl Application {
         let port = listener.local_addr()?.port();
         let max_body = settings.max_body_bytes;
         let server = HttpServer::new(move || {
+            let counted = state.metrics.clone();
             App::new()
+                // Every REST refusal is counted by code, like socket refusals.
+                .wrap_fn(move |req, srv| {
+                    let metrics = counted.clone();
+                    let fut = actix_web::dev::Service::call(srv, req);
+                    async move {
+                        let res = fut.await?;
+                        if let Some(code) = res.response().extensions().get::<error::RefusedWith>()
+                        {
+                            metrics.refused(code.0);
+                        }
+                        Ok(res)
+                    }
+                })
                 .app_data(state.clone())
                 .app_data(error::json_config(max_body))
                 .app_data(web::PayloadConfig::new(max_body))

@@ -37,7 +37,8 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Admits a new connection from this request's address, or refuses it (counted).
+    /// Admits a new connection from this request's address, or refuses it. (A refusal returned
+    /// as an HTTP error is counted by the middleware; other callers count it themselves.)
     pub fn admit(
         &self,
         req: &actix_web::HttpRequest,
@@ -46,7 +47,6 @@ impl AppState {
         self.gate
             .admit(req.peer_addr().map(|a| a.ip()))
             .map_err(|why| {
-                self.metrics.refused(ErrorCode::TooManyConnections);
                 let message = match why {
                     GateRefusal::TooMany => "too many open connections from this address",
                     GateRefusal::TooFast => {

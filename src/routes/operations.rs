@@ -352,7 +352,6 @@ pub async fn events(
         return Ok(HttpResponse::NoContent().finish());
     }
     if super::socketio::check_origin(&req, &state.settings.allowed_origins).is_err() {
-        state.metrics.refused(ErrorCode::Forbidden);
         return Err(AppError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
     let slot = state.admit(&req)?;
@@ -383,7 +382,6 @@ pub async fn socket(
 ) -> Result<HttpResponse, AppError> {
     let op = visible(&state, &caller.identity, &path).await?;
     if super::socketio::check_origin(&req, &state.settings.allowed_origins).is_err() {
-        state.metrics.refused(ErrorCode::Forbidden);
         return Err(AppError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
     let slot = state.admit(&req)?;

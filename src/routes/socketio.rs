@@ -213,7 +213,10 @@ async fn polling(
         };
         let slot = match state.admit(&req) {
             Ok(slot) => slot,
-            Err(r) => return engine_error(StatusCode::TOO_MANY_REQUESTS, 4, &r.message, cors),
+            Err(r) => {
+                state.metrics.refused(r.code);
+                return engine_error(StatusCode::TOO_MANY_REQUESTS, 4, &r.message, cors);
+            }
         };
         let sid = new_sid();
         let settings = &state.settings;
@@ -328,7 +331,10 @@ async fn websocket(
             };
             let slot = match state.admit(&req) {
                 Ok(slot) => slot,
-                Err(r) => return engine_error(StatusCode::TOO_MANY_REQUESTS, 4, &r.message, cors),
+                Err(r) => {
+                    state.metrics.refused(r.code);
+                    return engine_error(StatusCode::TOO_MANY_REQUESTS, 4, &r.message, cors);
+                }
             };
             let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
             let (response, reader) =

@@ -16,7 +16,6 @@ pub async fn connect(
 ) -> Result<HttpResponse, AppError> {
     // Browsers send their page's origin: only allowed ones may open a socket (empty list: any).
     if super::socketio::check_origin(&req, &state.settings.allowed_origins).is_err() {
-        state.metrics.refused(ErrorCode::Forbidden);
         return Err(AppError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
     // A token in the header is checked before the upgrade: a bad one gets a plain 401.
@@ -24,9 +23,7 @@ pub async fn connect(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|h| h.to_str().unwrap_or(""));
-    let identity = state.auth.from_header(header).inspect_err(|r| {
-        state.metrics.refused(r.code);
-    })?;
+    let identity = state.auth.from_header(header)?;
     let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);

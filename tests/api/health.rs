@@ -110,3 +110,20 @@ async fn metrics_are_prometheus_text_and_count_traffic() {
     }
     assert!(app.metric("switchyard_publishes_total").await >= 1);
 }
+
+#[tokio::test]
+async fn rest_refusals_are_counted_by_code_exactly_once() {
+    let app = spawn_app().await;
+    app.get("/api/nothing").await;
+    app.post("/api/activities", json!({"verb": "v"})).await;
+    app.post("/api/activities", json!({"verb": "v"})).await;
+    let text = app.metrics_text().await;
+    assert!(
+        text.contains("switchyard_refusals_total{code=\"not_found\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("switchyard_refusals_total{code=\"invalid_json\"} 2"),
+        "{text}"
+    );
+}
