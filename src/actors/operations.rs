@@ -48,9 +48,16 @@ pub enum StartError {
     Database(DbError),
 }
 
+/// A started operation and, for external ones, the worker token (given only to the starter).
+#[derive(Debug, Clone)]
+pub struct Started {
+    pub operation: Operation,
+    pub worker_token: Option<String>,
+}
+
 /// Routes/Session → Manager.
 #[derive(Message)]
-#[rtype(result = "Result<Operation, StartError>")]
+#[rtype(result = "Result<Started, StartError>")]
 pub struct StartOperation {
     pub kind: String,
     pub target: String,
@@ -65,11 +72,15 @@ pub struct CancelOperation {
     pub id: String,
 }
 
+/// A worker's report: allowed for `authorized` callers (role `service`), or with the
+/// operation's own worker token.
 #[derive(Message)]
 #[rtype(result = "Result<Operation, Refusal>")]
 pub struct ReportOperation {
     pub id: String,
     pub report: WorkerReport,
+    pub authorized: bool,
+    pub worker_token: Option<String>,
 }
 
 /// The freshest status: from the live actor if there is one, else from the database.
@@ -259,7 +270,7 @@ impl Actor for OperationManager {
 }
 
 impl Handler<StartOperation> for OperationManager {
-    type Result = ResponseActFuture<Self, Result<Operation, StartError>>;
+    type Result = ResponseActFuture<Self, Result<Started, StartError>>;
 
     fn handle(&mut self, msg: StartOperation, _ctx: &mut Context<Self>) -> Self::Result {
         let Some(kind) = self.cx.kinds.get(&msg.kind) else {
@@ -305,9 +316,15 @@ impl Handler<StartOperation> for OperationManager {
         let row = OperationRow::from(&op);
         let (kind_name, target) = (op.kind.clone(), op.target.clone());
         let db = self.cx.db.clone();
+        let worker_token =
+            (kind.runner == RunnerKind::External).then(crate::operations::new_worker_token);
+        let hash = worker_token.as_deref().map(crate::operations::token_sha256);
         Box::pin(
             async move {
-                match db.run(move |c| store::insert(c, &row)).await {
+                match db
+                    .run(move |c| store::insert_with_token(c, &row, hash.as_deref()))
+                    .await
+                {
                     Ok(()) => Ok(None),
                     Err(DbError::Query(DieselError::DatabaseError(
                         DatabaseErrorKind::UniqueViolation,
@@ -335,7 +352,10 @@ impl Handler<StartOperation> for OperationManager {
                 Ok(None) => {
                     log::info!("operation {} ({} on {}) created", op.id, op.kind, op.target);
                     act.spawn(op.clone(), true, ctx);
-                    Ok(op)
+                    Ok(Started {
+                        operation: op,
+                        worker_token,
+                    })
                 }
                 Ok(Some(existing)) => Err(StartError::Duplicate(Box::new(existing))),
                 Err(e) => Err(e),
@@ -381,11 +401,36 @@ impl Handler<ReportOperation> for OperationManager {
     type Result = ResponseFuture<Result<Operation, Refusal>>;
 
     fn handle(&mut self, msg: ReportOperation, _ctx: &mut Context<Self>) -> Self::Result {
-        if let Some(addr) = self.live.get(&msg.id) {
-            let fut = addr.send(Report(msg.report));
-            return Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) });
-        }
-        Box::pin(not_live(self.cx.db.clone(), msg.id).map(Err))
+        let live = self.live.get(&msg.id).cloned();
+        let db = self.cx.db.clone();
+        Box::pin(async move {
+            if !msg.authorized {
+                let Some(token) = msg.worker_token else {
+                    return Err(Refusal::new(
+                        ErrorCode::Forbidden,
+                        "reports need role service or the operation's worker token",
+                    ));
+                };
+                let (id, hash) = (msg.id.clone(), crate::operations::token_sha256(&token));
+                let ok = db
+                    .run(move |c| store::worker_token_matches(c, &id, &hash))
+                    .await
+                    .map_err(db_refusal)?;
+                if !ok {
+                    return Err(Refusal::new(
+                        ErrorCode::Forbidden,
+                        "this worker token is not for this operation",
+                    ));
+                }
+            }
+            match live {
+                Some(addr) => addr
+                    .send(Report(msg.report))
+                    .await
+                    .unwrap_or_else(|e| Err(unavailable(e))),
+                None => Err(not_live(db, msg.id).await),
+            }
+        })
     }
 }
 

@@ -469,7 +469,10 @@ impl Session {
                     .send(msg)
                     .into_actor(self)
                     .map(move |res, act, ctx| match res {
-                        Ok(Ok(op)) => reply(act, ctx, Ok(op), true),
+                        Ok(Ok(started)) => act.reply(
+                            dup_id.as_deref(),
+                            Reply::Started(&started.operation, started.worker_token.as_deref()),
+                        ),
                         Ok(Err(StartError::Duplicate(existing))) => {
                             let r = Refusal::new(
                                 ErrorCode::DuplicateOperation,
@@ -524,19 +527,19 @@ impl Session {
                     .map(move |res, act, ctx| reply(act, ctx, res, true))
                     .spawn(ctx);
             }
-            Request::ReportOperation { operation, report } => {
-                if !identity.may_report() {
-                    let r = Refusal::new(
-                        ErrorCode::Forbidden,
-                        "only workers (role service) may report progress",
-                    );
-                    return reply(self, ctx, Err(r), false);
-                }
+            Request::ReportOperation {
+                operation,
+                report,
+                worker_token,
+            } => {
+                // Role `service`, or the operation's own worker token (checked by the manager).
                 self.state
                     .operations
                     .send(ReportOperation {
                         id: operation,
                         report,
+                        authorized: identity.may_report(),
+                        worker_token,
                     })
                     .into_actor(self)
                     .map(move |res, act, ctx| {

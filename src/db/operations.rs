@@ -3,7 +3,7 @@
 use diesel::prelude::*;
 use serde_json::Value;
 
-use super::schema::{operation_logs, operations};
+use super::schema::{operation_logs, operation_worker_tokens, operations};
 use super::DbConn;
 use crate::operations::{LogLine, OpError, Operation, RunnerKind, Stage, Status, Timestamp};
 use crate::with_conn;
@@ -130,6 +130,40 @@ pub fn insert(conn: &mut DbConn, row: &OperationRow) -> QueryResult<()> {
     with_conn!(conn, c => diesel::insert_into(operations::table).values(row).execute(c)).map(|_| ())
 }
 
+/// Inserts a new operation and, for external ones, the hash of its worker token, together.
+pub fn insert_with_token(
+    conn: &mut DbConn,
+    row: &OperationRow,
+    token_sha256: Option<&str>,
+) -> QueryResult<()> {
+    with_conn!(conn, c => c.transaction(|c| {
+        diesel::insert_into(operations::table).values(row).execute(c)?;
+        if let Some(hash) = token_sha256 {
+            diesel::insert_into(operation_worker_tokens::table)
+                .values((
+                    operation_worker_tokens::operation_id.eq(&row.id),
+                    operation_worker_tokens::token_sha256.eq(hash),
+                ))
+                .execute(c)?;
+        }
+        Ok(())
+    }))
+}
+
+/// True when `token_sha256` is the stored hash of this operation's worker token.
+pub fn worker_token_matches(conn: &mut DbConn, id: &str, token_sha256: &str) -> QueryResult<bool> {
+    let stored: Option<String> = with_conn!(conn, c => operation_worker_tokens::table
+        .find(id)
+        .select(operation_worker_tokens::token_sha256)
+        .first(c)
+        .optional())?;
+    Ok(stored.is_some_and(|s| constant_time_eq(s.as_bytes(), token_sha256.as_bytes())))
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 pub fn get(conn: &mut DbConn, id: &str) -> QueryResult<Option<OperationRow>> {
     with_conn!(conn, c => operations::table
         .find(id)
@@ -230,6 +264,13 @@ pub fn prune(conn: &mut DbConn, before_ms: i64) -> QueryResult<usize> {
             .select(operations::id);
         diesel::delete(operation_logs::table.filter(operation_logs::operation_id.eq_any(old)))
             .execute(c)?;
+        let old = operations::table
+            .filter(operations::finished_at.lt(before_ms))
+            .select(operations::id);
+        diesel::delete(
+            operation_worker_tokens::table.filter(operation_worker_tokens::operation_id.eq_any(old)),
+        )
+        .execute(c)?;
         diesel::delete(operations::table.filter(operations::finished_at.lt(before_ms))).execute(c)
     }))
 }

@@ -48,4 +48,11 @@ diesel::table! {
 }
 
 diesel::joinable!(operation_logs -> operations (operation_id));
-diesel::allow_tables_to_appear_in_same_query!(operations, operation_logs);
+diesel::allow_tables_to_appear_in_same_query!(operations, operation_logs, operation_worker_tokens);
+
+diesel::table! {
+    operation_worker_tokens (operation_id) {
+        operation_id -> Text,
+        token_sha256 -> Text,
+    }
+}

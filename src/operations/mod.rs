@@ -399,6 +399,22 @@ impl EtaEstimator {
     }
 }
 
+/// A fresh worker token: 32 random bytes, base64url.
+pub fn new_worker_token() -> String {
+    use base64::Engine as _;
+    let raw: [u8; 32] = rand::random();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// What is stored of a worker token (hex SHA-256).
+pub fn token_sha256(token: &str) -> String {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// One log line, as stored and as carried by `operation.log`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LogLine {

@@ -147,9 +147,16 @@ pub struct Backfill {
 pub enum Reply<'a> {
     Pong,
     Authenticated(&'a UserInfo),
-    Left { room: &'a str },
-    Published { room: &'a str, offset: u64 },
+    Left {
+        room: &'a str,
+    },
+    Published {
+        room: &'a str,
+        offset: u64,
+    },
     Operation(&'a Operation),
+    /// A started operation and, for external ones, its worker token.
+    Started(&'a Operation, Option<&'a str>),
     Duplicate(&'a Refusal, &'a Operation),
     Error(&'a Refusal),
 }
@@ -273,6 +280,7 @@ impl Wire {
                 Reply::Left { room } => native::left(id, room),
                 Reply::Published { room, offset } => native::published(id, room, offset),
                 Reply::Operation(op) => native::operation(id, op),
+                Reply::Started(op, token) => native::started(id, op, token),
                 Reply::Duplicate(refusal, op) => native::duplicate(id, refusal, op),
                 Reply::Error(refusal) => native::error(id, refusal),
             }),
@@ -285,6 +293,12 @@ impl Wire {
                         serde_json::json!({"ok": true, "room": room, "offset": offset})
                     }
                     Reply::Operation(op) => serde_json::json!({"ok": true, "operation": op}),
+                    Reply::Started(op, token) => match token {
+                        Some(t) => {
+                            serde_json::json!({"ok": true, "operation": op, "worker_token": t})
+                        }
+                        None => serde_json::json!({"ok": true, "operation": op}),
+                    },
                     Reply::Duplicate(refusal, op) => serde_json::json!({
                         "ok": false,
                         "error": {"code": refusal.code.as_str(), "message": refusal.message},

@@ -62,6 +62,8 @@ pub enum Request {
     ReportOperation {
         operation: String,
         report: crate::actors::operation::WorkerReport,
+        /// The operation's own worker token, for workers without role `service`.
+        worker_token: Option<String>,
     },
 }
 
@@ -124,6 +126,8 @@ struct RawFrame<'a> {
     result: Option<&'a RawValue>,
     #[serde(borrow, default)]
     error: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    worker_token: Option<&'a RawValue>,
 }
 
 /// A frame that could not be turned into a request: the refusal and, when the frame was an
@@ -300,7 +304,13 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request), BadFrame> {
                 .map_err(|r| fail(r.code, r.message))?
                 .unwrap_or_default();
             let report = worker_report(&kind, &raw).map_err(|r| fail(r.code, r.message))?;
-            Request::ReportOperation { operation, report }
+            let worker_token = string_field(raw.worker_token, "worker_token", &kind, false)
+                .map_err(|r| fail(r.code, r.message))?;
+            Request::ReportOperation {
+                operation,
+                report,
+                worker_token,
+            }
         }
         other => {
             let shown: String = other.chars().take(64).collect();
@@ -693,6 +703,27 @@ struct OperationReply<'a, T: Serialize> {
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a RawValue>,
     operation: &'a T,
+}
+
+#[derive(Serialize)]
+struct StartedReply<'a, T: Serialize> {
+    #[serde(rename = "type")]
+    t: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a RawValue>,
+    operation: &'a T,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    worker_token: Option<&'a str>,
+}
+
+/// Reply to `operation.start`: the status, and the worker token of an external operation.
+pub fn started<T: Serialize>(id: Option<&RawValue>, op: &T, worker_token: Option<&str>) -> Bytes {
+    encode(&StartedReply {
+        t: "operation",
+        id,
+        operation: op,
+        worker_token,
+    })
 }
 
 /// Reply to `operation.*` requests: the operation's status.

@@ -85,9 +85,18 @@ pub async fn start(
         .await
         .map_err(mailbox)?;
     match res {
-        Ok(op) => Ok(HttpResponse::Accepted()
-            .insert_header((header::LOCATION, format!("/api/operations/{}", op.id)))
-            .json(op)),
+        Ok(started) => {
+            let id = started.operation.id.clone();
+            let mut body = serde_json::to_value(&started.operation)
+                .map_err(|e| AppError::Internal(e.into()))?;
+            if let (Some(token), Some(obj)) = (started.worker_token, body.as_object_mut()) {
+                // Only the starter sees it: it lets a worker report for this operation alone.
+                obj.insert("worker_token".into(), Value::String(token));
+            }
+            Ok(HttpResponse::Accepted()
+                .insert_header((header::LOCATION, format!("/api/operations/{id}")))
+                .json(body))
+        }
         Err(StartError::Duplicate(existing)) => {
             state.metrics.refused(ErrorCode::DuplicateOperation);
             Ok(HttpResponse::Conflict().json(Duplicate {
@@ -229,32 +238,79 @@ pub async fn cancel(
     Ok(HttpResponse::Accepted().json(op))
 }
 
+/// Who reports: a caller with role `service` (or admin, or open mode), or anyone holding the
+/// operation's worker token in `X-Worker-Token`.
+pub struct Reporter {
+    authorized: bool,
+    worker_token: Option<String>,
+}
+
+impl actix_web::FromRequest for Reporter {
+    type Error = AppError;
+    type Future = std::future::Ready<Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let worker_token = req
+            .headers()
+            .get("x-worker-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let result = match (
+            worker_token,
+            Caller::from_request(req, payload).into_inner(),
+        ) {
+            (Some(t), _) => Ok(Reporter {
+                authorized: false,
+                worker_token: Some(t),
+            }),
+            (None, Ok(caller)) => caller
+                .identity
+                .require(caller.identity.may_report(), "report operation progress")
+                .map(|_| Reporter {
+                    authorized: true,
+                    worker_token: None,
+                })
+                .map_err(AppError::from),
+            (None, Err(e)) => Err(e),
+        };
+        std::future::ready(result)
+    }
+}
+
 async fn report(
-    caller: Caller,
+    reporter: Reporter,
     id: String,
     report: WorkerReport,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    caller
-        .identity
-        .require(caller.identity.may_report(), "report operation progress")?;
     let op = state
         .operations
-        .send(ReportOperation { id, report })
+        .send(ReportOperation {
+            id,
+            report,
+            authorized: reporter.authorized,
+            worker_token: reporter.worker_token,
+        })
         .await
         .map_err(mailbox)??;
     Ok(HttpResponse::Ok().json(op))
 }
 
 pub async fn progress(
-    caller: Caller,
+    reporter: Reporter,
     path: web::Path<String>,
     body: web::Json<Update>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let mut u = body.into_inner();
     u.result = None;
-    report(caller, path.into_inner(), WorkerReport::Progress(u), state).await
+    report(
+        reporter,
+        path.into_inner(),
+        WorkerReport::Progress(u),
+        state,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -263,13 +319,19 @@ pub struct LogsBody {
 }
 
 pub async fn append_logs(
-    caller: Caller,
+    reporter: Reporter,
     path: web::Path<String>,
     body: web::Json<LogsBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let lines = log_lines(&body.lines)?;
-    report(caller, path.into_inner(), WorkerReport::Logs(lines), state).await
+    report(
+        reporter,
+        path.into_inner(),
+        WorkerReport::Logs(lines),
+        state,
+    )
+    .await
 }
 
 #[derive(Deserialize)]
@@ -279,14 +341,14 @@ pub struct CompleteBody {
 }
 
 pub async fn complete(
-    caller: Caller,
+    reporter: Reporter,
     path: web::Path<String>,
     body: web::Json<CompleteBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let result = body.into_inner().result;
     report(
-        caller,
+        reporter,
         path.into_inner(),
         WorkerReport::Complete(result),
         state,
@@ -301,14 +363,14 @@ pub struct FailBody {
 }
 
 pub async fn fail(
-    caller: Caller,
+    reporter: Reporter,
     path: web::Path<String>,
     body: web::Json<FailBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let (code, message) = fail_fields(&body.error).map_err(AppError::from)?;
     report(
-        caller,
+        reporter,
         path.into_inner(),
         WorkerReport::Fail { code, message },
         state,

@@ -1212,6 +1212,57 @@ async fn with_a_secret_only_permitted_callers_start_watch_and_report() {
         .post_auth(&format!("/api/operations/{id}/cancel"), &viewer, json!({}))
         .await;
     assert_eq!((s, b["error"].as_str()), (403, Some("forbidden")));
+
+    // The starter got the operation's own worker token: a worker holding it may report for
+    // this operation alone, without a service token; nobody else ever sees it.
+    let worker_token = op["worker_token"]
+        .as_str()
+        .expect("external operations get one")
+        .to_string();
+    let report = |token: &str, op_id: &str, body: serde_json::Value| {
+        let req = app
+            .http
+            .post(app.url(&format!("/api/operations/{op_id}/progress")))
+            .header("x-worker-token", token)
+            .json(&body);
+        async move {
+            let res = req.send().await.unwrap();
+            let status = res.status().as_u16();
+            (status, res.json::<serde_json::Value>().await.unwrap())
+        }
+    };
+    let (s, b) = report(&worker_token, id, json!({"progress": 30})).await;
+    assert_eq!((s, b["progress"].as_f64()), (200, Some(30.0)));
+    let (s, b) = report("guessed", id, json!({"progress": 31})).await;
+    assert_eq!((s, b["error"].as_str()), (403, Some("forbidden")));
+    let (_, other) = app
+        .post_auth(
+            "/api/operations",
+            &member,
+            json!({"kind": "convert", "target": "b", "project": "1"}),
+        )
+        .await;
+    let other_id = other["id"].as_str().unwrap();
+    let (s, _) = report(&worker_token, other_id, json!({"progress": 1})).await;
+    assert_eq!(s, 403, "a worker token is for its own operation only");
+    let (_, status) = app
+        .get_auth(&format!("/api/operations/{id}"), &viewer)
+        .await;
+    assert!(status.get("worker_token").is_none());
+    assert!(!status.to_string().contains(&worker_token));
+    // Over /ws, a plain user reports with the token in the frame.
+    let mut w = WsClient::connect(&app.ws_url(), Some(&member)).await;
+    let r = w
+        .request(json!({"type": "operation.log", "operation": id, "lines": ["from the worker"], "worker_token": worker_token}))
+        .await;
+    assert_eq!(r["operation"]["log_offset"], 1, "{r}");
+    let r = w
+        .request(json!({"type": "operation.complete", "operation": id}))
+        .await;
+    assert_eq!(
+        r["code"], "forbidden",
+        "without the token a plain user may not"
+    );
 }
 
 #[tokio::test]
