@@ -378,7 +378,7 @@ const ETA_WINDOW_MS: i64 = 30_000;
 
 impl EtaEstimator {
     pub fn observe(&mut self, now: i64, progress: f64) -> Option<u64> {
-        if self.samples.back().map_or(true, |(_, p)| progress > *p) {
+        if self.samples.back().is_none_or(|(_, p)| progress > *p) {
             self.samples.push_back((now, progress));
         }
         while self.samples.len() > 2
