@@ -228,6 +228,12 @@
         await Auth.token((data && data.message) || 'The server refused the token.');
         continue;
       }
+      // The server says "retry" when the database is briefly out of reach: reads try twice more.
+      const code = data && data.error;
+      if (res.status === 503 && method === 'GET' && attempt < 2 && (code === 'database_unavailable' || code === 'unavailable')) {
+        await wait(300 * (attempt + 1));
+        continue;
+      }
       if (!res.ok) throw new ApiError(res.status, data);
       return data;
     }

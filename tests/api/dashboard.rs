@@ -12,7 +12,10 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::helpers::{spawn_app, spawn_app_with, token, Backend, SECRET};
+use switchyard::config::DatabaseUrl;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+
+use crate::helpers::{spawn_app, spawn_app_with, token, Backend, TestApp, SECRET};
 
 /// Everything the browser run may take before the test fails.
 const BROWSER_RUN_LIMIT: Duration = Duration::from_secs(300);
@@ -61,15 +64,71 @@ fn perf_kinds(dir: &Path) -> PathBuf {
     file
 }
 
+/// The open-mode server on `port` (0: any) with its database in `url`.
+async fn boot(url: DatabaseUrl, port: u16) -> TestApp {
+    spawn_app_with(Backend::Sqlite, move |s| {
+        s.database = url;
+        s.port = port;
+    })
+    .await
+}
+
+/// Restarts `app` on the same port and database file whenever a browser test asks, over a
+/// line-based TCP channel: `restart` → graceful shutdown, start again → `ok`.
+async fn serve_restarts(control: tokio::net::TcpListener, app: TestApp, url: DatabaseUrl) {
+    let port = app.port;
+    let mut app = Some(app);
+    while let Ok((mut sock, _)) = control.accept().await {
+        let (read, mut write) = sock.split();
+        let mut line = String::new();
+        if tokio::io::BufReader::new(read)
+            .read_line(&mut line)
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        let answer: &[u8] = if line.trim() == "restart" {
+            if let Some(running) = app.take() {
+                running.shutdown().await;
+            }
+            app = Some(boot(url.clone(), port).await);
+            b"ok\n"
+        } else {
+            b"unknown command\n"
+        };
+        let _ = write.write_all(answer).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_works_in_headless_chromium() {
     let dir = require_browser_tools();
     let kinds_dir = tempfile::tempdir().expect("temp dir");
     let kinds = perf_kinds(kinds_dir.path());
 
-    let open = spawn_app().await;
+    // The main server keeps its database outside the TestApp so a restart finds it again.
+    let open_dir = tempfile::tempdir().expect("temp dir");
+    let open_db = DatabaseUrl::Sqlite(
+        open_dir
+            .path()
+            .join("dashboard.db")
+            .to_string_lossy()
+            .into_owned(),
+    );
+    let open = boot(open_db.clone(), 0).await;
+    let open_url = open.url("");
+    let control = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("control listener");
+    let control_port = control.local_addr().expect("control address").port();
+    let restarts = tokio::spawn(serve_restarts(control, open, open_db));
+    // Big data: the default pool and a patient database timeout, as a real deployment has
+    // (the test defaults are tuned for quick outage tests).
     let perf = spawn_app_with(Backend::Sqlite, move |s| {
         s.operations_file = Some(kinds);
+        s.db_pool_size = 8;
+        s.db_timeout = Duration::from_secs(5);
     })
     .await;
     let secured = spawn_app_with(Backend::Sqlite, |s| {
@@ -88,7 +147,8 @@ async fn the_dashboard_works_in_headless_chromium() {
         "auth.test.mjs",
     ])
     .current_dir(&dir)
-    .env("SY_URL", open.url(""))
+    .env("SY_URL", &open_url)
+    .env("SY_CONTROL_PORT", control_port.to_string())
     .env("SY_PERF_URL", perf.url(""))
     .env("SY_AUTH_URL", secured.url(""))
     .env("SY_AUTH_TOKEN", &admin)
@@ -104,6 +164,8 @@ async fn the_dashboard_works_in_headless_chromium() {
         .await
         .unwrap_or_else(|_| panic!("the browser tests did not finish in {BROWSER_RUN_LIMIT:?}"))
         .expect("run node");
+    // Dropping the task's server stops it.
+    restarts.abort();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     println!(

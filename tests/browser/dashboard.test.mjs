@@ -5,13 +5,13 @@ import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import {
   WAIT, env, launch, openPage, startProxy, restClient, eventually, screenshot, shownLog,
-  waitForBadge, waitForBadgeSequence,
+  waitForBadge, waitForBadgeSequence, restartServer,
 } from './lib/harness.mjs';
 
-let browser, proxy, rest;
+let browser, proxy, rest, base;
 
 before(async () => {
-  const base = env('SY_URL');
+  base = env('SY_URL');
   rest = restClient(base);
   proxy = await startProxy(base);
   browser = await launch();
@@ -245,6 +245,44 @@ test('when the socket keeps failing the page polls the REST API (badge "polling"
   assert.deepEqual(await shownLog(page), stored.map((l) => [l.offset, l.line]), 'polling and rejoining lose and double nothing');
   console.assertClean();
   await page.close();
+});
+
+test('a server restart: pages reconnect to the new server, reload what they missed, and show the interrupted operation', async () => {
+  const started = await rest.post('/api/operations', { kind: 'demo', target: 'e2e-restart', params: { step_ms: 1000 } });
+  assert.equal(started.status, 202);
+  const id = started.body.id;
+  // Straight to the server this time: it is the server that goes away.
+  const list = await openPage(browser, `${base}/operations`);
+  const detail = await openPage(browser, `${base}/operations/${id}`);
+  await waitForBadge(list.page, 'connected');
+  await waitForBadge(detail.page, 'connected');
+  await rowOf(list.page, 'e2e-restart').locator('.status[data-status="running"]').waitFor();
+  await detail.page.waitForFunction(() => document.querySelectorAll('#log .ln').length >= 2, null, { timeout: WAIT });
+  // The server writes lines in batches; restart once what the page shows is stored.
+  const seen = (await shownLog(detail.page)).length;
+  await eventually('the lines shown to be stored', async () => (await rest.logs(id)).length >= seen);
+
+  list.console.expectNetworkErrors(true);
+  detail.console.expectNetworkErrors(true);
+  await restartServer();
+  for (const { page } of [list, detail]) await waitForBadgeSequence(page, ['connected', 'reconnecting', 'connected'], 30000);
+  list.console.expectNetworkErrors(false);
+  detail.console.expectNetworkErrors(false);
+
+  // The new server marked the operation interrupted; both pages learn it.
+  await rowOf(list.page, 'e2e-restart').locator('.status[data-status="failed"]').waitFor();
+  await list.page.locator('.toast[data-tone="error"]', { hasText: 'Failed: demo on e2e-restart' }).waitFor();
+  await detail.page.locator('#op-status[data-status="failed"]').waitFor();
+  assert.match(await detail.page.textContent('#op-error'), /interrupted/);
+  const stored = await rest.logs(id);
+  await detail.page.waitForFunction((n) => document.querySelectorAll('#log .ln').length >= n, stored.length);
+  assert.deepEqual(await shownLog(detail.page), stored.map((l) => [l.offset, l.line]));
+
+  // Live again: a demo started from the list after the restart runs to the end.
+  await startDemoFromPage(list.page, 'e2e-after-restart', { pace: '30' });
+  await list.page.locator('.toast[data-tone="success"]', { hasText: 'e2e-after-restart' }).waitFor();
+  list.console.assertClean();
+  detail.console.assertClean();
 });
 
 test('the activity feed is newest first, pages back through history and shows new items live', async () => {

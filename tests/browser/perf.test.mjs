@@ -4,12 +4,14 @@
 
 import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
-import { WAIT, env, launch, openPage, restClient, shownLog, waitForBadge } from './lib/harness.mjs';
+import { WAIT, env, eventually, launch, openPage, restClient, shownLog, waitForBadge } from './lib/harness.mjs';
 
 /** No single task may block the page longer than this (generous: 2 cores, a debug server). */
 const LONGEST_TASK_MS = 500;
 
 let browser, rest, base;
+/** Targets are unique per run, so the tests also run again against the same server. */
+const run = Math.random().toString(36).slice(2, 7);
 
 before(async () => {
   base = env('SY_PERF_URL');
@@ -33,7 +35,7 @@ test('the operations list stays fast with 1,000 operations', async (t) => {
   const ids = [];
   for (let i = 0; i < 1000; i += 25) {
     const batch = await Promise.all(Array.from({ length: 25 }, (_, j) =>
-      rest.post('/api/operations', { kind: 'import', target: `job-${String(i + j).padStart(4, '0')}` })));
+      rest.post('/api/operations', { kind: 'import', target: `job-${run}-${String(i + j).padStart(4, '0')}` })));
     for (const r of batch) {
       assert.equal(r.status, 202, JSON.stringify(r.body));
       ids.push(r.body.id);
@@ -65,8 +67,8 @@ test('the operations list stays fast with 1,000 operations', async (t) => {
     .filter((b) => b.getAttribute('aria-valuenow') === '40').length === 200, null, { timeout: WAIT });
   const burst = Date.now() - t1;
   // And new ones arriving live at the top.
-  const fresh = await rest.post('/api/operations', { kind: 'import', target: 'job-new' });
-  await page.locator('#ops-body tr:first-child', { hasText: 'job-new' }).waitFor();
+  const fresh = await rest.post('/api/operations', { kind: 'import', target: `job-${run}-new` });
+  await page.locator('#ops-body tr:first-child', { hasText: `job-${run}-new` }).waitFor();
   assert.equal(await rows(), 1001);
 
   const longest = await longestTask(page);
@@ -79,7 +81,7 @@ test('the operations list stays fast with 1,000 operations', async (t) => {
 });
 
 test('a 100,000-line log opens at its tail, pages back, streams on with a capped DOM', async (t) => {
-  const created = await rest.post('/api/operations', { kind: 'import', target: 'big-log' });
+  const created = await rest.post('/api/operations', { kind: 'import', target: `big-log-${run}` });
   assert.equal(created.status, 202);
   const id = created.body.id;
   const line = (n) => `[${String(n).padStart(6, '0')}] copied chunk ${n} of the import`;
@@ -92,6 +94,8 @@ test('a 100,000-line log opens at its tail, pages back, streams on with a capped
   }
   await append(1, 100000);
   await rest.post(`/api/operations/${id}/progress`, { progress: 50, stage: 'copy', message: 'Copying' });
+  // A log already written, as when someone opens a long-running job's page.
+  await eventually('100,000 lines stored', async () => (await rest.get(`/api/operations/${id}/logs?after=99999`)).body.lines.length === 1);
 
   const { page, console } = await openPage(browser);
   const t0 = Date.now();

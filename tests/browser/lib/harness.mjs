@@ -5,6 +5,7 @@
 //   SY_URL        open-mode server (the person-like flows)
 //   SY_PERF_URL   open-mode server with an `import` kind (runner = external) for big data
 //   SY_AUTH_URL   server with a JWT secret; SY_AUTH_TOKEN is an admin token for it
+//   SY_CONTROL_PORT  where to ask for a restart of the SY_URL server (restartServer)
 //   SY_CHROMIUM   the browser binary (default /usr/bin/chromium)
 //   SWITCHYARD_SCREENSHOTS  a directory: save screenshots of each page there
 
@@ -194,6 +195,28 @@ export async function startProxy(targetUrl) {
       await new Promise((resolve) => server.close(resolve));
     },
   };
+}
+
+/**
+ * Asks tests/api/dashboard.rs to restart the SY_URL server (graceful shutdown, then the same
+ * port and database file) and resolves once it serves again.
+ */
+export function restartServer() {
+  const port = Number(env('SY_CONTROL_PORT'));
+  return new Promise((resolve, reject) => {
+    const sock = net.connect(port, '127.0.0.1', () => sock.write('restart\n'));
+    let answer = '';
+    sock.setEncoding('utf8');
+    sock.on('data', (d) => {
+      answer += d;
+      if (answer.includes('\n')) {
+        sock.end();
+        if (answer.trim() === 'ok') resolve();
+        else reject(new Error(`restart refused: ${answer.trim()}`));
+      }
+    });
+    sock.on('error', reject);
+  });
 }
 
 /** REST against a server directly (not through the browser), as a backend would. */
