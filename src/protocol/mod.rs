@@ -44,6 +44,17 @@ pub fn json_depth(json: &str) -> usize {
     max
 }
 
+/// Refuses a raw payload field nesting deeper than [`MAX_PAYLOAD_DEPTH`].
+pub fn check_depth(raw: Option<&RawValue>, field: &str) -> Result<(), Refusal> {
+    match raw {
+        Some(d) if json_depth(d.get()) > MAX_PAYLOAD_DEPTH => Err(Refusal::new(
+            crate::error::ErrorCode::InvalidField,
+            format!("field `{field}` nests deeper than {MAX_PAYLOAD_DEPTH} levels"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Event names: 1-128 bytes, no control characters.
 pub fn valid_event_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 128 && !name.chars().any(char::is_control)

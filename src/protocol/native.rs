@@ -246,15 +246,7 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request), BadFrame> {
                     "field `event` must be 1-128 characters without control characters".into(),
                 ));
             }
-            if raw.data.is_some_and(|d| super::json_depth(d.get()) > super::MAX_PAYLOAD_DEPTH) {
-                return Err(fail(
-                    ErrorCode::InvalidField,
-                    format!(
-                        "field `data` nests deeper than {} levels",
-                        super::MAX_PAYLOAD_DEPTH
-                    ),
-                ));
-            }
+            super::check_depth(raw.data, "data").map_err(|r| fail(r.code, r.message))?;
             let data = match raw.data {
                 Some(d) => d.to_owned(),
                 None => RawValue::from_string("null".into()).map_err(|_| {

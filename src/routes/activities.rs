@@ -61,19 +61,7 @@ pub async fn create(
         check_len("object", o, 1024)?;
     }
     let project_room = body.project.as_deref().map(project_room).transpose()?;
-    if body
-        .data
-        .as_ref()
-        .is_some_and(|d| crate::protocol::json_depth(d.get()) > crate::protocol::MAX_PAYLOAD_DEPTH)
-    {
-        return Err(AppError::new(
-            ErrorCode::InvalidField,
-            format!(
-                "field `data` nests deeper than {} levels",
-                crate::protocol::MAX_PAYLOAD_DEPTH
-            ),
-        ));
-    }
+    crate::protocol::check_depth(body.data.as_deref(), "data")?;
     let new = NewActivity {
         project: body.project,
         actor: body.actor,

@@ -48,19 +48,7 @@ pub async fn publish(
             "field `event` must be 1-128 characters without control characters",
         ));
     }
-    if body
-        .data
-        .as_ref()
-        .is_some_and(|d| crate::protocol::json_depth(d.get()) > crate::protocol::MAX_PAYLOAD_DEPTH)
-    {
-        return Err(AppError::new(
-            ErrorCode::InvalidField,
-            format!(
-                "field `data` nests deeper than {} levels",
-                crate::protocol::MAX_PAYLOAD_DEPTH
-            ),
-        ));
-    }
+    crate::protocol::check_depth(body.data.as_deref(), "data")?;
     let data = match body.data {
         Some(d) => d,
         None => RawValue::from_string("null".into()).map_err(|e| AppError::Internal(e.into()))?,

@@ -184,6 +184,30 @@ fn header_identity(
     state.auth.from_header(h).map_err(|_| ())
 }
 
+/// A new Engine.IO session: the identity of an `Authorization` header, if any, and a place in
+/// the per-address count; or the refusal to answer with.
+/// The refusal to answer a request with (boxed: a response is large, a result should not be).
+type Refused = Box<HttpResponse>;
+
+fn admit_new(
+    req: &HttpRequest,
+    state: &AppState,
+    cors: Option<&HeaderValue>,
+) -> Result<(Option<crate::auth::Identity>, crate::limits::ConnectionSlot), Refused> {
+    let Ok(identity) = header_identity(req, state) else {
+        let res = engine_error(StatusCode::UNAUTHORIZED, 4, "Forbidden", cors);
+        return Err(Box::new(res));
+    };
+    match state.admit(req) {
+        Ok(slot) => Ok((identity, slot)),
+        Err(r) => {
+            state.metrics.refused(r.code);
+            let res = engine_error(StatusCode::TOO_MANY_REQUESTS, 4, &r.message, cors);
+            Err(Box::new(res))
+        }
+    }
+}
+
 fn new_sid() -> String {
     use base64::Engine as _;
     let raw: [u8; 15] = rand::random();
@@ -208,15 +232,9 @@ async fn polling(
         if req.method() != Method::GET {
             return bad_handshake_method(cors);
         }
-        let Ok(identity) = header_identity(&req, &state) else {
-            return engine_error(StatusCode::UNAUTHORIZED, 4, "Forbidden", cors);
-        };
-        let slot = match state.admit(&req) {
-            Ok(slot) => slot,
-            Err(r) => {
-                state.metrics.refused(r.code);
-                return engine_error(StatusCode::TOO_MANY_REQUESTS, 4, &r.message, cors);
-            }
+        let (identity, slot) = match admit_new(&req, &state, cors) {
+            Ok(ok) => ok,
+            Err(refused) => return *refused,
         };
         let sid = new_sid();
         let settings = &state.settings;
@@ -326,15 +344,9 @@ async fn websocket(
     let settings = &state.settings;
     match sid {
         None => {
-            let Ok(identity) = header_identity(&req, &state) else {
-                return engine_error(StatusCode::UNAUTHORIZED, 4, "Forbidden", cors);
-            };
-            let slot = match state.admit(&req) {
-                Ok(slot) => slot,
-                Err(r) => {
-                    state.metrics.refused(r.code);
-                    return engine_error(StatusCode::TOO_MANY_REQUESTS, 4, &r.message, cors);
-                }
+            let (identity, slot) = match admit_new(&req, &state, cors) {
+                Ok(ok) => ok,
+                Err(refused) => return *refused,
             };
             let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
             let (response, reader) =
