@@ -88,17 +88,27 @@
     return `${s} s`;
   }
 
+  // Formatters are costly to make: one of each, shared by every row.
+  const timeFormat = new Intl.DateTimeFormat(undefined, { hour: 'numeric', minute: '2-digit', second: '2-digit' });
+  const dateTimeFormat = new Intl.DateTimeFormat(undefined, { dateStyle: 'medium', timeStyle: 'medium' });
+  const today = () => new Date().toDateString();
+
   function fmtTime(iso) {
     if (!iso) return '–';
     const d = new Date(iso);
     if (Number.isNaN(d.getTime())) return String(iso);
-    return d.toDateString() === new Date().toDateString() ? d.toLocaleTimeString() : d.toLocaleString();
+    return d.toDateString() === today() ? timeFormat.format(d) : dateTimeFormat.format(d);
   }
 
   function timeEl(iso) {
     if (!iso) return document.createTextNode('–');
     const d = new Date(iso);
-    return el('time', { datetime: iso, title: Number.isNaN(d.getTime()) ? null : d.toLocaleString() }, fmtTime(iso));
+    if (Number.isNaN(d.getTime())) return document.createTextNode(String(iso));
+    const t = document.createElement('time');
+    t.dateTime = iso;
+    t.title = dateTimeFormat.format(d);
+    t.textContent = d.toDateString() === today() ? timeFormat.format(d) : t.title;
+    return t;
   }
 
   const wait = (ms) => new Promise((r) => setTimeout(r, ms));
@@ -725,7 +735,7 @@
       pill('broker', broker.status || 'unknown', broker.status || 'unknown', broker.kind || '');
       const ws = body.websocket || {};
       pill('websocket', ws.status || 'unknown', ws.status || 'unknown', `${fmtNum(ws.connections)} connection${ws.connections === 1 ? '' : 's'}`);
-      $('#health-checked').textContent = `Checked ${new Date().toLocaleTimeString()} · server ${body.version || ''}`;
+      $('#health-checked').textContent = `Checked ${timeFormat.format(new Date())} · server ${body.version || ''}`;
       return body;
     }
     loadHealth().catch(() => {});
@@ -1610,7 +1620,7 @@
         body.textContent = '';
         body.append(frag);
         $('#rooms-empty').hidden = rooms.length > 0;
-        $('#rooms-summary').textContent = `${fmtNum(rooms.length)} room${rooms.length === 1 ? '' : 's'}${rooms.length > shown.length ? `, the ${fmtNum(shown.length)} busiest shown` : ''} · updated ${new Date().toLocaleTimeString()}`;
+        $('#rooms-summary').textContent = `${fmtNum(rooms.length)} room${rooms.length === 1 ? '' : 's'}${rooms.length > shown.length ? `, the ${fmtNum(shown.length)} busiest shown` : ''} · updated ${timeFormat.format(new Date())}`;
       } catch (e) {
         if (e instanceof ApiError && e.status === 403) {
           error.hidden = false;
