@@ -356,6 +356,7 @@
         return;
       }
       this.ws = ws;
+      this.openedAt = Date.now();
       this.authed = false;
       this.sentToken = null;
       ws.onmessage = (ev) => {
@@ -408,8 +409,14 @@
     }
 
     keepAlive() {
-      if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return;
-      if (Date.now() - this.lastFrameAt > CONFIG.silenceMs) {
+      if (!this.ws) return;
+      // A connect that hangs (no answer at all) is given up too.
+      if (this.ws.readyState === WebSocket.CONNECTING && Date.now() - this.openedAt > CONFIG.silenceMs / 2) {
+        this.drop();
+        return;
+      }
+      if (this.ws.readyState !== WebSocket.OPEN) return;
+      if (Date.now() - Math.max(this.lastFrameAt, this.openedAt) > CONFIG.silenceMs) {
         this.drop();
         return;
       }
@@ -1071,18 +1078,20 @@
       }
     });
 
-    conn.subscribe('operations', operationsRoom(store, () => loadFirst(true).catch(() => {})));
+    // After a gap (polling, or a rejoin that could not replay): the newest page, and the
+    // rows shown as active, whose end may have been missed.
+    async function refresh() {
+      await loadFirst(true);
+      const active = order.filter((id) => ACTIVE.has(store.get(id)?.status)).slice(0, 50);
+      await Promise.all(active.map((id) => api(`/api/operations/${encodeURIComponent(id)}`).then((op) => store.put(op, { live: true }))));
+    }
+    conn.subscribe('operations', operationsRoom(store, () => refresh().catch(() => {})));
     summary.textContent = 'Loading…';
     loadFirst(false).catch((e) => {
       summary.textContent = '';
       toast('error', 'Could not load operations', e.message);
     });
-    conn.onPoll(async () => {
-      await loadFirst(true);
-      // Active rows further down still move while polling.
-      const active = order.filter((id) => ACTIVE.has(store.get(id)?.status)).slice(0, 20);
-      await Promise.all(active.map((id) => api(`/api/operations/${encodeURIComponent(id)}`).then((op) => store.put(op, { live: true }))));
-    });
+    conn.onPoll(refresh);
   }
 
   // The log of one operation: incremental rendering, a capped DOM, no lost or doubled lines.
@@ -1549,11 +1558,20 @@
       more.hidden = !nextBefore;
     }
 
+    /** The newest page; after a gap, pages back until it meets what is already shown. */
     async function loadFirst() {
-      const page = await api(`/api/activities?limit=${CONFIG.feedPageSize}`);
-      if (!loadedOnce) nextBefore = page.next_before;
+      const known = order.length ? order[0] : null;
+      let before = null;
+      for (let i = 0; i < CONFIG.feedMaxItems / CONFIG.feedPageSize; i++) {
+        const page = await api(`/api/activities?limit=${CONFIG.feedPageSize}${before ? `&before=${before}` : ''}`);
+        const list = page.activities || [];
+        if (!loadedOnce) nextBefore = page.next_before;
+        add(list, loadedOnce);
+        if (!loadedOnce || known === null || !page.next_before || list.some((a) => a.id <= known)) break;
+        before = page.next_before;
+      }
       loadedOnce = true;
-      add(page.activities || [], false);
+      show();
     }
 
     more.addEventListener('click', async () => {

@@ -310,6 +310,23 @@ test('the activity feed is newest first, pages back through history and shows ne
   assert.equal(await items.count(), 61);
   await page.evaluate(() => window.scrollTo(0, 0));
   await screenshot(page, 'activity', { fullPage: false });
+
+  // Cut off while more happens than the room keeps for a resume (100 messages): the page
+  // rejoins, is told it cannot be replayed, and pages back over REST to what it had.
+  console.expectNetworkErrors(true);
+  proxy.cut();
+  await waitForBadge(page, 'reconnecting');
+  for (let i = 1; i <= 120; i++) {
+    const r = await rest.post('/api/activities', { actor: 'erin', verb: 'imported', object: `batch ${i}` });
+    assert.equal(r.status, 201);
+  }
+  proxy.restore();
+  await waitForBadgeSequence(page, ['reconnecting', 'connected'], 30000);
+  console.expectNetworkErrors(false);
+  await page.waitForFunction(() => document.querySelectorAll('#feed li').length === 181, null, { timeout: WAIT });
+  assert.equal(await items.first().locator('.object').textContent(), 'batch 120');
+  const all = await page.$$eval('#feed li', (lis) => lis.map((li) => Number(li.dataset.id)));
+  assert.deepEqual(all, [...new Set(all)].sort((a, b) => b - a), 'newest first, each once');
   console.assertClean();
   await page.close();
 });
