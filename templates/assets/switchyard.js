@@ -1468,42 +1468,52 @@
     };
 
     conn.subscribe('operations', operationsRoom(store, () => {}));
+
+    // A long log opens at its tail: the view starts once the status says how long it is.
+    let started = false;
+    function start(op) {
+      if (started) return;
+      started = true;
+      log.startAt(Math.max(0, (op.log_offset || 0) - CONFIG.logTailLines));
+      log.setTotal(op.log_offset || 0);
+    }
+    async function status() {
+      const op = await api(`/api/operations/${encodeURIComponent(id)}`);
+      store.put(op, { live: true });
+      start(op);
+      return op;
+    }
+
     (async () => {
-      let op;
       try {
-        op = await api(`/api/operations/${encodeURIComponent(id)}`);
+        await status();
       } catch (e) {
         if (e instanceof ApiError && e.status === 404) {
           missing('No such operation (or you may not see it).');
           return;
         }
-        // Unreachable now: the socket's join brings the status once the server is back.
-        op = null;
-      }
-      if (op) {
-        store.put(op);
-        log.startAt(Math.max(0, (op.log_offset || 0) - CONFIG.logTailLines));
-        log.setTotal(op.log_offset || 0);
+        // Unreachable now: the join below asks again once the server answers.
       }
       conn.subscribe(`operation:${id}`, room, {
         async logOffset({ behind }) {
-          if (!behind) return log.last; // exactly the lines after the last one seen
           try {
+            if (!started) await status();
             // Dropped for falling behind: page the missed lines over REST and join from now.
-            const now = await api(`/api/operations/${encodeURIComponent(id)}`);
-            store.put(now, { live: true });
-            log.expect(now.log_offset || 0);
-            return Math.max(log.last, now.log_offset || 0);
+            if (behind) {
+              const now = await status();
+              log.expect(now.log_offset || 0);
+              return Math.max(log.last, now.log_offset || 0);
+            }
           } catch {
-            return log.last;
+            // No status over REST: the socket's backfill brings it.
           }
+          return log.last; // exactly the lines after the last one seen
         },
       });
     })();
 
     conn.onPoll(async () => {
-      const op = await api(`/api/operations/${encodeURIComponent(id)}`);
-      store.put(op, { live: true });
+      await status();
       await log.catchUp();
     });
   }
