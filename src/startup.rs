@@ -12,7 +12,7 @@ use actix_web::{web, App, HttpResponse, HttpServer};
 use anyhow::Context as _;
 
 use crate::actors::engine::{EngineConfig, EngineMode, EngineSessions};
-use crate::actors::operations::OperationManager;
+use crate::actors::operations::{FlushAll, OperationManager};
 use crate::actors::registry::{RoomRegistry, ShutdownSessions};
 use crate::actors::room::RoomLimits;
 use crate::actors::stats::StatsPublisher;
@@ -38,6 +38,7 @@ pub struct Application {
 #[derive(Clone)]
 pub struct ShutdownHandle {
     registry: Addr<RoomRegistry>,
+    operations: Addr<OperationManager>,
     server: ServerHandle,
     metrics: Arc<Metrics>,
     timeout: Duration,
@@ -57,6 +58,12 @@ impl ShutdownHandle {
         // Sessions uncount themselves as they stop; give them until the deadline.
         while self.metrics.connections.load(Relaxed) > 0 && started.elapsed() < self.timeout {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Operations write what they have not written yet (log lines are written in batches).
+        let left = self.timeout.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, self.operations.send(FlushAll)).await {
+            Ok(Ok(n)) => log::info!("shutting down: {n} operations written"),
+            _ => log::error!("shutting down: operations could not all be written in time"),
         }
         // Graceful stop: no new connections; open ones (now draining their close frames) get the
         // rest of the budget before being dropped.
@@ -100,6 +107,7 @@ impl Application {
             kinds,
         });
         let operations = OperationManager::new(ops.clone()).start();
+        let operations_for_shutdown = operations.clone();
 
         let auth = Authenticator::new(settings.jwt_secret.as_deref());
         if auth.open_mode() {
@@ -201,6 +209,7 @@ impl Application {
         );
         let shutdown = ShutdownHandle {
             registry,
+            operations: operations_for_shutdown,
             server: server.handle(),
             metrics,
             timeout: settings.shutdown_timeout,

@@ -85,6 +85,12 @@ pub struct Cancel;
 #[rtype(result = "Operation")]
 pub struct GetSnapshot;
 
+/// Manager (graceful shutdown) → Operation: write everything not yet written; replies when
+/// done (or when a write failed: shutdown is bounded, and the failure is logged).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct FlushNow;
+
 /// Manager → Operation: add `member` to `operation:<id>`, with the status snapshot and the log
 /// lines after `log_offset` ahead of live events.
 #[derive(Message)]
@@ -131,6 +137,8 @@ pub struct OperationActor {
     /// Remaining demo steps and their pace.
     demo: VecDeque<Step>,
     demo_step: Duration,
+    /// Waiting for everything to be written (graceful shutdown).
+    flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl OperationActor {
@@ -166,6 +174,7 @@ impl OperationActor {
             ops_room_last: Instant::now() - OPERATIONS_ROOM_INTERVAL,
             demo: VecDeque::new(),
             demo_step: Duration::from_millis(demo::DEFAULT_STEP_MS),
+            flush_waiters: Vec::new(),
         }
     }
 
@@ -382,6 +391,7 @@ impl OperationActor {
                                 act.flush(ctx);
                             }
                         }
+                        act.settle_flush_waiters(ctx);
                     }
                     Err(e) => {
                         act.dirty = true;
@@ -390,6 +400,10 @@ impl OperationActor {
                             .saturating_mul(1 << act.failed_flushes.min(6))
                             .min(Duration::from_secs(10));
                         act.next_flush_at = Instant::now() + backoff;
+                        // Shutdown does not wait on a database that is down.
+                        for w in act.flush_waiters.drain(..) {
+                            let _ = w.send(());
+                        }
                         if act.failed_flushes == 1 || act.failed_flushes % 20 == 0 {
                             log::warn!(
                                 "operation {}: writing state failed ({} times), retrying in {backoff:?}: {e}",
@@ -401,6 +415,22 @@ impl OperationActor {
                 }
             })
             .spawn(ctx);
+    }
+
+    /// After a successful write: write again if more piled up while it ran, else release
+    /// whoever waits for everything to be written.
+    fn settle_flush_waiters(&mut self, ctx: &mut Context<Self>) {
+        if self.flush_waiters.is_empty() {
+            return;
+        }
+        if self.dirty || !self.unpersisted.is_empty() {
+            self.next_flush_at = Instant::now();
+            self.flush(ctx);
+        } else if !self.flushing {
+            for w in self.flush_waiters.drain(..) {
+                let _ = w.send(());
+            }
+        }
     }
 
     fn announce_terminal(&mut self, ctx: &mut Context<Self>) {
@@ -888,6 +918,26 @@ impl Handler<Cancel> for OperationActor {
             }
         }
         Ok(self.op.clone())
+    }
+}
+
+impl Handler<FlushNow> for OperationActor {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, _: FlushNow, ctx: &mut Context<Self>) -> Self::Result {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.flush_waiters.push(tx);
+        if self.flushing {
+            // The running write settles the waiters (and writes again if needed).
+        } else if self.dirty || !self.unpersisted.is_empty() {
+            self.next_flush_at = Instant::now();
+            self.flush(ctx);
+        } else {
+            self.settle_flush_waiters(ctx);
+        }
+        Box::pin(async move {
+            let _ = rx.await;
+        })
     }
 }
 

@@ -21,8 +21,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::operation::{
-    backfill_frames, Begin, Cancel, GetSnapshot, Interrupt, OperationActor, Report, Watch,
-    WorkerReport,
+    backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, OperationActor, Report,
+    Watch, WorkerReport,
 };
 use super::room::JoinRoom;
 use super::Member;
@@ -99,6 +99,11 @@ pub struct WatchOperation {
     pub log_offset: u64,
     pub request_id: Option<RequestId>,
 }
+
+/// Application (graceful shutdown) → Manager: have every live operation write what it has not.
+#[derive(Message)]
+#[rtype(result = "usize")]
+pub struct FlushAll;
 
 /// Operation → Manager: terminal state written and announced; its concurrency slot is free.
 #[derive(Message)]
@@ -521,6 +526,19 @@ impl Handler<Finished> for OperationManager {
             q.retain(|id| id != &msg.id);
         }
         self.schedule(&msg.kind);
+    }
+}
+
+impl Handler<FlushAll> for OperationManager {
+    type Result = ResponseFuture<usize>;
+
+    fn handle(&mut self, _: FlushAll, _ctx: &mut Context<Self>) -> Self::Result {
+        let flushes: Vec<_> = self.live.values().map(|a| a.send(FlushNow)).collect();
+        let n = flushes.len();
+        Box::pin(async move {
+            futures_util::future::join_all(flushes).await;
+            n
+        })
     }
 }
 

@@ -1476,3 +1476,47 @@ async fn a_database_outage_loses_no_operation_state() {
         0
     );
 }
+
+#[tokio::test]
+async fn a_graceful_shutdown_writes_what_operations_had_not_written_yet() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = switchyard::config::DatabaseUrl::Sqlite(
+        dir.path().join("flush.db").to_string_lossy().into_owned(),
+    );
+    let kinds = Kinds::new();
+    let boot = |url: switchyard::config::DatabaseUrl, flush: Duration| {
+        let file = kinds.file();
+        spawn_app_with(Backend::Sqlite, move |s| {
+            s.database = url;
+            s.operations_file = Some(file);
+            // Nothing would be written before the shutdown on its own.
+            s.operation_flush_interval = flush;
+        })
+    };
+    let app = boot(url.clone(), Duration::from_secs(3600)).await;
+    let op = start(&app, json!({"kind": "convert", "target": "flush"})).await;
+    let id = op["id"].as_str().unwrap().to_string();
+    let lines: Vec<String> = (1..=20).map(|n| format!("line {n}")).collect();
+    app.post(
+        &format!("/api/operations/{id}/logs"),
+        json!({"lines": lines}),
+    )
+    .await;
+    app.post(
+        &format!("/api/operations/{id}/progress"),
+        json!({"progress": 55, "stage": "encode"}),
+    )
+    .await;
+    app.shutdown().await;
+
+    let app = boot(url.clone(), Duration::from_millis(50)).await;
+    let (_, st) = app.get(&format!("/api/operations/{id}")).await;
+    assert_eq!(
+        (st["log_offset"].as_u64(), st["progress"].as_f64()),
+        (Some(20), Some(55.0)),
+        "{st}"
+    );
+    assert_eq!(st["stage"], "encode");
+    let (_, logs) = app.get(&format!("/api/operations/{id}/logs?after=0")).await;
+    assert_eq!(logs["lines"].as_array().unwrap().len(), 20);
+}
