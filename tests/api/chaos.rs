@@ -156,3 +156,100 @@ async fn a_reconnect_storm_after_a_restart_loses_no_line_and_leaves_nothing_behi
         .sum();
     assert_eq!(members, 0, "no member is left in any room: {rooms}");
 }
+
+/// Heartbeats keep flowing while a large room takes a storm of broadcasts: no healthy member is
+/// dropped for silence, none is evicted, and every message arrives in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broadcast_storm_to_a_large_room_does_not_starve_heartbeats() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    const MEMBERS: usize = 500;
+    const MESSAGES: u64 = 300;
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        // A tight heartbeat: a session whose pongs waited behind the storm for 1.5 s is dropped.
+        s.heartbeat_interval = Duration::from_millis(100);
+        s.heartbeat_timeout = Duration::from_millis(1_500);
+        s.max_connections_per_ip = 0;
+        s.new_connections_per_ip = 0;
+        s.workers = 2;
+    })
+    .await;
+    let mut members = Vec::new();
+    for _ in 0..MEMBERS {
+        let (mut ws, _) = tokio_tungstenite::connect_async(app.ws_url())
+            .await
+            .expect("connect");
+        futures_util::SinkExt::send(
+            &mut ws,
+            Message::text(r#"{"type":"join","room":"big","id":1}"#),
+        )
+        .await
+        .unwrap();
+        members.push(ws);
+    }
+    let readers: Vec<_> = members
+        .into_iter()
+        .map(|mut ws| {
+            tokio::spawn(async move {
+                let (mut offsets, mut pings) = (Vec::new(), 0u32);
+                while (offsets.len() as u64) < MESSAGES {
+                    // Reading answers the server's pings (the library replies with pongs).
+                    match tokio::time::timeout(WAIT, ws.next())
+                        .await
+                        .expect("frames keep coming")
+                    {
+                        Some(Ok(Message::Text(t))) => {
+                            let f: serde_json::Value = serde_json::from_str(&t).unwrap();
+                            if f["type"] == "message" {
+                                offsets.push(f["offset"].as_u64().unwrap());
+                            }
+                        }
+                        Some(Ok(Message::Ping(_))) => pings += 1,
+                        Some(Ok(Message::Close(c))) => panic!("a healthy member was closed: {c:?}"),
+                        Some(Ok(_)) => {}
+                        other => panic!("connection failed: {other:?}"),
+                    }
+                }
+                (ws, offsets, pings)
+            })
+        })
+        .collect();
+    eventually("every member to have joined", || async {
+        let (_, rooms) = app.get("/api/rooms").await;
+        rooms["rooms"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == "big"))
+            .is_some_and(|r| r["members"] == MEMBERS)
+    })
+    .await;
+    let pad = "x".repeat(2_000);
+    for i in 0..MESSAGES {
+        let (s, _) = app
+            .post(
+                "/api/rooms/big/publish",
+                json!({"event": "storm", "data": {"i": i, "pad": pad}}),
+            )
+            .await;
+        assert_eq!(s, 200);
+    }
+    let mut total_pings = 0;
+    let mut keep = Vec::new();
+    for r in readers {
+        let (ws, offsets, pings) = r.await.expect("member kept up");
+        assert_eq!(offsets, (1..=MESSAGES).collect::<Vec<_>>());
+        total_pings += pings;
+        keep.push(ws);
+    }
+    assert!(total_pings > 0, "heartbeats were sent during the storm");
+    assert_eq!(
+        app.metric("switchyard_connections").await,
+        MEMBERS as u64,
+        "nobody was dropped for silence"
+    );
+    assert_eq!(
+        app.metric("switchyard_slow_consumer_disconnects_total")
+            .await,
+        0
+    );
+}
