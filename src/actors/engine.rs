@@ -132,6 +132,14 @@ pub enum PollRefused {
 #[rtype(result = "()")]
 pub struct EndPoll;
 
+/// A long-polling POST ended without packets to apply: its body was refused (`close`: it was
+/// malformed, which ends the session; otherwise, e.g. over `maxPayload`, the session goes on).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EndPost {
+    pub close: bool,
+}
+
 /// A long-polling POST begins (`Err`: another is in flight, which ends the session).
 #[derive(Message)]
 #[rtype(result = "Result<(), ()>")]
@@ -756,6 +764,17 @@ impl Handler<BeginPost> for EngineSession {
         }
         self.posting = true;
         Ok(())
+    }
+}
+
+impl Handler<EndPost> for EngineSession {
+    type Result = ();
+
+    fn handle(&mut self, msg: EndPost, ctx: &mut Context<Self>) {
+        self.posting = false;
+        if msg.close {
+            self.protocol_error(ctx, "malformed polling payload");
+        }
     }
 }
 

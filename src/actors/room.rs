@@ -365,10 +365,10 @@ impl Room {
         users
     }
 
-    fn check_idle(&mut self, ctx: &mut Context<Self>) {
+    fn check_idle(&mut self) {
         self.trim_history();
         if self.members.is_empty() && self.history.is_empty() {
-            let _ = ctx; // the registry decides; we only report.
+            // The registry decides; we only report.
             self.registry.do_send(RoomIdle {
                 name: self.name.to_string(),
                 room_id: self.room_id,
@@ -390,7 +390,7 @@ impl Actor for Room {
         ctx.set_mailbox_capacity(0);
         let every =
             (self.limits.history_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
-        ctx.run_interval(every, |act, ctx| act.check_idle(ctx));
+        ctx.run_interval(every, |act, _| act.check_idle());
         log::debug!(
             "room {} started (epoch {}, offset {})",
             self.name,
@@ -515,11 +515,11 @@ impl Handler<JoinRoom> for Room {
 impl Handler<LeaveRoom> for Room {
     type Result = Result<(), Refusal>;
 
-    fn handle(&mut self, msg: LeaveRoom, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: LeaveRoom, _ctx: &mut Context<Self>) -> Self::Result {
         self.routed_seen += 1;
         if self.remove_member(msg.session) {
             if self.members.is_empty() {
-                self.check_idle(ctx);
+                self.check_idle();
             }
             Ok(())
         } else {

@@ -689,15 +689,6 @@ struct ErrorFrame<'a> {
 }
 
 #[derive(Serialize)]
-struct OperationReply<'a, T: Serialize> {
-    #[serde(rename = "type")]
-    t: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a RawValue>,
-    operation: &'a T,
-}
-
-#[derive(Serialize)]
 struct StartedReply<'a, T: Serialize> {
     #[serde(rename = "type")]
     t: &'static str,
@@ -720,11 +711,7 @@ pub fn started<T: Serialize>(id: Option<&RawValue>, op: &T, worker_token: Option
 
 /// Reply to `operation.*` requests: the operation's status.
 pub fn operation<T: Serialize>(id: Option<&RawValue>, op: &T) -> Bytes {
-    encode(&OperationReply {
-        t: "operation",
-        id,
-        operation: op,
-    })
+    started(id, op, None)
 }
 
 #[derive(Serialize)]

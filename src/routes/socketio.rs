@@ -14,8 +14,8 @@ use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use futures_util::{Stream, StreamExt};
 
 use crate::actors::engine::{
-    BeginPoll, BeginPost, EndPoll, EngineConfig, EngineSession, PollRefused, PostPackets, Upgrade,
-    UpgradeSwitch, WsFrame,
+    BeginPoll, BeginPost, EndPoll, EndPost, EngineConfig, EngineSession, PollRefused, PostPackets,
+    Upgrade, UpgradeSwitch, WsFrame,
 };
 use crate::protocol::engineio::{self, Queued};
 use crate::state::AppState;
@@ -296,12 +296,12 @@ async fn polling(
             let mut body = bytes::BytesMut::new();
             while let Some(chunk) = payload.next().await {
                 let Ok(chunk) = chunk else {
-                    session.do_send(PostPackets(Vec::new()));
+                    session.do_send(EndPost { close: false });
                     return bad_request(cors);
                 };
                 if body.len() + chunk.len() > limit {
                     // Frees the POST slot; the session itself carries on.
-                    session.do_send(PostPackets(Vec::new()));
+                    session.do_send(EndPost { close: false });
                     state
                         .metrics
                         .refused(crate::error::ErrorCode::PayloadTooLarge);
@@ -318,9 +318,7 @@ async fn polling(
                 Ok(p) => p,
                 Err(_) => {
                     // A broken payload ends the session.
-                    let _ = session
-                        .send(PostPackets(vec![engineio::Packet::Open(String::new())]))
-                        .await;
+                    session.do_send(EndPost { close: true });
                     return bad_request(cors);
                 }
             };

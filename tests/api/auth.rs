@@ -57,17 +57,7 @@ async fn joins_and_publishes_outside_the_token_patterns_are_refused() {
 async fn a_bad_or_expired_token_is_refused() {
     let app = secured().await;
     // At upgrade: a plain 401 before any WebSocket exists.
-    let res = app
-        .http
-        .get(app.ws_url().replace("ws://", "http://"))
-        .header("authorization", "Bearer not-a-token")
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let res = app.raw_upgrade(Some("not-a-token")).await;
     assert_eq!(res.status(), 401);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"], "invalid_token");

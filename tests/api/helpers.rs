@@ -239,6 +239,21 @@ impl TestApp {
             .expect("metrics body")
     }
 
+    /// A bare WebSocket upgrade request to `/ws` over plain HTTP, to see how it is refused.
+    pub async fn raw_upgrade(&self, bearer: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .http
+            .get(self.ws_url().replace("ws://", "http://"))
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("upgrade request")
+    }
+
     pub async fn ws(&self) -> WsClient {
         WsClient::connect(&self.ws_url(), None).await
     }

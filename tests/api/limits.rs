@@ -97,16 +97,7 @@ async fn connections_per_address_are_bounded() {
     for _ in 0..3 {
         open.push(app.ws().await);
     }
-    let res = app
-        .http
-        .get(app.ws_url().replace("ws://", "http://"))
-        .header("connection", "upgrade")
-        .header("upgrade", "websocket")
-        .header("sec-websocket-version", "13")
-        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
-        .send()
-        .await
-        .unwrap();
+    let res = app.raw_upgrade(None).await;
     assert_eq!(res.status(), 429);
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body["error"], "too_many_connections");
