@@ -175,7 +175,9 @@ async fn a_broadcast_storm_to_a_large_room_does_not_starve_heartbeats() {
         s.workers = 2;
     })
     .await;
-    let mut members = Vec::new();
+    // Each member reads (and so answers pings) from the moment it connects: a member that sat
+    // unread while the others connected would rightly be dropped for silence.
+    let mut readers = Vec::with_capacity(MEMBERS);
     for _ in 0..MEMBERS {
         let (mut ws, _) = tokio_tungstenite::connect_async(app.ws_url())
             .await
@@ -186,35 +188,29 @@ async fn a_broadcast_storm_to_a_large_room_does_not_starve_heartbeats() {
         )
         .await
         .unwrap();
-        members.push(ws);
-    }
-    let readers: Vec<_> = members
-        .into_iter()
-        .map(|mut ws| {
-            tokio::spawn(async move {
-                let (mut offsets, mut pings) = (Vec::new(), 0u32);
-                while (offsets.len() as u64) < MESSAGES {
-                    // Reading answers the server's pings (the library replies with pongs).
-                    match tokio::time::timeout(WAIT, ws.next())
-                        .await
-                        .expect("frames keep coming")
-                    {
-                        Some(Ok(Message::Text(t))) => {
-                            let f: serde_json::Value = serde_json::from_str(&t).unwrap();
-                            if f["type"] == "message" {
-                                offsets.push(f["offset"].as_u64().unwrap());
-                            }
+        readers.push(tokio::spawn(async move {
+            let (mut offsets, mut pings) = (Vec::new(), 0u32);
+            while (offsets.len() as u64) < MESSAGES {
+                // Reading answers the server's pings (the library replies with pongs).
+                match tokio::time::timeout(WAIT, ws.next())
+                    .await
+                    .expect("frames keep coming")
+                {
+                    Some(Ok(Message::Text(t))) => {
+                        let f: serde_json::Value = serde_json::from_str(&t).unwrap();
+                        if f["type"] == "message" {
+                            offsets.push(f["offset"].as_u64().unwrap());
                         }
-                        Some(Ok(Message::Ping(_))) => pings += 1,
-                        Some(Ok(Message::Close(c))) => panic!("a healthy member was closed: {c:?}"),
-                        Some(Ok(_)) => {}
-                        other => panic!("connection failed: {other:?}"),
                     }
+                    Some(Ok(Message::Ping(_))) => pings += 1,
+                    Some(Ok(Message::Close(c))) => panic!("a healthy member was closed: {c:?}"),
+                    Some(Ok(_)) => {}
+                    other => panic!("connection failed: {other:?}"),
                 }
-                (ws, offsets, pings)
-            })
-        })
-        .collect();
+            }
+            (ws, offsets, pings)
+        }));
+    }
     eventually("every member to have joined", || async {
         let (_, rooms) = app.get("/api/rooms").await;
         rooms["rooms"]
