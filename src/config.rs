@@ -70,6 +70,9 @@ pub struct Settings {
     pub history_size: usize,
     /// How long a room keeps a message for resume (`SWITCHYARD_HISTORY_TTL_SECS`).
     pub history_ttl: Duration,
+    /// Most users listed in a join answer's `presence` (`SWITCHYARD_PRESENCE_LIST_MAX`); the
+    /// answer's `presence_count` always has the total.
+    pub presence_list_max: usize,
     /// HS256 secret; `None` means open mode (`SWITCHYARD_JWT_SECRET`).
     pub jwt_secret: Option<String>,
     /// Allow open mode on a non-loopback address (`SWITCHYARD_ALLOW_INSECURE=1`).
@@ -147,6 +150,7 @@ impl Default for Settings {
             heartbeat_timeout: Duration::from_millis(60_000),
             history_size: 100,
             history_ttl: Duration::from_secs(300),
+            presence_list_max: 1000,
             jwt_secret: None,
             allow_insecure: false,
             auth_timeout: Duration::from_millis(5_000),
@@ -244,6 +248,13 @@ impl Settings {
             &mut ttl,
         )?;
         s.history_ttl = Duration::from_secs(ttl);
+        num(
+            &get,
+            "SWITCHYARD_PRESENCE_LIST_MAX",
+            0,
+            1_000_000,
+            &mut s.presence_list_max,
+        )?;
         s.jwt_secret = get("SWITCHYARD_JWT_SECRET");
         flag(&get, "SWITCHYARD_ALLOW_INSECURE", &mut s.allow_insecure)?;
         flag(&get, "SWITCHYARD_DEMO", &mut s.demo)?;

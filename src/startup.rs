@@ -90,6 +90,7 @@ impl Application {
             RoomLimits {
                 history_size: settings.history_size,
                 history_ttl: settings.history_ttl,
+                presence_list_max: settings.presence_list_max,
             },
             metrics.clone(),
         )

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
+use actix::WeakAddr;
 use actix_http::ws::CloseCode;
 use bytes::Bytes;
 use serde::Serialize;
@@ -151,7 +152,19 @@ struct Stored {
 pub struct RoomLimits {
     pub history_size: usize,
     pub history_ttl: Duration,
+    pub presence_list_max: usize,
 }
+
+/// Presence changes within this long of the last announcement are batched into one frame per
+/// direction. A join flood into a room of n members would otherwise cost n² frames (10,000
+/// joins into one room: 50 million); batched it costs n per window. The first change after a
+/// quiet spell still goes out at once, and pending changes are flushed before any room message,
+/// so presence never arrives after a message that depends on it.
+const PRESENCE_WINDOW: Duration = Duration::from_millis(100);
+
+#[derive(Message)]
+#[rtype(result = "()")]
+struct FlushPresence;
 
 pub struct Room {
     name: Arc<str>,
@@ -174,6 +187,14 @@ pub struct Room {
     limits: RoomLimits,
     /// Identifies this room's conflatable messages in member outboxes.
     conflation_key: u64,
+    /// Presence changes not announced yet (user, arrived), oldest first.
+    pending_presence: Vec<(Arc<UserInfo>, bool)>,
+    /// When presence was last announced.
+    presence_sent_at: Option<Instant>,
+    /// A `FlushPresence` is scheduled.
+    presence_flush_armed: bool,
+    /// Set in `started`; lets helpers without a context schedule a presence flush.
+    me: Option<WeakAddr<Room>>,
     registry: Addr<RoomRegistry>,
     metrics: Arc<Metrics>,
 }
@@ -206,6 +227,10 @@ impl Room {
             presence: HashMap::new(),
             routed_seen: 0,
             conflation_key,
+            pending_presence: Vec::new(),
+            presence_sent_at: None,
+            presence_flush_armed: false,
+            me: None,
             limits,
             registry,
             metrics,
@@ -222,36 +247,77 @@ impl Room {
         }
     }
 
-    /// Tells every member but `skip` that `user` arrived or left, encoded once per wire.
-    fn announce_presence(
-        &mut self,
-        user: &UserInfo,
-        joined: bool,
-        skip: Option<SessionId>,
-    ) -> usize {
-        let mut delivered = 0usize;
-        let mut dropped: Vec<(SessionId, bool)> = Vec::new();
-        let mut cache = WireCache::default();
-        for (id, m) in &self.members {
-            if Some(*id) == skip {
-                continue;
-            }
-            let Some(frame) = cache.get(&m.wire, |w| w.presence(&self.name, user, joined)) else {
-                continue;
-            };
-            match m.outbox.push_text(frame) {
-                Ok(()) => delivered += 1,
-                Err(PushError::Full) => dropped.push((*id, true)),
-                Err(PushError::Closed) => dropped.push((*id, false)),
+    /// Records that `user` arrived (their first session joined) or left (their last one left):
+    /// announced at once after a quiet spell, else batched until the window ends.
+    fn note_presence(&mut self, user: Arc<UserInfo>, joined: bool) {
+        self.pending_presence.push((user, joined));
+        let quiet = self
+            .presence_sent_at
+            .is_none_or(|t| t.elapsed() >= PRESENCE_WINDOW);
+        if quiet && !self.presence_flush_armed {
+            self.flush_presence();
+        } else if !self.presence_flush_armed {
+            self.presence_flush_armed = true;
+            let wait = self
+                .presence_sent_at
+                .map(|t| PRESENCE_WINDOW.saturating_sub(t.elapsed()))
+                .unwrap_or_default();
+            if let Some(me) = self.me.as_ref().and_then(WeakAddr::upgrade) {
+                actix::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    me.do_send(FlushPresence);
+                });
             }
         }
-        self.settle(dropped, delivered)
+    }
+
+    /// Announces pending presence changes: one frame per run of arrivals or departures,
+    /// encoded once per wire. A member never hears about its own user.
+    fn flush_presence(&mut self) {
+        if self.pending_presence.is_empty() {
+            return;
+        }
+        self.presence_sent_at = Some(Instant::now());
+        let pending = std::mem::take(&mut self.pending_presence);
+        let mut delivered = 0usize;
+        let mut dropped: Vec<(SessionId, bool)> = Vec::new();
+        for run in pending.chunk_by(|a, b| a.1 == b.1) {
+            let joined = run[0].1;
+            let users: Vec<&UserInfo> = run.iter().map(|(u, _)| u.as_ref()).collect();
+            let ids: std::collections::HashSet<&str> = users.iter().map(|u| &*u.id).collect();
+            let mut cache = WireCache::default();
+            for (id, m) in &self.members {
+                let frame = if ids.contains(&*m.user.id) {
+                    let others: Vec<&UserInfo> = users
+                        .iter()
+                        .copied()
+                        .filter(|u| u.id != m.user.id)
+                        .collect();
+                    if others.is_empty() {
+                        continue;
+                    }
+                    m.wire.presence(&self.name, &others, joined)
+                } else {
+                    cache.get(&m.wire, |w| w.presence(&self.name, &users, joined))
+                };
+                let Some(frame) = frame else { continue };
+                match m.outbox.push_text(frame) {
+                    Ok(()) => delivered += 1,
+                    Err(PushError::Full) => dropped.push((*id, true)),
+                    Err(PushError::Closed) => dropped.push((*id, false)),
+                }
+            }
+        }
+        // Evictions here may queue further departures; they go out in the next window.
+        self.settle(dropped, delivered);
     }
 
     /// Pushes a room message to every member, encoded once per wire in use (`native` is the
     /// already-encoded native frame, shared with history). `conflate`: a member that has not
     /// yet received the previous conflatable message of this room gets only this one.
     fn broadcast(&mut self, e: &Event, native: &Bytes, conflate: bool) -> usize {
+        // Presence changes that happened before this message are announced before it.
+        self.flush_presence();
         let mut delivered = 0usize;
         let mut dropped: Vec<(SessionId, bool)> = Vec::new();
         let mut cache: WireCache<Encoded> = WireCache::default();
@@ -344,7 +410,7 @@ impl Room {
             None => false,
         };
         if gone {
-            self.announce_presence(&m.user, false, None);
+            self.note_presence(m.user.clone(), false);
         }
         true
     }
@@ -359,8 +425,13 @@ impl Room {
         wire.encode(&stored_event(&self.name, m))
     }
 
-    fn presence_list(&self) -> Vec<&UserInfo> {
+    /// Users present, by id, at most `limit` of them (the first ones by id).
+    fn presence_list(&self, limit: usize) -> Vec<&UserInfo> {
         let mut users: Vec<&UserInfo> = self.presence.values().map(|(u, _)| u.as_ref()).collect();
+        if users.len() > limit {
+            users.select_nth_unstable_by(limit, |a, b| a.id.cmp(&b.id));
+            users.truncate(limit);
+        }
         users.sort_by(|a, b| a.id.cmp(&b.id));
         users
     }
@@ -384,6 +455,7 @@ impl Actor for Room {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        self.me = Some(ctx.address().downgrade());
         // Unbounded on purpose: `send` then always enqueues at call time, which is what keeps
         // messages from one sender in order (an operation's events and a watcher's join). Load
         // is bounded upstream (per-session outboxes and limits), not by parking senders here.
@@ -443,7 +515,7 @@ impl Handler<JoinRoom> for Room {
                 .or_insert_with(|| (user.clone(), 0));
             entry.1 += 1;
             if entry.1 == 1 {
-                self.announce_presence(&user, true, Some(session));
+                self.note_presence(user.clone(), true);
             }
         }
 
@@ -454,7 +526,8 @@ impl Handler<JoinRoom> for Room {
             &self.epoch,
             self.last_offset,
             recovered,
-            &self.presence_list(),
+            &self.presence_list(self.limits.presence_list_max),
+            self.presence.len(),
         ) {
             frames.push(Frame::Text(f));
         }
@@ -509,6 +582,15 @@ impl Handler<JoinRoom> for Room {
             offset: self.last_offset,
             recovered,
         })
+    }
+}
+
+impl Handler<FlushPresence> for Room {
+    type Result = ();
+
+    fn handle(&mut self, _: FlushPresence, _ctx: &mut Context<Self>) {
+        self.presence_flush_armed = false;
+        self.flush_presence();
     }
 }
 
@@ -604,7 +686,12 @@ impl Handler<GetPresence> for Room {
 
     fn handle(&mut self, _: GetPresence, _ctx: &mut Context<Self>) -> Self::Result {
         self.routed_seen += 1;
-        MessageResult(self.presence_list().into_iter().cloned().collect())
+        MessageResult(
+            self.presence_list(usize::MAX)
+                .into_iter()
+                .cloned()
+                .collect(),
+        )
     }
 }
 

@@ -250,31 +250,38 @@ impl Wire {
         offset: u64,
         recovered: bool,
         presence: &[&UserInfo],
+        presence_count: usize,
     ) -> Option<Bytes> {
         match self {
-            Wire::Native => Some(native::joined(id, room, epoch, offset, recovered, presence)),
+            Wire::Native => Some(native::joined(
+                id,
+                room,
+                epoch,
+                offset,
+                recovered,
+                presence,
+                presence_count,
+            )),
             Wire::SocketIo(nsp) => sio::ack_ok(
                 nsp,
                 id,
                 &serde_json::json!({
                     "ok": true, "room": room, "epoch": epoch, "offset": offset,
                     "recovered": recovered, "presence": presence,
+                    "presence_count": presence_count,
                 }),
             ),
             _ => None,
         }
     }
 
-    pub fn presence(&self, room: &str, user: &UserInfo, joined: bool) -> Option<Bytes> {
+    /// A presence change of `users` (all arrived, or all left).
+    pub fn presence(&self, room: &str, users: &[&UserInfo], joined: bool) -> Option<Bytes> {
         match self {
-            Wire::Native => Some(if joined {
-                native::presence_joined(room, user)
-            } else {
-                native::presence_left(room, user)
-            }),
+            Wire::Native => Some(native::presence(room, users, joined)),
             Wire::SocketIo(nsp) => {
                 let key = if joined { "joined" } else { "left" };
-                let body = serde_json::json!({ "room": room, key: [user] });
+                let body = serde_json::json!({ "room": room, key: users });
                 Some(sio::emit(nsp, "presence", &body))
             }
             _ => None,

@@ -501,6 +501,7 @@ struct Joined<'a> {
     offset: u64,
     recovered: bool,
     presence: &'a [&'a UserInfo],
+    presence_count: usize,
 }
 
 pub fn joined(
@@ -510,6 +511,7 @@ pub fn joined(
     offset: u64,
     recovered: bool,
     presence: &[&UserInfo],
+    presence_count: usize,
 ) -> Bytes {
     encode(&Joined {
         t: "joined",
@@ -519,6 +521,7 @@ pub fn joined(
         offset,
         recovered,
         presence,
+        presence_count,
     })
 }
 
@@ -629,26 +632,18 @@ struct Presence<'a> {
     t: &'static str,
     room: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    joined: Option<[&'a UserInfo; 1]>,
+    joined: Option<&'a [&'a UserInfo]>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    left: Option<[&'a UserInfo; 1]>,
+    left: Option<&'a [&'a UserInfo]>,
 }
 
-pub fn presence_joined(room: &str, user: &UserInfo) -> Bytes {
+/// A presence change: `users` arrived (`joined`) or left.
+pub fn presence(room: &str, users: &[&UserInfo], joined: bool) -> Bytes {
     encode(&Presence {
         t: "presence",
         room,
-        joined: Some([user]),
-        left: None,
-    })
-}
-
-pub fn presence_left(room: &str, user: &UserInfo) -> Bytes {
-    encode(&Presence {
-        t: "presence",
-        room,
-        joined: None,
-        left: Some([user]),
+        joined: joined.then_some(users),
+        left: (!joined).then_some(users),
     })
 }
 

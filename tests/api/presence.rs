@@ -92,3 +92,80 @@ async fn a_silent_session_is_dropped_by_the_heartbeat_and_its_presence_leaves() 
     let (_, m) = app.get("/api/rooms/room/presence").await;
     assert_eq!(m["presence"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test]
+async fn a_join_flood_is_announced_in_batches_and_nobody_is_missed() {
+    let app = spawn_app().await;
+    let mut watcher = app.ws_as("watcher").await;
+    watcher.join("flood").await;
+    let mut members = Vec::new();
+    for i in 0..40 {
+        let mut m = app.ws_as(&format!("user{i:02}")).await;
+        m.join("flood").await;
+        members.push(m);
+    }
+    // A message after the flood: every arrival before it is announced before it.
+    let mut publisher = app.ws_as("publisher").await;
+    publisher.join("flood").await;
+    publisher.publish("flood", "after", json!(1)).await;
+    let mut seen = std::collections::BTreeSet::new();
+    let mut presence_frames = 0;
+    loop {
+        let f = watcher.recv().await;
+        if f["type"] == "message" {
+            assert_eq!(f["event"], "after");
+            break;
+        }
+        assert_eq!(f["type"], "presence", "{f}");
+        presence_frames += 1;
+        for u in f["joined"].as_array().expect("only arrivals") {
+            assert!(
+                seen.insert(u["user"].as_str().unwrap().to_string()),
+                "twice: {u}"
+            );
+        }
+    }
+    let expected: std::collections::BTreeSet<String> = (0..40)
+        .map(|i| format!("user{i:02}"))
+        .chain(["publisher".to_string()])
+        .collect();
+    assert_eq!(seen, expected);
+    assert!(
+        presence_frames < 41,
+        "41 arrivals within a few windows should share frames, got {presence_frames}"
+    );
+    // Members never hear of themselves, batched or not.
+    for (i, mut m) in members.into_iter().enumerate() {
+        let me = format!("user{i:02}");
+        for f in m.drain().await {
+            if f["type"] == "presence" {
+                let users = f["joined"].as_array().expect("only arrivals");
+                assert!(users.iter().all(|u| u["user"] != me.as_str()), "{me}: {f}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_large_room_lists_at_most_the_configured_number_of_users_and_counts_all() {
+    let app = spawn_app_with(Backend::Sqlite, |s| s.presence_list_max = 3).await;
+    let mut clients = Vec::new();
+    for name in ["a", "b", "c", "d", "e"] {
+        let mut c = app.ws_as(name).await;
+        c.join("big").await;
+        clients.push(c);
+    }
+    let mut last = app.ws_as("f").await;
+    let j = last.join("big").await;
+    assert_eq!(j["presence_count"], 6, "{j}");
+    let users: Vec<_> = j["presence"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user"].clone())
+        .collect();
+    assert_eq!(users, vec![json!("a"), json!("b"), json!("c")]);
+    // The REST list is complete.
+    let (_, body) = app.get("/api/rooms/big/presence").await;
+    assert_eq!(body["presence"].as_array().unwrap().len(), 6);
+}
