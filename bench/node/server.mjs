@@ -22,4 +22,7 @@ io.on("connection", (socket) => {
   });
 });
 
-http.listen(port, "127.0.0.1", () => console.log(`reference socket.io server on ${port}`));
+// PORT=0 picks a free port; the line below names the real one (the bench smoke test waits for it).
+http.listen(port, "127.0.0.1", () =>
+  console.log(`reference socket.io server listening on ${http.address().port}`),
+);
