@@ -32,6 +32,8 @@ pub struct Metrics {
     pub slow_consumers: AtomicU64,
     /// Operation state writes (status row + batched log lines).
     pub operation_writes: AtomicU64,
+    /// Transactions that wrote operation state (several operations' writes share one).
+    pub operation_write_transactions: AtomicU64,
     /// Reports received from external workers.
     pub operation_reports: AtomicU64,
     /// Log lines dropped unwritten during a long database outage.
@@ -61,6 +63,7 @@ impl Metrics {
             database_errors: AtomicU64::new(0),
             slow_consumers: AtomicU64::new(0),
             operation_writes: AtomicU64::new(0),
+            operation_write_transactions: AtomicU64::new(0),
             operation_reports: AtomicU64::new(0),
             operation_log_lines_lost: AtomicU64::new(0),
             refusals: ErrorCode::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
@@ -158,6 +161,12 @@ impl Metrics {
             "switchyard_operation_writes_total",
             "Coalesced operation state writes.",
             self.operation_writes.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "switchyard_operation_write_transactions_total",
+            "Database transactions that wrote operation state (group commit).",
+            self.operation_write_transactions.load(Relaxed),
         );
         counter(
             &mut out,

@@ -104,6 +104,7 @@ impl Application {
             broker: broker.clone(),
             registry: registry.clone(),
             db: db.clone(),
+            writer: crate::db::batch::SaveBatcher::start(db.clone(), metrics.clone()),
             metrics: metrics.clone(),
             kinds,
         });

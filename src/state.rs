@@ -64,6 +64,8 @@ pub struct OpContext {
     pub broker: Arc<dyn Broker>,
     pub registry: Addr<RoomRegistry>,
     pub db: Database,
+    /// Group commit for operation state (one transaction for every save waiting).
+    pub writer: crate::db::batch::SaveBatcher,
     pub metrics: Arc<Metrics>,
     pub kinds: Kinds,
 }

@@ -370,8 +370,8 @@ impl OperationActor {
         let upto = self.unpersisted.back().map(|l| l.offset);
         let wrote_terminal = self.op.status.is_terminal();
         self.cx
-            .db
-            .run(move |c| store::save(c, &row, &logs))
+            .writer
+            .save(row, logs)
             .into_actor(self)
             .map(move |res, act, ctx| {
                 act.flushing = false;

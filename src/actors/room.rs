@@ -26,7 +26,7 @@ use crate::auth::UserInfo;
 use crate::error::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
 use crate::protocol::native::{self, RequestId, Since};
-use crate::protocol::{Backfill, Encoded, Event, Wire};
+use crate::protocol::{Backfill, Encoded, Event, JoinAnswer, Wire};
 use crate::transport::outbox::Frame;
 use crate::transport::outbox::PushError;
 
@@ -520,15 +520,16 @@ impl Handler<JoinRoom> for Room {
         }
 
         let mut frames: Vec<Frame> = Vec::with_capacity(2 + self.history.len());
-        if let Some(f) = wire.joined(
-            msg.request_id.as_deref(),
-            &self.name,
-            &self.epoch,
-            self.last_offset,
+        let presence = self.presence_list(self.limits.presence_list_max);
+        let answer = JoinAnswer {
+            room: &self.name,
+            epoch: &self.epoch,
+            offset: self.last_offset,
             recovered,
-            &self.presence_list(self.limits.presence_list_max),
-            self.presence.len(),
-        ) {
+            presence: &presence,
+            presence_count: self.presence.len(),
+        };
+        if let Some(f) = wire.joined(msg.request_id.as_deref(), &answer) {
             frames.push(Frame::Text(f));
         }
         let mut ends = false;

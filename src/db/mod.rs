@@ -10,6 +10,7 @@
 //! directly, they go through `Database::run`, which runs them on the blocking thread pool.
 
 pub mod activities;
+pub mod batch;
 pub mod operations;
 pub mod schema;
 

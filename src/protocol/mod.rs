@@ -95,6 +95,20 @@ use crate::error::Refusal;
 use crate::operations::Operation;
 use crate::transport::outbox::Frame;
 
+/// What a join answers, on every wire.
+#[derive(serde::Serialize)]
+pub struct JoinAnswer<'a> {
+    pub room: &'a str,
+    pub epoch: &'a str,
+    /// The room's last offset.
+    pub offset: u64,
+    pub recovered: bool,
+    /// Users present, at most `SWITCHYARD_PRESENCE_LIST_MAX` of them.
+    pub presence: &'a [&'a UserInfo],
+    /// All users present.
+    pub presence_count: usize,
+}
+
 /// How a member's connection wants traffic encoded. A room encodes each message at most once
 /// per wire in use, never once per member.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -242,35 +256,16 @@ impl Wire {
     }
 
     /// The answer to a join: a `joined` frame, or for Socket.IO the join's ack.
-    pub fn joined(
-        &self,
-        id: Option<&RawValue>,
-        room: &str,
-        epoch: &str,
-        offset: u64,
-        recovered: bool,
-        presence: &[&UserInfo],
-        presence_count: usize,
-    ) -> Option<Bytes> {
+    pub fn joined(&self, id: Option<&RawValue>, answer: &JoinAnswer<'_>) -> Option<Bytes> {
+        #[derive(serde::Serialize)]
+        struct Ack<'a> {
+            ok: bool,
+            #[serde(flatten)]
+            answer: &'a JoinAnswer<'a>,
+        }
         match self {
-            Wire::Native => Some(native::joined(
-                id,
-                room,
-                epoch,
-                offset,
-                recovered,
-                presence,
-                presence_count,
-            )),
-            Wire::SocketIo(nsp) => sio::ack_ok(
-                nsp,
-                id,
-                &serde_json::json!({
-                    "ok": true, "room": room, "epoch": epoch, "offset": offset,
-                    "recovered": recovered, "presence": presence,
-                    "presence_count": presence_count,
-                }),
-            ),
+            Wire::Native => Some(native::joined(id, answer)),
+            Wire::SocketIo(nsp) => sio::ack_ok(nsp, id, &Ack { ok: true, answer }),
             _ => None,
         }
     }
@@ -424,7 +419,7 @@ pub mod sio {
     }
 
     /// An ack with one argument, when the request asked for one.
-    pub fn ack_ok(nsp: &str, id: Option<&RawValue>, body: &serde_json::Value) -> Option<Bytes> {
+    pub fn ack_ok(nsp: &str, id: Option<&RawValue>, body: &impl serde::Serialize) -> Option<Bytes> {
         let id: u64 = id?.get().parse().ok()?;
         let args = serde_json::to_string(&[body]).ok()?;
         Some(engine_message(encode(

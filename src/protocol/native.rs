@@ -496,32 +496,15 @@ struct Joined<'a> {
     t: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<&'a RawValue>,
-    room: &'a str,
-    epoch: &'a str,
-    offset: u64,
-    recovered: bool,
-    presence: &'a [&'a UserInfo],
-    presence_count: usize,
+    #[serde(flatten)]
+    answer: &'a super::JoinAnswer<'a>,
 }
 
-pub fn joined(
-    id: Option<&RawValue>,
-    room: &str,
-    epoch: &str,
-    offset: u64,
-    recovered: bool,
-    presence: &[&UserInfo],
-    presence_count: usize,
-) -> Bytes {
+pub fn joined(id: Option<&RawValue>, answer: &super::JoinAnswer<'_>) -> Bytes {
     encode(&Joined {
         t: "joined",
         id,
-        room,
-        epoch,
-        offset,
-        recovered,
-        presence,
-        presence_count,
+        answer,
     })
 }
 

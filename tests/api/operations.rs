@@ -1308,7 +1308,10 @@ async fn finished_operations_older_than_the_retention_are_pruned() {
                 line: "x".into(),
                 ts: 0,
             };
-            store::save(c, &rows[0], &[store::LogRow::new("old", &line)])?;
+            store::save_many(
+                c,
+                &[(rows[0].clone(), vec![store::LogRow::new("old", &line)])],
+            )?;
             store::prune(c, now - 30 * 86_400_000)
         })
         .await
