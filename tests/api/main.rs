@@ -2,6 +2,7 @@
 
 mod activities;
 mod auth;
+mod bench_smoke;
 mod chaos;
 mod dashboard;
 mod health;

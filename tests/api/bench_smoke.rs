@@ -1,0 +1,191 @@
+//! The benchmark's smoke check (docs/benchmarks.md): small runs of the `switchyard-bench`
+//! scenarios, in-process against a real server, asserting only what must hold at any speed —
+//! every member got every message exactly once and in order. Never a speed assertion.
+
+use std::future::Future;
+use std::process::Stdio;
+use std::time::Duration;
+
+use switchyard::config::Settings;
+use switchyard_bench::{FanoutConfig, OperationsConfig, Protocol, RoomsConfig};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::helpers::*;
+
+/// The bound on each whole run (the scenarios also bound each of their own waits).
+const RUN: Duration = Duration::from_secs(90);
+
+/// What the benchmark turns off: per-connection and per-address limits would refuse its load.
+fn unlimited(s: &mut Settings) {
+    s.publish_rate = 0;
+    s.user_publish_rate = 0;
+    s.max_connections_per_ip = 0;
+    s.new_connections_per_ip = 0;
+}
+
+async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    tokio::time::timeout(RUN, f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {RUN:?}"))
+}
+
+fn small_fanout(url: &str, server: &str, protocol: Protocol) -> FanoutConfig {
+    FanoutConfig {
+        rate: Some(40.0),
+        max: true,
+        window: 8,
+        duration: 0.5,
+        stall_timeout: 20.0,
+        ..FanoutConfig::new(url, server, protocol, 40)
+    }
+}
+
+async fn fanout_checks(url: &str, server: &str, protocol: Protocol) {
+    let cfg = small_fanout(url, server, protocol);
+    let reports = within("fanout", switchyard_bench::fanout(&cfg))
+        .await
+        .unwrap_or_else(|e| panic!("{server} {protocol} fanout: {e}"));
+    assert_eq!(reports.len(), 2, "a rate phase and a max-rate phase");
+    for r in reports {
+        let json = serde_json::to_string(&r).expect("report serialises");
+        assert!(
+            r.result.ok,
+            "{server} {protocol} fanout ({}): {json}",
+            r.mode
+        );
+        assert!(r.result.sent > 0, "{json}");
+        assert_eq!(r.result.delivered, r.result.sent * 40, "{json}");
+        assert_eq!(
+            (r.result.members_broken, r.result.members_failed),
+            (0, 0),
+            "{json}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn fanout_reaches_every_member_exactly_once_in_order_over_both_protocols() {
+    let app = spawn_app_with(Backend::Sqlite, unlimited).await;
+    let url = app.url("");
+    fanout_checks(&url, "switchyard", Protocol::Native).await;
+    fanout_checks(&url, "switchyard", Protocol::Sio).await;
+    // One identity shared by every member (what the benchmark's big rooms use) too.
+    let cfg = FanoutConfig {
+        user: Some("bench".into()),
+        max: false,
+        ..small_fanout(&url, "switchyard", Protocol::Native)
+    };
+    let reports = within("fanout", switchyard_bench::fanout(&cfg))
+        .await
+        .expect("fanout");
+    assert!(reports[0].result.ok, "{:?}", reports[0]);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn rooms_deliver_every_senders_messages_exactly_once_in_order() {
+    let app = spawn_app_with(Backend::Sqlite, unlimited).await;
+    for protocol in [Protocol::Native, Protocol::Sio] {
+        let cfg = RoomsConfig {
+            rooms: 25,
+            size: 4,
+            rate: 200.0,
+            duration: 0.5,
+            stall_timeout: 20.0,
+            ..RoomsConfig::new(&app.url(""), "switchyard", protocol)
+        };
+        let r = within("rooms", switchyard_bench::rooms(&cfg))
+            .await
+            .unwrap_or_else(|e| panic!("{protocol} rooms: {e}"));
+        let json = serde_json::to_string(&r).expect("report serialises");
+        assert!(r.result.ok, "{protocol} rooms: {json}");
+        assert_eq!(r.connections, 100, "{json}");
+        assert!(r.result.sent > 0, "{json}");
+        assert_eq!(r.result.delivered, r.result.sent * 4, "{json}");
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn operations_reach_their_watchers_in_order() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kinds = dir.path().join("operations.toml");
+    std::fs::write(&kinds, "[kinds.bench]\nrunner = \"external\"\n").expect("kinds file");
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        unlimited(s);
+        s.operations_file = Some(kinds.clone());
+    })
+    .await;
+    let cfg = OperationsConfig {
+        workers: 2,
+        rate: 10.0,
+        duration: 0.5,
+        stall_timeout: 20.0,
+        ..OperationsConfig::new(&app.url(""), "bench", 20)
+    };
+    let r = within("operations", switchyard_bench::operations(&cfg))
+        .await
+        .unwrap_or_else(|e| panic!("operations: {e}"));
+    let json = serde_json::to_string(&r).expect("report serialises");
+    assert!(r.ok, "{json}");
+    assert!(r.reports_sent >= 20, "{json}");
+    assert_eq!(r.log_lines_received, r.reports_sent, "{json}");
+    app.shutdown().await;
+}
+
+/// The Node socket.io@4 reference server (bench/node), on a free port it names.
+struct NodeReference {
+    child: tokio::process::Child,
+    port: u16,
+}
+
+async fn node_reference() -> NodeReference {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("bench/node");
+    assert!(
+        dir.join("node_modules/socket.io").is_dir(),
+        "bench/node/node_modules is missing: run `npm ci --prefix bench/node` (.ci/run does)"
+    );
+    let mut child = tokio::process::Command::new("node")
+        .arg("server.mjs")
+        .current_dir(&dir)
+        .env("PORT", "0")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("node runs (.ci/run installs it)");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let port = tokio::time::timeout(WAIT * 2, async {
+        while let Some(line) = lines.next_line().await.expect("read node's stdout") {
+            if let Some(port) = line.strip_prefix("reference socket.io server listening on ") {
+                return port.trim().parse::<u16>().expect("a port");
+            }
+        }
+        panic!("node exited before listening");
+    })
+    .await
+    .expect("the reference server listened in time");
+    // Keep draining its stdout so it never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    NodeReference { child, port }
+}
+
+#[tokio::test]
+async fn the_node_reference_passes_the_same_check() {
+    let mut node = node_reference().await;
+    let url = format!("http://127.0.0.1:{}", node.port);
+    fanout_checks(&url, "node", Protocol::Sio).await;
+    let cfg = RoomsConfig {
+        rooms: 25,
+        size: 4,
+        rate: 200.0,
+        duration: 0.5,
+        stall_timeout: 20.0,
+        ..RoomsConfig::new(&url, "node", Protocol::Sio)
+    };
+    let r = within("rooms", switchyard_bench::rooms(&cfg))
+        .await
+        .expect("rooms");
+    assert!(r.result.ok, "{r:?}");
+    let _ = node.child.kill().await;
+}
