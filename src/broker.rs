@@ -23,6 +23,13 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A short name for `/health`.
     fn name(&self) -> &'static str;
+
+    /// Whether a member may publish straight to a local room's address (no registry hop).
+    /// Only a single-node broker can allow it: with several nodes the order comes from the
+    /// shared log, so every publish must go through the broker.
+    fn members_publish_directly(&self) -> bool {
+        false
+    }
 }
 
 /// Single-node broker: the local registry is the source of order.
@@ -51,5 +58,9 @@ impl Broker for LocalBroker {
 
     fn name(&self) -> &'static str {
         "local"
+    }
+
+    fn members_publish_directly(&self) -> bool {
+        true
     }
 }

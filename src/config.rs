@@ -95,7 +95,8 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     /// HTTP worker threads; 0 means one per core (`SWITCHYARD_WORKERS`).
     pub workers: usize,
-    /// Threads that run room actors; 0 means one per core (`SWITCHYARD_ROOM_THREADS`).
+    /// Dedicated threads for room actors; 0 (the default) runs rooms on the HTTP worker threads,
+    /// next to the sessions (`SWITCHYARD_ROOM_THREADS`).
     pub room_threads: usize,
     /// Operation kinds file (`SWITCHYARD_OPERATIONS_FILE`).
     pub operations_file: Option<std::path::PathBuf>,
@@ -464,11 +465,6 @@ impl Settings {
     /// Worker count with 0 resolved to the number of cores.
     pub fn resolved_workers(&self) -> usize {
         resolve_threads(self.workers)
-    }
-
-    /// Room thread count with 0 resolved to the number of cores.
-    pub fn resolved_room_threads(&self) -> usize {
-        resolve_threads(self.room_threads)
     }
 }
 

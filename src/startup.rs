@@ -86,7 +86,7 @@ impl Application {
             metrics.clone(),
         )?;
         let registry = RoomRegistry::new(
-            settings.resolved_room_threads(),
+            settings.room_threads,
             RoomLimits {
                 history_size: settings.history_size,
                 history_ttl: settings.history_ttl,
@@ -175,6 +175,13 @@ impl Application {
         let port = listener.local_addr()?.port();
         let max_body = settings.max_body_bytes;
         let server = HttpServer::new(move || {
+            // Runs on each worker's thread as it starts: offer that thread to the rooms.
+            state
+                .registry
+                .do_send(crate::actors::registry::AddRoomThread {
+                    thread: std::thread::current().id(),
+                    arbiter: actix::Arbiter::current(),
+                });
             let counted = state.metrics.clone();
             App::new()
                 // Every REST refusal is counted by code, like socket refusals.

@@ -211,6 +211,7 @@ impl OperationActor {
             seq,
             attachments: Vec::new(),
             conflate,
+            direct: false,
         });
         let id = self.op.id.clone();
         actix::spawn(async move {

@@ -18,6 +18,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use actix::prelude::*;
+use actix::ArbiterHandle;
 
 use super::room::{
     CloseRoom, GetHistory, GetPresence, GetRoomInfo, HistoryPage, JoinRoom, Joined, LeaveRoom,
@@ -48,6 +49,16 @@ pub struct LeaveAll {
 pub struct SessionOpened {
     pub session: SessionId,
     pub addr: Recipient<ServerShutdown>,
+}
+
+/// HTTP worker (as it starts) → Registry: rooms may run on this worker's thread. Sessions
+/// live on the workers; a room on the same thread as its members publishes and fans out with
+/// no thread hop (on a one-core deployment, none at all).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AddRoomThread {
+    pub thread: std::thread::ThreadId,
+    pub arbiter: ArbiterHandle,
 }
 
 /// Session (stopped) → Registry.
@@ -106,7 +117,14 @@ pub struct RoomRegistry {
     rooms: HashMap<String, Entry>,
     tombstones: HashMap<String, (Arc<str>, u64)>,
     sessions: HashMap<SessionId, Recipient<ServerShutdown>>,
-    threads: Vec<Arbiter>,
+    /// Dedicated room threads (`SWITCHYARD_ROOM_THREADS` > 0); kept so they live as long as
+    /// the registry.
+    own_threads: Vec<Arbiter>,
+    /// Where new rooms start, round robin: the dedicated threads, or else the HTTP workers as
+    /// they register (`AddRoomThread`). Empty until then: rooms start on the registry's thread.
+    threads: Vec<(std::thread::ThreadId, ArbiterHandle)>,
+    /// Whether HTTP workers are where rooms run.
+    on_workers: bool,
     next_thread: usize,
     next_room_id: u64,
     /// Prefix of epochs minted by this process; a restart changes every epoch.
@@ -117,12 +135,17 @@ pub struct RoomRegistry {
 
 impl RoomRegistry {
     pub fn new(room_threads: usize, limits: RoomLimits, metrics: Arc<Metrics>) -> Self {
-        let threads = (0..room_threads.max(1)).map(|_| Arbiter::new()).collect();
+        let own: Vec<Arbiter> = (0..room_threads).map(|_| Arbiter::new()).collect();
+        // A dedicated thread's id is never compared (only workers register), so any id will do.
+        let here = std::thread::current().id();
+        let threads = own.iter().map(|a| (here, a.handle())).collect();
         Self {
             rooms: HashMap::new(),
             tombstones: HashMap::new(),
             sessions: HashMap::new(),
+            own_threads: own,
             threads,
+            on_workers: room_threads == 0,
             next_thread: 0,
             next_room_id: 1,
             process_epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
@@ -142,7 +165,13 @@ impl RoomRegistry {
                     .tombstones
                     .remove(name)
                     .unwrap_or_else(|| (format!("{}-{room_id}", self.process_epoch).into(), 0));
-                let arbiter = self.threads[self.next_thread % self.threads.len()].handle();
+                let arbiter = if self.threads.is_empty() {
+                    Arbiter::current()
+                } else {
+                    self.threads[self.next_thread % self.threads.len()]
+                        .1
+                        .clone()
+                };
                 self.next_thread += 1;
                 let registry = ctx.address();
                 let metrics = self.metrics.clone();
@@ -185,13 +214,18 @@ impl Actor for RoomRegistry {
         // Unbounded: see `Room::started` (FIFO from each sender needs enqueue-at-call).
         ctx.set_mailbox_capacity(0);
         log::info!(
-            "room registry started with {} room threads",
-            self.threads.len()
+            "room registry started; rooms run on {}",
+            if self.on_workers {
+                "the HTTP worker threads".to_string()
+            } else {
+                format!("{} dedicated threads", self.own_threads.len())
+            }
         );
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        for t in &self.threads {
+        // Only the dedicated threads: the HTTP workers stop with the server.
+        for t in &self.own_threads {
             t.stop();
         }
     }
@@ -251,6 +285,16 @@ impl Handler<Publish> for RoomRegistry {
         entry.routed += 1;
         let fut = entry.addr.send(msg);
         Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) })
+    }
+}
+
+impl Handler<AddRoomThread> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: AddRoomThread, _ctx: &mut Context<Self>) {
+        if self.on_workers && !self.threads.iter().any(|(t, _)| *t == msg.thread) {
+            self.threads.push((msg.thread, msg.arbiter));
+        }
     }
 }
 

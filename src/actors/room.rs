@@ -57,6 +57,8 @@ pub struct Joined {
     pub epoch: Arc<str>,
     pub offset: u64,
     pub recovered: bool,
+    /// The room itself: a member publishes to it directly (see `Publish::direct`).
+    pub addr: Addr<Room>,
 }
 
 /// Session → Registry → Room: remove the session. `Err(not_member)` if it was not in the room.
@@ -88,6 +90,9 @@ pub struct Publish {
     /// Delivery class: a slow member may get only the latest of these (pure progress of an
     /// operation); everything else is delivered or the member is evicted.
     pub conflate: bool,
+    /// Sent by a member straight to the room's address, not routed by the registry: not
+    /// counted in `routed_seen` (the registry never counted it either).
+    pub direct: bool,
 }
 
 /// Registry → Room: name, members, last offset.
@@ -479,7 +484,7 @@ impl Actor for Room {
 impl Handler<JoinRoom> for Room {
     type Result = Result<Joined, Refusal>;
 
-    fn handle(&mut self, msg: JoinRoom, _ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) -> Self::Result {
         self.routed_seen += 1;
         self.trim_history();
         let member = msg.member;
@@ -582,6 +587,7 @@ impl Handler<JoinRoom> for Room {
             epoch: self.epoch.clone(),
             offset: self.last_offset,
             recovered,
+            addr: ctx.address(),
         })
     }
 }
@@ -618,7 +624,9 @@ impl Handler<Publish> for Room {
     type Result = Result<u64, Refusal>;
 
     fn handle(&mut self, msg: Publish, _ctx: &mut Context<Self>) -> Self::Result {
-        self.routed_seen += 1;
+        if !msg.direct {
+            self.routed_seen += 1;
+        }
         if let Some(s) = msg.member_check {
             if !self.members.contains_key(&s) {
                 return Err(Refusal::new(

@@ -9,7 +9,7 @@
 //! timeout, eviction, shutdown, protocol violation) goes through `ctx.stop()`, so the undo always
 //! runs exactly once.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -23,7 +23,7 @@ use super::operations::{
     CancelOperation, GetOperation, ReportOperation, StartError, StartOperation, WatchOperation,
 };
 use super::registry::{LeaveAll, SessionClosed, SessionOpened};
-use super::room::{JoinRoom, LeaveRoom, Publish, CLOSE_SLOW_CONSUMER};
+use super::room::{JoinRoom, LeaveRoom, Publish, Room, CLOSE_SLOW_CONSUMER};
 use super::{Evicted, Member, ServerShutdown, SessionId};
 use crate::auth::Identity;
 use crate::error::{ErrorCode, Refusal};
@@ -50,6 +50,8 @@ pub struct Session {
     /// Rooms this session is a member of (invariant: the room has this session as a member, or
     /// a leave for it is in flight).
     rooms: HashSet<String>,
+    /// Rooms joined through the registry, by name: where this session's publishes go directly.
+    room_addrs: HashMap<String, Addr<Room>>,
     /// Last time anything arrived from the client; the heartbeat drops the session when this is
     /// older than the timeout.
     last_seen: Instant,
@@ -89,6 +91,7 @@ impl Session {
             header_auth,
             outbox,
             rooms: HashSet::new(),
+            room_addrs: HashMap::new(),
             last_seen: Instant::now(),
             error_window: (Instant::now(), 0),
             wire: Wire::Native,
@@ -296,7 +299,8 @@ impl Session {
                     .send(msg)
                     .into_actor(self)
                     .map(move |res, act, ctx| match res {
-                        Ok(Ok(_joined)) => {
+                        Ok(Ok(joined)) => {
+                            act.room_addrs.insert(room.clone(), joined.addr);
                             act.rooms.insert(room);
                         }
                         Ok(Err(refusal)) => act.refuse(ctx, id.as_deref(), refusal),
@@ -305,6 +309,7 @@ impl Session {
                     .wait(ctx);
             }
             Request::Leave { room } => {
+                self.room_addrs.remove(&room);
                 if !self.rooms.remove(&room) {
                     let r = Refusal::new(ErrorCode::NotMember, format!("not a member of {room}"));
                     return self.refuse(ctx, id.as_deref(), r);
@@ -363,13 +368,35 @@ impl Session {
                     seq: None,
                     attachments,
                     conflate: false,
+                    direct: false,
                 };
-                // Not `wait`: publishes pipeline. Ordering is kept by the registry and room
-                // mailboxes (FIFO per sender), not by waiting here.
-                self.state
-                    .broker
-                    .publish(msg)
-                    .into_actor(self)
+                // Not `wait`: publishes pipeline. Ordering is kept by the mailboxes (FIFO per
+                // sender), not by waiting here. A member publishes straight to its room when
+                // the broker allows (one hop instead of four through the registry); that
+                // cannot overtake an earlier publish routed by the registry, because joins
+                // `wait`: nothing of this session is routed to the room until the join answer
+                // (and the room's address) is back, and from then on every publish to it is
+                // direct, until it leaves.
+                let direct = self
+                    .room_addrs
+                    .get(&room)
+                    .filter(|_| self.state.broker.members_publish_directly())
+                    .cloned();
+                let sent: crate::broker::PublishFuture = match direct {
+                    Some(addr) => {
+                        let fut = addr.send(Publish {
+                            direct: true,
+                            ..msg
+                        });
+                        Box::pin(async move {
+                            fut.await.unwrap_or_else(|_| {
+                                Err(Refusal::new(ErrorCode::Unavailable, "room unavailable"))
+                            })
+                        })
+                    }
+                    None => self.state.broker.publish(msg),
+                };
+                sent.into_actor(self)
                     .map(move |res, act, ctx| match res {
                         Ok(offset) => {
                             if id.is_some() {
@@ -784,6 +811,7 @@ impl Handler<Evicted> for Session {
 
     fn handle(&mut self, msg: Evicted, ctx: &mut Context<Self>) {
         self.rooms.remove(&msg.room);
+        self.room_addrs.remove(&msg.room);
         log::warn!(
             "session {}: evicted from {} ({:?})",
             self.key,

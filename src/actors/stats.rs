@@ -79,6 +79,7 @@ impl StatsPublisher {
             seq: None,
             attachments: Vec::new(),
             conflate: false,
+            direct: false,
         });
         ctx.spawn(
             async move {

@@ -91,6 +91,7 @@ pub async fn create(
             seq: None,
             attachments: Vec::new(),
             conflate: false,
+            direct: false,
         });
         if let Err(e) = publish.await {
             // Stored but not broadcast: clients still see it on their next page load.

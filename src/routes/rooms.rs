@@ -66,6 +66,7 @@ pub async fn publish(
             seq: None,
             attachments: Vec::new(),
             conflate: false,
+            direct: false,
         })
         .await?;
     Ok(HttpResponse::Ok().json(Published {

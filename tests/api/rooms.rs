@@ -240,3 +240,28 @@ async fn an_idle_room_is_retired_and_a_recreated_one_continues_its_epoch_and_off
     assert_eq!(joined["recovered"], true, "nothing was missed");
     assert_eq!(d.publish("ephemeral", "e", json!(2)).await, 2);
 }
+
+#[tokio::test]
+async fn a_publish_pipelined_right_after_a_leave_is_refused() {
+    // Members publish straight to their room (no registry hop); a leave must end that at once,
+    // even when the publish is sent before the leave is answered.
+    let app = spawn_app().await;
+    let mut alice = app.ws_as("alice").await;
+    let mut bob = app.ws_as("bob").await;
+    alice.join("r2").await;
+    bob.join("r2").await;
+    bob.publish("r2", "e", json!("before")).await;
+    bob.send(json!({"type": "leave", "room": "r2", "id": 10}))
+        .await;
+    bob.send(json!({"type": "publish", "room": "r2", "event": "e", "data": "after", "id": 11}))
+        .await;
+    let left = bob.recv_where(|f| f["id"] == 10).await;
+    assert_eq!(left["type"], "left");
+    let refused = bob.recv_where(|f| f["id"] == 11).await;
+    assert_eq!(refused["code"], "not_member", "{refused}");
+    // Alice saw the first and not the second.
+    let m = alice.recv_message().await;
+    assert_eq!(m["data"], "before");
+    let rest = alice.drain().await;
+    assert!(rest.iter().all(|f| f["type"] != "message"), "{rest:?}");
+}
