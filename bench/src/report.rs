@@ -78,10 +78,10 @@ fn target_of(v: &Value) -> Option<usize> {
 fn num(x: Option<f64>) -> String {
     match x {
         None => "–".into(),
-        Some(x) if x.abs() >= 100_000.0 => {
+        Some(x) if x.abs() >= 1000.0 || (x.fract() == 0.0 && x.abs() >= 100.0) => {
             // 1,234,567
             let n = x.round() as i64;
-            let digits = n.abs().to_string();
+            let digits = n.unsigned_abs().to_string();
             let mut out = String::new();
             for (i, c) in digits.chars().enumerate() {
                 if i > 0 && (digits.len() - i) % 3 == 0 {
@@ -95,6 +95,7 @@ fn num(x: Option<f64>) -> String {
                 out
             }
         }
+        Some(x) if x.fract() == 0.0 => format!("{x:.0}"),
         Some(x) if x.abs() >= 100.0 => format!("{x:.0}"),
         Some(x) if x.abs() >= 10.0 => format!("{x:.1}"),
         Some(x) => format!("{x:.2}"),
@@ -394,7 +395,7 @@ fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
-/// p50 (solid) and p99 (dashed-looking thin) latency against room size, log-log.
+/// p50 (solid) and p99 (dashed) latency against room size, log-log.
 fn latency_plot(
     data: &BTreeMap<u64, [Option<&Value>; 3]>,
     path: &Path,
@@ -415,7 +416,8 @@ fn latency_plot(
         .collect();
     let (xmin, xmax) = (xs[0] / 2.0, xs[xs.len() - 1] * 2.0);
     let ymin = ys.iter().cloned().fold(f64::MAX, f64::min).max(0.01) / 2.0;
-    let ymax = ys.iter().cloned().fold(0.0, f64::max).max(1.0) * 2.0;
+    // Headroom above the data for the legend (the y axis is logarithmic).
+    let ymax = ys.iter().cloned().fold(0.0, f64::max).max(1.0) * 8.0;
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
     root.fill(&WHITE).map_err(err)?;
     let rate = data
@@ -443,7 +445,7 @@ fn latency_plot(
         .draw()
         .map_err(err)?;
     for (t, (_, _, label)) in TARGETS.iter().enumerate() {
-        for (key, width, suffix) in [("p50_ms", 3, "p50"), ("p99_ms", 1, "p99")] {
+        for (key, dashed, suffix) in [("p50_ms", false, "p50"), ("p99_ms", true, "p99")] {
             let pts: Vec<(f64, f64)> = data
                 .iter()
                 .filter_map(|(n, g)| Some((*n as f64, f(g[t]?, key)?)))
@@ -453,12 +455,21 @@ fn latency_plot(
                 continue;
             }
             let color = COLORS[t];
-            chart
-                .draw_series(LineSeries::new(pts.clone(), color.stroke_width(width)))
+            let style = color.stroke_width(2);
+            let drawn = if dashed {
+                chart.draw_series(DashedLineSeries::new(pts.clone(), 6, 4, style))
+            } else {
+                chart.draw_series(LineSeries::new(pts.clone(), style))
+            };
+            drawn
                 .map_err(err)?
                 .label(format!("{label} {suffix}"))
                 .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(width))
+                    if dashed {
+                        PathElement::new(vec![(x, y), (x + 6, y)], style)
+                    } else {
+                        PathElement::new(vec![(x, y), (x + 20, y)], style)
+                    }
                 });
             chart
                 .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
@@ -554,9 +565,9 @@ fn cpu_plot(
             g.map(|v| v.and_then(|v| f(v, "cpu_s_per_million"))),
         ));
     }
-    for g in rooms.values() {
+    for (k, g) in rooms {
         groups.push((
-            "4,000 rooms × 4".into(),
+            k.split(',').next().unwrap_or("rooms").to_string(),
             g.map(|v| v.and_then(|v| f(v, "cpu_s_per_million"))),
         ));
     }

@@ -1,0 +1,166 @@
+#!/usr/bin/env bash
+# The benchmark of docs/benchmarks.md (issue #7): Switchyard (native /ws and Socket.IO) against
+# the Node socket.io@4 reference server (bench/node), in one run, on this machine, over loopback.
+#
+#   bash bench/run.sh            # the full run (~10 minutes on 2 cores, plus the first build)
+#   BENCH_QUICK=1 bash bench/run.sh   # tiny sizes, ~1.5 minutes: checks the script itself
+#
+# Knobs (environment): CARGO_TARGET_DIR, BENCH_SKIP_BUILD=1 (use the built binaries),
+# BENCH_SWITCHYARD_BIN (another server binary), BENCH_OUT, BENCH_PLOTS, BENCH_FANOUT_SIZES,
+# BENCH_IDLE_SIZES, BENCH_FANOUT_RATE, BENCH_WINDOW, BENCH_SERVER_CORE, BENCH_GEN_CORE, the
+# ports BENCH_SWITCHYARD_PORT / BENCH_NODE_PORT, and SWITCHYARD_WORKERS / _ROOM_THREADS /
+# _OUTBOX_MAX_MESSAGES / _OUTBOX_MAX_BYTES for the server (defaults: 1, 1, 8192, 8 MiB).
+#
+# Every server runs pinned to core BENCH_SERVER_CORE (0) and is started fresh for each scenario;
+# every load generator is pinned to BENCH_GEN_CORE (1). Results: one JSON line per measurement
+# in BENCH_OUT (bench/results/latest.jsonl), then `switchyard-bench report` writes the plots
+# (docs/benchmarks/*.svg) and prints the markdown tables (also saved next to the results).
+# Run it on an otherwise idle machine: anything else on either core skews the numbers.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+
+QUICK=${BENCH_QUICK:-0}
+SERVER_CORE=${BENCH_SERVER_CORE:-0}
+GEN_CORE=${BENCH_GEN_CORE:-1}
+SY_PORT=${BENCH_SWITCHYARD_PORT:-18480}
+NODE_PORT=${BENCH_NODE_PORT:-18481}
+if [ "$QUICK" = 1 ]; then
+  OUT=${BENCH_OUT:-bench/results/quick.jsonl}
+  PLOTS=${BENCH_PLOTS:-bench/results/quick}
+  FANOUT_SIZES=${BENCH_FANOUT_SIZES:-"50 200"}
+  PHASE_S=2; ROOMS=100; ROOMS_RATE=400; ROOMS_S=2
+  IDLE_SIZES=${BENCH_IDLE_SIZES:-"1000 2000"}; OPS=50; OPS_S=2
+else
+  OUT=${BENCH_OUT:-bench/results/latest.jsonl}
+  PLOTS=${BENCH_PLOTS:-docs/benchmarks}
+  FANOUT_SIZES=${BENCH_FANOUT_SIZES:-"100 1000 10000"}
+  PHASE_S=8; ROOMS=4000; ROOMS_RATE=4000; ROOMS_S=15
+  IDLE_SIZES=${BENCH_IDLE_SIZES:-"10000 19000"}; OPS=1000; OPS_S=15
+fi
+# Light fanout rate (publishes/s): low enough that Node keeps up with 10,000 members.
+FANOUT_RATE=${BENCH_FANOUT_RATE:-2}
+# Max-rate phase: messages per member in flight (published, not yet received everywhere).
+WINDOW=${BENCH_WINDOW:-16}
+
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+SY_BIN=${BENCH_SWITCHYARD_BIN:-$CARGO_TARGET_DIR/release/switchyard}
+BENCH=$CARGO_TARGET_DIR/release/switchyard-bench
+WORK=$(mktemp -d /tmp/switchyard-bench.XXXXXX)
+SERVER_PID=
+FAILED=0
+
+log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+
+stop_server() {
+  if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+    kill -TERM "$SERVER_PID" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$SERVER_PID" 2>/dev/null || true
+    wait "$SERVER_PID" 2>/dev/null || true
+  fi
+  SERVER_PID=
+}
+cleanup() { stop_server; rm -rf "$WORK"; }
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_port() {
+  for _ in $(seq 1 300); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { log "server exited at start:"; tail -5 "$WORK/server.log" >&2; return 1; }
+    sleep 0.1
+  done
+  log "server did not listen on $1 within 30 s"; return 1
+}
+
+# A fresh Switchyard (new database) pinned to the server core; extra VAR=value arguments.
+start_switchyard() {
+  stop_server
+  rm -rf "$WORK/db" && mkdir -p "$WORK/db"
+  port_free "$SY_PORT" || { log "port $SY_PORT is taken (BENCH_SWITCHYARD_PORT)"; return 1; }
+  env SWITCHYARD_HOST=127.0.0.1 SWITCHYARD_PORT="$SY_PORT" DATABASE_URL="$WORK/db/switchyard.db" \
+    SWITCHYARD_PUBLISH_RATE=0 SWITCHYARD_USER_PUBLISH_RATE=0 \
+    SWITCHYARD_MAX_CONNECTIONS_PER_IP=0 SWITCHYARD_NEW_CONNECTIONS_PER_IP=0 \
+    SWITCHYARD_OUTBOX_MAX_MESSAGES="${SWITCHYARD_OUTBOX_MAX_MESSAGES:-8192}" \
+    SWITCHYARD_OUTBOX_MAX_BYTES="${SWITCHYARD_OUTBOX_MAX_BYTES:-8388608}" \
+    SWITCHYARD_WORKERS="${SWITCHYARD_WORKERS:-1}" SWITCHYARD_ROOM_THREADS="${SWITCHYARD_ROOM_THREADS:-1}" \
+    SWITCHYARD_SHUTDOWN_TIMEOUT_MS=2000 RUST_LOG="${RUST_LOG:-warn}" "$@" \
+    taskset -c "$SERVER_CORE" "$SY_BIN" >"$WORK/server.log" 2>&1 </dev/null &
+  SERVER_PID=$!
+  wait_port "$SY_PORT"
+}
+
+start_node() {
+  stop_server
+  port_free "$NODE_PORT" || { log "port $NODE_PORT is taken (BENCH_NODE_PORT)"; return 1; }
+  PORT="$NODE_PORT" taskset -c "$SERVER_CORE" node bench/node/server.mjs >"$WORK/server.log" 2>&1 </dev/null &
+  SERVER_PID=$!
+  wait_port "$NODE_PORT"
+}
+
+# Runs the generator pinned to its core, appends its JSON lines, notes failures (the run goes on).
+gen() {
+  local what="$1"; shift
+  log "$what"
+  if ! timeout 300 taskset -c "$GEN_CORE" "$BENCH" "$@" --pid "$SERVER_PID" >>"$OUT" 2>"$WORK/gen.err"; then
+    FAILED=$((FAILED + 1))
+    log "FAILED: $what: $(tail -3 "$WORK/gen.err")"
+  fi
+}
+
+# target name, protocol, starter
+TARGETS=("switchyard native start_switchyard" "switchyard sio start_switchyard" "node sio start_node")
+
+started=$(date +%s)
+if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
+  log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
+  cargo build --release -p switchyard --bin switchyard
+  cargo build --release -p switchyard-bench
+fi
+if [ ! -d bench/node/node_modules/socket.io ]; then
+  log "installing bench/node packages"
+  npm ci --prefix bench/node --no-audit --no-fund
+fi
+command -v taskset >/dev/null || { log "taskset (util-linux) is needed"; exit 1; }
+mkdir -p "$(dirname "$OUT")"
+: >"$OUT"
+"$BENCH" machine --node-dir bench/node >>"$OUT"
+measure_started=$(date +%s)
+
+for t in "${TARGETS[@]}"; do
+  read -r server proto starter <<<"$t"
+  url="http://127.0.0.1:$SY_PORT"; [ "$server" = node ] && url="http://127.0.0.1:$NODE_PORT"
+  for n in $FANOUT_SIZES; do
+    $starter
+    # One identity for every member: the Node reference has no presence, so Switchyard's
+    # (per user) is kept out of this comparison; docs/benchmarks.md says what it costs.
+    gen "fanout $server/$proto $n members" fanout --url "$url" --server "$server" --protocol "$proto" \
+      --members "$n" --rate "$FANOUT_RATE" --max true --window "$WINDOW" --duration "$PHASE_S" --user bench
+  done
+  $starter
+  gen "rooms $server/$proto $ROOMS x 4" rooms --url "$url" --server "$server" --protocol "$proto" \
+    --rooms "$ROOMS" --size 4 --rate "$ROOMS_RATE" --duration "$ROOMS_S"
+  for n in $IDLE_SIZES; do
+    $starter
+    gen "idle $server/$proto $n connections" idle --url "$url" --server "$server" --protocol "$proto" \
+      --conns "$n" --procs $(( (n + 4999) / 5000 ))
+  done
+done
+
+# Operations: Switchyard only (the reference has none); SQLite persistence on (the default).
+printf '[kinds.bench]\nrunner = "external"\nstall_timeout_secs = 600\n' >"$WORK/operations.toml"
+start_switchyard SWITCHYARD_OPERATIONS_FILE="$WORK/operations.toml"
+gen "operations switchyard $OPS" operations --url "http://127.0.0.1:$SY_PORT" --kind bench \
+  --operations "$OPS" --workers 20 --rate 10 --duration "$OPS_S"
+stop_server
+
+log "measured in $(( $(date +%s) - measure_started )) s ($(( $(date +%s) - started )) s with the build)"
+mkdir -p "$PLOTS"
+"$BENCH" report "$OUT" --out "$PLOTS" | tee "${OUT%.jsonl}.md"
+if [ "$FAILED" -gt 0 ]; then
+  log "$FAILED scenario(s) failed their check; see first_problem in $OUT"
+  exit 1
+fi
