@@ -180,18 +180,25 @@ impl Database {
     {
         let db = self.clone();
         async move {
-            let metrics = db.metrics.clone();
-            let result = tokio::task::spawn_blocking(move || {
-                let mut conn = db.get()?;
-                f(&mut conn).map_err(DbError::from)
-            })
-            .await
-            .unwrap_or(Err(DbError::Cancelled));
-            if result.is_err() {
-                metrics.database_errors.fetch_add(1, Relaxed);
-            }
-            result
+            tokio::task::spawn_blocking(move || db.run_here(f))
+                .await
+                .unwrap_or(Err(DbError::Cancelled))
         }
+    }
+
+    /// Runs a query function on this thread (for threads that exist to block, like the
+    /// operation-state writer; never call it from an actor).
+    pub fn run_here<F, T>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(&mut DbConn) -> diesel::QueryResult<T>,
+    {
+        let result = self
+            .get()
+            .and_then(|mut conn| f(&mut conn).map_err(DbError::from));
+        if result.is_err() {
+            self.metrics.database_errors.fetch_add(1, Relaxed);
+        }
+        result
     }
 
     /// Round trip to the database; returns its latency.
