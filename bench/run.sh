@@ -2,7 +2,7 @@
 # The benchmark of docs/benchmarks.md (issue #7): Switchyard (native /ws and Socket.IO) against
 # the Node socket.io@4 reference server (bench/node), in one run, on this machine, over loopback.
 #
-#   bash bench/run.sh            # the full run (~10 minutes on 2 cores, plus the first build)
+#   bash bench/run.sh            # the full run (~6 minutes on 2 cores, plus the first build)
 #   BENCH_QUICK=1 bash bench/run.sh   # tiny sizes, ~1.5 minutes: checks the script itself
 #
 # Knobs (environment): CARGO_TARGET_DIR, BENCH_SKIP_BUILD=1 (use the built binaries),
@@ -35,8 +35,8 @@ else
   OUT=${BENCH_OUT:-bench/results/latest.jsonl}
   PLOTS=${BENCH_PLOTS:-docs/benchmarks}
   FANOUT_SIZES=${BENCH_FANOUT_SIZES:-"100 1000 10000"}
-  PHASE_S=8; ROOMS=4000; ROOMS_RATE=4000; ROOMS_S=15
-  IDLE_SIZES=${BENCH_IDLE_SIZES:-"10000 19000"}; OPS=1000; OPS_S=15
+  PHASE_S=10; ROOMS=4000; ROOMS_RATE=4000; ROOMS_S=20
+  IDLE_SIZES=${BENCH_IDLE_SIZES:-"10000 19000"}; OPS=1000; OPS_S=20
 fi
 # Light fanout rate (publishes/s): low enough that Node keeps up with 10,000 members.
 FANOUT_RATE=${BENCH_FANOUT_RATE:-2}
@@ -53,6 +53,9 @@ FAILED=0
 log() { printf '[%(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 
 stop_server() {
+  if [ -n "$SERVER_PID" ] && ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    log "WARNING: the server had exited by itself: $(tail -3 "$WORK/server.log" | tr '\n' ' ')"
+  fi
   if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
     kill -TERM "$SERVER_PID" 2>/dev/null || true
     for _ in $(seq 1 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
