@@ -207,6 +207,10 @@ impl Application {
                 .default_service(web::to(not_found))
         })
         .workers(settings.resolved_workers())
+        // Nagle only adds delay here: every connection's queued frames already leave in one
+        // write. With it on, a small frame after an unacknowledged one waits for the peer's
+        // delayed ACK (p99 46 ms instead of 5 ms in a two-member room at a light rate).
+        .tcp_nodelay(true)
         .disable_signals()
         .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
         .listen(listener)?

@@ -255,6 +255,13 @@ impl Room {
     /// Records that `user` arrived (their first session joined) or left (their last one left):
     /// announced at once after a quiet spell, else batched until the window ends.
     fn note_presence(&mut self, user: Arc<UserInfo>, joined: bool) {
+        // A room with more users than a join answer lists is a broadcast room: its arrivals and
+        // departures are not announced. Batching cuts frames, not bytes — announcing every
+        // arrival to everyone is n² user entries (10,000 users: 2 GB of presence JSON).
+        let users_before = self.presence.len() + usize::from(!joined) - usize::from(joined);
+        if users_before >= self.limits.presence_list_max {
+            return;
+        }
         self.pending_presence.push((user, joined));
         let quiet = self
             .presence_sent_at

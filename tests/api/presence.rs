@@ -171,4 +171,21 @@ async fn a_large_room_lists_at_most_the_configured_number_of_users_and_counts_al
     // The REST list is complete.
     let (_, body) = app.get("/api/rooms/big/presence").await;
     assert_eq!(body["presence"].as_array().unwrap().len(), 6);
+    // Arrivals are announced only while the room holds fewer users than the list limit: "a"
+    // heard of b and c, not of d, e or f (nor of anyone leaving now).
+    // A room message is the barrier: pending presence is always announced before it.
+    last.close().await;
+    clients[1].publish("big", "barrier", json!(1)).await;
+    let mut announced = Vec::new();
+    loop {
+        let f = clients[0].recv().await;
+        if f["type"] == "message" {
+            break;
+        }
+        assert_eq!(f["type"], "presence", "{f}");
+        for u in f["joined"].as_array().expect("no departures announced") {
+            announced.push(u["user"].as_str().unwrap().to_string());
+        }
+    }
+    assert_eq!(announced, vec!["b", "c"]);
 }
