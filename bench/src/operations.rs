@@ -310,7 +310,8 @@ pub async fn operations(cfg: &OperationsConfig) -> Result<OperationsReport, Stri
     let worker_problem: Arc<Mutex<Option<String>>> = Arc::default();
     let mut worker_tasks = Vec::new();
     let mut first = 0;
-    for (ws, ids) in worker_conns {
+    let n_workers = worker_conns.len().max(1);
+    for (w, (ws, ids)) in worker_conns.into_iter().enumerate() {
         let mine: Vec<Arc<Op>> = ops[first..first + ids.len()].to_vec();
         first += ids.len();
         let (mut sink, mut stream) = ws.split();
@@ -331,17 +332,22 @@ pub async fn operations(cfg: &OperationsConfig) -> Result<OperationsReport, Stri
             }
         });
         let period = Duration::from_secs_f64(1.0 / cfg.rate.max(0.001));
+        // Independent operations do not report in lockstep: each worker reports its operations
+        // one after another, evenly over the period, and the workers are staggered, so the
+        // server sees a steady 1,000 × rate reports a second, not one burst per period (which
+        // would measure how long a burst takes to drain, not report-to-watcher latency).
+        let slot = period / mine.len().max(1) as u32;
+        let offset = slot.mul_f64(w as f64 / n_workers as f64);
         worker_tasks.push(tokio::spawn(async move {
-            let mut tick = tokio::time::interval(period);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + offset, slot);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let result: Result<(), String> = async {
-                loop {
+                for op in mine.iter().cycle() {
                     tick.tick().await;
                     if start.elapsed() >= duration {
                         return Ok(());
                     }
-                    for op in &mine {
-                        let seq = op.sent.load(Relaxed);
+                    let seq = op.sent.load(Relaxed);
                         let t = sys::now_micros();
                         let progress = (seq as f64 * 0.01).min(99.0);
                         let p = format!(
@@ -352,12 +358,12 @@ pub async fn operations(cfg: &OperationsConfig) -> Result<OperationsReport, Stri
                             r#"{{"type":"operation.log","operation":"{}","lines":["@@{t}:{seq}"]}}"#,
                             op.id
                         );
-                        sink.feed(Message::text(p)).await.map_err(client::err)?;
-                        sink.feed(Message::text(l)).await.map_err(client::err)?;
-                        op.sent.store(seq + 1, Relaxed);
-                    }
+                    sink.feed(Message::text(p)).await.map_err(client::err)?;
+                    sink.feed(Message::text(l)).await.map_err(client::err)?;
+                    op.sent.store(seq + 1, Relaxed);
                     sink.flush().await.map_err(client::err)?;
                 }
+                Ok(())
             }
             .await;
             if let Err(e) = result {
