@@ -1,9 +1,6 @@
 //! The `switchyard` binary: serve (the default), or sign a token.
 
 use clap::{Parser, Subcommand};
-
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use switchyard::auth::{sign, Claims};
 use switchyard::config::Settings;
 use switchyard::startup::Application;
