@@ -100,7 +100,7 @@ pub fn test_settings(db: &TestDb) -> Settings {
         db_pool_size: 4,
         db_timeout: Duration::from_millis(1_000),
         workers: 1,
-        room_threads: 0,
+        room_threads: 1,
         stats_interval: Duration::from_millis(500),
         shutdown_timeout: Duration::from_millis(3_000),
         ..Settings::default()

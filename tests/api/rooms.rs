@@ -244,8 +244,9 @@ async fn an_idle_room_is_retired_and_a_recreated_one_continues_its_epoch_and_off
 #[tokio::test]
 async fn a_publish_pipelined_right_after_a_leave_is_refused() {
     // Members publish straight to their room (no registry hop); a leave must end that at once,
-    // even when the publish is sent before the leave is answered.
-    let app = spawn_app().await;
+    // even when the publish is sent before the leave is answered. Rooms on the HTTP worker's
+    // thread here (the other tests use a dedicated room thread).
+    let app = spawn_app_with(Backend::Sqlite, |s| s.room_threads = 0).await;
     let mut alice = app.ws_as("alice").await;
     let mut bob = app.ws_as("bob").await;
     alice.join("r2").await;
