@@ -196,6 +196,11 @@ pub struct EngineSession {
     /// The WebSocket starts with the open packet (a polling handshake answered it already).
     send_open: bool,
     closed: bool,
+    /// Closed while polling with no poll waiting: the session stays reachable until the next
+    /// poll has taken what is queued (a DISCONNECT, then the close packet).
+    draining: bool,
+    /// A DISCONNECT is queued for the client: a close waits for it to be taken.
+    disconnect_queued: bool,
     /// When the session was created (the handshake): heartbeats count from here, as clients do.
     created: std::time::Instant,
     /// This connection's place in the per-address count.
@@ -236,6 +241,8 @@ impl EngineSession {
             header_identity,
             send_open: websocket,
             closed: false,
+            draining: false,
+            disconnect_queued: false,
             created: std::time::Instant::now(),
             slot: None,
         }
@@ -301,6 +308,18 @@ impl EngineSession {
             probe.close(code, reason);
         }
         log::debug!("engine.io session {} closed: {reason}", self.sid);
+        if self.disconnect_queued && matches!(self.transport, Transport::Polling) && !self.polling {
+            // A polling client only learns of the DISCONNECT of a socket closed for
+            // misbehaving from its next poll. Stopping now would answer that poll "unknown
+            // sid" — a transport error, so the client reconnects straight into the refusal the
+            // DISCONNECT was meant to end. Like the reference server (a graceful close waits
+            // for its write buffer to drain), keep the session reachable for one more poll,
+            // bounded by the heartbeat. Transport errors still end the session at once.
+            self.draining = true;
+            let grace = self.config.ping_interval + self.config.ping_timeout;
+            ctx.run_later(grace, |_, ctx| ctx.stop());
+            return;
+        }
         ctx.stop();
     }
 
@@ -717,6 +736,11 @@ impl Handler<BeginPoll> for EngineSession {
     type Result = Result<Arc<Outbox>, PollRefused>;
 
     fn handle(&mut self, _: BeginPoll, ctx: &mut Context<Self>) -> Self::Result {
+        if self.draining && !self.polling {
+            // The last poll: it takes what is queued, then the closed outbox's close packet.
+            self.polling = true;
+            return Ok(self.outbox.clone());
+        }
         if self.expired(ctx) {
             return Err(PollRefused::NotPolling);
         }
@@ -748,9 +772,12 @@ impl Handler<BeginPoll> for EngineSession {
 
 impl Handler<EndPoll> for EngineSession {
     type Result = ();
-    fn handle(&mut self, _: EndPoll, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, _: EndPoll, ctx: &mut Context<Self>) {
         self.polling = false;
         self.held_poll = false;
+        if self.draining {
+            ctx.stop();
+        }
     }
 }
 
@@ -858,6 +885,7 @@ impl Handler<SocketEnded> for EngineSession {
                 // Closed for misbehaving: a DISCONNECT tells the client not to reconnect
                 // straight back into the same refusal (`io server disconnect`).
                 self.push_text(sio::packet(Kind::Disconnect, &nsp, None, None, 0));
+                self.disconnect_queued = true;
             }
         }
         // A socket ends itself only for reasons that concern the whole connection (error

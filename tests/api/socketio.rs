@@ -228,3 +228,39 @@ async fn operation_streams_check_the_origin_too() {
         .unwrap();
     assert_eq!(res.status(), 403);
 }
+
+#[tokio::test]
+async fn a_polling_socket_closed_for_misbehaving_gets_its_disconnect_on_the_next_poll() {
+    // No poll is waiting when the server closes the socket: the DISCONNECT must still reach
+    // the client (else it reconnects straight back into the same refusal).
+    let app = spawn_app().await;
+    let (_, open) = get(&app, "EIO=4&transport=polling").await;
+    let hs: Value = serde_json::from_str(&open[1..]).unwrap();
+    let sid = hs["sid"].as_str().unwrap().to_string();
+    let url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    let post = |body: String| {
+        let http = app.http.clone();
+        let url = url.clone();
+        async move { http.post(url).body(body).send().await.unwrap().status() }
+    };
+    assert_eq!(post("40".into()).await, 200);
+    let (s, connected) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    assert_eq!(s, 200);
+    assert!(connected.starts_with("40"), "{connected}");
+    // More refused requests than the error limit, in one POST (packets separated by \x1e).
+    let flood: Vec<String> = (0..30)
+        .map(|_| r#"42["publish",{"room":"bad room","event":"e"}]"#.to_string())
+        .collect();
+    assert_eq!(post(flood.join("\u{1e}")).await, 200);
+    let (s, body) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    assert_eq!(s, 200, "the session answers one more poll: {body}");
+    let packets: Vec<&str> = body.split('\u{1e}').collect();
+    assert_eq!(
+        packets.last(),
+        Some(&"41"),
+        "ends with the DISCONNECT: {body}"
+    );
+    // Then it is gone.
+    let (s, _) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    assert_eq!(s, 400);
+}
