@@ -135,6 +135,8 @@ impl Watch {
 
 struct Shared {
     received: AtomicU64,
+    /// Signalled on every event a watcher receives: the drain waits on it, not on a timer.
+    arrived: tokio::sync::Notify,
     hist: Histogram,
 }
 
@@ -196,6 +198,7 @@ fn on_frame(text: &str, watch: &Watch, shared: &Shared) {
             watch.next_log.store(seq + 1, Relaxed);
         }
         shared.received.fetch_add(1, Relaxed);
+        shared.arrived.notify_one();
     } else if let Some((t, seq)) = client::scan_marker(text, r#""message":"@@"#) {
         shared.hist.record(now.saturating_sub(t));
         let next = watch.next_progress.load(Relaxed);
@@ -208,6 +211,7 @@ fn on_frame(text: &str, watch: &Watch, shared: &Shared) {
         }
         watch.progress.fetch_add(1, Relaxed);
         shared.received.fetch_add(1, Relaxed);
+        shared.arrived.notify_one();
     }
 }
 
@@ -245,6 +249,7 @@ pub async fn operations(cfg: &OperationsConfig) -> Result<OperationsReport, Stri
     // One watcher per operation.
     let shared = Arc::new(Shared {
         received: AtomicU64::new(0),
+        arrived: tokio::sync::Notify::new(),
         hist: Histogram::default(),
     });
     let mut watchers = Vec::with_capacity(ops.len());
@@ -272,27 +277,19 @@ pub async fn operations(cfg: &OperationsConfig) -> Result<OperationsReport, Stri
         let (watch, shared) = (Arc::new(Watch::default()), shared.clone());
         watches[j] = watch.clone();
         watchers.push(tokio::spawn(async move {
-            loop {
+            let why = loop {
                 match ws.next().await {
                     Some(Ok(Message::Text(t))) => on_frame(&t, &watch, &shared),
-                    Some(Ok(Message::Close(c))) => {
-                        watch.failed.store(true, Relaxed);
-                        watch.note(|| format!("closed by the server: {c:?}"));
-                        return;
-                    }
+                    Some(Ok(Message::Close(c))) => break format!("closed by the server: {c:?}"),
                     Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        watch.failed.store(true, Relaxed);
-                        watch.note(|| format!("read: {e}"));
-                        return;
-                    }
-                    None => {
-                        watch.failed.store(true, Relaxed);
-                        watch.note(|| "connection ended".into());
-                        return;
-                    }
+                    Some(Err(e)) => break format!("read: {e}"),
+                    None => break "connection ended".into(),
                 }
-            }
+            };
+            watch.failed.store(true, Relaxed);
+            watch.note(|| why);
+            // The drain re-checks at once: a failed watcher is done.
+            shared.arrived.notify_one();
         }));
     }
     drop(joins);
@@ -399,10 +396,12 @@ pub async fn operations(cfg: &OperationsConfig) -> Result<OperationsReport, Stri
         let now = shared.received.load(Relaxed);
         if now != last.0 {
             last = (now, Instant::now());
-        } else if last.1.elapsed() > stall {
-            break;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        let Some(left) = stall.checked_sub(last.1.elapsed()).filter(|l| !l.is_zero()) else {
+            break;
+        };
+        // Until the next arrival (a permit stored meanwhile counts), or the stall deadline.
+        let _ = tokio::time::timeout(left, shared.arrived.notified()).await;
     }
     let wall_s = start.elapsed().as_secs_f64();
     let server_cpu_s = sys::cpu_delta(cpu0, cfg.server_pid.and_then(sys::cpu_seconds));

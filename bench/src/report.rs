@@ -391,6 +391,23 @@ const COLORS: [RGBColor; 3] = [
     RGBColor(214, 39, 40),
 ];
 
+/// Draws the legend, writes the file, returns its path (the end of every plot).
+fn finish<'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, SVGBackend<'a>, CT>,
+    root: &DrawingArea<SVGBackend<'a>, plotters::coord::Shift>,
+    path: &Path,
+) -> Result<Option<String>, String> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()
+        .map_err(err)?;
+    root.present().map_err(err)?;
+    Ok(Some(path.display().to_string()))
+}
+
 fn err(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
@@ -476,15 +493,7 @@ fn latency_plot(
                 .map_err(err)?;
         }
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(Some(path.display().to_string()))
+    finish(&mut chart, &root, path)
 }
 
 /// Server RSS growth (MiB) against idle connections.
@@ -541,15 +550,7 @@ fn memory_plot(
             .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
             .map_err(err)?;
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(Some(path.display().to_string()))
+    finish(&mut chart, &root, path)
 }
 
 /// Server CPU seconds per million deliveries, grouped bars per workload.
@@ -628,13 +629,5 @@ fn cpu_plot(
             .label(*label)
             .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(err)?;
-    root.present().map_err(err)?;
-    Ok(Some(path.display().to_string()))
+    finish(&mut chart, &root, path)
 }

@@ -117,14 +117,12 @@ pub struct RoomRegistry {
     rooms: HashMap<String, Entry>,
     tombstones: HashMap<String, (Arc<str>, u64)>,
     sessions: HashMap<SessionId, Recipient<ServerShutdown>>,
-    /// Dedicated room threads (`SWITCHYARD_ROOM_THREADS` > 0); kept so they live as long as
-    /// the registry.
+    /// Dedicated room threads (`SWITCHYARD_ROOM_THREADS` > 0), where new rooms start, round
+    /// robin.
     own_threads: Vec<Arbiter>,
-    /// Where new rooms start, round robin: the dedicated threads, or else the HTTP workers as
-    /// they register (`AddRoomThread`). Empty until then: rooms start on the registry's thread.
-    threads: Vec<(std::thread::ThreadId, ArbiterHandle)>,
-    /// Whether HTTP workers are where rooms run.
-    on_workers: bool,
+    /// Without dedicated threads: the HTTP workers, as they register (`AddRoomThread`). Until
+    /// the first one does, rooms start on the registry's thread.
+    workers: Vec<(std::thread::ThreadId, ArbiterHandle)>,
     next_thread: usize,
     next_room_id: u64,
     /// Prefix of epochs minted by this process; a restart changes every epoch.
@@ -135,17 +133,12 @@ pub struct RoomRegistry {
 
 impl RoomRegistry {
     pub fn new(room_threads: usize, limits: RoomLimits, metrics: Arc<Metrics>) -> Self {
-        let own: Vec<Arbiter> = (0..room_threads).map(|_| Arbiter::new()).collect();
-        // A dedicated thread's id is never compared (only workers register), so any id will do.
-        let here = std::thread::current().id();
-        let threads = own.iter().map(|a| (here, a.handle())).collect();
         Self {
             rooms: HashMap::new(),
             tombstones: HashMap::new(),
             sessions: HashMap::new(),
-            own_threads: own,
-            threads,
-            on_workers: room_threads == 0,
+            own_threads: (0..room_threads).map(|_| Arbiter::new()).collect(),
+            workers: Vec::new(),
             next_thread: 0,
             next_room_id: 1,
             process_epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
@@ -165,12 +158,13 @@ impl RoomRegistry {
                     .tombstones
                     .remove(name)
                     .unwrap_or_else(|| (format!("{}-{room_id}", self.process_epoch).into(), 0));
-                let arbiter = if self.threads.is_empty() {
-                    Arbiter::current()
+                let i = self.next_thread;
+                let arbiter = if !self.own_threads.is_empty() {
+                    self.own_threads[i % self.own_threads.len()].handle()
+                } else if !self.workers.is_empty() {
+                    self.workers[i % self.workers.len()].1.clone()
                 } else {
-                    self.threads[self.next_thread % self.threads.len()]
-                        .1
-                        .clone()
+                    Arbiter::current()
                 };
                 self.next_thread += 1;
                 let registry = ctx.address();
@@ -215,7 +209,7 @@ impl Actor for RoomRegistry {
         ctx.set_mailbox_capacity(0);
         log::info!(
             "room registry started; rooms run on {}",
-            if self.on_workers {
+            if self.own_threads.is_empty() {
                 "the HTTP worker threads".to_string()
             } else {
                 format!("{} dedicated threads", self.own_threads.len())
@@ -292,8 +286,8 @@ impl Handler<AddRoomThread> for RoomRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: AddRoomThread, _ctx: &mut Context<Self>) {
-        if self.on_workers && !self.threads.iter().any(|(t, _)| *t == msg.thread) {
-            self.threads.push((msg.thread, msg.arbiter));
+        if self.own_threads.is_empty() && !self.workers.iter().any(|(t, _)| *t == msg.thread) {
+            self.workers.push((msg.thread, msg.arbiter));
         }
     }
 }

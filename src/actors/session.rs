@@ -9,7 +9,7 @@
 //! timeout, eviction, shutdown, protocol violation) goes through `ctx.stop()`, so the undo always
 //! runs exactly once.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -48,10 +48,10 @@ pub struct Session {
     header_auth: bool,
     outbox: Arc<Outbox>,
     /// Rooms this session is a member of (invariant: the room has this session as a member, or
-    /// a leave for it is in flight).
-    rooms: HashSet<String>,
-    /// Rooms joined through the registry, by name: where this session's publishes go directly.
-    room_addrs: HashMap<String, Addr<Room>>,
+    /// a leave for it is in flight), with the room's address where it was joined through the
+    /// registry: this session's publishes go there directly. (Operation rooms are joined
+    /// through their operation and carry none.)
+    rooms: HashMap<String, Option<Addr<Room>>>,
     /// Last time anything arrived from the client; the heartbeat drops the session when this is
     /// older than the timeout.
     last_seen: Instant,
@@ -90,8 +90,7 @@ impl Session {
             identity,
             header_auth,
             outbox,
-            rooms: HashSet::new(),
-            room_addrs: HashMap::new(),
+            rooms: HashMap::new(),
             last_seen: Instant::now(),
             error_window: (Instant::now(), 0),
             wire: Wire::Native,
@@ -269,7 +268,7 @@ impl Session {
                     return self.refuse(ctx, id.as_deref(), r);
                 }
                 let max = self.state.settings.max_rooms_per_connection;
-                if max > 0 && self.rooms.len() >= max && !self.rooms.contains(&room) {
+                if max > 0 && self.rooms.len() >= max && !self.rooms.contains_key(&room) {
                     let r = Refusal::new(
                         ErrorCode::TooManyRooms,
                         format!("a connection may be in at most {max} rooms"),
@@ -300,8 +299,7 @@ impl Session {
                     .into_actor(self)
                     .map(move |res, act, ctx| match res {
                         Ok(Ok(joined)) => {
-                            act.room_addrs.insert(room.clone(), joined.addr);
-                            act.rooms.insert(room);
+                            act.rooms.insert(room, Some(joined.addr));
                         }
                         Ok(Err(refusal)) => act.refuse(ctx, id.as_deref(), refusal),
                         Err(e) => act.refuse(ctx, id.as_deref(), registry_down(e)),
@@ -309,8 +307,7 @@ impl Session {
                     .wait(ctx);
             }
             Request::Leave { room } => {
-                self.room_addrs.remove(&room);
-                if !self.rooms.remove(&room) {
+                if self.rooms.remove(&room).is_none() {
                     let r = Refusal::new(ErrorCode::NotMember, format!("not a member of {room}"));
                     return self.refuse(ctx, id.as_deref(), r);
                 }
@@ -378,10 +375,11 @@ impl Session {
                 // (and the room's address) is back, and from then on every publish to it is
                 // direct, until it leaves.
                 let direct = self
-                    .room_addrs
+                    .rooms
                     .get(&room)
-                    .filter(|_| self.state.broker.members_publish_directly())
-                    .cloned();
+                    .cloned()
+                    .flatten()
+                    .filter(|_| self.state.broker.members_publish_directly());
                 let sent: crate::broker::PublishFuture = match direct {
                     Some(addr) => {
                         let fut = addr.send(Publish {
@@ -428,7 +426,7 @@ impl Session {
         ctx: &mut Context<Self>,
     ) {
         // Recorded before the join is sent, so a disconnect meanwhile still leaves the room.
-        self.rooms.insert(room.clone());
+        self.rooms.insert(room.clone(), None);
         let msg = WatchOperation {
             id: op_id,
             member: self.member(ctx, identity),
@@ -699,7 +697,7 @@ impl Actor for Session {
         if !self.rooms.is_empty() {
             state.registry.do_send(LeaveAll {
                 session: self.id,
-                rooms: self.rooms.drain().collect(),
+                rooms: self.rooms.drain().map(|(room, _)| room).collect(),
             });
         }
         state.registry.do_send(SessionClosed { session: self.id });
@@ -811,7 +809,6 @@ impl Handler<Evicted> for Session {
 
     fn handle(&mut self, msg: Evicted, ctx: &mut Context<Self>) {
         self.rooms.remove(&msg.room);
-        self.room_addrs.remove(&msg.room);
         log::warn!(
             "session {}: evicted from {} ({:?})",
             self.key,

@@ -40,6 +40,17 @@ fn small_fanout(url: &str, server: &str, protocol: Protocol) -> FanoutConfig {
     }
 }
 
+fn small_rooms(url: &str, server: &str, protocol: Protocol) -> RoomsConfig {
+    RoomsConfig {
+        rooms: 25,
+        size: 4,
+        rate: 200.0,
+        duration: 0.5,
+        stall_timeout: 20.0,
+        ..RoomsConfig::new(url, server, protocol)
+    }
+}
+
 async fn fanout_checks(url: &str, server: &str, protocol: Protocol) {
     let cfg = small_fanout(url, server, protocol);
     let reports = within("fanout", switchyard_bench::fanout(&cfg))
@@ -86,14 +97,7 @@ async fn fanout_reaches_every_member_exactly_once_in_order_over_both_protocols()
 async fn rooms_deliver_every_senders_messages_exactly_once_in_order() {
     let app = spawn_app_with(Backend::Sqlite, unlimited).await;
     for protocol in [Protocol::Native, Protocol::Sio] {
-        let cfg = RoomsConfig {
-            rooms: 25,
-            size: 4,
-            rate: 200.0,
-            duration: 0.5,
-            stall_timeout: 20.0,
-            ..RoomsConfig::new(&app.url(""), "switchyard", protocol)
-        };
+        let cfg = small_rooms(&app.url(""), "switchyard", protocol);
         let r = within("rooms", switchyard_bench::rooms(&cfg))
             .await
             .unwrap_or_else(|e| panic!("{protocol} rooms: {e}"));
@@ -175,14 +179,7 @@ async fn the_node_reference_passes_the_same_check() {
     let mut node = node_reference().await;
     let url = format!("http://127.0.0.1:{}", node.port);
     fanout_checks(&url, "node", Protocol::Sio).await;
-    let cfg = RoomsConfig {
-        rooms: 25,
-        size: 4,
-        rate: 200.0,
-        duration: 0.5,
-        stall_timeout: 20.0,
-        ..RoomsConfig::new(&url, "node", Protocol::Sio)
-    };
+    let cfg = small_rooms(&url, "node", Protocol::Sio);
     let r = within("rooms", switchyard_bench::rooms(&cfg))
         .await
         .expect("rooms");
