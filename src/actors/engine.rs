@@ -292,6 +292,10 @@ impl EngineSession {
         reason: &str,
     ) {
         if self.closed {
+            if client_close && self.draining {
+                // The client heard what was queued and closed its side.
+                ctx.stop();
+            }
             return;
         }
         self.closed = true;
@@ -304,17 +308,28 @@ impl EngineSession {
             self.outbox.release_poll();
         }
         self.outbox.close(code, reason);
+        // A DISCONNECT for a socket closed for misbehaving must reach the client: otherwise it
+        // sees a transport error and reconnects straight into the refusal the DISCONNECT was
+        // meant to end. Like the reference server (a graceful close waits for its write
+        // buffer to drain, over whichever transport the client ends up on), the session stays
+        // reachable, bounded by the heartbeat, while:
+        // - polling with no poll waiting: the next poll takes what is queued;
+        // - upgrading: the probe stays open, so the client either completes the upgrade (the
+        //   WebSocket then drains the queue) or, if the probe fails, polls again.
+        // Transport errors still end the session at once.
+        let drain = self.disconnect_queued
+            && match self.transport {
+                Transport::Polling => !self.polling,
+                Transport::Upgrading { .. } => true,
+                Transport::WebSocket => false,
+            };
         if let Transport::Upgrading { probe, .. } = &self.transport {
-            probe.close(code, reason);
+            if !drain {
+                probe.close(code, reason);
+            }
         }
         log::debug!("engine.io session {} closed: {reason}", self.sid);
-        if self.disconnect_queued && matches!(self.transport, Transport::Polling) && !self.polling {
-            // A polling client only learns of the DISCONNECT of a socket closed for
-            // misbehaving from its next poll. Stopping now would answer that poll "unknown
-            // sid" — a transport error, so the client reconnects straight into the refusal the
-            // DISCONNECT was meant to end. Like the reference server (a graceful close waits
-            // for its write buffer to drain), keep the session reachable for one more poll,
-            // bounded by the heartbeat. Transport errors still end the session at once.
+        if drain {
             self.draining = true;
             let grace = self.config.ping_interval + self.config.ping_timeout;
             ctx.run_later(grace, |_, ctx| ctx.stop());
@@ -414,6 +429,10 @@ impl EngineSession {
                         _ => {}
                     }
                 }
+                if self.closed {
+                    // Draining: only the upgrade handshake above still matters.
+                    return;
+                }
                 match Packet::parse_text(text) {
                     Ok(p) => self.on_packet(p, ctx),
                     Err(_) => self.protocol_error(ctx, "invalid Engine.IO packet"),
@@ -422,7 +441,15 @@ impl EngineSession {
             Ok(WsMessage::Binary(b)) => self.on_binary(b, ctx),
             Ok(WsMessage::Ping(p)) => self.outbox.pong(p),
             Ok(WsMessage::Pong) => {}
-            Ok(WsMessage::Close) => self.close(ctx, true, CloseCode::Normal, "client closed"),
+            Ok(WsMessage::Close) => {
+                if let Transport::Upgrading { probe, .. } = &self.transport {
+                    // The probe is going away, not the session: answer its close frame. Its
+                    // end (`WsFrame(None)`) puts the session back on polling.
+                    probe.close(CloseCode::Normal, "");
+                    return;
+                }
+                self.close(ctx, true, CloseCode::Normal, "client closed");
+            }
             Err(ReadError::TooLarge { limit }) => {
                 self.state.metrics.refused(ErrorCode::FrameTooLarge);
                 let reason = format!("message exceeds maxPayload ({limit} bytes)");
@@ -729,6 +756,9 @@ impl Actor for EngineSession {
         self.sessions.remove(&self.sid);
         self.closed = true;
         self.outbox.close(CloseCode::Normal, "");
+        if let Transport::Upgrading { probe, .. } = &self.transport {
+            probe.close(CloseCode::Normal, "");
+        }
     }
 }
 
@@ -775,7 +805,9 @@ impl Handler<EndPoll> for EngineSession {
     fn handle(&mut self, _: EndPoll, ctx: &mut Context<Self>) {
         self.polling = false;
         self.held_poll = false;
-        if self.draining {
+        // While upgrading, this poll may only have been released (a noop): the queue goes out
+        // over the WebSocket, or to a later poll if the probe fails.
+        if self.draining && matches!(self.transport, Transport::Polling) {
             ctx.stop();
         }
     }
@@ -858,6 +890,9 @@ impl Handler<WsFrame> for EngineSession {
                         self.held_poll = false;
                         self.outbox.release_poll();
                     }
+                } else if self.draining {
+                    // Upgraded after the close: the WebSocket delivered what was queued.
+                    ctx.stop();
                 } else {
                     self.close(ctx, false, CloseCode::Normal, "connection closed");
                 }

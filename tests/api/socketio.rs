@@ -264,3 +264,131 @@ async fn a_polling_socket_closed_for_misbehaving_gets_its_disconnect_on_the_next
     let (s, _) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
     assert_eq!(s, 400);
 }
+
+/// A polling Socket.IO session in the middle of its upgrade: connected, the probe answered,
+/// the waiting poll released with a noop (so the client has paused polling). Returns the sid
+/// and the probe WebSocket.
+async fn mid_upgrade(
+    app: &TestApp,
+) -> (
+    String,
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let (_, open) = get(app, "EIO=4&transport=polling").await;
+    let hs: Value = serde_json::from_str(&open[1..]).unwrap();
+    let sid = hs["sid"].as_str().unwrap().to_string();
+    let url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    assert_eq!(
+        app.http
+            .post(&url)
+            .body("40")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (_, connected) = get(app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    assert!(connected.starts_with("40"), "{connected}");
+    let poll = {
+        let http = app.http.clone();
+        let url = url.clone();
+        tokio::spawn(async move { http.get(url).send().await.unwrap().text().await.unwrap() })
+    };
+    let ws_url = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        app.port
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
+        .await
+        .expect("probe");
+    ws.send(Message::text("2probe")).await.unwrap();
+    let pong = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("3probe in time");
+    assert_eq!(pong.unwrap().unwrap(), Message::text("3probe"));
+    let released = tokio::time::timeout(WAIT, poll)
+        .await
+        .expect("poll released");
+    assert_eq!(released.unwrap(), "6", "the waiting poll gets a noop");
+    (sid, ws)
+}
+
+/// More refused requests than the error limit, in one POST.
+async fn flood(app: &TestApp, sid: &str) {
+    let flood: Vec<String> = (0..30)
+        .map(|_| r#"42["publish",{"room":"bad room","event":"e"}]"#.to_string())
+        .collect();
+    let url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    let res = app.http.post(url).body(flood.join("\u{1e}")).send().await;
+    assert_eq!(res.unwrap().status(), 200);
+}
+
+/// The text frames of `ws` until it closes (a close frame or the end of the stream).
+async fn frames_until_close(
+    ws: &mut tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+) -> Vec<String> {
+    use tokio_tungstenite::tungstenite::Message;
+    let mut texts = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("frames in time")
+        {
+            Some(Ok(Message::Text(t))) => texts.push(t.to_string()),
+            Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return texts,
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_socket_closed_for_misbehaving_mid_upgrade_gets_its_disconnect_over_the_websocket() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    // The client had paused polling to finish its upgrade when the server closed the socket:
+    // the upgrade still completes and the DISCONNECT comes over the WebSocket. (Closing the
+    // probe instead left the client with a transport error, and it reconnected straight into
+    // the refusal.)
+    let app = spawn_app().await;
+    let (sid, mut ws) = mid_upgrade(&app).await;
+    flood(&app, &sid).await;
+    ws.send(Message::text("5")).await.unwrap();
+    let texts = frames_until_close(&mut ws).await;
+    assert_eq!(
+        texts.last().map(String::as_str),
+        Some("41"),
+        "the DISCONNECT, then the close: {texts:?}"
+    );
+    eventually("the session to end", || async {
+        get(&app, &format!("EIO=4&transport=polling&sid={sid}"))
+            .await
+            .0
+            == 400
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_socket_closed_for_misbehaving_mid_upgrade_gets_its_disconnect_by_polling_if_the_probe_fails(
+) {
+    // The same, but the probe connection fails before the upgrade completes: the client goes
+    // back to polling, and its next poll takes the DISCONNECT.
+    let app = spawn_app().await;
+    let (sid, mut ws) = mid_upgrade(&app).await;
+    flood(&app, &sid).await;
+    ws.close(None).await.unwrap();
+    // Wait for the session to see the probe go (it answers the close), then poll.
+    frames_until_close(&mut ws).await;
+    let (s, body) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    assert_eq!(s, 200, "the session answers one more poll: {body}");
+    assert_eq!(
+        body.split('\u{1e}').next_back(),
+        Some("41"),
+        "ends with the DISCONNECT: {body}"
+    );
+}
