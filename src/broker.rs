@@ -21,6 +21,17 @@ pub trait Broker: Send + Sync + 'static {
     /// Publishes into a room; resolves to the message's offset in that room.
     fn publish(&self, msg: Publish) -> PublishFuture;
 
+    /// Publishes without waiting for the offset (events whose publisher has nothing to do with
+    /// the answer, e.g. an operation's progress). A refusal is logged where it happens.
+    fn publish_and_forget(&self, msg: Publish) {
+        let fut = self.publish(msg);
+        actix::spawn(async move {
+            if let Err(e) = fut.await {
+                log::warn!("a publish nobody waits for failed: {e}");
+            }
+        });
+    }
+
     /// A short name for `/health`.
     fn name(&self) -> &'static str;
 
@@ -54,6 +65,11 @@ impl Broker for LocalBroker {
                 ))
             })
         })
+    }
+
+    fn publish_and_forget(&self, msg: Publish) {
+        // No reply channel at all: the room logs a refusal itself.
+        self.registry.do_send(msg);
     }
 
     fn name(&self) -> &'static str {

@@ -93,6 +93,10 @@ pub struct Settings {
     pub error_limit: u32,
     /// Bound on graceful shutdown (`SWITCHYARD_SHUTDOWN_TIMEOUT_MS`).
     pub shutdown_timeout: Duration,
+    /// Once a WebSocket session has ended, how long its connection may still take to deliver
+    /// what is queued (the close frame last) to a client that is not reading
+    /// (`SWITCHYARD_CLOSE_LINGER_MS`).
+    pub close_linger: Duration,
     /// HTTP worker threads; 0 means one per core (`SWITCHYARD_WORKERS`).
     pub workers: usize,
     /// Dedicated threads for room actors (default: one per core); 0 runs rooms on the HTTP
@@ -166,6 +170,7 @@ impl Default for Settings {
             outbox_max_bytes: 1024 * 1024,
             error_limit: 20,
             shutdown_timeout: Duration::from_millis(5_000),
+            close_linger: Duration::from_millis(10_000),
             workers: 0,
             room_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             operations_file: None,
@@ -429,6 +434,7 @@ impl Settings {
             0,
             &mut s.shutdown_timeout,
         )?;
+        millis(&get, "SWITCHYARD_CLOSE_LINGER_MS", 0, &mut s.close_linger)?;
         num(&get, "SWITCHYARD_WORKERS", 0, 1024, &mut s.workers)?;
         num(
             &get,

@@ -198,6 +198,15 @@ impl AppError {
     }
 }
 
+impl From<crate::transport::ws::UpgradeError> for AppError {
+    fn from(e: crate::transport::ws::UpgradeError) -> Self {
+        Self::new(
+            ErrorCode::BadRequest,
+            format!("not a WebSocket upgrade: {e}"),
+        )
+    }
+}
+
 #[derive(Serialize)]
 struct ErrorBody<'a> {
     error: &'a str,

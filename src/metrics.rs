@@ -18,6 +18,9 @@ pub struct Metrics {
     started: Instant,
     /// Open client sessions (all protocols).
     pub connections: AtomicI64,
+    /// WebSocket connections whose socket is still open (taken over from the HTTP server; a
+    /// connection outlives its session while its close frame is written).
+    pub websockets: AtomicI64,
     /// Live room actors.
     pub rooms: AtomicI64,
     /// Frames received from clients.
@@ -56,6 +59,7 @@ impl Metrics {
         Self {
             started: Instant::now(),
             connections: AtomicI64::new(0),
+            websockets: AtomicI64::new(0),
             rooms: AtomicI64::new(0),
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
@@ -119,6 +123,12 @@ impl Metrics {
             "switchyard_connections",
             "Open client sessions.",
             self.connections.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "switchyard_websocket_sockets",
+            "Open WebSocket connections (sessions, plus closed ones still writing their close frame).",
+            self.websockets.load(Relaxed),
         );
         gauge(
             &mut out,

@@ -2,13 +2,19 @@
 //! so both run the very same server.
 
 use std::net::TcpListener;
+use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
+use actix_http::{HttpService, KeepAlive};
+use actix_service::{
+    fn_factory, fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt,
+};
+use actix_web::dev::AppConfig;
 use actix_web::dev::{Server, ServerHandle};
-use actix_web::{web, App, HttpResponse, HttpServer};
+use actix_web::{web, App, HttpResponse};
 use anyhow::Context as _;
 
 use crate::actors::engine::{EngineConfig, EngineMode, EngineSessions};
@@ -55,8 +61,12 @@ impl ShutdownHandle {
         let started = Instant::now();
         let notified = self.registry.send(ShutdownSessions).await.unwrap_or(0);
         log::info!("shutting down: closing {notified} sessions");
-        // Sessions uncount themselves as they stop; give them until the deadline.
-        while self.metrics.connections.load(Relaxed) > 0 && started.elapsed() < self.timeout {
+        // Sessions uncount themselves as they stop, and their sockets once the close frame is
+        // written; give them until the deadline.
+        while (self.metrics.connections.load(Relaxed) > 0
+            || self.metrics.websockets.load(Relaxed) > 0)
+            && started.elapsed() < self.timeout
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // Operations write what they have not written yet (log lines are written in batches).
@@ -175,15 +185,9 @@ impl Application {
             .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
         let port = listener.local_addr()?.port();
         let max_body = settings.max_body_bytes;
-        let server = HttpServer::new(move || {
-            // Runs on each worker's thread as it starts: offer that thread to the rooms.
-            state
-                .registry
-                .do_send(crate::actors::registry::AddRoomThread {
-                    thread: std::thread::current().id(),
-                    arbiter: actix::Arbiter::current(),
-                });
-            let counted = state.metrics.clone();
+        let app_state = state.clone();
+        let app = move || {
+            let counted = app_state.metrics.clone();
             App::new()
                 // Every REST refusal is counted by code, like socket refusals.
                 .wrap_fn(move |req, srv| {
@@ -198,23 +202,72 @@ impl Application {
                         Ok(res)
                     }
                 })
-                .app_data(state.clone())
+                .app_data(app_state.clone())
                 .app_data(error::json_config(max_body))
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(error::query_config())
                 .app_data(error::path_config())
                 .configure(routes::configure)
                 .default_service(web::to(not_found))
-        })
-        .workers(settings.resolved_workers())
-        // Nagle only adds delay here: every connection's queued frames already leave in one
-        // write. With it on, a small frame after an unacknowledged one waits for the peer's
-        // delayed ACK (p99 46 ms instead of 5 ms in a two-member room at a light rate).
-        .tcp_nodelay(true)
-        .disable_signals()
-        .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
-        .listen(listener)?
-        .run();
+        };
+        // What actix-web's `HttpServer::listen` builds, plus the upgrade service. Its defaults
+        // are kept (keep-alive 5 s, 5 s to send a request head, 1 s to close).
+        let builder = actix_server::Server::build();
+        let shutdown_signal = builder.graceful_shutdown_signal();
+        let local_addr = listener.local_addr()?;
+        let registry_for_workers = registry.clone();
+        let socket_metrics = metrics.clone();
+        let linger = settings.close_linger;
+        let server = builder
+            .workers(settings.resolved_workers())
+            .disable_signals()
+            .shutdown_timeout(settings.shutdown_timeout.as_secs().max(1))
+            .listen("switchyard", listener, move || {
+                // Runs on each worker's thread as it starts: offer that thread to the rooms.
+                registry_for_workers.do_send(crate::actors::registry::AddRoomThread {
+                    thread: std::thread::current().id(),
+                    arbiter: actix::Arbiter::current(),
+                });
+                // The application's config only feeds URL generation and the host fallback of
+                // `ConnectionInfo`, neither of which Switchyard uses; its constructor is private.
+                let upgrade_app = map_config(app().into_factory(), |_| AppConfig::default());
+                let metrics = socket_metrics.clone();
+                let upgrade = fn_factory(move || {
+                    let app = upgrade_app.new_service(());
+                    let metrics = metrics.clone();
+                    async move {
+                        let app = Rc::new(app.await?);
+                        Ok::<_, ()>(fn_service(move |io| {
+                            crate::transport::conn::serve(app.clone(), metrics.clone(), linger, io)
+                        }))
+                    }
+                });
+                let signal = shutdown_signal.clone();
+                HttpService::build()
+                    .keep_alive(KeepAlive::default())
+                    .client_request_timeout(Duration::from_secs(5))
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .h1_allow_half_closed(true)
+                    // Nagle only adds delay here: every connection's queued frames already
+                    // leave in one write. With it on, a small frame after an unacknowledged one
+                    // waits for the peer's delayed ACK (p99 46 ms instead of 5 ms in a
+                    // two-member room at a light rate).
+                    .tcp_nodelay(true)
+                    .local_addr(local_addr)
+                    .graceful_shutdown_signal(move || {
+                        let signal = signal.clone();
+                        async move { signal.notified().await }
+                    })
+                    .upgrade(upgrade)
+                    .finish(map_config(
+                        app()
+                            .into_factory()
+                            .map_err(|e: actix_web::Error| e.error_response()),
+                        |_| AppConfig::default(),
+                    ))
+                    .tcp()
+            })?
+            .run();
         log::info!(
             "switchyard {} listening on {}:{port} (database: {})",
             env!("CARGO_PKG_VERSION"),

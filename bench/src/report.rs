@@ -110,11 +110,29 @@ enum Better {
     Higher,
 }
 
+#[derive(Clone, Copy)]
 struct Metric {
     key: &'static str,
     label: &'static str,
     better: Better,
 }
+
+/// What a phase that ran the server flat out is judged by (fan-out at max rate, rooms).
+const THROUGHPUT: [Metric; 5] = [
+    m("deliveries_per_s", "deliveries/s", Better::Higher),
+    m(
+        "deliveries_per_cpu_s",
+        "deliveries per server CPU s",
+        Better::Higher,
+    ),
+    m(
+        "cpu_s_per_million",
+        "server CPU s per 1M deliveries",
+        Better::Lower,
+    ),
+    m("p50_ms", "latency p50 (ms)", Better::Lower),
+    m("p99_ms", "latency p99 (ms)", Better::Lower),
+];
 
 const fn m(key: &'static str, label: &'static str, better: Better) -> Metric {
     Metric { key, label, better }
@@ -255,21 +273,7 @@ pub fn report(input: &str, out_dir: &str) -> Result<(), String> {
         &mut md,
         "Fanout, max rate (in-flight window bounded)",
         &groups,
-        &[
-            m("deliveries_per_s", "deliveries/s", Better::Higher),
-            m(
-                "deliveries_per_cpu_s",
-                "deliveries per server CPU s",
-                Better::Higher,
-            ),
-            m(
-                "cpu_s_per_million",
-                "server CPU s per 1M deliveries",
-                Better::Lower,
-            ),
-            m("p50_ms", "latency p50 (ms)", Better::Lower),
-            m("p99_ms", "latency p99 (ms)", Better::Lower),
-        ],
+        &THROUGHPUT,
     );
     let rooms = grouped(&lines, "rooms", |v| {
         Some(format!(
@@ -284,21 +288,10 @@ pub fn report(input: &str, out_dir: &str) -> Result<(), String> {
         "Rooms: many small rooms, every member publishing",
         &groups,
         &[
-            m("deliveries_per_s", "deliveries/s", Better::Higher),
-            m(
-                "deliveries_per_cpu_s",
-                "deliveries per server CPU s",
-                Better::Higher,
-            ),
-            m(
-                "cpu_s_per_million",
-                "server CPU s per 1M deliveries",
-                Better::Lower,
-            ),
-            m("p50_ms", "latency p50 (ms)", Better::Lower),
-            m("p99_ms", "latency p99 (ms)", Better::Lower),
-            m("connect_s", "connect + join all (s)", Better::Lower),
-        ],
+            THROUGHPUT.as_slice(),
+            &[m("connect_s", "connect + join all (s)", Better::Lower)],
+        ]
+        .concat(),
     );
     let idle = grouped(&lines, "idle", |v| v["conns"].as_u64());
     let groups: Vec<(String, [Option<&Value>; 3])> = idle

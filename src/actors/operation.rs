@@ -24,7 +24,7 @@ use actix::prelude::*;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::operations::{Finished, OperationManager, Retired};
+use super::operations::{Finished, OperationManager, ReportReply, Retired};
 use super::room::{JoinRoom, Publish};
 use super::Member;
 use crate::db::operations::{self as store, LogRow, OperationRow};
@@ -69,10 +69,14 @@ pub enum WorkerReport {
     Fail { code: String, message: String },
 }
 
-/// Manager → Operation (from REST or `/ws`): an external worker's report.
+/// Manager → Operation (from REST or `/ws`): an external worker's report, already authorized.
+/// The answer goes straight to `reply`: no future waits for it in the manager.
 #[derive(Message)]
-#[rtype(result = "Result<Operation, Refusal>")]
-pub struct Report(pub WorkerReport);
+#[rtype(result = "()")]
+pub struct Report {
+    pub report: WorkerReport,
+    pub reply: ReportReply,
+}
 
 /// Manager → Operation: cancel. Replies with the status (`cancelling`, or already final for
 /// runners that stop at once).
@@ -200,7 +204,7 @@ impl OperationActor {
         seq: Option<u64>,
         conflate: bool,
     ) {
-        let fut = self.cx.broker.publish(Publish {
+        self.cx.broker.publish_and_forget(Publish {
             room,
             event: event.to_string(),
             data,
@@ -212,12 +216,6 @@ impl OperationActor {
             attachments: Vec::new(),
             conflate,
             direct: false,
-        });
-        let id = self.op.id.clone();
-        actix::spawn(async move {
-            if let Err(e) = fut.await {
-                log::warn!("operation {id}: publishing failed: {e}");
-            }
         });
     }
 
@@ -828,9 +826,19 @@ impl Handler<Interrupt> for OperationActor {
 }
 
 impl Handler<Report> for OperationActor {
-    type Result = Result<Operation, Refusal>;
+    type Result = ();
 
-    fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
+        let Report { report, reply } = msg;
+        match self.report(report, ctx) {
+            Ok(()) => reply.answer(Ok(&self.op)),
+            Err(r) => reply.answer(Err(r)),
+        }
+    }
+}
+
+impl OperationActor {
+    fn report(&mut self, report: WorkerReport, ctx: &mut Context<Self>) -> Result<(), Refusal> {
         if self.op.runner != RunnerKind::External {
             return Err(Refusal::new(
                 ErrorCode::Forbidden,
@@ -851,7 +859,7 @@ impl Handler<Report> for OperationActor {
             .metrics
             .operation_reports
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        match msg.0 {
+        match report {
             WorkerReport::Progress(u) => self.apply(&u)?,
             WorkerReport::Logs(lines) => {
                 if self.op.status == Status::Queued {
@@ -866,7 +874,7 @@ impl Handler<Report> for OperationActor {
                 self.finish(ctx, Status::Failed, Some((&code, message)), None)
             }
         }
-        Ok(self.op.clone())
+        Ok(())
     }
 }
 

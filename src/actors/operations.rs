@@ -73,14 +73,51 @@ pub struct CancelOperation {
 }
 
 /// A worker's report: allowed for `authorized` callers (role `service`), or with the
-/// operation's own worker token.
+/// operation's own worker token. Answered through `reply`, not as the message's result: a
+/// worker streams thousands of reports a second, and a future per report waiting in an actor's
+/// context is polled on every wake-up of that context (quadratic in the reports in flight).
 #[derive(Message)]
-#[rtype(result = "Result<Operation, Refusal>")]
+#[rtype(result = "()")]
 pub struct ReportOperation {
     pub id: String,
     pub report: WorkerReport,
     pub authorized: bool,
     pub worker_token: Option<String>,
+    pub reply: ReportReply,
+}
+
+/// Where the outcome of a report goes.
+pub enum ReportReply {
+    /// A session's request: answered when it carries an id (with the status) or is refused.
+    Session {
+        to: Recipient<ReportAnswer>,
+        request: Option<RequestId>,
+    },
+    /// A caller waiting for the outcome (the REST endpoint).
+    Wait(tokio::sync::oneshot::Sender<Result<Operation, Refusal>>),
+}
+
+impl ReportReply {
+    pub fn answer(self, result: Result<&Operation, Refusal>) {
+        match self {
+            ReportReply::Session { request: None, .. } if result.is_ok() => {}
+            ReportReply::Session { to, request } => to.do_send(ReportAnswer {
+                request,
+                result: result.cloned(),
+            }),
+            ReportReply::Wait(tx) => {
+                let _ = tx.send(result.cloned());
+            }
+        }
+    }
+}
+
+/// The answer to a session's report.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReportAnswer {
+    pub request: Option<RequestId>,
+    pub result: Result<Operation, Refusal>,
 }
 
 /// The freshest status: from the live actor if there is one, else from the database.
@@ -131,6 +168,11 @@ pub struct OperationManager {
     running: HashMap<String, usize>,
     /// Per kind, operations waiting for a slot (FIFO).
     waiting: HashMap<String, VecDeque<String>>,
+    /// Worker-token hashes already checked against the database, by live operation.
+    verified_tokens: HashMap<String, String>,
+    /// Reports that arrived while their operation's token was being checked, in order: they
+    /// go after the one being checked, never before it.
+    verifying: HashMap<String, VecDeque<ReportOperation>>,
 }
 
 fn not_found(id: &str) -> Refusal {
@@ -160,6 +202,8 @@ impl OperationManager {
             begun: HashSet::new(),
             running: HashMap::new(),
             waiting: HashMap::new(),
+            verified_tokens: HashMap::new(),
+            verifying: HashMap::new(),
         }
     }
 
@@ -403,39 +447,83 @@ impl Handler<CancelOperation> for OperationManager {
 }
 
 impl Handler<ReportOperation> for OperationManager {
-    type Result = ResponseFuture<Result<Operation, Refusal>>;
+    type Result = ();
 
-    fn handle(&mut self, msg: ReportOperation, _ctx: &mut Context<Self>) -> Self::Result {
-        let live = self.live.get(&msg.id).cloned();
-        let db = self.cx.db.clone();
-        Box::pin(async move {
-            if !msg.authorized {
-                let Some(token) = msg.worker_token else {
-                    return Err(Refusal::new(
-                        ErrorCode::Forbidden,
-                        "reports need role service or the operation's worker token",
-                    ));
-                };
-                let (id, hash) = (msg.id.clone(), crate::operations::token_sha256(&token));
-                let ok = db
-                    .run(move |c| store::worker_token_matches(c, &id, &hash))
-                    .await
-                    .map_err(db_refusal)?;
-                if !ok {
-                    return Err(Refusal::new(
-                        ErrorCode::Forbidden,
-                        "this worker token is not for this operation",
-                    ));
+    fn handle(&mut self, msg: ReportOperation, ctx: &mut Context<Self>) {
+        if let Some(queue) = self.verifying.get_mut(&msg.id) {
+            queue.push_back(msg);
+            return;
+        }
+        self.report(msg, ctx);
+    }
+}
+
+impl OperationManager {
+    /// Forwards an authorized report to its live operation; checks a worker token it has not
+    /// seen yet against the database first (once per operation and token, not per report).
+    fn report(&mut self, msg: ReportOperation, ctx: &mut Context<Self>) {
+        let verified = msg.authorized
+            || match (&msg.worker_token, self.verified_tokens.get(&msg.id)) {
+                (Some(token), Some(hash)) => crate::operations::token_sha256(token) == *hash,
+                _ => false,
+            };
+        if verified {
+            let ReportOperation {
+                id, report, reply, ..
+            } = msg;
+            match self.live.get(&id) {
+                Some(addr) => addr.do_send(Report { report, reply }),
+                None => {
+                    let db = self.cx.db.clone();
+                    ctx.spawn(
+                        async move { reply.answer(Err(not_live(db, id).await)) }.into_actor(self),
+                    );
                 }
             }
-            match live {
-                Some(addr) => addr
-                    .send(Report(msg.report))
+            return;
+        }
+        let Some(token) = msg.worker_token.as_deref() else {
+            return msg.reply.answer(Err(Refusal::new(
+                ErrorCode::Forbidden,
+                "reports need role service or the operation's worker token",
+            )));
+        };
+        let (id, hash) = (msg.id.clone(), crate::operations::token_sha256(token));
+        let db = self.cx.db.clone();
+        self.verifying.insert(msg.id.clone(), VecDeque::new());
+        let check = {
+            let (id, hash) = (id.clone(), hash.clone());
+            async move {
+                db.run(move |c| store::worker_token_matches(c, &id, &hash))
                     .await
-                    .unwrap_or_else(|e| Err(unavailable(e))),
-                None => Err(not_live(db, msg.id).await),
             }
-        })
+        };
+        ctx.spawn(check.into_actor(self).map(move |res, act, ctx| {
+            let queued = act.verifying.remove(&id).unwrap_or_default();
+            match res {
+                Ok(true) => {
+                    if act.live.contains_key(&id) {
+                        act.verified_tokens.insert(id, hash);
+                    }
+                    act.report(
+                        ReportOperation {
+                            authorized: true,
+                            ..msg
+                        },
+                        ctx,
+                    );
+                }
+                Ok(false) => msg.reply.answer(Err(Refusal::new(
+                    ErrorCode::Forbidden,
+                    "this worker token is not for this operation",
+                ))),
+                Err(e) => msg.reply.answer(Err(db_refusal(e))),
+            }
+            // The ones that waited go now, in order (a check of their own if needed).
+            for queued in queued {
+                act.handle(queued, ctx);
+            }
+        }));
     }
 }
 
@@ -547,6 +635,7 @@ impl Handler<Retired> for OperationManager {
 
     fn handle(&mut self, msg: Retired, _ctx: &mut Context<Self>) {
         self.live.remove(&msg.id);
+        self.verified_tokens.remove(&msg.id);
     }
 }
 

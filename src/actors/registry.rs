@@ -22,7 +22,7 @@ use actix::ArbiterHandle;
 
 use super::room::{
     CloseRoom, GetHistory, GetPresence, GetRoomInfo, HistoryPage, JoinRoom, Joined, LeaveRoom,
-    Publish, Room, RoomInfo, RoomLimits,
+    Publish, Room, RoomInfo, RoomLimits, Routed,
 };
 use super::{ServerShutdown, SessionId};
 use crate::auth::UserInfo;
@@ -256,29 +256,53 @@ impl Handler<LeaveRoom> for RoomRegistry {
 }
 
 impl Handler<Publish> for RoomRegistry {
-    type Result = ResponseFuture<Result<u64, Refusal>>;
+    type Result = RoutePublish;
 
-    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> RoutePublish {
         let entry = if msg.member_check.is_some() {
             // A member-only publish never creates a room: no room means not a member.
             match self.existing(&msg.room) {
                 Some(e) => e,
                 None => {
-                    let room = msg.room;
-                    return Box::pin(async move {
-                        Err(Refusal::new(
-                            ErrorCode::NotMember,
-                            format!("join {room} before publishing to it"),
-                        ))
-                    });
+                    return RoutePublish::Refused(Refusal::new(
+                        ErrorCode::NotMember,
+                        format!("join {} before publishing to it", msg.room),
+                    ))
                 }
             }
         } else {
             self.room(&msg.room, ctx)
         };
         entry.routed += 1;
-        let fut = entry.addr.send(msg);
-        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) })
+        RoutePublish::Forward(entry.addr.clone(), msg)
+    }
+}
+
+/// The registry's answer to a publish: refused here, or forwarded to its room together with
+/// the publisher's reply channel, so the room answers the publisher directly and no future
+/// waits in the registry (with thousands of publishes a second in flight, those futures were
+/// all polled on every wake-up of the registry's context).
+pub enum RoutePublish {
+    Refused(Refusal),
+    Forward(Addr<Room>, Publish),
+}
+
+impl actix::dev::MessageResponse<RoomRegistry, Publish> for RoutePublish {
+    fn handle(
+        self,
+        _ctx: &mut Context<RoomRegistry>,
+        tx: Option<actix::dev::OneshotSender<Result<u64, Refusal>>>,
+    ) {
+        match self {
+            RoutePublish::Refused(refusal) => {
+                if let Some(tx) = tx {
+                    let _ = tx.send(Err(refusal));
+                }
+            }
+            // A room that stopped drops the message and with it `tx`: the publisher's send
+            // then fails, which it reports as `unavailable`, as before.
+            RoutePublish::Forward(room, msg) => room.do_send(Routed { msg, reply: tx }),
+        }
     }
 }
 

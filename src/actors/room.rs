@@ -627,6 +627,37 @@ impl Handler<LeaveRoom> for Room {
     }
 }
 
+/// A publish routed by the registry, with the publisher's reply channel (none when nobody
+/// waits). The registry forwards this instead of waiting for the room's answer itself: a future
+/// per publish in the registry's context would be polled on every wake-up of that context.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Routed {
+    pub msg: Publish,
+    pub reply: Option<actix::dev::OneshotSender<Result<u64, Refusal>>>,
+}
+
+impl Handler<Routed> for Room {
+    type Result = ();
+
+    fn handle(&mut self, routed: Routed, ctx: &mut Context<Self>) {
+        let result = <Self as Handler<Publish>>::handle(self, routed.msg, ctx);
+        match routed.reply {
+            Some(tx) => {
+                let _ = tx.send(result);
+            }
+            None => {
+                if let Err(e) = result {
+                    log::warn!(
+                        "room {}: a publish nobody waits for was refused: {e}",
+                        self.name
+                    );
+                }
+            }
+        }
+    }
+}
+
 impl Handler<Publish> for Room {
     type Result = Result<u64, Refusal>;
 

@@ -20,7 +20,8 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::operations::{
-    CancelOperation, GetOperation, ReportOperation, StartError, StartOperation, WatchOperation,
+    CancelOperation, GetOperation, ReportAnswer, ReportOperation, ReportReply, StartError,
+    StartOperation, WatchOperation,
 };
 use super::registry::{LeaveAll, SessionClosed, SessionOpened};
 use super::room::{JoinRoom, LeaveRoom, Publish, Room, CLOSE_SLOW_CONSUMER};
@@ -558,19 +559,17 @@ impl Session {
                 worker_token,
             } => {
                 // Role `service`, or the operation's own worker token (checked by the manager).
-                self.state
-                    .operations
-                    .send(ReportOperation {
-                        id: operation,
-                        report,
-                        authorized: identity.may_report(),
-                        worker_token,
-                    })
-                    .into_actor(self)
-                    .map(move |res, act, ctx| {
-                        reply(act, ctx, res.unwrap_or_else(|e| Err(mailbox(e))), false)
-                    })
-                    .spawn(ctx);
+                // Answered by a `ReportAnswer` message, only when there is something to say.
+                self.state.operations.do_send(ReportOperation {
+                    id: operation,
+                    report,
+                    authorized: identity.may_report(),
+                    worker_token,
+                    reply: ReportReply::Session {
+                        to: ctx.address().recipient(),
+                        request: dup_id,
+                    },
+                });
             }
             _ => {}
         }
@@ -816,6 +815,17 @@ impl Handler<Evicted> for Session {
             msg.reason
         );
         self.close(ctx, CloseCode::Other(CLOSE_SLOW_CONSUMER), "slow consumer");
+    }
+}
+
+impl Handler<ReportAnswer> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: ReportAnswer, ctx: &mut Context<Self>) {
+        match msg.result {
+            Ok(op) => self.reply(msg.request.as_deref(), Reply::Operation(&op)),
+            Err(r) => self.refuse(ctx, msg.request.as_deref(), r),
+        }
     }
 }
 

@@ -406,13 +406,17 @@ pub fn new_worker_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
 }
 
-/// What is stored of a worker token (hex SHA-256).
+/// What is stored of a worker token (hex SHA-256). Computed for every report that carries a
+/// token, so one allocation (not one per byte).
 pub fn token_sha256(token: &str) -> String {
     use sha2::Digest as _;
-    sha2::Sha256::digest(token.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    use std::fmt::Write as _;
+    let digest = sha2::Sha256::digest(token.as_bytes());
+    let mut hex = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        let _ = write!(hex, "{b:02x}");
+    }
+    hex
 }
 
 /// One log line, as stored and as carried by `operation.log`.
@@ -444,6 +448,14 @@ pub fn clip_line(mut line: String) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn token_hashes_are_lowercase_hex_sha256() {
+        assert_eq!(
+            token_sha256("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 
     fn op() -> Operation {
         Operation::new(

@@ -12,7 +12,8 @@ use serde_json::Value;
 use super::Caller;
 use crate::actors::operation::WorkerReport;
 use crate::actors::operations::{
-    self as manager, CancelOperation, GetOperation, ReportOperation, StartError, StartOperation,
+    self as manager, CancelOperation, GetOperation, ReportOperation, ReportReply, StartError,
+    StartOperation,
 };
 use crate::actors::watcher::Watcher;
 use crate::auth::Identity;
@@ -283,16 +284,24 @@ async fn report(
     report: WorkerReport,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let op = state
+    let (reply, outcome) = tokio::sync::oneshot::channel();
+    state
         .operations
         .send(ReportOperation {
             id,
             report,
             authorized: reporter.authorized,
             worker_token: reporter.worker_token,
+            reply: ReportReply::Wait(reply),
         })
         .await
-        .map_err(mailbox)??;
+        .map_err(mailbox)?;
+    let op = outcome.await.map_err(|_| {
+        AppError::new(
+            ErrorCode::Unavailable,
+            "the operation stopped before answering",
+        )
+    })??;
     Ok(HttpResponse::Ok().json(op))
 }
 
@@ -438,7 +447,6 @@ pub async fn events(
 pub async fn socket(
     caller: Caller,
     req: HttpRequest,
-    payload: web::Payload,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
@@ -449,28 +457,22 @@ pub async fn socket(
     let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
-    let (response, reader) =
-        crate::transport::ws::upgrade(&req, payload, outbox.clone(), settings.max_frame_bytes)
-            .map_err(|e| {
-                AppError::new(
-                    ErrorCode::BadRequest,
-                    format!("not a WebSocket upgrade: {e}"),
-                )
-            })?;
     let watcher = watcher(
         &state,
         &caller,
         op.id,
         op.log_offset,
         Wire::StatusStream,
-        outbox,
+        outbox.clone(),
     )
     .with_slot(slot);
-    Watcher::create(move |ctx| {
-        ctx.add_stream(reader);
-        watcher
-    });
-    Ok(response)
+    crate::transport::ws::upgrade(&req, outbox, settings.max_frame_bytes, move |reader| {
+        Watcher::create(move |ctx| {
+            ctx.add_stream(reader);
+            watcher
+        });
+    })
+    .map_err(AppError::from)
 }
 
 fn watcher(

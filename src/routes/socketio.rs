@@ -168,7 +168,7 @@ async fn endpoint(
     let sid = q.sid.map(str::to_string);
     match q.transport {
         Some("polling") => polling(req, payload, state, config, sid, cors).await,
-        Some("websocket") => websocket(req, payload, state, config, sid, cors).await,
+        Some("websocket") => websocket(req, state, config, sid, cors).await,
         _ => unknown_transport(cors),
     }
 }
@@ -333,7 +333,6 @@ async fn polling(
 
 async fn websocket(
     req: HttpRequest,
-    payload: web::Payload,
     state: web::Data<AppState>,
     config: Arc<EngineConfig>,
     sid: Option<String>,
@@ -347,14 +346,10 @@ async fn websocket(
                 Err(refused) => return *refused,
             };
             let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
-            let (response, reader) =
-                match ws::upgrade(&req, payload, outbox.clone(), config.max_payload) {
-                    Ok(ok) => ok,
-                    Err(_) => return bad_request(cors),
-                };
+            let max_size = config.max_payload;
             let session = EngineSession::new(
                 new_sid(),
-                outbox,
+                outbox.clone(),
                 true,
                 config,
                 state.clone().into_inner(),
@@ -362,16 +357,18 @@ async fn websocket(
                 identity,
             );
             let session = session.with_slot(slot);
-            session.launch(move |ctx| {
-                ctx.add_stream(reader);
-            });
-            response
+            ws::upgrade(&req, outbox, max_size, move |reader| {
+                session.launch(move |ctx| {
+                    ctx.add_stream(reader);
+                });
+            })
+            .unwrap_or_else(|_| bad_request(cors))
         }
         Some(sid) => {
             let Some(session) = state.engines.get(&sid) else {
                 return unknown_sid(cors);
             };
-            if actix_http::ws::verify_handshake(req.head()).is_err() {
+            if ws::check(&req).is_err() {
                 return bad_request(cors);
             }
             let probe = Outbox::new(16, 64 * 1024);
@@ -393,31 +390,27 @@ async fn websocket(
                         actix_http::ws::CloseCode::Policy,
                         "session already upgraded",
                     );
-                    return match ws::upgrade(&req, payload, refused, 1024) {
-                        Ok((response, _reader)) => response,
-                        Err(_) => bad_request(cors),
-                    };
+                    return ws::upgrade(&req, refused, 1024, drop)
+                        .unwrap_or_else(|_| bad_request(cors));
                 }
             };
-            let (response, mut reader) = match ws::upgrade_with(
+            ws::upgrade_with(
                 &req,
-                payload,
                 UpgradeStream::new(probe, main, switch),
                 config.max_payload,
-            ) {
-                Ok(ok) => ok,
-                Err(_) => return bad_request(cors),
-            };
-            // The reader is tied to this request's thread; forward its messages.
-            actix_web::rt::spawn(async move {
-                while let Some(item) = reader.next().await {
-                    if session.try_send(WsFrame(Some(item))).is_err() {
-                        return;
-                    }
-                }
-                let _ = session.try_send(WsFrame(None));
-            });
-            response
+                move |mut reader| {
+                    // The session may live on another worker's thread; forward its messages.
+                    actix_web::rt::spawn(async move {
+                        while let Some(item) = reader.next().await {
+                            if session.try_send(WsFrame(Some(item))).is_err() {
+                                return;
+                            }
+                        }
+                        let _ = session.try_send(WsFrame(None));
+                    });
+                },
+            )
+            .unwrap_or_else(|_| bad_request(cors))
         }
     }
 }

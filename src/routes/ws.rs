@@ -11,7 +11,6 @@ use crate::transport::ws::upgrade;
 
 pub async fn connect(
     req: HttpRequest,
-    payload: web::Payload,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     // Browsers send their page's origin: only allowed ones may open a socket (empty list: any).
@@ -27,18 +26,14 @@ pub async fn connect(
     let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
-    let (response, reader) = upgrade(&req, payload, outbox.clone(), settings.max_frame_bytes)
-        .map_err(|e| {
-            AppError::new(
-                ErrorCode::BadRequest,
-                format!("not a WebSocket upgrade: {e}"),
-            )
-        })?;
-    let id = crate::actors::next_session_id();
+    let max_size = settings.max_frame_bytes;
     let state = state.into_inner();
-    Session::create(move |ctx| {
-        ctx.add_stream(reader);
-        Session::new(id, identity, outbox, state).with_slot(slot)
-    });
-    Ok(response)
+    upgrade(&req, outbox.clone(), max_size, move |reader| {
+        let id = crate::actors::next_session_id();
+        Session::create(move |ctx| {
+            ctx.add_stream(reader);
+            Session::new(id, identity, outbox, state).with_slot(slot)
+        });
+    })
+    .map_err(AppError::from)
 }

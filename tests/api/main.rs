@@ -16,3 +16,4 @@ mod resume;
 mod rooms;
 mod shutdown;
 mod socketio;
+mod transport;

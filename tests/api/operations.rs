@@ -1018,7 +1018,7 @@ async fn polling_sse_with_resume_and_the_operation_socket_agree_with_the_live_st
 
     // Polling agrees too.
     let (_, polled) = app
-        .get(&format!("/api/operations/{id}/logs?after=0&limit=1000"))
+        .get(&format!("/api/operations/{id}/logs?after=0&limit=2000"))
         .await;
     assert_eq!(polled["lines"].as_array().unwrap(), &live_w.logs);
     let (_, status) = app.get(&format!("/api/operations/{id}")).await;
@@ -1148,15 +1148,25 @@ async fn joining_a_just_finished_operation_gives_snapshot_lines_then_the_termina
     );
 }
 
-#[tokio::test]
-async fn with_a_secret_only_permitted_callers_start_watch_and_report() {
+/// A server with a JWT secret and the test kinds (the `Kinds` must live as long as the app).
+async fn secured(
+    backend: Backend,
+    tweak: impl FnOnce(&mut switchyard::config::Settings),
+) -> (TestApp, Kinds) {
     let kinds = Kinds::new();
     let file = kinds.file();
-    let app = spawn_app_with(Backend::Sqlite, move |s| {
+    let app = spawn_app_with(backend, move |s| {
         s.jwt_secret = Some(SECRET.into());
         s.operations_file = Some(file);
+        tweak(s);
     })
     .await;
+    (app, kinds)
+}
+
+#[tokio::test]
+async fn with_a_secret_only_permitted_callers_start_watch_and_report() {
+    let (app, _kinds) = secured(Backend::Sqlite, |_| {}).await;
     let viewer = token("viewer", &["project:1"], &[], None);
     let (s, _) = app
         .post_auth(
@@ -1263,6 +1273,54 @@ async fn with_a_secret_only_permitted_callers_start_watch_and_report() {
         r["code"], "forbidden",
         "without the token a plain user may not"
     );
+}
+
+#[tokio::test]
+async fn reports_streamed_with_a_worker_token_keep_their_order() {
+    // The first report with a token waits for the database check; the ones right behind it
+    // queue and go after it, in order, and later ones skip the check. (PostgreSQL: checks on
+    // several pooled connections could finish out of order if each report had its own.)
+    let (app, _kinds) = secured(Backend::Postgres, |s| s.publish_rate = 0).await;
+    let member = token("member", &["project:1"], &["project:1"], None);
+    let (s, op) = app
+        .post_auth(
+            "/api/operations",
+            &member,
+            json!({"kind": "convert", "target": "a", "project": "1"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{op}");
+    let id = op["id"].as_str().unwrap();
+    let worker_token = op["worker_token"].as_str().unwrap();
+    let mut w = WsClient::connect(&app.ws_url(), Some(&member)).await;
+    const N: u64 = 1000;
+    for n in 1..=N {
+        // No ids: nothing is answered unless refused; sent back to back.
+        w.send(json!({"type": "operation.log", "operation": id, "lines": [format!("line {n}")], "worker_token": worker_token}))
+            .await;
+    }
+    let r = w
+        .request(json!({"type": "operation.log", "operation": id, "lines": ["last"], "worker_token": worker_token}))
+        .await;
+    assert_eq!(r["operation"]["log_offset"], N + 1, "{r}");
+    // Log lines are written in batches: wait until all are stored.
+    let url = format!("/api/operations/{id}/logs?after=0&limit=2000");
+    eventually("every line to be stored", || async {
+        let (_, logs) = app.get_auth(&url, &member).await;
+        logs["lines"].as_array().map(Vec::len) == Some(N as usize + 1)
+    })
+    .await;
+    let (s, logs) = app.get_auth(&url, &member).await;
+    assert_eq!(s, 200, "{logs}");
+    let lines: Vec<String> = logs["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["line"].as_str().unwrap().to_string())
+        .collect();
+    let mut expected: Vec<String> = (1..=N).map(|n| format!("line {n}")).collect();
+    expected.push("last".into());
+    assert_eq!(lines, expected);
 }
 
 #[tokio::test]

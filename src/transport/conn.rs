@@ -1,0 +1,193 @@
+//! The upgrade service: actix-http hands it every request that asks for a WebSocket upgrade
+//! together with the connection's socket. The request goes through the application like any
+//! other (same routes, extractors, middleware and errors); when its handler accepted the upgrade
+//! (a [`Takeover`] on the 101 response), the connection is run here, without actix-http's
+//! per-connection buffers: the client's bytes go straight to the [`WsReader`] its actor polls,
+//! and the outbox's chunks go straight from the [`Body`] to the socket.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_codec::{Encoder, Framed};
+use actix_http::body::{to_bytes, BodySize, MessageBody};
+use actix_http::h1::{Codec, Message, SendResponse};
+use actix_http::{ConnectionType, HttpMessage, Request, Response};
+use actix_web::dev::{Service, ServiceResponse};
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+
+use crate::metrics::Metrics;
+
+use super::ws::{Body, Ending, FrameSkipper, Returned, Takeover, Upgradable, WsReader};
+
+/// Serves one upgrade request on `app`, the worker's instance of the application.
+///
+/// An accepted connection is run in a task of its own, and this one (actix-http's connection
+/// task, ~2.5 KiB: it is sized for the dispatcher's largest state) ends. actix-server then no
+/// longer counts the connection, so `metrics.websockets` does: a graceful shutdown waits for it.
+/// `linger`: once the connection's actor is gone (its reader dropped), how long the writer may
+/// still take to deliver what is queued, the close frame last. A client that stops reading
+/// cannot keep a closed connection (and its queued bytes) alive longer than this.
+pub async fn serve<S, B>(
+    app: Rc<S>,
+    metrics: Arc<Metrics>,
+    linger: Duration,
+    (req, framed): (Request, Framed<TcpStream, Codec>),
+) -> Result<(), actix_web::Error>
+where
+    S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
+    B: MessageBody + 'static,
+{
+    req.extensions_mut().insert(Upgradable);
+    let mut res: Response<_> = match app.call(req).await {
+        Ok(res) => Response::from(res.map_into_boxed_body()),
+        Err(e) => Response::from(e.error_response()),
+    };
+    let Some(takeover) = res.extensions_mut().remove::<Takeover>() else {
+        // Refused (or not a WebSocket route): an ordinary response, then the connection closes
+        // (it cannot go back to the HTTP dispatcher).
+        res.head_mut().set_connection_type(ConnectionType::Close);
+        let (head, body) = res.into_parts();
+        // Error bodies are small JSON documents, already in memory.
+        let body = to_bytes(body).await.unwrap_or_default();
+        if let Err(e) = SendResponse::new(framed, head.set_body(body)).await {
+            log::debug!("upgrade refusal not delivered: {e}");
+        }
+        return Ok(());
+    };
+    let (head, _empty) = res.into_parts();
+    let mut parts = framed.into_parts();
+    let mut socket = parts.io;
+    // The write buffer may still hold an earlier response on this connection: 101 goes after it.
+    let sent = match parts
+        .codec
+        .encode(Message::Item((head, BodySize::None)), &mut parts.write_buf)
+    {
+        Ok(()) => socket.write_all(&parts.write_buf).await,
+        Err(e) => Err(e),
+    };
+    let ending = Arc::new(Ending::default());
+    if let Err(e) = sent {
+        log::debug!("WebSocket handshake answer not delivered: {e}");
+        // The handler's side still learns that the connection ended (e.g. an Engine.IO session
+        // waiting on this upgrade falls back to polling).
+        (takeover.open)(WsReader::new(
+            None,
+            BytesMut::new(),
+            ending,
+            takeover.max_size,
+        ));
+        return Ok(());
+    }
+    // Frames the client sent right behind its handshake (rare) were read with it; keep just
+    // those bytes, not the dispatcher's buffer.
+    let early = if parts.read_buf.is_empty() {
+        BytesMut::new()
+    } else {
+        BytesMut::from(&parts.read_buf[..])
+    };
+    drop(parts.read_buf);
+    drop(parts.write_buf);
+    let (read, write) = socket.into_split();
+    (takeover.open)(WsReader::new(
+        Some(read),
+        early,
+        ending.clone(),
+        takeover.max_size,
+    ));
+    let open = OpenSocket::new(metrics);
+    actix_web::rt::spawn(async move {
+        let _open = open;
+        let delivered = tokio::select! {
+            () = write_body(write, takeover.body, ending.clone()) => true,
+            () = async {
+                ending.reader_gone.raised().await;
+                // Boxed: the timer is only needed at the end, so it does not size the task.
+                Box::pin(tokio::time::sleep(linger)).await;
+            } => {
+                log::debug!("dropping a closed connection whose client does not read");
+                false
+            }
+        };
+        if delivered {
+            // Boxed for the same reason.
+            Box::pin(lingering_close(&ending, linger)).await;
+        }
+    });
+    Ok(())
+}
+
+/// Counts a taken-over socket in `metrics.websockets` while it lives.
+struct OpenSocket(Arc<Metrics>);
+
+impl OpenSocket {
+    fn new(metrics: Arc<Metrics>) -> Self {
+        metrics.websockets.fetch_add(1, Relaxed);
+        Self(metrics)
+    }
+}
+
+impl Drop for OpenSocket {
+    fn drop(&mut self) {
+        self.0.websockets.fetch_sub(1, Relaxed);
+    }
+}
+
+/// Writes every chunk of `body` as it comes, then shuts the socket's write side. Ends the
+/// reader whichever way it finishes (the body ended, the socket failed, or it was dropped).
+async fn write_body(mut socket: OwnedWriteHalf, mut body: Body, ending: Arc<Ending>) {
+    struct EndOnDrop(Arc<Ending>);
+    impl Drop for EndOnDrop {
+        fn drop(&mut self) {
+            self.0.writer_done.raise();
+        }
+    }
+    let _end = EndOnDrop(ending);
+    while let Some(Ok(chunk)) = body.next().await {
+        if let Err(e) = socket.write_all(&chunk).await {
+            log::debug!("WebSocket write failed: {e}");
+            return;
+        }
+    }
+    let _ = socket.shutdown().await;
+}
+
+/// Once everything, the close frame last, was written and the write side shut: reads and
+/// discards what the client still sends until its close frame or its end of stream, for at
+/// most `linger`. Closing a socket with unread input makes the kernel answer with a reset,
+/// which throws away what is still in the send buffer: a client flooding the server when it
+/// is cut off would lose the frames queued before the close, the close frame itself, and the
+/// reason it was closed.
+async fn lingering_close(ending: &Ending, linger: Duration) {
+    let drain = async {
+        // The reader ends once the writer is done; its actor drops it and hands the rest back.
+        ending.reader_gone.raised().await;
+        let returned = ending.returned.lock().ok().and_then(|mut slot| slot.take());
+        let Some(Returned {
+            socket: mut read,
+            buf,
+            client_closed,
+        }) = returned
+        else {
+            return;
+        };
+        let mut frames = FrameSkipper::default();
+        if client_closed || frames.feed(&buf) {
+            return;
+        }
+        let mut sink = vec![0u8; 4096];
+        while let Ok(n @ 1..) = read.read(&mut sink).await {
+            if frames.feed(&sink[..n]) {
+                return;
+            }
+        }
+    };
+    if tokio::time::timeout(linger, drain).await.is_err() {
+        log::debug!("closing a connection whose client kept sending after the close");
+    }
+}

@@ -1,0 +1,329 @@
+//! The socket hand-over after a WebSocket upgrade (src/transport/conn.rs), at the byte level:
+//! raw TCP, so nothing between the test and the server smooths anything over.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::helpers::*;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn handshake(path: &str, upgrade: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: {upgrade}\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// A masked client text frame (payloads under 126 bytes).
+fn client_text(payload: &str) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let bytes = payload.as_bytes();
+    assert!(bytes.len() < 126);
+    let mut f = vec![0x81, 0x80 | bytes.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(bytes.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+struct Raw {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Raw {
+    async fn connect(app: &TestApp) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", app.port))
+            .await
+            .expect("connect");
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads until `n` more bytes are buffered, or the server closes (false).
+    async fn fill(&mut self, n: usize) -> bool {
+        while self.buf.len() < n {
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+                .await
+                .expect("server answered in time")
+                .expect("read");
+            if read == 0 {
+                return false;
+            }
+            self.buf.extend_from_slice(&chunk[..read]);
+        }
+        true
+    }
+
+    /// The HTTP response head (status line and headers, lower-cased).
+    async fn head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_lowercase();
+                self.buf.drain(..end + 4);
+                return head;
+            }
+            let want = self.buf.len() + 1;
+            assert!(self.fill(want).await, "closed before a response head");
+        }
+    }
+
+    /// One unmasked server frame: (opcode, payload).
+    async fn frame(&mut self) -> (u8, Vec<u8>) {
+        assert!(self.fill(2).await, "closed before a frame");
+        let opcode = self.buf[0] & 0x0f;
+        let (len, start) = match self.buf[1] & 0x7f {
+            126 => {
+                assert!(self.fill(4).await);
+                (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+            }
+            127 => panic!("unexpectedly large frame"),
+            n => (n as usize, 2),
+        };
+        assert!(self.fill(start + len).await, "closed inside a frame");
+        let payload = self.buf[start..start + len].to_vec();
+        self.buf.drain(..start + len);
+        (opcode, payload)
+    }
+
+    async fn json(&mut self) -> Value {
+        let (opcode, payload) = self.frame().await;
+        assert_eq!(opcode, 1, "a text frame");
+        serde_json::from_slice(&payload).expect("JSON frame")
+    }
+
+    /// The JSON body that follows `head` (sized by its content-length).
+    async fn json_body(&mut self, head: &str) -> Value {
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content-length");
+        assert!(self.fill(len).await, "closed inside the body");
+        let body = serde_json::from_slice(&self.buf[..len]).expect("JSON body");
+        self.buf.drain(..len);
+        body
+    }
+
+    /// True when the server closes the connection (after whatever is still buffered).
+    async fn closed(&mut self) -> bool {
+        self.buf.clear();
+        !self.fill(1).await
+    }
+}
+
+#[tokio::test]
+async fn frames_sent_right_behind_the_handshake_are_not_lost() {
+    let app = spawn_app().await;
+    let mut c = Raw::connect(&app).await;
+    // One write: the handshake and two requests. The server reads them together, so the frames
+    // arrive with the request head and must be handed to the session with the socket.
+    let mut bytes = handshake("/ws", "websocket").into_bytes();
+    bytes.extend(client_text(r#"{"type":"ping","id":"a"}"#));
+    bytes.extend(client_text(r#"{"type":"join","room":"early","id":"b"}"#));
+    c.send(&bytes).await;
+    let head = c.head().await;
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("sec-websocket-accept: s3pplmbitxaq9kygzzhzrbk+xoo="));
+    assert_eq!(c.json().await["type"], "welcome");
+    let pong = c.json().await;
+    assert_eq!(
+        (pong["type"].as_str(), pong["id"].as_str()),
+        (Some("pong"), Some("a"))
+    );
+    let joined = c.json().await;
+    assert_eq!(joined["type"], "joined", "{joined}");
+    assert_eq!(joined["id"], "b");
+}
+
+#[tokio::test]
+async fn a_websocket_connection_is_counted_until_its_socket_closes() {
+    let app = spawn_app().await;
+    let mut c = Raw::connect(&app).await;
+    c.send(handshake("/ws", "websocket").as_bytes()).await;
+    assert!(c.head().await.starts_with("http/1.1 101"));
+    assert_eq!(c.json().await["type"], "welcome");
+    assert_eq!(app.metric("switchyard_websocket_sockets").await, 1);
+    // The client says goodbye: the server answers with its close frame and closes the socket.
+    let mut close = vec![0x88u8, 0x82, 0, 0, 0, 0];
+    close.extend_from_slice(&1000u16.to_be_bytes());
+    c.send(&close).await;
+    let (opcode, payload) = c.frame().await;
+    assert_eq!(opcode, 8, "a close frame");
+    assert_eq!(&payload[..2], &1000u16.to_be_bytes());
+    assert!(
+        c.closed().await,
+        "the server closes the socket after its close frame"
+    );
+    eventually("the socket to be uncounted", || async {
+        app.metric("switchyard_websocket_sockets").await == 0
+            && app.metric("switchyard_connections").await == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_refused_upgrade_gets_its_json_error_and_the_connection_closes() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.jwt_secret = Some(SECRET.into());
+    })
+    .await;
+    let mut c = Raw::connect(&app).await;
+    let req = handshake("/ws", "websocket")
+        .replace("\r\n\r\n", "\r\nAuthorization: Bearer not-a-token\r\n\r\n");
+    c.send(req.as_bytes()).await;
+    let head = c.head().await;
+    assert!(head.starts_with("http/1.1 401"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    let body = c.json_body(&head).await;
+    assert_eq!(body["error"], "invalid_token");
+    assert!(c.closed().await);
+    assert_eq!(app.metric("switchyard_websocket_sockets").await, 0);
+}
+
+#[tokio::test]
+async fn an_upgrade_header_on_a_plain_route_gets_the_plain_answer() {
+    let app = spawn_app().await;
+    let mut c = Raw::connect(&app).await;
+    c.send(handshake("/health", "websocket").as_bytes()).await;
+    let head = c.head().await;
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    // The whole body, then the end of the connection (the body may come in its own segment).
+    c.json_body(&head).await;
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn a_handshake_that_http_does_not_treat_as_an_upgrade_is_refused_cleanly() {
+    // `Upgrade: websocket, h2c` passes the WebSocket handshake check, but the HTTP layer only
+    // hands over connections whose Upgrade header is exactly `websocket`: no socket to take
+    // over, so a 400 (and, as for any request that asked for an upgrade, the connection ends).
+    let app = spawn_app().await;
+    let mut c = Raw::connect(&app).await;
+    c.send(handshake("/ws", "websocket, h2c").as_bytes()).await;
+    let head = c.head().await;
+    assert!(head.starts_with("http/1.1 400"), "{head}");
+    let body = c.json_body(&head).await;
+    assert_eq!(body["error"], "bad_request", "{body}");
+    assert!(c.closed().await);
+    assert_eq!(app.metric("switchyard_connections").await, 0);
+}
+
+#[tokio::test]
+async fn a_closed_connection_whose_client_does_not_read_is_dropped_after_the_linger() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.close_linger = Duration::from_millis(300);
+        s.outbox_max_bytes = 256 * 1024;
+        s.publish_rate = 0;
+        s.user_publish_rate = 0;
+    })
+    .await;
+    // A member that stops reading after it joined.
+    let mut c = Raw::connect(&app).await;
+    let mut bytes = handshake("/ws", "websocket").into_bytes();
+    bytes.extend(client_text(r#"{"type":"join","room":"flood","id":1}"#));
+    c.send(&bytes).await;
+    assert!(c.head().await.starts_with("http/1.1 101"));
+    assert_eq!(c.json().await["type"], "welcome");
+    assert_eq!(c.json().await["type"], "joined");
+    // Another member floods the room until the first one, its socket buffers and then its
+    // outbox full, is evicted; its session ends with a close frame queued behind megabytes
+    // the client will never read.
+    let mut p = app.ws().await;
+    p.join("flood").await;
+    let big = "x".repeat(50_000);
+    let mut published = 0;
+    while app
+        .metric("switchyard_slow_consumer_disconnects_total")
+        .await
+        == 0
+    {
+        p.publish("flood", "big", json!(big)).await;
+        published += 1;
+        assert!(published < 2_000, "the silent member was never evicted");
+    }
+    // Its connection is dropped once the linger is over, not kept for as long as the client
+    // keeps the socket open; the publisher's stays.
+    eventually("the silent member's socket to be dropped", || async {
+        app.metric("switchyard_websocket_sockets").await == 1
+    })
+    .await;
+    drop(c);
+}
+
+#[tokio::test]
+async fn a_client_still_sending_when_the_server_closes_gets_every_frame_before_the_end() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        // Longer than the test may wait: the drain must end at the client's close frame.
+        s.close_linger = Duration::from_secs(120);
+        s.publish_rate = 0;
+        s.user_publish_rate = 0;
+    })
+    .await;
+    let mut c = Raw::connect(&app).await;
+    let mut bytes = handshake("/ws", "websocket").into_bytes();
+    bytes.extend(client_text(r#"{"type":"join","room":"linger","id":1}"#));
+    c.send(&bytes).await;
+    assert!(c.head().await.starts_with("http/1.1 101"));
+    assert_eq!(c.json().await["type"], "welcome");
+    assert_eq!(c.json().await["type"], "joined");
+    // More than the member's socket buffers hold while it does not read: the rest waits in
+    // the server's send buffer.
+    let mut p = app.ws().await;
+    p.join("linger").await;
+    let big = "x".repeat(30_000);
+    const EVENTS: usize = 25;
+    for _ in 0..EVENTS {
+        p.publish("linger", "big", json!(big)).await;
+    }
+    // The member sends refused requests until its session is closed for it (error limit 20),
+    // and a few more after that, as a misbehaving client would.
+    let mut sent = 0;
+    while app.metric("switchyard_connections").await == 2 {
+        c.send(&client_text(r#"{"type":"nope"}"#)).await;
+        sent += 1;
+        assert!(sent < 1_000, "the session was never closed");
+    }
+    for _ in 0..20 {
+        c.send(&client_text(r#"{"type":"nope"}"#)).await;
+    }
+    // Closing a socket with unread input makes the kernel answer with a reset, which throws
+    // away what is still in the send buffer: the server drains the client's input after its
+    // close frame instead, so the member gets everything, then a clean end.
+    let (mut events, mut errors) = (0, 0);
+    loop {
+        let (opcode, payload) = c.frame().await;
+        if opcode == 8 {
+            assert_eq!(&payload[..2], &1008u16.to_be_bytes(), "closed for policy");
+            break;
+        }
+        let frame: Value = serde_json::from_slice(&payload).expect("JSON frame");
+        match frame["type"].as_str() {
+            Some("message") => events += 1,
+            Some("error") => errors += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(events, EVENTS);
+    assert!(errors > 20, "{errors} error frames before the close");
+    // Our close frame ends the drain: the server closes the socket without waiting for us.
+    let mut close = vec![0x88u8, 0x82, 0, 0, 0, 0];
+    close.extend_from_slice(&1000u16.to_be_bytes());
+    c.send(&close).await;
+    assert!(c.closed().await, "a clean end of stream, not a reset");
+    eventually("the socket to be closed", || async {
+        app.metric("switchyard_websocket_sockets").await == 1
+    })
+    .await;
+}
