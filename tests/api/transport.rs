@@ -45,6 +45,20 @@ impl Raw {
         }
     }
 
+    /// A /ws connection joined to `room`.
+    async fn member(app: &TestApp, room: &str) -> Self {
+        let mut c = Self::connect(app).await;
+        let mut bytes = handshake("/ws", "websocket").into_bytes();
+        bytes.extend(client_text(
+            &json!({"type": "join", "room": room, "id": 1}).to_string(),
+        ));
+        c.send(&bytes).await;
+        assert!(c.head().await.starts_with("http/1.1 101"));
+        assert_eq!(c.json().await["type"], "welcome");
+        assert_eq!(c.json().await["type"], "joined");
+        c
+    }
+
     async fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).await.expect("write");
     }
@@ -230,13 +244,7 @@ async fn a_closed_connection_whose_client_does_not_read_is_dropped_after_the_lin
     })
     .await;
     // A member that stops reading after it joined.
-    let mut c = Raw::connect(&app).await;
-    let mut bytes = handshake("/ws", "websocket").into_bytes();
-    bytes.extend(client_text(r#"{"type":"join","room":"flood","id":1}"#));
-    c.send(&bytes).await;
-    assert!(c.head().await.starts_with("http/1.1 101"));
-    assert_eq!(c.json().await["type"], "welcome");
-    assert_eq!(c.json().await["type"], "joined");
+    let c = Raw::member(&app, "flood").await;
     // Another member floods the room until the first one, its socket buffers and then its
     // outbox full, is evicted; its session ends with a close frame queued behind megabytes
     // the client will never read.
@@ -271,13 +279,7 @@ async fn a_client_still_sending_when_the_server_closes_gets_every_frame_before_t
         s.user_publish_rate = 0;
     })
     .await;
-    let mut c = Raw::connect(&app).await;
-    let mut bytes = handshake("/ws", "websocket").into_bytes();
-    bytes.extend(client_text(r#"{"type":"join","room":"linger","id":1}"#));
-    c.send(&bytes).await;
-    assert!(c.head().await.starts_with("http/1.1 101"));
-    assert_eq!(c.json().await["type"], "welcome");
-    assert_eq!(c.json().await["type"], "joined");
+    let mut c = Raw::member(&app, "linger").await;
     // More than the member's socket buffers hold while it does not read: the rest waits in
     // the server's send buffer.
     let mut p = app.ws().await;
