@@ -21,6 +21,8 @@ pub struct Metrics {
     /// WebSocket connections whose socket is still open (taken over from the HTTP server; a
     /// connection outlives its session while its close frame is written).
     pub websockets: AtomicI64,
+    /// Engine.IO long-polling GETs waiting for packets.
+    pub polls_waiting: AtomicI64,
     /// Live room actors.
     pub rooms: AtomicI64,
     /// Frames received from clients.
@@ -60,6 +62,7 @@ impl Metrics {
             started: Instant::now(),
             connections: AtomicI64::new(0),
             websockets: AtomicI64::new(0),
+            polls_waiting: AtomicI64::new(0),
             rooms: AtomicI64::new(0),
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
@@ -129,6 +132,12 @@ impl Metrics {
             "switchyard_websocket_sockets",
             "Open WebSocket connections (sessions, plus closed ones still writing their close frame).",
             self.websockets.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "switchyard_socketio_polls_waiting",
+            "Socket.IO long-polling requests held open, waiting for packets.",
+            self.polls_waiting.load(Relaxed),
         );
         gauge(
             &mut out,

@@ -89,6 +89,10 @@ impl EngineSessions {
     }
 }
 
+/// How long a GET held by an upgrade waits for the client's `5` before it is released with a
+/// noop (see `2probe` in `EngineSession::on_ws`).
+const HELD_POLL_RELEASE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Shared between the session and the upgrading connection's response stream: set when the
 /// upgrade completes, after which that stream drains the session's main outbox.
 #[derive(Default)]
@@ -412,6 +416,22 @@ impl EngineSession {
                             // polling (it gets a noop).
                             if self.polling && !self.held_poll {
                                 self.outbox.release_poll();
+                            } else if self.polling {
+                                // A GET that came after the WebSocket but before its probe. A
+                                // client that sends `5` right behind the probe (the protocol
+                                // suite does) has it refused when `5` arrives; socket.io-client
+                                // waits for it to end before it sends `5`, so release it
+                                // shortly, as the reference server's 100 ms upgrade check does
+                                // (waiting for `5` left the client stuck until the next ping).
+                                ctx.run_later(HELD_POLL_RELEASE, |act, _| {
+                                    if act.polling
+                                        && act.held_poll
+                                        && matches!(act.transport, Transport::Upgrading { .. })
+                                    {
+                                        act.held_poll = false;
+                                        act.outbox.release_poll();
+                                    }
+                                });
                             }
                             return;
                         }

@@ -264,8 +264,9 @@ async fn polling(
                     return bad_request(cors)
                 }
             };
+            let waiting = WaitingPoll::new(session.clone(), state.metrics.clone());
             let taken = futures_util::future::poll_fn(|cx| outbox.poll_take(cx)).await;
-            session.do_send(EndPoll);
+            drop(waiting);
             let body = match taken {
                 Taken::Frames(frames) => engineio::encode_payload(
                     &frames
@@ -412,6 +413,28 @@ async fn websocket(
             )
             .unwrap_or_else(|_| bad_request(cors))
         }
+    }
+}
+
+/// A long-polling GET waiting for packets: counted while it waits, and its session hears that
+/// it ended however its future ends. (actix-web keeps polling a handler whose client went away,
+/// so an abandoned poll still waits for its next packet — at most a ping interval.)
+struct WaitingPoll {
+    session: actix::Addr<EngineSession>,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl WaitingPoll {
+    fn new(session: actix::Addr<EngineSession>, metrics: Arc<crate::metrics::Metrics>) -> Self {
+        metrics.polls_waiting.fetch_add(1, Ordering::Relaxed);
+        Self { session, metrics }
+    }
+}
+
+impl Drop for WaitingPoll {
+    fn drop(&mut self) {
+        self.metrics.polls_waiting.fetch_sub(1, Ordering::Relaxed);
+        self.session.do_send(EndPoll);
     }
 }
 
