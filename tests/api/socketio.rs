@@ -292,6 +292,36 @@ async fn waiting_poll(app: &TestApp, url: &str) -> tokio::task::JoinHandle<Strin
     poll
 }
 
+type Probe =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A WebSocket opened for session `sid`: the upgrade has begun.
+async fn open_probe(app: &TestApp, sid: &str) -> Probe {
+    let url = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
+        app.port
+    );
+    tokio_tungstenite::connect_async(url)
+        .await
+        .expect("probe")
+        .0
+}
+
+/// Sends the probe: `3probe` comes back and the waiting `poll` ends with a noop.
+async fn probe_releases(ws: &mut Probe, poll: tokio::task::JoinHandle<String>) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text("2probe")).await.unwrap();
+    let pong = tokio::time::timeout(WAIT, ws.next())
+        .await
+        .expect("3probe in time");
+    assert_eq!(pong.unwrap().unwrap(), Message::text("3probe"));
+    let released = tokio::time::timeout(WAIT, poll)
+        .await
+        .expect("the poll is released");
+    assert_eq!(released.unwrap(), "6", "with a noop");
+}
+
 #[tokio::test]
 async fn a_poll_that_arrives_between_the_websocket_and_its_probe_is_released() {
     use futures_util::SinkExt;
@@ -303,23 +333,9 @@ async fn a_poll_that_arrives_between_the_websocket_and_its_probe_is_released() {
     // 25 s, and acks emitted meanwhile timed out (about 1 in 130 connections under load).
     let app = spawn_app().await;
     let (sid, url) = connected_by_polling(&app).await;
-    let ws_url = format!(
-        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
-        app.port
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .expect("probe");
+    let mut ws = open_probe(&app, &sid).await;
     let poll = waiting_poll(&app, &url).await;
-    ws.send(Message::text("2probe")).await.unwrap();
-    let pong = tokio::time::timeout(WAIT, ws.next())
-        .await
-        .expect("3probe in time");
-    assert_eq!(pong.unwrap().unwrap(), Message::text("3probe"));
-    let released = tokio::time::timeout(WAIT, poll)
-        .await
-        .expect("the poll is released");
-    assert_eq!(released.unwrap(), "6", "with a noop");
+    probe_releases(&mut ws, poll).await;
     // The upgrade completes: the WebSocket carries the session.
     ws.send(Message::text("5")).await.unwrap();
     ws.send(Message::text("2")).await.unwrap();
@@ -332,36 +348,11 @@ async fn a_poll_that_arrives_between_the_websocket_and_its_probe_is_released() {
 /// A polling Socket.IO session in the middle of its upgrade: connected, the probe answered,
 /// the waiting poll released with a noop (so the client has paused polling). Returns the sid
 /// and the probe WebSocket.
-async fn mid_upgrade(
-    app: &TestApp,
-) -> (
-    String,
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
-) {
-    use futures_util::SinkExt;
-    use tokio_tungstenite::tungstenite::Message;
+async fn mid_upgrade(app: &TestApp) -> (String, Probe) {
     let (sid, url) = connected_by_polling(app).await;
-    let poll = {
-        let http = app.http.clone();
-        let url = url.clone();
-        tokio::spawn(async move { http.get(url).send().await.unwrap().text().await.unwrap() })
-    };
-    let ws_url = format!(
-        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket&sid={sid}",
-        app.port
-    );
-    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url)
-        .await
-        .expect("probe");
-    ws.send(Message::text("2probe")).await.unwrap();
-    let pong = tokio::time::timeout(WAIT, ws.next())
-        .await
-        .expect("3probe in time");
-    assert_eq!(pong.unwrap().unwrap(), Message::text("3probe"));
-    let released = tokio::time::timeout(WAIT, poll)
-        .await
-        .expect("poll released");
-    assert_eq!(released.unwrap(), "6", "the waiting poll gets a noop");
+    let poll = waiting_poll(app, &url).await;
+    let mut ws = open_probe(app, &sid).await;
+    probe_releases(&mut ws, poll).await;
     (sid, ws)
 }
 
@@ -376,11 +367,7 @@ async fn flood(app: &TestApp, sid: &str) {
 }
 
 /// The text frames of `ws` until it closes (a close frame or the end of the stream).
-async fn frames_until_close(
-    ws: &mut tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-) -> Vec<String> {
+async fn frames_until_close(ws: &mut Probe) -> Vec<String> {
     use tokio_tungstenite::tungstenite::Message;
     let mut texts = Vec::new();
     loop {
