@@ -4,7 +4,8 @@
 //! requests for one [`Session`] per connected namespace (the same session actor `/ws` uses).
 //!
 //! In: [`BeginPoll`]/[`EndPoll`] and [`PostPackets`] (polling requests), [`Upgrade`] and
-//! [`WsFrame`] (WebSocket), [`SocketEnded`] (its sockets). Out: packets into its outbox,
+//! [`AttachProbe`] (the upgrade), the WebSocket's messages (a stream the actor polls),
+//! [`SocketEnded`] (its sockets). Out: packets into its outbox,
 //! [`Inbound`] and [`Disconnect`] to its sockets.
 //!
 //! Modes: `Switchyard` serves the real thing; `Echo` and `Fixture` serve what the official
@@ -31,7 +32,7 @@ use crate::protocol::sio;
 use crate::protocol::socketio::{self, Kind};
 use crate::state::AppState;
 use crate::transport::outbox::{Frame, Outbox};
-use crate::transport::ws::{ReadError, WsMessage};
+use crate::transport::ws::{ReadError, WsMessage, WsReader};
 
 /// What an Engine.IO endpoint serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -163,11 +164,11 @@ pub struct Upgrade {
     pub switch: Arc<UpgradeSwitch>,
 }
 
-/// A message from the upgrading WebSocket (forwarded: its reader lives on the request's
-/// thread). `None`: it ended.
+/// The reader of the upgrading WebSocket, for the session to poll: its messages come in as a
+/// stream of this actor, wherever the session lives (the reader can be polled from any thread).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct WsFrame(pub Option<Result<WsMessage, ReadError>>);
+pub struct AttachProbe(pub WsReader);
 
 // ---- the actor -----------------------------------------------------------------------------
 
@@ -464,7 +465,7 @@ impl EngineSession {
             Ok(WsMessage::Close) => {
                 if let Transport::Upgrading { probe, .. } = &self.transport {
                     // The probe is going away, not the session: answer its close frame. Its
-                    // end (`WsFrame(None)`) puts the session back on polling.
+                    // end (`finished`) puts the session back on polling.
                     probe.close(CloseCode::Normal, "");
                     return;
                 }
@@ -897,27 +898,10 @@ impl Handler<Upgrade> for EngineSession {
     }
 }
 
-impl Handler<WsFrame> for EngineSession {
+impl Handler<AttachProbe> for EngineSession {
     type Result = ();
-    fn handle(&mut self, msg: WsFrame, ctx: &mut Context<Self>) {
-        match msg.0 {
-            Some(item) => self.on_ws(item, ctx),
-            None => {
-                if matches!(self.transport, Transport::Upgrading { .. }) {
-                    // The probe connection went away before the upgrade: stay on polling.
-                    self.transport = Transport::Polling;
-                    if self.held_poll {
-                        self.held_poll = false;
-                        self.outbox.release_poll();
-                    }
-                } else if self.draining {
-                    // Upgraded after the close: the WebSocket delivered what was queued.
-                    ctx.stop();
-                } else {
-                    self.close(ctx, false, CloseCode::Normal, "connection closed");
-                }
-            }
-        }
+    fn handle(&mut self, msg: AttachProbe, ctx: &mut Context<Self>) {
+        ctx.add_stream(msg.0);
     }
 }
 
@@ -926,8 +910,21 @@ impl StreamHandler<Result<WsMessage, ReadError>> for EngineSession {
         self.on_ws(item, ctx);
     }
 
+    /// The WebSocket ended (a probe, or the session's own).
     fn finished(&mut self, ctx: &mut Context<Self>) {
-        self.close(ctx, false, CloseCode::Normal, "connection closed");
+        if matches!(self.transport, Transport::Upgrading { .. }) {
+            // The probe connection went away before the upgrade: stay on polling.
+            self.transport = Transport::Polling;
+            if self.held_poll {
+                self.held_poll = false;
+                self.outbox.release_poll();
+            }
+        } else if self.draining {
+            // Upgraded after the close: the WebSocket delivered what was queued.
+            ctx.stop();
+        } else {
+            self.close(ctx, false, CloseCode::Normal, "connection closed");
+        }
     }
 }
 

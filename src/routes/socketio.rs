@@ -14,8 +14,8 @@ use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
 use futures_util::{Stream, StreamExt};
 
 use crate::actors::engine::{
-    BeginPoll, BeginPost, EndPoll, EndPost, EngineConfig, EngineSession, PollRefused, PostPackets,
-    Upgrade, UpgradeSwitch, WsFrame,
+    AttachProbe, BeginPoll, BeginPost, EndPoll, EndPost, EngineConfig, EngineSession, PollRefused,
+    PostPackets, Upgrade, UpgradeSwitch,
 };
 use crate::protocol::engineio::{self, Queued};
 use crate::state::AppState;
@@ -399,17 +399,8 @@ async fn websocket(
                 &req,
                 UpgradeStream::new(probe, main, switch),
                 config.max_payload,
-                move |mut reader| {
-                    // The session may live on another worker's thread; forward its messages.
-                    actix_web::rt::spawn(async move {
-                        while let Some(item) = reader.next().await {
-                            if session.try_send(WsFrame(Some(item))).is_err() {
-                                return;
-                            }
-                        }
-                        let _ = session.try_send(WsFrame(None));
-                    });
-                },
+                // The session may live on another worker's thread: it polls the reader there.
+                move |reader| session.do_send(AttachProbe(reader)),
             )
             .unwrap_or_else(|_| bad_request(cors))
         }
