@@ -321,13 +321,14 @@ impl EngineSession {
         // - polling with no poll waiting: the next poll takes what is queued;
         // - upgrading: the probe stays open, so the client either completes the upgrade (the
         //   WebSocket then drains the queue) or, if the probe fails, polls again.
-        // Transport errors still end the session at once.
-        let drain = self.disconnect_queued
-            && match self.transport {
-                Transport::Polling => !self.polling,
-                Transport::Upgrading { .. } => true,
-                Transport::WebSocket => false,
-            };
+        // Transport errors still end the session at once. Likewise, a client that closed the
+        // session with no poll waiting gets a noop on its next poll, as from the reference
+        // server, rather than an error.
+        let drain = match self.transport {
+            Transport::Polling => (self.disconnect_queued || client_close) && !self.polling,
+            Transport::Upgrading { .. } => self.disconnect_queued,
+            Transport::WebSocket => false,
+        };
         if let Transport::Upgrading { probe, .. } = &self.transport {
             if !drain {
                 probe.close(code, reason);
@@ -336,6 +337,8 @@ impl EngineSession {
         log::debug!("engine.io session {} closed: {reason}", self.sid);
         if drain {
             self.draining = true;
+            // Closed: it no longer counts against its address's connection limit.
+            self.slot = None;
             let grace = self.config.ping_interval + self.config.ping_timeout;
             ctx.run_later(grace, |_, ctx| ctx.stop());
             return;

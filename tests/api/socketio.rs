@@ -265,12 +265,18 @@ async fn a_polling_socket_closed_for_misbehaving_gets_its_disconnect_on_the_next
     assert_eq!(s, 400);
 }
 
-/// A Socket.IO session connected to `/` by long-polling: its sid and polling URL.
-async fn connected_by_polling(app: &TestApp) -> (String, String) {
+/// A new Engine.IO session on long-polling: its sid and polling URL.
+async fn open_polling(app: &TestApp) -> (String, String) {
     let (_, open) = get(app, "EIO=4&transport=polling").await;
     let hs: Value = serde_json::from_str(&open[1..]).unwrap();
     let sid = hs["sid"].as_str().unwrap().to_string();
     let url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    (sid, url)
+}
+
+/// A Socket.IO session connected to `/` by long-polling: its sid and polling URL.
+async fn connected_by_polling(app: &TestApp) -> (String, String) {
+    let (sid, url) = open_polling(app).await;
     let res = app.http.post(&url).body("40").send().await.unwrap();
     assert_eq!(res.status(), 200);
     let (_, connected) = get(app, &format!("EIO=4&transport=polling&sid={sid}")).await;
@@ -427,4 +433,41 @@ async fn a_socket_closed_for_misbehaving_mid_upgrade_gets_its_disconnect_by_poll
         Some("41"),
         "ends with the DISCONNECT: {body}"
     );
+}
+
+#[tokio::test]
+async fn a_polling_client_that_closes_with_no_poll_waiting_gets_a_noop_on_its_next_poll() {
+    // The protocol suite sends its GET and its close packet at once; whichever the server sees
+    // first, the GET gets a noop (200), as from the reference server, and the session is gone
+    // after it.
+    let app = spawn_app().await;
+    let (sid, url) = open_polling(&app).await;
+    assert_eq!(
+        app.http.post(&url).body("1").send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await,
+        (200, "6".to_string())
+    );
+    let (s, _) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    assert_eq!(s, 400, "and then the session is gone");
+}
+
+#[tokio::test]
+async fn a_closed_polling_session_waiting_for_its_last_poll_frees_its_connection_slot() {
+    // A session kept for one more poll is closed: the client's next connection from the same
+    // address is admitted at once, not after the heartbeat-long grace.
+    let app = spawn_app_with(Backend::Sqlite, |s| s.max_connections_per_ip = 1).await;
+    let (_sid, url) = open_polling(&app).await;
+    let (s, _) = get(&app, "EIO=4&transport=polling").await;
+    assert_eq!(s, 429, "the limit holds while the session is open");
+    assert_eq!(
+        app.http.post(&url).body("1").send().await.unwrap().status(),
+        200
+    );
+    eventually("a new session to be admitted", || async {
+        get(&app, "EIO=4&transport=polling").await.0 == 200
+    })
+    .await;
 }
