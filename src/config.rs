@@ -94,8 +94,8 @@ pub struct Settings {
     /// Bound on graceful shutdown (`SWITCHYARD_SHUTDOWN_TIMEOUT_MS`).
     pub shutdown_timeout: Duration,
     /// Once a WebSocket session has ended, how long its connection may still take to deliver
-    /// what is queued (the close frame last) to a client that is not reading
-    /// (`SWITCHYARD_CLOSE_LINGER_MS`).
+    /// what is queued (the close frame last) to a client that is not reading, and then to
+    /// drain the client's input until its close frame (`SWITCHYARD_CLOSE_LINGER_MS`).
     pub close_linger: Duration,
     /// HTTP worker threads; 0 means one per core (`SWITCHYARD_WORKERS`).
     pub workers: usize,

@@ -418,9 +418,12 @@ impl EngineSession {
                             *probed = true;
                             // Release the long poll that was waiting so the client can pause
                             // polling (it gets a noop).
-                            if self.polling && !self.held_poll {
+                            if !self.polling {
+                                return;
+                            }
+                            if !self.held_poll {
                                 self.outbox.release_poll();
-                            } else if self.polling {
+                            } else {
                                 // A GET that came after the WebSocket but before its probe. A
                                 // client that sends `5` right behind the probe (the protocol
                                 // suite does) has it refused when `5` arrives; socket.io-client

@@ -1149,6 +1149,16 @@ async fn joining_a_just_finished_operation_gives_snapshot_lines_then_the_termina
 }
 
 /// A server with a JWT secret and the test kinds (the `Kinds` must live as long as the app).
+/// Starts a `convert` operation on `target` in project 1 as the holder of `token`.
+async fn start_convert(app: &TestApp, token: &str, target: &str) -> (u16, Value) {
+    app.post_auth(
+        "/api/operations",
+        token,
+        json!({"kind": "convert", "target": target, "project": "1"}),
+    )
+    .await
+}
+
 async fn secured(
     backend: Backend,
     tweak: impl FnOnce(&mut switchyard::config::Settings),
@@ -1168,22 +1178,10 @@ async fn secured(
 async fn with_a_secret_only_permitted_callers_start_watch_and_report() {
     let (app, _kinds) = secured(Backend::Sqlite, |_| {}).await;
     let viewer = token("viewer", &["project:1"], &[], None);
-    let (s, _) = app
-        .post_auth(
-            "/api/operations",
-            &viewer,
-            json!({"kind": "convert", "target": "a", "project": "1"}),
-        )
-        .await;
+    let (s, _) = start_convert(&app, &viewer, "a").await;
     assert_eq!(s, 403, "no publish rights: may not start");
     let member = token("member", &["project:1"], &["project:1"], None);
-    let (s, op) = app
-        .post_auth(
-            "/api/operations",
-            &member,
-            json!({"kind": "convert", "target": "a", "project": "1"}),
-        )
-        .await;
+    let (s, op) = start_convert(&app, &member, "a").await;
     assert_eq!(
         s, 202,
         "publishing to the project allows starting its operations"
@@ -1245,13 +1243,7 @@ async fn with_a_secret_only_permitted_callers_start_watch_and_report() {
     assert_eq!((s, b["progress"].as_f64()), (200, Some(30.0)));
     let (s, b) = report("guessed", id, json!({"progress": 31})).await;
     assert_eq!((s, b["error"].as_str()), (403, Some("forbidden")));
-    let (_, other) = app
-        .post_auth(
-            "/api/operations",
-            &member,
-            json!({"kind": "convert", "target": "b", "project": "1"}),
-        )
-        .await;
+    let (_, other) = start_convert(&app, &member, "b").await;
     let other_id = other["id"].as_str().unwrap();
     let (s, _) = report(&worker_token, other_id, json!({"progress": 1})).await;
     assert_eq!(s, 403, "a worker token is for its own operation only");
@@ -1282,13 +1274,7 @@ async fn reports_streamed_with_a_worker_token_keep_their_order() {
     // several pooled connections could finish out of order if each report had its own.)
     let (app, _kinds) = secured(Backend::Postgres, |s| s.publish_rate = 0).await;
     let member = token("member", &["project:1"], &["project:1"], None);
-    let (s, op) = app
-        .post_auth(
-            "/api/operations",
-            &member,
-            json!({"kind": "convert", "target": "a", "project": "1"}),
-        )
-        .await;
+    let (s, op) = start_convert(&app, &member, "a").await;
     assert_eq!(s, 202, "{op}");
     let id = op["id"].as_str().unwrap();
     let worker_token = op["worker_token"].as_str().unwrap();
