@@ -8,7 +8,7 @@
 # Knobs (environment): CARGO_TARGET_DIR, BENCH_SKIP_BUILD=1 (use the built binaries),
 # BENCH_SWITCHYARD_BIN (another server binary), BENCH_OUT, BENCH_PLOTS, BENCH_FANOUT_SIZES,
 # BENCH_IDLE_SIZES, BENCH_FANOUT_RATE, BENCH_WINDOW, BENCH_SERVER_CORE, BENCH_GEN_CORE, the
-# ports BENCH_SWITCHYARD_PORT / BENCH_NODE_PORT, and SWITCHYARD_WORKERS / _ROOM_THREADS /
+# ports BENCH_SWITCHYARD_PORT / BENCH_NODE_PORT / BENCH_FLOOR_PORT, and SWITCHYARD_WORKERS / _ROOM_THREADS /
 # _OUTBOX_MAX_MESSAGES / _OUTBOX_MAX_BYTES for the server (defaults: 1, 1, 8192, 8 MiB).
 #
 # Every server runs pinned to core BENCH_SERVER_CORE (0) and is started fresh for each scenario;
@@ -25,6 +25,7 @@ SERVER_CORE=${BENCH_SERVER_CORE:-0}
 GEN_CORE=${BENCH_GEN_CORE:-1}
 SY_PORT=${BENCH_SWITCHYARD_PORT:-18480}
 NODE_PORT=${BENCH_NODE_PORT:-18481}
+FLOOR_PORT=${BENCH_FLOOR_PORT:-18482}
 if [ "$QUICK" = 1 ]; then
   OUT=${BENCH_OUT:-bench/results/quick.jsonl}
   PLOTS=${BENCH_PLOTS:-bench/results/quick}
@@ -104,6 +105,15 @@ start_node() {
   wait_port "$NODE_PORT"
 }
 
+# The floor: a bare epoll loop in the bench tool (bench/src/floor.rs), fan-out and rooms only.
+start_floor() {
+  stop_server
+  port_free "$FLOOR_PORT" || { log "port $FLOOR_PORT is taken (BENCH_FLOOR_PORT)"; return 1; }
+  taskset -c "$SERVER_CORE" "$BENCH" floor-server --port "$FLOOR_PORT" >"$WORK/server.log" 2>&1 </dev/null &
+  SERVER_PID=$!
+  wait_port "$FLOOR_PORT"
+}
+
 # Runs the generator pinned to its core, appends its JSON lines, notes failures (the run goes on).
 gen() {
   local what="$1"; shift
@@ -115,7 +125,8 @@ gen() {
 }
 
 # target name, protocol, starter
-TARGETS=("switchyard native start_switchyard" "switchyard sio start_switchyard" "node sio start_node")
+TARGETS=("switchyard native start_switchyard" "switchyard sio start_switchyard" "node sio start_node"
+  "floor native start_floor")
 
 started=$(date +%s)
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
@@ -136,6 +147,7 @@ measure_started=$(date +%s)
 for t in "${TARGETS[@]}"; do
   read -r server proto starter <<<"$t"
   url="http://127.0.0.1:$SY_PORT"; [ "$server" = node ] && url="http://127.0.0.1:$NODE_PORT"
+  [ "$server" = floor ] && url="http://127.0.0.1:$FLOOR_PORT"
   for n in $FANOUT_SIZES; do
     $starter
     # One identity for every member: the Node reference has no presence, so Switchyard's
@@ -146,6 +158,8 @@ for t in "${TARGETS[@]}"; do
   $starter
   gen "rooms $server/$proto $ROOMS x 4" rooms --url "$url" --server "$server" --protocol "$proto" \
     --rooms "$ROOMS" --size 4 --rate "$ROOMS_RATE" --duration "$ROOMS_S"
+  # The floor holds connections in a few bytes each and does nothing else: no memory floor.
+  [ "$server" = floor ] && continue
   for n in $IDLE_SIZES; do
     $starter
     gen "idle $server/$proto $n connections" idle --url "$url" --server "$server" --protocol "$proto" \

@@ -7,10 +7,12 @@
 //! - [`fanout`]: one room of N members, a light fixed-rate phase and a max-rate phase.
 //! - [`rooms`]: 4,000 rooms of 4, every member publishing, a fixed total rate.
 //! - [`idle`]: held connections, the server's RSS per connection (several processes).
+//! - [`floor`]: the bare epoll loop that the fan-out and rooms results are measured against.
 //! - [`operations`]: external operations reported by workers, one watcher each (Switchyard only).
 
 pub mod client;
 pub mod fanout;
+pub mod floor;
 pub mod hist;
 pub mod idle;
 pub mod load;

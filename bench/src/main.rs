@@ -9,6 +9,7 @@
 //! switchyard-bench idle --url … --server … --protocol … --conns 10000 [--procs N] [--pid …]
 //! switchyard-bench operations --url … [--kind bench] [--operations 1000] [--workers 20] \
 //!     [--rate 10] [--duration 15] [--pid …]
+//! switchyard-bench floor-server --port 18482      # the floor target (see floor.rs)
 //! switchyard-bench machine [--node-dir bench/node]
 //! switchyard-bench report bench/results/latest.jsonl [--out docs/benchmarks]
 //! ```
@@ -217,7 +218,7 @@ fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = argv.first().cloned() else {
         eprintln!(
-            "usage: switchyard-bench fanout|rooms|idle|operations|machine|report --key value …"
+            "usage: switchyard-bench fanout|rooms|idle|operations|floor-server|machine|report --key value …"
         );
         std::process::exit(2);
     };
@@ -228,6 +229,16 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if cmd == "floor-server" {
+        // A blocking epoll loop of its own: no Tokio runtime under it.
+        let port = args.get("port", 18482u16);
+        let served = port.and_then(|port| switchyard_bench::floor::Floor::bind(port)?.serve());
+        if let Err(e) = served {
+            eprintln!("error: floor-server: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
     // One thread: the generator is pinned to one core, and a scenario's tasks share atomics.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -9,12 +9,15 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde_json::{json, Value};
 
-/// The three things compared: (server, protocol, label).
-const TARGETS: [(&str, &str, &str); 3] = [
+/// The things compared: (server, protocol, label). The floor (`floor-server`, fan-out and rooms
+/// only) is what a bare epoll loop spends on the same traffic: the least any server can.
+const TARGETS: [(&str, &str, &str); NT] = [
     ("switchyard", "native", "Switchyard /ws"),
     ("switchyard", "sio", "Switchyard Socket.IO"),
     ("node", "sio", "Node socket.io@4"),
+    ("floor", "native", "bare epoll loop (floor)"),
 ];
+const NT: usize = 4;
 
 fn command(program: &str, args: &[&str]) -> Option<String> {
     let out = std::process::Command::new(program)
@@ -151,20 +154,21 @@ fn ratio(sy: Option<f64>, node: Option<f64>, better: Better) -> String {
     }
 }
 
-/// A table: one row per (group, metric), a column per target, then the ratio.
+/// A table: one row per (group, metric), a column per target, the ratio (Switchyard Socket.IO
+/// against Node) after the first three, the floor last.
 fn table(
     out: &mut String,
     title: &str,
-    groups: &[(String, [Option<&Value>; 3])],
+    groups: &[(String, [Option<&Value>; NT])],
     metrics: &[Metric],
 ) {
     let _ = writeln!(out, "\n#### {title}\n");
     let _ = writeln!(
         out,
-        "| | metric | {} | {} | {} | Switchyard Socket.IO vs Node |",
-        TARGETS[0].2, TARGETS[1].2, TARGETS[2].2
+        "| | metric | {} | {} | {} | Switchyard Socket.IO vs Node | {} |",
+        TARGETS[0].2, TARGETS[1].2, TARGETS[2].2, TARGETS[3].2
     );
-    let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: |");
+    let _ = writeln!(out, "| --- | --- | ---: | ---: | ---: | ---: | ---: |");
     for (group, cols) in groups {
         for (k, metric) in metrics.iter().enumerate() {
             let vals: Vec<Option<f64>> = cols
@@ -173,13 +177,14 @@ fn table(
                 .collect();
             let _ = writeln!(
                 out,
-                "| {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} |",
                 if k == 0 { group.as_str() } else { "" },
                 metric.label,
                 num(vals[0]),
                 num(vals[1]),
                 num(vals[2]),
                 ratio(vals[1], vals[2], metric.better),
+                num(vals[3]),
             );
         }
     }
@@ -190,8 +195,8 @@ fn grouped<'a, K: Ord + Clone>(
     lines: &'a [Value],
     scenario: &str,
     key: impl Fn(&Value) -> Option<K>,
-) -> BTreeMap<K, [Option<&'a Value>; 3]> {
-    let mut g: BTreeMap<K, [Option<&Value>; 3]> = BTreeMap::new();
+) -> BTreeMap<K, [Option<&'a Value>; NT]> {
+    let mut g: BTreeMap<K, [Option<&Value>; NT]> = BTreeMap::new();
     for v in lines.iter().filter(|v| s(v, "scenario") == scenario) {
         if let (Some(k), Some(t)) = (key(v), target_of(v)) {
             g.entry(k).or_default()[t] = Some(v);
@@ -238,14 +243,14 @@ pub fn report(input: &str, out_dir: &str) -> Result<(), String> {
     let fanout_max = grouped(&lines, "fanout", |v| {
         (s(v, "mode") == "max").then(|| v["members"].as_u64().unwrap_or(0))
     });
-    let rate_of = |g: &[Option<&Value>; 3]| {
+    let rate_of = |g: &[Option<&Value>; NT]| {
         g.iter()
             .flatten()
             .find_map(|v| f(v, "target_rate"))
             .map(|r| format!(", {r} msg/s"))
             .unwrap_or_default()
     };
-    let groups: Vec<(String, [Option<&Value>; 3])> = fanout_rate
+    let groups: Vec<(String, [Option<&Value>; NT])> = fanout_rate
         .iter()
         .map(|(n, g)| (format!("{n} members{}", rate_of(g)), *g))
         .collect();
@@ -265,7 +270,7 @@ pub fn report(input: &str, out_dir: &str) -> Result<(), String> {
             ),
         ],
     );
-    let groups: Vec<(String, [Option<&Value>; 3])> = fanout_max
+    let groups: Vec<(String, [Option<&Value>; NT])> = fanout_max
         .iter()
         .map(|(n, g)| (format!("{n} members"), *g))
         .collect();
@@ -281,7 +286,7 @@ pub fn report(input: &str, out_dir: &str) -> Result<(), String> {
             v["rooms"], v["size"], v["target_rate"]
         ))
     });
-    let groups: Vec<(String, [Option<&Value>; 3])> =
+    let groups: Vec<(String, [Option<&Value>; NT])> =
         rooms.iter().map(|(k, g)| (k.clone(), *g)).collect();
     table(
         &mut md,
@@ -294,7 +299,7 @@ pub fn report(input: &str, out_dir: &str) -> Result<(), String> {
         .concat(),
     );
     let idle = grouped(&lines, "idle", |v| v["conns"].as_u64());
-    let groups: Vec<(String, [Option<&Value>; 3])> = idle
+    let groups: Vec<(String, [Option<&Value>; NT])> = idle
         .iter()
         .map(|(n, g)| (format!("{n} connections"), *g))
         .collect();
@@ -378,10 +383,11 @@ pub fn report(input: &str, out_dir: &str) -> Result<(), String> {
     Ok(())
 }
 
-const COLORS: [RGBColor; 3] = [
+const COLORS: [RGBColor; NT] = [
     RGBColor(31, 119, 180),
     RGBColor(44, 160, 44),
     RGBColor(214, 39, 40),
+    RGBColor(127, 127, 127),
 ];
 
 /// Draws the legend, writes the file, returns its path (the end of every plot).
@@ -407,7 +413,7 @@ fn err(e: impl std::fmt::Display) -> String {
 
 /// p50 (solid) and p99 (dashed) latency against room size, log-log.
 fn latency_plot(
-    data: &BTreeMap<u64, [Option<&Value>; 3]>,
+    data: &BTreeMap<u64, [Option<&Value>; NT]>,
     path: &Path,
 ) -> Result<Option<String>, String> {
     if data.is_empty() {
@@ -491,7 +497,7 @@ fn latency_plot(
 
 /// Server RSS growth (MiB) against idle connections.
 fn memory_plot(
-    data: &BTreeMap<u64, [Option<&Value>; 3]>,
+    data: &BTreeMap<u64, [Option<&Value>; NT]>,
     path: &Path,
 ) -> Result<Option<String>, String> {
     if data.is_empty() {
@@ -548,11 +554,11 @@ fn memory_plot(
 
 /// Server CPU seconds per million deliveries, grouped bars per workload.
 fn cpu_plot(
-    fanout_max: &BTreeMap<u64, [Option<&Value>; 3]>,
-    rooms: &BTreeMap<String, [Option<&Value>; 3]>,
+    fanout_max: &BTreeMap<u64, [Option<&Value>; NT]>,
+    rooms: &BTreeMap<String, [Option<&Value>; NT]>,
     path: &Path,
 ) -> Result<Option<String>, String> {
-    let mut groups: Vec<(String, [Option<f64>; 3])> = Vec::new();
+    let mut groups: Vec<(String, [Option<f64>; NT])> = Vec::new();
     for (n, g) in fanout_max {
         groups.push((
             format!("fanout {n}, max rate"),
@@ -609,8 +615,8 @@ fn cpu_plot(
             .enumerate()
             .filter_map(|(i, (_, v))| {
                 let y = v[t]?;
-                let x0 = i as f64 + 0.1 + t as f64 * 0.27;
-                Some(Rectangle::new([(x0, 0.0), (x0 + 0.25, y)], color.filled()))
+                let x0 = i as f64 + 0.1 + t as f64 * 0.2;
+                Some(Rectangle::new([(x0, 0.0), (x0 + 0.19, y)], color.filled()))
             })
             .collect();
         if bars.is_empty() {

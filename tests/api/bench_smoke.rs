@@ -186,3 +186,34 @@ async fn the_node_reference_passes_the_same_check() {
     assert!(r.result.ok, "{r:?}");
     let _ = node.child.kill().await;
 }
+
+#[tokio::test]
+async fn the_floor_passes_the_same_check() {
+    let floor = switchyard_bench::floor::Floor::bind(0).expect("the floor binds");
+    let url = format!("http://127.0.0.1:{}", floor.port().expect("its port"));
+    let stop = floor.stopper();
+    let served = std::thread::spawn(move || floor.serve());
+    fanout_checks(&url, "floor", Protocol::Native).await;
+    let cfg = FanoutConfig {
+        user: Some("bench".into()),
+        max: false,
+        ..small_fanout(&url, "floor", Protocol::Native)
+    };
+    let reports = within("fanout", switchyard_bench::fanout(&cfg))
+        .await
+        .expect("fanout");
+    assert!(reports[0].result.ok, "{:?}", reports[0]);
+    let r = within(
+        "rooms",
+        switchyard_bench::rooms(&small_rooms(&url, "floor", Protocol::Native)),
+    )
+    .await
+    .expect("rooms");
+    assert!(r.result.ok, "{r:?}");
+    assert_eq!(r.result.delivered, r.result.sent * 4, "{r:?}");
+    stop.stop();
+    served
+        .join()
+        .expect("the floor's thread")
+        .expect("the floor served until stopped");
+}
