@@ -74,22 +74,26 @@ async fn fanout_checks(url: &str, server: &str, protocol: Protocol) {
     }
 }
 
+/// One identity shared by every member (what the benchmark's big rooms use), native protocol.
+async fn shared_identity_check(url: &str, server: &str) {
+    let cfg = FanoutConfig {
+        user: Some("bench".into()),
+        max: false,
+        ..small_fanout(url, server, Protocol::Native)
+    };
+    let reports = within("fanout", switchyard_bench::fanout(&cfg))
+        .await
+        .expect("fanout");
+    assert!(reports[0].result.ok, "{server}: {:?}", reports[0]);
+}
+
 #[tokio::test]
 async fn fanout_reaches_every_member_exactly_once_in_order_over_both_protocols() {
     let app = spawn_app_with(Backend::Sqlite, unlimited).await;
     let url = app.url("");
     fanout_checks(&url, "switchyard", Protocol::Native).await;
     fanout_checks(&url, "switchyard", Protocol::Sio).await;
-    // One identity shared by every member (what the benchmark's big rooms use) too.
-    let cfg = FanoutConfig {
-        user: Some("bench".into()),
-        max: false,
-        ..small_fanout(&url, "switchyard", Protocol::Native)
-    };
-    let reports = within("fanout", switchyard_bench::fanout(&cfg))
-        .await
-        .expect("fanout");
-    assert!(reports[0].result.ok, "{:?}", reports[0]);
+    shared_identity_check(&url, "switchyard").await;
     app.shutdown().await;
 }
 
@@ -194,15 +198,7 @@ async fn the_floor_passes_the_same_check() {
     let stop = floor.stopper();
     let served = std::thread::spawn(move || floor.serve());
     fanout_checks(&url, "floor", Protocol::Native).await;
-    let cfg = FanoutConfig {
-        user: Some("bench".into()),
-        max: false,
-        ..small_fanout(&url, "floor", Protocol::Native)
-    };
-    let reports = within("fanout", switchyard_bench::fanout(&cfg))
-        .await
-        .expect("fanout");
-    assert!(reports[0].result.ok, "{:?}", reports[0]);
+    shared_identity_check(&url, "floor").await;
     let r = within(
         "rooms",
         switchyard_bench::rooms(&small_rooms(&url, "floor", Protocol::Native)),
