@@ -80,38 +80,38 @@ wait_port() {
   log "server did not listen on $1 within 30 s"; return 1
 }
 
+# Stops the running server and starts `env VAR=value … command` pinned to the server core,
+# listening on PORT (KNOB: the variable that sets it, for the message when it is taken).
+serve_pinned() {
+  local port="$1" knob="$2"; shift 2
+  stop_server
+  port_free "$port" || { log "port $port is taken ($knob)"; return 1; }
+  taskset -c "$SERVER_CORE" env "$@" >"$WORK/server.log" 2>&1 </dev/null &
+  SERVER_PID=$!
+  wait_port "$port"
+}
+
 # A fresh Switchyard (new database) pinned to the server core; extra VAR=value arguments.
 start_switchyard() {
-  stop_server
+  stop_server # before its database goes
   rm -rf "$WORK/db" && mkdir -p "$WORK/db"
-  port_free "$SY_PORT" || { log "port $SY_PORT is taken (BENCH_SWITCHYARD_PORT)"; return 1; }
-  env SWITCHYARD_HOST=127.0.0.1 SWITCHYARD_PORT="$SY_PORT" DATABASE_URL="$WORK/db/switchyard.db" \
+  serve_pinned "$SY_PORT" BENCH_SWITCHYARD_PORT \
+    SWITCHYARD_HOST=127.0.0.1 SWITCHYARD_PORT="$SY_PORT" DATABASE_URL="$WORK/db/switchyard.db" \
     SWITCHYARD_PUBLISH_RATE=0 SWITCHYARD_USER_PUBLISH_RATE=0 \
     SWITCHYARD_MAX_CONNECTIONS_PER_IP=0 SWITCHYARD_NEW_CONNECTIONS_PER_IP=0 \
     SWITCHYARD_OUTBOX_MAX_MESSAGES="${SWITCHYARD_OUTBOX_MAX_MESSAGES:-8192}" \
     SWITCHYARD_OUTBOX_MAX_BYTES="${SWITCHYARD_OUTBOX_MAX_BYTES:-8388608}" \
     SWITCHYARD_WORKERS="${SWITCHYARD_WORKERS:-1}" SWITCHYARD_ROOM_THREADS="${SWITCHYARD_ROOM_THREADS:-1}" \
-    SWITCHYARD_SHUTDOWN_TIMEOUT_MS=2000 RUST_LOG="${RUST_LOG:-warn}" "$@" \
-    taskset -c "$SERVER_CORE" "$SY_BIN" >"$WORK/server.log" 2>&1 </dev/null &
-  SERVER_PID=$!
-  wait_port "$SY_PORT"
+    SWITCHYARD_SHUTDOWN_TIMEOUT_MS=2000 RUST_LOG="${RUST_LOG:-warn}" "$@" "$SY_BIN"
 }
 
 start_node() {
-  stop_server
-  port_free "$NODE_PORT" || { log "port $NODE_PORT is taken (BENCH_NODE_PORT)"; return 1; }
-  PORT="$NODE_PORT" taskset -c "$SERVER_CORE" node bench/node/server.mjs >"$WORK/server.log" 2>&1 </dev/null &
-  SERVER_PID=$!
-  wait_port "$NODE_PORT"
+  serve_pinned "$NODE_PORT" BENCH_NODE_PORT PORT="$NODE_PORT" node bench/node/server.mjs
 }
 
 # The floor: a bare epoll loop in the bench tool (bench/src/floor.rs), fan-out and rooms only.
 start_floor() {
-  stop_server
-  port_free "$FLOOR_PORT" || { log "port $FLOOR_PORT is taken (BENCH_FLOOR_PORT)"; return 1; }
-  taskset -c "$SERVER_CORE" "$BENCH" floor-server --port "$FLOOR_PORT" >"$WORK/server.log" 2>&1 </dev/null &
-  SERVER_PID=$!
-  wait_port "$FLOOR_PORT"
+  serve_pinned "$FLOOR_PORT" BENCH_FLOOR_PORT "$BENCH" floor-server --port "$FLOOR_PORT"
 }
 
 # Runs the generator pinned to its core, appends its JSON lines, notes failures (the run goes on).
