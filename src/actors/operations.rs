@@ -8,7 +8,8 @@
 //!
 //! "Never started twice" is the database's job: a partial unique index allows one active
 //! operation per (kind, target), so of several concurrent starts exactly one insert succeeds and
-//! the others get the winner back as a `duplicate_operation`.
+//! the others get the winner back as a `duplicate_operation`. Every write goes through the
+//! single writer (`db::batch`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -295,8 +296,8 @@ impl OperationManager {
         let days = self.cx.settings.operation_prune_days;
         let before = now_millis() - (days as i64) * 86_400_000;
         self.cx
-            .db
-            .run(move |c| store::prune(c, before))
+            .writer
+            .write(move |c| store::prune(c, before))
             .into_actor(self)
             .map(|res, _, _| match res {
                 Ok(0) => {}
@@ -365,13 +366,14 @@ impl Handler<StartOperation> for OperationManager {
         let row = OperationRow::from(&op);
         let (kind_name, target) = (op.kind.clone(), op.target.clone());
         let db = self.cx.db.clone();
+        let writer = self.cx.writer.clone();
         let worker_token =
             (kind.runner == RunnerKind::External).then(crate::operations::new_worker_token);
         let hash = worker_token.as_deref().map(crate::operations::token_sha256);
         Box::pin(
             async move {
-                match db
-                    .run(move |c| store::insert_with_token(c, &row, hash.as_deref()))
+                match writer
+                    .write(move |c| store::insert_with_token(c, &row, hash.as_deref()))
                     .await
                 {
                     Ok(()) => Ok(None),
