@@ -15,6 +15,9 @@
 //!   watchers that join in between are held until then.
 //! * Log offsets start at 1 and have no gaps; every line is written before the status row that
 //!   counts it (same transaction).
+//! * A command or demo runner starts only after the row saying `running` (with its start time)
+//!   has committed: start-up recovery can then tell an operation that may have run (`running`:
+//!   marked interrupted, never started again) from one that provably never did (`queued`).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -117,6 +120,11 @@ pub struct OperationActor {
     eta: EtaEstimator,
     /// The status changed since the last successful write.
     dirty: bool,
+    /// Counts changes to write; `persisted_version` is the newest count a committed write held.
+    version: u64,
+    persisted_version: u64,
+    /// The runner starts once this version (the one saying `running`) is written.
+    launch_after: Option<u64>,
     /// Lines not yet confirmed written, oldest first (all lines after `persisted_log_offset`).
     unpersisted: VecDeque<LogLine>,
     /// The last `RECENT_LINES` lines.
@@ -162,6 +170,9 @@ impl OperationActor {
             announce_created,
             eta: EtaEstimator::default(),
             dirty: false,
+            version: 0,
+            persisted_version: 0,
+            launch_after: None,
             unpersisted: VecDeque::new(),
             recent: VecDeque::new(),
             persisted_log_offset: persisted,
@@ -250,6 +261,12 @@ impl OperationActor {
         }
     }
 
+    /// Something to write changed.
+    fn touch(&mut self) {
+        self.dirty = true;
+        self.version += 1;
+    }
+
     fn apply(&mut self, u: &Update) -> Result<(), Refusal> {
         let now = now_millis();
         let before = self.op.status;
@@ -258,7 +275,7 @@ impl OperationActor {
             self.op.eta_seconds = self.eta.observe(now, self.op.progress);
         }
         if changed.any {
-            self.dirty = true;
+            self.touch();
             let lifecycle = (before == Status::Queued && self.op.status == Status::Running)
                 .then_some("operation.started");
             self.announce(lifecycle, changed.stage);
@@ -304,7 +321,7 @@ impl OperationActor {
             }
         }
         self.unpersisted.push_back(entry);
-        self.dirty = true;
+        self.touch();
     }
 
     /// Moves to a terminal state (ignored if already terminal), stops the runner, and writes
@@ -335,7 +352,7 @@ impl OperationActor {
         }
         self.demo.clear();
         self.terminal_pending = true;
-        self.dirty = true;
+        self.touch();
         log::info!(
             "operation {} ({} on {}) {}",
             self.op.id,
@@ -368,6 +385,7 @@ impl OperationActor {
             .collect();
         let upto = self.unpersisted.back().map(|l| l.offset);
         let wrote_terminal = self.op.status.is_terminal();
+        let version = self.version;
         self.cx
             .writer
             .save(row, logs)
@@ -377,6 +395,7 @@ impl OperationActor {
                 match res {
                     Ok(()) => {
                         act.failed_flushes = 0;
+                        act.persisted_version = act.persisted_version.max(version);
                         if let Some(upto) = upto {
                             act.persisted_log_offset = upto;
                             while act.unpersisted.front().is_some_and(|l| l.offset <= upto) {
@@ -391,6 +410,12 @@ impl OperationActor {
                             }
                         }
                         act.settle_flush_waiters(ctx);
+                        act.maybe_launch(ctx);
+                        if act.launch_after.is_some() {
+                            // The start changed while this write ran: write it now, not at the
+                            // next tick.
+                            act.flush(ctx);
+                        }
                     }
                     Err(e) => {
                         act.dirty = true;
@@ -414,6 +439,21 @@ impl OperationActor {
                 }
             })
             .spawn(ctx);
+    }
+
+    /// Starts the runner once the row saying `running` is written.
+    fn maybe_launch(&mut self, ctx: &mut Context<Self>) {
+        let Some(v) = self.launch_after else {
+            return;
+        };
+        if self.persisted_version < v {
+            return;
+        }
+        self.launch_after = None;
+        // Cancelled (or finished) while the start was being written: nothing to run.
+        if self.op.status == Status::Running {
+            self.launch(ctx);
+        }
     }
 
     /// After a successful write: write again if more piled up while it ran, else release
@@ -578,18 +618,36 @@ impl OperationActor {
         if self.op.status.is_terminal() {
             return;
         }
+        if self.op.runner == RunnerKind::External {
+            // Queued until the worker's first report; the stall clock starts now.
+            self.last_report = Instant::now();
+            return;
+        }
+        if self.op.status == Status::Queued {
+            // Durable start: write `running` first and start the runner when that write has
+            // committed (`maybe_launch`). A crash before then leaves it `queued` with nothing
+            // started, so start-up may start it; a crash after leaves it `running`, so start-up
+            // marks it interrupted instead of running it a second time.
+            let _ = self.apply(&Update::default());
+            self.launch_after = Some(self.version);
+            self.flush(ctx);
+        } else if self.op.status == Status::Running {
+            // The manager inserted it as `running` (a free slot at start): already written.
+            self.announce(Some("operation.started"), false);
+            self.launch(ctx);
+        }
+    }
+
+    /// Starts the runner. Only called once `running` is written.
+    fn launch(&mut self, ctx: &mut Context<Self>) {
         match self.op.runner {
-            RunnerKind::External => {
-                // Queued until the worker's first report; the stall clock starts now.
-                self.last_report = Instant::now();
-            }
+            RunnerKind::External => {}
             RunnerKind::Demo => {
                 let fail_at = self.op.params.get("fail_at").and_then(Value::as_str);
                 self.demo = demo::script(fail_at).into();
                 if let Some(ms) = self.op.params.get("step_ms").and_then(Value::as_u64) {
                     self.demo_step = Duration::from_millis(ms);
                 }
-                let _ = self.apply(&Update::default());
                 self.schedule_demo(ctx);
             }
             RunnerKind::Command => {
@@ -604,7 +662,6 @@ impl OperationActor {
                             spawned.pgid
                         );
                         ctx.add_stream(spawned.output);
-                        let _ = self.apply(&Update::default());
                         if let Some(t) = self.kind.timeout {
                             ctx.run_later(t, move |act, ctx| {
                                 if !act.op.status.is_terminal() {
@@ -817,7 +874,9 @@ impl Handler<Interrupt> for OperationActor {
                 Status::Failed,
                 Some((
                     "interrupted",
-                    "the server stopped while this operation was running".to_string(),
+                    "the server stopped while this operation was running; it may have done part \
+                     of its work and was not started again"
+                        .to_string(),
                 )),
                 None,
             );
@@ -888,7 +947,7 @@ impl Handler<Cancel> for OperationActor {
         self.op
             .request_cancel(now_millis())
             .map_err(transition_refusal)?;
-        self.dirty = true;
+        self.touch();
         self.announce(Some("operation.cancelling"), false);
         log::info!("operation {}: cancel requested", self.op.id);
         match self.op.runner {

@@ -4,6 +4,7 @@ mod activities;
 mod auth;
 mod bench_smoke;
 mod chaos;
+mod crash;
 mod dashboard;
 mod health;
 mod helpers;
