@@ -18,6 +18,9 @@
 //! * A command or demo runner starts only after the row saying `running` (with its start time)
 //!   has committed: start-up recovery can then tell an operation that may have run (`running`:
 //!   marked interrupted, never started again) from one that provably never did (`queued`).
+//! * A report answered with success (a REST 2xx, or a reply to a `/ws` report with an `id`) is
+//!   answered only after the write holding its effect has committed; reports without an `id`
+//!   are fire-and-forget and reach the database with the next periodic write.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -123,6 +126,9 @@ pub struct OperationActor {
     /// Counts changes to write; `persisted_version` is the newest count a committed write held.
     version: u64,
     persisted_version: u64,
+    /// Reports waiting for the write that holds them: answered once `persisted_version` reaches
+    /// their version (or refused when that write fails).
+    ack_waiters: Vec<(u64, ReportReply)>,
     /// The runner starts once this version (the one saying `running`) is written.
     launch_after: Option<u64>,
     /// Lines not yet confirmed written, oldest first (all lines after `persisted_log_offset`).
@@ -172,6 +178,7 @@ impl OperationActor {
             dirty: false,
             version: 0,
             persisted_version: 0,
+            ack_waiters: Vec::new(),
             launch_after: None,
             unpersisted: VecDeque::new(),
             recent: VecDeque::new(),
@@ -410,15 +417,25 @@ impl OperationActor {
                             }
                         }
                         act.settle_flush_waiters(ctx);
+                        act.settle_acks();
                         act.maybe_launch(ctx);
-                        if act.launch_after.is_some() {
-                            // The start changed while this write ran: write it now, not at the
-                            // next tick.
+                        if !act.ack_waiters.is_empty() || act.launch_after.is_some() {
+                            // More arrived while this write ran: write it now, not at the next
+                            // tick (this is what group-commits a worker's stream of reports).
                             act.flush(ctx);
                         }
                     }
                     Err(e) => {
                         act.dirty = true;
+                        // Not known to be stored: say so now rather than hold the worker for
+                        // the outage. The report stays in memory and is written on a retry, so
+                        // sending it again may store it twice (at least once, never lost).
+                        for (_, reply) in act.ack_waiters.drain(..) {
+                            reply.answer(Err(Refusal::new(
+                                ErrorCode::DatabaseUnavailable,
+                                "the database is unreachable; the report was applied but is not stored yet",
+                            )));
+                        }
                         act.failed_flushes += 1;
                         let backoff = Duration::from_millis(250)
                             .saturating_mul(1 << act.failed_flushes.min(6))
@@ -439,6 +456,31 @@ impl OperationActor {
                 }
             })
             .spawn(ctx);
+    }
+
+    /// Answers the reports whose effect is now written.
+    fn settle_acks(&mut self) {
+        if self.ack_waiters.is_empty() {
+            return;
+        }
+        let written = self.persisted_version;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ack_waiters)
+            .into_iter()
+            .partition(|(v, _)| *v <= written);
+        self.ack_waiters = waiting;
+        for (_, reply) in done {
+            reply.answer(Ok(&self.op));
+        }
+    }
+
+    /// Answers a successful report once what it changed is written (at once if nothing is
+    /// left to write); a report nobody waits for is not held.
+    fn answer_when_written(&mut self, reply: ReportReply, ctx: &mut Context<Self>) {
+        if !reply.waits() || self.persisted_version >= self.version {
+            return reply.answer(Ok(&self.op));
+        }
+        self.ack_waiters.push((self.version, reply));
+        self.flush(ctx);
     }
 
     /// Starts the runner once the row saying `running` is written.
@@ -890,7 +932,7 @@ impl Handler<Report> for OperationActor {
     fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
         let Report { report, reply } = msg;
         match self.report(report, ctx) {
-            Ok(()) => reply.answer(Ok(&self.op)),
+            Ok(()) => self.answer_when_written(reply, ctx),
             Err(r) => reply.answer(Err(r)),
         }
     }

@@ -104,6 +104,13 @@ pub enum ReportReply {
 }
 
 impl ReportReply {
+    /// True when someone waits for the outcome: a REST call, or a `/ws` report with an `id`.
+    /// Those are answered with success only once the report is stored; a `/ws` report without
+    /// an `id` is fire-and-forget (answered only if refused).
+    pub fn waits(&self) -> bool {
+        !matches!(self, ReportReply::Session { request: None, .. })
+    }
+
     pub fn answer(self, result: Result<&Operation, Refusal>) {
         match self {
             ReportReply::Session { request: None, .. } if result.is_ok() => {}

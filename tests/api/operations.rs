@@ -679,6 +679,63 @@ async fn hundreds_of_reports_a_second_are_coalesced_into_few_writes() {
     assert!(writes < 40, "{writes} writes for 401 reports");
 }
 
+/// Reports answered only once stored still share transactions: 50 workers each sending 20
+/// log reports, every one waiting for its 2xx, cost far fewer transactions than reports (the
+/// writer commits every operation's waiting write together).
+#[tokio::test]
+async fn acknowledged_reports_from_many_workers_share_write_transactions() {
+    let kinds = Kinds::new();
+    let file = kinds.file();
+    let app = spawn_app_with(Backend::Sqlite, move |s| {
+        s.operations_file = Some(file);
+        // Periodic writes out of the way: every write here is one a 2xx waited for.
+        s.operation_flush_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let mut ids = Vec::new();
+    for w in 0..50 {
+        let op = start(&app, json!({"kind": "convert", "target": format!("w-{w}")})).await;
+        ids.push(op["id"].as_str().unwrap().to_string());
+    }
+    let before = app
+        .metric("switchyard_operation_write_transactions_total")
+        .await;
+    let began = std::time::Instant::now();
+    let workers = ids.iter().map(|id| {
+        let (http, url) = (
+            app.http.clone(),
+            app.url(&format!("/api/operations/{id}/logs")),
+        );
+        async move {
+            for n in 0..20 {
+                let res = http
+                    .post(&url)
+                    .json(&json!({"lines": [format!("line {n}")]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), 200);
+            }
+        }
+    });
+    futures_util::future::join_all(workers).await;
+    let elapsed = began.elapsed();
+    let transactions = app
+        .metric("switchyard_operation_write_transactions_total")
+        .await
+        - before;
+    eprintln!("1,000 acknowledged reports in {elapsed:?}, {transactions} transactions");
+    assert!(
+        transactions <= 250,
+        "1,000 acknowledged reports took {transactions} transactions"
+    );
+    // And each is stored.
+    let (_, logs) = app
+        .get(&format!("/api/operations/{}/logs?after=0", ids[49]))
+        .await;
+    assert_eq!(logs["lines"].as_array().unwrap().len(), 20);
+}
+
 // ---- dedupe --------------------------------------------------------------------------------
 
 async fn concurrent_starts_have_exactly_one_winner(backend: Backend) {
@@ -1530,10 +1587,13 @@ async fn a_database_outage_loses_no_operation_state() {
     worker
         .send(json!({"type": "operation.progress", "operation": id, "progress": 90, "stage": "finish"}))
         .await;
+    // An acknowledgement means stored: with the database gone, the worker is told its report
+    // is not stored yet (issue #13) instead of getting an answer that a crash would betray.
     let r = worker
         .request(json!({"type": "operation.complete", "operation": id, "result": {"ok": true}}))
         .await;
-    assert_eq!(r["operation"]["status"], "completed");
+    assert_eq!(r["type"], "error", "{r}");
+    assert_eq!(r["code"], "database_unavailable", "{r}");
     watcher
         .recv_where(|f| f["event"] == "operation.log" && f["data"]["offset"] == 20)
         .await;
