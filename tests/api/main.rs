@@ -5,6 +5,7 @@ mod auth;
 mod bench_smoke;
 mod chaos;
 mod dashboard;
+mod hardening;
 mod health;
 mod helpers;
 mod limits;
