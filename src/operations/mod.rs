@@ -6,6 +6,7 @@
 //! whatever order reports arrive in.
 
 pub mod config;
+mod pattern_risk;
 pub mod runner;
 
 use std::collections::VecDeque;
