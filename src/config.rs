@@ -116,6 +116,12 @@ pub struct Settings {
     pub operation_prune_days: u64,
     /// At most one status write per operation per this interval (`SWITCHYARD_OPERATION_FLUSH_MS`).
     pub operation_flush_interval: Duration,
+    /// Stages a status object lists at most, declared ones included; a report naming one more
+    /// is refused (`SWITCHYARD_OPERATION_MAX_STAGES`).
+    pub operation_max_stages: usize,
+    /// Largest `result` an operation completes with, as JSON
+    /// (`SWITCHYARD_OPERATION_MAX_RESULT_BYTES`).
+    pub operation_max_result_bytes: usize,
     /// Log lines replayed to a joining watcher before it must page the rest over REST
     /// (`SWITCHYARD_LOG_REPLAY_MAX`).
     pub log_replay_max: usize,
@@ -178,6 +184,8 @@ impl Default for Settings {
             operation_retention: Duration::from_secs(300),
             operation_prune_days: 30,
             operation_flush_interval: Duration::from_millis(250),
+            operation_max_stages: 32,
+            operation_max_result_bytes: 64 * 1024,
             log_replay_max: 1_000,
             allowed_origins: Vec::new(),
             sio_ping_interval: Duration::from_millis(25_000),
@@ -296,6 +304,20 @@ impl Settings {
             "SWITCHYARD_OPERATION_FLUSH_MS",
             10,
             &mut s.operation_flush_interval,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_MAX_STAGES",
+            1,
+            10_000,
+            &mut s.operation_max_stages,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_MAX_RESULT_BYTES",
+            2,
+            64 << 20,
+            &mut s.operation_max_result_bytes,
         )?;
         num(
             &get,

@@ -250,10 +250,19 @@ impl OperationActor {
         }
     }
 
+    /// What reports may make this operation's status object hold (from the settings).
+    fn status_limits(&self) -> crate::operations::StatusLimits {
+        crate::operations::StatusLimits {
+            max_stages: self.cx.settings.operation_max_stages,
+            max_result_bytes: self.cx.settings.operation_max_result_bytes,
+        }
+    }
+
     fn apply(&mut self, u: &Update) -> Result<(), Refusal> {
         let now = now_millis();
         let before = self.op.status;
-        let changed = self.op.apply(u, now).map_err(transition_refusal)?;
+        let limits = self.status_limits();
+        let changed = self.op.apply(u, now, &limits).map_err(transition_refusal)?;
         if u.progress.is_some() || changed.stage {
             self.op.eta_seconds = self.eta.observe(now, self.op.progress);
         }
@@ -736,6 +745,9 @@ fn transition_refusal(e: crate::operations::TransitionError) -> Refusal {
             format!("the operation is already {}", s.as_str()),
         ),
         crate::operations::TransitionError::Invalid(m) => Refusal::new(ErrorCode::InvalidField, m),
+        crate::operations::TransitionError::TooLarge(m) => {
+            Refusal::new(ErrorCode::PayloadTooLarge, m)
+        }
     }
 }
 
@@ -869,7 +881,14 @@ impl OperationActor {
                     self.add_log(&stream, line);
                 }
             }
-            WorkerReport::Complete(result) => self.finish(ctx, Status::Completed, None, result),
+            WorkerReport::Complete(result) => {
+                if let Some(r) = &result {
+                    self.status_limits()
+                        .check_result(r)
+                        .map_err(transition_refusal)?;
+                }
+                self.finish(ctx, Status::Completed, None, result)
+            }
             WorkerReport::Fail { code, message } => {
                 self.finish(ctx, Status::Failed, Some((&code, message)), None)
             }

@@ -1,0 +1,186 @@
+//! Bounds on what a client — a plain user, a worker token holder, a Socket.IO session that never
+//! connects — can make the server hold or do (issue #13, items 4-6).
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+// ---- operations: stages, messages, results, report rate --------------------------------------
+
+/// An operations file declaring one external kind.
+fn external_kind() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("operations.toml"),
+        "[kinds.convert]\nrunner = \"external\"\nstall_timeout_secs = 60\n",
+    )
+    .unwrap();
+    dir
+}
+
+/// A server with a secret and the external kind; a plain member starts an operation and gets
+/// its worker token. Returns the app, the operation id and the token.
+async fn started_by_a_plain_user(
+    dir: &tempfile::TempDir,
+    tweak: impl FnOnce(&mut switchyard::config::Settings),
+) -> (TestApp, String, String) {
+    let file = dir.path().join("operations.toml");
+    let app = spawn_app_with(Backend::Sqlite, move |s| {
+        s.jwt_secret = Some(SECRET.into());
+        s.operations_file = Some(file);
+        tweak(s);
+    })
+    .await;
+    let member = token("member", &["project:1"], &["project:1"], None);
+    let (s, op) = app
+        .post_auth(
+            "/api/operations",
+            &member,
+            json!({"kind": "convert", "target": "a", "project": "1"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    let worker_token = op["worker_token"].as_str().unwrap().to_string();
+    (app, id, worker_token)
+}
+
+/// A worker report over REST with the operation's token: status, `Retry-After`, body.
+async fn report(
+    app: &TestApp,
+    worker_token: &str,
+    id: &str,
+    what: &str,
+    body: Value,
+) -> (u16, Option<u64>, Value) {
+    let res = app
+        .http
+        .post(app.url(&format!("/api/operations/{id}/{what}")))
+        .header("x-worker-token", worker_token)
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    let status = res.status().as_u16();
+    let retry = retry_after(&res);
+    (status, retry, res.json().await.unwrap_or(Value::Null))
+}
+
+fn retry_after(res: &reqwest::Response) -> Option<u64> {
+    res.headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+}
+
+#[tokio::test]
+async fn a_worker_cannot_grow_the_status_object_past_its_bounds() {
+    // The attack: 200 reports each naming a new stage made every status object (carried by
+    // every operation event and kept in history) 10 MB, and the server 3 GB.
+    let dir = external_kind();
+    let (app, id, worker_token) =
+        started_by_a_plain_user(&dir, |s| s.operation_max_stages = 8).await;
+    let mut refused = 0;
+    for i in 0..200 {
+        let stage = format!("stage-{i:03}-{}", "x".repeat(100));
+        let (s, _, b) = report(
+            &app,
+            &worker_token,
+            &id,
+            "progress",
+            json!({"stage": stage}),
+        )
+        .await;
+        if i < 8 {
+            assert_eq!(s, 200, "stage {i}: {b}");
+        } else {
+            assert_eq!(
+                (s, b["error"].as_str()),
+                (413, Some("payload_too_large")),
+                "stage {i}: {b}"
+            );
+            refused += 1;
+        }
+    }
+    assert_eq!(refused, 192);
+    // A listed stage may still be entered, and progress still moves.
+    let (s, _, b) = report(
+        &app,
+        &worker_token,
+        &id,
+        "progress",
+        json!({"stage": format!("stage-002-{}", "x".repeat(100)), "progress": 40}),
+    )
+    .await;
+    assert_eq!((s, b["progress"].as_f64()), (200, Some(40.0)), "{b}");
+    let member = token("member", &["project:1"], &["project:1"], None);
+    let (_, status) = app
+        .get_auth(&format!("/api/operations/{id}"), &member)
+        .await;
+    assert_eq!(status["stages"].as_array().map(Vec::len), Some(8));
+    let size = status.to_string().len();
+    assert!(size < 4_096, "the status object stays small: {size} bytes");
+
+    // Over-long stage names and messages are refused, whatever the count.
+    let (s, _, b) = report(
+        &app,
+        &worker_token,
+        &id,
+        "progress",
+        json!({"stage": "s".repeat(129)}),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_field")),
+        "{b}"
+    );
+    let (s, _, b) = report(
+        &app,
+        &worker_token,
+        &id,
+        "progress",
+        json!({"message": "m".repeat(4_097)}),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (400, Some("invalid_field")),
+        "{b}"
+    );
+
+    // Over /ws the same bound answers with an error frame.
+    let mut w = WsClient::connect(&app.ws_url(), Some(&member)).await;
+    let r = w
+        .request(json!({"type": "operation.progress", "operation": id, "stage": "one-too-many", "worker_token": worker_token}))
+        .await;
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("payload_too_large")),
+        "{r}"
+    );
+
+    // A result over its bound is refused and the operation stays open for a smaller one.
+    let (s, _, b) = report(
+        &app,
+        &worker_token,
+        &id,
+        "complete",
+        json!({"result": {"blob": "r".repeat(70_000)}}),
+    )
+    .await;
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (413, Some("payload_too_large")),
+        "{b}"
+    );
+    let (s, _, b) = report(
+        &app,
+        &worker_token,
+        &id,
+        "complete",
+        json!({"result": {"url": "/out/a"}}),
+    )
+    .await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("completed")), "{b}");
+}
