@@ -122,6 +122,9 @@ pub struct Settings {
     /// Largest `result` an operation completes with, as JSON
     /// (`SWITCHYARD_OPERATION_MAX_RESULT_BYTES`).
     pub operation_max_result_bytes: usize,
+    /// Worker reports a second per operation, burst twice that; 0: no limit
+    /// (`SWITCHYARD_OPERATION_REPORT_RATE`).
+    pub operation_report_rate: u32,
     /// Log lines replayed to a joining watcher before it must page the rest over REST
     /// (`SWITCHYARD_LOG_REPLAY_MAX`).
     pub log_replay_max: usize,
@@ -186,6 +189,7 @@ impl Default for Settings {
             operation_flush_interval: Duration::from_millis(250),
             operation_max_stages: 32,
             operation_max_result_bytes: 64 * 1024,
+            operation_report_rate: 1_000,
             log_replay_max: 1_000,
             allowed_origins: Vec::new(),
             sio_ping_interval: Duration::from_millis(25_000),
@@ -318,6 +322,13 @@ impl Settings {
             2,
             64 << 20,
             &mut s.operation_max_result_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_REPORT_RATE",
+            0,
+            10_000_000,
+            &mut s.operation_report_rate,
         )?;
         num(
             &get,

@@ -130,6 +130,9 @@ pub struct OperationActor {
     stderr_tail: VecDeque<String>,
     /// Last sign of life from an external worker.
     last_report: Instant,
+    /// Worker reports allowed (`SWITCHYARD_OPERATION_REPORT_RATE`): every report is a status
+    /// event fanned out to watchers and a database write, whoever holds the worker token.
+    reports: crate::limits::TokenBucket,
     /// Terminal state set but not yet written; its event waits for the write.
     terminal_pending: bool,
     /// Terminal event published.
@@ -154,6 +157,7 @@ impl OperationActor {
         announce_created: bool,
     ) -> Self {
         let persisted = op.log_offset;
+        let report_rate = f64::from(cx.settings.operation_report_rate);
         Self {
             op,
             kind,
@@ -171,6 +175,7 @@ impl OperationActor {
             pgid: None,
             stderr_tail: VecDeque::new(),
             last_report: Instant::now(),
+            reports: crate::limits::TokenBucket::new(report_rate, report_rate * 2.0),
             terminal_pending: false,
             announced: false,
             deferred_watches: Vec::new(),
@@ -864,6 +869,15 @@ impl OperationActor {
         if self.op.status.is_terminal() {
             return Err(transition_refusal(
                 crate::operations::TransitionError::Finished(self.op.status),
+            ));
+        }
+        if let Err(wait) = self.reports.take() {
+            return Err(Refusal::rate_limited(
+                format!(
+                    "operation {} takes at most {} reports a second",
+                    self.op.id, self.cx.settings.operation_report_rate
+                ),
+                wait,
             ));
         }
         self.last_report = Instant::now();

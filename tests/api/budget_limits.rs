@@ -184,3 +184,93 @@ async fn a_worker_cannot_grow_the_status_object_past_its_bounds() {
     .await;
     assert_eq!((s, b["status"].as_str()), (200, Some("completed")), "{b}");
 }
+
+#[tokio::test]
+async fn worker_reports_are_rate_limited_per_operation_with_retry_after() {
+    let dir = external_kind();
+    let (app, id, worker_token) =
+        started_by_a_plain_user(&dir, |s| s.operation_report_rate = 5).await; // burst 10
+    let (mut ok, mut limited) = (0, 0);
+    for i in 0..30 {
+        let (s, retry, b) =
+            report(&app, &worker_token, &id, "progress", json!({"progress": i})).await;
+        match s {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(b["error"], "rate_limited", "{b}");
+                assert!(
+                    retry.is_some_and(|r| (1..=2).contains(&r)),
+                    "Retry-After in whole seconds from the bucket: {retry:?}"
+                );
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {b}"),
+        }
+    }
+    assert!(
+        (10..=13).contains(&ok),
+        "about the burst gets through: {ok}"
+    );
+    assert_eq!(ok + limited, 30);
+}
+
+// ---- publishes: one per-user budget for REST, /ws and Socket.IO ------------------------------
+
+#[tokio::test]
+async fn rest_publishes_share_the_users_budget_and_say_when_to_retry() {
+    // The attack: 6,000 REST publishes a second from one plain user, all 200, while `/ws`
+    // refused after 200.
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.jwt_secret = Some(SECRET.into());
+        s.user_publish_rate = 5; // burst 10
+    })
+    .await;
+    let plain = token("plain", &["r"], &["r"], None);
+    let (mut ok, mut limited) = (0, 0);
+    for i in 0..30 {
+        let res = app
+            .http
+            .post(app.url("/api/rooms/r/publish"))
+            .bearer_auth(&plain)
+            .json(&json!({"event": "e", "data": i}))
+            .send()
+            .await
+            .unwrap();
+        match res.status().as_u16() {
+            200 => ok += 1,
+            429 => {
+                let retry = retry_after(&res);
+                assert!(
+                    retry.is_some_and(|r| (1..=2).contains(&r)),
+                    "Retry-After: {retry:?}"
+                );
+                let body: Value = res.json().await.unwrap();
+                assert_eq!(body["error"], "rate_limited", "{body}");
+                limited += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert!(
+        (10..=13).contains(&ok),
+        "about the burst gets through: {ok}"
+    );
+    assert_eq!(ok + limited, 30);
+    // The same user over /ws finds the budget spent.
+    let mut ws = WsClient::connect(&app.ws_url(), Some(&plain)).await;
+    ws.join("r").await;
+    let r = ws
+        .request(json!({"type": "publish", "room": "r", "event": "e", "data": 1}))
+        .await;
+    assert_eq!(r["code"], "rate_limited", "{r}");
+    // Another user is unaffected.
+    let other = token("other", &["r"], &["r"], None);
+    let (s, _) = app
+        .post_auth("/api/rooms/r/publish", &other, json!({"event": "e"}))
+        .await;
+    assert_eq!(s, 200);
+    assert!(app.metrics_text().await.contains(&format!(
+        "switchyard_refusals_total{{code=\"rate_limited\"}} {}",
+        limited + 1
+    )));
+}
