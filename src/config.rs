@@ -70,6 +70,12 @@ pub struct Settings {
     pub history_size: usize,
     /// How long a room keeps a message for resume (`SWITCHYARD_HISTORY_TTL_SECS`).
     pub history_ttl: Duration,
+    /// Bytes of history one room keeps; the oldest messages go first
+    /// (`SWITCHYARD_HISTORY_MAX_BYTES`).
+    pub history_max_bytes: usize,
+    /// Bytes of history all rooms keep together; past it, rooms drop their oldest messages
+    /// (`SWITCHYARD_HISTORY_TOTAL_MAX_BYTES`; see `Room::trim_history`).
+    pub history_total_max_bytes: usize,
     /// Most users listed in a join answer's `presence` (`SWITCHYARD_PRESENCE_LIST_MAX`); the
     /// answer's `presence_count` always has the total.
     pub presence_list_max: usize,
@@ -168,6 +174,8 @@ impl Default for Settings {
             heartbeat_timeout: Duration::from_millis(60_000),
             history_size: 100,
             history_ttl: Duration::from_secs(300),
+            history_max_bytes: 1 << 20,
+            history_total_max_bytes: 256 << 20,
             presence_list_max: 1000,
             jwt_secret: None,
             allow_insecure: false,
@@ -270,6 +278,20 @@ impl Settings {
             &mut ttl,
         )?;
         s.history_ttl = Duration::from_secs(ttl);
+        num(
+            &get,
+            "SWITCHYARD_HISTORY_MAX_BYTES",
+            0,
+            1 << 30,
+            &mut s.history_max_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_HISTORY_TOTAL_MAX_BYTES",
+            0,
+            1 << 40,
+            &mut s.history_total_max_bytes,
+        )?;
         num(
             &get,
             "SWITCHYARD_PRESENCE_LIST_MAX",

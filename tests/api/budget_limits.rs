@@ -274,3 +274,90 @@ async fn rest_publishes_share_the_users_budget_and_say_when_to_retry() {
         limited + 1
     )));
 }
+
+// ---- room history: bytes per room and in total ------------------------------------------------
+
+#[tokio::test]
+async fn room_history_is_bounded_in_bytes_per_room_and_in_total() {
+    // The attack: 2,000 publishes pinned 842 MB of history (bounded by count and age only).
+    const PER_ROOM: usize = 256 * 1024;
+    const TOTAL: usize = 1024 * 1024;
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.history_max_bytes = PER_ROOM;
+        s.history_total_max_bytes = TOTAL;
+        // Rooms check their history every 5 s (a quarter of this); nothing expires meanwhile.
+        s.history_ttl = std::time::Duration::from_secs(20);
+        s.user_publish_rate = 0;
+    })
+    .await;
+    let publish = |room: &str, i: usize, pad: usize| {
+        let req = app
+            .http
+            .post(app.url(&format!("/api/rooms/{room}/publish")))
+            .json(&json!({"event": "big", "data": {"i": i, "pad": "x".repeat(pad)}}));
+        async move {
+            let res = req.send().await.expect("POST");
+            assert_eq!(res.status(), 200);
+        }
+    };
+    let app = &app;
+    let last_kept = |room: &str| {
+        let url = format!("/api/rooms/{room}/history?after=0");
+        async move {
+            let (_, page) = app.get(&url).await;
+            page["messages"]
+                .as_array()
+                .and_then(|m| m.last())
+                .and_then(|m| m["offset"].as_u64())
+        }
+    };
+    // One room: 40 messages of ~120 KB kept (data and its encoding) would be ~4.8 MB.
+    for i in 1..=40 {
+        publish("one", i, 60_000).await;
+    }
+    let held = app.metric("switchyard_history_bytes").await as usize;
+    assert!(
+        held <= PER_ROOM && held > 0,
+        "one room keeps at most its bound: {held}"
+    );
+    // The newest messages are the ones kept; older ones cannot be resumed from.
+    let (_, page) = app.get("/api/rooms/one/history?after=0").await;
+    assert_eq!(page["complete"], false, "trimmed: {page}");
+    assert_eq!(last_kept("one").await, Some(40));
+    let mut c = app.ws_as("late").await;
+    let epoch = page["epoch"].as_str().unwrap();
+    let r = c
+        .request(json!({"type": "join", "room": "one", "since": {"epoch": epoch, "offset": 1}}))
+        .await;
+    assert_eq!(r["recovered"], false, "{r}");
+
+    // Many rooms: the total stays under its bound however many rooms hold history.
+    for room in 0..12 {
+        for i in 1..=6 {
+            publish(&format!("many-{room}"), i, 10_000).await;
+        }
+        let held = app.metric("switchyard_history_bytes").await as usize;
+        assert!(
+            held <= TOTAL,
+            "all rooms together keep at most the total: {held}"
+        );
+    }
+    // A room that starts publishing once the budget is full keeps its messages again as soon
+    // as the rooms that filled it have been trimmed to an even share (their periodic check).
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let mut n = 0;
+    loop {
+        n += 1;
+        publish("fresh", n, 10_000).await;
+        if last_kept("fresh").await == Some(n as u64) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a fresh room never kept its messages"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let held = app.metric("switchyard_history_bytes").await as usize;
+    assert!(held <= TOTAL, "{held}");
+}
