@@ -1,7 +1,9 @@
 //! Bounds on what a client — a plain user, a worker token holder, a Socket.IO session that never
 //! connects — can make the server hold or do (issue #13, items 4-6).
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::helpers::*;
 
@@ -360,4 +362,142 @@ async fn room_history_is_bounded_in_bytes_per_room_and_in_total() {
     }
     let held = app.metric("switchyard_history_bytes").await as usize;
     assert!(held <= TOTAL, "{held}");
+}
+
+// ---- Socket.IO: attachments only after CONNECT, at most maxPayload -----------------------------
+
+type RawWs =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A Socket.IO session over a WebSocket from the start, after its open packet.
+async fn sio_websocket(app: &TestApp) -> RawWs {
+    let url = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
+        app.port
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("connect");
+    let open = next_text(&mut ws).await.expect("open packet");
+    assert!(open.starts_with('0'), "{open}");
+    ws
+}
+
+/// The next text frame, or `None` once the connection has closed (its close code if any is
+/// returned through `Err`).
+async fn next_text(ws: &mut RawWs) -> Result<String, Option<u16>> {
+    loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame or the close in time")
+        {
+            Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
+            Some(Ok(Message::Close(f))) => return Err(f.map(|f| u16::from(f.code))),
+            None | Some(Err(_)) => return Err(None),
+            Some(Ok(_)) => {}
+        }
+    }
+}
+
+/// Reads until the server closes the connection; its close code.
+async fn close_code(ws: &mut RawWs) -> Option<u16> {
+    loop {
+        if let Err(code) = next_text(ws).await {
+            return code;
+        }
+    }
+}
+
+/// A binary event with `n` attachments, for namespace `/`.
+fn binary_event(n: usize) -> String {
+    let placeholders: Vec<Value> = (0..n)
+        .map(|i| json!({"_placeholder": true, "num": i}))
+        .collect();
+    format!(
+        "45{n}-{}",
+        json!(["publish", {"room": "r", "event": "e", "data": placeholders}])
+    )
+}
+
+#[tokio::test]
+async fn a_socket_io_session_that_never_connects_cannot_hold_attachments() {
+    // The attack: 60 sessions that never sent CONNECT held 714 MB of partial attachments
+    // (16 attachments of maxPayload each, the last never sent); an address may open 2,000.
+    let app = spawn_app().await;
+    let mut ws = sio_websocket(&app).await;
+    ws.send(Message::text(binary_event(16))).await.unwrap();
+    // Refused at the packet header: the attachments that would follow are never held.
+    assert_eq!(close_code(&mut ws).await, Some(1002));
+
+    // Over long-polling too: the session ends at the header.
+    let (_, open) = get_text(&app, "EIO=4&transport=polling").await;
+    let hs: Value = serde_json::from_str(&open[1..]).unwrap();
+    let sid = hs["sid"].as_str().unwrap();
+    let url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
+    let res = app
+        .http
+        .post(&url)
+        .body(binary_event(16))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let res = tokio::time::timeout(WAIT, app.http.get(&url).send())
+        .await
+        .expect("answered, not held until the next ping")
+        .unwrap();
+    let status = res.status().as_u16();
+    let body = res.text().await.unwrap();
+    assert!(
+        status == 400 || body == "1",
+        "the session is gone: {status} {body}"
+    );
+}
+
+#[tokio::test]
+async fn a_connected_socket_io_session_holds_at_most_max_payload_of_attachments() {
+    let app = spawn_app_with(Backend::Sqlite, |s| s.sio_max_payload = 64 * 1024).await;
+    let mut ws = sio_websocket(&app).await;
+    ws.send(Message::text("40")).await.unwrap();
+    let connected = next_text(&mut ws).await.expect("CONNECT answer");
+    assert!(connected.starts_with("40"), "{connected}");
+    // Attachments that fit together are fine.
+    let mut ok = sio_websocket(&app).await;
+    ok.send(Message::text("40")).await.unwrap();
+    next_text(&mut ok).await.expect("CONNECT answer");
+    ok.send(Message::text(format!(
+        "42{}",
+        json!(["join", {"room": "r"}])
+    )))
+    .await
+    .unwrap();
+    ok.send(Message::text(binary_event(2))).await.unwrap();
+    for _ in 0..2 {
+        ok.send(Message::binary(vec![7u8; 20_000])).await.unwrap();
+    }
+    // Each 40 KB: the second one takes the packet over 64 KiB.
+    ws.send(Message::text(binary_event(16))).await.unwrap();
+    for _ in 0..15 {
+        if ws.send(Message::binary(vec![7u8; 40_000])).await.is_err() {
+            break;
+        }
+    }
+    assert_eq!(close_code(&mut ws).await, Some(1009));
+    // The other session is unaffected: its publish came back to it, with both attachments.
+    loop {
+        let text = next_text(&mut ok).await.expect("still open");
+        if text.starts_with("452-") {
+            break;
+        }
+    }
+}
+
+async fn get_text(app: &TestApp, query: &str) -> (u16, String) {
+    let res = app
+        .http
+        .get(app.url(&format!("/socket.io/?{query}")))
+        .send()
+        .await
+        .unwrap();
+    (res.status().as_u16(), res.text().await.unwrap())
 }
