@@ -265,15 +265,37 @@ async fn rest_publishes_share_the_users_budget_and_say_when_to_retry() {
         .request(json!({"type": "publish", "room": "r", "event": "e", "data": 1}))
         .await;
     assert_eq!(r["code"], "rate_limited", "{r}");
+    // And over Socket.IO.
+    let mut sio = sio_websocket(&app).await;
+    sio.send(Message::text(format!("40{}", json!({"token": plain}))))
+        .await
+        .unwrap();
+    let connected = next_text(&mut sio).await.expect("CONNECT answer");
+    assert!(connected.starts_with("40{"), "{connected}");
+    sio.send(Message::text(format!(
+        "420{}",
+        json!(["join", {"room": "r"}])
+    )))
+    .await
+    .unwrap();
+    assert!(next_text(&mut sio).await.unwrap().starts_with("430"));
+    let publish = json!(["publish", {"room": "r", "event": "e", "data": 1}]);
+    sio.send(Message::text(format!("421{publish}")))
+        .await
+        .unwrap();
+    let ack = next_text(&mut sio).await.expect("publish ack");
+    let ack: Value = serde_json::from_str(ack.strip_prefix("431").expect("ack 1")).unwrap();
+    assert_eq!(ack[0]["error"]["code"], "rate_limited", "{ack}");
     // Another user is unaffected.
     let other = token("other", &["r"], &["r"], None);
     let (s, _) = app
         .post_auth("/api/rooms/r/publish", &other, json!({"event": "e"}))
         .await;
     assert_eq!(s, 200);
+    // Every refusal is counted: the REST 429s, the `/ws` one and the Socket.IO one.
     assert!(app.metrics_text().await.contains(&format!(
         "switchyard_refusals_total{{code=\"rate_limited\"}} {}",
-        limited + 1
+        limited + 2
     )));
 }
 
