@@ -33,6 +33,10 @@ pub struct Claims {
     /// Expiry, seconds since the epoch. Checked when present.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<u64>,
+    /// Not before, seconds since the epoch: a token issued for later is refused until then.
+    /// Checked when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -174,6 +178,9 @@ impl Authenticator {
             let mut validation = Validation::new(Algorithm::HS256);
             // `exp` is checked when present; tokens for long-lived services may omit it.
             validation.required_spec_claims.clear();
+            // `nbf` too (jsonwebtoken leaves it unchecked by default): a token minted for later
+            // must not open a session now.
+            validation.validate_nbf = true;
             validation.leeway = 5;
             Arc::new(Keys {
                 decoding: DecodingKey::from_secret(s.as_bytes()),
@@ -209,6 +216,10 @@ impl Authenticator {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
                     Err(Refusal::new(ErrorCode::TokenExpired, "token has expired"))
                 }
+                jsonwebtoken::errors::ErrorKind::ImmatureSignature => Err(Refusal::new(
+                    ErrorCode::InvalidToken,
+                    "token is not valid yet (`nbf` is in the future)",
+                )),
                 // Never echo the token or the library's detail (it can quote claims).
                 _ => Err(Refusal::new(ErrorCode::InvalidToken, "token is not valid")),
             },
@@ -313,6 +324,27 @@ mod tests {
             auth.verify(&token).unwrap_err().code,
             ErrorCode::TokenExpired
         );
+
+        // Minted for an hour from now: refused until then (past the 5 s leeway).
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let early = Claims {
+            nbf: Some(now + 3600),
+            ..claims.clone()
+        };
+        let token = sign("secret-for-tests", &early).unwrap();
+        let err = auth.verify(&token).unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidToken);
+        assert!(err.message.contains("nbf"), "{}", err.message);
+        let due = Claims {
+            nbf: Some(now - 10),
+            ..claims.clone()
+        };
+        assert!(auth
+            .verify(&sign("secret-for-tests", &due).unwrap())
+            .is_ok());
 
         let forged = sign("other-secret", &claims).unwrap();
         let err = auth.verify(&forged).unwrap_err();

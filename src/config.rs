@@ -70,6 +70,12 @@ pub struct Settings {
     pub history_size: usize,
     /// How long a room keeps a message for resume (`SWITCHYARD_HISTORY_TTL_SECS`).
     pub history_ttl: Duration,
+    /// Bytes of history one room keeps; the oldest messages go first
+    /// (`SWITCHYARD_HISTORY_MAX_BYTES`).
+    pub history_max_bytes: usize,
+    /// Bytes of history all rooms keep together; past it, rooms drop their oldest messages
+    /// (`SWITCHYARD_HISTORY_TOTAL_MAX_BYTES`; see `Room::trim_history`).
+    pub history_total_max_bytes: usize,
     /// Most users listed in a join answer's `presence` (`SWITCHYARD_PRESENCE_LIST_MAX`); the
     /// answer's `presence_count` always has the total.
     pub presence_list_max: usize,
@@ -116,6 +122,15 @@ pub struct Settings {
     pub operation_prune_days: u64,
     /// At most one status write per operation per this interval (`SWITCHYARD_OPERATION_FLUSH_MS`).
     pub operation_flush_interval: Duration,
+    /// Stages a status object lists at most, declared ones included; a report naming one more
+    /// is refused (`SWITCHYARD_OPERATION_MAX_STAGES`).
+    pub operation_max_stages: usize,
+    /// Largest `result` an operation completes with, as JSON
+    /// (`SWITCHYARD_OPERATION_MAX_RESULT_BYTES`).
+    pub operation_max_result_bytes: usize,
+    /// Worker reports a second per operation, burst twice that; 0: no limit
+    /// (`SWITCHYARD_OPERATION_REPORT_RATE`).
+    pub operation_report_rate: u32,
     /// Log lines replayed to a joining watcher before it must page the rest over REST
     /// (`SWITCHYARD_LOG_REPLAY_MAX`).
     pub log_replay_max: usize,
@@ -159,6 +174,8 @@ impl Default for Settings {
             heartbeat_timeout: Duration::from_millis(60_000),
             history_size: 100,
             history_ttl: Duration::from_secs(300),
+            history_max_bytes: 1 << 20,
+            history_total_max_bytes: 256 << 20,
             presence_list_max: 1000,
             jwt_secret: None,
             allow_insecure: false,
@@ -178,6 +195,9 @@ impl Default for Settings {
             operation_retention: Duration::from_secs(300),
             operation_prune_days: 30,
             operation_flush_interval: Duration::from_millis(250),
+            operation_max_stages: 32,
+            operation_max_result_bytes: 64 * 1024,
+            operation_report_rate: 1_000,
             log_replay_max: 1_000,
             allowed_origins: Vec::new(),
             sio_ping_interval: Duration::from_millis(25_000),
@@ -260,6 +280,20 @@ impl Settings {
         s.history_ttl = Duration::from_secs(ttl);
         num(
             &get,
+            "SWITCHYARD_HISTORY_MAX_BYTES",
+            0,
+            1 << 30,
+            &mut s.history_max_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_HISTORY_TOTAL_MAX_BYTES",
+            0,
+            1 << 40,
+            &mut s.history_total_max_bytes,
+        )?;
+        num(
+            &get,
             "SWITCHYARD_PRESENCE_LIST_MAX",
             0,
             1_000_000,
@@ -296,6 +330,27 @@ impl Settings {
             "SWITCHYARD_OPERATION_FLUSH_MS",
             10,
             &mut s.operation_flush_interval,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_MAX_STAGES",
+            1,
+            10_000,
+            &mut s.operation_max_stages,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_MAX_RESULT_BYTES",
+            2,
+            64 << 20,
+            &mut s.operation_max_result_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_REPORT_RATE",
+            0,
+            10_000_000,
+            &mut s.operation_report_rate,
         )?;
         num(
             &get,

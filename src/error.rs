@@ -158,6 +158,8 @@ impl std::fmt::Display for ErrorCode {
 pub struct Refusal {
     pub code: ErrorCode,
     pub message: String,
+    /// When to try again (a rate limit): HTTP answers carry it as `Retry-After`.
+    pub retry_after: Option<std::time::Duration>,
 }
 
 impl Refusal {
@@ -165,6 +167,15 @@ impl Refusal {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// `rate_limited`, with the time until the bucket has a token again.
+    pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
+        Self {
+            retry_after: Some(retry_after),
+            ..Self::new(ErrorCode::RateLimited, message)
         }
     }
 }
@@ -230,7 +241,17 @@ impl ResponseError for AppError {
                 "internal server error".to_string()
             }
         };
-        let mut res = HttpResponse::build(self.status_code()).json(ErrorBody {
+        let mut res = HttpResponse::build(self.status_code());
+        if let Self::Refused(Refusal {
+            retry_after: Some(wait),
+            ..
+        }) = self
+        {
+            // Whole seconds, rounded up: a client that waits that long finds a token.
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            res.insert_header((actix_web::http::header::RETRY_AFTER, secs.max(1)));
+        }
+        let mut res = res.json(ErrorBody {
             error: self.code().as_str(),
             message: &message,
         });

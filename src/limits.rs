@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// A token bucket: `rate` tokens a second, at most `burst` saved up.
 #[derive(Debug, Clone)]
@@ -29,8 +29,13 @@ impl TokenBucket {
 
     /// Takes one token if there is one. A rate of 0 means unlimited.
     pub fn try_take(&mut self) -> bool {
+        self.take().is_ok()
+    }
+
+    /// Takes one token, or says how long until there is one (what a `Retry-After` says).
+    pub fn take(&mut self) -> Result<(), Duration> {
         if self.rate <= 0.0 {
-            return true;
+            return Ok(());
         }
         let now = Instant::now();
         let elapsed = now.duration_since(self.last).as_secs_f64();
@@ -38,9 +43,9 @@ impl TokenBucket {
         self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
-            true
+            Ok(())
         } else {
-            false
+            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
         }
     }
 
@@ -75,16 +80,24 @@ impl KeyedRate {
     }
 
     pub fn try_take(&self, key: &str) -> bool {
+        self.take(key).is_ok()
+    }
+
+    /// Takes one token from `key`'s bucket, or says how long until it has one.
+    pub fn take(&self, key: &str) -> Result<(), Duration> {
         if self.rate <= 0.0 {
-            return true;
+            return Ok(());
         }
         let mut map = lock(&self.buckets);
         if map.len() >= SWEEP_AT {
             map.retain(|_, b| !b.idle());
         }
+        if let Some(bucket) = map.get_mut(key) {
+            return bucket.take();
+        }
         map.entry(key.to_string())
             .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
-            .try_take()
+            .take()
     }
 }
 
@@ -172,6 +185,11 @@ mod tests {
         let mut b = TokenBucket::new(1.0, 3.0);
         assert!(b.try_take() && b.try_take() && b.try_take());
         assert!(!b.try_take());
+        let wait = b.take().unwrap_err();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_secs(1),
+            "{wait:?}"
+        );
         let mut unlimited = TokenBucket::new(0.0, 0.0);
         assert!((0..1000).all(|_| unlimited.try_take()));
     }

@@ -88,6 +88,7 @@ fn main() -> std::process::ExitCode {
                 publish,
                 role,
                 exp,
+                nbf: None,
             };
             match sign(&secret, &claims) {
                 Ok(t) => {

@@ -25,6 +25,11 @@ pub struct Metrics {
     pub polls_waiting: AtomicI64,
     /// Live room actors.
     pub rooms: AtomicI64,
+    /// Bytes of room history kept for resume, over all rooms (rooms add and remove their own;
+    /// bounded by `SWITCHYARD_HISTORY_TOTAL_MAX_BYTES`).
+    pub history_bytes: AtomicI64,
+    /// Rooms holding history (for the even share of `SWITCHYARD_HISTORY_TOTAL_MAX_BYTES`).
+    pub history_rooms: AtomicI64,
     /// Frames received from clients.
     pub messages_in: AtomicU64,
     /// Frames queued to clients (a broadcast to N members counts N).
@@ -64,6 +69,8 @@ impl Metrics {
             websockets: AtomicI64::new(0),
             polls_waiting: AtomicI64::new(0),
             rooms: AtomicI64::new(0),
+            history_bytes: AtomicI64::new(0),
+            history_rooms: AtomicI64::new(0),
             messages_in: AtomicU64::new(0),
             messages_out: AtomicU64::new(0),
             publishes: AtomicU64::new(0),
@@ -144,6 +151,12 @@ impl Metrics {
             "switchyard_rooms",
             "Live rooms.",
             self.rooms.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "switchyard_history_bytes",
+            "Bytes of room history kept for resume, over all rooms.",
+            self.history_bytes.load(Relaxed),
         );
         counter(
             &mut out,

@@ -100,6 +100,8 @@ impl Application {
             RoomLimits {
                 history_size: settings.history_size,
                 history_ttl: settings.history_ttl,
+                history_max_bytes: settings.history_max_bytes,
+                history_total_max_bytes: settings.history_total_max_bytes,
                 presence_list_max: settings.presence_list_max,
             },
             metrics.clone(),

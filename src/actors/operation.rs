@@ -144,6 +144,9 @@ pub struct OperationActor {
     stderr_tail: VecDeque<String>,
     /// Last sign of life from an external worker.
     last_report: Instant,
+    /// Worker reports allowed (`SWITCHYARD_OPERATION_REPORT_RATE`): every report is a status
+    /// event fanned out to watchers and a database write, whoever holds the worker token.
+    reports: crate::limits::TokenBucket,
     /// Terminal state set but not yet written; its event waits for the write.
     terminal_pending: bool,
     /// Terminal event published.
@@ -168,6 +171,7 @@ impl OperationActor {
         announce_created: bool,
     ) -> Self {
         let persisted = op.log_offset;
+        let report_rate = f64::from(cx.settings.operation_report_rate);
         Self {
             op,
             kind,
@@ -189,6 +193,7 @@ impl OperationActor {
             pgid: None,
             stderr_tail: VecDeque::new(),
             last_report: Instant::now(),
+            reports: crate::limits::TokenBucket::new(report_rate, report_rate * 2.0),
             terminal_pending: false,
             announced: false,
             deferred_watches: Vec::new(),
@@ -274,10 +279,19 @@ impl OperationActor {
         self.version += 1;
     }
 
+    /// What reports may make this operation's status object hold (from the settings).
+    fn status_limits(&self) -> crate::operations::StatusLimits {
+        crate::operations::StatusLimits {
+            max_stages: self.cx.settings.operation_max_stages,
+            max_result_bytes: self.cx.settings.operation_max_result_bytes,
+        }
+    }
+
     fn apply(&mut self, u: &Update) -> Result<(), Refusal> {
         let now = now_millis();
         let before = self.op.status;
-        let changed = self.op.apply(u, now).map_err(transition_refusal)?;
+        let limits = self.status_limits();
+        let changed = self.op.apply(u, now, &limits).map_err(transition_refusal)?;
         if u.progress.is_some() || changed.stage {
             self.op.eta_seconds = self.eta.observe(now, self.op.progress);
         }
@@ -835,6 +849,9 @@ fn transition_refusal(e: crate::operations::TransitionError) -> Refusal {
             format!("the operation is already {}", s.as_str()),
         ),
         crate::operations::TransitionError::Invalid(m) => Refusal::new(ErrorCode::InvalidField, m),
+        crate::operations::TransitionError::TooLarge(m) => {
+            Refusal::new(ErrorCode::PayloadTooLarge, m)
+        }
     }
 }
 
@@ -955,6 +972,15 @@ impl OperationActor {
                 crate::operations::TransitionError::Finished(self.op.status),
             ));
         }
+        if let Err(wait) = self.reports.take() {
+            return Err(Refusal::rate_limited(
+                format!(
+                    "operation {} takes at most {} reports a second",
+                    self.op.id, self.cx.settings.operation_report_rate
+                ),
+                wait,
+            ));
+        }
         self.last_report = Instant::now();
         self.cx
             .metrics
@@ -970,7 +996,14 @@ impl OperationActor {
                     self.add_log(&stream, line);
                 }
             }
-            WorkerReport::Complete(result) => self.finish(ctx, Status::Completed, None, result),
+            WorkerReport::Complete(result) => {
+                if let Some(r) = &result {
+                    self.status_limits()
+                        .check_result(r)
+                        .map_err(transition_refusal)?;
+                }
+                self.finish(ctx, Status::Completed, None, result)
+            }
             WorkerReport::Fail { code, message } => {
                 self.finish(ctx, Status::Failed, Some((&code, message)), None)
             }

@@ -150,6 +150,20 @@ struct Stored {
     attachments: Arc<[Bytes]>,
     /// The encoded native `message` frame.
     native: Bytes,
+    /// What keeping this message costs, as counted against the history byte bounds.
+    bytes: usize,
+}
+
+impl Stored {
+    /// The bytes a stored message holds: its parts, its encoding and its attachments, plus
+    /// the fixed cost of the entry (so a flood of empty messages is not free either).
+    fn cost(event: &str, data: &RawValue, native: &Bytes, attachments: &[Bytes]) -> usize {
+        std::mem::size_of::<Stored>()
+            + event.len()
+            + data.get().len()
+            + native.len()
+            + attachments.iter().map(Bytes::len).sum::<usize>()
+    }
 }
 
 /// Per-room settings, copied from `Settings` at creation.
@@ -157,6 +171,10 @@ struct Stored {
 pub struct RoomLimits {
     pub history_size: usize,
     pub history_ttl: Duration,
+    /// Bytes of history this room keeps (`Stored::bytes` summed).
+    pub history_max_bytes: usize,
+    /// Bytes of history all rooms keep together (`Metrics::history_bytes`).
+    pub history_total_max_bytes: usize,
     pub presence_list_max: usize,
 }
 
@@ -180,8 +198,13 @@ pub struct Room {
     epoch: Arc<str>,
     /// Offset of the last message; the next one gets `last_offset + 1`.
     last_offset: u64,
-    /// Oldest first; bounded by `limits.history_size` and `limits.history_ttl`.
+    /// Oldest first; bounded by `limits.history_size`, `limits.history_ttl`,
+    /// `limits.history_max_bytes`, and together with every other room's by
+    /// `limits.history_total_max_bytes`.
     history: VecDeque<Arc<Stored>>,
+    /// `Stored::bytes` of everything in `history`; always also counted in
+    /// `metrics.history_bytes` (the total over rooms), and taken out of it when it leaves.
+    history_bytes: usize,
     /// The last message published with `retain`, sent to joiners that do not resume.
     retained: Option<Arc<Stored>>,
     members: HashMap<SessionId, Member>,
@@ -227,6 +250,7 @@ impl Room {
             epoch,
             last_offset,
             history: VecDeque::new(),
+            history_bytes: 0,
             retained: None,
             members: HashMap::new(),
             presence: HashMap::new(),
@@ -242,13 +266,87 @@ impl Room {
         }
     }
 
+    fn keep(&mut self, m: Arc<Stored>) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.history.is_empty() {
+            self.metrics.history_rooms.fetch_add(1, Relaxed);
+        }
+        self.history_bytes += m.bytes;
+        self.metrics
+            .history_bytes
+            .fetch_add(m.bytes as i64, Relaxed);
+        self.history.push_back(m);
+    }
+
+    /// Drops the oldest message kept; false when there was none.
+    fn drop_oldest(&mut self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(m) = self.history.pop_front() else {
+            return false;
+        };
+        self.history_bytes -= m.bytes;
+        self.metrics
+            .history_bytes
+            .fetch_sub(m.bytes as i64, Relaxed);
+        if self.history.is_empty() {
+            self.metrics.history_rooms.fetch_sub(1, Relaxed);
+        }
+        true
+    }
+
+    /// Bytes of history kept by all rooms together.
+    fn total_history_bytes(&self) -> usize {
+        let total = self
+            .metrics
+            .history_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        usize::try_from(total).unwrap_or(0)
+    }
+
+    /// Half of an even share of the total bound: what a room keeps under pressure, so that
+    /// rooms which had to give up their history find room again.
+    fn pressed_share(&self) -> usize {
+        let rooms = self
+            .metrics
+            .history_rooms
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .max(1) as usize;
+        self.limits.history_total_max_bytes / 2 / rooms
+    }
+
+    /// Applies the history bounds, oldest first. A resume from before what is left is answered
+    /// `recovered: false`, as after any trim.
+    ///
+    /// The total bound is kept by whichever room adds to it, with two relaxed atomics on the
+    /// publish path (no lock, no list of rooms): a room that finds the total over the bound
+    /// first trims itself to half an even share, then drops its own oldest messages — its
+    /// newest too if need be — until the total is back under it. Rooms that filled the budget
+    /// before others came are trimmed on their periodic check (see `relieve_pressure`).
     fn trim_history(&mut self) {
         while self.history.len() > self.limits.history_size {
-            self.history.pop_front();
+            self.drop_oldest();
         }
         let ttl = self.limits.history_ttl;
         while self.history.front().is_some_and(|m| m.at.elapsed() > ttl) {
-            self.history.pop_front();
+            self.drop_oldest();
+        }
+        while self.history_bytes > self.limits.history_max_bytes && self.drop_oldest() {}
+        let total_max = self.limits.history_total_max_bytes;
+        if self.total_history_bytes() > total_max {
+            let share = self.pressed_share();
+            while self.history_bytes > share && self.drop_oldest() {}
+            while self.total_history_bytes() > total_max && self.drop_oldest() {}
+        }
+    }
+
+    /// On the periodic check: while the rooms together hold more than half the total bound,
+    /// each keeps at most half an even share, which leaves half the budget for rooms that
+    /// publish next (otherwise the rooms that filled it first would keep it until their
+    /// messages expire, and every other room's history would be dropped as soon as kept).
+    fn relieve_pressure(&mut self) {
+        if self.total_history_bytes() > self.limits.history_total_max_bytes / 2 {
+            let share = self.pressed_share();
+            while self.history_bytes > share && self.drop_oldest() {}
         }
     }
 
@@ -449,6 +547,7 @@ impl Room {
     }
 
     fn check_idle(&mut self) {
+        self.relieve_pressure();
         self.trim_history();
         if self.members.is_empty() && self.history.is_empty() {
             // The registry decides; we only report.
@@ -484,6 +583,9 @@ impl Actor for Room {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        // A room retires with an empty history, but one stopped otherwise (shutdown) still
+        // gives its bytes back to the total.
+        while self.drop_oldest() {}
         log::debug!("room {} retired at offset {}", self.name, self.last_offset);
     }
 }
@@ -684,6 +786,7 @@ impl Handler<Publish> for Room {
             msg.from.as_deref(),
             &msg.attachments,
         );
+        let bytes = Stored::cost(&msg.event, &msg.data, &frame, &msg.attachments);
         let stored = Arc::new(Stored {
             offset,
             at: Instant::now(),
@@ -693,12 +796,13 @@ impl Handler<Publish> for Room {
             seq: msg.seq,
             attachments: Arc::from(msg.attachments),
             native: frame.clone(),
+            bytes,
         });
         if msg.retain {
             self.retained = Some(stored.clone());
         }
         if self.limits.history_size > 0 {
-            self.history.push_back(stored.clone());
+            self.keep(stored.clone());
             self.trim_history();
         }
         let name = self.name.clone();

@@ -538,6 +538,14 @@ impl Session {
                         })
                         .await
                         .map_err(mailbox)??;
+                    // Like REST: an operation the caller may not see is `not_found`, with the
+                    // same message as a missing one, so ids cannot be probed.
+                    if !identity.may_watch(&op.id, op.project.as_deref()) {
+                        return Err(Refusal::new(
+                            ErrorCode::NotFound,
+                            format!("no operation {operation}"),
+                        ));
+                    }
                     if !identity.may_operate(op.project.as_deref()) {
                         return Err(Refusal::new(
                             ErrorCode::Forbidden,
@@ -604,9 +612,11 @@ impl Session {
         let fresh = match result {
             Ok(i) => i,
             Err(refusal) => {
-                let first_auth = self.identity.is_none();
                 self.refuse(ctx, id.as_deref(), refusal);
-                if first_auth && !self.state.auth.open_mode() {
+                // A bad token ends the session, also on a refresh: the session must not keep
+                // running on the old token's permissions after its owner presented a bad one
+                // (docs/protocol.md: 1008 after the error).
+                if !self.state.auth.open_mode() {
                     self.close(ctx, CloseCode::Policy, "authentication failed");
                 }
                 return;
@@ -624,8 +634,36 @@ impl Session {
         }
         log::info!("session {}: authenticated as {}", self.key, fresh.user.id);
         self.reply(id.as_deref(), Reply::Authenticated(&fresh.user));
+        self.leave_revoked_rooms(&fresh);
         self.identity = Some(fresh);
         self.schedule_expiry(ctx);
+    }
+
+    /// A refreshed token can grant fewer rooms than the one the session joined with: the
+    /// session leaves every room the new token no longer lets it join, and tells the client
+    /// with an unsolicited `left` frame per room.
+    fn leave_revoked_rooms(&mut self, fresh: &Identity) {
+        let revoked: Vec<String> = self
+            .rooms
+            .keys()
+            .filter(|room| !fresh.may_join(room))
+            .cloned()
+            .collect();
+        for room in revoked {
+            self.rooms.remove(&room);
+            log::info!(
+                "session {}: left {room}: the refreshed token of {} does not grant it",
+                self.key,
+                fresh.user.id
+            );
+            // Fire and forget: the membership is already gone on this side, and a registry
+            // that is down has no room to leave.
+            self.state.registry.do_send(LeaveRoom {
+                room: room.clone(),
+                session: self.id,
+            });
+            self.reply(None, Reply::Left { room: &room });
+        }
     }
 }
 

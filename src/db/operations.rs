@@ -262,7 +262,9 @@ pub fn save_many(conn: &mut DbConn, items: &[(OperationRow, Vec<LogRow>)]) -> Qu
 pub fn logs_after(conn: &mut DbConn, id: &str, after: u64, limit: i64) -> QueryResult<Vec<LogRow>> {
     with_conn!(conn, c => operation_logs::table
         .filter(operation_logs::operation_id.eq(id))
-        .filter(operation_logs::seq.gt(after as i64))
+        // Offsets are stored as i64: an `after` beyond that is past every line (it must not
+        // wrap around to the start).
+        .filter(operation_logs::seq.gt(i64::try_from(after).unwrap_or(i64::MAX)))
         .order(operation_logs::seq.asc())
         .limit(limit)
         .select(LogRow::as_select())

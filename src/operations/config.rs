@@ -90,7 +90,10 @@ pub struct Kind {
     pub env: BTreeMap<String, String>,
 }
 
-const DEFAULT_TARGET: &str = r"[A-Za-z0-9:_./@-]{1,256}";
+/// The target pattern of a kind that declares none: 1-256 characters of `A-Z a-z 0-9 : _ . / @
+/// -`, never starting with `-` or `.` (an option, a hidden or parent path) and never holding
+/// `..` (a dot is always followed by another character of the class, or ends the value).
+pub(crate) const DEFAULT_TARGET: &str = r"[A-Za-z0-9:_/@](?:\.?[A-Za-z0-9:_/@-]){0,254}\.?";
 
 fn anchored(pattern: &str, what: &str) -> anyhow::Result<Regex> {
     Regex::new(&format!("^(?:{pattern})$")).with_context(|| format!("{what}: invalid pattern"))
@@ -270,27 +273,76 @@ impl Kind {
         }
     }
 
-    /// The argv for a command run, placeholders replaced by validated values.
+    /// The argv for a command run, placeholders replaced by validated values. One pass over
+    /// each argument: a value is copied in and never looked at again, so a value that itself
+    /// contains `{params.x}` stays literal instead of being substituted past its own pattern.
     pub fn render_argv(&self, target: &str, params: &Value) -> Vec<String> {
         self.command
             .iter()
             .map(|arg| {
-                let mut out = arg.clone();
-                for p in placeholders(arg) {
-                    let value = if p == "target" {
-                        target.to_string()
-                    } else {
-                        p.strip_prefix("params.")
-                            .and_then(|name| params.get(name))
-                            .and_then(Value::as_str)
-                            .unwrap_or("")
-                            .to_string()
+                let mut out = String::with_capacity(arg.len());
+                let mut rest = arg.as_str();
+                while let Some(start) = rest.find('{') {
+                    out.push_str(&rest[..start]);
+                    let Some(len) = rest[start + 1..].find('}') else {
+                        break;
                     };
-                    out = out.replace(&format!("{{{p}}}"), &value);
+                    let name = &rest[start + 1..start + 1 + len];
+                    // An optional param that was not given renders as "".
+                    let value = match name.strip_prefix("params.") {
+                        _ if name == "target" => Some(target),
+                        Some(p) => Some(params.get(p).and_then(Value::as_str).unwrap_or("")),
+                        None => None,
+                    };
+                    match value {
+                        Some(v) => out.push_str(v),
+                        None => out.push_str(&rest[start..start + len + 2]),
+                    }
+                    rest = &rest[start + len + 2..];
                 }
+                out.push_str(rest);
                 out
             })
             .collect()
+    }
+
+    /// Warns (once, at load) about argv patterns that let a value start with `-` or contain
+    /// `..`: such a value reaches the program as an option or as a path out of its directory.
+    fn warn_about_risky_patterns(&self) {
+        if self.runner != RunnerKind::Command {
+            return; // only command kinds put values on a command line
+        }
+        let patterns = std::iter::once(("target_pattern".to_string(), &self.target_pattern)).chain(
+            self.params
+                .iter()
+                .map(|(name, spec)| (format!("param {name}"), &spec.pattern)),
+        );
+        for (what, anchored) in patterns {
+            // Kinds store the anchored form `^(?:…)$`; the check anchors again, harmlessly.
+            match super::pattern_risk::risks(anchored.as_str()) {
+                Some(r) if r.any() => log::warn!(
+                    "operation kind {}: {what} {:?} accepts {} — a value like that reaches the \
+                     command as {}; tighten the pattern (docs/operations.example.toml)",
+                    self.name,
+                    anchored.as_str(),
+                    match (r.leading_dash, r.dot_dot) {
+                        (true, true) => "a leading `-` and `..`",
+                        (true, false) => "a leading `-`",
+                        _ => "`..`",
+                    },
+                    match (r.leading_dash, r.dot_dot) {
+                        (true, true) => "an option or a path outside its directory",
+                        (true, false) => "an option",
+                        _ => "a path outside its directory",
+                    },
+                ),
+                Some(_) => {}
+                None => log::warn!(
+                    "operation kind {}: {what} is too complex to check for a leading `-` or `..`",
+                    self.name
+                ),
+            }
+        }
     }
 }
 
@@ -336,7 +388,9 @@ impl Kinds {
             if !crate::protocol::valid_room_name(&name) {
                 bail!("kind name {name:?} must be 1-128 characters of A-Z a-z 0-9 : _ . -");
             }
-            kinds.insert(name.clone(), Arc::new(Kind::from_format(&name, f)?));
+            let kind = Kind::from_format(&name, f)?;
+            kind.warn_about_risky_patterns();
+            kinds.insert(name.clone(), Arc::new(kind));
         }
         if demo {
             kinds
@@ -406,6 +460,30 @@ stall_timeout_secs = 30
         assert!(r
             .validate("web-1", &json!({"service": "a", "extra": "b"}))
             .is_err());
+    }
+
+    #[test]
+    fn a_value_that_holds_a_placeholder_is_not_substituted_again() {
+        let file = r#"
+[kinds.x]
+runner = "command"
+command = ["/bin/echo", "{params.a}{params.b}", "{target}-{params.b}"]
+target_pattern = ".+"
+[kinds.x.params.a]
+pattern = ".*"
+[kinds.x.params.b]
+pattern = "[a-z]+"
+"#;
+        let k = Kinds::from_toml(file, false).unwrap();
+        let x = k.get("x").unwrap();
+        // `a` names `b`'s placeholder; `b` must stay what its pattern allows.
+        let p = x
+            .validate("{params.b}", &json!({"a": "{params.b}", "b": "ok"}))
+            .unwrap();
+        assert_eq!(
+            x.render_argv("{params.b}", &p),
+            vec!["/bin/echo", "{params.b}ok", "{params.b}-ok"]
+        );
     }
 
     #[test]

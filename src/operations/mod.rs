@@ -6,6 +6,7 @@
 //! whatever order reports arrive in.
 
 pub mod config;
+mod pattern_risk;
 pub mod runner;
 
 use std::collections::VecDeque;
@@ -176,11 +177,70 @@ pub struct Changed {
     pub stage: bool,
 }
 
-/// A refused transition (the operation is terminal, or the report is out of range).
+/// A refused transition (the operation is terminal, the report is out of range, or it would
+/// make the status object outgrow its bounds).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TransitionError {
     Finished(Status),
     Invalid(String),
+    TooLarge(String),
+}
+
+/// Longest stage name a report may name, in bytes (like an event name).
+pub const MAX_STAGE_NAME: usize = 128;
+
+/// Longest `message` a report may set, in bytes (like `error.message`).
+pub const MAX_MESSAGE: usize = 4096;
+
+/// Bounds on what reports can make a status object hold. The status object travels in every
+/// `operation.*` event and is kept in room history, so whatever a worker adds to it is copied
+/// many times over: 200 reports naming a new stage each made every event 10 MB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusLimits {
+    /// Stages a status object lists at most, declared ones included
+    /// (`SWITCHYARD_OPERATION_MAX_STAGES`).
+    pub max_stages: usize,
+    /// Largest `result`, as JSON (`SWITCHYARD_OPERATION_MAX_RESULT_BYTES`).
+    pub max_result_bytes: usize,
+}
+
+impl Default for StatusLimits {
+    fn default() -> Self {
+        Self {
+            max_stages: 32,
+            max_result_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl StatusLimits {
+    /// Refuses a `result` whose JSON is longer than the bound (measured without building it).
+    pub fn check_result(&self, result: &Value) -> Result<(), TransitionError> {
+        let mut counter = ByteCounter(0);
+        // Writing into a counter cannot fail; a value that cannot be serialised is not ours.
+        let _ = serde_json::to_writer(&mut counter, result);
+        if counter.0 > self.max_result_bytes {
+            return Err(TransitionError::TooLarge(format!(
+                "`result` is {} bytes of JSON, over the limit of {} (SWITCHYARD_OPERATION_MAX_RESULT_BYTES)",
+                counter.0, self.max_result_bytes
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Counts the bytes written into it.
+struct ByteCounter(usize);
+
+impl std::io::Write for ByteCounter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0 += buf.len();
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl Operation {
@@ -243,16 +303,16 @@ impl Operation {
     }
 
     /// Applies a progress report. Progress never goes backwards (a late report cannot undo
-    /// a newer one); a new stage marks the stages before it done.
-    pub fn apply(&mut self, u: &Update, now: i64) -> Result<Changed, TransitionError> {
+    /// a newer one); a new stage marks the stages before it done. A report is checked whole
+    /// before anything changes: a refused one leaves the operation as it was.
+    pub fn apply(
+        &mut self,
+        u: &Update,
+        now: i64,
+        limits: &StatusLimits,
+    ) -> Result<Changed, TransitionError> {
         self.ensure_active()?;
-        if let Some(p) = u.progress {
-            if !p.is_finite() || !(0.0..=100.0).contains(&p) {
-                return Err(TransitionError::Invalid(
-                    "progress must be a number from 0 to 100".into(),
-                ));
-            }
-        }
+        self.check_update(u, limits)?;
         let mut changed = Changed::default();
         if self.status == Status::Queued {
             self.start(now)?;
@@ -284,6 +344,46 @@ impl Operation {
             self.updated_at = Timestamp(now);
         }
         Ok(changed)
+    }
+
+    /// What a report may add to the status object: a progress in range, a stage name and a
+    /// message of bounded length, at most `max_stages` stages listed (a report naming one more
+    /// undeclared stage is refused, not recorded halfway), a bounded `result`.
+    fn check_update(&self, u: &Update, limits: &StatusLimits) -> Result<(), TransitionError> {
+        if let Some(p) = u.progress {
+            if !p.is_finite() || !(0.0..=100.0).contains(&p) {
+                return Err(TransitionError::Invalid(
+                    "progress must be a number from 0 to 100".into(),
+                ));
+            }
+        }
+        if let Some(stage) = &u.stage {
+            if stage.len() > MAX_STAGE_NAME {
+                return Err(TransitionError::Invalid(format!(
+                    "`stage` must be at most {MAX_STAGE_NAME} bytes"
+                )));
+            }
+            let listed = self.stages.iter().any(|s| s.name == *stage);
+            if !listed && self.stages.len() >= limits.max_stages {
+                return Err(TransitionError::TooLarge(format!(
+                    "the operation already lists {} stages, the most it may \
+                     (SWITCHYARD_OPERATION_MAX_STAGES); report progress within a listed stage \
+                     and put per-item detail in `message` or the log",
+                    self.stages.len()
+                )));
+            }
+        }
+        if let Some(m) = &u.message {
+            if m.len() > MAX_MESSAGE {
+                return Err(TransitionError::Invalid(format!(
+                    "`message` must be at most {MAX_MESSAGE} bytes"
+                )));
+            }
+        }
+        if let Some(r) = &u.result {
+            limits.check_result(r)?;
+        }
+        Ok(())
     }
 
     fn enter_stage(&mut self, name: &str) {
@@ -495,6 +595,7 @@ mod tests {
                     ..Default::default()
                 },
                 1,
+                &StatusLimits::default(),
             )
             .unwrap();
         assert!(c.stage && c.any);
@@ -505,6 +606,7 @@ mod tests {
                 ..Default::default()
             },
             2,
+            &StatusLimits::default(),
         )
         .unwrap();
         assert_eq!(o.progress, 50.0, "entering b lifts progress to its start");
@@ -517,6 +619,7 @@ mod tests {
                     ..Default::default()
                 },
                 3,
+                &StatusLimits::default(),
             )
             .unwrap();
         assert!(!c.any);
@@ -527,9 +630,57 @@ mod tests {
                     progress: Some(101.0),
                     ..Default::default()
                 },
-                4
+                4,
+                &StatusLimits::default()
             )
             .is_err());
+    }
+
+    #[test]
+    fn undeclared_stages_stop_at_the_bound_and_long_fields_are_refused() {
+        let limits = StatusLimits {
+            max_stages: 4,
+            max_result_bytes: 100,
+        };
+        let mut o = op(); // declares a and b
+        let stage = |name: &str| Update {
+            stage: Some(name.into()),
+            ..Default::default()
+        };
+        o.apply(&stage("c"), 1, &limits).unwrap();
+        o.apply(&stage("d"), 2, &limits).unwrap();
+        let before = o.clone();
+        let refused = o.apply(&stage("e"), 3, &limits);
+        assert!(matches!(refused, Err(TransitionError::TooLarge(_))));
+        assert_eq!(o.stages, before.stages, "a refused report changes nothing");
+        assert_eq!(o.stage.as_deref(), Some("d"));
+        // Listed stages may still be entered.
+        o.apply(&stage("a"), 4, &limits).unwrap();
+        let long = Update {
+            stage: Some("s".repeat(MAX_STAGE_NAME + 1)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            o.apply(&long, 5, &limits),
+            Err(TransitionError::Invalid(_))
+        ));
+        let long = Update {
+            message: Some("m".repeat(MAX_MESSAGE + 1)),
+            ..Default::default()
+        };
+        assert!(matches!(
+            o.apply(&long, 6, &limits),
+            Err(TransitionError::Invalid(_))
+        ));
+        let big = Update {
+            result: Some(Value::String("r".repeat(100))),
+            ..Default::default()
+        };
+        assert!(matches!(
+            o.apply(&big, 7, &limits),
+            Err(TransitionError::TooLarge(_))
+        ));
+        assert!(limits.check_result(&Value::String("r".repeat(98))).is_ok());
     }
 
     #[test]
@@ -546,7 +697,9 @@ mod tests {
             o.cancelled(3),
             Err(TransitionError::Finished(Status::Failed))
         );
-        assert!(o.apply(&Update::default(), 4).is_err());
+        assert!(o
+            .apply(&Update::default(), 4, &StatusLimits::default())
+            .is_err());
         assert_eq!(o.status, Status::Failed);
     }
 

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::{room_name, Caller};
 use crate::actors::registry::{ListRooms, QueryHistory, QueryPresence};
 use crate::actors::room::Publish;
-use crate::error::{AppError, ErrorCode};
+use crate::error::{AppError, ErrorCode, Refusal};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -41,6 +41,19 @@ pub async fn publish(
         caller.identity.may_publish(&room),
         &format!("publish to {room}"),
     )?;
+    // The same per-user budget as a publish over `/ws` or Socket.IO.
+    state
+        .user_publishes
+        .take(&caller.identity.user.id)
+        .map_err(|wait| {
+            Refusal::rate_limited(
+                format!(
+                    "publishing too fast: at most {} a second per user",
+                    state.settings.user_publish_rate
+                ),
+                wait,
+            )
+        })?;
     let body = body.into_inner();
     if !crate::protocol::valid_event_name(&body.event) {
         return Err(AppError::new(

@@ -457,6 +457,7 @@ pub fn token(sub: &str, rooms: &[&str], publish: &[&str], role: Option<&str>) ->
             publish: publish.iter().map(|s| s.to_string()).collect(),
             role: role.map(str::to_string),
             exp: None,
+            nbf: None,
         },
     )
     .expect("sign")

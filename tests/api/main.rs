@@ -3,9 +3,11 @@
 mod activities;
 mod auth;
 mod bench_smoke;
+mod budget_limits;
 mod chaos;
 mod crash;
 mod dashboard;
+mod hardening;
 mod health;
 mod helpers;
 mod limits;

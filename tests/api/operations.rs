@@ -1496,6 +1496,8 @@ async fn a_slow_watcher_gets_the_latest_progress_but_every_log_line_and_the_end(
         s.operations_file = Some(file);
         s.outbox_max_messages = 32;
         s.outbox_max_bytes = 256 * 1024;
+        // 4,040 reports back to back, far over the per-operation report rate, on purpose.
+        s.operation_report_rate = 0;
     })
     .await;
     let op = start(&app, json!({"kind": "convert", "target": "slow-watch"})).await;

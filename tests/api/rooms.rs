@@ -160,6 +160,8 @@ async fn a_client_that_does_not_read_is_dropped_without_holding_up_the_room() {
     let app = spawn_app_with(Backend::Sqlite, |s| {
         s.outbox_max_messages = 64;
         s.outbox_max_bytes = 64 * 1024;
+        // REST publishes count against the publisher's rate; this floods on purpose.
+        s.user_publish_rate = 0;
     })
     .await;
     let mut slow = app.ws_as("slow").await;
