@@ -546,6 +546,7 @@ async fn kill_repeatedly(backend: Backend, kills: usize, seed: u64) -> Figures {
     let shared: Shared = Arc::default();
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for life in 0..kills {
+        let earlier = fx.started().len();
         let server = Server::start(&fx, &[]).await;
         let base = server.url("");
         let tasks = vec![
@@ -576,8 +577,9 @@ async fn kill_repeatedly(backend: Backend, kills: usize, seed: u64) -> Figures {
             t.abort();
             let _ = t.await;
         }
-        // Every command the killed server started dies with it (no orphan runs on).
-        for (pid, target) in fx.started() {
+        // Every command the killed server started dies with it (no orphan runs on). Only this
+        // life's: older pids are long gone and may have been reused (pid_max can be 32,768).
+        for (pid, target) in fx.started().into_iter().skip(earlier) {
             wait_until(
                 &format!("command {target} (pid {pid}) to die with its server"),
                 || process_gone(pid),
