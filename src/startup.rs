@@ -116,7 +116,7 @@ impl Application {
             broker: broker.clone(),
             registry: registry.clone(),
             db: db.clone(),
-            writer: crate::db::batch::SaveBatcher::start(db.clone(), metrics.clone())
+            writer: crate::db::batch::Writer::start(db.clone(), metrics.clone())
                 .context("starting the database writer thread")?,
             metrics: metrics.clone(),
             kinds,

@@ -64,8 +64,9 @@ pub struct OpContext {
     pub broker: Arc<dyn Broker>,
     pub registry: Addr<RoomRegistry>,
     pub db: Database,
-    /// Group commit for operation state (one transaction for every save waiting).
-    pub writer: crate::db::batch::SaveBatcher,
+    /// The single writer: every database write, group-committed (one transaction for every
+    /// write waiting).
+    pub writer: crate::db::batch::Writer,
     pub metrics: Arc<Metrics>,
     pub kinds: Kinds,
 }

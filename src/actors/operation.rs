@@ -15,6 +15,12 @@
 //!   watchers that join in between are held until then.
 //! * Log offsets start at 1 and have no gaps; every line is written before the status row that
 //!   counts it (same transaction).
+//! * A command or demo runner starts only after the row saying `running` (with its start time)
+//!   has committed: start-up recovery can then tell an operation that may have run (`running`:
+//!   marked interrupted, never started again) from one that provably never did (`queued`).
+//! * A report answered with success (a REST 2xx, or a reply to a `/ws` report with an `id`) is
+//!   answered only after the write holding its effect has committed; reports without an `id`
+//!   are fire-and-forget and reach the database with the next periodic write.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -117,6 +123,14 @@ pub struct OperationActor {
     eta: EtaEstimator,
     /// The status changed since the last successful write.
     dirty: bool,
+    /// Counts changes to write; `persisted_version` is the newest count a committed write held.
+    version: u64,
+    persisted_version: u64,
+    /// Reports waiting for the write that holds them: answered once `persisted_version` reaches
+    /// their version (or refused when that write fails).
+    ack_waiters: Vec<(u64, ReportReply)>,
+    /// The runner starts once this version (the one saying `running`) is written.
+    launch_after: Option<u64>,
     /// Lines not yet confirmed written, oldest first (all lines after `persisted_log_offset`).
     unpersisted: VecDeque<LogLine>,
     /// The last `RECENT_LINES` lines.
@@ -166,6 +180,10 @@ impl OperationActor {
             announce_created,
             eta: EtaEstimator::default(),
             dirty: false,
+            version: 0,
+            persisted_version: 0,
+            ack_waiters: Vec::new(),
+            launch_after: None,
             unpersisted: VecDeque::new(),
             recent: VecDeque::new(),
             persisted_log_offset: persisted,
@@ -255,6 +273,12 @@ impl OperationActor {
         }
     }
 
+    /// Something to write changed.
+    fn touch(&mut self) {
+        self.dirty = true;
+        self.version += 1;
+    }
+
     /// What reports may make this operation's status object hold (from the settings).
     fn status_limits(&self) -> crate::operations::StatusLimits {
         crate::operations::StatusLimits {
@@ -272,7 +296,7 @@ impl OperationActor {
             self.op.eta_seconds = self.eta.observe(now, self.op.progress);
         }
         if changed.any {
-            self.dirty = true;
+            self.touch();
             let lifecycle = (before == Status::Queued && self.op.status == Status::Running)
                 .then_some("operation.started");
             self.announce(lifecycle, changed.stage);
@@ -318,7 +342,7 @@ impl OperationActor {
             }
         }
         self.unpersisted.push_back(entry);
-        self.dirty = true;
+        self.touch();
     }
 
     /// Moves to a terminal state (ignored if already terminal), stops the runner, and writes
@@ -349,7 +373,7 @@ impl OperationActor {
         }
         self.demo.clear();
         self.terminal_pending = true;
-        self.dirty = true;
+        self.touch();
         log::info!(
             "operation {} ({} on {}) {}",
             self.op.id,
@@ -382,6 +406,7 @@ impl OperationActor {
             .collect();
         let upto = self.unpersisted.back().map(|l| l.offset);
         let wrote_terminal = self.op.status.is_terminal();
+        let version = self.version;
         self.cx
             .writer
             .save(row, logs)
@@ -391,6 +416,7 @@ impl OperationActor {
                 match res {
                     Ok(()) => {
                         act.failed_flushes = 0;
+                        act.persisted_version = act.persisted_version.max(version);
                         if let Some(upto) = upto {
                             act.persisted_log_offset = upto;
                             while act.unpersisted.front().is_some_and(|l| l.offset <= upto) {
@@ -405,9 +431,25 @@ impl OperationActor {
                             }
                         }
                         act.settle_flush_waiters(ctx);
+                        act.settle_acks();
+                        act.maybe_launch(ctx);
+                        if !act.ack_waiters.is_empty() || act.launch_after.is_some() {
+                            // More arrived while this write ran: write it now, not at the next
+                            // tick (this is what group-commits a worker's stream of reports).
+                            act.flush(ctx);
+                        }
                     }
                     Err(e) => {
                         act.dirty = true;
+                        // Not known to be stored: say so now rather than hold the worker for
+                        // the outage. The report stays in memory and is written on a retry, so
+                        // sending it again may store it twice (at least once, never lost).
+                        for (_, reply) in act.ack_waiters.drain(..) {
+                            reply.answer(Err(Refusal::new(
+                                ErrorCode::DatabaseUnavailable,
+                                "the database is unreachable; the report was applied but is not stored yet",
+                            )));
+                        }
                         act.failed_flushes += 1;
                         let backoff = Duration::from_millis(250)
                             .saturating_mul(1 << act.failed_flushes.min(6))
@@ -428,6 +470,46 @@ impl OperationActor {
                 }
             })
             .spawn(ctx);
+    }
+
+    /// Answers the reports whose effect is now written.
+    fn settle_acks(&mut self) {
+        if self.ack_waiters.is_empty() {
+            return;
+        }
+        let written = self.persisted_version;
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.ack_waiters)
+            .into_iter()
+            .partition(|(v, _)| *v <= written);
+        self.ack_waiters = waiting;
+        for (_, reply) in done {
+            reply.answer(Ok(&self.op));
+        }
+    }
+
+    /// Answers a successful report once what it changed is written (at once if nothing is
+    /// left to write); a report nobody waits for is not held.
+    fn answer_when_written(&mut self, reply: ReportReply, ctx: &mut Context<Self>) {
+        if !reply.waits() || self.persisted_version >= self.version {
+            return reply.answer(Ok(&self.op));
+        }
+        self.ack_waiters.push((self.version, reply));
+        self.flush(ctx);
+    }
+
+    /// Starts the runner once the row saying `running` is written.
+    fn maybe_launch(&mut self, ctx: &mut Context<Self>) {
+        let Some(v) = self.launch_after else {
+            return;
+        };
+        if self.persisted_version < v {
+            return;
+        }
+        self.launch_after = None;
+        // Cancelled (or finished) while the start was being written: nothing to run.
+        if self.op.status == Status::Running {
+            self.launch(ctx);
+        }
     }
 
     /// After a successful write: write again if more piled up while it ran, else release
@@ -592,18 +674,36 @@ impl OperationActor {
         if self.op.status.is_terminal() {
             return;
         }
+        if self.op.runner == RunnerKind::External {
+            // Queued until the worker's first report; the stall clock starts now.
+            self.last_report = Instant::now();
+            return;
+        }
+        if self.op.status == Status::Queued {
+            // Durable start: write `running` first and start the runner when that write has
+            // committed (`maybe_launch`). A crash before then leaves it `queued` with nothing
+            // started, so start-up may start it; a crash after leaves it `running`, so start-up
+            // marks it interrupted instead of running it a second time.
+            let _ = self.apply(&Update::default());
+            self.launch_after = Some(self.version);
+            self.flush(ctx);
+        } else if self.op.status == Status::Running {
+            // The manager inserted it as `running` (a free slot at start): already written.
+            self.announce(Some("operation.started"), false);
+            self.launch(ctx);
+        }
+    }
+
+    /// Starts the runner. Only called once `running` is written.
+    fn launch(&mut self, ctx: &mut Context<Self>) {
         match self.op.runner {
-            RunnerKind::External => {
-                // Queued until the worker's first report; the stall clock starts now.
-                self.last_report = Instant::now();
-            }
+            RunnerKind::External => {}
             RunnerKind::Demo => {
                 let fail_at = self.op.params.get("fail_at").and_then(Value::as_str);
                 self.demo = demo::script(fail_at).into();
                 if let Some(ms) = self.op.params.get("step_ms").and_then(Value::as_u64) {
                     self.demo_step = Duration::from_millis(ms);
                 }
-                let _ = self.apply(&Update::default());
                 self.schedule_demo(ctx);
             }
             RunnerKind::Command => {
@@ -618,7 +718,6 @@ impl OperationActor {
                             spawned.pgid
                         );
                         ctx.add_stream(spawned.output);
-                        let _ = self.apply(&Update::default());
                         if let Some(t) = self.kind.timeout {
                             ctx.run_later(t, move |act, ctx| {
                                 if !act.op.status.is_terminal() {
@@ -834,7 +933,9 @@ impl Handler<Interrupt> for OperationActor {
                 Status::Failed,
                 Some((
                     "interrupted",
-                    "the server stopped while this operation was running".to_string(),
+                    "the server stopped while this operation was running; it may have done part \
+                     of its work and was not started again"
+                        .to_string(),
                 )),
                 None,
             );
@@ -848,7 +949,7 @@ impl Handler<Report> for OperationActor {
     fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
         let Report { report, reply } = msg;
         match self.report(report, ctx) {
-            Ok(()) => reply.answer(Ok(&self.op)),
+            Ok(()) => self.answer_when_written(reply, ctx),
             Err(r) => reply.answer(Err(r)),
         }
     }
@@ -921,7 +1022,7 @@ impl Handler<Cancel> for OperationActor {
         self.op
             .request_cancel(now_millis())
             .map_err(transition_refusal)?;
-        self.dirty = true;
+        self.touch();
         self.announce(Some("operation.cancelling"), false);
         log::info!("operation {}: cancel requested", self.op.id);
         match self.op.runner {

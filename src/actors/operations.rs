@@ -9,6 +9,12 @@
 //! "Never started twice" is the database's job: a partial unique index allows one active
 //! operation per (kind, target), so of several concurrent starts exactly one insert succeeds and
 //! the others get the winner back as a `duplicate_operation`.
+//!
+//! "Never run twice" across a crash rests on the order of writes: a command or demo operation
+//! is written as `running` before its runner starts — in its insert when a slot is free at once
+//! (the 202 then says `running`), else by its actor when a slot frees up. Start-up recovery
+//! starts again only what is still `queued` (it provably never started) and marks `running` and
+//! `cancelling` ones interrupted. Every write goes through the single writer (`db::batch`).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -98,6 +104,13 @@ pub enum ReportReply {
 }
 
 impl ReportReply {
+    /// True when someone waits for the outcome: a REST call, or a `/ws` report with an `id`.
+    /// Those are answered with success only once the report is stored; a `/ws` report without
+    /// an `id` is fire-and-forget (answered only if refused).
+    pub fn waits(&self) -> bool {
+        !matches!(self, ReportReply::Session { request: None, .. })
+    }
+
     pub fn answer(self, result: Result<&Operation, Refusal>) {
         match self {
             ReportReply::Session { request: None, .. } if result.is_ok() => {}
@@ -165,6 +178,8 @@ pub struct OperationManager {
     live: HashMap<String, Addr<OperationActor>>,
     /// Operations that were sent `Begin` and hold a concurrency slot until `Finished`.
     begun: HashSet<String>,
+    /// Slots taken per kind: begun operations, and starts whose insert (as `running`) is in
+    /// flight.
     running: HashMap<String, usize>,
     /// Per kind, operations waiting for a slot (FIFO).
     waiting: HashMap<String, VecDeque<String>>,
@@ -225,6 +240,39 @@ impl OperationManager {
             .push_back(id);
         self.schedule(&kind_name);
         Some(addr)
+    }
+
+    /// Takes a slot of `kind` for a start arriving now, if one is free and nobody waits for one
+    /// (first come, first served).
+    fn reserve_slot(&mut self, kind: &str, limit: usize) -> bool {
+        let running = self.running.get(kind).copied().unwrap_or(0);
+        let nobody_waits = self.waiting.get(kind).is_none_or(VecDeque::is_empty);
+        if nobody_waits && (limit == 0 || running < limit) {
+            *self.running.entry(kind.to_string()).or_default() += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Gives back a slot reserved for a start whose insert failed.
+    fn release_slot(&mut self, kind: &str) {
+        if let Some(n) = self.running.get_mut(kind) {
+            *n = n.saturating_sub(1);
+        }
+        self.schedule(kind);
+    }
+
+    /// Starts the actor of an operation inserted as `running` in a reserved slot.
+    fn spawn_begun(&mut self, op: Operation, ctx: &mut Context<Self>) {
+        let Some(kind) = self.cx.kinds.get(&op.kind) else {
+            return self.release_slot(&op.kind);
+        };
+        let id = op.id.clone();
+        let addr = OperationActor::new(op, kind, self.cx.clone(), ctx.address(), true).start();
+        self.live.insert(id.clone(), addr.clone());
+        self.begun.insert(id);
+        addr.do_send(Begin);
     }
 
     /// Begins waiting operations of `kind` while its concurrency allows.
@@ -295,8 +343,8 @@ impl OperationManager {
         let days = self.cx.settings.operation_prune_days;
         let before = now_millis() - (days as i64) * 86_400_000;
         self.cx
-            .db
-            .run(move |c| store::prune(c, before))
+            .writer
+            .write(move |c| store::prune(c, before))
             .into_actor(self)
             .map(|res, _, _| match res {
                 Ok(0) => {}
@@ -351,7 +399,12 @@ impl Handler<StartOperation> for OperationManager {
                 return Box::pin(fut::ready(Err(StartError::Refused(r))));
             }
         }
-        let op = Operation::new(
+        // A command or demo operation with a free slot is inserted as `running`: its start is
+        // written (with its start time) before the runner starts and before the 202.
+        let begin_now =
+            kind.runner != RunnerKind::External && self.reserve_slot(&msg.kind, kind.concurrency);
+        let now = now_millis();
+        let mut op = Operation::new(
             uuid::Uuid::now_v7().to_string(),
             msg.kind,
             msg.target,
@@ -360,18 +413,22 @@ impl Handler<StartOperation> for OperationManager {
             kind.stages.clone(),
             params,
             msg.created_by,
-            now_millis(),
+            now,
         );
+        if begin_now {
+            let _ = op.start(now);
+        }
         let row = OperationRow::from(&op);
         let (kind_name, target) = (op.kind.clone(), op.target.clone());
         let db = self.cx.db.clone();
+        let writer = self.cx.writer.clone();
         let worker_token =
             (kind.runner == RunnerKind::External).then(crate::operations::new_worker_token);
         let hash = worker_token.as_deref().map(crate::operations::token_sha256);
         Box::pin(
             async move {
-                match db
-                    .run(move |c| store::insert_with_token(c, &row, hash.as_deref()))
+                match writer
+                    .write(move |c| store::insert_with_token(c, &row, hash.as_deref()))
                     .await
                 {
                     Ok(()) => Ok(None),
@@ -399,15 +456,35 @@ impl Handler<StartOperation> for OperationManager {
             .into_actor(self)
             .map(move |res, act, ctx| match res {
                 Ok(None) => {
-                    log::info!("operation {} ({} on {}) created", op.id, op.kind, op.target);
-                    act.spawn(op.clone(), true, ctx);
+                    log::info!(
+                        "operation {} ({} on {}) created{}",
+                        op.id,
+                        op.kind,
+                        op.target,
+                        if begin_now { " and started" } else { "" }
+                    );
+                    if begin_now {
+                        act.spawn_begun(op.clone(), ctx);
+                    } else {
+                        act.spawn(op.clone(), true, ctx);
+                    }
                     Ok(Started {
                         operation: op,
                         worker_token,
                     })
                 }
-                Ok(Some(existing)) => Err(StartError::Duplicate(Box::new(existing))),
-                Err(e) => Err(e),
+                Ok(Some(existing)) => {
+                    if begin_now {
+                        act.release_slot(&op.kind);
+                    }
+                    Err(StartError::Duplicate(Box::new(existing)))
+                }
+                Err(e) => {
+                    if begin_now {
+                        act.release_slot(&op.kind);
+                    }
+                    Err(e)
+                }
             }),
         )
     }

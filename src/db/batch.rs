@@ -1,44 +1,79 @@
-//! Group commit for operation state.
+//! The single writer: every write to the database goes through one thread, group-committed.
 //!
-//! Every running operation writes its status and new log lines at most once per flush interval.
-//! With a thousand operations that is thousands of small transactions a second, and on SQLite
-//! (one writer at a time) they queue on the database lock. Here they queue in memory instead:
-//! one writer task takes every save waiting when it starts a transaction and commits them
-//! together. An idle server adds no delay (a lone save is written at once); a busy one writes
-//! one transaction per round trip however many operations there are.
+//! Operation state alone is thousands of small transactions a second with a thousand running
+//! operations, and starts, activities and pruning come on top. On SQLite (one writer at a time)
+//! writers on several pooled connections queue on the database lock, and SQLite's busy handler
+//! is not a fair queue: under a burst a writer can sleep past its busy timeout and fail with
+//! `database is locked` (2,000 concurrent starts got a 503 that way). Here writes queue in
+//! memory instead: one writer thread takes every write waiting when it starts a transaction and
+//! commits them together. An idle server adds no delay (a lone write is committed at once); a
+//! busy one writes one transaction per round trip however many writes are waiting.
+//!
+//! Each write runs in its own savepoint of the shared transaction, so one that fails (a start
+//! that loses the one-active-operation race, a save whose operation is gone) is rolled back and
+//! answered alone while the others commit. A write's future resolves only once the transaction
+//! holding it has committed: that is what lets a 2xx mean "stored" (see docs/reliability.md for
+//! what "stored" survives on each backend).
 //!
 //! The writer is its own thread at a lower scheduling priority (nice 10): persistence is
 //! throughput work, and on a loaded core it must not take time slices from the threads that
 //! carry live events (a transaction of a few milliseconds would otherwise sit in front of
-//! every event queued behind it). Writes are still bounded in time by the flush interval; the
-//! core only decides their order.
+//! every event queued behind it). The core only decides the order; nothing waits on a timer.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::QueryResult;
 use tokio::sync::{mpsc, oneshot};
 
 use super::operations::{self as store, LogRow, OperationRow};
-use super::{Database, DbError};
+use super::{Database, DbConn, DbError};
 use crate::metrics::Metrics;
+use crate::with_conn;
 
-/// Saves taken into one transaction at most (bounds a transaction's size and duration).
+/// Writes taken into one transaction at most (bounds a transaction's size and duration).
 const MAX_BATCH: usize = 512;
 
-struct Job {
-    row: OperationRow,
-    logs: Vec<LogRow>,
-    done: oneshot::Sender<Result<(), DbError>>,
+/// One queued write: run inside its savepoint, then told the transaction's outcome.
+trait Work: Send {
+    fn run(&mut self, conn: &mut DbConn) -> QueryResult<()>;
+    /// Called once: `Ok` only when `run` succeeded and its transaction committed.
+    fn settle(self: Box<Self>, outcome: Result<(), DbError>);
 }
 
-/// Cheap to clone; every operation actor holds one.
+/// A query function and where its value goes once committed.
+struct Closure<F, T> {
+    f: Option<F>,
+    value: Option<T>,
+    done: oneshot::Sender<Result<T, DbError>>,
+}
+
+impl<F, T> Work for Closure<F, T>
+where
+    F: FnOnce(&mut DbConn) -> QueryResult<T> + Send,
+    T: Send,
+{
+    fn run(&mut self, conn: &mut DbConn) -> QueryResult<()> {
+        let f = self.f.take().ok_or(diesel::result::Error::NotFound)?;
+        self.value = Some(f(conn)?);
+        Ok(())
+    }
+
+    fn settle(self: Box<Self>, outcome: Result<(), DbError>) {
+        let Closure { value, done, .. } = *self;
+        let _ = done.send(outcome.and_then(|()| value.ok_or(DbError::Cancelled)));
+    }
+}
+
+/// Cheap to clone; every operation actor and every writing route holds one.
 #[derive(Clone)]
-pub struct SaveBatcher {
-    tx: mpsc::UnboundedSender<Job>,
+pub struct Writer {
+    tx: mpsc::UnboundedSender<Box<dyn Work>>,
 }
 
-impl SaveBatcher {
-    /// Starts the writer thread; it ends when the last `SaveBatcher` is dropped.
+impl Writer {
+    /// Starts the writer thread; it ends when the last `Writer` is dropped.
     pub fn start(db: Database, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::unbounded_channel();
         std::thread::Builder::new()
@@ -54,14 +89,27 @@ impl SaveBatcher {
         Ok(Self { tx })
     }
 
-    /// Writes `row` and appends `logs` in one transaction (possibly shared with other saves).
-    pub fn save(
+    /// Runs the write `f` in the next shared transaction; resolves once that transaction has
+    /// committed (or with the error that kept this write, or its transaction, from committing).
+    /// `f` runs in its own savepoint: it must not open or end the transaction itself (nested
+    /// `transaction` calls are savepoints and are fine).
+    pub fn write<F, T>(
         &self,
-        row: OperationRow,
-        logs: Vec<LogRow>,
-    ) -> impl std::future::Future<Output = Result<(), DbError>> + 'static {
+        f: F,
+    ) -> impl std::future::Future<Output = Result<T, DbError>> + 'static
+    where
+        F: FnOnce(&mut DbConn) -> QueryResult<T> + Send + 'static,
+        T: Send + 'static,
+    {
         let (done, rx) = oneshot::channel();
-        let queued = self.tx.send(Job { row, logs, done }).is_ok();
+        let queued = self
+            .tx
+            .send(Box::new(Closure {
+                f: Some(f),
+                value: None,
+                done,
+            }))
+            .is_ok();
         async move {
             if !queued {
                 return Err(DbError::Cancelled);
@@ -69,9 +117,18 @@ impl SaveBatcher {
             rx.await.unwrap_or(Err(DbError::Cancelled))
         }
     }
+
+    /// Writes `row` and appends `logs` (possibly in a transaction shared with other writes).
+    pub fn save(
+        &self,
+        row: OperationRow,
+        logs: Vec<LogRow>,
+    ) -> impl std::future::Future<Output = Result<(), DbError>> + 'static {
+        self.write(move |c| store::save(c, &row, &logs))
+    }
 }
 
-fn writer(db: Database, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedReceiver<Job>) {
+fn writer(db: Database, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedReceiver<Box<dyn Work>>) {
     while let Some(first) = rx.blocking_recv() {
         let mut jobs = vec![first];
         while jobs.len() < MAX_BATCH {
@@ -80,40 +137,77 @@ fn writer(db: Database, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedReceiver<J
                 Err(_) => break,
             }
         }
-        let mut dones = Vec::with_capacity(jobs.len());
-        let items: Vec<(OperationRow, Vec<LogRow>)> = jobs
-            .into_iter()
-            .map(|j| {
-                dones.push(j.done);
-                (j.row, j.logs)
-            })
-            .collect();
         metrics.operation_write_transactions.fetch_add(1, Relaxed);
-        let result = db.run_here(|c| store::save_many(c, &items));
-        match result {
-            Ok(()) => {
-                for done in dones {
-                    let _ = done.send(Ok(()));
+        let mut failed: Vec<Option<diesel::result::Error>> = jobs.iter().map(|_| None).collect();
+        let result = db.run_here(|c| {
+            begin(c)?;
+            for (job, failed) in jobs.iter_mut().zip(failed.iter_mut()) {
+                if let Err(e) = in_savepoint(c, |c| job.run(c)) {
+                    *failed = Some(e);
                 }
             }
-            Err(e) if dones.len() == 1 => {
-                if let Some(done) = dones.pop() {
-                    let _ = done.send(Err(e));
+            let committed = with_conn!(c, c => AnsiTransactionManager::commit_transaction(c));
+            if committed.is_err() {
+                // The manager rolls back a failed COMMIT itself where it can; make sure.
+                let _ = with_conn!(c, c => AnsiTransactionManager::rollback_transaction(c));
+            }
+            committed
+        });
+        match result {
+            Ok(()) => {
+                for (job, failed) in jobs.into_iter().zip(failed) {
+                    job.settle(match failed {
+                        None => Ok(()),
+                        Some(e) => Err(DbError::Query(e)),
+                    });
                 }
             }
             Err(e) => {
-                // One bad save must not fail the others: write each on its own, so each
-                // operation gets its own answer (and retries on its own if it failed).
                 log::warn!(
-                    "batched write of {} operations failed ({e}); writing them one by one",
-                    dones.len()
+                    "database writer: a transaction of {} writes failed: {e}",
+                    jobs.len()
                 );
-                for (i, done) in dones.into_iter().enumerate() {
-                    metrics.operation_write_transactions.fetch_add(1, Relaxed);
-                    let r = db.run_here(|c| store::save_many(c, &items[i..=i]));
-                    let _ = done.send(r);
+                let message = e.to_string();
+                for (job, failed) in jobs.into_iter().zip(failed) {
+                    job.settle(Err(match failed {
+                        Some(e) => DbError::Query(e),
+                        None => DbError::Shared(message.clone()),
+                    }));
                 }
             }
+        }
+    }
+}
+
+/// Opens the shared transaction. SQLite: `BEGIN IMMEDIATE`, so the write lock is taken (with
+/// the busy timeout, against another process) before any statement runs, and a read followed
+/// by a write can never find its snapshot stale.
+fn begin(c: &mut DbConn) -> QueryResult<()> {
+    match c {
+        DbConn::Sqlite(pooled) => AnsiTransactionManager::begin_transaction_sql(
+            &mut **pooled as &mut diesel::SqliteConnection,
+            "BEGIN IMMEDIATE",
+        ),
+        DbConn::Postgres(pooled) => {
+            AnsiTransactionManager::begin_transaction(&mut **pooled as &mut diesel::PgConnection)
+        }
+    }
+}
+
+/// Runs `f` in a savepoint of the open transaction: rolled back alone if it fails.
+fn in_savepoint<T>(
+    c: &mut DbConn,
+    f: impl FnOnce(&mut DbConn) -> QueryResult<T>,
+) -> QueryResult<T> {
+    with_conn!(c, c => AnsiTransactionManager::begin_transaction(c))?;
+    match f(c) {
+        Ok(v) => {
+            with_conn!(c, c => AnsiTransactionManager::commit_transaction(c))?;
+            Ok(v)
+        }
+        Err(e) => {
+            with_conn!(c, c => AnsiTransactionManager::rollback_transaction(c))?;
+            Err(e)
         }
     }
 }
@@ -171,7 +265,7 @@ mod tests {
             let r = row(id);
             db.run(move |c| store::insert(c, &r)).await.unwrap();
         }
-        let writer = SaveBatcher::start(db.clone(), metrics.clone()).unwrap();
+        let writer = Writer::start(db.clone(), metrics.clone()).unwrap();
 
         // Another connection holds SQLite's write lock while twenty saves are queued: the
         // writer's first transaction waits on it (busy timeout) with at most the saves it had
@@ -205,8 +299,8 @@ mod tests {
             "20 saves took {transactions} transactions"
         );
 
-        // A save that cannot be written (its operation does not exist) fails on its own; the
-        // others in its batch are written.
+        // A save that cannot be written (its operation does not exist) fails on its own, in its
+        // savepoint; the others in its transaction are written, and nothing is written twice.
         let before = metrics.operation_write_transactions.load(Relaxed);
         let good = writer.save(row("op1"), vec![line("op1", 3)]);
         let bad = writer.save(row("ghost"), vec![line("ghost", 1)]);
@@ -215,11 +309,8 @@ mod tests {
         good.unwrap();
         good2.unwrap();
         assert!(bad.is_err());
-        // The failed batch, then each of the three on its own.
-        assert_eq!(
-            metrics.operation_write_transactions.load(Relaxed) - before,
-            4
-        );
+        // One shared transaction at most (the three may also have been taken one by one).
+        assert!(metrics.operation_write_transactions.load(Relaxed) - before <= 3);
         let n = db
             .run(|c| store::logs_after(c, "op1", 0, 100))
             .await

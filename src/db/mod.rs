@@ -7,7 +7,9 @@
 //! the common subset a multi-backend connection exposes.
 //!
 //! Query functions are plain `fn(&mut DbConn, …) -> QueryResult<T>`; no actor handler calls them
-//! directly, they go through `Database::run`, which runs them on the blocking thread pool.
+//! directly: reads go through `Database::run`, which runs them on the blocking thread pool, and
+//! writes through the single group-commit writer ([`batch::Writer::write`]), so writers never
+//! contend for SQLite's one write lock.
 
 pub mod activities;
 pub mod batch;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
+use diesel::connection::SimpleConnection;
 use diesel::r2d2::{self, ConnectionManager, CustomizeConnection, PooledConnection};
 use diesel::{Connection, PgConnection, RunQueryDsl, SqliteConnection};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
@@ -70,6 +73,9 @@ pub enum DbError {
     Query(#[from] diesel::result::Error),
     #[error("database task was cancelled")]
     Cancelled,
+    /// The transaction this write shared with others failed (the write itself was fine).
+    #[error("the write transaction failed: {0}")]
+    Shared(String),
 }
 
 /// Cheap to clone; shared by every handler.
@@ -87,13 +93,15 @@ struct SqlitePragmas;
 
 impl CustomizeConnection<SqliteConnection, r2d2::Error> for SqlitePragmas {
     fn on_acquire(&self, conn: &mut SqliteConnection) -> Result<(), r2d2::Error> {
-        diesel::sql_query(
-            // busy_timeout first, so the statements after it already wait instead of failing.
+        // `batch_execute`, not `sql_query(..).execute`: the latter prepares only the first
+        // statement of a string and silently ignores the rest, which left every database in
+        // rollback-journal mode (readers and the writer blocking each other, deadlocks answered
+        // with `database is locked` at once), fully synchronous, and without foreign keys.
+        // busy_timeout first, so the statements after it already wait instead of failing.
+        conn.batch_execute(
             "PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; \
              PRAGMA synchronous = NORMAL; PRAGMA foreign_keys = ON;",
         )
-        .execute(conn)
-        .map(|_| ())
         .map_err(r2d2::Error::QueryError)
     }
 }
@@ -207,5 +215,53 @@ impl Database {
         self.run(|conn| with_conn!(conn, c => diesel::sql_query("SELECT 1").execute(c)))
             .await?;
         Ok(start.elapsed())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use diesel::sql_types::{Integer, Text};
+    use diesel::QueryableByName;
+
+    use super::*;
+
+    #[derive(QueryableByName)]
+    struct JournalMode {
+        #[diesel(sql_type = Text)]
+        journal_mode: String,
+    }
+
+    #[derive(QueryableByName)]
+    struct Synchronous {
+        #[diesel(sql_type = Integer)]
+        synchronous: i32,
+    }
+
+    #[derive(QueryableByName)]
+    struct ForeignKeys {
+        #[diesel(sql_type = Integer)]
+        foreign_keys: i32,
+    }
+
+    /// Every pooled SQLite connection runs in WAL mode with synchronous=NORMAL (a committed
+    /// transaction survives the process being killed) and foreign keys on. Failed before: only
+    /// the first pragma of the string ran, so the database stayed in rollback-journal mode.
+    #[test]
+    fn pooled_sqlite_connections_use_wal_normal_sync_and_foreign_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::Sqlite(dir.path().join("p.db").to_string_lossy().into_owned());
+        let db =
+            Database::connect(&url, 2, Duration::from_secs(5), Arc::new(Metrics::new())).unwrap();
+        let (mode, sync, fk) = db
+            .run_here(|c| {
+                with_conn!(c, c => {
+                    let mode = diesel::sql_query("PRAGMA journal_mode").get_result::<JournalMode>(c)?;
+                    let sync = diesel::sql_query("PRAGMA synchronous").get_result::<Synchronous>(c)?;
+                    let fk = diesel::sql_query("PRAGMA foreign_keys").get_result::<ForeignKeys>(c)?;
+                    Ok((mode.journal_mode, sync.synchronous, fk.foreign_keys))
+                })
+            })
+            .unwrap();
+        assert_eq!((mode.as_str(), sync, fk), ("wal", 1, 1));
     }
 }

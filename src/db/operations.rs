@@ -231,8 +231,19 @@ pub fn list(conn: &mut DbConn, f: &ListFilter) -> QueryResult<Vec<OperationRow>>
     })
 }
 
-/// Writes the whole status and appends log lines, in one transaction so the stored
-/// `log_offset` never runs ahead of the stored lines.
+/// Writes the whole status and appends new log lines; the caller's transaction (the writer's,
+/// see `db::batch`) keeps the stored `log_offset` from running ahead of the stored lines.
+pub fn save(conn: &mut DbConn, row: &OperationRow, logs: &[LogRow]) -> QueryResult<()> {
+    with_conn!(conn, c => {
+        // Chunked: SQLite limits the number of bind parameters per statement.
+        for chunk in logs.chunks(500) {
+            diesel::insert_into(operation_logs::table).values(chunk).execute(c)?;
+        }
+        diesel::update(operations::table.find(&row.id)).set(row).execute(c)
+    })
+    .map(|_| ())
+}
+
 /// Writes each operation's status and appends its new log lines, all in one transaction (group
 /// commit, see `db::batch`).
 pub fn save_many(conn: &mut DbConn, items: &[(OperationRow, Vec<LogRow>)]) -> QueryResult<()> {

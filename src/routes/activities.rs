@@ -83,10 +83,12 @@ pub async fn create(
         data: body.data.map(|d| d.get().to_string()),
         created_at: crate::util::now_millis(),
     };
-    // Stored first: what the feed broadcasts is always what a later page will show.
+    // Stored first (committed, through the single writer): what the feed broadcasts is always
+    // what a later page will show, and a 201 means the activity survives a crash.
     let row = state
-        .db
-        .run(move |conn| activities::insert(conn, &new))
+        .ops
+        .writer
+        .write(move |conn| activities::insert(conn, &new))
         .await?;
     let activity = Activity::from(row);
     let json = serde_json::to_string(&activity).map_err(|e| AppError::Internal(e.into()))?;

@@ -5,6 +5,7 @@ mod auth;
 mod bench_smoke;
 mod budget_limits;
 mod chaos;
+mod crash;
 mod dashboard;
 mod hardening;
 mod health;

@@ -4,6 +4,17 @@
 //! (SIGTERM to the group, SIGKILL after the grace period): no orphans. Output is read line by
 //! line; a stdout line that is a JSON object with `progress`, `stage`, `message` or `result`
 //! is a status update, every other line is a log line.
+//!
+//! The child dies with the server: it asks the kernel for SIGKILL when its parent goes
+//! (`PR_SET_PDEATHSIG`), so a server killed with SIGKILL, or crashing, leaves no command running
+//! that start-up recovery has marked interrupted. Caveats, by design of the kernel feature:
+//! * The signal follows the *thread* that forked the child, not the process. Commands are
+//!   spawned by operation actors on the arbiter of the operation manager, which is the main
+//!   thread of the `switchyard` binary (it lives as long as the process). An embedder that
+//!   runs the server on a thread of its own kills the commands when that thread ends.
+//! * It reaches the child only. Processes the command started itself survive it unless the
+//!   command `exec`s its last step or they ask for the same signal (e.g. `setpriv --pdeathsig
+//!   KILL`); a graceful stop, cancel and timeout do reach the whole process group.
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -54,7 +65,24 @@ pub fn spawn(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
-        .kill_on_drop(false);
+        // Dropped only when its operation actor stops with the command still running (the
+        // server is going away): never leave it behind.
+        .kill_on_drop(true);
+    let parent = std::process::id();
+    // SAFETY: runs in the forked child before exec; prctl, getppid and the error constructor
+    // are async-signal-safe (no allocation: the error is a raw OS code).
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The parent may have died between fork and prctl: then nobody will signal us.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
