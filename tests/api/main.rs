@@ -3,6 +3,7 @@
 mod activities;
 mod auth;
 mod bench_smoke;
+mod budget;
 mod chaos;
 mod dashboard;
 mod health;

@@ -1,0 +1,205 @@
+//! The memory budget, attacked as a hostile client would: what one connection, with no token,
+//! can make the server hold. The server runs in this process, so its memory is this process's
+//! resident set (`VmRSS`); each attack streams far more than its bound allows to stay resident.
+//! Budget tests take turns ([`ONE_AT_A_TIME`]) so one's growth is not counted for another.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+use crate::helpers::*;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// This process's resident set, in bytes.
+fn rss() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").expect("/proc/self/status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kib * 1024
+}
+
+const MIB: u64 = 1024 * 1024;
+
+/// What the attacker streams behind a header announcing 2^40 bytes: before the fix the server
+/// buffered all of it (3.2 GB in 2 s in the report).
+const STREAMED: usize = 128 << 20;
+
+/// The most the server may grow while it is being streamed at: a few frames and buffers, far
+/// below what is streamed (generous: other tests share this process).
+const GROWTH_BOUND: u64 = 40 * MIB;
+
+/// A masked client frame header announcing `len` payload bytes (64-bit length form).
+fn announcing(opcode: u8, len: u64) -> Vec<u8> {
+    let mut h = vec![0x80 | opcode, 0x80 | 127];
+    h.extend_from_slice(&len.to_be_bytes());
+    h.extend_from_slice(&[0x11, 0x22, 0x33, 0x44]);
+    h
+}
+
+/// The close code of the first close frame the server sends (`None`: it ended the connection
+/// without one), skipping the frames before it.
+async fn close_code(rd: &mut ReadHalf<'_>, mut buf: Vec<u8>) -> Option<u16> {
+    loop {
+        // One whole frame buffered? (Server frames are unmasked.)
+        if buf.len() >= 2 {
+            let (len, start) = match buf[1] & 0x7f {
+                126 if buf.len() >= 4 => (u16::from_be_bytes([buf[2], buf[3]]) as usize, 4),
+                127 if buf.len() >= 10 => (
+                    u64::from_be_bytes(buf[2..10].try_into().expect("8 bytes")) as usize,
+                    10,
+                ),
+                126 | 127 => (usize::MAX, 0),
+                n => (n as usize, 2),
+            };
+            if len != usize::MAX && buf.len() >= start + len {
+                if buf[0] & 0x0f == 0x8 {
+                    return (len >= 2)
+                        .then(|| u16::from_be_bytes([buf[start], buf[start + 1]]))
+                        .or(Some(1005));
+                }
+                buf.drain(..start + len);
+                continue;
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match rd.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Streams `STREAMED` bytes after `header` until the server stops taking them or `stop` is
+/// raised; returns how much it took.
+async fn stream_payload(wr: &mut WriteHalf<'_>, header: &[u8], stop: &AtomicBool) -> usize {
+    if wr.write_all(header).await.is_err() {
+        return 0;
+    }
+    let chunk = vec![0x5au8; 64 * 1024];
+    let mut sent = 0;
+    while sent < STREAMED && !stop.load(Ordering::Relaxed) {
+        // A server that neither reads nor closes would block this forever.
+        match tokio::time::timeout(WAIT, wr.write_all(&chunk)).await {
+            Ok(Ok(())) => sent += chunk.len(),
+            _ => break,
+        }
+    }
+    sent
+}
+
+/// After a WebSocket handshake on `c` (its 101 read): announces 2^40 bytes in a frame of
+/// `opcode` and streams payload while watching for the server's close. Returns the close code
+/// (if any), how long the server took to end it, and how much this process grew meanwhile.
+async fn announce_a_huge_frame(c: &mut Raw, opcode: u8) -> (Option<u16>, Duration, u64) {
+    let before = rss();
+    let started = Instant::now();
+    let stop = AtomicBool::new(false);
+    let leftover = std::mem::take(&mut c.buf);
+    let (mut rd, mut wr) = c.stream.split();
+    let header = announcing(opcode, 1 << 40);
+    let (code, _sent) = tokio::join!(
+        async {
+            let code = tokio::time::timeout(WAIT, close_code(&mut rd, leftover))
+                .await
+                .unwrap_or(None);
+            stop.store(true, Ordering::Relaxed);
+            code
+        },
+        stream_payload(&mut wr, &header, &stop)
+    );
+    let took = started.elapsed();
+    (code, took, rss().saturating_sub(before))
+}
+
+#[tokio::test]
+async fn a_frame_announcing_a_terabyte_is_refused_at_its_header_on_ws() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // A secret: the client has no token, inside its authentication window.
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.jwt_secret = Some(SECRET.into());
+        s.close_linger = Duration::from_millis(300);
+    })
+    .await;
+    let mut c = Raw::connect(&app).await;
+    c.send(handshake("/ws", "websocket").as_bytes()).await;
+    assert!(c.head().await.starts_with("http/1.1 101"));
+    let (code, took, grown) = announce_a_huge_frame(&mut c, 0x2).await;
+    assert_eq!(code, Some(1009), "closed as too large, at the header");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    assert!(
+        grown < GROWTH_BOUND,
+        "the server grew by {} MiB",
+        grown / MIB
+    );
+    assert!(app
+        .metrics_text()
+        .await
+        .contains("switchyard_refusals_total{code=\"frame_too_large\"} 1"));
+    // The server dropped the connection: nothing more is accepted, and it is uncounted.
+    eventually("the socket to be dropped", || async {
+        app.metric("switchyard_websocket_sockets").await == 0
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_frame_announcing_a_terabyte_is_refused_before_socket_io_connect() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.jwt_secret = Some(SECRET.into());
+        s.close_linger = Duration::from_millis(300);
+    })
+    .await;
+    let mut c = Raw::connect(&app).await;
+    c.send(handshake("/socket.io/?EIO=4&transport=websocket", "websocket").as_bytes())
+        .await;
+    assert!(c.head().await.starts_with("http/1.1 101"));
+    let (code, took, grown) = announce_a_huge_frame(&mut c, 0x1).await;
+    assert_eq!(code, Some(1009), "closed as too large, at the header");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    assert!(
+        grown < GROWTH_BOUND,
+        "the server grew by {} MiB",
+        grown / MIB
+    );
+}
+
+#[tokio::test]
+async fn a_frame_announcing_a_terabyte_is_refused_on_the_socket_io_upgrade_probe() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.jwt_secret = Some(SECRET.into());
+        s.close_linger = Duration::from_millis(300);
+    })
+    .await;
+    // A polling session (no CONNECT), then the WebSocket that probes to take it over.
+    let open = app
+        .http
+        .get(app.url("/socket.io/?EIO=4&transport=polling"))
+        .send()
+        .await
+        .expect("handshake")
+        .text()
+        .await
+        .expect("open packet");
+    let open: serde_json::Value = serde_json::from_str(&open[1..]).expect("open packet JSON");
+    let sid = open["sid"].as_str().expect("sid");
+    let mut c = Raw::connect(&app).await;
+    let path = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
+    c.send(handshake(&path, "websocket").as_bytes()).await;
+    assert!(c.head().await.starts_with("http/1.1 101"));
+    let (code, took, grown) = announce_a_huge_frame(&mut c, 0x1).await;
+    assert_eq!(code, Some(1009), "closed as too large, at the header");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    assert!(
+        grown < GROWTH_BOUND,
+        "the server grew by {} MiB",
+        grown / MIB
+    );
+}
