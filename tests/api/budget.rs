@@ -6,6 +6,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
@@ -202,4 +203,68 @@ async fn a_frame_announcing_a_terabyte_is_refused_on_the_socket_io_upgrade_probe
         "the server grew by {} MiB",
         grown / MIB
     );
+}
+
+/// A masked ping frame with `payload`.
+fn client_ping(payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() <= 125);
+    let mask = [0x0au8, 0x0b, 0x0c, 0x0d];
+    let mut f = vec![0x89, 0x80 | payload.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+#[tokio::test]
+async fn a_ping_flood_from_a_client_that_never_reads_holds_one_pong() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // Open mode: no token at all.
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.publish_rate = 0;
+        s.user_publish_rate = 0;
+    })
+    .await;
+    let mut observer = app.ws().await;
+    observer.join("flood-done").await;
+    // The flooder joins (it will never read the answer), sends two million pings, then a
+    // publish: when the observer gets it, every ping before it was handled.
+    let mut c = Raw::connect(&app).await;
+    let mut hello = handshake("/ws", "websocket").into_bytes();
+    hello.extend(client_text(r#"{"type":"join","room":"flood-done"}"#));
+    c.send(&hello).await;
+    let before = rss();
+    const PINGS: usize = 2_000_000;
+    const PER_WRITE: usize = 10_000;
+    let batch: Vec<u8> = (0..PER_WRITE)
+        .flat_map(|_| client_ping(&[0x70; 32]))
+        .collect();
+    let flood = async {
+        for _ in 0..PINGS / PER_WRITE {
+            c.send(&batch).await;
+        }
+        c.send(&client_text(
+            r#"{"type":"publish","room":"flood-done","event":"done","data":1}"#,
+        ))
+        .await;
+    };
+    tokio::time::timeout(Duration::from_secs(60), flood)
+        .await
+        .expect("the server took the flood within a minute");
+    let done = tokio::time::timeout(
+        Duration::from_secs(60),
+        observer.recv_where(|m| m["event"] == "done"),
+    )
+    .await
+    .expect("the flooder's publish arrived: every ping was handled");
+    assert_eq!(done["data"], json!(1));
+    let grown = rss().saturating_sub(before);
+    assert!(
+        grown < GROWTH_BOUND,
+        "the server grew by {} MiB answering {PINGS} pings",
+        grown / MIB
+    );
+    // The server still answers other clients.
+    let mut other = app.ws().await;
+    other.join("after-the-flood").await;
+    drop(c);
 }
