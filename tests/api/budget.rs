@@ -268,3 +268,49 @@ async fn a_ping_flood_from_a_client_that_never_reads_holds_one_pong() {
     other.join("after-the-flood").await;
     drop(c);
 }
+
+#[tokio::test]
+async fn a_request_body_that_does_not_arrive_in_time_gets_408_and_the_connection_ends() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.request_timeout = Duration::from_millis(1_000);
+    })
+    .await;
+    for dribble in [false, true] {
+        let mut c = Raw::connect(&app).await;
+        let started = Instant::now();
+        c.send(
+            b"POST /api/rooms/slow/publish HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+              Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"event\":",
+        )
+        .await;
+        // Either stops there, or sends a byte every 100 ms: a deadline, not an idle timer.
+        let give_up = tokio::time::sleep(WAIT);
+        tokio::pin!(give_up);
+        let head = loop {
+            let mut chunk = [0u8; 4096];
+            tokio::select! {
+                read = c.stream.read(&mut chunk) => match read {
+                    Ok(n @ 1..) => {
+                        c.buf.extend_from_slice(&chunk[..n]);
+                        break c.head().await;
+                    }
+                    _ => panic!("closed without an answer (dribble: {dribble})"),
+                },
+                () = tokio::time::sleep(Duration::from_millis(100)), if dribble => {
+                    let _ = c.stream.write_all(b" ").await;
+                }
+                () = &mut give_up => panic!("no answer (dribble: {dribble})"),
+            }
+        };
+        assert!(head.starts_with("http/1.1 408"), "{head}");
+        let body = c.json_body(&head).await;
+        assert_eq!(body["error"], "request_timeout", "{body}");
+        assert!(c.closed().await, "the connection ends");
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+            "answered after {took:?} (dribble: {dribble})"
+        );
+    }
+}
