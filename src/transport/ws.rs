@@ -16,7 +16,7 @@
 //! they are decoded, and the writer writes the outbox's chunks straight to the socket.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -80,8 +80,35 @@ pub type Body = Pin<Box<dyn Stream<Item = Result<Bytes, actix_web::Error>>>>;
 /// gets the reader of the client's messages (usually to start the connection's actor).
 pub(crate) struct Takeover {
     pub body: Body,
-    pub max_size: usize,
+    pub limit: FrameLimit,
     pub open: Box<dyn FnOnce(WsReader)>,
+}
+
+/// The bound on a connection's messages, shared by its reader and whoever decides it: a session
+/// starts an unauthenticated client on a small bound
+/// (`SWITCHYARD_MAX_UNAUTHENTICATED_FRAME_BYTES`) and raises it once the client authenticated.
+/// The reader applies the current value to the next frame header it reads.
+#[derive(Debug, Clone)]
+pub struct FrameLimit(Arc<AtomicUsize>);
+
+impl FrameLimit {
+    pub fn new(max_size: usize) -> Self {
+        Self(Arc::new(AtomicUsize::new(max_size)))
+    }
+
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    pub fn set(&self, max_size: usize) {
+        self.0.store(max_size, Ordering::Relaxed);
+    }
+}
+
+impl From<usize> for FrameLimit {
+    fn from(max_size: usize) -> Self {
+        Self::new(max_size)
+    }
 }
 
 /// A one-way signal between a connection's reader and writer: raised once, seen or awaited by
@@ -463,6 +490,8 @@ pub struct WsReader {
     socket: Option<OwnedReadHalf>,
     ending: Arc<Ending>,
     frames: FrameReader,
+    /// The bound applied to the next frame (it may change while the connection lives).
+    limit: FrameLimit,
     done: bool,
 }
 
@@ -472,14 +501,21 @@ impl WsReader {
         socket: Option<OwnedReadHalf>,
         buf: BytesMut,
         ending: Arc<Ending>,
-        max_size: usize,
+        limit: FrameLimit,
     ) -> Self {
         Self {
             socket,
             ending,
-            frames: FrameReader::new(buf, max_size),
+            frames: FrameReader::new(buf, limit.get()),
+            limit,
             done: false,
         }
+    }
+
+    /// The bound on this connection's messages, to change it later (e.g. after
+    /// authentication).
+    pub fn limit(&self) -> FrameLimit {
+        self.limit.clone()
     }
 }
 
@@ -510,6 +546,7 @@ impl Stream for WsReader {
             this.done = true;
             return Poll::Ready(None);
         }
+        this.frames.set_max_size(this.limit.get());
         loop {
             // Decode whatever is buffered first.
             match this.frames.next_message() {
@@ -560,21 +597,22 @@ pub fn check(req: &HttpRequest) -> Result<(), UpgradeError> {
 }
 
 /// Accepts the upgrade: returns the 101 response, after which the connection drains `outbox`
-/// and `open` gets the reader of the client's messages.
+/// and `open` gets the reader of the client's messages, bounded by `limit` (a size, or a
+/// [`FrameLimit`] to change later).
 pub fn upgrade(
     req: &HttpRequest,
     outbox: Arc<Outbox>,
-    max_size: usize,
+    limit: impl Into<FrameLimit>,
     open: impl FnOnce(WsReader) + 'static,
 ) -> Result<HttpResponse, UpgradeError> {
-    upgrade_with(req, OutboxStream::new(outbox), max_size, open)
+    upgrade_with(req, OutboxStream::new(outbox), limit, open)
 }
 
 /// [`upgrade`] with any body stream (the Engine.IO upgrade switches outboxes mid-stream).
 pub fn upgrade_with<S>(
     req: &HttpRequest,
     body: S,
-    max_size: usize,
+    limit: impl Into<FrameLimit>,
     open: impl FnOnce(WsReader) + 'static,
 ) -> Result<HttpResponse, UpgradeError>
 where
@@ -595,7 +633,7 @@ where
         .finish();
     response.extensions_mut().insert(Takeover {
         body: Box::pin(body),
-        max_size,
+        limit: limit.into(),
         open: Box::new(open),
     });
     Ok(response)

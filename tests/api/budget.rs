@@ -314,3 +314,97 @@ async fn a_request_body_that_does_not_arrive_in_time_gets_408_and_the_connection
         );
     }
 }
+
+/// A `/ws` request padded past the unauthenticated bound (8 KiB): any answer proves it was read.
+fn padded_request() -> serde_json::Value {
+    json!({"type": "join", "room": "r".repeat(9_000), "id": "big"})
+}
+
+#[tokio::test]
+async fn before_its_auth_frame_a_client_may_send_no_more_than_an_auth_frame_needs() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.jwt_secret = Some(SECRET.into());
+    })
+    .await;
+    // Unauthenticated: a 9 KiB frame is refused (an auth frame is a token, not 9 KiB).
+    let mut c = WsClient::connect(&app.ws_url(), None).await;
+    c.send(padded_request()).await;
+    assert_eq!(c.closed().await.code, Some(1009));
+    // Authenticated by its auth frame: the same frame is read (and refused for its room name).
+    let mut c = WsClient::connect(&app.ws_url(), None).await;
+    let t = token("alice", &["*"], &[], None);
+    c.send(json!({"type": "auth", "token": t})).await;
+    assert_eq!(c.recv().await["type"], "authenticated");
+    c.send(padded_request()).await;
+    let answer = c.recv().await;
+    assert_eq!(
+        (answer["type"].as_str(), answer["id"].as_str()),
+        (Some("error"), Some("big")),
+        "{answer}"
+    );
+    // With a token in the header, the full bound applies from the start.
+    let mut c = WsClient::connect(&app.ws_url(), Some(&t)).await;
+    c.send(padded_request()).await;
+    assert_eq!(c.recv().await["id"], "big");
+}
+
+#[tokio::test]
+async fn before_its_connect_a_socket_io_client_may_send_no_more_than_a_connect_needs() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.jwt_secret = Some(SECRET.into());
+    })
+    .await;
+    let url = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
+        app.port
+    );
+    let open = || async {
+        let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
+            .await
+            .expect("WebSocket");
+        let first = ws.next().await.expect("open packet").expect("frame");
+        assert!(first.to_text().expect("text").starts_with("0{"));
+        ws
+    };
+    let big_join = format!(r#"420["join",{{"room":"{}"}}]"#, "r".repeat(9_000));
+    // Before CONNECT: refused at the header.
+    let mut ws = open().await;
+    ws.send(Message::text(big_join.clone()))
+        .await
+        .expect("send");
+    let code = loop {
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("closed in time")
+        {
+            Some(Ok(Message::Close(f))) => break f.map(|f| u16::from(f.code)),
+            Some(Ok(_)) => continue,
+            _ => break None,
+        }
+    };
+    assert_eq!(code, Some(1009));
+    // After CONNECT: read (its ack refuses the room name) and the connection goes on.
+    let mut ws = open().await;
+    let t = token("alice", &["*"], &[], None);
+    ws.send(Message::text(format!(r#"40{{"token":"{t}"}}"#)))
+        .await
+        .expect("send");
+    ws.send(Message::text(big_join)).await.expect("send");
+    loop {
+        let frame = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("an ack in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = frame {
+            if t.starts_with("430") {
+                break;
+            }
+            assert!(!t.starts_with("44"), "CONNECT refused: {t}");
+        } else {
+            assert!(!matches!(frame, Message::Close(_)), "closed: {frame:?}");
+        }
+    }
+}
