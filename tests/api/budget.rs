@@ -31,9 +31,11 @@ const MIB: u64 = 1024 * 1024;
 /// buffered all of it (3.2 GB in 2 s in the report).
 const STREAMED: usize = 128 << 20;
 
-/// The most the server may grow while it is being streamed at: a few frames and buffers, far
-/// below what is streamed (generous: other tests share this process).
-const GROWTH_BOUND: u64 = 40 * MIB;
+/// The most this process may grow during an attack. The server needs a few frames and buffers
+/// (~0.1-0.4 MiB measured); the bound is generous because other tests share this process (a
+/// full `cargo test` runs them alongside), and still half of what the attacks made the server
+/// hold before the fixes (128-156 MiB).
+const GROWTH_BOUND: u64 = 64 * MIB;
 
 /// A masked client frame header announcing `len` payload bytes (64-bit length form).
 fn announcing(opcode: u8, len: u64) -> Vec<u8> {
