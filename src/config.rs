@@ -88,7 +88,17 @@ pub struct Settings {
     /// Interval of the `stats` event in the `system` room (`SWITCHYARD_STATS_INTERVAL_MS`).
     pub stats_interval: Duration,
     /// Largest WebSocket message accepted, after reassembly (`SWITCHYARD_MAX_FRAME_BYTES`).
+    /// Refused at the frame's header, before its payload is read.
     pub max_frame_bytes: usize,
+    /// Largest WebSocket message accepted before the client authenticated: on `/ws` until its
+    /// `auth` frame (when a secret is set and no header token was sent), on a Socket.IO
+    /// WebSocket until its first CONNECT (`SWITCHYARD_MAX_UNAUTHENTICATED_FRAME_BYTES`). What
+    /// a client may send then is a token, so a few KiB; never above the authenticated bound.
+    pub max_unauthenticated_frame_bytes: usize,
+    /// How long an HTTP request's body may take to arrive, counted from its head
+    /// (`SWITCHYARD_REQUEST_TIMEOUT_MS`); the head itself has 5 s. A late body gets 408
+    /// `request_timeout` and the connection is closed.
+    pub request_timeout: Duration,
     /// Largest HTTP request body accepted (`SWITCHYARD_MAX_BODY_BYTES`).
     pub max_body_bytes: usize,
     /// Per-session outbound queue limit in messages (`SWITCHYARD_OUTBOX_MAX_MESSAGES`).
@@ -182,6 +192,8 @@ impl Default for Settings {
             auth_timeout: Duration::from_millis(5_000),
             stats_interval: Duration::from_millis(5_000),
             max_frame_bytes: 64 * 1024,
+            max_unauthenticated_frame_bytes: 8 * 1024,
+            request_timeout: Duration::from_millis(30_000),
             max_body_bytes: 256 * 1024,
             outbox_max_messages: 1_024,
             outbox_max_bytes: 1024 * 1024,
@@ -454,6 +466,19 @@ impl Settings {
             128,
             64 << 20,
             &mut s.max_frame_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_MAX_UNAUTHENTICATED_FRAME_BYTES",
+            128,
+            64 << 20,
+            &mut s.max_unauthenticated_frame_bytes,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_REQUEST_TIMEOUT_MS",
+            10,
+            &mut s.request_timeout,
         )?;
         num(
             &get,

@@ -39,6 +39,7 @@ pub enum ErrorCode {
     NotFound,
     BadRequest,
     PayloadTooLarge,
+    RequestTimeout,
     DatabaseUnavailable,
     Unavailable,
     Internal,
@@ -72,6 +73,7 @@ impl ErrorCode {
         Self::NotFound,
         Self::BadRequest,
         Self::PayloadTooLarge,
+        Self::RequestTimeout,
         Self::DatabaseUnavailable,
         Self::Unavailable,
         Self::Internal,
@@ -105,6 +107,7 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::BadRequest => "bad_request",
             Self::PayloadTooLarge => "payload_too_large",
+            Self::RequestTimeout => "request_timeout",
             Self::DatabaseUnavailable => "database_unavailable",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
@@ -134,6 +137,7 @@ impl ErrorCode {
             Self::DuplicateOperation | Self::OperationFinished => StatusCode::CONFLICT,
             Self::UnknownKind => StatusCode::BAD_REQUEST,
             Self::FrameTooLarge | Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyErrors
             | Self::SlowConsumer
             | Self::TooManyRooms

@@ -187,10 +187,15 @@ impl Application {
             .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
         let port = listener.local_addr()?.port();
         let max_body = settings.max_body_bytes;
+        let body_timeout = settings.request_timeout;
         let app_state = state.clone();
         let app = move || {
             let counted = app_state.metrics.clone();
             App::new()
+                // A body must arrive within SWITCHYARD_REQUEST_TIMEOUT_MS of its head.
+                .wrap_fn(move |req, srv| {
+                    crate::transport::deadline::body_deadline(req, srv, body_timeout)
+                })
                 // Every REST refusal is counted by code, like socket refusals.
                 .wrap_fn(move |req, srv| {
                     let metrics = counted.clone();
@@ -213,7 +218,8 @@ impl Application {
                 .default_service(web::to(not_found))
         };
         // What actix-web's `HttpServer::listen` builds, plus the upgrade service. Its defaults
-        // are kept (keep-alive 5 s, 5 s to send a request head, 1 s to close).
+        // are kept (keep-alive 5 s, 5 s to send a request head, 1 s to close); the body's own
+        // deadline is the middleware above (actix-http bounds only the head).
         let builder = actix_server::Server::build();
         let shutdown_signal = builder.graceful_shutdown_signal();
         let local_addr = listener.local_addr()?;

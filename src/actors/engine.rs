@@ -32,7 +32,7 @@ use crate::protocol::sio;
 use crate::protocol::socketio::{self, Kind};
 use crate::state::AppState;
 use crate::transport::outbox::{Frame, Outbox};
-use crate::transport::ws::{ReadError, WsMessage, WsReader};
+use crate::transport::ws::{FrameLimit, ReadError, WsMessage, WsReader};
 
 /// What an Engine.IO endpoint serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -211,6 +211,9 @@ pub struct EngineSession {
     created: std::time::Instant,
     /// This connection's place in the per-address count.
     slot: Option<crate::limits::ConnectionSlot>,
+    /// The bound on the WebSocket's messages (the latest one attached): the unauthenticated
+    /// bound until a namespace is connected, then `maxPayload` ([`Self::frame_bound`]).
+    frame_limit: Option<FrameLimit>,
 }
 
 impl EngineSession {
@@ -251,12 +254,37 @@ impl EngineSession {
             disconnect_queued: false,
             created: std::time::Instant::now(),
             slot: None,
+            frame_limit: None,
         }
     }
 
     /// Holds the connection's per-address slot for the session's lifetime.
     pub fn with_slot(mut self, slot: crate::limits::ConnectionSlot) -> Self {
         self.slot = Some(slot);
+        self
+    }
+
+    /// The bound on a WebSocket message now: before its first CONNECT a client has sent no
+    /// credentials and needs no more than a CONNECT packet (with its token), so
+    /// `SWITCHYARD_MAX_UNAUTHENTICATED_FRAME_BYTES`; after it, `maxPayload`. (The protocol
+    /// test suites' modes keep `maxPayload`: they send large messages without connecting.)
+    pub fn frame_bound(
+        config: &EngineConfig,
+        settings: &crate::config::Settings,
+        connected: bool,
+    ) -> usize {
+        if config.mode == EngineMode::Switchyard && !connected {
+            settings
+                .max_unauthenticated_frame_bytes
+                .min(config.max_payload)
+        } else {
+            config.max_payload
+        }
+    }
+
+    /// The WebSocket's bound, to raise once a namespace is connected.
+    pub fn with_frame_limit(mut self, limit: FrameLimit) -> Self {
+        self.frame_limit = Some(limit);
         self
     }
 
@@ -637,6 +665,9 @@ impl EngineSession {
         self.sockets
             .insert(nsp.clone(), Socket::Switchyard(session));
         self.socket_ids.insert(id, nsp.clone());
+        if let Some(limit) = &self.frame_limit {
+            limit.set(Self::frame_bound(&self.config, &self.state.settings, true));
+        }
         self.push_text(sio::packet(Kind::Connect, &nsp, None, Some(&connected), 0));
     }
 
@@ -931,6 +962,16 @@ impl Handler<Upgrade> for EngineSession {
 impl Handler<AttachProbe> for EngineSession {
     type Result = ();
     fn handle(&mut self, msg: AttachProbe, ctx: &mut Context<Self>) {
+        // The probe was upgraded with `maxPayload`; before a CONNECT it gets the smaller bound
+        // (the reader has not read a frame yet: it is polled from here on).
+        let limit = msg.0.limit();
+        let connected = !self.sockets.is_empty();
+        limit.set(Self::frame_bound(
+            &self.config,
+            &self.state.settings,
+            connected,
+        ));
+        self.frame_limit = Some(limit);
         ctx.add_stream(msg.0);
     }
 }

@@ -34,7 +34,7 @@ use crate::protocol::native::{self, Request, RequestId};
 use crate::protocol::{Reply, Wire};
 use crate::state::AppState;
 use crate::transport::outbox::Outbox;
-use crate::transport::ws::{ReadError, WsMessage};
+use crate::transport::ws::{FrameLimit, ReadError, WsMessage};
 
 /// The window over which refused frames are counted for the error-flood limit.
 const ERROR_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
@@ -67,6 +67,9 @@ pub struct Session {
     slot: Option<ConnectionSlot>,
     /// Codes already logged for this session: a refusal is logged once per client, not per frame.
     logged_codes: u64,
+    /// The bound on this connection's messages (`/ws` only): the unauthenticated bound until
+    /// the first successful `auth`, then `SWITCHYARD_MAX_FRAME_BYTES`.
+    frame_limit: Option<FrameLimit>,
     state: Arc<AppState>,
 }
 
@@ -102,6 +105,7 @@ impl Session {
             ),
             slot: None,
             logged_codes: 0,
+            frame_limit: None,
             state,
         }
     }
@@ -125,6 +129,12 @@ impl Session {
     /// Holds the connection's per-address slot for the session's lifetime.
     pub fn with_slot(mut self, slot: ConnectionSlot) -> Self {
         self.slot = Some(slot);
+        self
+    }
+
+    /// The bound on the connection's messages, raised when the client authenticates.
+    pub fn with_frame_limit(mut self, limit: FrameLimit) -> Self {
+        self.frame_limit = Some(limit);
         self
     }
 
@@ -636,6 +646,9 @@ impl Session {
         self.reply(id.as_deref(), Reply::Authenticated(&fresh.user));
         self.leave_revoked_rooms(&fresh);
         self.identity = Some(fresh);
+        if let Some(limit) = &self.frame_limit {
+            limit.set(self.state.settings.max_frame_bytes);
+        }
         self.schedule_expiry(ctx);
     }
 

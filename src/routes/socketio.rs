@@ -20,7 +20,7 @@ use crate::actors::engine::{
 use crate::protocol::engineio::{self, Queued};
 use crate::state::AppState;
 use crate::transport::outbox::{Frame, Outbox, OutboxStream, Taken};
-use crate::transport::ws;
+use crate::transport::ws::{self, FrameLimit};
 
 /// The Engine.IO error answers (`{"code", "message"}` with the codes of the reference server).
 fn engine_error(
@@ -347,7 +347,7 @@ async fn websocket(
                 Err(refused) => return *refused,
             };
             let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
-            let max_size = config.max_payload;
+            let limit = FrameLimit::new(EngineSession::frame_bound(&config, settings, false));
             let session = EngineSession::new(
                 new_sid(),
                 outbox.clone(),
@@ -357,8 +357,8 @@ async fn websocket(
                 state.engines.clone(),
                 identity,
             );
-            let session = session.with_slot(slot);
-            ws::upgrade(&req, outbox, max_size, move |reader| {
+            let session = session.with_slot(slot).with_frame_limit(limit.clone());
+            ws::upgrade(&req, outbox, limit, move |reader| {
                 session.launch(move |ctx| {
                     ctx.add_stream(reader);
                 });

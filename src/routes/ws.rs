@@ -7,7 +7,7 @@ use crate::actors::session::Session;
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 use crate::transport::outbox::Outbox;
-use crate::transport::ws::upgrade;
+use crate::transport::ws::{upgrade, FrameLimit};
 
 pub async fn connect(
     req: HttpRequest,
@@ -26,13 +26,24 @@ pub async fn connect(
     let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
-    let max_size = settings.max_frame_bytes;
+    // Until it authenticates, a client may send what an `auth` frame needs; the session
+    // raises the bound when it does.
+    let unauthenticated = identity.is_none() && !state.auth.open_mode();
+    let limit = FrameLimit::new(if unauthenticated {
+        settings
+            .max_unauthenticated_frame_bytes
+            .min(settings.max_frame_bytes)
+    } else {
+        settings.max_frame_bytes
+    });
     let state = state.into_inner();
-    upgrade(&req, outbox.clone(), max_size, move |reader| {
+    upgrade(&req, outbox.clone(), limit.clone(), move |reader| {
         let id = crate::actors::next_session_id();
         Session::create(move |ctx| {
             ctx.add_stream(reader);
-            Session::new(id, identity, outbox, state).with_slot(slot)
+            Session::new(id, identity, outbox, state)
+                .with_slot(slot)
+                .with_frame_limit(limit)
         });
     })
     .map_err(AppError::from)

@@ -76,12 +76,7 @@ where
         log::debug!("WebSocket handshake answer not delivered: {e}");
         // The handler's side still learns that the connection ended (e.g. an Engine.IO session
         // waiting on this upgrade falls back to polling).
-        (takeover.open)(WsReader::new(
-            None,
-            BytesMut::new(),
-            ending,
-            takeover.max_size,
-        ));
+        (takeover.open)(WsReader::new(None, BytesMut::new(), ending, takeover.limit));
         return Ok(());
     }
     // Frames the client sent right behind its handshake (rare) were read with it; keep just
@@ -98,7 +93,7 @@ where
         Some(read),
         early,
         ending.clone(),
-        takeover.max_size,
+        takeover.limit,
     ));
     let open = OpenSocket::new(metrics);
     actix_web::rt::spawn(async move {

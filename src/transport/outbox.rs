@@ -8,7 +8,10 @@
 //! Bounds: `max_messages` and `max_bytes` cap what a client that does not read can pin in
 //! memory. A push past them fails with [`PushError::Full`]; the caller decides what that means
 //! (for a room member: disconnect as a slow consumer, the client resumes through offsets).
-//! Control frames (ping/pong/close) bypass the bounds: they are tiny and must never wait.
+//! Control frames never wait behind that bound, and never pile up either: at most one ping and
+//! one pong are pending at a time. A newer pong replaces a pending one (RFC 6455 §5.5.3 allows
+//! answering only the most recent ping), so a client that floods pings and never reads makes
+//! the server hold one pong's 125 bytes, not one per ping; they go out ahead of queued data.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -35,8 +38,6 @@ enum Out {
     /// (conflation: only the latest progress of an operation matters).
     Latest(Bytes, u64),
     Binary(Bytes),
-    Ping,
-    Pong(Bytes),
 }
 
 /// A data frame to queue.
@@ -72,6 +73,11 @@ struct State {
     queue: VecDeque<Out>,
     /// Payload bytes in `queue`.
     bytes: usize,
+    /// A server ping is due (at most one pending, whatever the heartbeat does meanwhile).
+    ping: bool,
+    /// The pong answering the client's latest ping (at most one pending: a newer ping's pong
+    /// replaces it). Its payload is a copy, at most 125 bytes, so it pins no read buffer.
+    pong: Option<Bytes>,
     /// Set once: the close frame to send after the queue drains.
     close: Option<CloseReason>,
     /// The connection is gone (the body stream was dropped) or the close frame was written.
@@ -228,9 +234,10 @@ impl Outbox {
                     st.bytes -= b.len();
                     frames.push(Frame::Binary(b));
                 }
-                Out::Ping | Out::Pong(_) => {}
             }
         }
+        st.ping = false;
+        st.pong = None;
         if !frames.is_empty() {
             return Poll::Ready(Taken::Frames(frames));
         }
@@ -257,15 +264,20 @@ impl Outbox {
         self.waker.wake();
     }
 
+    /// Queues a ping, unless one is already pending.
     pub fn ping(&self) {
-        self.push_control(Out::Ping);
+        self.push_control(|st| st.ping = true);
     }
 
+    /// Queues the answer to a client's ping; a pong still pending is replaced (its ping is
+    /// answered by this one).
     pub fn pong(&self, payload: Bytes) {
-        self.push_control(Out::Pong(payload));
+        // A copy: the payload is a slice of the connection's read buffer.
+        let payload = Bytes::copy_from_slice(&payload);
+        self.push_control(move |st| st.pong = Some(payload));
     }
 
-    fn push_control(&self, out: Out) {
+    fn push_control(&self, set: impl FnOnce(&mut State)) {
         if self.framing == Framing::Raw {
             return;
         }
@@ -274,7 +286,7 @@ impl Outbox {
             if st.finished || st.close.is_some() {
                 return;
             }
-            st.queue.push_back(out);
+            set(&mut st);
         }
         self.waker.wake();
     }
@@ -301,10 +313,11 @@ impl Outbox {
         st.finished || st.close.is_some()
     }
 
-    /// Messages and bytes waiting to be written.
+    /// Messages (control frames included) and payload bytes waiting to be written.
     pub fn backlog(&self) -> (usize, usize) {
         let st = self.lock();
-        (st.queue.len(), st.bytes)
+        let control = usize::from(st.ping) + usize::from(st.pong.is_some());
+        (st.queue.len() + control, st.bytes)
     }
 }
 
@@ -330,13 +343,20 @@ impl Stream for OutboxStream {
         if st.finished {
             return Poll::Ready(None);
         }
-        if st.queue.is_empty() && st.close.is_none() {
+        if st.queue.is_empty() && st.close.is_none() && !st.ping && st.pong.is_none() {
             return Poll::Pending;
         }
         // Size the chunk once; a fresh buffer per chunk means an idle connection holds none.
-        let need: usize = st.bytes + st.queue.len() * 10 + 128;
+        let need: usize = st.bytes + st.queue.len() * 10 + 2 * 128;
         let mut buf = BytesMut::with_capacity(need);
         let raw = outbox.framing == Framing::Raw;
+        // Control frames first: they must not wait behind a backlog.
+        if std::mem::take(&mut st.ping) {
+            Parser::write_message(&mut buf, b"", OpCode::Ping, true, false);
+        }
+        if let Some(p) = st.pong.take() {
+            Parser::write_message(&mut buf, &p, OpCode::Pong, true, false);
+        }
         while let Some(out) = st.queue.pop_front() {
             match out {
                 Out::Text(p) | Out::Latest(p, _) if raw => {
@@ -352,8 +372,6 @@ impl Stream for OutboxStream {
                     st.bytes -= p.len();
                     Parser::write_message(&mut buf, &p, OpCode::Binary, true, false);
                 }
-                Out::Ping => Parser::write_message(&mut buf, b"", OpCode::Ping, true, false),
-                Out::Pong(p) => Parser::write_message(&mut buf, &p, OpCode::Pong, true, false),
             }
         }
         if let Some(reason) = st.close.clone() {
@@ -373,6 +391,8 @@ impl Drop for OutboxStream {
         st.finished = true;
         st.queue.clear();
         st.bytes = 0;
+        st.ping = false;
+        st.pong = None;
     }
 }
 
@@ -390,8 +410,27 @@ mod tests {
         ob.push_text(Bytes::from_static(b"a")).unwrap();
         ob.push_text(Bytes::from_static(b"b")).unwrap();
         assert_eq!(ob.push_text(Bytes::from_static(b"c")), Err(PushError::Full));
-        ob.ping(); // control frames bypass the bound
+        // A ping does not wait behind the full data queue, but only one is ever pending.
+        ob.ping();
+        ob.ping();
         assert_eq!(ob.backlog().0, 3);
+    }
+
+    #[actix_web::test]
+    async fn a_ping_flood_leaves_one_pong_pending_answering_the_latest_ping() {
+        let ob = Outbox::new(2, 100);
+        ob.push_text(Bytes::from_static(b"a")).unwrap();
+        for i in 0..10_000u32 {
+            ob.pong(Bytes::from(i.to_be_bytes().to_vec()));
+        }
+        ob.ping();
+        // One data frame, one ping, one pong: whatever the client sent.
+        assert_eq!(ob.backlog(), (3, 1));
+        let mut s = OutboxStream::new(ob.clone());
+        let chunk = s.next().await.unwrap().unwrap();
+        // ping (2), pong with the last ping's 4 bytes (2 + 4), then the data frame (2 + 1).
+        assert_eq!(&chunk[..], b"\x89\x00\x8a\x04\x00\x00\x27\x0f\x81\x01a");
+        assert_eq!(ob.backlog(), (0, 0));
     }
 
     #[test]

@@ -7,6 +7,8 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use switchyard::config::{DatabaseUrl, Settings};
 use switchyard::startup::{Application, ShutdownHandle};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -480,5 +482,133 @@ where
             "timed out waiting for: {what}"
         );
         tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+// ---- raw TCP clients: nothing between the test and the server smooths anything over ----
+
+/// A WebSocket upgrade request for `path`.
+pub fn handshake(path: &str, upgrade: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: {upgrade}\r\n\
+         Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    )
+}
+
+/// A masked client text frame (payloads under 126 bytes).
+pub fn client_text(payload: &str) -> Vec<u8> {
+    let mask = [0x12u8, 0x34, 0x56, 0x78];
+    let bytes = payload.as_bytes();
+    assert!(bytes.len() < 126);
+    let mut f = vec![0x81, 0x80 | bytes.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(bytes.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
+pub struct Raw {
+    pub stream: TcpStream,
+    pub buf: Vec<u8>,
+}
+
+impl Raw {
+    pub async fn connect(app: &TestApp) -> Self {
+        let stream = TcpStream::connect(("127.0.0.1", app.port))
+            .await
+            .expect("connect");
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// A /ws connection joined to `room`.
+    pub async fn member(app: &TestApp, room: &str) -> Self {
+        let mut c = Self::connect(app).await;
+        let mut bytes = handshake("/ws", "websocket").into_bytes();
+        bytes.extend(client_text(
+            &json!({"type": "join", "room": room, "id": 1}).to_string(),
+        ));
+        c.send(&bytes).await;
+        assert!(c.head().await.starts_with("http/1.1 101"));
+        assert_eq!(c.json().await["type"], "welcome");
+        assert_eq!(c.json().await["type"], "joined");
+        c
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("write");
+    }
+
+    /// Reads until `n` more bytes are buffered, or the server closes (false).
+    pub async fn fill(&mut self, n: usize) -> bool {
+        while self.buf.len() < n {
+            let mut chunk = [0u8; 4096];
+            let read = tokio::time::timeout(WAIT, self.stream.read(&mut chunk))
+                .await
+                .expect("server answered in time")
+                .expect("read");
+            if read == 0 {
+                return false;
+            }
+            self.buf.extend_from_slice(&chunk[..read]);
+        }
+        true
+    }
+
+    /// The HTTP response head (status line and headers, lower-cased).
+    pub async fn head(&mut self) -> String {
+        loop {
+            if let Some(end) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&self.buf[..end]).to_lowercase();
+                self.buf.drain(..end + 4);
+                return head;
+            }
+            let want = self.buf.len() + 1;
+            assert!(self.fill(want).await, "closed before a response head");
+        }
+    }
+
+    /// One unmasked server frame: (opcode, payload).
+    pub async fn frame(&mut self) -> (u8, Vec<u8>) {
+        assert!(self.fill(2).await, "closed before a frame");
+        let opcode = self.buf[0] & 0x0f;
+        let (len, start) = match self.buf[1] & 0x7f {
+            126 => {
+                assert!(self.fill(4).await);
+                (u16::from_be_bytes([self.buf[2], self.buf[3]]) as usize, 4)
+            }
+            127 => panic!("unexpectedly large frame"),
+            n => (n as usize, 2),
+        };
+        assert!(self.fill(start + len).await, "closed inside a frame");
+        let payload = self.buf[start..start + len].to_vec();
+        self.buf.drain(..start + len);
+        (opcode, payload)
+    }
+
+    pub async fn json(&mut self) -> Value {
+        let (opcode, payload) = self.frame().await;
+        assert_eq!(opcode, 1, "a text frame");
+        serde_json::from_slice(&payload).expect("JSON frame")
+    }
+
+    /// The JSON body that follows `head` (sized by its content-length).
+    pub async fn json_body(&mut self, head: &str) -> Value {
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("content-length");
+        assert!(self.fill(len).await, "closed inside the body");
+        let body = serde_json::from_slice(&self.buf[..len]).expect("JSON body");
+        self.buf.drain(..len);
+        body
+    }
+
+    /// True when the server closes the connection (after whatever is still buffered).
+    pub async fn closed(&mut self) -> bool {
+        self.buf.clear();
+        !self.fill(1).await
     }
 }

@@ -3,6 +3,7 @@
 mod activities;
 mod auth;
 mod bench_smoke;
+mod budget;
 mod budget_limits;
 mod chaos;
 mod crash;
