@@ -13,7 +13,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_http::ws::CloseCode;
 
-use super::operations::WatchOperation;
+use super::operation_manager::WatchOperation;
 use super::registry::{LeaveAll, SessionClosed, SessionOpened};
 use super::{Evicted, Member, ServerShutdown, SessionId};
 use crate::auth::UserInfo;

@@ -52,7 +52,7 @@ use serde_json::Value;
 
 use self::journal::Journal;
 use self::runners::Runner;
-use super::operations::{Finished, OperationManager, ReportReply, Retired};
+use super::operation_manager::{Finished, OperationManager, ReportReply, Retired};
 use super::room::Publish;
 use super::Member;
 use crate::db::operations::{LogRow, OperationRow};
