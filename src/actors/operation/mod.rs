@@ -10,7 +10,7 @@
 //!
 //! The actor is split by concern:
 //! * this file: the state, the messages, publishing, status changes and the write loop;
-//! * [`journal`]: log buffering, replay from memory, write batching with backoff and the pending
+//! * `journal.rs`: log buffering, replay from memory, write batching with backoff and the pending
 //!   acknowledgements, as a plain struct with unit tests;
 //! * `runners.rs`: how each runner kind (demo, command, external worker) is started, driven,
 //!   cancelled and ended;
@@ -28,7 +28,7 @@
 //!   gap and no duplicate.
 //! * The terminal state is written to the database before the terminal event is published;
 //!   watchers that join in between are held until then.
-//! * Log offsets start at 1 and have no gaps ([`journal::Journal::append`]); every line is
+//! * Log offsets start at 1 and have no gaps (`journal::Journal::append`); every line is
 //!   written before the status row that counts it (same transaction).
 //! * A command or demo runner starts only after the row saying `running` (with its start time)
 //!   has committed: start-up recovery can then tell an operation that may have run (`running`:
