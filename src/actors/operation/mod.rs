@@ -9,18 +9,13 @@
 //! coalesced writes to the database; [`Finished`] and [`Retired`] to the manager.
 //!
 //! The actor is split by concern:
-//! * this file: the state, the messages, publishing, status changes and the write loop;
+//! * this file: the state, the messages, publishing, status changes, the terminal event;
 //! * `journal.rs`: log buffering, replay from memory, write batching with backoff and the pending
 //!   acknowledgements, as a plain struct with unit tests;
 //! * `runners.rs`: how each runner kind (demo, command, external worker) is started, driven,
 //!   cancelled and ended;
-//! * `watchers.rs`: how a watcher joins `operation:<id>` with its backfill.
-//!
-//! Why this file is one piece (about 630 lines): what is left here is what every concern above
-//! calls into, in one order that the invariants below depend on: a status change is applied,
-//! counted in the journal and published in the same call, and the write loop decides, after each
-//! write, whether the terminal event, the acknowledgements, the runner's launch or another write
-//! come next. Splitting it would spread that one sequence over several files.
+//! * `watchers.rs`: how a watcher joins `operation:<id>` with its backfill;
+//! * `writes.rs`: the write loop that runs the journal's writes and what follows each outcome.
 //!
 //! Invariants:
 //! * Every event this actor publishes, and every watcher join it sends, goes through the same
@@ -40,6 +35,7 @@
 mod journal;
 mod runners;
 mod watchers;
+mod writes;
 
 pub use watchers::backfill_frames;
 
@@ -55,7 +51,6 @@ use self::runners::Runner;
 use super::operation_manager::{Finished, OperationManager, ReportReply, Retired};
 use super::room::Publish;
 use super::Member;
-use crate::db::operations::{LogRow, OperationRow};
 use crate::error::{ErrorCode, Refusal};
 use crate::operations::config::Kind;
 use crate::operations::{clip_line, EtaEstimator, Operation, RunnerKind, Status, Update};
@@ -349,120 +344,6 @@ impl OperationActor {
         self.flush(ctx);
     }
 
-    // ---- the write loop ------------------------------------------------------------------
-
-    /// Writes the status and pending lines if anything changed; retries with backoff.
-    fn flush(&mut self, ctx: &mut Context<Self>) {
-        let Some(write) = self.journal.start_write(Instant::now()) else {
-            return;
-        };
-        self.cx
-            .metrics
-            .operation_writes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let row = OperationRow::from(&self.op);
-        let logs: Vec<LogRow> = self
-            .journal
-            .unwritten()
-            .map(|l| LogRow::new(&self.op.id, l))
-            .collect();
-        let wrote_terminal = self.op.status.is_terminal();
-        self.cx
-            .writer
-            .save(row, logs)
-            .into_actor(self)
-            .map(move |res, act, ctx| match res {
-                Ok(()) => {
-                    let acks = act.journal.write_committed(write);
-                    if act.terminal_pending {
-                        if wrote_terminal {
-                            act.announce_terminal(ctx);
-                        } else {
-                            act.flush(ctx);
-                        }
-                    }
-                    act.settle_flush_waiters(ctx);
-                    for reply in acks {
-                        reply.answer(Ok(&act.op));
-                    }
-                    act.maybe_launch(ctx);
-                    if act.journal.has_held_acks() || act.launch_after.is_some() {
-                        // More arrived while this write ran: write it now, not at the next
-                        // tick (this is what group-commits a worker's stream of reports).
-                        act.flush(ctx);
-                    }
-                }
-                Err(e) => {
-                    let failure = act.journal.write_failed(write, Instant::now());
-                    // Not known to be stored: say so now rather than hold the worker for the
-                    // outage. The report stays in memory and is written on a retry, so sending
-                    // it again may store it twice (at least once, never lost).
-                    for reply in failure.acks {
-                        reply.answer(Err(Refusal::new(
-                            ErrorCode::DatabaseUnavailable,
-                            "the database is unreachable; the report was applied but is not stored yet",
-                        )));
-                    }
-                    // Shutdown does not wait on a database that is down.
-                    for w in act.flush_waiters.drain(..) {
-                        let _ = w.send(());
-                    }
-                    if failure.failures == 1 || failure.failures % 20 == 0 {
-                        log::warn!(
-                            "operation {}: writing state failed ({} times), retrying in {:?}: {e}",
-                            act.op.id,
-                            failure.failures,
-                            failure.retry_in
-                        );
-                    }
-                }
-            })
-            .spawn(ctx);
-    }
-
-    /// Answers a successful report once what it changed is written (at once if nothing is
-    /// left to write); a report nobody waits for is not held.
-    fn answer_when_written(&mut self, reply: ReportReply, ctx: &mut Context<Self>) {
-        if !reply.waits() {
-            return reply.answer(Ok(&self.op));
-        }
-        if let Some(reply) = self.journal.hold_ack(reply) {
-            return reply.answer(Ok(&self.op));
-        }
-        self.flush(ctx);
-    }
-
-    /// Starts the runner once the row saying `running` is written.
-    fn maybe_launch(&mut self, ctx: &mut Context<Self>) {
-        let Some(v) = self.launch_after else {
-            return;
-        };
-        if !self.journal.is_written(v) {
-            return;
-        }
-        self.launch_after = None;
-        // Cancelled (or finished) while the start was being written: nothing to run.
-        if self.op.status == Status::Running {
-            self.launch(ctx);
-        }
-    }
-
-    /// After a successful write: write again if more piled up while it ran, else release
-    /// whoever waits for everything to be written.
-    fn settle_flush_waiters(&mut self, ctx: &mut Context<Self>) {
-        if self.flush_waiters.is_empty() {
-            return;
-        }
-        if self.journal.has_unwritten() {
-            self.journal.write_now(Instant::now());
-            self.flush(ctx);
-        } else if !self.journal.is_writing() {
-            for w in self.flush_waiters.drain(..) {
-                let _ = w.send(());
-            }
-        }
-    }
-
     /// Publishes the terminal event once its state is written, frees the slot, joins the
     /// watchers that waited for it, and retires the actor after the retention time.
     fn announce_terminal(&mut self, ctx: &mut Context<Self>) {
@@ -583,18 +464,6 @@ impl Handler<Interrupt> for OperationActor {
     }
 }
 
-impl Handler<Report> for OperationActor {
-    type Result = ();
-
-    fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
-        let Report { report, reply } = msg;
-        match self.report(report, ctx) {
-            Ok(()) => self.answer_when_written(reply, ctx),
-            Err(r) => reply.answer(Err(r)),
-        }
-    }
-}
-
 impl Handler<Cancel> for OperationActor {
     type Result = Result<Operation, Refusal>;
 
@@ -610,26 +479,6 @@ impl Handler<Cancel> for OperationActor {
         log::info!("operation {}: cancel requested", self.op.id);
         self.cancel_runner(ctx);
         Ok(self.op.clone())
-    }
-}
-
-impl Handler<FlushNow> for OperationActor {
-    type Result = ResponseFuture<()>;
-
-    fn handle(&mut self, _: FlushNow, ctx: &mut Context<Self>) -> Self::Result {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        self.flush_waiters.push(tx);
-        if self.journal.is_writing() {
-            // The running write settles the waiters (and writes again if needed).
-        } else if self.journal.has_unwritten() {
-            self.journal.write_now(Instant::now());
-            self.flush(ctx);
-        } else {
-            self.settle_flush_waiters(ctx);
-        }
-        Box::pin(async move {
-            let _ = rx.await;
-        })
     }
 }
 

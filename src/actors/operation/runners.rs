@@ -5,11 +5,11 @@
 //! * **command**: a process group spawned from the kind's argv; its stdout lines are log lines
 //!   or status lines, its stderr lines are log lines (the last ones make the failure message),
 //!   its exit decides the outcome; a timeout and the cancel grace end it with signals.
-//! * **external**: a worker elsewhere reports through REST or `/ws` ([`Report`](super::Report),
+//! * **external**: a worker elsewhere reports through REST or `/ws` ([`Report`],
 //!   rate-limited); silence for the kind's stall timeout fails it.
 //!
 //! In: [`Begin`](super::Begin) (through `begin`), the command's [`Output`] stream, demo timers,
-//! worker reports, cancel requests. Out: status changes, log lines and terminal states on the
+//! [`Report`] (worker reports), cancel requests. Out: status changes, log lines and terminal states on the
 //! actor (`apply`, `add_log`, `finish`), signals to the command's process group.
 
 use std::collections::VecDeque;
@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use actix::prelude::*;
 use serde_json::Value;
 
-use super::{transition_refusal, OperationActor, WorkerReport};
+use super::{transition_refusal, OperationActor, Report, WorkerReport};
 use crate::config::Settings;
 use crate::error::{ErrorCode, Refusal};
 use crate::operations::runner::command::{self, Output};
@@ -332,6 +332,20 @@ impl OperationActor {
             }
         }
         Ok(())
+    }
+}
+
+/// An external worker's report: applied, then answered once it is stored (or at once when
+/// refused, or when nobody waits for the answer).
+impl Handler<Report> for OperationActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Report, ctx: &mut Context<Self>) {
+        let Report { report, reply } = msg;
+        match self.report(report, ctx) {
+            Ok(()) => self.answer_when_written(reply, ctx),
+            Err(r) => reply.answer(Err(r)),
+        }
     }
 }
 
