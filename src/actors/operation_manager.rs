@@ -77,6 +77,7 @@ pub struct StartOperation {
     pub created_by: Option<String>,
 }
 
+/// Routes/Session → Manager: cancel a live operation (a finished or unknown one is refused).
 #[derive(Message)]
 #[rtype(result = "Result<Operation, Refusal>")]
 pub struct CancelOperation {

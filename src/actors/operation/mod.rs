@@ -73,12 +73,16 @@ pub struct Begin;
 #[rtype(result = "()")]
 pub struct Interrupt;
 
-/// What an external worker reports.
+/// What an external worker reports (parsed by the REST routes and the native protocol).
 #[derive(Debug, Clone)]
 pub enum WorkerReport {
+    /// A status change: progress, stage, message (a queued operation becomes running).
     Progress(Update),
+    /// Log lines as (stream, line), in order.
     Logs(Vec<(String, String)>),
+    /// The work succeeded, with an optional result.
     Complete(Option<Value>),
+    /// The work failed, with the worker's error code and message.
     Fail { code: String, message: String },
 }
 
@@ -97,7 +101,8 @@ pub struct Report {
 #[rtype(result = "Result<Operation, Refusal>")]
 pub struct Cancel;
 
-/// The current status.
+/// Manager → Operation: the current status (fresher than the database's, which lags by up to
+/// a flush interval).
 #[derive(Message)]
 #[rtype(result = "Operation")]
 pub struct GetSnapshot;
