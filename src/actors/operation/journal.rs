@@ -11,7 +11,7 @@
 //! the backoff after a failure, the lines a watcher's backfill needs.
 //!
 //! Why this file is one piece (about 670 lines): half of it is the unit tests of the invariants
-//! below, kept next to the code they pin down; the code itself is about 330 lines.
+//! below, kept next to the code they pin down; the code itself is about 370 lines.
 //!
 //! Invariants (each one has a unit test below):
 //! * Offsets are assigned here, one more than the last, from where the operation stood: the log
