@@ -18,7 +18,7 @@ use actix_web::{web, App, HttpResponse};
 use anyhow::Context as _;
 
 use crate::actors::engine::{EngineConfig, EngineMode, EngineSessions};
-use crate::actors::operations::{FlushAll, OperationManager};
+use crate::actors::operation_manager::{FlushAll, OperationManager};
 use crate::actors::registry::{RoomRegistry, ShutdownSessions};
 use crate::actors::room::RoomLimits;
 use crate::actors::stats::StatsPublisher;

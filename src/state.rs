@@ -5,7 +5,7 @@ use std::sync::Arc;
 use actix::Addr;
 
 use crate::actors::engine::{EngineConfig, EngineSessions};
-use crate::actors::operations::OperationManager;
+use crate::actors::operation_manager::OperationManager;
 use crate::actors::registry::RoomRegistry;
 use crate::auth::Authenticator;
 use crate::broker::Broker;

@@ -19,7 +19,7 @@
 
 pub mod engine;
 pub mod operation;
-pub mod operations;
+pub mod operation_manager;
 pub mod registry;
 pub mod room;
 pub mod session;

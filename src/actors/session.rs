@@ -19,7 +19,7 @@ use actix_http::ws::CloseCode;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use super::operations::{
+use super::operation_manager::{
     CancelOperation, GetOperation, ReportAnswer, ReportOperation, ReportReply, StartError,
     StartOperation, WatchOperation,
 };

@@ -5,6 +5,10 @@
 //!
 //! In: [`Evicted`], [`ServerShutdown`], the WebSocket reader (per-operation WebSocket only).
 //! Out: [`WatchOperation`] to the manager; [`LeaveAll`] when it stops.
+//!
+//! The backfill it receives on joining (snapshot, missed lines, terminal event) is built by the
+//! operation's actor (`actors/operation/watchers.rs`) or, for a finished operation, by the
+//! manager from the database.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -13,7 +17,7 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_http::ws::CloseCode;
 
-use super::operations::WatchOperation;
+use super::operation_manager::WatchOperation;
 use super::registry::{LeaveAll, SessionClosed, SessionOpened};
 use super::{Evicted, Member, ServerShutdown, SessionId};
 use crate::auth::UserInfo;
@@ -26,14 +30,27 @@ use crate::transport::ws::{ReadError, WsMessage};
 const GONE_CHECK: Duration = Duration::from_secs(1);
 
 pub struct Watcher {
+    /// Its session number: the key of its membership in `operation:<id>` and in the registry's
+    /// session table (registered in `started`, removed in `stopped`).
     id: SessionId,
+    /// The id of the operation watched; the room is `operation:<id>`.
     operation: String,
+    /// Where the client's log stood (SSE: `Last-Event-ID` or `?after=`; the per-operation
+    /// WebSocket, which carries statuses rather than lines, starts at the current offset): the
+    /// backfill starts after it, so a reconnecting client misses no line and gets none twice.
     log_offset: u64,
+    /// How the room encodes frames for this client: SSE events, or the per-operation
+    /// WebSocket's status stream.
     wire: Wire,
+    /// Who is watching (for the room's member record; the route checked that they may see the
+    /// operation).
     user: Arc<UserInfo>,
+    /// The connection's bounded write queue: the room pushes frames straight into it; closing
+    /// it ends the connection.
     outbox: Arc<Outbox>,
+    /// The application's shared state: the registry, the operation manager, settings, metrics.
     state: Arc<AppState>,
-    /// This connection's place in the per-address count.
+    /// This connection's place in the per-address count; released when the actor is dropped.
     slot: Option<crate::limits::ConnectionSlot>,
 }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use super::Caller;
 use crate::actors::operation::WorkerReport;
-use crate::actors::operations::{
+use crate::actors::operation_manager::{
     self as manager, CancelOperation, GetOperation, ReportOperation, ReportReply, StartError,
     StartOperation,
 };

@@ -15,6 +15,11 @@
 //! (the 202 then says `running`), else by its actor when a slot frees up. Start-up recovery
 //! starts again only what is still `queued` (it provably never started) and marks `running` and
 //! `cancelling` ones interrupted. Every write goes through the single writer (`db::batch`).
+//!
+//! Why this file is one piece (about 730 lines): the manager is the one owner of the table of
+//! live operations and of the concurrency slots; each of its messages reads or changes both,
+//! and a third of the file is the messages themselves (the manager's whole public surface).
+//! The per-operation work lives in `actors/operation/`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -72,6 +77,7 @@ pub struct StartOperation {
     pub created_by: Option<String>,
 }
 
+/// Routes/Session → Manager: cancel a live operation (a finished or unknown one is refused).
 #[derive(Message)]
 #[rtype(result = "Result<Operation, Refusal>")]
 pub struct CancelOperation {
@@ -173,17 +179,23 @@ pub struct Retired {
 // ---- the actor -----------------------------------------------------------------------------
 
 pub struct OperationManager {
+    /// The narrow dependencies it hands on to every operation actor (kinds, database and its
+    /// writer, broker, registry, settings, metrics).
     cx: Arc<OpContext>,
-    /// Live operation actors by id.
+    /// Live operation actors by id: an id here is routed to its actor (the freshest status and
+    /// the only place a report, cancel or watch may change it); an id not here is served from
+    /// the database. An actor leaves it only when it stops (`Retired`).
     live: HashMap<String, Addr<OperationActor>>,
     /// Operations that were sent `Begin` and hold a concurrency slot until `Finished`.
     begun: HashSet<String>,
     /// Slots taken per kind: begun operations, and starts whose insert (as `running`) is in
     /// flight.
     running: HashMap<String, usize>,
-    /// Per kind, operations waiting for a slot (FIFO).
+    /// Per kind, operations waiting for a slot (FIFO): a start arriving while any waits queues
+    /// behind them (first come, first served).
     waiting: HashMap<String, VecDeque<String>>,
-    /// Worker-token hashes already checked against the database, by live operation.
+    /// Worker-token hashes already checked against the database, by live operation: the check
+    /// is made once per operation and token, not per report; dropped with the actor.
     verified_tokens: HashMap<String, String>,
     /// Reports that arrived while their operation's token was being checked, in order: they
     /// go after the one being checked, never before it.
