@@ -138,6 +138,14 @@ pub struct Settings {
     /// Largest `result` an operation completes with, as JSON
     /// (`SWITCHYARD_OPERATION_MAX_RESULT_BYTES`).
     pub operation_max_result_bytes: usize,
+    /// Bytes of recent log lines one operation keeps in memory for watchers that rejoin (besides
+    /// the 1,000-line bound); older lines come from the database
+    /// (`SWITCHYARD_OPERATION_LOG_MEMORY_BYTES`).
+    pub operation_log_memory_bytes: usize,
+    /// Bytes of unwritten log lines one operation keeps while the database is unreachable
+    /// (besides the 100,000-line bound); past it the oldest are dropped and counted
+    /// (`SWITCHYARD_OPERATION_UNWRITTEN_MAX_BYTES`).
+    pub operation_unwritten_max_bytes: usize,
     /// Worker reports a second per operation, burst twice that; 0: no limit
     /// (`SWITCHYARD_OPERATION_REPORT_RATE`).
     pub operation_report_rate: u32,
@@ -209,6 +217,8 @@ impl Default for Settings {
             operation_flush_interval: Duration::from_millis(250),
             operation_max_stages: 32,
             operation_max_result_bytes: 64 * 1024,
+            operation_log_memory_bytes: 1 << 20,
+            operation_unwritten_max_bytes: 16 << 20,
             operation_report_rate: 1_000,
             log_replay_max: 1_000,
             allowed_origins: Vec::new(),
@@ -356,6 +366,20 @@ impl Settings {
             2,
             64 << 20,
             &mut s.operation_max_result_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_LOG_MEMORY_BYTES",
+            64 << 10,
+            1 << 30,
+            &mut s.operation_log_memory_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_UNWRITTEN_MAX_BYTES",
+            64 << 10,
+            4 << 30,
+            &mut s.operation_unwritten_max_bytes,
         )?;
         num(
             &get,

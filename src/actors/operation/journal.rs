@@ -35,6 +35,38 @@ pub const RECENT_LINES: usize = 1_000;
 /// Unwritten lines kept while the database is unreachable; past this the oldest are dropped,
 /// counted in `switchyard_operation_log_lines_lost_total` and logged.
 pub const MAX_UNPERSISTED: usize = 100_000;
+
+/// How much of its log an operation may keep in memory. Lines are bounded by count *and* bytes:
+/// a line can be 16 KiB, so a count alone let one operation's worker pin 16 MiB of recent lines
+/// (and 1.6 GB of unwritten ones while the database was down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalBounds {
+    /// At most this many recent lines ([`RECENT_LINES`])...
+    pub recent_lines: usize,
+    /// ...taking at most this many bytes (`SWITCHYARD_OPERATION_LOG_MEMORY_BYTES`).
+    pub recent_bytes: usize,
+    /// At most this many unwritten lines ([`MAX_UNPERSISTED`])...
+    pub unwritten_lines: usize,
+    /// ...taking at most this many bytes (`SWITCHYARD_OPERATION_UNWRITTEN_MAX_BYTES`).
+    pub unwritten_bytes: usize,
+}
+
+impl JournalBounds {
+    /// The count bounds above with these byte bounds.
+    pub fn with_bytes(recent_bytes: usize, unwritten_bytes: usize) -> Self {
+        Self {
+            recent_lines: RECENT_LINES,
+            recent_bytes,
+            unwritten_lines: MAX_UNPERSISTED,
+            unwritten_bytes,
+        }
+    }
+}
+
+/// What a line costs in memory: its text, its stream name and the struct around them.
+fn cost(line: &LogLine) -> usize {
+    line.line.len() + line.stream.len() + std::mem::size_of::<LogLine>()
+}
 /// The backoff unit: the wait after `n` failed writes in a row is this times 2^n.
 const BACKOFF_UNIT: Duration = Duration::from_millis(250);
 /// The longest wait between two attempts: an operation's state reaches a database that comes
@@ -96,18 +128,20 @@ pub struct Journal<A> {
     /// The offset of the newest line (0 before the first). Only [`Journal::append`] moves it,
     /// by one: offsets have no gaps.
     log_offset: u64,
-    /// The newest lines, at most `recent_cap`: watchers that rejoin are served from here even
-    /// after the lines are written.
+    /// The newest lines, within `bounds.recent_*`: watchers that rejoin are served from here
+    /// even after the lines are written.
     recent: VecDeque<LogLine>,
-    /// Bound of `recent` ([`RECENT_LINES`]).
-    recent_cap: usize,
+    /// What `recent` costs ([`cost`]), kept so the byte bound is checked without a scan.
+    recent_bytes: usize,
     /// Lines not yet confirmed written, oldest first: every line after the newest one a
     /// committed write held (unless the bound dropped the oldest). Together with `recent`, memory holds a contiguous
     /// suffix of the log.
     unpersisted: VecDeque<LogLine>,
-    /// Bound of `unpersisted` ([`MAX_UNPERSISTED`]): memory stays bounded while the database is
-    /// down.
-    unpersisted_cap: usize,
+    /// What `unpersisted` costs ([`cost`]).
+    unpersisted_bytes: usize,
+    /// The bounds of both buffers: memory stays bounded, also while the database is down. The
+    /// newest line is always kept, whatever its size (it is at most one clipped line).
+    bounds: JournalBounds,
     /// The status changed since the last write started: the next write carries the status row
     /// even if no line is pending.
     dirty: bool,
@@ -130,17 +164,14 @@ pub struct Journal<A> {
 impl<A> Journal<A> {
     /// A journal for an operation whose log stands at `log_offset` (0 for a new one; a
     /// recovered operation continues where its stored log ends).
-    pub fn new(log_offset: u64) -> Self {
-        Self::with_bounds(log_offset, RECENT_LINES, MAX_UNPERSISTED)
-    }
-
-    fn with_bounds(log_offset: u64, recent_cap: usize, unpersisted_cap: usize) -> Self {
+    pub fn new(log_offset: u64, bounds: JournalBounds) -> Self {
         Self {
             log_offset,
             recent: VecDeque::new(),
-            recent_cap: recent_cap.max(1),
+            recent_bytes: 0,
             unpersisted: VecDeque::new(),
-            unpersisted_cap: unpersisted_cap.max(1),
+            unpersisted_bytes: 0,
+            bounds,
             dirty: false,
             version: 0,
             persisted_version: 0,
@@ -168,8 +199,9 @@ impl<A> Journal<A> {
     }
 
     /// Adds the next line (offset one past the last). Returns it, and the oldest unwritten
-    /// line if the bound on unwritten lines dropped it (the caller counts and logs the loss).
-    pub fn append(&mut self, stream: &str, line: String, ts: i64) -> (&LogLine, Option<LogLine>) {
+    /// lines the bounds on unwritten lines dropped to make room for it (usually none; the
+    /// caller counts and logs the loss).
+    pub fn append(&mut self, stream: &str, line: String, ts: i64) -> (&LogLine, Vec<LogLine>) {
         self.log_offset += 1;
         let entry = LogLine {
             offset: self.log_offset,
@@ -177,18 +209,32 @@ impl<A> Journal<A> {
             line,
             ts,
         };
-        if self.recent.len() >= self.recent_cap {
-            self.recent.pop_front();
+        let size = cost(&entry);
+        // Room first, then the line: the newest line always stays, the oldest go.
+        let b = self.bounds;
+        while !self.recent.is_empty()
+            && (self.recent.len() >= b.recent_lines || self.recent_bytes + size > b.recent_bytes)
+        {
+            if let Some(old) = self.recent.pop_front() {
+                self.recent_bytes -= cost(&old);
+            }
         }
-        self.recent.push_back(entry.clone());
-        let dropped = if self.unpersisted.len() >= self.unpersisted_cap {
-            self.unpersisted.pop_front()
-        } else {
-            None
-        };
+        let mut dropped = Vec::new();
+        while !self.unpersisted.is_empty()
+            && (self.unpersisted.len() >= b.unwritten_lines
+                || self.unpersisted_bytes + size > b.unwritten_bytes)
+        {
+            if let Some(old) = self.unpersisted.pop_front() {
+                self.unpersisted_bytes -= cost(&old);
+                dropped.push(old);
+            }
+        }
         self.touch();
+        self.recent_bytes += size;
+        self.recent.push_back(entry.clone());
+        self.unpersisted_bytes += size;
         self.unpersisted.push_back(entry);
-        // Just pushed: `recent` is never empty here (its bound is at least 1).
+        // Just pushed: `recent` is never empty here.
         let newest = &self.recent[self.recent.len() - 1];
         (newest, dropped)
     }
@@ -243,7 +289,9 @@ impl<A> Journal<A> {
         self.persisted_version = self.persisted_version.max(write.version);
         if let Some(upto) = write.upto {
             while self.unpersisted.front().is_some_and(|l| l.offset <= upto) {
-                self.unpersisted.pop_front();
+                if let Some(old) = self.unpersisted.pop_front() {
+                    self.unpersisted_bytes -= cost(&old);
+                }
             }
         }
         if self.acks.is_empty() {
@@ -374,8 +422,18 @@ impl<A> Journal<A> {
 mod tests {
     use super::*;
 
+    /// Bounds by count only (bytes unlimited).
+    fn lines(recent: usize, unpersisted: usize) -> JournalBounds {
+        JournalBounds {
+            recent_lines: recent,
+            recent_bytes: usize::MAX,
+            unwritten_lines: unpersisted,
+            unwritten_bytes: usize::MAX,
+        }
+    }
+
     fn journal(recent: usize, unpersisted: usize) -> Journal<&'static str> {
-        Journal::with_bounds(0, recent, unpersisted)
+        Journal::new(0, lines(recent, unpersisted))
     }
 
     fn add(j: &mut Journal<&'static str>, n: usize) {
@@ -400,7 +458,7 @@ mod tests {
 
     #[test]
     fn offsets_start_after_where_the_log_stood_and_have_no_gaps() {
-        let mut j: Journal<()> = Journal::with_bounds(41, 3, 2);
+        let mut j: Journal<()> = Journal::new(41, lines(3, 2));
         let mut seen = Vec::new();
         for _ in 0..10 {
             let (line, _) = j.append("stdout", "x".into(), 0);
@@ -479,13 +537,54 @@ mod tests {
         let mut j = journal(2, 3);
         let mut dropped = Vec::new();
         for _ in 0..5 {
-            if let (_, Some(lost)) = j.append("stdout", "x".into(), 0) {
-                dropped.push(lost.offset);
-            }
+            dropped.extend(j.append("stdout", "x".into(), 0).1.iter().map(|l| l.offset));
         }
         assert_eq!(dropped, vec![1, 2]);
         assert_eq!(unwritten(&j), vec![3, 4, 5]);
         assert_eq!(j.memory_start(), 3);
+    }
+
+    #[test]
+    fn memory_is_bounded_in_bytes_too_and_the_newest_line_always_stays() {
+        let one = cost(&LogLine {
+            offset: 0,
+            stream: "stdout".into(),
+            line: "x".repeat(1000),
+            ts: 0,
+        });
+        // Room for three such lines recent, two unwritten.
+        let mut j: Journal<&'static str> = Journal::new(
+            0,
+            JournalBounds {
+                recent_lines: 1000,
+                recent_bytes: 3 * one,
+                unwritten_lines: 1000,
+                unwritten_bytes: 2 * one,
+            },
+        );
+        let mut dropped = Vec::new();
+        for _ in 0..6 {
+            dropped.extend(
+                j.append("stdout", "x".repeat(1000), 0)
+                    .1
+                    .iter()
+                    .map(|l| l.offset),
+            );
+        }
+        assert_eq!(dropped, vec![1, 2, 3, 4]);
+        assert_eq!(unwritten(&j), vec![5, 6]);
+        assert_eq!(offsets(&j.memory_lines(3, 6)), vec![4, 5, 6]);
+        assert_eq!(j.memory_start(), 4);
+        // A line larger than the whole bound still goes in, alone.
+        let big = j.append("stdout", "y".repeat(10_000), 0).1;
+        assert_eq!(offsets(&big), vec![5, 6]);
+        assert_eq!(unwritten(&j), vec![7]);
+        assert_eq!(j.memory_start(), 7);
+        // Written lines leave the unwritten bytes: room again for two.
+        let w = j.start_write(Instant::now()).expect("a write");
+        let _ = j.write_committed(w);
+        assert!(j.append("stdout", "x".repeat(1000), 0).1.is_empty());
+        assert!(j.append("stdout", "x".repeat(1000), 0).1.is_empty());
     }
 
     #[test]

@@ -46,7 +46,7 @@ use actix::prelude::*;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use self::journal::Journal;
+use self::journal::{Journal, JournalBounds};
 use self::runners::Runner;
 use super::operation_manager::{Finished, OperationManager, ReportReply, Retired};
 use super::room::Publish;
@@ -173,7 +173,13 @@ impl OperationActor {
         manager: Addr<OperationManager>,
         announce_created: bool,
     ) -> Self {
-        let journal = Journal::new(op.log_offset);
+        let journal = Journal::new(
+            op.log_offset,
+            JournalBounds::with_bytes(
+                cx.settings.operation_log_memory_bytes,
+                cx.settings.operation_unwritten_max_bytes,
+            ),
+        );
         let runner = Runner::new(&cx.settings);
         Self {
             op,
@@ -299,7 +305,7 @@ impl OperationActor {
         let offset = self.journal.log_offset();
         self.op.log_offset = offset;
         self.publish(self.op.room(), "operation.log", data, Some(offset));
-        if let Some(lost) = dropped {
+        for lost in dropped {
             let total = self
                 .cx
                 .metrics
