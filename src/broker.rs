@@ -13,7 +13,7 @@ use actix::Addr;
 
 use crate::actors::registry::RoomRegistry;
 use crate::actors::room::Publish;
-use crate::error::{ErrorCode, Refusal};
+use crate::error_code::{ErrorCode, Refusal};
 
 pub type PublishFuture = Pin<Box<dyn Future<Output = Result<u64, Refusal>> + Send>>;
 

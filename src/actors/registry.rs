@@ -26,7 +26,7 @@ use super::room::{
 };
 use super::{ServerShutdown, SessionId};
 use crate::auth::UserInfo;
-use crate::error::{ErrorCode, Refusal};
+use crate::error_code::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
 
 /// Tombstones kept for retired rooms; past this the oldest half is forgotten (those rooms get a

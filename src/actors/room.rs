@@ -23,7 +23,7 @@ use serde_json::value::RawValue;
 use super::registry::{RoomIdle, RoomRegistry};
 use super::{EvictReason, Evicted, Member, SessionId};
 use crate::auth::UserInfo;
-use crate::error::{ErrorCode, Refusal};
+use crate::error_code::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
 use crate::protocol::native::{self, RequestId, Since};
 use crate::protocol::{Backfill, Encoded, Event, JoinAnswer, Wire};

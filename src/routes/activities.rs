@@ -35,14 +35,7 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), AppError> {
 }
 
 fn project_room(project: &str) -> Result<String, AppError> {
-    let room = format!("project:{project}");
-    if project.is_empty() || !crate::protocol::valid_room_name(&room) {
-        return Err(AppError::new(
-            ErrorCode::InvalidField,
-            "field `project` must be 1-120 characters of A-Z a-z 0-9 : _ . -",
-        ));
-    }
-    Ok(room)
+    Ok(crate::names::project_room(project)?)
 }
 
 pub async fn create(

@@ -132,7 +132,7 @@ fn caller(req: &HttpRequest) -> Result<Caller, AppError> {
 
 /// Validates a room name from a path.
 pub fn room_name(raw: &str) -> Result<String, AppError> {
-    if crate::protocol::valid_room_name(raw) {
+    if crate::names::valid_room_name(raw) {
         Ok(raw.to_string())
     } else {
         Err(AppError::new(

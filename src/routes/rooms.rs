@@ -55,7 +55,7 @@ pub async fn publish(
             )
         })?;
     let body = body.into_inner();
-    if !crate::protocol::valid_event_name(&body.event) {
+    if !crate::names::valid_event_name(&body.event) {
         return Err(AppError::new(
             ErrorCode::InvalidField,
             "field `event` must be 1-128 characters without control characters",
