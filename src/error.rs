@@ -122,19 +122,3 @@ pub fn path_config() -> actix_web::web::PathConfig {
     actix_web::web::PathConfig::default()
         .error_handler(|err, _req| AppError::new(ErrorCode::BadRequest, err.to_string()).into())
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn codes_are_unique_snake_case() {
-        let mut seen = std::collections::HashSet::new();
-        for c in ErrorCode::ALL {
-            let s = c.as_str();
-            assert!(seen.insert(s), "duplicate code {s}");
-            assert!(s.chars().all(|ch| ch.is_ascii_lowercase() || ch == '_'));
-            assert_eq!(ErrorCode::ALL[c.index()], *c);
-        }
-    }
-}

@@ -7,7 +7,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::Caller;
-use crate::actors::room::Publish;
+use crate::broker::Publish;
 use crate::db::activities::{self, Activity, NewActivity};
 use crate::error::{AppError, ErrorCode, Refusal};
 use crate::state::AppState;

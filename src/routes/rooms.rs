@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::{room_name, Caller};
 use crate::actors::registry::{ListRooms, QueryHistory, QueryPresence};
-use crate::actors::room::Publish;
+use crate::broker::Publish;
 use crate::error::{AppError, ErrorCode, Refusal};
 use crate::state::AppState;
 
