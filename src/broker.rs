@@ -74,3 +74,24 @@ pub struct Publish {
     /// counted in `routed_seen` (the registry never counted it either).
     pub direct: bool,
 }
+
+impl Publish {
+    /// A server-side publish of `event` into `room`: no sender, not retained, no member check,
+    /// received now, delivered to every member. Callers set what differs with struct-update
+    /// syntax (`Publish { retain: true, ..Publish::new(…) }`), so the defaults are written once.
+    pub fn new(room: impl Into<String>, event: impl Into<String>, data: Box<RawValue>) -> Self {
+        Self {
+            room: room.into(),
+            event: event.into(),
+            data,
+            from: None,
+            retain: false,
+            member_check: None,
+            received_at: Instant::now(),
+            seq: None,
+            attachments: Vec::new(),
+            conflate: false,
+            direct: false,
+        }
+    }
+}

@@ -172,6 +172,12 @@ impl Refusal {
         }
     }
 
+    /// `unavailable`: the actor that should answer (`what`: "registry", "room", "operations")
+    /// is gone; `e` is why (a closed mailbox, a timeout). One wording for every such refusal.
+    pub fn unavailable(what: &str, e: impl std::fmt::Display) -> Self {
+        Self::new(ErrorCode::Unavailable, format!("{what} unavailable: {e}"))
+    }
+
     /// `rate_limited`, with the time until the bucket has a token again.
     pub fn rate_limited(message: impl Into<String>, retry_after: std::time::Duration) -> Self {
         Self {

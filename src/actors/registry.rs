@@ -187,10 +187,6 @@ impl RoomRegistry {
     }
 }
 
-fn unavailable(e: MailboxError) -> Refusal {
-    Refusal::new(ErrorCode::Unavailable, format!("room unavailable: {e}"))
-}
-
 impl Actor for RoomRegistry {
     type Context = Context<Self>;
 
@@ -222,7 +218,10 @@ impl Handler<JoinRoom> for RoomRegistry {
         let entry = self.room(&msg.room, ctx);
         entry.routed += 1;
         let fut = entry.addr.send(msg);
-        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) })
+        Box::pin(async move {
+            fut.await
+                .unwrap_or_else(|e| Err(Refusal::unavailable("room", e)))
+        })
     }
 }
 
@@ -241,7 +240,10 @@ impl Handler<LeaveRoom> for RoomRegistry {
         };
         entry.routed += 1;
         let fut = entry.addr.send(msg);
-        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) })
+        Box::pin(async move {
+            fut.await
+                .unwrap_or_else(|e| Err(Refusal::unavailable("room", e)))
+        })
     }
 }
 
@@ -447,12 +449,8 @@ impl Broker for LocalBroker {
     fn publish(&self, msg: Publish) -> PublishFuture {
         let fut = self.registry.send(msg);
         Box::pin(async move {
-            fut.await.unwrap_or_else(|e| {
-                Err(Refusal::new(
-                    ErrorCode::Unavailable,
-                    format!("registry unavailable: {e}"),
-                ))
-            })
+            fut.await
+                .unwrap_or_else(|e| Err(Refusal::unavailable("registry", e)))
         })
     }
 
