@@ -10,7 +10,8 @@
 //!
 //! The test fails on an edge that lies on a cycle unless it is in [`ALLOWED_CYCLE_EDGES`], and
 //! on an allowed edge that no longer lies on a cycle: the list is a ratchet that can only
-//! shrink. `cargo test --test api architecture::print_module_graph -- --ignored --nocapture`
+//! shrink. A second test checks the direction of the arrows between top-level modules against
+//! [`LAYERS`], with the same kind of ratchet. `cargo test --test api architecture::print_module_graph -- --ignored --nocapture`
 //! prints the whole graph, with lines per module.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,6 +36,32 @@ const ALLOWED_CYCLE_EDGES: &[(&str, &str)] = &[
     ("actors::operation", "actors::operations"),
     ("actors::operations", "actors::operation"),
 ];
+
+/// The top-level modules from the bottom layer up. A module may import its own layer and those
+/// below, never one above ("a module that imports the layer above it is a fence with a hole",
+/// docs STYLE). A new top-level module must be placed here.
+const LAYERS: &[&[&str]] = &[
+    // What everything may import: no dependencies on the rest of the crate.
+    &["error_code", "names", "util", "config"],
+    &["auth", "metrics", "limits"],
+    // The operation model, then its storage, then the HTTP edge's error (it wraps `DbError`).
+    &["operations"],
+    &["db"],
+    &["error"],
+    // Bytes on the socket, then the wire formats, then the publish path.
+    &["transport"],
+    &["protocol"],
+    &["broker"],
+    &["actors"],
+    // The composition: what the routes share, the routes, the application.
+    &["state"],
+    &["routes"],
+    &["startup"],
+];
+
+/// Top-level imports that still point up a layer; the same ratchet as the cycles. Both are also
+/// on a cycle (see [`ALLOWED_CYCLE_EDGES`] for what removes them).
+const ALLOWED_UPWARD_EDGES: &[(&str, &str)] = &[("actors", "state"), ("protocol", "actors")];
 
 /// `from -> to` with where it was first seen (`file:line`).
 type Edges = BTreeMap<(String, String), String>;
@@ -68,6 +95,42 @@ fn no_module_cycle_in_src_beyond_the_allowlist() {
         }
     }
     assert!(problems.is_empty(), "{}", problems.join("\n\n"));
+}
+
+#[test]
+fn no_module_imports_a_layer_above_it_beyond_the_allowlist() {
+    let graph = module_graph(&src_dir());
+    let layer = |m: &str| LAYERS.iter().position(|l| l.contains(&m));
+    let allowed: BTreeSet<(&str, &str)> = ALLOWED_UPWARD_EDGES.iter().copied().collect();
+    let mut problems = Vec::new();
+    let mut upward = BTreeSet::new();
+    let top_level = graph.lines.keys().filter(|m| !m.contains("::"));
+    for module in top_level {
+        if layer(module).is_none() {
+            problems.push(format!("src/{module}: put the new module in LAYERS"));
+        }
+    }
+    for ((a, b), at) in &graph.edges {
+        let (Some(la), Some(lb)) = (layer(a), layer(b)) else {
+            continue;
+        };
+        if la < lb {
+            upward.insert((a.as_str(), b.as_str()));
+            if !allowed.contains(&(a.as_str(), b.as_str())) {
+                problems.push(format!(
+                    "{a} imports {b}, a layer above it (first at {at}): the arrow must point down"
+                ));
+            }
+        }
+    }
+    for (a, b) in &allowed {
+        if !upward.contains(&(*a, *b)) {
+            problems.push(format!(
+                "{a} -> {b} no longer points up: remove it from ALLOWED_UPWARD_EDGES"
+            ));
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
