@@ -149,9 +149,10 @@ fn the_cycle_check_sees_a_cycle_and_its_way_back() {
 
     // And the reader: grouped `use` trees, `super::`, comments and strings.
     let text = "use crate::{a::{B, c::D}, e};\n// crate::f::G\nfn x() { super::h::i(); \
-                let _ = \"crate::j\"; crate::k::l(); }\n#[cfg(test)]\nmod tests { use crate::m; }\n";
+                let _ = \"crate::j\"; crate::k::l(); }\n#[cfg(test)]\nmod tests { use crate::m; }\n\
+                #[cfg(test)]\nmod more;\nfn y() { crate::p::z() }\n";
     let modules: BTreeSet<String> = [
-        "a", "a::c", "e", "f", "h", "j", "k", "m", "n", "n::h", "n::o",
+        "a", "a::c", "e", "f", "h", "j", "k", "m", "n", "n::h", "n::o", "p",
     ]
     .iter()
     .map(|m| m.to_string())
@@ -160,7 +161,7 @@ fn the_cycle_check_sees_a_cycle_and_its_way_back() {
         .into_iter()
         .map(|(m, _)| m)
         .collect();
-    let expected: BTreeSet<String> = ["a", "a::c", "e", "k", "n::h"]
+    let expected: BTreeSet<String> = ["a", "a::c", "e", "k", "n::h", "p"]
         .iter()
         .map(|m| m.to_string())
         .collect();
@@ -508,7 +509,11 @@ fn strip_tests(code: &str) -> String {
         let start = from + p;
         let after = code[start + "#[cfg(test)]".len()..].trim_start();
         let is_mod = after.starts_with("mod ") || after.starts_with("pub mod ");
-        let open = code[start..].find('{').map(|o| start + o);
+        // `mod tests;` (a file of its own) has no block here: only a `{` before any `;` opens one.
+        let open = code[start..]
+            .find(['{', ';'])
+            .map(|o| start + o)
+            .filter(|&o| code.as_bytes()[o] == b'{');
         match (is_mod, open) {
             (true, Some(open)) => {
                 let mut depth = 0;
