@@ -11,7 +11,7 @@ use std::sync::Arc;
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
-use crate::error::{ErrorCode, Refusal};
+use crate::error_code::{ErrorCode, Refusal};
 
 /// The claims Switchyard reads from a token.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]

@@ -7,10 +7,17 @@
 //! * [`actors`] — `Session`, `RoomRegistry`, `Room`, `StatsPublisher` and their messages.
 //! * [`protocol`] — wire formats only (`native` for `/ws`).
 //! * [`transport`] — the WebSocket byte layer and the bounded per-session outbox.
-//! * [`broker`] — the publish path behind a trait (local now; Redis later).
+//! * [`broker`] — the publish path behind a trait and its `Publish` message (the local
+//!   implementation lives with the registry; Redis later).
 //! * [`db`] — pool, embedded migrations, the async bridge, one module per table.
 //! * [`routes`] — HTTP handlers, one module per area.
-//! * [`auth`], [`error`], [`metrics`] — identity, the error codes, counters.
+//! * [`auth`], [`metrics`] — identity, counters.
+//! * [`error_code`], [`names`] — the stable error codes and `Refusal`; what a room, event or
+//!   project name may be. Neither imports the rest of the crate: every layer may use them.
+//! * [`error`] — `AppError`, the HTTP edge's error type.
+//!
+//! Arrows point one way (from the routes and actors down to the broker, the database and the
+//! codes); `tests/api/architecture.rs` fails on a new import cycle.
 //!
 //! Message flow: a client frame is parsed by its `Session`, checked against the caller's
 //! permissions and sent to the `RoomRegistry`, which forwards it to the `Room` actor owning that
@@ -24,8 +31,10 @@ pub mod broker;
 pub mod config;
 pub mod db;
 pub mod error;
+pub mod error_code;
 pub mod limits;
 pub mod metrics;
+pub mod names;
 pub mod operations;
 pub mod protocol;
 pub mod routes;

@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use crate::error::ErrorCode;
+use crate::error_code::ErrorCode;
 
 /// Upper bounds (seconds) of the publish-to-send latency buckets.
 const LATENCY_BUCKETS: [f64; 12] = [

@@ -19,11 +19,12 @@ use anyhow::Context as _;
 
 use crate::actors::engine::{EngineConfig, EngineMode, EngineSessions};
 use crate::actors::operation_manager::{FlushAll, OperationManager};
+use crate::actors::registry::LocalBroker;
 use crate::actors::registry::{RoomRegistry, ShutdownSessions};
 use crate::actors::room::RoomLimits;
 use crate::actors::stats::StatsPublisher;
 use crate::auth::Authenticator;
-use crate::broker::{Broker, LocalBroker};
+use crate::broker::Broker;
 use crate::config::Settings;
 use crate::db::Database;
 use crate::error::{self, AppError, ErrorCode};

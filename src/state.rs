@@ -42,8 +42,8 @@ impl AppState {
     pub fn admit(
         &self,
         req: &actix_web::HttpRequest,
-    ) -> Result<ConnectionSlot, crate::error::Refusal> {
-        use crate::error::{ErrorCode, Refusal};
+    ) -> Result<ConnectionSlot, crate::error_code::Refusal> {
+        use crate::error_code::{ErrorCode, Refusal};
         self.gate
             .admit(req.peer_addr().map(|a| a.ip()))
             .map_err(|why| {

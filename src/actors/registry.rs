@@ -22,11 +22,12 @@ use actix::ArbiterHandle;
 
 use super::room::{
     CloseRoom, GetHistory, GetPresence, GetRoomInfo, HistoryPage, JoinRoom, Joined, LeaveRoom,
-    Publish, Room, RoomInfo, RoomLimits, Routed,
+    Publish, Room, RoomIdle, RoomInfo, RoomLimits, Routed,
 };
 use super::{ServerShutdown, SessionId};
 use crate::auth::UserInfo;
-use crate::error::{ErrorCode, Refusal};
+use crate::broker::{Broker, PublishFuture};
+use crate::error_code::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
 
 /// Tombstones kept for retired rooms; past this the oldest half is forgotten (those rooms get a
@@ -72,17 +73,6 @@ pub struct SessionClosed {
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct ShutdownSessions;
-
-/// Room → Registry: I have no members and no history.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RoomIdle {
-    pub name: String,
-    pub room_id: u64,
-    pub routed_seen: u64,
-    pub epoch: Arc<str>,
-    pub last_offset: u64,
-}
 
 /// REST → Registry: every room.
 #[derive(Message)]
@@ -167,7 +157,7 @@ impl RoomRegistry {
                     Arbiter::current()
                 };
                 self.next_thread += 1;
-                let registry = ctx.address();
+                let registry = ctx.address().recipient();
                 let metrics = self.metrics.clone();
                 let limits = self.limits;
                 let owned = name.to_string();
@@ -195,10 +185,6 @@ impl RoomRegistry {
     fn existing(&mut self, name: &str) -> Option<&mut Entry> {
         self.rooms.get_mut(name)
     }
-}
-
-fn unavailable(e: MailboxError) -> Refusal {
-    Refusal::new(ErrorCode::Unavailable, format!("room unavailable: {e}"))
 }
 
 impl Actor for RoomRegistry {
@@ -232,7 +218,10 @@ impl Handler<JoinRoom> for RoomRegistry {
         let entry = self.room(&msg.room, ctx);
         entry.routed += 1;
         let fut = entry.addr.send(msg);
-        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) })
+        Box::pin(async move {
+            fut.await
+                .unwrap_or_else(|e| Err(Refusal::unavailable("room", e)))
+        })
     }
 }
 
@@ -251,7 +240,10 @@ impl Handler<LeaveRoom> for RoomRegistry {
         };
         entry.routed += 1;
         let fut = entry.addr.send(msg);
-        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) })
+        Box::pin(async move {
+            fut.await
+                .unwrap_or_else(|e| Err(Refusal::unavailable("room", e)))
+        })
     }
 }
 
@@ -439,5 +431,39 @@ impl Handler<QueryHistory> for RoomRegistry {
         entry.routed += 1;
         let fut = entry.addr.send(GetHistory { after: msg.after });
         Box::pin(async move { fut.await.ok() })
+    }
+}
+
+/// Single-node [`Broker`]: the local registry is the source of order.
+pub struct LocalBroker {
+    registry: Addr<RoomRegistry>,
+}
+
+impl LocalBroker {
+    pub fn new(registry: Addr<RoomRegistry>) -> Self {
+        Self { registry }
+    }
+}
+
+impl Broker for LocalBroker {
+    fn publish(&self, msg: Publish) -> PublishFuture {
+        let fut = self.registry.send(msg);
+        Box::pin(async move {
+            fut.await
+                .unwrap_or_else(|e| Err(Refusal::unavailable("registry", e)))
+        })
+    }
+
+    fn publish_and_forget(&self, msg: Publish) {
+        // No reply channel at all: the room logs a refusal itself.
+        self.registry.do_send(msg);
+    }
+
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    fn members_publish_directly(&self) -> bool {
+        true
     }
 }

@@ -20,10 +20,12 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::registry::{RoomIdle, RoomRegistry};
 use super::{EvictReason, Evicted, Member, SessionId};
+// `Publish` is the broker's message (defined there, so the broker never names the actors);
+// re-exported here, where the actors that publish have always found it.
 use crate::auth::UserInfo;
-use crate::error::{ErrorCode, Refusal};
+pub use crate::broker::Publish;
+use crate::error_code::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
 use crate::protocol::native::{self, RequestId, Since};
 use crate::protocol::{Backfill, Encoded, Event, JoinAnswer, Wire};
@@ -69,32 +71,6 @@ pub struct LeaveRoom {
     pub session: SessionId,
 }
 
-/// Anyone → Registry → Room: append a message and fan it out. Replies with its offset.
-#[derive(Message)]
-#[rtype(result = "Result<u64, Refusal>")]
-pub struct Publish {
-    pub room: String,
-    pub event: String,
-    pub data: Box<RawValue>,
-    pub from: Option<Arc<UserInfo>>,
-    /// Keep this as the room's retained message, sent to every joiner that did not resume.
-    pub retain: bool,
-    /// Only members may publish: the session that must be a member, if any.
-    pub member_check: Option<SessionId>,
-    /// When the publish reached the server (for the latency histogram).
-    pub received_at: Instant,
-    /// Application sequence carried to wires that use one (the SSE event id).
-    pub seq: Option<u64>,
-    /// Binary attachments, referenced from `data` by `{"_placeholder":true,"num":i}`.
-    pub attachments: Vec<Bytes>,
-    /// Delivery class: a slow member may get only the latest of these (pure progress of an
-    /// operation); everything else is delivered or the member is evicted.
-    pub conflate: bool,
-    /// Sent by a member straight to the room's address, not routed by the registry: not
-    /// counted in `routed_seen` (the registry never counted it either).
-    pub direct: bool,
-}
-
 /// Registry → Room: name, members, last offset.
 #[derive(Message)]
 #[rtype(result = "RoomInfo")]
@@ -129,6 +105,18 @@ pub struct HistoryPage {
     pub complete: bool,
     /// Encoded `message` frames, oldest first.
     pub messages: Vec<Bytes>,
+}
+
+/// Room → Registry: I have no members and no history. The registry retires the room only if
+/// `routed_seen` matches what it routed there (nothing is in flight).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomIdle {
+    pub name: String,
+    pub room_id: u64,
+    pub routed_seen: u64,
+    pub epoch: Arc<str>,
+    pub last_offset: u64,
 }
 
 /// Registry → Room: you are retired (only sent after a matching [`RoomIdle`]).
@@ -223,7 +211,10 @@ pub struct Room {
     presence_flush_armed: bool,
     /// Set in `started`; lets helpers without a context schedule a presence flush.
     me: Option<WeakAddr<Room>>,
-    registry: Addr<RoomRegistry>,
+    /// Where [`RoomIdle`] goes: the registry, which decides whether to retire the room. A
+    /// `Recipient`, so the room never names the registry's type (arrows point one way: the
+    /// registry owns rooms) and a test can plug a probe in.
+    registry: Recipient<RoomIdle>,
     metrics: Arc<Metrics>,
 }
 
@@ -235,7 +226,7 @@ impl Room {
         epoch: Arc<str>,
         last_offset: u64,
         limits: RoomLimits,
-        registry: Addr<RoomRegistry>,
+        registry: Recipient<RoomIdle>,
         metrics: Arc<Metrics>,
     ) -> Self {
         let conflation_key = {

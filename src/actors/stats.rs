@@ -69,17 +69,9 @@ impl StatsPublisher {
             _ => return,
         };
         let fut = self.broker.publish(Publish {
-            room: SYSTEM_ROOM.to_string(),
-            event: "stats".to_string(),
-            data,
-            from: None,
             retain: true,
-            member_check: None,
             received_at: now,
-            seq: None,
-            attachments: Vec::new(),
-            conflate: false,
-            direct: false,
+            ..Publish::new(SYSTEM_ROOM, "stats", data)
         });
         ctx.spawn(
             async move {

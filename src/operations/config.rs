@@ -385,7 +385,7 @@ impl Kinds {
         let format: FileFormat = toml::from_str(text)?;
         let mut kinds = BTreeMap::new();
         for (name, f) in format.kinds {
-            if !crate::protocol::valid_room_name(&name) {
+            if !crate::names::valid_room_name(&name) {
                 bail!("kind name {name:?} must be 1-128 characters of A-Z a-z 0-9 : _ . -");
             }
             let kind = Kind::from_format(&name, f)?;

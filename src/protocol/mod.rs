@@ -5,14 +5,7 @@ pub mod engineio;
 pub mod native;
 pub mod socketio;
 
-/// Room names: `[A-Za-z0-9:_.-]{1,128}`.
-pub fn valid_room_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 128
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'-'))
-}
+pub use crate::names::{valid_event_name, valid_room_name};
 
 /// Deepest nesting of arrays and objects accepted in client payloads (`data`, `params`). Raw
 /// payloads are passed through unparsed, so serde's own recursion limit does not apply to them.
@@ -53,11 +46,6 @@ pub fn check_depth(raw: Option<&RawValue>, field: &str) -> Result<(), Refusal> {
         )),
         _ => Ok(()),
     }
-}
-
-/// Event names: 1-128 bytes, no control characters.
-pub fn valid_event_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 128 && !name.chars().any(char::is_control)
 }
 
 #[cfg(test)]

@@ -6,8 +6,8 @@ use actix_web::{http::header, web, HttpResponse};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::Caller;
-use crate::actors::room::Publish;
+use super::{next_before, page_limit, Caller};
+use crate::broker::Publish;
 use crate::db::activities::{self, Activity, NewActivity};
 use crate::error::{AppError, ErrorCode, Refusal};
 use crate::state::AppState;
@@ -35,14 +35,7 @@ fn check_len(field: &str, value: &str, max: usize) -> Result<(), AppError> {
 }
 
 fn project_room(project: &str) -> Result<String, AppError> {
-    let room = format!("project:{project}");
-    if project.is_empty() || !crate::protocol::valid_room_name(&room) {
-        return Err(AppError::new(
-            ErrorCode::InvalidField,
-            "field `project` must be 1-120 characters of A-Z a-z 0-9 : _ . -",
-        ));
-    }
-    Ok(room)
+    Ok(crate::names::project_room(project)?)
 }
 
 pub async fn create(
@@ -96,17 +89,9 @@ pub async fn create(
     for room in rooms {
         let data = RawValue::from_string(json.clone()).map_err(|e| AppError::Internal(e.into()))?;
         let publish = state.broker.publish(Publish {
-            room,
-            event: "activity.created".into(),
-            data,
             from: caller.from_user(),
-            retain: false,
-            member_check: None,
             received_at,
-            seq: None,
-            attachments: Vec::new(),
-            conflate: false,
-            direct: false,
+            ..Publish::new(room, "activity.created", data)
         });
         if let Err(e) = publish.await {
             // Stored but not broadcast: clients still see it on their next page load.
@@ -147,23 +132,13 @@ pub async fn list(
     caller
         .identity
         .require(caller.identity.may_join(&room), &format!("read {room}"))?;
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(AppError::new(
-            ErrorCode::InvalidField,
-            "`limit` must be 1-500",
-        ));
-    }
+    let limit = page_limit(q.limit, 50, 500)?;
     let project = q.project.clone();
     let rows = state
         .db
         .run(move |conn| activities::page(conn, project.as_deref(), q.before, limit))
         .await?;
-    let next_before = if rows.len() as i64 == limit {
-        rows.last().map(|r| r.id)
-    } else {
-        None
-    };
+    let next_before = next_before(&rows, limit, |r| r.id);
     let items: Vec<Activity> = rows.into_iter().map(Activity::from).collect();
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "activities": items,

@@ -132,7 +132,7 @@ fn caller(req: &HttpRequest) -> Result<Caller, AppError> {
 
 /// Validates a room name from a path.
 pub fn room_name(raw: &str) -> Result<String, AppError> {
-    if crate::protocol::valid_room_name(raw) {
+    if crate::names::valid_room_name(raw) {
         Ok(raw.to_string())
     } else {
         Err(AppError::new(
@@ -152,4 +152,22 @@ pub fn page_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, App
         ));
     }
     Ok(limit)
+}
+
+/// The `next_before` cursor of a page read newest first: the key of its last row when the page
+/// is full (there may be more), none when it is not (this was the last page).
+pub fn next_before<T, K>(rows: &[T], limit: i64, key: impl FnOnce(&T) -> K) -> Option<K> {
+    if rows.len() as i64 == limit {
+        rows.last().map(key)
+    } else {
+        None
+    }
+}
+
+/// Refuses a browser request from an origin not in `SWITCHYARD_ALLOWED_ORIGINS` (see
+/// [`socketio::check_origin`]) before a long-lived connection is opened for it.
+pub fn require_allowed_origin(req: &HttpRequest, state: &AppState) -> Result<(), AppError> {
+    socketio::check_origin(req, &state.settings.allowed_origins)
+        .map(|_| ())
+        .map_err(|_| AppError::new(ErrorCode::Forbidden, "origin not allowed"))
 }

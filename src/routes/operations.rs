@@ -9,7 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::Caller;
+use super::{next_before, page_limit, require_allowed_origin, Caller};
 use crate::actors::operation::WorkerReport;
 use crate::actors::operation_manager::{
     self as manager, CancelOperation, GetOperation, ReportOperation, ReportReply, StartError,
@@ -18,19 +18,12 @@ use crate::actors::operation_manager::{
 use crate::actors::watcher::Watcher;
 use crate::auth::Identity;
 use crate::db::operations::{self as store, ListFilter, LogRow};
-use crate::error::{AppError, ErrorCode};
+use crate::error::{AppError, ErrorCode, Refusal};
 use crate::operations::{Operation, Status, Update};
 use crate::protocol::native::{fail_fields, log_lines};
 use crate::protocol::Wire;
 use crate::state::AppState;
 use crate::transport::outbox::{Framing, Outbox, OutboxStream};
-
-fn mailbox(e: actix::MailboxError) -> AppError {
-    AppError::new(
-        ErrorCode::Unavailable,
-        format!("operations unavailable: {e}"),
-    )
-}
 
 /// The operation if the caller may see it; `not_found` otherwise (so ids cannot be probed).
 async fn visible(state: &AppState, identity: &Identity, id: &str) -> Result<Operation, AppError> {
@@ -38,7 +31,7 @@ async fn visible(state: &AppState, identity: &Identity, id: &str) -> Result<Oper
         .operations
         .send(GetOperation { id: id.to_string() })
         .await
-        .map_err(mailbox)??;
+        .map_err(|e| Refusal::unavailable("operations", e))??;
     if !identity.may_watch(&op.id, op.project.as_deref()) {
         return Err(AppError::new(
             ErrorCode::NotFound,
@@ -84,7 +77,7 @@ pub async fn start(
             created_by: caller.from_user().map(|u| u.id.clone()),
         })
         .await
-        .map_err(mailbox)?;
+        .map_err(|e| Refusal::unavailable("operations", e))?;
     match res {
         Ok(started) => {
             let id = started.operation.id.clone();
@@ -148,13 +141,7 @@ pub async fn list(
             ));
         }
     }
-    let limit = q.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(AppError::new(
-            ErrorCode::InvalidField,
-            "`limit` must be 1-500",
-        ));
-    }
+    let limit = page_limit(q.limit, 50, 500)?;
     let ops = manager::list(
         &state.ops,
         ListFilter {
@@ -166,11 +153,7 @@ pub async fn list(
         },
     )
     .await?;
-    let next_before = if ops.len() as i64 == limit {
-        ops.last().map(|o| o.id.clone())
-    } else {
-        None
-    };
+    let next_before = next_before(&ops, limit, |o| o.id.clone());
     Ok(HttpResponse::Ok()
         .json(serde_json::json!({ "operations": ops, "next_before": next_before })))
 }
@@ -198,13 +181,7 @@ pub async fn logs(
 ) -> Result<HttpResponse, AppError> {
     let op = visible(&state, &caller.identity, &path).await?;
     let after = query.after.unwrap_or(0);
-    let limit = query.limit.unwrap_or(500);
-    if !(1..=5000).contains(&limit) {
-        return Err(AppError::new(
-            ErrorCode::InvalidField,
-            "`limit` must be 1-5000",
-        ));
-    }
+    let limit = page_limit(query.limit, 500, 5000)?;
     let id = op.id.clone();
     let rows = state
         .db
@@ -235,7 +212,7 @@ pub async fn cancel(
         .operations
         .send(CancelOperation { id: op.id })
         .await
-        .map_err(mailbox)??;
+        .map_err(|e| Refusal::unavailable("operations", e))??;
     Ok(HttpResponse::Accepted().json(op))
 }
 
@@ -295,7 +272,7 @@ async fn report(
             reply: ReportReply::Wait(reply),
         })
         .await
-        .map_err(mailbox)?;
+        .map_err(|e| Refusal::unavailable("operations", e))?;
     let op = outcome.await.map_err(|_| {
         AppError::new(
             ErrorCode::Unavailable,
@@ -422,9 +399,7 @@ pub async fn events(
     if resumed && op.status.is_terminal() && after >= op.log_offset {
         return Ok(HttpResponse::NoContent().finish());
     }
-    if super::socketio::check_origin(&req, &state.settings.allowed_origins).is_err() {
-        return Err(AppError::new(ErrorCode::Forbidden, "origin not allowed"));
-    }
+    require_allowed_origin(&req, &state)?;
     let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::with_framing(
@@ -451,9 +426,7 @@ pub async fn socket(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let op = visible(&state, &caller.identity, &path).await?;
-    if super::socketio::check_origin(&req, &state.settings.allowed_origins).is_err() {
-        return Err(AppError::new(ErrorCode::Forbidden, "origin not allowed"));
-    }
+    require_allowed_origin(&req, &state)?;
     let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);

@@ -8,7 +8,7 @@ use serde_json::value::RawValue;
 
 use super::{room_name, Caller};
 use crate::actors::registry::{ListRooms, QueryHistory, QueryPresence};
-use crate::actors::room::Publish;
+use crate::broker::Publish;
 use crate::error::{AppError, ErrorCode, Refusal};
 use crate::state::AppState;
 
@@ -23,10 +23,6 @@ pub struct PublishBody {
 struct Published<'a> {
     room: &'a str,
     offset: u64,
-}
-
-fn registry_down(e: actix::MailboxError) -> AppError {
-    AppError::new(ErrorCode::Unavailable, format!("registry unavailable: {e}"))
 }
 
 pub async fn publish(
@@ -55,7 +51,7 @@ pub async fn publish(
             )
         })?;
     let body = body.into_inner();
-    if !crate::protocol::valid_event_name(&body.event) {
+    if !crate::names::valid_event_name(&body.event) {
         return Err(AppError::new(
             ErrorCode::InvalidField,
             "field `event` must be 1-128 characters without control characters",
@@ -69,17 +65,9 @@ pub async fn publish(
     let offset = state
         .broker
         .publish(Publish {
-            room: room.clone(),
-            event: body.event,
-            data,
             from: caller.from_user(),
-            retain: false,
-            member_check: None,
             received_at,
-            seq: None,
-            attachments: Vec::new(),
-            conflate: false,
-            direct: false,
+            ..Publish::new(room.clone(), body.event, data)
         })
         .await?;
     Ok(HttpResponse::Ok().json(Published {
@@ -96,7 +84,7 @@ pub async fn list(caller: Caller, state: web::Data<AppState>) -> Result<HttpResp
         .registry
         .send(ListRooms)
         .await
-        .map_err(registry_down)?;
+        .map_err(|e| Refusal::unavailable("registry", e))?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": rooms })))
 }
 
@@ -113,7 +101,7 @@ pub async fn presence(
         .registry
         .send(QueryPresence { room: room.clone() })
         .await
-        .map_err(registry_down)?
+        .map_err(|e| Refusal::unavailable("registry", e))?
         .unwrap_or_default();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "room": room, "presence": users })))
 }
@@ -150,7 +138,7 @@ pub async fn history(
             after: query.after,
         })
         .await
-        .map_err(registry_down)?;
+        .map_err(|e| Refusal::unavailable("registry", e))?;
     let body = match page {
         None => HistoryBody {
             room: &room,

@@ -69,6 +69,17 @@ impl std::fmt::Display for UpgradeError {
     }
 }
 
+// Here rather than in `error`: the transport may name the HTTP edge's error type, the error
+// type never names the transport (one-way arrows).
+impl From<UpgradeError> for crate::error::AppError {
+    fn from(e: UpgradeError) -> Self {
+        Self::new(
+            crate::error::ErrorCode::BadRequest,
+            format!("not a WebSocket upgrade: {e}"),
+        )
+    }
+}
+
 /// Put on a request by the upgrade service: its socket can be taken over.
 pub(crate) struct Upgradable;
 
