@@ -6,7 +6,8 @@
 //! * [`startup`] — `Application::build` / `run_until_stopped`, shared by `main` and the tests.
 //! * [`actors`] — `Session`, `RoomRegistry`, `Room`, `StatsPublisher` and their messages.
 //! * [`protocol`] — wire formats only (`native` for `/ws`).
-//! * [`transport`] — the WebSocket byte layer and the bounded per-session outbox.
+//! * [`transport`] — the WebSocket byte layer (frames refused at their header), the bounded
+//!   per-session outbox, and the deadlines on HTTP request heads and bodies.
 //! * [`broker`] — the publish path behind a trait and its `Publish` message (the local
 //!   implementation lives with the registry; Redis later).
 //! * [`db`] — pool, embedded migrations, the async bridge, one module per table.

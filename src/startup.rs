@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr};
-use actix_http::{HttpService, KeepAlive};
+use actix_http::{HttpService, KeepAlive, Protocol};
 use actix_service::{
     fn_factory, fn_service, map_config, IntoServiceFactory, ServiceFactory, ServiceFactoryExt,
 };
@@ -33,6 +33,11 @@ use crate::metrics::Metrics;
 use crate::operations::config::Kinds;
 use crate::routes;
 use crate::state::{AppState, OpContext};
+use crate::transport::head::HeadGuarded;
+
+/// How long a request head may take to arrive, from its first byte (from the connection's start
+/// for its first request).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Application {
     port: u16,
@@ -218,9 +223,10 @@ impl Application {
                 .configure(routes::configure)
                 .default_service(web::to(not_found))
         };
-        // What actix-web's `HttpServer::listen` builds, plus the upgrade service. Its defaults
-        // are kept (keep-alive 5 s, 5 s to send a request head, 1 s to close); the body's own
-        // deadline is the middleware above (actix-http bounds only the head).
+        // What actix-web's `HttpServer::listen` builds, plus the upgrade service and a deadline
+        // on every request head (actix-http bounds the first one only). Its defaults are kept
+        // (keep-alive 5 s, 5 s to send a request head, 1 s to close); the body's own deadline
+        // is the middleware above.
         let builder = actix_server::Server::build();
         let shutdown_signal = builder.graceful_shutdown_signal();
         let local_addr = listener.local_addr()?;
@@ -252,16 +258,25 @@ impl Application {
                     }
                 });
                 let signal = shutdown_signal.clone();
-                HttpService::build()
-                    .keep_alive(KeepAlive::default())
-                    .client_request_timeout(Duration::from_secs(5))
-                    .client_disconnect_timeout(Duration::from_secs(1))
-                    .h1_allow_half_closed(true)
+                // Every request head, not only the first on a connection (see transport::head).
+                let accept = fn_service(|io: tokio::net::TcpStream| async move {
                     // Nagle only adds delay here: every connection's queued frames already
                     // leave in one write. With it on, a small frame after an unacknowledged one
                     // waits for the peer's delayed ACK (p99 46 ms instead of 5 ms in a
                     // two-member room at a light rate).
-                    .tcp_nodelay(true)
+                    let _ = io.set_nodelay(true);
+                    let peer = io.peer_addr().ok();
+                    let io = HeadGuarded::new(io, HEAD_TIMEOUT);
+                    Ok::<_, actix_http::error::DispatchError>((io, Protocol::Http1, peer))
+                });
+                let http = HttpService::build()
+                    .keep_alive(KeepAlive::default())
+                    .client_request_timeout(HEAD_TIMEOUT)
+                    .client_disconnect_timeout(Duration::from_secs(1))
+                    .h1_allow_half_closed(true)
+                    .on_connect_ext(|io: &HeadGuarded, data| {
+                        data.insert(io.watch());
+                    })
                     .local_addr(local_addr)
                     .graceful_shutdown_signal(move || {
                         let signal = signal.clone();
@@ -273,8 +288,8 @@ impl Application {
                             .into_factory()
                             .map_err(|e: actix_web::Error| e.error_response()),
                         |_| AppConfig::default(),
-                    ))
-                    .tcp()
+                    ));
+                accept.and_then(http)
             })?
             .run();
         log::info!(

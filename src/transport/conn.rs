@@ -19,10 +19,10 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::net::TcpStream;
 
 use crate::metrics::Metrics;
 
+use super::head::HeadGuarded;
 use super::ws::{Body, Ending, FrameSkipper, Returned, Takeover, Upgradable, WsReader};
 
 /// Serves one upgrade request on `app`, the worker's instance of the application.
@@ -37,7 +37,7 @@ pub async fn serve<S, B>(
     app: Rc<S>,
     metrics: Arc<Metrics>,
     linger: Duration,
-    (req, framed): (Request, Framed<TcpStream, Codec>),
+    (req, framed): (Request, Framed<HeadGuarded, Codec>),
 ) -> Result<(), actix_web::Error>
 where
     S: Service<Request, Response = ServiceResponse<B>, Error = actix_web::Error>,
@@ -62,7 +62,8 @@ where
     };
     let (head, _empty) = res.into_parts();
     let mut parts = framed.into_parts();
-    let mut socket = parts.io;
+    // The head deadline's wrapper is done with: a WebSocket has its own heartbeats.
+    let mut socket = parts.io.into_inner();
     // The write buffer may still hold an earlier response on this connection: 101 goes after it.
     let sent = match parts
         .codec

@@ -25,6 +25,7 @@ use actix_web::ResponseError;
 use bytes::Bytes;
 use futures_util::Stream;
 
+use super::head::HeadWatch;
 use crate::error::{AppError, ErrorCode};
 
 /// The request's body, cut off at its deadline.
@@ -78,6 +79,11 @@ where
     S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
     B: MessageBody,
 {
+    // The request's head is in: the connection's head deadline stops (see `super::head`).
+    let watch = req.request().conn_data::<HeadWatch>().cloned();
+    if let Some(w) = &watch {
+        w.request_started();
+    }
     let expired = Rc::new(Cell::new(false));
     let payload = req.take_payload();
     if matches!(payload, Payload::None) {
@@ -96,7 +102,11 @@ where
     }
     let fut = srv.call(req);
     async move {
-        let res = fut.await?;
+        let res = fut.await;
+        if let Some(w) = &watch {
+            w.request_answered();
+        }
+        let res = res?;
         if !expired.get() {
             return Ok(res.map_into_left_body());
         }

@@ -9,9 +9,11 @@
 //! one syscall). After the upgrade the connection's socket is taken from actix-http's HTTP/1
 //! dispatcher ([`conn`]), so an idle connection holds no read or write buffer. The actix-http
 //! pieces used are the WebSocket codec and handshake and the HTTP/1 codec for the 101 answer.
-//! [`deadline`] bounds how long an ordinary request's body may take to arrive.
+//! [`deadline`] bounds how long an ordinary request's body may take to arrive, [`head`] how long
+//! any request's head may.
 
 pub mod conn;
 pub mod deadline;
+pub mod head;
 pub mod outbox;
 pub mod ws;

@@ -410,3 +410,44 @@ async fn before_its_connect_a_socket_io_client_may_send_no_more_than_a_connect_n
         }
     }
 }
+
+#[tokio::test]
+async fn a_later_request_head_that_does_not_arrive_in_time_ends_the_connection() {
+    let app = spawn_app().await;
+    let mut c = Raw::connect(&app).await;
+    // Kept-alive requests are answered as usual.
+    for _ in 0..2 {
+        c.send(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await;
+        let head = c.head().await;
+        assert!(head.starts_with("http/1.1 200"), "{head}");
+        c.json_body(&head).await;
+    }
+    // The next head comes a byte every 200 ms: the connection ends 5 s after its first byte
+    // (actix-http's own head timeout only covers a connection's first request).
+    let started = Instant::now();
+    let give_up = tokio::time::sleep(Duration::from_secs(15));
+    tokio::pin!(give_up);
+    let head = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ".repeat(10);
+    let mut next = head.iter();
+    loop {
+        let mut chunk = [0u8; 1024];
+        tokio::select! {
+            read = c.stream.read(&mut chunk) => match read {
+                Ok(0) | Err(_) => break,
+                Ok(n) => panic!("an answer to an incomplete head: {:?}", &chunk[..n]),
+            },
+            () = tokio::time::sleep(Duration::from_millis(200)) => {
+                if let Some(b) = next.next() {
+                    let _ = c.stream.write_all(&[*b]).await;
+                }
+            }
+            () = &mut give_up => panic!("the connection is still open after 15 s"),
+        }
+    }
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(4_500) && took < Duration::from_secs(8),
+        "closed after {took:?}"
+    );
+}
