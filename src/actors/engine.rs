@@ -27,7 +27,6 @@ use super::SessionId;
 use crate::auth::Identity;
 use crate::error::{ErrorCode, Refusal};
 use crate::protocol::engineio::{Handshake, Packet};
-use crate::protocol::native::{self, Request};
 use crate::protocol::sio;
 use crate::protocol::socketio::{self, Kind};
 use crate::state::AppState;
@@ -755,58 +754,9 @@ impl EngineSession {
         let id = p.id.and_then(|i| RawValue::from_string(i.to_string()).ok());
         session.do_send(Inbound {
             id,
-            request: to_request(&name, &args[1..], attachments),
+            request: socketio::request(&name, &args[1..], attachments),
         });
     }
-}
-
-/// A Socket.IO event as a native request: the first argument, with `type` set from the event
-/// name, goes through the native parser, so both protocols share one set of checks.
-fn to_request(event: &str, args: &[Value], attachments: Vec<Bytes>) -> Result<Request, Refusal> {
-    let kind = match event {
-        "join" | "leave" | "publish" | "ping" | "auth" => event.to_string(),
-        "operation:start" | "operation:cancel" | "operation:progress" | "operation:log"
-        | "operation:complete" | "operation:fail" => event.replacen(':', ".", 1),
-        other => {
-            let shown: String = other.chars().take(64).collect();
-            return Err(Refusal::new(
-                ErrorCode::UnknownType,
-                format!("unknown event {shown:?} (use join, leave, publish, operation:start, operation:cancel)"),
-            ));
-        }
-    };
-    let mut obj = match args.first() {
-        Some(Value::Object(o)) => o.clone(),
-        None | Some(Value::Null) => serde_json::Map::new(),
-        Some(_) => {
-            return Err(Refusal::new(
-                ErrorCode::InvalidFrame,
-                format!("`{event}` takes an object argument"),
-            ))
-        }
-    };
-    obj.insert("type".into(), Value::String(kind));
-    obj.remove("id");
-    let text = Value::Object(obj).to_string();
-    let (_, mut request) = native::parse(&text).map_err(|bad| bad.refusal)?;
-    if let Request::Publish {
-        attachments: a,
-        data,
-        ..
-    } = &mut request
-    {
-        if !attachments.is_empty() {
-            let parsed: Value = serde_json::from_str(data.get()).unwrap_or(Value::Null);
-            if !socketio::placeholders_ok(&parsed, attachments.len()) {
-                return Err(Refusal::new(
-                    ErrorCode::InvalidField,
-                    "attachments do not match their placeholders",
-                ));
-            }
-        }
-        *a = attachments;
-    }
-    Ok(request)
 }
 
 impl Actor for EngineSession {
@@ -1021,40 +971,5 @@ impl Handler<super::ServerShutdown> for EngineSession {
     type Result = ();
     fn handle(&mut self, _: super::ServerShutdown, ctx: &mut Context<Self>) {
         self.close(ctx, false, CloseCode::Away, "server shutting down");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn events_map_to_native_requests() {
-        let r = to_request("join", &[serde_json::json!({"room": "project:1"})], vec![]).unwrap();
-        assert!(matches!(r, Request::Join { room, .. } if room == "project:1"));
-        let r = to_request(
-            "operation:start",
-            &[serde_json::json!({"kind": "demo", "target": "t"})],
-            vec![],
-        )
-        .unwrap();
-        assert!(matches!(r, Request::StartOperation { .. }));
-        assert_eq!(
-            to_request("dance", &[], vec![]).unwrap_err().code,
-            ErrorCode::UnknownType
-        );
-        assert_eq!(
-            to_request("join", &[serde_json::json!({"room": "bad room"})], vec![])
-                .unwrap_err()
-                .code,
-            ErrorCode::InvalidRoom
-        );
-        let r = to_request(
-            "publish",
-            &[serde_json::json!({"room": "r", "event": "e", "data": {"_placeholder": true, "num": 0}})],
-            vec![Bytes::from_static(b"\x01")],
-        )
-        .unwrap();
-        assert!(matches!(r, Request::Publish { attachments, .. } if attachments.len() == 1));
     }
 }

@@ -38,7 +38,9 @@ use crate::error::{ErrorCode, Refusal};
 use crate::operations::config::Kind;
 use crate::operations::runner::command::{self, Output};
 use crate::operations::runner::demo::{self, Step};
-use crate::operations::{clip_line, EtaEstimator, LogLine, Operation, RunnerKind, Status, Update};
+use crate::operations::{
+    clip_line, EtaEstimator, LogLine, Operation, RunnerKind, Status, Update, WorkerReport,
+};
 use crate::protocol::native::RequestId;
 use crate::protocol::Backfill;
 use crate::state::OpContext;
@@ -65,15 +67,6 @@ pub struct Begin;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Interrupt;
-
-/// What an external worker reports.
-#[derive(Debug, Clone)]
-pub enum WorkerReport {
-    Progress(Update),
-    Logs(Vec<(String, String)>),
-    Complete(Option<Value>),
-    Fail { code: String, message: String },
-}
 
 /// Manager → Operation (from REST or `/ws`): an external worker's report, already authorized.
 /// The answer goes straight to `reply`: no future waits for it in the manager.

@@ -170,6 +170,15 @@ pub struct Update {
     pub result: Option<Value>,
 }
 
+/// What an external worker reports (over `/ws`, Socket.IO or REST).
+#[derive(Debug, Clone)]
+pub enum WorkerReport {
+    Progress(Update),
+    Logs(Vec<(String, String)>),
+    Complete(Option<Value>),
+    Fail { code: String, message: String },
+}
+
 /// What an update changed, so the actor knows what to announce and how soon to persist.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Changed {

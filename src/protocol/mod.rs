@@ -1,9 +1,13 @@
 //! Wire formats, one module per protocol. Nothing here knows about actors: a frame is parsed
-//! once into a typed request, and replies are encoded from plain data.
+//! once into a typed [`Request`] (the one request type of every front end, [`request`]), and
+//! replies are encoded from plain data ([`Reply`], [`Wire`]).
 
 pub mod engineio;
 pub mod native;
+pub mod request;
 pub mod socketio;
+
+pub use request::{Request, RequestId, Since, Verb};
 
 /// Room names: `[A-Za-z0-9:_.-]{1,128}`.
 pub fn valid_room_name(name: &str) -> bool {

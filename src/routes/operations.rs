@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::Caller;
-use crate::actors::operation::WorkerReport;
 use crate::actors::operations::{
     self as manager, CancelOperation, GetOperation, ReportOperation, ReportReply, StartError,
     StartOperation,
@@ -19,6 +18,7 @@ use crate::actors::watcher::Watcher;
 use crate::auth::Identity;
 use crate::db::operations::{self as store, ListFilter, LogRow};
 use crate::error::{AppError, ErrorCode};
+use crate::operations::WorkerReport;
 use crate::operations::{Operation, Status, Update};
 use crate::protocol::native::{fail_fields, log_lines};
 use crate::protocol::Wire;
