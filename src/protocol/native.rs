@@ -1,5 +1,9 @@
 //! The native protocol at `GET /ws`: JSON text frames (docs/protocol.md is the spec).
 //!
+//! One piece (~550 lines, a fifth of them tests) because it is the one wire both ways: reading
+//! a frame into a request and encoding every frame the server sends, so docs/protocol.md has
+//! one file to match.
+//!
 //! Parsing is one pass over the frame into borrowed raw fields; the frame's `type` names a
 //! [`Verb`] and [`super::request::build`] checks each field (the checks every front end shares),
 //! so a frame with a wrong field still gets an error that carries its `id`. `data` is never

@@ -1,5 +1,8 @@
 //! The requests a client can make, whatever wire carries them.
 //!
+//! One piece (~500 lines, a fifth of them tests): the request type, the verbs and every field
+//! check, which must stay together for every front end to refuse the same input the same way.
+//!
 //! Every front end reads its own framing (a `/ws` JSON frame, a Socket.IO event, next an app's
 //! own event names) and names a [`Verb`]; [`build`] then reads that verb's fields through
 //! [`Fields`] and checks each one, so a request means the same thing, with the same refusals,

@@ -6,7 +6,7 @@
 //! `{"_placeholder":true,"num":i}` where each goes. The JSON is kept as it came; attachments
 //! travel beside it.
 //!
-//! Events from a Socket.IO client are requests: [`request`] maps the event name onto a
+//! Events from a Socket.IO client are requests: [`request()`] maps the event name onto a
 //! [`Verb`] and reads its fields from the first argument with the checks every front end shares
 //! ([`super::request::build`]).
 

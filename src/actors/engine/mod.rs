@@ -4,15 +4,15 @@
 //! Engine.IO packets themselves. The rest of the actor is split by concern, each an
 //! `impl EngineSession` of its own:
 //!
-//! * [`polling`] — the long-polling transport: [`BeginPoll`]/[`EndPoll`] (a GET waits for
+//! * `polling.rs` — the long-polling transport: [`BeginPoll`]/[`EndPoll`] (a GET waits for
 //!   packets), [`BeginPost`]/[`PostPackets`]/[`EndPost`] (a POST brings packets).
-//! * [`websocket`] — the WebSocket transport and the upgrade to it: [`Upgrade`] and
+//! * `websocket.rs` — the WebSocket transport and the upgrade to it: [`Upgrade`] and
 //!   [`AttachProbe`] (the probe connection), the WebSocket's messages (a stream the actor
 //!   polls), the `2probe`/`5` handshake.
-//! * [`namespaces`] — the Socket.IO layer: namespace CONNECT/DISCONNECT, binary attachments, and
+//! * `namespaces.rs` — the Socket.IO layer: namespace CONNECT/DISCONNECT, binary attachments, and
 //!   events turned into requests ([`crate::protocol::socketio::request`]) for one [`Session`]
 //!   per connected namespace (the same session actor `/ws` uses).
-//! * [`conformance`] — what the official Engine.IO and Socket.IO protocol test suites expect
+//! * `conformance.rs` — what the official Engine.IO and Socket.IO protocol test suites expect
 //!   (`switchyard conformance`, modes `Echo` and `Fixture`); the real thing never runs it.
 //!
 //! In: the messages above, [`SocketEnded`] from its sockets, [`ServerShutdown`] from the

@@ -37,6 +37,7 @@ pub struct EndPoll;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct EndPost {
+    /// The body was malformed: the session ends.
     pub close: bool,
 }
 

@@ -1,14 +1,14 @@
 //! The session actor: one per client connection on `/ws`, and one per connected namespace of
 //! a Socket.IO connection. It holds the client's identity and rooms, checks every request and
-//! answers it; [`FrontEnd`] says which of the two it serves. A session's behaviour is written
+//! answers it; `FrontEnd` says which of the two it serves. A session's behaviour is written
 //! once, over [`Request`] (the one request type of every front end, `protocol/request.rs`), and
 //! split by area:
 //!
-//! * [`native`] — the `/ws` front end: the WebSocket's messages, the welcome, the heartbeat.
-//! * [`auth`] — `auth` (sign-in and token refresh), the token's expiry.
-//! * [`rooms`] — `join`, `leave`, eviction, rooms a refreshed token no longer grants.
-//! * [`publish`] — `publish`.
-//! * [`operations`] — `operation.start`, `operation.cancel`, workers' reports.
+//! * `native.rs` — the `/ws` front end: the WebSocket's messages, the welcome, the heartbeat.
+//! * `auth.rs` — `auth` (sign-in and token refresh), the token's expiry.
+//! * `rooms.rs` — `join`, `leave`, eviction, rooms a refreshed token no longer grants.
+//! * `publish.rs` — `publish`.
+//! * `operations.rs` — `operation.start`, `operation.cancel`, workers' reports.
 //!
 //! In: the `/ws` reader's messages (a stream) or [`Inbound`] requests and [`Disconnect`] from
 //! the Engine.IO session; [`Evicted`] from rooms, [`ReportAnswer`] from the operation manager,
@@ -344,7 +344,9 @@ impl Actor for Session {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Inbound {
+    /// The event's ack id, when the client asked for an ack: the reply is that ack.
     pub id: Option<RequestId>,
+    /// The request, or why the event could not be one (answered as a refusal).
     pub request: Result<Request, Refusal>,
 }
 
@@ -352,8 +354,11 @@ pub struct Inbound {
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct SocketEnded {
+    /// Which socket (the Engine.IO session knows its namespace by this).
     pub session: SessionId,
+    /// The close code for the connection.
     pub code: CloseCode,
+    /// The close reason, for the log and the close frame.
     pub reason: String,
 }
 

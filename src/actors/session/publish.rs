@@ -19,7 +19,9 @@ use crate::protocol::{Reply, RequestId};
 
 /// A `publish` request's fields, moved out of [`crate::protocol::Request::Publish`].
 pub(super) struct Publication {
+    /// The room published to.
     pub room: String,
+    /// The application's event name.
     pub event: String,
     /// The payload as raw JSON, copied once into the encoded message.
     pub data: Box<RawValue>,
