@@ -32,15 +32,14 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::operation::{
-    backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, OperationActor, Report,
-    Watch, WorkerReport,
+    backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, OperationActor, Report, Watch,
 };
 use super::room::JoinRoom;
 use super::Member;
 use crate::db::operations::{self as store, ListFilter, LogRow, OperationRow};
 use crate::db::DbError;
 use crate::error::{ErrorCode, Refusal};
-use crate::operations::{Operation, RunnerKind, Status};
+use crate::operations::{Operation, RunnerKind, Status, WorkerReport};
 use crate::protocol::native::RequestId;
 use crate::state::OpContext;
 use crate::util::now_millis;

@@ -170,6 +170,19 @@ pub struct Update {
     pub result: Option<Value>,
 }
 
+/// What an external worker reports (over `/ws`, Socket.IO or REST).
+#[derive(Debug, Clone)]
+pub enum WorkerReport {
+    /// A status change: progress, stage, message (a queued operation becomes running).
+    Progress(Update),
+    /// Log lines as (stream, line), in order.
+    Logs(Vec<(String, String)>),
+    /// The work succeeded, with an optional result.
+    Complete(Option<Value>),
+    /// The work failed, with the worker's error code and message.
+    Fail { code: String, message: String },
+}
+
 /// What an update changed, so the actor knows what to announce and how soon to persist.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Changed {

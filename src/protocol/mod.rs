@@ -1,11 +1,14 @@
 //! Wire formats, one module per protocol. Nothing here knows about actors: a frame is parsed
-//! once into a typed request, and replies are encoded from plain data.
+//! once into a typed [`Request`] (the one request type of every front end, [`request`]), and
+//! replies are encoded from plain data ([`Reply`], [`Wire`]).
 
 pub mod engineio;
 pub mod native;
+pub mod request;
 pub mod socketio;
 
 pub use crate::names::{valid_event_name, valid_room_name};
+pub use request::{Request, RequestId, Since, Verb};
 
 /// Deepest nesting of arrays and objects accepted in client payloads (`data`, `params`). Raw
 /// payloads are passed through unparsed, so serde's own recursion limit does not apply to them.

@@ -1,8 +1,14 @@
 //! The native protocol at `GET /ws`: JSON text frames (docs/protocol.md is the spec).
 //!
-//! Parsing is one pass over the frame into borrowed raw fields, then a typed check per field, so
-//! a frame with a wrong field still gets an error that carries its `id`. `data` is never parsed:
-//! it is kept as raw JSON and copied once into the encoded message.
+//! One piece (~550 lines, a fifth of them tests) because it is the one wire both ways: reading
+//! a frame into a request and encoding every frame the server sends, so docs/protocol.md has
+//! one file to match.
+//!
+//! Parsing is one pass over the frame into borrowed raw fields; the frame's `type` names a
+//! [`Verb`] and [`super::request::build`] checks each field (the checks every front end shares),
+//! so a frame with a wrong field still gets an error that carries its `id`. `data` is never
+//! parsed: it is kept as raw JSON and copied once into the encoded message. The server's frames
+//! are encoded here too.
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -11,77 +17,10 @@ use serde_json::value::RawValue;
 use crate::auth::UserInfo;
 use crate::error::{ErrorCode, Refusal};
 
-/// A request id, echoed verbatim in the reply: a JSON string or number.
-pub type RequestId = Box<RawValue>;
+pub use super::request::{fail_fields, log_lines, Request, RequestId, Since};
+use super::request::{Field, Fields, Verb};
 
-/// The position a client last saw in a room.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Since {
-    pub epoch: String,
-    pub offset: u64,
-}
-
-/// A parsed client request.
-#[derive(Debug)]
-pub enum Request {
-    Auth {
-        token: Option<String>,
-        user: Option<String>,
-        name: Option<String>,
-    },
-    Join {
-        room: String,
-        since: Option<Since>,
-        /// For `operation:<id>` rooms: the last log line seen.
-        log_offset: Option<u64>,
-    },
-    Leave {
-        room: String,
-    },
-    Publish {
-        room: String,
-        event: String,
-        data: Box<RawValue>,
-        /// Binary attachments (Socket.IO binary events); empty on `/ws`.
-        attachments: Vec<Bytes>,
-    },
-    Ping,
-    /// `operation.start`
-    StartOperation {
-        kind: String,
-        target: String,
-        project: Option<String>,
-        params: serde_json::Value,
-    },
-    /// `operation.cancel`
-    CancelOperation {
-        operation: String,
-    },
-    /// `operation.progress`, `operation.log`, `operation.complete`, `operation.fail`: an
-    /// external worker reporting.
-    ReportOperation {
-        operation: String,
-        report: crate::actors::operation::WorkerReport,
-        /// The operation's own worker token, for workers without role `service`.
-        worker_token: Option<String>,
-    },
-}
-
-impl Request {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Request::Auth { .. } => "auth",
-            Request::Join { .. } => "join",
-            Request::Leave { .. } => "leave",
-            Request::Publish { .. } => "publish",
-            Request::Ping => "ping",
-            Request::StartOperation { .. } => "operation.start",
-            Request::CancelOperation { .. } => "operation.cancel",
-            Request::ReportOperation { .. } => "operation.report",
-        }
-    }
-}
-
+/// A frame's fields, borrowed from its text: only the ones some request reads.
 #[derive(Deserialize)]
 struct RawFrame<'a> {
     #[serde(rename = "type", borrow, default)]
@@ -128,6 +67,36 @@ struct RawFrame<'a> {
     error: Option<&'a RawValue>,
     #[serde(borrow, default)]
     worker_token: Option<&'a RawValue>,
+}
+
+impl Fields for RawFrame<'_> {
+    fn field(&self, name: &str) -> Option<Field<'_>> {
+        let raw = match name {
+            "room" => self.room,
+            "since" => self.since,
+            "event" => self.event,
+            "data" => self.data,
+            "token" => self.token,
+            "user" => self.user,
+            "name" => self.name,
+            "log_offset" => self.log_offset,
+            "kind" => self.kind,
+            "target" => self.target,
+            "project" => self.project,
+            "params" => self.params,
+            "operation" => self.operation,
+            "progress" => self.progress,
+            "stage" => self.stage,
+            "message" => self.message,
+            "lines" => self.lines,
+            "result" => self.result,
+            "error" => self.error,
+            "worker_token" => self.worker_token,
+            _ => None,
+        };
+        // serde reads a `null` field as absent already; this keeps the rule explicit.
+        raw.filter(|r| r.get() != "null").map(Field::Raw)
+    }
 }
 
 /// A frame that could not be turned into a request: the refusal and, when the frame was an
@@ -207,247 +176,15 @@ pub fn parse(text: &str) -> Result<(Option<RequestId>, Request), BadFrame> {
             )
         })?,
     };
-    let request = match kind.as_str() {
-        "ping" => Request::Ping,
-        "join" => Request::Join {
-            log_offset: match raw.log_offset {
-                None => None,
-                Some(v) => Some(serde_json::from_str::<u64>(v.get()).map_err(|_| {
-                    fail(
-                        ErrorCode::InvalidField,
-                        "field `log_offset` must be a non-negative integer".into(),
-                    )
-                })?),
-            },
-            room: room_field(raw.room, &kind).map_err(|r| fail(r.code, r.message))?,
-            since: match raw.since {
-                None => None,
-                Some(v) if v.get() == "null" => None,
-                Some(v) => Some(serde_json::from_str(v.get()).map_err(|_| {
-                    fail(
-                        ErrorCode::InvalidField,
-                        "field `since` must be {\"epoch\": string, \"offset\": non-negative integer}"
-                            .into(),
-                    )
-                })?),
-            },
-        },
-        "leave" => Request::Leave {
-            room: room_field(raw.room, &kind).map_err(|r| fail(r.code, r.message))?,
-        },
-        "publish" => {
-            let room = room_field(raw.room, &kind).map_err(|r| fail(r.code, r.message))?;
-            let event: String = string_field(raw.event, "event", &kind, true)
-                .map_err(|r| fail(r.code, r.message))?
-                .unwrap_or_default();
-            if !super::valid_event_name(&event) {
-                return Err(fail(
-                    ErrorCode::InvalidField,
-                    "field `event` must be 1-128 characters without control characters".into(),
-                ));
-            }
-            super::check_depth(raw.data, "data").map_err(|r| fail(r.code, r.message))?;
-            let data = match raw.data {
-                Some(d) => d.to_owned(),
-                None => RawValue::from_string("null".into()).map_err(|_| {
-                    fail(ErrorCode::Internal, "could not build an empty payload".into())
-                })?,
-            };
-            Request::Publish {
-                room,
-                event,
-                data,
-                attachments: Vec::new(),
-            }
-        }
-        "auth" => Request::Auth {
-            token: string_field(raw.token, "token", &kind, false)
-                .map_err(|r| fail(r.code, r.message))?,
-            user: string_field(raw.user, "user", &kind, false)
-                .map_err(|r| fail(r.code, r.message))?,
-            name: string_field(raw.name, "name", &kind, false)
-                .map_err(|r| fail(r.code, r.message))?,
-        },
-        "operation.start" => {
-            let f = |r: Refusal| fail(r.code, r.message);
-            let params = match raw.params {
-                None => serde_json::Value::Null,
-                Some(v) => serde_json::from_str(v.get()).map_err(|_| {
-                    fail(ErrorCode::InvalidField, "field `params` must be JSON".into())
-                })?,
-            };
-            Request::StartOperation {
-                kind: string_field(raw.kind, "kind", &kind, true).map_err(f)?.unwrap_or_default(),
-                target: string_field(raw.target, "target", &kind, true)
-                    .map_err(|r| fail(r.code, r.message))?
-                    .unwrap_or_default(),
-                project: string_field(raw.project, "project", &kind, false)
-                    .map_err(|r| fail(r.code, r.message))?,
-                params,
-            }
-        }
-        "operation.cancel" => Request::CancelOperation {
-            operation: string_field(raw.operation, "operation", &kind, true)
-                .map_err(|r| fail(r.code, r.message))?
-                .unwrap_or_default(),
-        },
-        "operation.progress" | "operation.log" | "operation.complete" | "operation.fail" => {
-            let operation = string_field(raw.operation, "operation", &kind, true)
-                .map_err(|r| fail(r.code, r.message))?
-                .unwrap_or_default();
-            let report = worker_report(&kind, &raw).map_err(|r| fail(r.code, r.message))?;
-            let worker_token = string_field(raw.worker_token, "worker_token", &kind, false)
-                .map_err(|r| fail(r.code, r.message))?;
-            Request::ReportOperation {
-                operation,
-                report,
-                worker_token,
-            }
-        }
-        other => {
-            let shown: String = other.chars().take(64).collect();
-            return Err(fail(
-                ErrorCode::UnknownType,
-                format!("unknown frame type {shown:?}"),
-            ));
-        }
+    let Some(verb) = Verb::from_name(&kind) else {
+        let shown: String = kind.chars().take(64).collect();
+        return Err(fail(
+            ErrorCode::UnknownType,
+            format!("unknown frame type {shown:?}"),
+        ));
     };
+    let request = super::request::build(verb, &raw).map_err(|r| fail(r.code, r.message))?;
     Ok((id, request))
-}
-
-/// The report of an external worker, from the frame's fields (shared with the REST bodies).
-fn worker_report(
-    kind: &str,
-    raw: &RawFrame,
-) -> Result<crate::actors::operation::WorkerReport, Refusal> {
-    use crate::actors::operation::WorkerReport;
-    let json = |v: Option<&RawValue>| -> Result<Option<serde_json::Value>, Refusal> {
-        v.map(|v| serde_json::from_str(v.get()))
-            .transpose()
-            .map_err(|_| Refusal::new(ErrorCode::InvalidField, "invalid JSON field"))
-    };
-    Ok(match kind {
-        "operation.progress" => WorkerReport::Progress(crate::operations::Update {
-            progress: match raw.progress {
-                None => None,
-                Some(v) => Some(serde_json::from_str::<f64>(v.get()).map_err(|_| {
-                    Refusal::new(ErrorCode::InvalidField, "field `progress` must be a number")
-                })?),
-            },
-            stage: string_field(raw.stage, "stage", kind, false)?,
-            message: string_field(raw.message, "message", kind, false)?,
-            result: None,
-        }),
-        "operation.log" => {
-            let lines = json(raw.lines)?.ok_or_else(|| {
-                Refusal::new(
-                    ErrorCode::MissingField,
-                    "field `lines` is required for `operation.log`",
-                )
-            })?;
-            WorkerReport::Logs(log_lines(&lines)?)
-        }
-        "operation.complete" => WorkerReport::Complete(json(raw.result)?),
-        _ => {
-            let e = json(raw.error)?.unwrap_or(serde_json::Value::Null);
-            let (code, message) = fail_fields(&e)?;
-            WorkerReport::Fail { code, message }
-        }
-    })
-}
-
-/// `lines`: an array of strings or of `{stream?, line}` objects.
-pub fn log_lines(v: &serde_json::Value) -> Result<Vec<(String, String)>, Refusal> {
-    let bad = || {
-        Refusal::new(
-            ErrorCode::InvalidField,
-            "field `lines` must be an array of strings or {\"stream\", \"line\"} objects (at most 1000)",
-        )
-    };
-    let arr = v.as_array().filter(|a| a.len() <= 1000).ok_or_else(bad)?;
-    arr.iter()
-        .map(|l| match l {
-            serde_json::Value::String(s) => Ok(("stdout".to_string(), s.clone())),
-            serde_json::Value::Object(o) => {
-                let line = o.get("line").and_then(|x| x.as_str()).ok_or_else(bad)?;
-                let stream = o.get("stream").and_then(|x| x.as_str()).unwrap_or("stdout");
-                if stream.is_empty() || stream.len() > 32 {
-                    return Err(bad());
-                }
-                Ok((stream.to_string(), line.to_string()))
-            }
-            _ => Err(bad()),
-        })
-        .collect()
-}
-
-/// `error`: `{code?, message}` or a plain message string.
-pub fn fail_fields(e: &serde_json::Value) -> Result<(String, String), Refusal> {
-    let (code, message) = match e {
-        serde_json::Value::String(m) => ("failed".to_string(), m.clone()),
-        serde_json::Value::Object(o) => (
-            o.get("code")
-                .and_then(|c| c.as_str())
-                .unwrap_or("failed")
-                .to_string(),
-            o.get("message")
-                .and_then(|c| c.as_str())
-                .unwrap_or("")
-                .to_string(),
-        ),
-        _ => {
-            return Err(Refusal::new(
-                ErrorCode::MissingField,
-                "field `error` ({\"code\", \"message\"}) is required",
-            ))
-        }
-    };
-    if code.is_empty() || code.len() > 64 || message.len() > 4096 {
-        return Err(Refusal::new(
-            ErrorCode::InvalidField,
-            "error.code must be 1-64 characters and error.message at most 4096",
-        ));
-    }
-    Ok((code, message))
-}
-
-fn string_field(
-    raw: Option<&RawValue>,
-    field: &str,
-    kind: &str,
-    required: bool,
-) -> Result<Option<String>, Refusal> {
-    match raw {
-        None => {
-            if required {
-                Err(Refusal::new(
-                    ErrorCode::MissingField,
-                    format!("field `{field}` is required for `{kind}`"),
-                ))
-            } else {
-                Ok(None)
-            }
-        }
-        Some(v) => serde_json::from_str::<String>(v.get())
-            .map(Some)
-            .map_err(|_| {
-                Refusal::new(
-                    ErrorCode::InvalidField,
-                    format!("field `{field}` must be a string"),
-                )
-            }),
-    }
-}
-
-fn room_field(raw: Option<&RawValue>, kind: &str) -> Result<String, Refusal> {
-    let room = string_field(raw, "room", kind, true)?.unwrap_or_default();
-    if !super::valid_room_name(&room) {
-        return Err(Refusal::new(
-            ErrorCode::InvalidRoom,
-            "room names are 1-128 characters of A-Z a-z 0-9 : _ . -",
-        ));
-    }
-    Ok(room)
 }
 
 // ---- server frames -------------------------------------------------------------------------

@@ -5,8 +5,16 @@
 //! Binary packets name how many binary Engine.IO messages follow; the JSON holds
 //! `{"_placeholder":true,"num":i}` where each goes. The JSON is kept as it came; attachments
 //! travel beside it.
+//!
+//! Events from a Socket.IO client are requests: [`request()`] maps the event name onto a
+//! [`Verb`] and reads its fields from the first argument with the checks every front end shares
+//! ([`super::request::build`]).
 
+use bytes::Bytes;
 use serde_json::Value;
+
+use super::request::{self, Request, Verb};
+use crate::error::{ErrorCode, Refusal};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -183,6 +191,62 @@ pub fn placeholders_ok(v: &Value, attachments: usize) -> bool {
     walk(v, &mut seen) && seen.iter().all(|s| *s)
 }
 
+/// The verb a Socket.IO event names: the native names, with `operation:` for `operation.`.
+pub fn verb(event: &str) -> Option<Verb> {
+    Some(match event {
+        "join" => Verb::Join,
+        "leave" => Verb::Leave,
+        "publish" => Verb::Publish,
+        "ping" => Verb::Ping,
+        "auth" => Verb::Auth,
+        "operation:start" => Verb::StartOperation,
+        "operation:cancel" => Verb::CancelOperation,
+        "operation:progress" => Verb::Progress,
+        "operation:log" => Verb::Log,
+        "operation:complete" => Verb::Complete,
+        "operation:fail" => Verb::Fail,
+        _ => return None,
+    })
+}
+
+/// An event as a request: `args` are the event's arguments after its name (the first, an
+/// object or nothing, holds the fields), `attachments` its binary attachments, which a
+/// `publish` carries when its `data` has a placeholder for each.
+pub fn request(event: &str, args: &[Value], attachments: Vec<Bytes>) -> Result<Request, Refusal> {
+    let Some(verb) = verb(event) else {
+        let shown: String = event.chars().take(64).collect();
+        return Err(Refusal::new(
+            ErrorCode::UnknownType,
+            format!("unknown event {shown:?} (use join, leave, publish, operation:start, operation:cancel)"),
+        ));
+    };
+    let none = serde_json::Map::new();
+    let fields = match args.first() {
+        Some(Value::Object(o)) => o,
+        None | Some(Value::Null) => &none,
+        Some(_) => {
+            return Err(Refusal::new(
+                ErrorCode::InvalidFrame,
+                format!("`{event}` takes an object argument"),
+            ))
+        }
+    };
+    let mut request = request::build(verb, fields)?;
+    if let Request::Publish { attachments: a, .. } = &mut request {
+        if !attachments.is_empty() {
+            let data = fields.get("data").unwrap_or(&Value::Null);
+            if !placeholders_ok(data, attachments.len()) {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidField,
+                    "attachments do not match their placeholders",
+                ));
+            }
+        }
+        *a = attachments;
+    }
+    Ok(request)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -252,6 +316,50 @@ mod tests {
                 0
             ),
             r#"4/random,{"message":"Invalid namespace"}"#
+        );
+    }
+
+    #[test]
+    fn events_map_to_requests() {
+        let r = request("join", &[json!({"room": "project:1"})], vec![]).unwrap();
+        assert!(matches!(r, Request::Join { room, .. } if room == "project:1"));
+        let r = request(
+            "operation:start",
+            &[json!({"kind": "demo", "target": "t"})],
+            vec![],
+        )
+        .unwrap();
+        assert!(matches!(r, Request::StartOperation { .. }));
+        assert_eq!(
+            request("dance", &[], vec![]).unwrap_err().code,
+            ErrorCode::UnknownType
+        );
+        assert_eq!(
+            request("join", &[json!({"room": "bad room"})], vec![])
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(
+            request("join", &[json!(5)], vec![]).unwrap_err().code,
+            ErrorCode::InvalidFrame
+        );
+        let r = request(
+            "publish",
+            &[json!({"room": "r", "event": "e", "data": {"_placeholder": true, "num": 0}})],
+            vec![Bytes::from_static(b"\x01")],
+        )
+        .unwrap();
+        assert!(matches!(r, Request::Publish { attachments, .. } if attachments.len() == 1));
+        assert_eq!(
+            request(
+                "publish",
+                &[json!({"room": "r", "event": "e", "data": null})],
+                vec![Bytes::from_static(b"\x01")],
+            )
+            .unwrap_err()
+            .code,
+            ErrorCode::InvalidField
         );
     }
 }

@@ -10,7 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{next_before, page_limit, require_allowed_origin, Caller};
-use crate::actors::operation::WorkerReport;
 use crate::actors::operation_manager::{
     self as manager, CancelOperation, GetOperation, ReportOperation, ReportReply, StartError,
     StartOperation,
@@ -19,7 +18,7 @@ use crate::actors::watcher::Watcher;
 use crate::auth::Identity;
 use crate::db::operations::{self as store, ListFilter, LogRow};
 use crate::error::{AppError, ErrorCode, Refusal};
-use crate::operations::{Operation, Status, Update};
+use crate::operations::{Operation, Status, Update, WorkerReport};
 use crate::protocol::native::{fail_fields, log_lines};
 use crate::protocol::Wire;
 use crate::state::AppState;

@@ -53,7 +53,9 @@ use super::room::Publish;
 use super::Member;
 use crate::error::{ErrorCode, Refusal};
 use crate::operations::config::Kind;
-use crate::operations::{clip_line, EtaEstimator, Operation, RunnerKind, Status, Update};
+use crate::operations::{
+    clip_line, EtaEstimator, Operation, RunnerKind, Status, Update, WorkerReport,
+};
 use crate::protocol::native::RequestId;
 use crate::state::OpContext;
 use crate::util::now_millis;
@@ -72,19 +74,6 @@ pub struct Begin;
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Interrupt;
-
-/// What an external worker reports (parsed by the REST routes and the native protocol).
-#[derive(Debug, Clone)]
-pub enum WorkerReport {
-    /// A status change: progress, stage, message (a queued operation becomes running).
-    Progress(Update),
-    /// Log lines as (stream, line), in order.
-    Logs(Vec<(String, String)>),
-    /// The work succeeded, with an optional result.
-    Complete(Option<Value>),
-    /// The work failed, with the worker's error code and message.
-    Fail { code: String, message: String },
-}
 
 /// Manager → Operation (from REST or `/ws`): an external worker's report, already authorized.
 /// The answer goes straight to `reply`: no future waits for it in the manager.

@@ -1,0 +1,254 @@
+//! The Socket.IO layer of [`EngineSession`]: Socket.IO packets inside Engine.IO messages.
+//! CONNECT authenticates and starts one [`Session`] per namespace (the same session actor as
+//! `/ws`, in its Socket.IO mode), DISCONNECT stops it; a binary packet is held until its
+//! attachments have arrived; an EVENT becomes a request ([`socketio::request`], the checks every
+//! front end shares) for that namespace's session.
+//!
+//! In: Engine.IO messages (`on_message`, `on_binary`) from either transport, [`SocketEnded`]
+//! from a socket that ended itself. Out: [`Inbound`] and [`Disconnect`] to the sockets;
+//! CONNECT, CONNECT_ERROR and DISCONNECT packets into the outbox.
+
+use std::sync::Arc;
+
+use actix::prelude::*;
+use actix_http::ws::CloseCode;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use super::{EngineMode, EngineSession};
+use crate::actors::session::{Disconnect, Inbound, Session, SocketEnded};
+use crate::auth::Identity;
+use crate::error::{ErrorCode, Refusal};
+use crate::protocol::sio;
+use crate::protocol::socketio::{self, Kind};
+
+/// What serves a connected namespace.
+pub(super) enum Socket {
+    /// A session actor, as on `/ws` (its requests come in as [`Inbound`]).
+    Switchyard(Addr<Session>),
+    /// The protocol suite's fixture (see [`super::conformance`]): answered here.
+    Fixture,
+}
+
+impl EngineSession {
+    /// A binary Engine.IO message: the next attachment of the packet waiting for them.
+    pub(super) fn on_binary(&mut self, b: Bytes, ctx: &mut Context<Self>) {
+        if self.config.mode == EngineMode::Echo {
+            return self.echo_binary(b);
+        }
+        let Some((packet, mut parts)) = self.pending.take() else {
+            return self.protocol_error(ctx, "binary message without a binary packet");
+        };
+        // A packet's attachments together may be as large as one message may be (maxPayload):
+        // each is held until the last arrives, and 16 of maxPayload each let 60 sessions hold
+        // 714 MB.
+        let held: usize = parts.iter().map(Bytes::len).sum();
+        if held + b.len() > self.config.max_payload {
+            log::warn!(
+                "engine.io session {}: attachments over maxPayload ({} bytes); closing",
+                self.sid,
+                self.config.max_payload
+            );
+            self.state.metrics.refused(ErrorCode::PayloadTooLarge);
+            let reason = format!(
+                "attachments exceed maxPayload ({} bytes)",
+                self.config.max_payload
+            );
+            return self.close(ctx, false, CloseCode::Size, &reason);
+        }
+        parts.push(b);
+        if parts.len() < packet.attachments {
+            self.pending = Some((packet, parts));
+        } else {
+            self.dispatch(packet, parts, ctx);
+        }
+    }
+
+    /// A text Engine.IO message: a Socket.IO packet.
+    pub(super) fn on_message(&mut self, text: String, ctx: &mut Context<Self>) {
+        if self.config.mode == EngineMode::Echo {
+            return self.echo_text(&text);
+        }
+        if self.pending.is_some() {
+            return self.protocol_error(ctx, "text packet while attachments were expected");
+        }
+        let packet = match socketio::parse(&text) {
+            Ok(p) => p,
+            Err(e) => return self.protocol_error(ctx, &e.to_string()),
+        };
+        if packet.attachments > 0 {
+            // Attachments are held until the last one arrives, so they are accepted only for a
+            // namespace this client has connected to (in Socket.IO a client emits only after
+            // its CONNECT): a session that never connects holds nothing but its handshake.
+            if !self.sockets.contains_key(packet.nsp.as_str()) {
+                return self.protocol_error(ctx, "binary packet for a namespace not connected");
+            }
+            if !packet
+                .data
+                .as_ref()
+                .is_some_and(|d| socketio::placeholders_ok(d, packet.attachments))
+            {
+                return self.protocol_error(ctx, "placeholders do not match the attachments");
+            }
+            self.pending = Some((packet, Vec::new()));
+        } else {
+            self.dispatch(packet, Vec::new(), ctx);
+        }
+    }
+
+    fn dispatch(&mut self, p: socketio::Packet, attachments: Vec<Bytes>, ctx: &mut Context<Self>) {
+        let nsp: Arc<str> = match self.config.namespaces.iter().find(|n| ***n == *p.nsp) {
+            Some(n) => n.clone(),
+            None if p.kind == Kind::Connect => {
+                let body = r#"{"message":"Invalid namespace"}"#;
+                return self.push_text(sio::packet(
+                    Kind::ConnectError,
+                    &p.nsp,
+                    None,
+                    Some(body),
+                    0,
+                ));
+            }
+            None => return self.protocol_error(ctx, "packet for an unknown namespace"),
+        };
+        match p.kind {
+            Kind::Connect => self.connect(nsp, p.data, ctx),
+            Kind::Disconnect => {
+                if let Some(Socket::Switchyard(addr)) = self.sockets.remove(&nsp) {
+                    addr.do_send(Disconnect);
+                }
+                self.socket_ids.retain(|_, n| *n != nsp);
+            }
+            Kind::Event | Kind::BinaryEvent => {
+                if !self.sockets.contains_key(&nsp) {
+                    return self.protocol_error(ctx, "event for a namespace not joined");
+                }
+                self.event(&nsp, p, attachments);
+            }
+            // The server asks for no acks, so client acks have nothing to answer.
+            Kind::Ack | Kind::BinaryAck => {}
+            Kind::ConnectError => self.protocol_error(ctx, "CONNECT_ERROR from the client"),
+        }
+    }
+
+    fn connect(&mut self, nsp: Arc<str>, auth: Option<Value>, ctx: &mut Context<Self>) {
+        if self.config.mode == EngineMode::Fixture {
+            return self.fixture_connect(nsp, auth, ctx);
+        }
+        if self.sockets.contains_key(&nsp) {
+            return; // already connected: a repeated CONNECT changes nothing
+        }
+        let identity = match self.identify(auth.as_ref()) {
+            Ok(i) => i,
+            Err(r) => {
+                self.state.metrics.refused(r.code);
+                log::warn!(
+                    "engine.io session {}: connect to {nsp} refused: {}",
+                    self.sid,
+                    r.message
+                );
+                let body =
+                    serde_json::json!({"message": r.message, "data": {"code": r.code.as_str()}});
+                return self.push_text(sio::packet(
+                    Kind::ConnectError,
+                    &nsp,
+                    None,
+                    Some(&body.to_string()),
+                    0,
+                ));
+            }
+        };
+        let sid = uuid::Uuid::new_v4().simple().to_string();
+        let connected = format!(r#"{{"sid":"{sid}"}}"#);
+        let id = crate::actors::next_session_id();
+        let session = Session::socket_io(
+            id,
+            identity,
+            self.outbox.clone(),
+            self.state.clone(),
+            nsp.clone(),
+            ctx.address().recipient(),
+        )
+        .start();
+        self.sockets
+            .insert(nsp.clone(), Socket::Switchyard(session));
+        self.socket_ids.insert(id, nsp.clone());
+        if let Some(limit) = &self.frame_limit {
+            limit.set(Self::frame_bound(&self.config, &self.state.settings, true));
+        }
+        self.push_text(sio::packet(Kind::Connect, &nsp, None, Some(&connected), 0));
+    }
+
+    /// Who connects: a token in the CONNECT auth payload, else the handshake's header; in open
+    /// mode, whoever the auth payload says (`{user, name}`).
+    fn identify(&self, auth: Option<&Value>) -> Result<Identity, Refusal> {
+        let auth_service = &self.state.auth;
+        let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str);
+        if auth_service.open_mode() {
+            let user = auth
+                .and_then(|a| a.get("user"))
+                .and_then(Value::as_str)
+                .filter(|u| !u.is_empty() && u.len() <= 256);
+            let name = auth
+                .and_then(|a| a.get("name"))
+                .and_then(Value::as_str)
+                .map(str::to_string);
+            return Ok(match user {
+                Some(u) => Identity::open(u.to_string(), name),
+                None => {
+                    Identity::open(format!("anon-{}", &self.sid[..8.min(self.sid.len())]), None)
+                }
+            });
+        }
+        match (token, &self.header_identity) {
+            (Some(t), _) => auth_service.verify(t),
+            (None, Some(i)) => Ok(i.clone()),
+            (None, None) => Err(Refusal::new(
+                ErrorCode::Unauthenticated,
+                "a token is required: io(url, { auth: { token } })",
+            )),
+        }
+    }
+
+    /// An EVENT (or a BINARY_EVENT with all its attachments) for a connected namespace: a
+    /// request for that namespace's session.
+    fn event(&mut self, nsp: &Arc<str>, p: socketio::Packet, attachments: Vec<Bytes>) {
+        if self.config.mode == EngineMode::Fixture {
+            return self.fixture_event(nsp, p, attachments);
+        }
+        // The packet parser checked the shape: an array whose first element is the name.
+        let Some(Value::Array(args)) = &p.data else {
+            return;
+        };
+        let Some(Value::String(name)) = args.first() else {
+            return;
+        };
+        let Some(Socket::Switchyard(session)) = self.sockets.get(nsp) else {
+            return;
+        };
+        let id = p.id.and_then(|i| RawValue::from_string(i.to_string()).ok());
+        session.do_send(Inbound {
+            id,
+            request: socketio::request(name, &args[1..], attachments),
+        });
+    }
+}
+
+impl Handler<SocketEnded> for EngineSession {
+    type Result = ();
+    fn handle(&mut self, msg: SocketEnded, ctx: &mut Context<Self>) {
+        if let Some(nsp) = self.socket_ids.remove(&msg.session) {
+            self.sockets.remove(&nsp);
+            if msg.code == CloseCode::Policy {
+                // Closed for misbehaving: a DISCONNECT tells the client not to reconnect
+                // straight back into the same refusal (`io server disconnect`).
+                self.push_text(sio::packet(Kind::Disconnect, &nsp, None, None, 0));
+                self.disconnect_queued = true;
+            }
+        }
+        // A socket ends itself only for reasons that concern the whole connection (error
+        // flood, slow consumer, shutdown).
+        self.close(ctx, false, msg.code, &msg.reason);
+    }
+}

@@ -1,0 +1,412 @@
+//! The session actor: one per client connection on `/ws`, and one per connected namespace of
+//! a Socket.IO connection. It holds the client's identity and rooms, checks every request and
+//! answers it; `FrontEnd` says which of the two it serves. A session's behaviour is written
+//! once, over [`Request`] (the one request type of every front end, `protocol/request.rs`), and
+//! split by area:
+//!
+//! * `native.rs` — the `/ws` front end: the WebSocket's messages, the welcome, the heartbeat.
+//! * `auth.rs` — `auth` (sign-in and token refresh), the token's expiry.
+//! * `rooms.rs` — `join`, `leave`, eviction, rooms a refreshed token no longer grants.
+//! * `publish.rs` — `publish`.
+//! * `operations.rs` — `operation.start`, `operation.cancel`, workers' reports.
+//!
+//! In: the `/ws` reader's messages (a stream) or [`Inbound`] requests and [`Disconnect`] from
+//! the Engine.IO session; [`Evicted`] from rooms, [`ReportAnswer`] from the operation manager,
+//! [`ServerShutdown`] from the registry. Out: [`JoinRoom`], [`LeaveRoom`], [`LeaveAll`] to the
+//! registry, publishes through the [`Broker`](crate::broker::Broker) or straight to a room,
+//! operation requests to the manager, [`SocketEnded`] to the Engine.IO session; frames into its
+//! own outbox.
+//!
+//! Lifecycle and its undo: `started` registers with the registry and counts the connection;
+//! `stopped` leaves every room, deregisters and uncounts. Any exit path (client close, heartbeat
+//! timeout, eviction, shutdown, protocol violation) goes through `ctx.stop()`, so the undo always
+//! runs exactly once.
+//!
+//! [`JoinRoom`]: super::room::JoinRoom
+//! [`LeaveRoom`]: super::room::LeaveRoom
+//! [`ReportAnswer`]: crate::actors::operation_manager::ReportAnswer
+//! [`Evicted`]: super::Evicted
+
+mod auth;
+mod native;
+mod operations;
+mod publish;
+mod rooms;
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_http::ws::CloseCode;
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use super::registry::{LeaveAll, SessionClosed, SessionOpened};
+use super::room::Room;
+use super::{Member, ServerShutdown, SessionId};
+use crate::auth::Identity;
+use crate::error::{ErrorCode, Refusal};
+use crate::limits::{ConnectionSlot, TokenBucket};
+use crate::protocol::{Reply, Request, RequestId, Wire};
+use crate::state::AppState;
+use crate::transport::outbox::Outbox;
+use crate::transport::ws::FrameLimit;
+
+/// The window over which refused frames are counted for the error-flood limit.
+const ERROR_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Which front end a session serves: they differ in who owns the connection.
+enum FrontEnd {
+    /// `/ws`: the session owns its WebSocket; it closes it, runs the heartbeat and welcomes
+    /// the client (see [`native`]).
+    Native {
+        /// The bound on the connection's messages: the unauthenticated bound until the first
+        /// successful `auth`, then `SWITCHYARD_MAX_FRAME_BYTES`.
+        frame_limit: Option<FrameLimit>,
+    },
+    /// A Socket.IO socket: one namespace of an Engine.IO session, which owns the connection,
+    /// its liveness and its close, and feeds [`Inbound`] requests.
+    SocketIo {
+        /// The Engine.IO session, told when this socket ends itself.
+        engine: Recipient<SocketEnded>,
+    },
+}
+
+pub struct Session {
+    /// Process-unique number: the key of this session in member tables.
+    id: SessionId,
+    /// The id clients see (`welcome.session`).
+    key: String,
+    /// `None` until the client authenticates (only when a secret is set and no header was sent).
+    identity: Option<Identity>,
+    /// The identity came with the connection (an `Authorization` header on `/ws`, the CONNECT
+    /// of a Socket.IO socket), not from an `auth` frame, and not in open mode: a refresh may
+    /// then not change the user, and the welcome names the user.
+    identity_at_connect: bool,
+    /// Where this client's frames go: replies, and room traffic pushed by rooms.
+    outbox: Arc<Outbox>,
+    /// Rooms this session is a member of (invariant: the room has this session as a member, or
+    /// a leave for it is in flight), with the room's address where it was joined through the
+    /// registry: this session's publishes go there directly. (Operation rooms are joined
+    /// through their operation and carry none.)
+    rooms: HashMap<String, Option<Addr<Room>>>,
+    /// Last time anything arrived from the client; the heartbeat drops the session when this is
+    /// older than the timeout.
+    last_seen: Instant,
+    /// Start of the current error window and the refusals in it (the error-flood limit,
+    /// `SWITCHYARD_ERROR_LIMIT` per [`ERROR_WINDOW`]).
+    error_window: (Instant, u32),
+    /// How replies and room traffic are encoded for this client.
+    wire: Wire,
+    /// Which front end this session serves.
+    front: FrontEnd,
+    /// Publishes this connection may still make (see `SWITCHYARD_PUBLISH_RATE`).
+    publishes: TokenBucket,
+    /// This connection's place in the per-address count; freed when the session ends.
+    slot: Option<ConnectionSlot>,
+    /// Codes already logged for this session: a refusal is logged once per client, not per frame.
+    logged_codes: u64,
+    /// Application services: the registry, the broker, the operation manager, settings.
+    state: Arc<AppState>,
+}
+
+impl Session {
+    pub fn new(
+        id: SessionId,
+        identity: Option<Identity>,
+        outbox: Arc<Outbox>,
+        state: Arc<AppState>,
+    ) -> Self {
+        let key = uuid::Uuid::new_v4().simple().to_string();
+        let identity_at_connect = identity.is_some() && !state.auth.open_mode();
+        let identity = identity.or_else(|| {
+            state
+                .auth
+                .open_mode()
+                .then(|| Identity::open(format!("anon-{}", &key[..8]), None))
+        });
+        Self {
+            id,
+            key,
+            identity,
+            identity_at_connect,
+            outbox,
+            rooms: HashMap::new(),
+            last_seen: Instant::now(),
+            error_window: (Instant::now(), 0),
+            wire: Wire::Native,
+            front: FrontEnd::Native { frame_limit: None },
+            publishes: TokenBucket::new(
+                state.settings.publish_rate as f64,
+                state.settings.publish_rate as f64 * 2.0,
+            ),
+            slot: None,
+            logged_codes: 0,
+            state,
+        }
+    }
+
+    /// A Socket.IO socket: replies and room traffic go to `outbox` as Engine.IO packets of
+    /// namespace `nsp`; the Engine.IO session handles liveness and feeds [`Inbound`] requests.
+    pub fn socket_io(
+        id: SessionId,
+        identity: Identity,
+        outbox: Arc<Outbox>,
+        state: Arc<AppState>,
+        nsp: Arc<str>,
+        engine: Recipient<SocketEnded>,
+    ) -> Self {
+        let mut s = Self::new(id, Some(identity), outbox, state);
+        s.wire = Wire::SocketIo(nsp);
+        s.front = FrontEnd::SocketIo { engine };
+        s
+    }
+
+    /// Holds the connection's per-address slot for the session's lifetime.
+    pub fn with_slot(mut self, slot: ConnectionSlot) -> Self {
+        self.slot = Some(slot);
+        self
+    }
+
+    /// The bound on the connection's messages, raised when the client authenticates.
+    pub fn with_frame_limit(mut self, limit: FrameLimit) -> Self {
+        if let FrontEnd::Native { frame_limit } = &mut self.front {
+            *frame_limit = Some(limit);
+        }
+        self
+    }
+
+    fn send(&self, frame: Bytes) {
+        // Replies to our own client: if the outbox is full the client is not reading, and the
+        // next room push will evict it; dropping a reply here cannot stall anyone else.
+        let _ = self.outbox.push_text(frame);
+    }
+
+    fn reply(&self, id: Option<&RawValue>, r: Reply) {
+        if let Some(frame) = self.wire.reply(id, r) {
+            self.send(frame);
+        }
+    }
+
+    /// Ends this session. A native session owns its connection and closes it; a Socket.IO
+    /// socket shares its connection with the other namespaces, so its Engine.IO session decides.
+    fn close(&self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
+        match &self.front {
+            FrontEnd::Native { .. } => self.outbox.close(code, reason),
+            FrontEnd::SocketIo { engine } => engine.do_send(SocketEnded {
+                session: self.id,
+                code,
+                reason: reason.to_string(),
+            }),
+        }
+        ctx.stop();
+    }
+
+    /// Answers a refused request with an `error` frame; closes the session on an error flood.
+    fn refuse(&mut self, ctx: &mut Context<Self>, id: Option<&RawValue>, refusal: Refusal) {
+        self.state.metrics.refused(refusal.code);
+        let bit = 1u64 << (refusal.code.index() as u64 % 64);
+        if self.logged_codes & bit == 0 {
+            self.logged_codes |= bit;
+            log::warn!(
+                "session {} ({}): refused {}: {} (further refusals with this code are not logged)",
+                self.key,
+                self.user_id(),
+                refusal.code,
+                refusal.message
+            );
+        }
+        self.reply(id, Reply::Error(&refusal));
+        let now = Instant::now();
+        if now.duration_since(self.error_window.0) > ERROR_WINDOW {
+            self.error_window = (now, 0);
+        }
+        self.error_window.1 += 1;
+        if self.error_window.1 > self.state.settings.error_limit {
+            self.state.metrics.refused(ErrorCode::TooManyErrors);
+            log::warn!("session {}: too many refused frames, closing", self.key);
+            let r = Refusal::new(ErrorCode::TooManyErrors, "too many refused frames; closing");
+            self.reply(None, Reply::Error(&r));
+            self.close(ctx, CloseCode::Policy, "too many errors");
+        }
+    }
+
+    fn user_id(&self) -> &str {
+        self.identity
+            .as_ref()
+            .map(|i| i.user.id.as_str())
+            .unwrap_or("unauthenticated")
+    }
+
+    fn member(&self, ctx: &mut Context<Self>, identity: &Identity) -> Member {
+        Member {
+            session: self.id,
+            user: identity.user.clone(),
+            outbox: self.outbox.clone(),
+            control: ctx.address().recipient(),
+            wire: self.wire.clone(),
+        }
+    }
+
+    /// Routes a request to its area. `identity` is `None` only for a `/ws` client that has not
+    /// authenticated, whose requests other than `auth` and `ping` were refused before this.
+    fn dispatch(
+        &mut self,
+        id: Option<RequestId>,
+        request: Request,
+        identity: Option<Identity>,
+        ctx: &mut Context<Self>,
+    ) {
+        log::debug!("session {}: {}", self.key, request.kind());
+        match (request, identity) {
+            (Request::Ping, _) => self.reply(id.as_deref(), Reply::Pong),
+            (Request::Auth { token, user, name }, _) => {
+                self.authenticate(id, token, user, name, ctx)
+            }
+            (
+                Request::Join {
+                    room,
+                    since,
+                    log_offset,
+                },
+                Some(identity),
+            ) => self.join(id, room, since, log_offset, identity, ctx),
+            (Request::Leave { room }, _) => self.leave(id, room, ctx),
+            (
+                Request::Publish {
+                    room,
+                    event,
+                    data,
+                    attachments,
+                },
+                Some(identity),
+            ) => {
+                let p = publish::Publication {
+                    room,
+                    event,
+                    data,
+                    attachments,
+                };
+                self.publish(id, p, identity, ctx)
+            }
+            (
+                r @ (Request::StartOperation { .. }
+                | Request::CancelOperation { .. }
+                | Request::ReportOperation { .. }),
+                Some(identity),
+            ) => self.operation_request(id, r, identity, ctx),
+            (_, None) => {}
+        }
+    }
+}
+
+impl Actor for Session {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let state = &self.state;
+        state.metrics.connections.fetch_add(1, Relaxed);
+        state.registry.do_send(SessionOpened {
+            session: self.id,
+            addr: ctx.address().recipient(),
+        });
+        self.schedule_expiry(ctx);
+        match self.front {
+            FrontEnd::Native { .. } => self.start_native(ctx),
+            FrontEnd::SocketIo { .. } => log::debug!(
+                "socket.io socket {} connected ({})",
+                self.key,
+                self.user_id()
+            ),
+        }
+    }
+
+    fn stopped(&mut self, _ctx: &mut Self::Context) {
+        let state = &self.state;
+        if !self.rooms.is_empty() {
+            state.registry.do_send(LeaveAll {
+                session: self.id,
+                rooms: self.rooms.drain().map(|(room, _)| room).collect(),
+            });
+        }
+        state.registry.do_send(SessionClosed { session: self.id });
+        state.metrics.connections.fetch_sub(1, Relaxed);
+        if let FrontEnd::Native { .. } = self.front {
+            self.outbox.close(CloseCode::Normal, "");
+        }
+        log::info!("session {} closed", self.key);
+    }
+}
+
+/// Engine.IO session → Session (Socket.IO): a request from this socket.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Inbound {
+    /// The event's ack id, when the client asked for an ack: the reply is that ack.
+    pub id: Option<RequestId>,
+    /// The request, or why the event could not be one (answered as a refusal).
+    pub request: Result<Request, Refusal>,
+}
+
+/// Session → Engine.IO session: this socket ended (error flood, eviction) and how.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct SocketEnded {
+    /// Which socket (the Engine.IO session knows its namespace by this).
+    pub session: SessionId,
+    /// The close code for the connection.
+    pub code: CloseCode,
+    /// The close reason, for the log and the close frame.
+    pub reason: String,
+}
+
+/// Engine.IO session → Session: the socket disconnected (namespace DISCONNECT or the
+/// connection ended).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Disconnect;
+
+impl Handler<Inbound> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
+        self.last_seen = Instant::now();
+        self.state.metrics.messages_in.fetch_add(1, Relaxed);
+        match msg.request {
+            Ok(request) => {
+                let identity = self.identity.clone();
+                self.dispatch(msg.id, request, identity, ctx);
+            }
+            Err(refusal) => self.refuse(ctx, msg.id.as_deref(), refusal),
+        }
+    }
+}
+
+impl Handler<Disconnect> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: Disconnect, ctx: &mut Context<Self>) {
+        ctx.stop();
+    }
+}
+
+impl Handler<ServerShutdown> for Session {
+    type Result = ();
+
+    fn handle(&mut self, _: ServerShutdown, ctx: &mut Context<Self>) {
+        self.close(ctx, CloseCode::Away, "server shutting down");
+    }
+}
+
+fn mailbox(e: MailboxError) -> Refusal {
+    Refusal::new(
+        ErrorCode::Unavailable,
+        format!("operations unavailable: {e}"),
+    )
+}
+
+fn registry_down(e: MailboxError) -> Refusal {
+    Refusal::new(ErrorCode::Unavailable, format!("registry unavailable: {e}"))
+}

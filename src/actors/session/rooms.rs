@@ -1,0 +1,170 @@
+//! Rooms of a [`Session`]: join (through the registry, or for `operation:<id>` through the
+//! operation, which sends its backfill ahead of live events), leave, the rooms a refreshed token
+//! no longer grants, and eviction by a room.
+//!
+//! In: `join` and `leave` requests, [`Evicted`] from a room. Out: [`JoinRoom`] and
+//! [`LeaveRoom`] to the registry, [`WatchOperation`] to the operation manager; `left` replies
+//! (the join's answer comes from the room itself, ahead of its live traffic).
+
+use actix::prelude::*;
+use actix_http::ws::CloseCode;
+
+use super::{registry_down, Session};
+use crate::actors::operation_manager::WatchOperation;
+use crate::actors::room::{JoinRoom, LeaveRoom, CLOSE_SLOW_CONSUMER};
+use crate::actors::Evicted;
+use crate::auth::Identity;
+use crate::error::{ErrorCode, Refusal};
+use crate::protocol::{Reply, RequestId, Since};
+
+impl Session {
+    /// `join`: checks the caller may join and has room for one more, then asks the registry
+    /// (or the operation). Waits for the answer (`wait`): nothing of this session is routed to
+    /// the room before its address is back (see `publish`).
+    pub(super) fn join(
+        &mut self,
+        id: Option<RequestId>,
+        room: String,
+        since: Option<Since>,
+        log_offset: Option<u64>,
+        identity: Identity,
+        ctx: &mut Context<Self>,
+    ) {
+        if !identity.may_join(&room) {
+            let r = Refusal::new(ErrorCode::Forbidden, format!("you may not join {room}"));
+            return self.refuse(ctx, id.as_deref(), r);
+        }
+        let max = self.state.settings.max_rooms_per_connection;
+        if max > 0 && self.rooms.len() >= max && !self.rooms.contains_key(&room) {
+            let r = Refusal::new(
+                ErrorCode::TooManyRooms,
+                format!("a connection may be in at most {max} rooms"),
+            );
+            return self.refuse(ctx, id.as_deref(), r);
+        }
+        if let Some(op_id) = room.strip_prefix("operation:") {
+            return self.watch_operation(op_id.to_string(), room, log_offset, id, &identity, ctx);
+        }
+        let msg = JoinRoom {
+            room: room.clone(),
+            member: self.member(ctx, &identity),
+            since,
+            request_id: id.clone(),
+            backfill: None,
+            backfill_complete: false,
+        };
+        self.state
+            .registry
+            .send(msg)
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(Ok(joined)) => {
+                    act.rooms.insert(room, Some(joined.addr));
+                }
+                Ok(Err(refusal)) => act.refuse(ctx, id.as_deref(), refusal),
+                Err(e) => act.refuse(ctx, id.as_deref(), registry_down(e)),
+            })
+            .wait(ctx);
+    }
+
+    /// `leave`: refused for a room this session is not in; answered once the room let go.
+    pub(super) fn leave(&mut self, id: Option<RequestId>, room: String, ctx: &mut Context<Self>) {
+        if self.rooms.remove(&room).is_none() {
+            let r = Refusal::new(ErrorCode::NotMember, format!("not a member of {room}"));
+            return self.refuse(ctx, id.as_deref(), r);
+        }
+        self.state
+            .registry
+            .send(LeaveRoom {
+                room: room.clone(),
+                session: self.id,
+            })
+            .into_actor(self)
+            .map(move |res, act, ctx| match res {
+                Ok(Ok(())) => act.reply(id.as_deref(), Reply::Left { room: &room }),
+                Ok(Err(refusal)) => act.refuse(ctx, id.as_deref(), refusal),
+                Err(e) => act.refuse(ctx, id.as_deref(), registry_down(e)),
+            })
+            .wait(ctx);
+    }
+
+    /// Joining `operation:<id>`: the operation actor sends the join with the status snapshot and
+    /// the missed log lines ahead of live events.
+    fn watch_operation(
+        &mut self,
+        op_id: String,
+        room: String,
+        log_offset: Option<u64>,
+        id: Option<RequestId>,
+        identity: &Identity,
+        ctx: &mut Context<Self>,
+    ) {
+        // Recorded before the join is sent, so a disconnect meanwhile still leaves the room.
+        self.rooms.insert(room.clone(), None);
+        let msg = WatchOperation {
+            id: op_id,
+            member: self.member(ctx, identity),
+            log_offset: log_offset.unwrap_or(0),
+            request_id: id.clone(),
+        };
+        self.state
+            .operations
+            .send(msg)
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                let refusal = match res {
+                    Ok(Ok(())) => return,
+                    Ok(Err(r)) => r,
+                    Err(e) => Refusal::new(
+                        ErrorCode::Unavailable,
+                        format!("operations unavailable: {e}"),
+                    ),
+                };
+                act.rooms.remove(&room);
+                act.refuse(ctx, id.as_deref(), refusal);
+            })
+            .wait(ctx);
+    }
+
+    /// A refreshed token can grant fewer rooms than the one the session joined with: the
+    /// session leaves every room the new token no longer lets it join, and tells the client
+    /// with an unsolicited `left` frame per room.
+    pub(super) fn leave_revoked_rooms(&mut self, fresh: &Identity) {
+        let revoked: Vec<String> = self
+            .rooms
+            .keys()
+            .filter(|room| !fresh.may_join(room))
+            .cloned()
+            .collect();
+        for room in revoked {
+            self.rooms.remove(&room);
+            log::info!(
+                "session {}: left {room}: the refreshed token of {} does not grant it",
+                self.key,
+                fresh.user.id
+            );
+            // Fire and forget: the membership is already gone on this side, and a registry
+            // that is down has no room to leave.
+            self.state.registry.do_send(LeaveRoom {
+                room: room.clone(),
+                session: self.id,
+            });
+            self.reply(None, Reply::Left { room: &room });
+        }
+    }
+}
+
+impl Handler<Evicted> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: Evicted, ctx: &mut Context<Self>) {
+        self.rooms.remove(&msg.room);
+        log::warn!(
+            "session {}: evicted from {} ({:?})",
+            self.key,
+            msg.room,
+            msg.reason
+        );
+        self.close(ctx, CloseCode::Other(CLOSE_SLOW_CONSUMER), "slow consumer");
+    }
+}
