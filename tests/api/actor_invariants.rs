@@ -283,14 +283,18 @@ async fn each_publisher_is_delivered_in_the_order_it_sent_across_both_routes() {
     observer.join(&registry, ROOM).await;
     let publisher = Probe::new("publisher");
 
-    let mut futs: Vec<PublishFuture> = Vec::new();
+    // The registry route and the direct route, kept apart so the test can wait for them in
+    // any order: the order of delivery is fixed when a publish is sent, not when its answer
+    // is awaited (a session's publish futures are polled whenever its context gets to them).
+    let mut routed: Vec<PublishFuture> = Vec::new();
+    let mut straight: Vec<PublishFuture> = Vec::new();
     // Publisher 1, before it is a member: the registry route.
     for i in 0..BURST {
-        futs.push(broker.publish(tagged(ROOM, 1, i)));
+        routed.push(broker.publish(tagged(ROOM, 1, i)));
     }
     // Publisher 2, a server-side producer: the registry route throughout.
     for i in 0..BURST {
-        futs.push(broker.publish(tagged(ROOM, 2, i)));
+        routed.push(broker.publish(tagged(ROOM, 2, i)));
     }
     // Publisher 1 joins and waits for the answer (as a session does: the answer comes back only
     // after the room handled everything routed before it) ...
@@ -298,15 +302,18 @@ async fn each_publisher_is_delivered_in_the_order_it_sent_across_both_routes() {
     // ... then publishes straight to the room, then through the registry again (as after a
     // leave), interleaved with publisher 2, nobody awaiting between sends.
     for i in BURST..2 * BURST {
-        futs.push(direct(&joined, tagged(ROOM, 1, i), publisher.session));
-        futs.push(broker.publish(tagged(ROOM, 2, i)));
+        straight.push(direct(&joined, tagged(ROOM, 1, i), publisher.session));
+        routed.push(broker.publish(tagged(ROOM, 2, i)));
     }
     for i in 2 * BURST..3 * BURST {
-        futs.push(broker.publish(tagged(ROOM, 1, i)));
-        futs.push(broker.publish(tagged(ROOM, 2, i)));
+        routed.push(broker.publish(tagged(ROOM, 1, i)));
+        routed.push(broker.publish(tagged(ROOM, 2, i)));
     }
-    let total = futs.len();
-    all_ok(futs).await;
+    let total = routed.len() + straight.len();
+    // The routed answers first: the registry forwards the later bursts while the direct
+    // publishes' futures are not polled yet.
+    all_ok(routed).await;
+    all_ok(straight).await;
 
     let got = observer.messages(total).await;
     for p in [1u64, 2] {
