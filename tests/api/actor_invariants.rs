@@ -592,3 +592,47 @@ async fn publish_and_forget_keeps_one_publishers_order() {
         .collect();
     assert_eq!(got, (0..N as u64).collect::<Vec<_>>());
 }
+
+// ---- found while writing these: publishes overtaking a join into a fresh room ----
+
+/// One sender's join and publishes, sent to the registry in that order, must reach the room in
+/// that order: that is what an operation relies on when it sends a watcher's join (with its
+/// backfill) and then its next events. A room's mailbox is bounded (actix's default of 16)
+/// until its `started` makes it unbounded, and the registry forwards joins with `send` (which
+/// parks once 16 are queued, and then defers the next `send` until the room runs) but
+/// publishes with `do_send` (never deferred). So in a room just created by a burst of
+/// publishes, the second join is overtaken by the publishes sent after it, and its member
+/// never gets them.
+#[actix_web::test]
+#[ignore = "known bug: a fresh room's bounded mailbox lets later publishes overtake a join (see the doc comment)"]
+async fn a_join_is_not_overtaken_by_publishes_sent_after_it_into_a_fresh_room() {
+    // Rooms on the test's thread: the registry routes everything below before the new room
+    // has run `started`.
+    let registry = registry(0, 10_000);
+    // The registry itself has started (and made its own mailbox unbounded), as in a server.
+    registry.send(ListRooms).await.expect("registry running");
+    let broker = LocalBroker::new(registry.clone());
+    let mut futs: Vec<PublishFuture> = Vec::new();
+    for i in 0..20 {
+        futs.push(broker.publish(tagged(ROOM, 0, i)));
+    }
+    let mut first = Probe::new("first");
+    let mut second = Probe::new("second");
+    let join_first = registry.send(first.join_msg(ROOM));
+    let join_second = registry.send(second.join_msg(ROOM));
+    for i in 20..25 {
+        futs.push(broker.publish(tagged(ROOM, 0, i)));
+    }
+    all_ok(futs).await;
+    let joined_first = join_first.await.unwrap().unwrap();
+    let joined_second = join_second.await.unwrap().unwrap();
+    assert_eq!(joined_first.offset, 20);
+    let got: Vec<u64> = first.messages(5).await.iter().map(offset).collect();
+    assert_eq!(got, [21, 22, 23, 24, 25]);
+    assert_eq!(
+        joined_second.offset, 20,
+        "the second join was sent before publishes 21..=25"
+    );
+    let got: Vec<u64> = second.messages(5).await.iter().map(offset).collect();
+    assert_eq!(got, [21, 22, 23, 24, 25]);
+}
