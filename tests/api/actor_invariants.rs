@@ -21,7 +21,7 @@ use switchyard::auth::UserInfo;
 use switchyard::broker::{Broker, PublishFuture};
 use switchyard::error_code::ErrorCode;
 use switchyard::metrics::Metrics;
-use switchyard::protocol::Wire;
+use switchyard::protocol::{Since, Wire};
 use switchyard::transport::outbox::{Frame, Outbox, Taken};
 
 /// How long any single wait may take before the test fails (generous: a loaded 2-core CI).
@@ -397,6 +397,49 @@ async fn a_room_retired_while_publishes_are_in_flight_loses_none_and_reuses_no_o
         instances > 1,
         "the room was retired and re-created at least once ({instances} instance)"
     );
+}
+
+#[actix_web::test]
+async fn a_room_is_not_retired_while_it_holds_history_so_a_late_joiner_can_resume() {
+    const BURST: usize = 30;
+    let registry = registry(0, 100);
+    let broker = LocalBroker::new(registry.clone());
+    let publisher = Probe::new("publisher");
+    let joined = publisher.join(&registry, ROOM).await;
+    let mut futs = Vec::new();
+    for i in 0..BURST {
+        futs.push(broker.publish(tagged(ROOM, 0, i)));
+    }
+    all_ok(futs).await;
+    // The last member leaves: the room checks whether it is idle as it handles the leave.
+    registry
+        .send(publisher.leave_msg(ROOM))
+        .await
+        .expect("registry reachable")
+        .expect("was a member");
+    // Whatever the room reported was queued at the registry before the leave was answered;
+    // this round trip is handled after it.
+    let rooms = registry.send(ListRooms).await.expect("registry reachable");
+    assert_eq!(rooms.len(), 1, "a room holding history stays");
+
+    // Someone who saw nothing of it resumes from the start: all of it is replayed.
+    let mut late = Probe::new("late");
+    let msg = JoinRoom {
+        since: Some(Since {
+            epoch: joined.epoch.to_string(),
+            offset: 0,
+        }),
+        ..late.join_msg(ROOM)
+    };
+    let resumed = tokio::time::timeout(WAIT, registry.send(msg))
+        .await
+        .expect("join answered in time")
+        .expect("registry reachable")
+        .expect("join accepted");
+    assert!(resumed.recovered, "nothing was lost");
+    assert_eq!(resumed.offset, BURST as u64);
+    let got: Vec<u64> = late.messages(BURST).await.iter().map(offset).collect();
+    assert_eq!(got, (1..=BURST as u64).collect::<Vec<_>>());
 }
 
 // ---- 4. a user with several connections is present once ------------------------------------
