@@ -452,10 +452,18 @@ async fn a_user_with_several_connections_is_present_once() {
     observer.join(&registry, ROOM).await;
     assert_eq!(observer.next().await["type"], "joined");
 
-    let alice: Vec<Probe> = (0..3).map(|_| Probe::new("alice")).collect();
+    let mut alice: Vec<Probe> = (0..3).map(|_| Probe::new("alice")).collect();
     for a in &alice {
         a.join(&registry, ROOM).await;
     }
+    // Her third connection's join answer lists her once too.
+    let answer = alice[2].next().await;
+    assert_eq!(answer["type"], "joined");
+    assert_eq!(
+        answer["presence"],
+        json!([{"user": "alice"}, {"user": "observer"}])
+    );
+    assert_eq!(answer["presence_count"], 2);
     let users = |list: Option<Vec<UserInfo>>| -> Vec<String> {
         list.expect("room exists")
             .into_iter()
