@@ -1,6 +1,7 @@
 //! One integration-test crate (links once). Every test runs a real server on port 0.
 
 mod activities;
+mod actor_invariants;
 mod architecture;
 mod auth;
 mod bench_smoke;

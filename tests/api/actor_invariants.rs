@@ -1,0 +1,689 @@
+//! Room and registry invariants, tested on the actors themselves (no server, no socket).
+//!
+//! Each test starts a [`RoomRegistry`] (and through it the [`Room`]s) inside the test's actix
+//! system and plugs in probe members: a [`Member`] whose outbox the test drains and decodes,
+//! whose `Evicted` goes to a probe actor. Publishers send the way the server's own callers do:
+//! through the [`LocalBroker`] (the registry route) or, once their join answer is back, straight
+//! to the room's address (`Publish::direct`, as `actors/session/publish.rs` does). Every wait has
+//! a timeout; nothing sleeps.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use futures_util::future::{join_all, poll_fn};
+use serde_json::{json, value::RawValue, Value};
+use switchyard::actors::registry::{ListRooms, LocalBroker, QueryPresence, RoomRegistry};
+use switchyard::actors::room::{CloseRoom, JoinRoom, Joined, LeaveRoom, Publish, RoomLimits};
+use switchyard::actors::{next_session_id, Evicted, Member, SessionId};
+use switchyard::auth::UserInfo;
+use switchyard::broker::{Broker, PublishFuture};
+use switchyard::error_code::ErrorCode;
+use switchyard::metrics::Metrics;
+use switchyard::protocol::{Since, Wire};
+use switchyard::transport::outbox::{Frame, Outbox, Taken};
+
+/// How long any single wait may take before the test fails (generous: a loaded 2-core CI).
+const WAIT: Duration = Duration::from_secs(20);
+
+const ROOM: &str = "invariants";
+
+fn limits(history_size: usize) -> RoomLimits {
+    RoomLimits {
+        history_size,
+        history_ttl: Duration::from_secs(3600),
+        history_max_bytes: 64 << 20,
+        history_total_max_bytes: 256 << 20,
+        presence_list_max: 100,
+    }
+}
+
+/// A registry on this system; `room_threads` 0 puts its rooms on the test's own thread (the
+/// registry's arbiter), which makes interleavings deterministic.
+fn registry(room_threads: usize, history_size: usize) -> Addr<RoomRegistry> {
+    RoomRegistry::new(room_threads, limits(history_size), Arc::new(Metrics::new())).start()
+}
+
+/// Receives the `Evicted` a room sends a member it drops; counts them.
+struct EvictProbe(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Actor for EvictProbe {
+    type Context = Context<Self>;
+}
+
+impl Handler<Evicted> for EvictProbe {
+    type Result = ();
+
+    fn handle(&mut self, _: Evicted, _: &mut Context<Self>) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// One connection as a room sees it, and the frames the room pushed to it.
+struct Probe {
+    session: SessionId,
+    user: Arc<UserInfo>,
+    outbox: Arc<Outbox>,
+    control: Recipient<Evicted>,
+    evicted: Arc<std::sync::atomic::AtomicUsize>,
+    pending: VecDeque<Value>,
+}
+
+impl Probe {
+    fn new(user: &str) -> Self {
+        let evicted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        Self {
+            session: next_session_id(),
+            user: Arc::new(UserInfo {
+                id: user.to_string(),
+                name: None,
+            }),
+            // Far above anything a test queues: a probe is never a slow consumer.
+            outbox: Outbox::new(1_000_000, 1 << 30),
+            control: EvictProbe(evicted.clone()).start().recipient(),
+            evicted,
+            pending: VecDeque::new(),
+        }
+    }
+
+    fn member(&self) -> Member {
+        Member {
+            session: self.session,
+            user: self.user.clone(),
+            outbox: self.outbox.clone(),
+            control: self.control.clone(),
+            wire: Wire::Native,
+        }
+    }
+
+    fn join_msg(&self, room: &str) -> JoinRoom {
+        JoinRoom {
+            room: room.to_string(),
+            member: self.member(),
+            since: None,
+            request_id: None,
+            backfill: None,
+            backfill_complete: false,
+        }
+    }
+
+    async fn join(&self, registry: &Addr<RoomRegistry>, room: &str) -> Joined {
+        tokio::time::timeout(WAIT, registry.send(self.join_msg(room)))
+            .await
+            .expect("join answered in time")
+            .expect("registry reachable")
+            .expect("join accepted")
+    }
+
+    fn leave_msg(&self, room: &str) -> LeaveRoom {
+        LeaveRoom {
+            room: room.to_string(),
+            session: self.session,
+        }
+    }
+
+    /// The next frame the room pushed, decoded.
+    async fn next(&mut self) -> Value {
+        if let Some(v) = self.pending.pop_front() {
+            return v;
+        }
+        let outbox = self.outbox.clone();
+        let taken = tokio::time::timeout(WAIT, poll_fn(|cx| outbox.poll_take(cx)))
+            .await
+            .unwrap_or_else(|_| panic!("user {}: no frame within {WAIT:?}", self.user.id));
+        let Taken::Frames(frames) = taken else {
+            panic!("user {}: outbox ended: {taken:?}", self.user.id);
+        };
+        for f in frames {
+            let Frame::Text(b) = f else {
+                panic!("unexpected binary frame")
+            };
+            self.pending
+                .push_back(serde_json::from_slice(&b).expect("frames are JSON"));
+        }
+        self.pending.pop_front().expect("Frames is never empty")
+    }
+
+    /// The next `n` `message` frames, skipping presence.
+    async fn messages(&mut self, n: usize) -> Vec<Value> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let v = self.next().await;
+            if v["type"] == "message" {
+                out.push(v);
+            }
+        }
+        out
+    }
+}
+
+fn data(v: Value) -> Box<RawValue> {
+    RawValue::from_string(v.to_string()).expect("valid JSON")
+}
+
+/// A publish by publisher `p`, its `i`th message.
+fn tagged(room: &str, p: usize, i: usize) -> Publish {
+    Publish::new(room, "m", data(json!({ "p": p, "i": i })))
+}
+
+/// A member's publish straight to its room's address, as a session does after its join answer.
+fn direct(joined: &Joined, mut msg: Publish, session: SessionId) -> PublishFuture {
+    msg.direct = true;
+    msg.member_check = Some(session);
+    let fut = joined.addr.send(msg);
+    Box::pin(async move {
+        fut.await.unwrap_or_else(|_| {
+            Err(switchyard::error_code::Refusal::new(
+                ErrorCode::Unavailable,
+                "room unavailable",
+            ))
+        })
+    })
+}
+
+async fn all_ok(futs: Vec<PublishFuture>) -> Vec<u64> {
+    tokio::time::timeout(WAIT, join_all(futs))
+        .await
+        .expect("every publish answered in time")
+        .into_iter()
+        .map(|r| r.expect("publish accepted"))
+        .collect()
+}
+
+fn tag(v: &Value) -> (u64, u64) {
+    (
+        v["data"]["p"].as_u64().expect("p"),
+        v["data"]["i"].as_u64().expect("i"),
+    )
+}
+
+fn offset(v: &Value) -> u64 {
+    v["offset"].as_u64().expect("offset")
+}
+
+// ---- 1. offsets are contiguous per epoch, one order for every member ------------------------
+
+#[actix_web::test]
+async fn offsets_are_contiguous_and_every_member_sees_one_order() {
+    const PER_PUBLISHER: usize = 250;
+    // Rooms on a thread of their own: publishers and the room run at the same time.
+    let registry = registry(2, 10_000);
+    let broker = Arc::new(LocalBroker::new(registry.clone()));
+    let mut members: Vec<Probe> = (0..3).map(|i| Probe::new(&format!("m{i}"))).collect();
+    let mut joins = Vec::new();
+    for m in &members {
+        joins.push(m.join(&registry, ROOM).await);
+    }
+    let epoch = joins[0].epoch.clone();
+    assert!(joins.iter().all(|j| j.epoch == epoch && j.offset == 0));
+
+    // Publishers 0 and 1 go through the broker (the registry route), 2 and 3 are members 0
+    // and 1 publishing straight to the room; all four at once, none awaiting between sends.
+    let mut tasks = Vec::new();
+    for p in 0..4usize {
+        let broker = broker.clone();
+        let route = (p >= 2).then(|| (joins[p - 2].clone(), members[p - 2].session));
+        tasks.push(actix::spawn(async move {
+            let mut futs: Vec<PublishFuture> = Vec::with_capacity(PER_PUBLISHER);
+            for i in 0..PER_PUBLISHER {
+                let msg = tagged(ROOM, p, i);
+                futs.push(match &route {
+                    Some((joined, session)) => direct(joined, msg, *session),
+                    None => broker.publish(msg),
+                });
+                if i % 20 == 19 {
+                    // Let the other publishers interleave.
+                    tokio::task::yield_now().await;
+                }
+            }
+            all_ok(futs).await
+        }));
+    }
+    let mut answered: Vec<u64> = Vec::new();
+    for t in tasks {
+        answered.extend(t.await.expect("publisher task"));
+    }
+    let n = 4 * PER_PUBLISHER as u64;
+    answered.sort_unstable();
+    assert_eq!(
+        answered,
+        (1..=n).collect::<Vec<_>>(),
+        "answered offsets are 1..=n"
+    );
+
+    let mut orders = Vec::new();
+    for m in &mut members {
+        let got = m.messages(n as usize).await;
+        let offsets: Vec<u64> = got.iter().map(offset).collect();
+        assert_eq!(
+            offsets,
+            (1..=n).collect::<Vec<_>>(),
+            "user {}: offsets 1..=n, no gap, no repeat",
+            m.user.id
+        );
+        orders.push(got.iter().map(tag).collect::<Vec<_>>());
+    }
+    assert!(
+        orders.iter().all(|o| *o == orders[0]),
+        "every member sees the same order"
+    );
+}
+
+// ---- 2. first in, first out per publisher, across the registry and the direct route --------
+
+#[actix_web::test]
+async fn each_publisher_is_delivered_in_the_order_it_sent_across_both_routes() {
+    const BURST: usize = 100;
+    // Rooms on the test's thread: nothing runs while a publisher sends its burst, so the room's
+    // mailbox holds whole bursts (the situation a bounded mailbox would reorder).
+    let registry = registry(0, 10_000);
+    let broker = LocalBroker::new(registry.clone());
+    let mut observer = Probe::new("observer");
+    observer.join(&registry, ROOM).await;
+    let publisher = Probe::new("publisher");
+
+    // The registry route and the direct route, kept apart so the test can wait for them in
+    // any order: the order of delivery is fixed when a publish is sent, not when its answer
+    // is awaited (a session's publish futures are polled whenever its context gets to them).
+    let mut routed: Vec<PublishFuture> = Vec::new();
+    let mut straight: Vec<PublishFuture> = Vec::new();
+    // Publisher 1, before it is a member: the registry route.
+    for i in 0..BURST {
+        routed.push(broker.publish(tagged(ROOM, 1, i)));
+    }
+    // Publisher 2, a server-side producer: the registry route throughout.
+    for i in 0..BURST {
+        routed.push(broker.publish(tagged(ROOM, 2, i)));
+    }
+    // Publisher 1 joins and waits for the answer (as a session does: the answer comes back only
+    // after the room handled everything routed before it) ...
+    let joined = publisher.join(&registry, ROOM).await;
+    // ... then publishes straight to the room, then through the registry again (as after a
+    // leave), interleaved with publisher 2, nobody awaiting between sends.
+    for i in BURST..2 * BURST {
+        straight.push(direct(&joined, tagged(ROOM, 1, i), publisher.session));
+        routed.push(broker.publish(tagged(ROOM, 2, i)));
+    }
+    for i in 2 * BURST..3 * BURST {
+        routed.push(broker.publish(tagged(ROOM, 1, i)));
+        routed.push(broker.publish(tagged(ROOM, 2, i)));
+    }
+    let total = routed.len() + straight.len();
+    // The routed answers first: the registry forwards the later bursts while the direct
+    // publishes' futures are not polled yet.
+    all_ok(routed).await;
+    all_ok(straight).await;
+
+    let got = observer.messages(total).await;
+    for p in [1u64, 2] {
+        let seen: Vec<u64> = got
+            .iter()
+            .map(tag)
+            .filter(|(q, _)| *q == p)
+            .map(|(_, i)| i)
+            .collect();
+        let sent: Vec<u64> = (0..seen.len() as u64).collect();
+        assert_eq!(seen, sent, "publisher {p}: delivered in the order it sent");
+    }
+}
+
+// ---- 3. a retired room loses nothing in flight ---------------------------------------------
+
+#[actix_web::test]
+async fn a_room_retired_while_publishes_are_in_flight_loses_none_and_reuses_no_offset() {
+    const ROUNDS: usize = 12;
+    const BURST: usize = 30;
+    // No history: a room with no members is idle at once, so every leave below reports
+    // `RoomIdle`, sometimes with publishes still routed behind it. Rooms on the test's thread:
+    // the registry routes a whole burst before the room runs, so those publishes are in flight
+    // when the idle report reaches the registry.
+    let registry = registry(0, 0);
+    let broker = LocalBroker::new(registry.clone());
+    let mut member = Probe::new("member");
+    let mut answered: Vec<u64> = Vec::new();
+    let mut epochs = HashSet::new();
+    let mut instances = 0;
+    let mut last_addr: Option<Addr<switchyard::actors::room::Room>> = None;
+    let mut next_i = 0usize;
+    for round in 0..ROUNDS {
+        let joined = member.join(&registry, ROOM).await;
+        epochs.insert(joined.epoch.to_string());
+        if last_addr.as_ref() != Some(&joined.addr) {
+            instances += 1;
+            last_addr = Some(joined.addr.clone());
+        }
+        // A burst while the member is in the room, its leave, and (in two rounds of three) a
+        // burst behind the leave: in flight when the room reports idle.
+        let mut during: Vec<PublishFuture> = Vec::new();
+        for _ in 0..BURST {
+            during.push(broker.publish(tagged(ROOM, 0, next_i)));
+            next_i += 1;
+        }
+        let leave = registry.send(member.leave_msg(ROOM));
+        let mut behind: Vec<PublishFuture> = Vec::new();
+        for _ in 0..(round % 3) * BURST {
+            behind.push(broker.publish(tagged(ROOM, 0, next_i)));
+            next_i += 1;
+        }
+        let during = all_ok(during).await;
+        answered.extend(&during);
+        answered.extend(all_ok(behind).await);
+        tokio::time::timeout(WAIT, leave)
+            .await
+            .expect("leave answered")
+            .expect("registry reachable")
+            .expect("was a member");
+
+        // Everything published while the member was in the room reached it, in order.
+        let got: Vec<u64> = member.messages(BURST).await.iter().map(offset).collect();
+        assert_eq!(got, during, "round {round}: the member got every message");
+        assert_eq!(
+            during,
+            (joined.offset + 1..=joined.offset + BURST as u64).collect::<Vec<_>>(),
+            "round {round}: offsets continue from the join answer"
+        );
+        // Nothing else (the burst behind the leave is not for it).
+        assert!(member.pending.is_empty(), "round {round}: extra frames");
+    }
+    answered.sort_unstable();
+    assert_eq!(
+        answered,
+        (1..=next_i as u64).collect::<Vec<_>>(),
+        "every publish answered with a distinct offset, none reused after a retirement"
+    );
+    assert_eq!(epochs.len(), 1, "a re-created room keeps its epoch");
+    assert!(
+        instances > 1,
+        "the room was retired and re-created at least once ({instances} instance)"
+    );
+}
+
+#[actix_web::test]
+async fn a_room_is_not_retired_while_it_holds_history_so_a_late_joiner_can_resume() {
+    const BURST: usize = 30;
+    let registry = registry(0, 100);
+    let broker = LocalBroker::new(registry.clone());
+    let publisher = Probe::new("publisher");
+    let joined = publisher.join(&registry, ROOM).await;
+    let mut futs = Vec::new();
+    for i in 0..BURST {
+        futs.push(broker.publish(tagged(ROOM, 0, i)));
+    }
+    all_ok(futs).await;
+    // The last member leaves: the room checks whether it is idle as it handles the leave.
+    registry
+        .send(publisher.leave_msg(ROOM))
+        .await
+        .expect("registry reachable")
+        .expect("was a member");
+    // Whatever the room reported was queued at the registry before the leave was answered;
+    // this round trip is handled after it.
+    let rooms = registry.send(ListRooms).await.expect("registry reachable");
+    assert_eq!(rooms.len(), 1, "a room holding history stays");
+
+    // Someone who saw nothing of it resumes from the start: all of it is replayed.
+    let mut late = Probe::new("late");
+    let msg = JoinRoom {
+        since: Some(Since {
+            epoch: joined.epoch.to_string(),
+            offset: 0,
+        }),
+        ..late.join_msg(ROOM)
+    };
+    let resumed = tokio::time::timeout(WAIT, registry.send(msg))
+        .await
+        .expect("join answered in time")
+        .expect("registry reachable")
+        .expect("join accepted");
+    assert!(resumed.recovered, "nothing was lost");
+    assert_eq!(resumed.offset, BURST as u64);
+    let got: Vec<u64> = late.messages(BURST).await.iter().map(offset).collect();
+    assert_eq!(got, (1..=BURST as u64).collect::<Vec<_>>());
+}
+
+// ---- 4. a user with several connections is present once ------------------------------------
+
+#[actix_web::test]
+async fn a_user_with_several_connections_is_present_once() {
+    let registry = registry(1, 100);
+    let broker = LocalBroker::new(registry.clone());
+    let mut observer = Probe::new("observer");
+    observer.join(&registry, ROOM).await;
+    assert_eq!(observer.next().await["type"], "joined");
+
+    let mut alice: Vec<Probe> = (0..3).map(|_| Probe::new("alice")).collect();
+    for a in &alice {
+        a.join(&registry, ROOM).await;
+    }
+    // Her third connection's join answer lists her once too.
+    let answer = alice[2].next().await;
+    assert_eq!(answer["type"], "joined");
+    assert_eq!(
+        answer["presence"],
+        json!([{"user": "alice"}, {"user": "observer"}])
+    );
+    assert_eq!(answer["presence_count"], 2);
+    let users = |list: Option<Vec<UserInfo>>| -> Vec<String> {
+        list.expect("room exists")
+            .into_iter()
+            .map(|u| u.id)
+            .collect()
+    };
+    let present = users(
+        registry
+            .send(QueryPresence { room: ROOM.into() })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(present, ["alice", "observer"], "alice listed once");
+
+    let frames = presence_until_marker(&mut observer, &broker, 1).await;
+    assert_eq!(
+        frames,
+        [json!({"joined": [{"user": "alice"}]})],
+        "alice's arrival announced once for three connections"
+    );
+
+    // Two of her three connections leave: she is still there.
+    for a in &alice[..2] {
+        registry.send(a.leave_msg(ROOM)).await.unwrap().unwrap();
+    }
+    let present = users(
+        registry
+            .send(QueryPresence { room: ROOM.into() })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(present, ["alice", "observer"], "alice still present");
+    let frames = presence_until_marker(&mut observer, &broker, 2).await;
+    assert!(
+        frames.is_empty(),
+        "no departure while a connection stays: {frames:?}"
+    );
+
+    // The last one leaves: now she is gone, announced once.
+    registry
+        .send(alice[2].leave_msg(ROOM))
+        .await
+        .unwrap()
+        .unwrap();
+    let present = users(
+        registry
+            .send(QueryPresence { room: ROOM.into() })
+            .await
+            .unwrap(),
+    );
+    assert_eq!(present, ["observer"]);
+    let frames = presence_until_marker(&mut observer, &broker, 3).await;
+    assert_eq!(frames, [json!({"left": [{"user": "alice"}]})]);
+}
+
+/// Publishes marker `m` and returns the presence changes the observer got before it, as
+/// `{"joined": [...]}` / `{"left": [...]}`.
+async fn presence_until_marker(observer: &mut Probe, broker: &LocalBroker, m: u64) -> Vec<Value> {
+    tokio::time::timeout(
+        WAIT,
+        broker.publish(Publish::new(ROOM, "marker", data(json!(m)))),
+    )
+    .await
+    .expect("marker answered")
+    .expect("marker published");
+    let mut out = Vec::new();
+    loop {
+        let v = observer.next().await;
+        match v["type"].as_str() {
+            Some("presence") => {
+                let mut change = v.as_object().expect("object").clone();
+                change.remove("type");
+                change.remove("room");
+                out.push(Value::Object(change));
+            }
+            Some("message") if v["event"] == "marker" && v["data"] == json!(m) => return out,
+            _ => panic!("unexpected frame {v}"),
+        }
+    }
+}
+
+// ---- 5. the broker contract ----------------------------------------------------------------
+
+#[actix_web::test]
+async fn a_member_only_publish_to_a_room_nobody_joined_is_refused_and_creates_no_room() {
+    let registry = registry(0, 100);
+    let broker = LocalBroker::new(registry.clone());
+    let msg = Publish {
+        member_check: Some(next_session_id()),
+        ..tagged(ROOM, 0, 0)
+    };
+    let refusal = tokio::time::timeout(WAIT, broker.publish(msg))
+        .await
+        .expect("answered in time")
+        .expect_err("refused");
+    assert_eq!(refusal.code, ErrorCode::NotMember);
+    let rooms = registry.send(ListRooms).await.unwrap();
+    assert!(rooms.is_empty(), "no room created: {rooms:?}");
+
+    // A room that exists, by a session that is not in it: refused by the room.
+    let mut observer = Probe::new("observer");
+    observer.join(&registry, ROOM).await;
+    let msg = Publish {
+        member_check: Some(next_session_id()),
+        ..tagged(ROOM, 0, 1)
+    };
+    let refusal = tokio::time::timeout(WAIT, broker.publish(msg))
+        .await
+        .expect("answered in time")
+        .expect_err("refused");
+    assert_eq!(refusal.code, ErrorCode::NotMember);
+    // Nothing was delivered or numbered: the next publish gets offset 1.
+    let next = broker.publish(tagged(ROOM, 0, 2)).await.expect("accepted");
+    assert_eq!(next, 1);
+    let got = observer.messages(1).await;
+    assert_eq!(tag(&got[0]), (0, 2));
+}
+
+#[actix_web::test]
+async fn a_publish_the_broker_cannot_deliver_is_refused_unavailable_never_left_hanging() {
+    // The registry is gone: its mailbox is closed.
+    let gone = {
+        let ctx = Context::<RoomRegistry>::new();
+        ctx.address()
+    };
+    let broker = LocalBroker::new(gone);
+    let refusal = tokio::time::timeout(WAIT, broker.publish(tagged(ROOM, 0, 0)))
+        .await
+        .expect("answered, not left hanging")
+        .expect_err("refused");
+    assert_eq!(refusal.code, ErrorCode::Unavailable);
+    // Nobody waits for this one; it must not panic either.
+    broker.publish_and_forget(tagged(ROOM, 0, 1));
+
+    // The registry is up but the room it routes to has stopped.
+    let registry = registry(0, 100);
+    let broker = LocalBroker::new(registry.clone());
+    let probe = Probe::new("member");
+    let joined = probe.join(&registry, ROOM).await;
+    joined.addr.send(CloseRoom).await.expect("room was running");
+    let refusal = tokio::time::timeout(WAIT, broker.publish(tagged(ROOM, 0, 2)))
+        .await
+        .expect("answered, not left hanging")
+        .expect_err("refused");
+    assert_eq!(refusal.code, ErrorCode::Unavailable);
+    // A member's direct publish to it: refused too.
+    let refusal = tokio::time::timeout(WAIT, direct(&joined, tagged(ROOM, 0, 3), probe.session))
+        .await
+        .expect("answered, not left hanging")
+        .expect_err("refused");
+    assert_eq!(refusal.code, ErrorCode::Unavailable);
+    assert_eq!(probe.evicted.load(std::sync::atomic::Ordering::Relaxed), 0);
+}
+
+#[actix_web::test]
+async fn publish_and_forget_keeps_one_publishers_order() {
+    const N: usize = 300;
+    let registry = registry(0, 10_000);
+    let broker = LocalBroker::new(registry.clone());
+    let mut observer = Probe::new("observer");
+    observer.join(&registry, ROOM).await;
+    // One publisher alternating between the two calls, never awaiting in between.
+    let mut futs = Vec::new();
+    for i in 0..N {
+        if i % 3 == 0 {
+            futs.push(broker.publish(tagged(ROOM, 0, i)));
+        } else {
+            broker.publish_and_forget(tagged(ROOM, 0, i));
+        }
+    }
+    all_ok(futs).await;
+    let got: Vec<u64> = observer
+        .messages(N)
+        .await
+        .iter()
+        .map(|v| tag(v).1)
+        .collect();
+    assert_eq!(got, (0..N as u64).collect::<Vec<_>>());
+}
+
+// ---- found while writing these: publishes overtaking a join into a fresh room ----
+
+/// One sender's join and publishes, sent to the registry in that order, must reach the room in
+/// that order: that is what an operation relies on when it sends a watcher's join (with its
+/// backfill) and then its next events. A room's mailbox is bounded (actix's default of 16)
+/// until its `started` makes it unbounded, and the registry forwards joins with `send` (which
+/// parks once 16 are queued, and then defers the next `send` until the room runs) but
+/// publishes with `do_send` (never deferred). So in a room just created by a burst of
+/// publishes, the second join is overtaken by the publishes sent after it, and its member
+/// never gets them.
+#[actix_web::test]
+#[ignore = "known bug: a fresh room's bounded mailbox lets later publishes overtake a join (see the doc comment)"]
+async fn a_join_is_not_overtaken_by_publishes_sent_after_it_into_a_fresh_room() {
+    // Rooms on the test's thread: the registry routes everything below before the new room
+    // has run `started`.
+    let registry = registry(0, 10_000);
+    // The registry itself has started (and made its own mailbox unbounded), as in a server.
+    registry.send(ListRooms).await.expect("registry running");
+    let broker = LocalBroker::new(registry.clone());
+    let mut futs: Vec<PublishFuture> = Vec::new();
+    for i in 0..20 {
+        futs.push(broker.publish(tagged(ROOM, 0, i)));
+    }
+    let mut first = Probe::new("first");
+    let mut second = Probe::new("second");
+    let join_first = registry.send(first.join_msg(ROOM));
+    let join_second = registry.send(second.join_msg(ROOM));
+    for i in 20..25 {
+        futs.push(broker.publish(tagged(ROOM, 0, i)));
+    }
+    all_ok(futs).await;
+    let joined_first = join_first.await.unwrap().unwrap();
+    let joined_second = join_second.await.unwrap().unwrap();
+    assert_eq!(joined_first.offset, 20);
+    let got: Vec<u64> = first.messages(5).await.iter().map(offset).collect();
+    assert_eq!(got, [21, 22, 23, 24, 25]);
+    assert_eq!(
+        joined_second.offset, 20,
+        "the second join was sent before publishes 21..=25"
+    );
+    let got: Vec<u64> = second.messages(5).await.iter().map(offset).collect();
+    assert_eq!(got, [21, 22, 23, 24, 25]);
+}
