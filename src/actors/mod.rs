@@ -33,6 +33,23 @@ use actix::prelude::*;
 use crate::auth::UserInfo;
 use crate::transport::outbox::Outbox;
 
+/// Starting an actor whose mailbox must be unbounded from the moment its address exists.
+///
+/// `ctx.set_mailbox_capacity(0)` in `started` comes too late: the address is handed out before
+/// `started` runs, and until then actix's default bound (16) makes a `send` wait while a
+/// `do_send` goes in, so one sender's messages can be reordered. Actors whose senders rely on
+/// their order (an operation's watch before its events) are started through this instead.
+pub trait StartUnbounded: Actor<Context = Context<Self>> {
+    fn start_unbounded(self) -> Addr<Self> {
+        Self::create(|ctx| {
+            ctx.set_mailbox_capacity(0);
+            self
+        })
+    }
+}
+
+impl<A: Actor<Context = Context<A>>> StartUnbounded for A {}
+
 /// Process-unique session number (internal key of member tables).
 pub type SessionId = u64;
 

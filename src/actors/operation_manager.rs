@@ -35,7 +35,7 @@ use super::operation::{
     backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, OperationActor, Report, Watch,
 };
 use super::room::JoinRoom;
-use super::Member;
+use super::{Member, StartUnbounded};
 use crate::db::operations::{self as store, ListFilter, LogRow, OperationRow};
 use crate::db::DbError;
 use crate::error::{ErrorCode, Refusal};
@@ -243,7 +243,8 @@ impl OperationManager {
         let kind = self.cx.kinds.get(&op.kind)?;
         let id = op.id.clone();
         let kind_name = op.kind.clone();
-        let addr = OperationActor::new(op, kind, self.cx.clone(), ctx.address(), announce).start();
+        let addr = OperationActor::new(op, kind, self.cx.clone(), ctx.address(), announce)
+            .start_unbounded();
         self.live.insert(id.clone(), addr.clone());
         self.waiting
             .entry(kind_name.clone())
@@ -280,7 +281,8 @@ impl OperationManager {
             return self.release_slot(&op.kind);
         };
         let id = op.id.clone();
-        let addr = OperationActor::new(op, kind, self.cx.clone(), ctx.address(), true).start();
+        let addr =
+            OperationActor::new(op, kind, self.cx.clone(), ctx.address(), true).start_unbounded();
         self.live.insert(id.clone(), addr.clone());
         self.begun.insert(id);
         addr.do_send(Begin);
@@ -329,7 +331,7 @@ impl OperationManager {
                         if interrupted {
                             let addr =
                                 OperationActor::new(op, kind, act.cx.clone(), ctx.address(), false)
-                                    .start();
+                                    .start_unbounded();
                             act.live.insert(id, addr.clone());
                             addr.do_send(Interrupt);
                         } else if let Some(addr) = act.spawn(op, false, ctx) {

@@ -161,8 +161,17 @@ impl RoomRegistry {
                 let metrics = self.metrics.clone();
                 let limits = self.limits;
                 let owned = name.to_string();
-                let addr = Room::start_in_arbiter(&arbiter, move |_| {
-                    Room::new(
+                // The room's mailbox is unbounded from the moment its address exists, not
+                // from when `Room::started` runs on its thread: until then actix's default
+                // bound of 16 would hold back a `send` (joins, leaves) while a `do_send`
+                // (publishes) still went in, so a join sent before later publishes could be
+                // queued after them and its member would miss them (the ordering an
+                // operation relies on when it sends a watcher's join and then its events).
+                // So the channel is made here, unbounded, as `start_in_arbiter` would make it.
+                let (tx, rx) = actix::dev::channel::channel(0);
+                arbiter.spawn_fn(move || {
+                    let ctx = Context::with_receiver(rx);
+                    let room = Room::new(
                         owned,
                         room_id,
                         epoch,
@@ -170,8 +179,10 @@ impl RoomRegistry {
                         limits,
                         registry,
                         metrics,
-                    )
+                    );
+                    actix::spawn(ctx.into_future(room));
                 });
+                let addr = Addr::new(tx);
                 self.metrics.rooms.fetch_add(1, Relaxed);
                 slot.insert(Entry {
                     addr,

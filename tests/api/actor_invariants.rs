@@ -648,14 +648,13 @@ async fn publish_and_forget_keeps_one_publishers_order() {
 
 /// One sender's join and publishes, sent to the registry in that order, must reach the room in
 /// that order: that is what an operation relies on when it sends a watcher's join (with its
-/// backfill) and then its next events. A room's mailbox is bounded (actix's default of 16)
-/// until its `started` makes it unbounded, and the registry forwards joins with `send` (which
-/// parks once 16 are queued, and then defers the next `send` until the room runs) but
+/// backfill) and then its next events. A room's mailbox used to be bounded (actix's default of
+/// 16) until its `started` made it unbounded, and the registry forwards joins with `send`
+/// (which parks once 16 are queued, and then defers the next `send` until the room runs) but
 /// publishes with `do_send` (never deferred). So in a room just created by a burst of
-/// publishes, the second join is overtaken by the publishes sent after it, and its member
-/// never gets them.
+/// publishes, the second join was overtaken by the publishes sent after it, and its member
+/// never got them. The registry now creates the room's mailbox unbounded.
 #[actix_web::test]
-#[ignore = "known bug: a fresh room's bounded mailbox lets later publishes overtake a join (see the doc comment)"]
 async fn a_join_is_not_overtaken_by_publishes_sent_after_it_into_a_fresh_room() {
     // Rooms on the test's thread: the registry routes everything below before the new room
     // has run `started`.
