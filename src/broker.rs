@@ -22,20 +22,25 @@ use crate::error_code::Refusal;
 
 pub type PublishFuture = Pin<Box<dyn Future<Output = Result<u64, Refusal>> + Send>>;
 
+/// The contract every broker keeps (tested for the local one in `tests/api/actor_invariants.rs`):
+///
+/// * **First in, first out per publisher:** messages one caller hands to `publish` and
+///   `publish_and_forget`, in any mix, are ordered in the call order. So both must take their
+///   place in the order *when called*, not when a future is first polled.
+/// * **One order per room:** every member of a room sees its messages in one order, with
+///   contiguous offsets.
+/// * **A refusal, never a hang:** a publish the broker cannot accept resolves to a `Refusal`
+///   (`unavailable` when the room or the broker is gone).
 pub trait Broker: Send + Sync + 'static {
-    /// Publishes into a room; resolves to the message's offset in that room.
+    /// Publishes into a room; resolves to the message's offset in that room. The message takes
+    /// its place in the publisher's order when this is called (see the contract above).
     fn publish(&self, msg: Publish) -> PublishFuture;
 
     /// Publishes without waiting for the offset (events whose publisher has nothing to do with
-    /// the answer, e.g. an operation's progress). A refusal is logged where it happens.
-    fn publish_and_forget(&self, msg: Publish) {
-        let fut = self.publish(msg);
-        actix::spawn(async move {
-            if let Err(e) = fut.await {
-                log::warn!("a publish nobody waits for failed: {e}");
-            }
-        });
-    }
+    /// the answer, e.g. an operation's progress). A refusal is logged where it happens. No
+    /// default: spawning a task per call (the obvious default) does not keep one publisher's
+    /// order, so each broker says how it keeps it.
+    fn publish_and_forget(&self, msg: Publish);
 
     /// A short name for `/health`.
     fn name(&self) -> &'static str;
