@@ -32,7 +32,8 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::operation::{
-    backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, OperationActor, Report, Watch,
+    backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, OpContext, OperationActor,
+    Report, Watch,
 };
 use super::room::JoinRoom;
 use super::Member;
@@ -41,7 +42,6 @@ use crate::db::DbError;
 use crate::error::{ErrorCode, Refusal};
 use crate::operations::{Operation, RunnerKind, Status, WorkerReport};
 use crate::protocol::native::RequestId;
-use crate::state::OpContext;
 use crate::util::now_millis;
 
 /// How often old operations are pruned.

@@ -49,19 +49,43 @@ use serde_json::Value;
 use self::journal::{Journal, JournalBounds};
 use self::runners::Runner;
 use super::operation_manager::{Finished, OperationManager, ReportReply, Retired};
+use super::registry::RoomRegistry;
 use super::room::Publish;
 use super::Member;
+use crate::broker::Broker;
+use crate::config::Settings;
+use crate::db::Database;
 use crate::error::{ErrorCode, Refusal};
-use crate::operations::config::Kind;
+use crate::metrics::Metrics;
+use crate::operations::config::{Kind, Kinds};
 use crate::operations::{
     clip_line, EtaEstimator, Operation, RunnerKind, Status, Update, WorkerReport,
 };
 use crate::protocol::native::RequestId;
-use crate::state::OpContext;
 use crate::util::now_millis;
 
 /// Pure progress changes reach the `operations` room at most this often per operation.
 const OPERATIONS_ROOM_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What the operation manager and every operation actor use of the application: composed
+/// once by `startup.rs`, shared through an `Arc`.
+pub struct OpContext {
+    /// Bounds and timings: log buffering, write batching, retention, timeouts.
+    pub settings: Arc<Settings>,
+    /// Where an operation's events go (its own room and the `operations` room).
+    pub broker: Arc<dyn Broker>,
+    /// Joins of watchers to an operation's room.
+    pub registry: Addr<RoomRegistry>,
+    /// Reads (a finished operation, listing, backfill from the log).
+    pub db: Database,
+    /// The single writer: every database write, group-committed (one transaction for every
+    /// write waiting).
+    pub writer: crate::db::batch::Writer,
+    /// Operation counters and refusals.
+    pub metrics: Arc<Metrics>,
+    /// The configured operation kinds (runner, concurrency, timeouts).
+    pub kinds: Kinds,
+}
 
 // ---- messages ------------------------------------------------------------------------------
 
