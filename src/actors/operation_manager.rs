@@ -32,9 +32,13 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::operation::{
-    backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, OpContext, OperationActor,
-    Report, Watch,
+    backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, ManagerLink, OpContext,
+    OperationActor, Report, Watch,
 };
+// What operation actors tell the manager, and how a report is answered: defined beside the
+// operation actor (which sends them) so that it need not name the manager; part of the
+// manager's public surface all the same.
+pub use super::operation::messages::{Finished, ReportAnswer, ReportReply, Retired};
 use super::room::JoinRoom;
 use super::Member;
 use crate::db::operations::{self as store, ListFilter, LogRow, OperationRow};
@@ -97,47 +101,6 @@ pub struct ReportOperation {
     pub reply: ReportReply,
 }
 
-/// Where the outcome of a report goes.
-pub enum ReportReply {
-    /// A session's request: answered when it carries an id (with the status) or is refused.
-    Session {
-        to: Recipient<ReportAnswer>,
-        request: Option<RequestId>,
-    },
-    /// A caller waiting for the outcome (the REST endpoint).
-    Wait(tokio::sync::oneshot::Sender<Result<Operation, Refusal>>),
-}
-
-impl ReportReply {
-    /// True when someone waits for the outcome: a REST call, or a `/ws` report with an `id`.
-    /// Those are answered with success only once the report is stored; a `/ws` report without
-    /// an `id` is fire-and-forget (answered only if refused).
-    pub fn waits(&self) -> bool {
-        !matches!(self, ReportReply::Session { request: None, .. })
-    }
-
-    pub fn answer(self, result: Result<&Operation, Refusal>) {
-        match self {
-            ReportReply::Session { request: None, .. } if result.is_ok() => {}
-            ReportReply::Session { to, request } => to.do_send(ReportAnswer {
-                request,
-                result: result.cloned(),
-            }),
-            ReportReply::Wait(tx) => {
-                let _ = tx.send(result.cloned());
-            }
-        }
-    }
-}
-
-/// The answer to a session's report.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ReportAnswer {
-    pub request: Option<RequestId>,
-    pub result: Result<Operation, Refusal>,
-}
-
 /// The freshest status: from the live actor if there is one, else from the database.
 #[derive(Message)]
 #[rtype(result = "Result<Operation, Refusal>")]
@@ -159,21 +122,6 @@ pub struct WatchOperation {
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct FlushAll;
-
-/// Operation → Manager: terminal state written and announced; its concurrency slot is free.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Finished {
-    pub id: String,
-    pub kind: String,
-}
-
-/// Operation → Manager: the actor stopped (retention over).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Retired {
-    pub id: String,
-}
 
 // ---- the actor -----------------------------------------------------------------------------
 
@@ -221,6 +169,14 @@ fn unavailable(e: MailboxError) -> Refusal {
 }
 
 impl OperationManager {
+    /// Where an operation actor started by this manager reports its end.
+    fn link(ctx: &Context<Self>) -> ManagerLink {
+        ManagerLink {
+            finished: ctx.address().recipient(),
+            retired: ctx.address().recipient(),
+        }
+    }
+
     pub fn new(cx: Arc<OpContext>) -> Self {
         Self {
             cx,
@@ -243,7 +199,8 @@ impl OperationManager {
         let kind = self.cx.kinds.get(&op.kind)?;
         let id = op.id.clone();
         let kind_name = op.kind.clone();
-        let addr = OperationActor::new(op, kind, self.cx.clone(), ctx.address(), announce).start();
+        let addr =
+            OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), announce).start();
         self.live.insert(id.clone(), addr.clone());
         self.waiting
             .entry(kind_name.clone())
@@ -280,7 +237,7 @@ impl OperationManager {
             return self.release_slot(&op.kind);
         };
         let id = op.id.clone();
-        let addr = OperationActor::new(op, kind, self.cx.clone(), ctx.address(), true).start();
+        let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), true).start();
         self.live.insert(id.clone(), addr.clone());
         self.begun.insert(id);
         addr.do_send(Begin);
@@ -327,9 +284,14 @@ impl OperationManager {
                         let interrupted =
                             runner != RunnerKind::External && status != Status::Queued;
                         if interrupted {
-                            let addr =
-                                OperationActor::new(op, kind, act.cx.clone(), ctx.address(), false)
-                                    .start();
+                            let addr = OperationActor::new(
+                                op,
+                                kind,
+                                act.cx.clone(),
+                                Self::link(ctx),
+                                false,
+                            )
+                            .start();
                             act.live.insert(id, addr.clone());
                             addr.do_send(Interrupt);
                         } else if let Some(addr) = act.spawn(op, false, ctx) {
