@@ -16,10 +16,11 @@
 //! starts again only what is still `queued` (it provably never started) and marks `running` and
 //! `cancelling` ones interrupted. Every write goes through the single writer (`db::batch`).
 //!
-//! Why this file is one piece (about 730 lines): the manager is the one owner of the table of
+//! Why this file is one piece (about 700 lines): the manager is the one owner of the table of
 //! live operations and of the concurrency slots; each of its messages reads or changes both,
-//! and a third of the file is the messages themselves (the manager's whole public surface).
-//! The per-operation work lives in `actors/operation/`.
+//! and a good part of the file is the messages themselves (the manager's public surface; what
+//! operation actors send it is in `actors/operation/messages.rs`, re-exported here). The
+//! per-operation work lives in `actors/operation/`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;

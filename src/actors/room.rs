@@ -1,5 +1,5 @@
 //! The room actor: offsets, bounded history, retained state and fan-out. Who is present and
-//! when that is announced is the [`presence`] module's (a plain struct the room owns); the
+//! when that is announced is up to `room/presence.rs` (a plain struct the room owns); the
 //! room delivers its announcements.
 //!
 //! In: [`JoinRoom`], [`LeaveRoom`], [`Publish`], [`GetRoomInfo`], [`GetPresence`],
@@ -183,7 +183,7 @@ pub struct RoomLimits {
     pub presence_list_max: usize,
 }
 
-/// The room's scheduled presence flush (see [`presence`]).
+/// The room's scheduled presence flush (see `room/presence.rs`).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct FlushPresence;
@@ -211,7 +211,7 @@ pub struct Room {
     /// hop through the session) and the wire it encodes for.
     members: HashMap<SessionId, Member>,
     /// Who is present (a user once, however many sessions), and the arrivals and departures
-    /// not announced yet: the batching rules live in [`presence`].
+    /// not announced yet: the batching rules live in `room/presence.rs`.
     presence: Presence,
     /// Messages received from the registry; compared with the registry's count before retiring.
     routed_seen: u64,

@@ -13,7 +13,7 @@
 //! In: the `/ws` reader's messages (a stream) or [`Inbound`] requests and [`Disconnect`] from
 //! the Engine.IO session; [`Evicted`] from rooms, [`ReportAnswer`] from the operation manager,
 //! [`ServerShutdown`] from the registry. Out: [`JoinRoom`], [`LeaveRoom`], [`LeaveAll`] to the
-//! registry, publishes through the [`Broker`](crate::broker::Broker) or straight to a room,
+//! registry, publishes through the [`Broker`] or straight to a room,
 //! operation requests to the manager, [`SocketEnded`] to the Engine.IO session; frames into its
 //! own outbox.
 //!
