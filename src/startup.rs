@@ -18,11 +18,14 @@ use actix_web::{web, App, HttpResponse};
 use anyhow::Context as _;
 
 use crate::actors::engine::{EngineConfig, EngineMode, EngineSessions};
+use crate::actors::operation::OpContext;
 use crate::actors::operation_manager::{FlushAll, OperationManager};
 use crate::actors::registry::LocalBroker;
 use crate::actors::registry::{RoomRegistry, ShutdownSessions};
 use crate::actors::room::RoomLimits;
+use crate::actors::session::SessionDeps;
 use crate::actors::stats::StatsPublisher;
+use crate::actors::watcher::WatcherDeps;
 use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::config::Settings;
@@ -32,7 +35,7 @@ use crate::limits::{ConnectionGate, KeyedRate};
 use crate::metrics::Metrics;
 use crate::operations::config::Kinds;
 use crate::routes;
-use crate::state::{AppState, OpContext};
+use crate::state::AppState;
 use crate::transport::head::HeadGuarded;
 
 /// How long a request head may take to arrive, from its first byte (from the connection's start
@@ -166,6 +169,26 @@ impl Application {
         } else {
             (engine_config(EngineMode::Switchyard), None)
         };
+        let user_publishes = Arc::new(KeyedRate::new(
+            settings.user_publish_rate as f64,
+            settings.user_publish_rate as f64 * 2.0,
+        ));
+        // The actors' narrow dependencies, composed from the same services as the handlers'.
+        let session_deps = Arc::new(SessionDeps {
+            settings: settings.clone(),
+            registry: registry.clone(),
+            broker: broker.clone(),
+            metrics: metrics.clone(),
+            auth: auth.clone(),
+            operations: operations.clone(),
+            user_publishes: user_publishes.clone(),
+        });
+        let watcher_deps = Arc::new(WatcherDeps {
+            settings: settings.clone(),
+            registry: registry.clone(),
+            operations: operations.clone(),
+            metrics: metrics.clone(),
+        });
         let state = web::Data::new(AppState {
             settings: settings.clone(),
             registry: registry.clone(),
@@ -175,6 +198,8 @@ impl Application {
             db,
             operations,
             ops,
+            session_deps,
+            watcher_deps,
             engines: Arc::new(EngineSessions::default()),
             socketio,
             engineio_echo,
@@ -183,10 +208,7 @@ impl Application {
                 settings.new_connections_per_ip as f64,
                 settings.new_connections_per_ip as f64 * 2.0,
             ),
-            user_publishes: KeyedRate::new(
-                settings.user_publish_rate as f64,
-                settings.user_publish_rate as f64 * 2.0,
-            ),
+            user_publishes,
         });
 
         let listener = TcpListener::bind((settings.host, settings.port))

@@ -1,19 +1,23 @@
-//! What every handler and session shares: handed in through `web::Data`, never a global.
+//! What every handler shares: handed in through `web::Data`, never a global. This is the
+//! application's composition: the actors never see it, each gets the narrow dependencies it
+//! uses ([`SessionDeps`], [`WatcherDeps`], [`OpContext`]), built from the same services here.
 
 use std::sync::Arc;
 
 use actix::Addr;
 
 use crate::actors::engine::{EngineConfig, EngineSessions};
+use crate::actors::operation::OpContext;
 use crate::actors::operation_manager::OperationManager;
 use crate::actors::registry::RoomRegistry;
+use crate::actors::session::SessionDeps;
+use crate::actors::watcher::WatcherDeps;
 use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::db::Database;
 use crate::limits::{ConnectionGate, ConnectionSlot, GateRefusal, KeyedRate};
 use crate::metrics::Metrics;
-use crate::operations::config::Kinds;
 
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -23,7 +27,12 @@ pub struct AppState {
     pub auth: Authenticator,
     pub db: Database,
     pub operations: Addr<OperationManager>,
+    /// What the operation manager and operation actors use (the routes read operations with it).
     pub ops: Arc<OpContext>,
+    /// What `/ws` sessions and Engine.IO sessions use.
+    pub session_deps: Arc<SessionDeps>,
+    /// What SSE and per-operation WebSocket watchers use.
+    pub watcher_deps: Arc<WatcherDeps>,
     /// Live Engine.IO sessions by sid.
     pub engines: Arc<EngineSessions>,
     /// The `/socket.io/` endpoint.
@@ -33,7 +42,7 @@ pub struct AppState {
     /// Connections per client address.
     pub gate: Arc<ConnectionGate>,
     /// Publishes per user, across connections.
-    pub user_publishes: KeyedRate,
+    pub user_publishes: Arc<KeyedRate>,
 }
 
 impl AppState {
@@ -56,17 +65,4 @@ impl AppState {
                 Refusal::new(ErrorCode::TooManyConnections, message)
             })
     }
-}
-
-/// What operation actors need; built once at start-up.
-pub struct OpContext {
-    pub settings: Arc<Settings>,
-    pub broker: Arc<dyn Broker>,
-    pub registry: Addr<RoomRegistry>,
-    pub db: Database,
-    /// The single writer: every database write, group-committed (one transaction for every
-    /// write waiting).
-    pub writer: crate::db::batch::Writer,
-    pub metrics: Arc<Metrics>,
-    pub kinds: Kinds,
 }

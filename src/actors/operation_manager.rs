@@ -16,10 +16,11 @@
 //! starts again only what is still `queued` (it provably never started) and marks `running` and
 //! `cancelling` ones interrupted. Every write goes through the single writer (`db::batch`).
 //!
-//! Why this file is one piece (about 730 lines): the manager is the one owner of the table of
+//! Why this file is one piece (about 700 lines): the manager is the one owner of the table of
 //! live operations and of the concurrency slots; each of its messages reads or changes both,
-//! and a third of the file is the messages themselves (the manager's whole public surface).
-//! The per-operation work lives in `actors/operation/`.
+//! and a good part of the file is the messages themselves (the manager's public surface; what
+//! operation actors send it is in `actors/operation/messages.rs`, re-exported here). The
+//! per-operation work lives in `actors/operation/`.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -32,8 +33,13 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::operation::{
-    backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, OperationActor, Report, Watch,
+    backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, ManagerLink, OpContext,
+    OperationActor, Report, Watch,
 };
+// What operation actors tell the manager, and how a report is answered: defined beside the
+// operation actor (which sends them) so that it need not name the manager; part of the
+// manager's public surface all the same.
+pub use super::operation::messages::{Finished, ReportAnswer, ReportReply, Retired};
 use super::room::JoinRoom;
 use super::{Member, StartUnbounded};
 use crate::db::operations::{self as store, ListFilter, LogRow, OperationRow};
@@ -41,7 +47,6 @@ use crate::db::DbError;
 use crate::error::{ErrorCode, Refusal};
 use crate::operations::{Operation, RunnerKind, Status, WorkerReport};
 use crate::protocol::native::RequestId;
-use crate::state::OpContext;
 use crate::util::now_millis;
 
 /// How often old operations are pruned.
@@ -97,47 +102,6 @@ pub struct ReportOperation {
     pub reply: ReportReply,
 }
 
-/// Where the outcome of a report goes.
-pub enum ReportReply {
-    /// A session's request: answered when it carries an id (with the status) or is refused.
-    Session {
-        to: Recipient<ReportAnswer>,
-        request: Option<RequestId>,
-    },
-    /// A caller waiting for the outcome (the REST endpoint).
-    Wait(tokio::sync::oneshot::Sender<Result<Operation, Refusal>>),
-}
-
-impl ReportReply {
-    /// True when someone waits for the outcome: a REST call, or a `/ws` report with an `id`.
-    /// Those are answered with success only once the report is stored; a `/ws` report without
-    /// an `id` is fire-and-forget (answered only if refused).
-    pub fn waits(&self) -> bool {
-        !matches!(self, ReportReply::Session { request: None, .. })
-    }
-
-    pub fn answer(self, result: Result<&Operation, Refusal>) {
-        match self {
-            ReportReply::Session { request: None, .. } if result.is_ok() => {}
-            ReportReply::Session { to, request } => to.do_send(ReportAnswer {
-                request,
-                result: result.cloned(),
-            }),
-            ReportReply::Wait(tx) => {
-                let _ = tx.send(result.cloned());
-            }
-        }
-    }
-}
-
-/// The answer to a session's report.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct ReportAnswer {
-    pub request: Option<RequestId>,
-    pub result: Result<Operation, Refusal>,
-}
-
 /// The freshest status: from the live actor if there is one, else from the database.
 #[derive(Message)]
 #[rtype(result = "Result<Operation, Refusal>")]
@@ -159,21 +123,6 @@ pub struct WatchOperation {
 #[derive(Message)]
 #[rtype(result = "usize")]
 pub struct FlushAll;
-
-/// Operation → Manager: terminal state written and announced; its concurrency slot is free.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Finished {
-    pub id: String,
-    pub kind: String,
-}
-
-/// Operation → Manager: the actor stopped (retention over).
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Retired {
-    pub id: String,
-}
 
 // ---- the actor -----------------------------------------------------------------------------
 
@@ -221,6 +170,14 @@ fn unavailable(e: MailboxError) -> Refusal {
 }
 
 impl OperationManager {
+    /// Where an operation actor started by this manager reports its end.
+    fn link(ctx: &Context<Self>) -> ManagerLink {
+        ManagerLink {
+            finished: ctx.address().recipient(),
+            retired: ctx.address().recipient(),
+        }
+    }
+
     pub fn new(cx: Arc<OpContext>) -> Self {
         Self {
             cx,
@@ -243,7 +200,7 @@ impl OperationManager {
         let kind = self.cx.kinds.get(&op.kind)?;
         let id = op.id.clone();
         let kind_name = op.kind.clone();
-        let addr = OperationActor::new(op, kind, self.cx.clone(), ctx.address(), announce)
+        let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), announce)
             .start_unbounded();
         self.live.insert(id.clone(), addr.clone());
         self.waiting
@@ -282,7 +239,7 @@ impl OperationManager {
         };
         let id = op.id.clone();
         let addr =
-            OperationActor::new(op, kind, self.cx.clone(), ctx.address(), true).start_unbounded();
+            OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), true).start_unbounded();
         self.live.insert(id.clone(), addr.clone());
         self.begun.insert(id);
         addr.do_send(Begin);
@@ -329,9 +286,14 @@ impl OperationManager {
                         let interrupted =
                             runner != RunnerKind::External && status != Status::Queued;
                         if interrupted {
-                            let addr =
-                                OperationActor::new(op, kind, act.cx.clone(), ctx.address(), false)
-                                    .start_unbounded();
+                            let addr = OperationActor::new(
+                                op,
+                                kind,
+                                act.cx.clone(),
+                                Self::link(ctx),
+                                false,
+                            )
+                            .start_unbounded();
                             act.live.insert(id, addr.clone());
                             addr.do_send(Interrupt);
                         } else if let Some(addr) = act.spawn(op, false, ctx) {

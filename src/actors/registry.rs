@@ -97,15 +97,22 @@ pub struct QueryHistory {
 // ---- the actor -----------------------------------------------------------------------------
 
 struct Entry {
+    /// Where this room's messages are routed (and what a joiner gets to publish to directly).
     addr: Addr<Room>,
+    /// The instance number it was started with: a `RoomIdle` from an older instance of the same
+    /// name is ignored.
     room_id: u64,
     /// Messages routed to this room instance (see the module docs).
     routed: u64,
 }
 
 pub struct RoomRegistry {
+    /// Live rooms by name: the one table that says which room instance a name means.
     rooms: HashMap<String, Entry>,
+    /// Retired rooms' (epoch, last offset), so a re-created room continues their offsets and a
+    /// client can still resume; bounded by `MAX_TOMBSTONES`.
     tombstones: HashMap<String, (Arc<str>, u64)>,
+    /// Open connections (sessions and watchers), told `ServerShutdown` at graceful shutdown.
     sessions: HashMap<SessionId, Recipient<ServerShutdown>>,
     /// Dedicated room threads (`SWITCHYARD_ROOM_THREADS` > 0), where new rooms start, round
     /// robin.
@@ -113,11 +120,15 @@ pub struct RoomRegistry {
     /// Without dedicated threads: the HTTP workers, as they register (`AddRoomThread`). Until
     /// the first one does, rooms start on the registry's thread.
     workers: Vec<(std::thread::ThreadId, ArbiterHandle)>,
+    /// Round-robin position over the room threads: where the next new room starts.
     next_thread: usize,
+    /// The next room instance number (see `Entry::room_id`).
     next_room_id: u64,
     /// Prefix of epochs minted by this process; a restart changes every epoch.
     process_epoch: String,
+    /// The history and presence bounds every new room gets (from `Settings`).
     limits: RoomLimits,
+    /// The live room count; handed to every room for its own counters.
     metrics: Arc<Metrics>,
 }
 

@@ -1,4 +1,6 @@
-//! The room actor: offsets, bounded history, presence, retained state and fan-out.
+//! The room actor: offsets, bounded history, retained state and fan-out. Who is present and
+//! when that is announced is up to `room/presence.rs` (a plain struct the room owns); the
+//! room delivers its announcements.
 //!
 //! In: [`JoinRoom`], [`LeaveRoom`], [`Publish`], [`GetRoomInfo`], [`GetPresence`],
 //! [`GetHistory`] (all routed here by the registry), [`CloseRoom`].
@@ -8,6 +10,13 @@
 //! Hot path: a publish is encoded once into a `Bytes`; every member gets a clone (a reference
 //! count) pushed into its outbox. A member whose outbox is full is evicted on the spot, so a slow
 //! client never holds the room up.
+//!
+//! Why this file is one piece (about 870 lines, a fifth of them the messages): the offset
+//! counter, the history and the member table change together under one invariant — a joiner's
+//! replay and the live messages after it have no gap and no duplicate — and every handler reads
+//! or changes all three; the fan-out is the loop over that member table.
+
+mod presence;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,6 +29,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
+use self::presence::{Flush, Presence};
 use super::{EvictReason, Evicted, Member, SessionId};
 // `Publish` is the broker's message (defined there, so the broker never names the actors);
 // re-exported here, where the actors that publish have always found it.
@@ -129,8 +139,11 @@ pub struct CloseRoom;
 /// A message kept in history: its parts (to encode it for other wires on replay) and its
 /// native encoding (shared with the live broadcast).
 struct Stored {
+    /// Its place in the room: what a resume compares against.
     offset: u64,
+    /// When it was kept: `SWITCHYARD_HISTORY_TTL_SECS` counts from here.
     at: Instant,
+    /// Its parts, to encode it for a wire other than native on replay.
     event: String,
     data: Box<RawValue>,
     from: Option<Arc<UserInfo>>,
@@ -157,27 +170,26 @@ impl Stored {
 /// Per-room settings, copied from `Settings` at creation.
 #[derive(Clone, Copy)]
 pub struct RoomLimits {
+    /// Messages of history this room keeps (`SWITCHYARD_HISTORY_SIZE`; 0: none).
     pub history_size: usize,
+    /// How long a message stays in history (`SWITCHYARD_HISTORY_TTL_SECS`).
     pub history_ttl: Duration,
     /// Bytes of history this room keeps (`Stored::bytes` summed).
     pub history_max_bytes: usize,
     /// Bytes of history all rooms keep together (`Metrics::history_bytes`).
     pub history_total_max_bytes: usize,
+    /// Users a join answer lists; with this many, presence changes are not announced
+    /// (`SWITCHYARD_PRESENCE_LIST_MAX`).
     pub presence_list_max: usize,
 }
 
-/// Presence changes within this long of the last announcement are batched into one frame per
-/// direction. A join flood into a room of n members would otherwise cost n² frames (10,000
-/// joins into one room: 50 million); batched it costs n per window. The first change after a
-/// quiet spell still goes out at once, and pending changes are flushed before any room message,
-/// so presence never arrives after a message that depends on it.
-const PRESENCE_WINDOW: Duration = Duration::from_millis(100);
-
+/// The room's scheduled presence flush (see `room/presence.rs`).
 #[derive(Message)]
 #[rtype(result = "()")]
 struct FlushPresence;
 
 pub struct Room {
+    /// The room's name: in every frame it sends, and in `RoomIdle`/logs.
     name: Arc<str>,
     /// Registry-assigned instance number; distinguishes a re-created room from its predecessor.
     room_id: u64,
@@ -195,26 +207,26 @@ pub struct Room {
     history_bytes: usize,
     /// The last message published with `retain`, sent to joiners that do not resume.
     retained: Option<Arc<Stored>>,
+    /// Sessions and watchers in the room, with the outbox the fan-out pushes into directly (no
+    /// hop through the session) and the wire it encodes for.
     members: HashMap<SessionId, Member>,
-    /// user id → (user, number of member sessions of that user). A user is present while > 0.
-    presence: HashMap<String, (Arc<UserInfo>, usize)>,
+    /// Who is present (a user once, however many sessions), and the arrivals and departures
+    /// not announced yet: the batching rules live in `room/presence.rs`.
+    presence: Presence,
     /// Messages received from the registry; compared with the registry's count before retiring.
     routed_seen: u64,
+    /// History and presence bounds (from `Settings`, copied at creation).
     limits: RoomLimits,
     /// Identifies this room's conflatable messages in member outboxes.
     conflation_key: u64,
-    /// Presence changes not announced yet (user, arrived), oldest first.
-    pending_presence: Vec<(Arc<UserInfo>, bool)>,
-    /// When presence was last announced.
-    presence_sent_at: Option<Instant>,
-    /// A `FlushPresence` is scheduled.
-    presence_flush_armed: bool,
     /// Set in `started`; lets helpers without a context schedule a presence flush.
     me: Option<WeakAddr<Room>>,
     /// Where [`RoomIdle`] goes: the registry, which decides whether to retire the room. A
     /// `Recipient`, so the room never names the registry's type (arrows point one way: the
     /// registry owns rooms) and a test can plug a probe in.
     registry: Recipient<RoomIdle>,
+    /// Delivery, publish and slow-consumer counters, and the history byte total shared by
+    /// every room (the global history bound is kept through it).
     metrics: Arc<Metrics>,
 }
 
@@ -244,12 +256,9 @@ impl Room {
             history_bytes: 0,
             retained: None,
             members: HashMap::new(),
-            presence: HashMap::new(),
+            presence: Presence::new(limits.presence_list_max),
             routed_seen: 0,
             conflation_key,
-            pending_presence: Vec::new(),
-            presence_sent_at: None,
-            presence_flush_armed: false,
             me: None,
             limits,
             registry,
@@ -341,45 +350,29 @@ impl Room {
         }
     }
 
-    /// Records that `user` arrived (their first session joined) or left (their last one left):
-    /// announced at once after a quiet spell, else batched until the window ends.
-    fn note_presence(&mut self, user: Arc<UserInfo>, joined: bool) {
-        // A room with more users than a join answer lists is a broadcast room: its arrivals and
-        // departures are not announced. Batching cuts frames, not bytes — announcing every
-        // arrival to everyone is n² user entries (10,000 users: 2 GB of presence JSON).
-        let users_before = self.presence.len() + usize::from(!joined) - usize::from(joined);
-        if users_before >= self.limits.presence_list_max {
-            return;
-        }
-        self.pending_presence.push((user, joined));
-        let quiet = self
-            .presence_sent_at
-            .is_none_or(|t| t.elapsed() >= PRESENCE_WINDOW);
-        if quiet && !self.presence_flush_armed {
-            self.flush_presence();
-        } else if !self.presence_flush_armed {
-            self.presence_flush_armed = true;
-            let wait = self
-                .presence_sent_at
-                .map(|t| PRESENCE_WINDOW.saturating_sub(t.elapsed()))
-                .unwrap_or_default();
-            if let Some(me) = self.me.as_ref().and_then(WeakAddr::upgrade) {
-                actix::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    me.do_send(FlushPresence);
-                });
+    /// Does what a presence change asks for: announce now, or schedule the window's flush.
+    fn on_presence(&mut self, flush: Flush) {
+        match flush {
+            Flush::Now => self.flush_presence(),
+            Flush::After(wait) => {
+                if let Some(me) = self.me.as_ref().and_then(WeakAddr::upgrade) {
+                    actix::spawn(async move {
+                        tokio::time::sleep(wait).await;
+                        me.do_send(FlushPresence);
+                    });
+                }
             }
+            Flush::Nothing => {}
         }
     }
 
     /// Announces pending presence changes: one frame per run of arrivals or departures,
     /// encoded once per wire. A member never hears about its own user.
     fn flush_presence(&mut self) {
-        if self.pending_presence.is_empty() {
+        if !self.presence.has_pending() {
             return;
         }
-        self.presence_sent_at = Some(Instant::now());
-        let pending = std::mem::take(&mut self.pending_presence);
+        let pending = self.presence.take_pending(Instant::now());
         let mut delivered = 0usize;
         let mut dropped: Vec<(SessionId, bool)> = Vec::new();
         for run in pending.chunk_by(|a, b| a.1 == b.1) {
@@ -499,20 +492,8 @@ impl Room {
         let Some(m) = self.members.remove(&id) else {
             return false;
         };
-        let gone = match self.presence.get_mut(&m.user.id) {
-            Some((_, n)) if *n > 1 => {
-                *n -= 1;
-                false
-            }
-            Some(_) => {
-                self.presence.remove(&m.user.id);
-                true
-            }
-            None => false,
-        };
-        if gone {
-            self.note_presence(m.user.clone(), false);
-        }
+        let flush = self.presence.depart(&m.user, Instant::now());
+        self.on_presence(flush);
         true
     }
 
@@ -524,17 +505,6 @@ impl Room {
             });
         }
         wire.encode(&stored_event(&self.name, m))
-    }
-
-    /// Users present, by id, at most `limit` of them (the first ones by id).
-    fn presence_list(&self, limit: usize) -> Vec<&UserInfo> {
-        let mut users: Vec<&UserInfo> = self.presence.values().map(|(u, _)| u.as_ref()).collect();
-        if users.len() > limit {
-            users.select_nth_unstable_by(limit, |a, b| a.id.cmp(&b.id));
-            users.truncate(limit);
-        }
-        users.sort_by(|a, b| a.id.cmp(&b.id));
-        users
     }
 
     fn check_idle(&mut self) {
@@ -614,18 +584,12 @@ impl Handler<JoinRoom> for Room {
         let newcomer = !self.members.contains_key(&session);
         if newcomer {
             self.members.insert(session, member);
-            let entry = self
-                .presence
-                .entry(user.id.clone())
-                .or_insert_with(|| (user.clone(), 0));
-            entry.1 += 1;
-            if entry.1 == 1 {
-                self.note_presence(user.clone(), true);
-            }
+            let flush = self.presence.arrive(&user, Instant::now());
+            self.on_presence(flush);
         }
 
         let mut frames: Vec<Frame> = Vec::with_capacity(2 + self.history.len());
-        let presence = self.presence_list(self.limits.presence_list_max);
+        let presence = self.presence.list(self.limits.presence_list_max);
         let answer = JoinAnswer {
             room: &self.name,
             epoch: &self.epoch,
@@ -696,7 +660,7 @@ impl Handler<FlushPresence> for Room {
     type Result = ();
 
     fn handle(&mut self, _: FlushPresence, _ctx: &mut Context<Self>) {
-        self.presence_flush_armed = false;
+        self.presence.timer_fired();
         self.flush_presence();
     }
 }
@@ -829,7 +793,8 @@ impl Handler<GetPresence> for Room {
     fn handle(&mut self, _: GetPresence, _ctx: &mut Context<Self>) -> Self::Result {
         self.routed_seen += 1;
         MessageResult(
-            self.presence_list(usize::MAX)
+            self.presence
+                .list(usize::MAX)
                 .into_iter()
                 .cloned()
                 .collect(),

@@ -17,17 +17,31 @@ use std::time::Duration;
 use actix::prelude::*;
 use actix_http::ws::CloseCode;
 
-use super::operation_manager::WatchOperation;
-use super::registry::{LeaveAll, SessionClosed, SessionOpened};
+use super::operation_manager::{OperationManager, WatchOperation};
+use super::registry::{LeaveAll, RoomRegistry, SessionClosed, SessionOpened};
 use super::{Evicted, Member, ServerShutdown, SessionId};
 use crate::auth::UserInfo;
+use crate::config::Settings;
+use crate::metrics::Metrics;
 use crate::protocol::{sse, Wire};
-use crate::state::AppState;
 use crate::transport::outbox::Outbox;
 use crate::transport::ws::{ReadError, WsMessage};
 
 /// How often a watcher checks whether its client went away (SSE has no read side to tell).
 const GONE_CHECK: Duration = Duration::from_secs(1);
+
+/// What a watcher uses of the application: composed once by `startup.rs`, shared by every
+/// watcher.
+pub struct WatcherDeps {
+    /// The keepalive interval (`SWITCHYARD_HEARTBEAT_INTERVAL`).
+    pub settings: Arc<Settings>,
+    /// The session table (`SessionOpened`/`SessionClosed`) and leaving the room at the end.
+    pub registry: Addr<RoomRegistry>,
+    /// Where the watch goes: it joins the operation's room through its actor (or the database).
+    pub operations: Addr<OperationManager>,
+    /// The connection count.
+    pub metrics: Arc<Metrics>,
+}
 
 pub struct Watcher {
     /// Its session number: the key of its membership in `operation:<id>` and in the registry's
@@ -48,8 +62,8 @@ pub struct Watcher {
     /// The connection's bounded write queue: the room pushes frames straight into it; closing
     /// it ends the connection.
     outbox: Arc<Outbox>,
-    /// The application's shared state: the registry, the operation manager, settings, metrics.
-    state: Arc<AppState>,
+    /// What a watcher uses of the application (see [`WatcherDeps`]).
+    deps: Arc<WatcherDeps>,
     /// This connection's place in the per-address count; released when the actor is dropped.
     slot: Option<crate::limits::ConnectionSlot>,
 }
@@ -62,7 +76,7 @@ impl Watcher {
         wire: Wire,
         user: Arc<UserInfo>,
         outbox: Arc<Outbox>,
-        state: Arc<AppState>,
+        deps: Arc<WatcherDeps>,
     ) -> Self {
         Self {
             id,
@@ -71,7 +85,7 @@ impl Watcher {
             wire,
             user,
             outbox,
-            state,
+            deps,
             slot: None,
         }
     }
@@ -90,8 +104,8 @@ impl Actor for Watcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.state.metrics.connections.fetch_add(1, Relaxed);
-        self.state.registry.do_send(SessionOpened {
+        self.deps.metrics.connections.fetch_add(1, Relaxed);
+        self.deps.registry.do_send(SessionOpened {
             session: self.id,
             addr: ctx.address().recipient(),
         });
@@ -105,7 +119,7 @@ impl Actor for Watcher {
             control: ctx.address().recipient(),
             wire: self.wire.clone(),
         };
-        self.state
+        self.deps
             .operations
             .send(WatchOperation {
                 id: self.operation.clone(),
@@ -122,7 +136,7 @@ impl Actor for Watcher {
                 }
             })
             .wait(ctx);
-        let keepalive = self.state.settings.heartbeat_interval;
+        let keepalive = self.deps.settings.heartbeat_interval;
         let mut since_keepalive = Duration::ZERO;
         ctx.run_interval(GONE_CHECK, move |act, ctx| {
             if act.outbox.is_closed() {
@@ -143,14 +157,14 @@ impl Actor for Watcher {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.state.registry.do_send(LeaveAll {
+        self.deps.registry.do_send(LeaveAll {
             session: self.id,
             rooms: vec![self.room()],
         });
-        self.state
+        self.deps
             .registry
             .do_send(SessionClosed { session: self.id });
-        self.state.metrics.connections.fetch_sub(1, Relaxed);
+        self.deps.metrics.connections.fetch_sub(1, Relaxed);
         self.outbox.close(CloseCode::Normal, "");
     }
 }

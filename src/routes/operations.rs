@@ -462,6 +462,6 @@ fn watcher(
         wire,
         caller.identity.user.clone(),
         outbox,
-        state.clone().into_inner(),
+        state.watcher_deps.clone(),
     )
 }

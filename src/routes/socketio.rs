@@ -245,7 +245,7 @@ async fn polling(
             outbox,
             false,
             config,
-            state.clone().into_inner(),
+            state.session_deps.clone(),
             state.engines.clone(),
             identity,
         )
@@ -353,7 +353,7 @@ async fn websocket(
                 outbox.clone(),
                 true,
                 config,
-                state.clone().into_inner(),
+                state.session_deps.clone(),
                 state.engines.clone(),
                 identity,
             );

@@ -36,12 +36,12 @@ pub async fn connect(
     } else {
         settings.max_frame_bytes
     });
-    let state = state.into_inner();
+    let deps = state.session_deps.clone();
     upgrade(&req, outbox.clone(), limit.clone(), move |reader| {
         let id = crate::actors::next_session_id();
         Session::create(move |ctx| {
             ctx.add_stream(reader);
-            Session::new(id, identity, outbox, state)
+            Session::new(id, identity, outbox, deps)
                 .with_slot(slot)
                 .with_frame_limit(limit)
         });

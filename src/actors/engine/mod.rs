@@ -38,13 +38,12 @@ use actix::prelude::*;
 use actix_http::ws::CloseCode;
 use bytes::Bytes;
 
-use super::session::Disconnect;
+use super::session::{Disconnect, SessionDeps};
 use super::SessionId;
 use crate::auth::Identity;
 use crate::error::ErrorCode;
 use crate::protocol::engineio::{Handshake, Packet};
 use crate::protocol::socketio;
-use crate::state::AppState;
 use crate::transport::outbox::Outbox;
 use crate::transport::ws::FrameLimit;
 
@@ -144,8 +143,9 @@ pub struct EngineSession {
     transport: Transport,
     /// The endpoint's settings (shared by its sessions).
     config: Arc<EngineConfig>,
-    /// Application services: the sockets' sessions get it, CONNECT authenticates with it.
-    state: Arc<AppState>,
+    /// What the sockets' sessions use (each gets it); CONNECT authenticates with its
+    /// authenticator, refusals are counted in its metrics.
+    deps: Arc<SessionDeps>,
     /// The sid table, for removing this session when it stops.
     sessions: Arc<EngineSessions>,
     /// A ping is out and its pong not yet in: the timeout that closes the session, and its
@@ -195,7 +195,7 @@ impl EngineSession {
         outbox: Arc<Outbox>,
         websocket: bool,
         config: Arc<EngineConfig>,
-        state: Arc<AppState>,
+        deps: Arc<SessionDeps>,
         sessions: Arc<EngineSessions>,
         header_identity: Option<Identity>,
     ) -> Self {
@@ -209,7 +209,7 @@ impl EngineSession {
                 Transport::Polling
             },
             config,
-            state,
+            deps,
             sessions,
             pong_timer: None,
             next_ping: std::time::Instant::now() + first_ping,
@@ -381,7 +381,7 @@ impl EngineSession {
 
     fn protocol_error(&mut self, ctx: &mut Context<Self>, what: &str) {
         log::warn!("engine.io session {}: {what}; closing", self.sid);
-        self.state.metrics.refused(ErrorCode::InvalidFrame);
+        self.deps.metrics.refused(ErrorCode::InvalidFrame);
         self.close(ctx, false, CloseCode::Protocol, "invalid packet");
     }
 

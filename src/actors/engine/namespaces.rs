@@ -50,7 +50,7 @@ impl EngineSession {
                 self.sid,
                 self.config.max_payload
             );
-            self.state.metrics.refused(ErrorCode::PayloadTooLarge);
+            self.deps.metrics.refused(ErrorCode::PayloadTooLarge);
             let reason = format!(
                 "attachments exceed maxPayload ({} bytes)",
                 self.config.max_payload
@@ -142,7 +142,7 @@ impl EngineSession {
         let identity = match self.identify(auth.as_ref()) {
             Ok(i) => i,
             Err(r) => {
-                self.state.metrics.refused(r.code);
+                self.deps.metrics.refused(r.code);
                 log::warn!(
                     "engine.io session {}: connect to {nsp} refused: {}",
                     self.sid,
@@ -166,7 +166,7 @@ impl EngineSession {
             id,
             identity,
             self.outbox.clone(),
-            self.state.clone(),
+            self.deps.clone(),
             nsp.clone(),
             ctx.address().recipient(),
         )
@@ -175,7 +175,7 @@ impl EngineSession {
             .insert(nsp.clone(), Socket::Switchyard(session));
         self.socket_ids.insert(id, nsp.clone());
         if let Some(limit) = &self.frame_limit {
-            limit.set(Self::frame_bound(&self.config, &self.state.settings, true));
+            limit.set(Self::frame_bound(&self.config, &self.deps.settings, true));
         }
         self.push_text(sio::packet(Kind::Connect, &nsp, None, Some(&connected), 0));
     }
@@ -183,7 +183,7 @@ impl EngineSession {
     /// Who connects: a token in the CONNECT auth payload, else the handshake's header; in open
     /// mode, whoever the auth payload says (`{user, name}`).
     fn identify(&self, auth: Option<&Value>) -> Result<Identity, Refusal> {
-        let auth_service = &self.state.auth;
+        let auth_service = &self.deps.auth;
         let token = auth.and_then(|a| a.get("token")).and_then(Value::as_str);
         if auth_service.open_mode() {
             let user = auth

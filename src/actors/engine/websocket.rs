@@ -128,7 +128,7 @@ impl EngineSession {
                 self.close(ctx, true, CloseCode::Normal, "client closed");
             }
             Err(ReadError::TooLarge { limit }) => {
-                self.state.metrics.refused(ErrorCode::FrameTooLarge);
+                self.deps.metrics.refused(ErrorCode::FrameTooLarge);
                 let reason = format!("message exceeds maxPayload ({limit} bytes)");
                 self.close(ctx, false, CloseCode::Size, &reason);
             }
@@ -162,7 +162,7 @@ impl Handler<AttachProbe> for EngineSession {
         let connected = !self.sockets.is_empty();
         limit.set(Self::frame_bound(
             &self.config,
-            &self.state.settings,
+            &self.deps.settings,
             connected,
         ));
         self.frame_limit = Some(limit);

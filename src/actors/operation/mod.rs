@@ -15,7 +15,9 @@
 //! * `runners.rs`: how each runner kind (demo, command, external worker) is started, driven,
 //!   cancelled and ended;
 //! * `watchers.rs`: how a watcher joins `operation:<id>` with its backfill;
-//! * `writes.rs`: the write loop that runs the journal's writes and what follows each outcome.
+//! * `writes.rs`: the write loop that runs the journal's writes and what follows each outcome;
+//! * `messages.rs`: what this actor tells its manager, and how a report is answered (so the
+//!   actor never names the manager).
 //!
 //! Invariants:
 //! * Every event this actor publishes, and every watcher join it sends, goes through the same
@@ -33,10 +35,12 @@
 //!   are fire-and-forget and reach the database with the next periodic write.
 
 mod journal;
+pub mod messages;
 mod runners;
 mod watchers;
 mod writes;
 
+pub use messages::ManagerLink;
 pub use watchers::backfill_frames;
 
 use std::sync::Arc;
@@ -47,21 +51,45 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use self::journal::{Journal, JournalBounds};
+use self::messages::{Finished, ReportReply, Retired};
 use self::runners::Runner;
-use super::operation_manager::{Finished, OperationManager, ReportReply, Retired};
+use super::registry::RoomRegistry;
 use super::room::Publish;
 use super::Member;
+use crate::broker::Broker;
+use crate::config::Settings;
+use crate::db::Database;
 use crate::error::{ErrorCode, Refusal};
-use crate::operations::config::Kind;
+use crate::metrics::Metrics;
+use crate::operations::config::{Kind, Kinds};
 use crate::operations::{
     clip_line, EtaEstimator, Operation, RunnerKind, Status, Update, WorkerReport,
 };
 use crate::protocol::native::RequestId;
-use crate::state::OpContext;
 use crate::util::now_millis;
 
 /// Pure progress changes reach the `operations` room at most this often per operation.
 const OPERATIONS_ROOM_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What the operation manager and every operation actor use of the application: composed
+/// once by `startup.rs`, shared through an `Arc`.
+pub struct OpContext {
+    /// Bounds and timings: log buffering, write batching, retention, timeouts.
+    pub settings: Arc<Settings>,
+    /// Where an operation's events go (its own room and the `operations` room).
+    pub broker: Arc<dyn Broker>,
+    /// Joins of watchers to an operation's room.
+    pub registry: Addr<RoomRegistry>,
+    /// Reads (a finished operation, listing, backfill from the log).
+    pub db: Database,
+    /// The single writer: every database write, group-committed (one transaction for every
+    /// write waiting).
+    pub writer: crate::db::batch::Writer,
+    /// Operation counters and refusals.
+    pub metrics: Arc<Metrics>,
+    /// The configured operation kinds (runner, concurrency, timeouts).
+    pub kinds: Kinds,
+}
 
 // ---- messages ------------------------------------------------------------------------------
 
@@ -123,7 +151,7 @@ pub struct OperationActor {
     /// The narrow dependencies: broker, registry, database and its writer, settings, metrics.
     cx: Arc<OpContext>,
     /// Where `Finished` (slot free) and `Retired` (actor gone) go.
-    manager: Addr<OperationManager>,
+    manager: ManagerLink,
     /// Announce `operation.created` when started (not for operations recovered at start-up).
     announce_created: bool,
     /// Turns progress over time into `eta_seconds`.
@@ -159,7 +187,7 @@ impl OperationActor {
         op: Operation,
         kind: Arc<Kind>,
         cx: Arc<OpContext>,
-        manager: Addr<OperationManager>,
+        manager: ManagerLink,
         announce_created: bool,
     ) -> Self {
         let journal = Journal::new(
@@ -366,7 +394,7 @@ impl OperationActor {
         if let Some(room) = self.project_room() {
             self.publish(room, event, json, None);
         }
-        self.manager.do_send(Finished {
+        self.manager.finished.do_send(Finished {
             id: self.op.id.clone(),
             kind: self.op.kind.clone(),
         });
@@ -430,7 +458,7 @@ impl Actor for OperationActor {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.runner.abandon();
-        self.manager.do_send(Retired {
+        self.manager.retired.do_send(Retired {
             id: self.op.id.clone(),
         });
     }

@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use actix::prelude::*;
 
+use super::messages::ReportReply;
 use super::{FlushNow, OperationActor};
-use crate::actors::operation_manager::ReportReply;
 use crate::db::operations::{LogRow, OperationRow};
 use crate::error::{ErrorCode, Refusal};
 use crate::operations::Status;

@@ -32,7 +32,7 @@ impl Session {
                 ErrorCode::TokenExpired,
                 "your token expired; reconnect with a fresh one (or send a new auth frame before it expires)",
             );
-            act.state.metrics.refused(r.code);
+            act.deps.metrics.refused(r.code);
             log::info!("session {}: token expired, closing", act.key);
             act.reply(None, Reply::Error(&r));
             act.close(ctx, CloseCode::Policy, "token expired");
@@ -47,7 +47,7 @@ impl Session {
         name: Option<String>,
         ctx: &mut Context<Self>,
     ) {
-        let result = if self.state.auth.open_mode() {
+        let result = if self.deps.auth.open_mode() {
             let user = user.filter(|u| !u.is_empty() && u.len() <= 256);
             match user {
                 Some(u) => Ok(Identity::open(u, name)),
@@ -58,7 +58,7 @@ impl Session {
             }
         } else {
             match token {
-                Some(t) => self.state.auth.verify(&t),
+                Some(t) => self.deps.auth.verify(&t),
                 None => Err(Refusal::new(
                     ErrorCode::MissingField,
                     "field `token` is required for `auth`",
@@ -72,7 +72,7 @@ impl Session {
                 // A bad token ends the session, also on a refresh: the session must not keep
                 // running on the old token's permissions after its owner presented a bad one
                 // (docs/protocol.md: 1008 after the error).
-                if !self.state.auth.open_mode() {
+                if !self.deps.auth.open_mode() {
                     self.close(ctx, CloseCode::Policy, "authentication failed");
                 }
                 return;
@@ -98,7 +98,7 @@ impl Session {
             frame_limit: Some(limit),
         } = &self.front
         {
-            limit.set(self.state.settings.max_frame_bytes);
+            limit.set(self.deps.settings.max_frame_bytes);
         }
         self.schedule_expiry(ctx);
     }

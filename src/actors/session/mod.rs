@@ -13,7 +13,7 @@
 //! In: the `/ws` reader's messages (a stream) or [`Inbound`] requests and [`Disconnect`] from
 //! the Engine.IO session; [`Evicted`] from rooms, [`ReportAnswer`] from the operation manager,
 //! [`ServerShutdown`] from the registry. Out: [`JoinRoom`], [`LeaveRoom`], [`LeaveAll`] to the
-//! registry, publishes through the [`Broker`](crate::broker::Broker) or straight to a room,
+//! registry, publishes through the [`Broker`] or straight to a room,
 //! operation requests to the manager, [`SocketEnded`] to the Engine.IO session; frames into its
 //! own outbox.
 //!
@@ -43,14 +43,18 @@ use actix_http::ws::CloseCode;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use super::operation_manager::OperationManager;
+use super::registry::RoomRegistry;
 use super::registry::{LeaveAll, SessionClosed, SessionOpened};
 use super::room::Room;
 use super::{Member, ServerShutdown, SessionId};
-use crate::auth::Identity;
+use crate::auth::{Authenticator, Identity};
+use crate::broker::Broker;
+use crate::config::Settings;
 use crate::error::{ErrorCode, Refusal};
-use crate::limits::{ConnectionSlot, TokenBucket};
+use crate::limits::{ConnectionSlot, KeyedRate, TokenBucket};
+use crate::metrics::Metrics;
 use crate::protocol::{Reply, Request, RequestId, Wire};
-use crate::state::AppState;
 use crate::transport::outbox::Outbox;
 use crate::transport::ws::FrameLimit;
 
@@ -108,8 +112,28 @@ pub struct Session {
     slot: Option<ConnectionSlot>,
     /// Codes already logged for this session: a refusal is logged once per client, not per frame.
     logged_codes: u64,
-    /// Application services: the registry, the broker, the operation manager, settings.
-    state: Arc<AppState>,
+    /// What a session uses of the application, composed at start-up (see [`SessionDeps`]).
+    deps: Arc<SessionDeps>,
+}
+
+/// What a session (and the Engine.IO session that serves Socket.IO sockets) uses of the
+/// application: exactly these services, composed once by `startup.rs` and shared by every
+/// connection. The actors never see the application state itself.
+pub struct SessionDeps {
+    /// Bounds and timings: frame sizes, heartbeat, auth timeout, rates, room caps.
+    pub settings: Arc<Settings>,
+    /// Joins, leaves and the session table (`SessionOpened`/`SessionClosed`).
+    pub registry: Addr<RoomRegistry>,
+    /// Where publishes go when the room is not joined here (or the broker wants them all).
+    pub broker: Arc<dyn Broker>,
+    /// Connection and message counters, refusals by code.
+    pub metrics: Arc<Metrics>,
+    /// Verifies tokens; says whether the server runs in open mode.
+    pub auth: Authenticator,
+    /// Operation requests and workers' reports.
+    pub operations: Addr<OperationManager>,
+    /// Publishes per user, across all that user's connections (shared with the REST routes).
+    pub user_publishes: Arc<KeyedRate>,
 }
 
 impl Session {
@@ -117,13 +141,12 @@ impl Session {
         id: SessionId,
         identity: Option<Identity>,
         outbox: Arc<Outbox>,
-        state: Arc<AppState>,
+        deps: Arc<SessionDeps>,
     ) -> Self {
         let key = uuid::Uuid::new_v4().simple().to_string();
-        let identity_at_connect = identity.is_some() && !state.auth.open_mode();
+        let identity_at_connect = identity.is_some() && !deps.auth.open_mode();
         let identity = identity.or_else(|| {
-            state
-                .auth
+            deps.auth
                 .open_mode()
                 .then(|| Identity::open(format!("anon-{}", &key[..8]), None))
         });
@@ -139,12 +162,12 @@ impl Session {
             wire: Wire::Native,
             front: FrontEnd::Native { frame_limit: None },
             publishes: TokenBucket::new(
-                state.settings.publish_rate as f64,
-                state.settings.publish_rate as f64 * 2.0,
+                deps.settings.publish_rate as f64,
+                deps.settings.publish_rate as f64 * 2.0,
             ),
             slot: None,
             logged_codes: 0,
-            state,
+            deps,
         }
     }
 
@@ -154,11 +177,11 @@ impl Session {
         id: SessionId,
         identity: Identity,
         outbox: Arc<Outbox>,
-        state: Arc<AppState>,
+        deps: Arc<SessionDeps>,
         nsp: Arc<str>,
         engine: Recipient<SocketEnded>,
     ) -> Self {
-        let mut s = Self::new(id, Some(identity), outbox, state);
+        let mut s = Self::new(id, Some(identity), outbox, deps);
         s.wire = Wire::SocketIo(nsp);
         s.front = FrontEnd::SocketIo { engine };
         s
@@ -206,7 +229,7 @@ impl Session {
 
     /// Answers a refused request with an `error` frame; closes the session on an error flood.
     fn refuse(&mut self, ctx: &mut Context<Self>, id: Option<&RawValue>, refusal: Refusal) {
-        self.state.metrics.refused(refusal.code);
+        self.deps.metrics.refused(refusal.code);
         let bit = 1u64 << (refusal.code.index() as u64 % 64);
         if self.logged_codes & bit == 0 {
             self.logged_codes |= bit;
@@ -224,8 +247,8 @@ impl Session {
             self.error_window = (now, 0);
         }
         self.error_window.1 += 1;
-        if self.error_window.1 > self.state.settings.error_limit {
-            self.state.metrics.refused(ErrorCode::TooManyErrors);
+        if self.error_window.1 > self.deps.settings.error_limit {
+            self.deps.metrics.refused(ErrorCode::TooManyErrors);
             log::warn!("session {}: too many refused frames, closing", self.key);
             let r = Refusal::new(ErrorCode::TooManyErrors, "too many refused frames; closing");
             self.reply(None, Reply::Error(&r));
@@ -306,9 +329,9 @@ impl Actor for Session {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let state = &self.state;
-        state.metrics.connections.fetch_add(1, Relaxed);
-        state.registry.do_send(SessionOpened {
+        let deps = &self.deps;
+        deps.metrics.connections.fetch_add(1, Relaxed);
+        deps.registry.do_send(SessionOpened {
             session: self.id,
             addr: ctx.address().recipient(),
         });
@@ -324,15 +347,15 @@ impl Actor for Session {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        let state = &self.state;
+        let deps = &self.deps;
         if !self.rooms.is_empty() {
-            state.registry.do_send(LeaveAll {
+            deps.registry.do_send(LeaveAll {
                 session: self.id,
                 rooms: self.rooms.drain().map(|(room, _)| room).collect(),
             });
         }
-        state.registry.do_send(SessionClosed { session: self.id });
-        state.metrics.connections.fetch_sub(1, Relaxed);
+        deps.registry.do_send(SessionClosed { session: self.id });
+        deps.metrics.connections.fetch_sub(1, Relaxed);
         if let FrontEnd::Native { .. } = self.front {
             self.outbox.close(CloseCode::Normal, "");
         }
@@ -373,7 +396,7 @@ impl Handler<Inbound> for Session {
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
         self.last_seen = Instant::now();
-        self.state.metrics.messages_in.fetch_add(1, Relaxed);
+        self.deps.metrics.messages_in.fetch_add(1, Relaxed);
         match msg.request {
             Ok(request) => {
                 let identity = self.identity.clone();

@@ -20,15 +20,15 @@ use crate::transport::ws::{ReadError, WsMessage};
 impl Session {
     /// What a `/ws` session does when it starts: the welcome, the heartbeat, the auth deadline.
     pub(super) fn start_native(&mut self, ctx: &mut Context<Self>) {
-        let state = &self.state;
-        let auth = if state.auth.open_mode() {
+        let deps = &self.deps;
+        let auth = if deps.auth.open_mode() {
             "open"
         } else if self.identity.is_some() {
             "ok"
         } else {
             "required"
         };
-        let hb = state.settings.heartbeat_interval;
+        let hb = deps.settings.heartbeat_interval;
         self.send(native::welcome(
             &self.key,
             hb.as_millis() as u64,
@@ -45,7 +45,7 @@ impl Session {
         );
 
         ctx.run_interval(hb, |act, ctx| {
-            if act.last_seen.elapsed() > act.state.settings.heartbeat_timeout {
+            if act.last_seen.elapsed() > act.deps.settings.heartbeat_timeout {
                 log::info!("session {}: heartbeat timeout, dropping", act.key);
                 act.close(ctx, CloseCode::Away, "heartbeat timeout");
             } else {
@@ -53,10 +53,10 @@ impl Session {
             }
         });
         if self.identity.is_none() {
-            ctx.run_later(state.settings.auth_timeout, |act, ctx| {
+            ctx.run_later(deps.settings.auth_timeout, |act, ctx| {
                 if act.identity.is_none() {
                     let r = Refusal::new(ErrorCode::AuthTimeout, "no auth frame in time");
-                    act.state.metrics.refused(r.code);
+                    act.deps.metrics.refused(r.code);
                     act.reply(None, Reply::Error(&r));
                     act.close(ctx, CloseCode::Policy, "authentication timeout");
                 }
@@ -91,17 +91,17 @@ impl StreamHandler<Result<WsMessage, ReadError>> for Session {
         self.last_seen = Instant::now();
         match item {
             Ok(WsMessage::Text(bytes)) => {
-                self.state.metrics.messages_in.fetch_add(1, Relaxed);
+                self.deps.metrics.messages_in.fetch_add(1, Relaxed);
                 match std::str::from_utf8(&bytes) {
                     Ok(text) => self.on_text(text, ctx),
                     Err(_) => {
-                        self.state.metrics.refused(ErrorCode::InvalidFrame);
+                        self.deps.metrics.refused(ErrorCode::InvalidFrame);
                         self.close(ctx, CloseCode::Invalid, "text frame is not valid UTF-8");
                     }
                 }
             }
             Ok(WsMessage::Binary(_)) => {
-                self.state.metrics.refused(ErrorCode::BinaryNotSupported);
+                self.deps.metrics.refused(ErrorCode::BinaryNotSupported);
                 log::warn!("session {}: binary frame, closing", self.key);
                 self.close(
                     ctx,
@@ -113,7 +113,7 @@ impl StreamHandler<Result<WsMessage, ReadError>> for Session {
             Ok(WsMessage::Pong) => {}
             Ok(WsMessage::Close) => self.close(ctx, CloseCode::Normal, ""),
             Err(ReadError::TooLarge { limit }) => {
-                self.state.metrics.refused(ErrorCode::FrameTooLarge);
+                self.deps.metrics.refused(ErrorCode::FrameTooLarge);
                 log::warn!("session {}: message over {limit} bytes, closing", self.key);
                 self.close(
                     ctx,

@@ -56,7 +56,7 @@ impl Session {
                     params,
                     created_by: Some(identity.user.id.clone()),
                 };
-                self.state
+                self.deps
                     .operations
                     .send(msg)
                     .into_actor(self)
@@ -73,7 +73,7 @@ impl Session {
                                     existing.id
                                 ),
                             );
-                            act.state.metrics.refused(r.code);
+                            act.deps.metrics.refused(r.code);
                             act.reply(dup_id.as_deref(), Reply::Duplicate(&r, &existing));
                         }
                         Ok(Err(StartError::Refused(r))) => reply(act, ctx, Err(r), true),
@@ -96,7 +96,7 @@ impl Session {
                     .spawn(ctx);
             }
             Request::CancelOperation { operation } => {
-                let manager = self.state.operations.clone();
+                let manager = self.deps.operations.clone();
                 let fut = async move {
                     let op = manager
                         .send(GetOperation {
@@ -134,7 +134,7 @@ impl Session {
             } => {
                 // Role `service`, or the operation's own worker token (checked by the manager).
                 // Answered by a `ReportAnswer` message, only when there is something to say.
-                self.state.operations.do_send(ReportOperation {
+                self.deps.operations.do_send(ReportOperation {
                     id: operation,
                     report,
                     authorized: identity.may_report(),

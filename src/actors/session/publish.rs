@@ -52,7 +52,7 @@ impl Session {
             );
             return self.refuse(ctx, id.as_deref(), r);
         }
-        if !self.publishes.try_take() || !self.state.user_publishes.try_take(&identity.user.id) {
+        if !self.publishes.try_take() || !self.deps.user_publishes.try_take(&identity.user.id) {
             let r = Refusal::new(
                 ErrorCode::RateLimited,
                 "publishing too fast; slow down and retry",
@@ -84,7 +84,7 @@ impl Session {
             .get(&room)
             .cloned()
             .flatten()
-            .filter(|_| self.state.broker.members_publish_directly());
+            .filter(|_| self.deps.broker.members_publish_directly());
         let sent: crate::broker::PublishFuture = match direct {
             Some(addr) => {
                 let fut = addr.send(Publish {
@@ -97,7 +97,7 @@ impl Session {
                     })
                 })
             }
-            None => self.state.broker.publish(msg),
+            None => self.deps.broker.publish(msg),
         };
         sent.into_actor(self)
             .map(move |res, act, ctx| match res {

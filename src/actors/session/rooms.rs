@@ -34,7 +34,7 @@ impl Session {
             let r = Refusal::new(ErrorCode::Forbidden, format!("you may not join {room}"));
             return self.refuse(ctx, id.as_deref(), r);
         }
-        let max = self.state.settings.max_rooms_per_connection;
+        let max = self.deps.settings.max_rooms_per_connection;
         if max > 0 && self.rooms.len() >= max && !self.rooms.contains_key(&room) {
             let r = Refusal::new(
                 ErrorCode::TooManyRooms,
@@ -53,7 +53,7 @@ impl Session {
             backfill: None,
             backfill_complete: false,
         };
-        self.state
+        self.deps
             .registry
             .send(msg)
             .into_actor(self)
@@ -73,7 +73,7 @@ impl Session {
             let r = Refusal::new(ErrorCode::NotMember, format!("not a member of {room}"));
             return self.refuse(ctx, id.as_deref(), r);
         }
-        self.state
+        self.deps
             .registry
             .send(LeaveRoom {
                 room: room.clone(),
@@ -107,7 +107,7 @@ impl Session {
             log_offset: log_offset.unwrap_or(0),
             request_id: id.clone(),
         };
-        self.state
+        self.deps
             .operations
             .send(msg)
             .into_actor(self)
@@ -145,7 +145,7 @@ impl Session {
             );
             // Fire and forget: the membership is already gone on this side, and a registry
             // that is down has no room to leave.
-            self.state.registry.do_send(LeaveRoom {
+            self.deps.registry.do_send(LeaveRoom {
                 room: room.clone(),
                 session: self.id,
             });
