@@ -46,6 +46,21 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// Takes one publish from `user`'s budget (`SWITCHYARD_USER_PUBLISH_RATE`), shared by every
+    /// way to publish: REST publishes and activities here, `/ws` and Socket.IO in the session.
+    /// Refused as `rate_limited` with the wait until the next token (`Retry-After` over HTTP).
+    pub fn take_user_publish(&self, user: &str) -> Result<(), crate::error::Refusal> {
+        self.user_publishes.take(user).map_err(|wait| {
+            crate::error::Refusal::rate_limited(
+                format!(
+                    "publishing too fast: at most {} publishes a second per user",
+                    self.settings.user_publish_rate
+                ),
+                wait,
+            )
+        })
+    }
+
     /// Admits a new connection from this request's address, or refuses it. (A refusal returned
     /// as an HTTP error is counted by the middleware; other callers count it themselves.)
     pub fn admit(

@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use super::{next_before, page_limit, Caller};
 use crate::broker::Publish;
 use crate::db::activities::{self, Activity, NewActivity};
-use crate::error::{AppError, ErrorCode, Refusal};
+use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 
 /// The global feed's room.
@@ -48,18 +48,7 @@ pub async fn create(
         .identity
         .require(caller.identity.may_post_activity(), "post activities")?;
     // An activity is published like a message: the same per-user budget.
-    state
-        .user_publishes
-        .take(&caller.identity.user.id)
-        .map_err(|wait| {
-            Refusal::rate_limited(
-                format!(
-                    "posting too fast: at most {} publishes a second per user",
-                    state.settings.user_publish_rate
-                ),
-                wait,
-            )
-        })?;
+    state.take_user_publish(&caller.identity.user.id)?;
     let body = body.into_inner();
     check_len("actor", &body.actor, 256)?;
     check_len("verb", &body.verb, 128)?;

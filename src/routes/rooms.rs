@@ -38,18 +38,7 @@ pub async fn publish(
         &format!("publish to {room}"),
     )?;
     // The same per-user budget as a publish over `/ws` or Socket.IO.
-    state
-        .user_publishes
-        .take(&caller.identity.user.id)
-        .map_err(|wait| {
-            Refusal::rate_limited(
-                format!(
-                    "publishing too fast: at most {} a second per user",
-                    state.settings.user_publish_rate
-                ),
-                wait,
-            )
-        })?;
+    state.take_user_publish(&caller.identity.user.id)?;
     let body = body.into_inner();
     if !crate::names::valid_event_name(&body.event) {
         return Err(AppError::new(
