@@ -4,6 +4,11 @@
 //! reaches exactly one terminal state: `completed`, `failed` or `cancelled`. Every method here
 //! refuses to move a terminal operation, which is what makes "exactly one terminal state" hold
 //! whatever order reports arrive in.
+//!
+//! Why this file is one piece (about 730 lines, a fifth of them tests): the status object, its
+//! transitions, the bounds on what a report may add to it and the log line type are one model;
+//! every transition checks the same state, and splitting them would scatter the "exactly one
+//! terminal state" rule over several files.
 
 pub mod config;
 mod pattern_risk;

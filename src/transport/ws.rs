@@ -14,6 +14,11 @@
 //! more than everything else an idle connection holds (docs/benchmarks.md, "idle"). Here an idle
 //! connection holds no buffer at all: the reader allocates when bytes arrive and lets go once
 //! they are decoded, and the writer writes the outbox's chunks straight to the socket.
+//!
+//! Why this file is one piece (about 800 lines, a fifth of them tests): the frame header parser,
+//! its admission rule, the sans-I/O reader and the socket-driven reader are one mechanism whose
+//! memory bound (one admitted frame or one read chunk) only holds if they agree; the upgrade
+//! hand-over beside them is the only place a reader is made.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

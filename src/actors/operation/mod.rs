@@ -33,6 +33,9 @@
 //! * A report answered with success (a REST 2xx, or a reply to a `/ws` report with an `id`) is
 //!   answered only after the write holding its effect has committed; reports without an `id`
 //!   are fire-and-forget and reach the database with the next periodic write.
+//!
+//! Just over 500 lines: the state and the messages stay together so that every field's `///`
+//! is next to the handlers that keep its invariant.
 
 mod journal;
 pub mod messages;
