@@ -452,7 +452,7 @@ async fn a_socket_io_session_that_never_connects_cannot_hold_attachments() {
     assert_eq!(close_code(&mut ws).await, Some(1002));
 
     // Over long-polling too: the session ends at the header.
-    let (_, open) = get_text(&app, "EIO=4&transport=polling").await;
+    let (_, open) = app.socketio_get("EIO=4&transport=polling").await;
     let hs: Value = serde_json::from_str(&open[1..]).unwrap();
     let sid = hs["sid"].as_str().unwrap();
     let url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
@@ -512,14 +512,4 @@ async fn a_connected_socket_io_session_holds_at_most_max_payload_of_attachments(
             break;
         }
     }
-}
-
-async fn get_text(app: &TestApp, query: &str) -> (u16, String) {
-    let res = app
-        .http
-        .get(app.url(&format!("/socket.io/?{query}")))
-        .send()
-        .await
-        .unwrap();
-    (res.status().as_u16(), res.text().await.unwrap())
 }

@@ -178,6 +178,17 @@ impl TestApp {
         }
     }
 
+    /// A raw GET on `/socket.io/?{query}`: status and body text (Engine.IO packets).
+    pub async fn socketio_get(&self, query: &str) -> (u16, String) {
+        let res = self
+            .http
+            .get(self.url(&format!("/socket.io/?{query}")))
+            .send()
+            .await
+            .expect("GET /socket.io/");
+        (res.status().as_u16(), res.text().await.expect("body"))
+    }
+
     pub async fn get(&self, path: &str) -> (u16, Value) {
         let res = self.http.get(self.url(path)).send().await.expect("GET");
         let status = res.status().as_u16();

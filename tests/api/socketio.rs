@@ -43,16 +43,6 @@ async fn socket_io_client_v4_works_against_switchyard() {
     assert!(stdout.contains("fail 0"), "{stdout}");
 }
 
-async fn get(app: &TestApp, query: &str) -> (u16, String) {
-    let res = app
-        .http
-        .get(app.url(&format!("/socket.io/?{query}")))
-        .send()
-        .await
-        .unwrap();
-    (res.status().as_u16(), res.text().await.unwrap())
-}
-
 fn code(body: &str) -> i64 {
     serde_json::from_str::<Value>(body).unwrap()["code"]
         .as_i64()
@@ -62,9 +52,9 @@ fn code(body: &str) -> i64 {
 #[tokio::test]
 async fn engine_io_refusals_use_the_reference_codes() {
     let app = spawn_app().await;
-    let (s, b) = get(&app, "EIO=4&transport=carrier-pigeon").await;
+    let (s, b) = app.socketio_get("EIO=4&transport=carrier-pigeon").await;
     assert_eq!((s, code(&b)), (400, 0));
-    let (s, b) = get(&app, "EIO=4&transport=polling&sid=nope").await;
+    let (s, b) = app.socketio_get("EIO=4&transport=polling&sid=nope").await;
     assert_eq!((s, code(&b)), (400, 1));
     let res = app
         .http
@@ -74,11 +64,11 @@ async fn engine_io_refusals_use_the_reference_codes() {
         .unwrap();
     assert_eq!(res.status(), 400);
     assert_eq!(code(&res.text().await.unwrap()), 2);
-    let (s, b) = get(&app, "EIO=3&transport=polling").await;
+    let (s, b) = app.socketio_get("EIO=3&transport=polling").await;
     assert_eq!((s, code(&b)), (400, 5));
 
     // A real session: open packet, then a POST over maxPayload is 413 and a bad one 400.
-    let (s, open) = get(&app, "EIO=4&transport=polling").await;
+    let (s, open) = app.socketio_get("EIO=4&transport=polling").await;
     assert_eq!(s, 200);
     let hs: Value = serde_json::from_str(&open[1..]).unwrap();
     assert_eq!(hs["upgrades"], serde_json::json!(["websocket"]));
@@ -100,7 +90,9 @@ async fn engine_io_refusals_use_the_reference_codes() {
     );
     let res = app.http.post(&url).body("zzz").send().await.unwrap();
     assert_eq!(res.status(), 400);
-    let (s, _) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    let (s, _) = app
+        .socketio_get(&format!("EIO=4&transport=polling&sid={sid}"))
+        .await;
     assert_eq!(s, 400, "the session ended with the malformed packet");
 }
 
@@ -166,7 +158,7 @@ async fn origins_are_checked_and_cors_is_answered() {
 #[tokio::test]
 async fn overlapping_polling_posts_end_the_session() {
     let app = spawn_app().await;
-    let (_, open) = get(&app, "EIO=4&transport=polling").await;
+    let (_, open) = app.socketio_get("EIO=4&transport=polling").await;
     let hs: Value = serde_json::from_str(&open[1..]).unwrap();
     let sid = hs["sid"].as_str().unwrap().to_string();
     let url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
@@ -202,7 +194,9 @@ async fn overlapping_polling_posts_end_the_session() {
     assert_eq!(second_status, 400, "an overlapping POST is refused");
     let _ = tx.send(());
     let _ = first.await;
-    let (s, _) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    let (s, _) = app
+        .socketio_get(&format!("EIO=4&transport=polling&sid={sid}"))
+        .await;
     assert_eq!(s, 400, "and the session is gone");
 }
 
@@ -234,7 +228,7 @@ async fn a_polling_socket_closed_for_misbehaving_gets_its_disconnect_on_the_next
     // No poll is waiting when the server closes the socket: the DISCONNECT must still reach
     // the client (else it reconnects straight back into the same refusal).
     let app = spawn_app().await;
-    let (_, open) = get(&app, "EIO=4&transport=polling").await;
+    let (_, open) = app.socketio_get("EIO=4&transport=polling").await;
     let hs: Value = serde_json::from_str(&open[1..]).unwrap();
     let sid = hs["sid"].as_str().unwrap().to_string();
     let url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
@@ -244,7 +238,9 @@ async fn a_polling_socket_closed_for_misbehaving_gets_its_disconnect_on_the_next
         async move { http.post(url).body(body).send().await.unwrap().status() }
     };
     assert_eq!(post("40".into()).await, 200);
-    let (s, connected) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    let (s, connected) = app
+        .socketio_get(&format!("EIO=4&transport=polling&sid={sid}"))
+        .await;
     assert_eq!(s, 200);
     assert!(connected.starts_with("40"), "{connected}");
     // More refused requests than the error limit, in one POST (packets separated by \x1e).
@@ -252,7 +248,9 @@ async fn a_polling_socket_closed_for_misbehaving_gets_its_disconnect_on_the_next
         .map(|_| r#"42["publish",{"room":"bad room","event":"e"}]"#.to_string())
         .collect();
     assert_eq!(post(flood.join("\u{1e}")).await, 200);
-    let (s, body) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    let (s, body) = app
+        .socketio_get(&format!("EIO=4&transport=polling&sid={sid}"))
+        .await;
     assert_eq!(s, 200, "the session answers one more poll: {body}");
     let packets: Vec<&str> = body.split('\u{1e}').collect();
     assert_eq!(
@@ -261,13 +259,15 @@ async fn a_polling_socket_closed_for_misbehaving_gets_its_disconnect_on_the_next
         "ends with the DISCONNECT: {body}"
     );
     // Then it is gone.
-    let (s, _) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    let (s, _) = app
+        .socketio_get(&format!("EIO=4&transport=polling&sid={sid}"))
+        .await;
     assert_eq!(s, 400);
 }
 
 /// A new Engine.IO session on long-polling: its sid and polling URL.
 async fn open_polling(app: &TestApp) -> (String, String) {
-    let (_, open) = get(app, "EIO=4&transport=polling").await;
+    let (_, open) = app.socketio_get("EIO=4&transport=polling").await;
     let hs: Value = serde_json::from_str(&open[1..]).unwrap();
     let sid = hs["sid"].as_str().unwrap().to_string();
     let url = app.url(&format!("/socket.io/?EIO=4&transport=polling&sid={sid}"));
@@ -279,7 +279,9 @@ async fn connected_by_polling(app: &TestApp) -> (String, String) {
     let (sid, url) = open_polling(app).await;
     let res = app.http.post(&url).body("40").send().await.unwrap();
     assert_eq!(res.status(), 200);
-    let (_, connected) = get(app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    let (_, connected) = app
+        .socketio_get(&format!("EIO=4&transport=polling&sid={sid}"))
+        .await;
     assert!(connected.starts_with("40"), "{connected}");
     (sid, url)
 }
@@ -407,7 +409,7 @@ async fn a_socket_closed_for_misbehaving_mid_upgrade_gets_its_disconnect_over_th
         "the DISCONNECT, then the close: {texts:?}"
     );
     eventually("the session to end", || async {
-        get(&app, &format!("EIO=4&transport=polling&sid={sid}"))
+        app.socketio_get(&format!("EIO=4&transport=polling&sid={sid}"))
             .await
             .0
             == 400
@@ -426,7 +428,9 @@ async fn a_socket_closed_for_misbehaving_mid_upgrade_gets_its_disconnect_by_poll
     ws.close(None).await.unwrap();
     // Wait for the session to see the probe go (it answers the close), then poll.
     frames_until_close(&mut ws).await;
-    let (s, body) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    let (s, body) = app
+        .socketio_get(&format!("EIO=4&transport=polling&sid={sid}"))
+        .await;
     assert_eq!(s, 200, "the session answers one more poll: {body}");
     assert_eq!(
         body.split('\u{1e}').next_back(),
@@ -447,10 +451,13 @@ async fn a_polling_client_that_closes_with_no_poll_waiting_gets_a_noop_on_its_ne
         200
     );
     assert_eq!(
-        get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await,
+        app.socketio_get(&format!("EIO=4&transport=polling&sid={sid}"))
+            .await,
         (200, "6".to_string())
     );
-    let (s, _) = get(&app, &format!("EIO=4&transport=polling&sid={sid}")).await;
+    let (s, _) = app
+        .socketio_get(&format!("EIO=4&transport=polling&sid={sid}"))
+        .await;
     assert_eq!(s, 400, "and then the session is gone");
 }
 
@@ -460,14 +467,14 @@ async fn a_closed_polling_session_waiting_for_its_last_poll_frees_its_connection
     // address is admitted at once, not after the heartbeat-long grace.
     let app = spawn_app_with(Backend::Sqlite, |s| s.max_connections_per_ip = 1).await;
     let (_sid, url) = open_polling(&app).await;
-    let (s, _) = get(&app, "EIO=4&transport=polling").await;
+    let (s, _) = app.socketio_get("EIO=4&transport=polling").await;
     assert_eq!(s, 429, "the limit holds while the session is open");
     assert_eq!(
         app.http.post(&url).body("1").send().await.unwrap().status(),
         200
     );
     eventually("a new session to be admitted", || async {
-        get(&app, "EIO=4&transport=polling").await.0 == 200
+        app.socketio_get("EIO=4&transport=polling").await.0 == 200
     })
     .await;
 }
