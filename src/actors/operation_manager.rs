@@ -365,14 +365,10 @@ impl Handler<StartOperation> for OperationManager {
                 )))))
             }
         };
-        if let Some(p) = &msg.project {
-            if !crate::protocol::valid_room_name(&format!("project:{p}")) {
-                let r = Refusal::new(
-                    ErrorCode::InvalidField,
-                    "project must be 1-120 characters of A-Z a-z 0-9 : _ . -",
-                );
-                return Box::pin(fut::ready(Err(StartError::Refused(r))));
-            }
+        // The one project rule (also the activity feed's): an empty project is no project, even
+        // though `project:` alone is a valid room name.
+        if let Some(Err(r)) = msg.project.as_deref().map(crate::names::project_room) {
+            return Box::pin(fut::ready(Err(StartError::Refused(r))));
         }
         // A command or demo operation with a free slot is inserted as `running`: its start is
         // written (with its start time) before the runner starts and before the 202.

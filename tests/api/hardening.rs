@@ -142,3 +142,30 @@ async fn a_log_offset_past_i64_is_past_every_line() {
         assert_eq!(logs["lines"], json!([]), "after={after}");
     }
 }
+
+#[tokio::test]
+async fn an_operation_with_an_empty_project_is_refused_like_an_activity_with_one() {
+    let app = spawn_app().await;
+    let (s, body) = app
+        .post(
+            "/api/operations",
+            json!({"kind": "demo", "target": "t", "project": ""}),
+        )
+        .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid_field")),
+        "{body}"
+    );
+    let (s, body) = app
+        .post(
+            "/api/activities",
+            json!({"actor": "a", "verb": "v", "project": ""}),
+        )
+        .await;
+    assert_eq!(
+        (s, body["error"].as_str()),
+        (400, Some("invalid_field")),
+        "{body}"
+    );
+}
