@@ -4,11 +4,11 @@
 //! as one JSON line, and `tests/api/bench_smoke.rs` runs small ones in-process and asserts only
 //! that every message reached every member exactly once and in order.
 //!
-//! - [`fanout`]: one room of N members, a light fixed-rate phase and a max-rate phase.
-//! - [`rooms`]: 4,000 rooms of 4, every member publishing, a fixed total rate.
+//! - [`fanout`](mod@fanout): one room of N members, a light fixed-rate phase and a max-rate phase.
+//! - [`rooms`](mod@rooms): 4,000 rooms of 4, every member publishing, a fixed total rate.
 //! - [`idle`]: held connections, the server's RSS per connection (several processes).
 //! - [`floor`]: the bare epoll loop that the fan-out and rooms results are measured against.
-//! - [`operations`]: external operations reported by workers, one watcher each (Switchyard only).
+//! - [`operations`](mod@operations): external operations reported by workers, one watcher each (Switchyard only).
 
 pub mod client;
 pub mod fanout;

@@ -1,7 +1,7 @@
 //! The upgrade service: actix-http hands it every request that asks for a WebSocket upgrade
 //! together with the connection's socket. The request goes through the application like any
 //! other (same routes, extractors, middleware and errors); when its handler accepted the upgrade
-//! (a [`Takeover`] on the 101 response), the connection is run here, without actix-http's
+//! (a `Takeover` on the 101 response), the connection is run here, without actix-http's
 //! per-connection buffers: the client's bytes go straight to the [`WsReader`] its actor polls,
 //! and the outbox's chunks go straight from the [`Body`] to the socket.
 
