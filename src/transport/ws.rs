@@ -659,21 +659,9 @@ where
 mod tests {
     use super::*;
 
-    /// A masked client frame with `len` payload bytes (the payload is zeros).
+    /// A whole masked client frame with `len` payload bytes (the payload is zeros).
     fn frame(opcode: u8, len: usize) -> Vec<u8> {
-        let mut f = vec![0x80 | opcode];
-        match len {
-            0..=125 => f.push(0x80 | len as u8),
-            126..=0xffff => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(len as u16).to_be_bytes());
-            }
-            _ => {
-                f.push(0x80 | 127);
-                f.extend_from_slice(&(len as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(&[1, 2, 3, 4]);
+        let mut f = header(true, opcode, len as u64);
         f.extend(std::iter::repeat_n(0, len));
         f
     }

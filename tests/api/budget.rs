@@ -120,19 +120,19 @@ async fn announce_a_huge_frame(c: &mut Raw, opcode: u8) -> (Option<u16>, Duratio
     (code, took, rss().saturating_sub(before))
 }
 
-#[tokio::test]
-async fn a_frame_announcing_a_terabyte_is_refused_at_its_header_on_ws() {
-    let _turn = ONE_AT_A_TIME.lock().await;
-    // A secret: the client has no token, inside its authentication window.
-    let app = spawn_app_with(Backend::Sqlite, |s| {
+/// A server with a secret (so the raw clients below have no token) and a short lingering close.
+async fn secured_with_short_linger() -> TestApp {
+    spawn_app_with(Backend::Sqlite, |s| {
         s.jwt_secret = Some(SECRET.into());
         s.close_linger = Duration::from_millis(300);
     })
-    .await;
-    let mut c = Raw::connect(&app).await;
-    c.send(handshake("/ws", "websocket").as_bytes()).await;
-    assert!(c.head().await.starts_with("http/1.1 101"));
-    let (code, took, grown) = announce_a_huge_frame(&mut c, 0x2).await;
+    .await
+}
+
+/// Announces a 2^40-byte frame of `opcode` on `c` and streams payload: the server must close
+/// with 1009 within seconds, having grown by less than [`GROWTH_BOUND`].
+async fn refused_at_the_header(c: &mut Raw, opcode: u8) {
+    let (code, took, grown) = announce_a_huge_frame(c, opcode).await;
     assert_eq!(code, Some(1009), "closed as too large, at the header");
     assert!(took < Duration::from_secs(5), "closed after {took:?}");
     assert!(
@@ -140,6 +140,17 @@ async fn a_frame_announcing_a_terabyte_is_refused_at_its_header_on_ws() {
         "the server grew by {} MiB",
         grown / MIB
     );
+}
+
+#[tokio::test]
+async fn a_frame_announcing_a_terabyte_is_refused_at_its_header_on_ws() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    // A secret: the client has no token, inside its authentication window.
+    let app = secured_with_short_linger().await;
+    let mut c = Raw::connect(&app).await;
+    c.send(handshake("/ws", "websocket").as_bytes()).await;
+    assert!(c.head().await.starts_with("http/1.1 101"));
+    refused_at_the_header(&mut c, 0x2).await;
     assert!(app
         .metrics_text()
         .await
@@ -154,57 +165,27 @@ async fn a_frame_announcing_a_terabyte_is_refused_at_its_header_on_ws() {
 #[tokio::test]
 async fn a_frame_announcing_a_terabyte_is_refused_before_socket_io_connect() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let app = spawn_app_with(Backend::Sqlite, |s| {
-        s.jwt_secret = Some(SECRET.into());
-        s.close_linger = Duration::from_millis(300);
-    })
-    .await;
+    let app = secured_with_short_linger().await;
     let mut c = Raw::connect(&app).await;
     c.send(handshake("/socket.io/?EIO=4&transport=websocket", "websocket").as_bytes())
         .await;
     assert!(c.head().await.starts_with("http/1.1 101"));
-    let (code, took, grown) = announce_a_huge_frame(&mut c, 0x1).await;
-    assert_eq!(code, Some(1009), "closed as too large, at the header");
-    assert!(took < Duration::from_secs(5), "closed after {took:?}");
-    assert!(
-        grown < GROWTH_BOUND,
-        "the server grew by {} MiB",
-        grown / MIB
-    );
+    refused_at_the_header(&mut c, 0x1).await;
 }
 
 #[tokio::test]
 async fn a_frame_announcing_a_terabyte_is_refused_on_the_socket_io_upgrade_probe() {
     let _turn = ONE_AT_A_TIME.lock().await;
-    let app = spawn_app_with(Backend::Sqlite, |s| {
-        s.jwt_secret = Some(SECRET.into());
-        s.close_linger = Duration::from_millis(300);
-    })
-    .await;
+    let app = secured_with_short_linger().await;
     // A polling session (no CONNECT), then the WebSocket that probes to take it over.
-    let open = app
-        .http
-        .get(app.url("/socket.io/?EIO=4&transport=polling"))
-        .send()
-        .await
-        .expect("handshake")
-        .text()
-        .await
-        .expect("open packet");
+    let (_, open) = app.socketio_get("EIO=4&transport=polling").await;
     let open: serde_json::Value = serde_json::from_str(&open[1..]).expect("open packet JSON");
     let sid = open["sid"].as_str().expect("sid");
     let mut c = Raw::connect(&app).await;
     let path = format!("/socket.io/?EIO=4&transport=websocket&sid={sid}");
     c.send(handshake(&path, "websocket").as_bytes()).await;
     assert!(c.head().await.starts_with("http/1.1 101"));
-    let (code, took, grown) = announce_a_huge_frame(&mut c, 0x1).await;
-    assert_eq!(code, Some(1009), "closed as too large, at the header");
-    assert!(took < Duration::from_secs(5), "closed after {took:?}");
-    assert!(
-        grown < GROWTH_BOUND,
-        "the server grew by {} MiB",
-        grown / MIB
-    );
+    refused_at_the_header(&mut c, 0x1).await;
 }
 
 /// A masked ping frame with `payload`.
