@@ -51,11 +51,11 @@ pub enum Role {
 }
 
 /// Who a user is, as other members see it in presence lists and `from` fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct UserInfo {
     #[serde(rename = "user")]
     pub id: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
 }
 

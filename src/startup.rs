@@ -27,7 +27,7 @@ use crate::actors::session::SessionDeps;
 use crate::actors::stats::StatsPublisher;
 use crate::actors::watcher::WatcherDeps;
 use crate::auth::Authenticator;
-use crate::broker::Broker;
+use crate::broker::{Broker, HistoryView, PresenceView};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::error::{self, AppError, ErrorCode};
@@ -116,14 +116,18 @@ impl Application {
             metrics.clone(),
         )
         .start();
-        let broker: Arc<dyn Broker> = Arc::new(LocalBroker::new(registry.clone()));
+        // One value serves three seams: ordering (the broker), presence and history. A cluster
+        // composes three different ones here; nothing else changes.
+        let local = Arc::new(LocalBroker::new(registry.clone()));
+        let broker: Arc<dyn Broker> = local.clone();
+        let presence: Arc<dyn PresenceView> = local.clone();
+        let history: Arc<dyn HistoryView> = local;
         StatsPublisher::new(settings.stats_interval, metrics.clone(), broker.clone()).start();
         let kinds = Kinds::load(settings.operations_file.as_deref(), settings.demo)?;
         log::info!("operation kinds: {}", kinds.names().join(", "));
         let ops = Arc::new(OpContext {
             settings: settings.clone(),
             broker: broker.clone(),
-            registry: registry.clone(),
             db: db.clone(),
             writer: crate::db::batch::Writer::start(db.clone(), metrics.clone())
                 .context("starting the database writer thread")?,
@@ -186,13 +190,15 @@ impl Application {
         let watcher_deps = Arc::new(WatcherDeps {
             settings: settings.clone(),
             registry: registry.clone(),
+            broker: broker.clone(),
             operations: operations.clone(),
             metrics: metrics.clone(),
         });
         let state = web::Data::new(AppState {
             settings: settings.clone(),
-            registry: registry.clone(),
             broker,
+            presence,
+            history,
             metrics: metrics.clone(),
             auth,
             db,

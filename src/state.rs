@@ -9,11 +9,10 @@ use actix::Addr;
 use crate::actors::engine::{EngineConfig, EngineSessions};
 use crate::actors::operation::OpContext;
 use crate::actors::operation_manager::OperationManager;
-use crate::actors::registry::RoomRegistry;
 use crate::actors::session::SessionDeps;
 use crate::actors::watcher::WatcherDeps;
 use crate::auth::Authenticator;
-use crate::broker::Broker;
+use crate::broker::{Broker, HistoryView, PresenceView};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::limits::{ConnectionGate, ConnectionSlot, GateRefusal, KeyedRate};
@@ -21,8 +20,11 @@ use crate::metrics::Metrics;
 
 pub struct AppState {
     pub settings: Arc<Settings>,
-    pub registry: Addr<RoomRegistry>,
     pub broker: Arc<dyn Broker>,
+    /// Who is in which room (the REST presence and room list).
+    pub presence: Arc<dyn PresenceView>,
+    /// What rooms have kept (the REST history).
+    pub history: Arc<dyn HistoryView>,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
     pub db: Database,

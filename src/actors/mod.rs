@@ -1,20 +1,22 @@
 //! The actors. Message flow:
 //!
 //! ```text
-//!  client ──frames──▶ Session ──JoinRoom/LeaveRoom/Publish──▶ RoomRegistry ──(same msg)──▶ Room
-//!     ▲                  │                                        ▲                          │
-//!     └──── socket ◀── Outbox ◀──────── shared frame bytes ───────┼──────────────────────────┘
-//!                                                                 │
-//!  REST handlers, Stats, activities ──Publish────────────────────┘
+//!  client ──frames──▶ Session ──join/leave/publish──▶ Broker (LocalBroker: RoomRegistry) ──▶ Room
+//!     ▲                  │  └───── publish through its lane (RoomLog) after joining ─────────▶ │
+//!     └──── socket ◀── Outbox ◀──────────────── shared frame bytes ─────────────────────────────┘
+//!
+//!  REST handlers, stats, activities, operations ──publish──▶ Broker
 //! ```
 //!
-//! * [`session::Session`] — one per client connection; parses frames, checks permissions, asks
-//!   the registry, answers errors. Owns the connection's [`Outbox`].
-//! * [`registry::RoomRegistry`] — owns the room table; creates rooms on demand, routes every
-//!   join/leave/publish/query to the right room, retires idle rooms.
-//! * [`room::Room`] — one per room, spread over a pool of threads; assigns offsets, keeps
-//!   history and presence, and fans each message out by pushing one shared buffer into every
-//!   member's outbox.
+//! * [`session::Session`] — one per client connection; parses frames, checks permissions and
+//!   membership, hands joins and publishes to the broker, answers errors. Owns the connection's
+//!   [`Outbox`](crate::transport::outbox::Outbox).
+//! * [`registry::RoomRegistry`] — owns this node's room table; creates rooms on demand with
+//!   their log (`broker::local::RoomLog`, where offsets are assigned), routes joins, leaves,
+//!   publishes and queries to the right room, retires idle rooms. `LocalBroker` is its face.
+//! * [`room::Room`] — one per room, spread over a pool of threads; delivers what the broker
+//!   ordered: keeps history and presence, and fans each message out by pushing one shared buffer
+//!   into every member's outbox.
 //! * [`stats::StatsPublisher`] — publishes `stats` into `system` on an interval.
 
 pub mod engine;
@@ -26,12 +28,7 @@ pub mod session;
 pub mod stats;
 pub mod watcher;
 
-use std::sync::Arc;
-
 use actix::prelude::*;
-
-use crate::auth::UserInfo;
-use crate::transport::outbox::Outbox;
 
 /// Starting an actor whose mailbox must be unbounded from the moment its address exists.
 ///
@@ -50,42 +47,11 @@ pub trait StartUnbounded: Actor<Context = Context<Self>> {
 
 impl<A: Actor<Context = Context<A>>> StartUnbounded for A {}
 
-/// Process-unique session number (internal key of member tables).
-pub type SessionId = u64;
-
-/// A fresh session number for any kind of connection.
-pub fn next_session_id() -> SessionId {
-    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
-
-/// Why a room removed a member on its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EvictReason {
-    /// Its outbound queue was full.
-    SlowConsumer,
-}
-
-/// Room → Session: you were removed from `room`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Evicted {
-    pub room: String,
-    pub reason: EvictReason,
-}
+// Membership is the broker's vocabulary (a cluster broker names members too); re-exported here,
+// where the actors have always found it.
+pub use crate::broker::{next_session_id, EvictReason, Evicted, Member, SessionId};
 
 /// Registry → Session: the server is shutting down; close with 1001.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ServerShutdown;
-
-/// A session as a room sees it: where to push frames and whom to tell when it is evicted.
-#[derive(Clone)]
-pub struct Member {
-    pub session: SessionId,
-    pub user: Arc<UserInfo>,
-    pub outbox: Arc<Outbox>,
-    pub control: Recipient<Evicted>,
-    /// How this member wants frames encoded.
-    pub wire: crate::protocol::Wire,
-}

@@ -128,7 +128,7 @@ pub struct FlushAll;
 
 pub struct OperationManager {
     /// The narrow dependencies it hands on to every operation actor (kinds, database and its
-    /// writer, broker, registry, settings, metrics).
+    /// writer, broker, settings, metrics).
     cx: Arc<OpContext>,
     /// Live operation actors by id: an id here is routed to its actor (the freshest status and
     /// the only place a report, cancel or watch may change it); an id not here is served from
@@ -602,7 +602,7 @@ impl Handler<WatchOperation> for OperationManager {
         // Not in memory: it finished (and retired) — serve it from the database. No events
         // will follow, so there is nothing to order against.
         let db = self.cx.db.clone();
-        let registry = self.cx.registry.clone();
+        let broker = self.cx.broker.clone();
         let max = self.cx.settings.log_replay_max as i64;
         Box::pin(async move {
             let id = msg.id.clone();
@@ -626,8 +626,8 @@ impl Handler<WatchOperation> for OperationManager {
                 logs.into_iter().map(LogRow::into_line).collect(),
                 op.status.terminal_event(),
             );
-            registry
-                .send(JoinRoom {
+            broker
+                .join(JoinRoom {
                     room: op.room(),
                     member: msg.member,
                     since: None,
@@ -636,7 +636,6 @@ impl Handler<WatchOperation> for OperationManager {
                     backfill_complete: complete,
                 })
                 .await
-                .map_err(unavailable)?
                 .map(|_| ())
         })
     }

@@ -1,38 +1,46 @@
 //! The room registry: the one owner of the room table.
 //!
-//! In: [`JoinRoom`], [`LeaveRoom`], [`Publish`], [`GetRoomInfo`]-style queries ([`ListRooms`],
+//! In: [`JoinRoom`], [`LeaveRoom`], [`RoutePublish`], queries ([`ListRooms`],
 //! [`QueryPresence`], [`QueryHistory`]) which it routes to the room by name; [`LeaveAll`],
 //! [`SessionOpened`], [`SessionClosed`], [`ShutdownSessions`] from sessions and start-up;
 //! [`RoomIdle`] from rooms.
+//!
+//! Every room is created with its log (`broker::local::RoomLog`): a routed publish is ordered
+//! there (offset taken and pushed into the room's mailbox under one lock), and a joiner gets the
+//! same log as its lane, so its own publishes skip the registry and still take their place in
+//! the one order. [`LocalBroker`], at the end, is the broker this makes: the single-node
+//! implementation of `crate::broker::Broker` and of the presence and history views.
 //!
 //! Rooms are created on the first join or publish and run on a small pool of threads (one per
 //! core by default) so fan-out work spreads over cores while the registry only looks names up.
 //!
 //! Retiring a room without losing a message: a room reports [`RoomIdle`] with the number of
 //! registry messages it has handled; the registry retires it only if that equals the number it
-//! has routed to it, i.e. nothing is in flight. A retired room leaves a tombstone (epoch, last
-//! offset) so a re-created room continues the same offsets and clients can still resume.
+//! has routed to it, i.e. nothing is in flight. A retired room leaves a tombstone in the log
+//! (epoch, last offset) so a re-created room continues the same offsets and clients can still
+//! resume.
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use actix::prelude::*;
 use actix::ArbiterHandle;
 
 use super::room::{
     CloseRoom, GetHistory, GetPresence, GetRoomInfo, HistoryPage, JoinRoom, Joined, LeaveRoom,
-    Publish, Room, RoomIdle, RoomInfo, RoomLimits, Routed,
+    Room, RoomIdle, RoomInfo, RoomLimits,
 };
 use super::{ServerShutdown, SessionId};
 use crate::auth::UserInfo;
-use crate::broker::{Broker, PublishFuture};
+use crate::broker::local::{LocalLog, RoomLog};
+use crate::broker::{
+    Broker, Envelope, HistoryView, JoinFuture, LeaveFuture, Position, PresenceView, PublishFuture,
+    ViewFuture,
+};
 use crate::error_code::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
-
-/// Tombstones kept for retired rooms; past this the oldest half is forgotten (those rooms get a
-/// new epoch when re-created, so their clients reload instead of resuming).
-const MAX_TOMBSTONES: usize = 100_000;
 
 // ---- messages ------------------------------------------------------------------------------
 
@@ -74,6 +82,16 @@ pub struct SessionClosed {
 #[rtype(result = "usize")]
 pub struct ShutdownSessions;
 
+/// Broker → Registry: order this envelope in its room (created here if need be). Replies with
+/// its position once the room delivered it.
+#[derive(Message)]
+#[rtype(result = "Result<Position, Refusal>")]
+pub struct RoutePublish {
+    pub envelope: Envelope,
+    /// When the publish reached this node (the publish-latency histogram).
+    pub received_at: Instant,
+}
+
 /// REST → Registry: every room.
 #[derive(Message)]
 #[rtype(result = "Vec<RoomInfo>")]
@@ -97,8 +115,10 @@ pub struct QueryHistory {
 // ---- the actor -----------------------------------------------------------------------------
 
 struct Entry {
-    /// Where this room's messages are routed (and what a joiner gets to publish to directly).
+    /// Where joins, leaves and queries for this room are routed.
     addr: Addr<Room>,
+    /// Where its messages are ordered: routed publishes here, and a joiner's lane.
+    log: Arc<RoomLog>,
     /// The instance number it was started with: a `RoomIdle` from an older instance of the same
     /// name is ignored.
     room_id: u64,
@@ -109,9 +129,9 @@ struct Entry {
 pub struct RoomRegistry {
     /// Live rooms by name: the one table that says which room instance a name means.
     rooms: HashMap<String, Entry>,
-    /// Retired rooms' (epoch, last offset), so a re-created room continues their offsets and a
-    /// client can still resume; bounded by `MAX_TOMBSTONES`.
-    tombstones: HashMap<String, (Arc<str>, u64)>,
+    /// The node's log: epochs, and retired rooms' positions (tombstones) so a re-created room
+    /// continues their offsets and a client can still resume.
+    log: LocalLog,
     /// Open connections (sessions and watchers), told `ServerShutdown` at graceful shutdown.
     sessions: HashMap<SessionId, Recipient<ServerShutdown>>,
     /// Dedicated room threads (`SWITCHYARD_ROOM_THREADS` > 0), where new rooms start, round
@@ -124,8 +144,6 @@ pub struct RoomRegistry {
     next_thread: usize,
     /// The next room instance number (see `Entry::room_id`).
     next_room_id: u64,
-    /// Prefix of epochs minted by this process; a restart changes every epoch.
-    process_epoch: String,
     /// The history and presence bounds every new room gets (from `Settings`).
     limits: RoomLimits,
     /// The live room count; handed to every room for its own counters.
@@ -136,13 +154,12 @@ impl RoomRegistry {
     pub fn new(room_threads: usize, limits: RoomLimits, metrics: Arc<Metrics>) -> Self {
         Self {
             rooms: HashMap::new(),
-            tombstones: HashMap::new(),
+            log: LocalLog::new(),
             sessions: HashMap::new(),
             own_threads: (0..room_threads).map(|_| Arbiter::new()).collect(),
             workers: Vec::new(),
             next_thread: 0,
             next_room_id: 1,
-            process_epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
             limits,
             metrics,
         }
@@ -155,10 +172,6 @@ impl RoomRegistry {
             Slot::Vacant(slot) => {
                 let room_id = self.next_room_id;
                 self.next_room_id += 1;
-                let (epoch, last_offset) = self
-                    .tombstones
-                    .remove(name)
-                    .unwrap_or_else(|| (format!("{}-{room_id}", self.process_epoch).into(), 0));
                 let i = self.next_thread;
                 let arbiter = if !self.own_threads.is_empty() {
                     self.own_threads[i % self.own_threads.len()].handle()
@@ -180,23 +193,18 @@ impl RoomRegistry {
                 // operation relies on when it sends a watcher's join and then its events).
                 // So the channel is made here, unbounded, as `start_in_arbiter` would make it.
                 let (tx, rx) = actix::dev::channel::channel(0);
+                let addr = Addr::new(tx);
+                let log = self.log.open(name, addr.clone().recipient());
+                let start = log.position();
                 arbiter.spawn_fn(move || {
                     let ctx = Context::with_receiver(rx);
-                    let room = Room::new(
-                        owned,
-                        room_id,
-                        epoch,
-                        last_offset,
-                        limits,
-                        registry,
-                        metrics,
-                    );
+                    let room = Room::new(owned, room_id, start, limits, registry, metrics);
                     actix::spawn(ctx.into_future(room));
                 });
-                let addr = Addr::new(tx);
                 self.metrics.rooms.fetch_add(1, Relaxed);
                 slot.insert(Entry {
                     addr,
+                    log,
                     room_id,
                     routed: 0,
                 })
@@ -240,9 +248,15 @@ impl Handler<JoinRoom> for RoomRegistry {
         let entry = self.room(&msg.room, ctx);
         entry.routed += 1;
         let fut = entry.addr.send(msg);
+        let lane = entry.log.clone();
         Box::pin(async move {
-            fut.await
-                .unwrap_or_else(|e| Err(Refusal::unavailable("room", e)))
+            let joined = fut
+                .await
+                .unwrap_or_else(|e| Err(Refusal::unavailable("room", e)))?;
+            Ok(Joined {
+                lane: Some(lane),
+                ..joined
+            })
         })
     }
 }
@@ -269,54 +283,31 @@ impl Handler<LeaveRoom> for RoomRegistry {
     }
 }
 
-impl Handler<Publish> for RoomRegistry {
-    type Result = RoutePublish;
+impl Handler<RoutePublish> for RoomRegistry {
+    type Result = OrderIn;
 
-    fn handle(&mut self, msg: Publish, ctx: &mut Context<Self>) -> RoutePublish {
-        let entry = if msg.member_check.is_some() {
-            // A member-only publish never creates a room: no room means not a member.
-            match self.existing(&msg.room) {
-                Some(e) => e,
-                None => {
-                    return RoutePublish::Refused(Refusal::new(
-                        ErrorCode::NotMember,
-                        format!("join {} before publishing to it", msg.room),
-                    ))
-                }
-            }
-        } else {
-            self.room(&msg.room, ctx)
-        };
+    fn handle(&mut self, msg: RoutePublish, ctx: &mut Context<Self>) -> OrderIn {
+        let entry = self.room(&msg.envelope.room, ctx);
         entry.routed += 1;
-        RoutePublish::Forward(entry.addr.clone(), msg)
+        OrderIn(entry.log.clone(), msg)
     }
 }
 
-/// The registry's answer to a publish: refused here, or forwarded to its room together with
-/// the publisher's reply channel, so the room answers the publisher directly and no future
-/// waits in the registry (with thousands of publishes a second in flight, those futures were
-/// all polled on every wake-up of the registry's context).
-pub enum RoutePublish {
-    Refused(Refusal),
-    Forward(Addr<Room>, Publish),
-}
+/// The registry's answer to a routed publish: order it in its room's log together with the
+/// publisher's reply channel, so the room answers the publisher directly and no future waits in
+/// the registry (with thousands of publishes a second in flight, those futures were all polled
+/// on every wake-up of the registry's context).
+pub struct OrderIn(Arc<RoomLog>, RoutePublish);
 
-impl actix::dev::MessageResponse<RoomRegistry, Publish> for RoutePublish {
+impl actix::dev::MessageResponse<RoomRegistry, RoutePublish> for OrderIn {
     fn handle(
         self,
         _ctx: &mut Context<RoomRegistry>,
-        tx: Option<actix::dev::OneshotSender<Result<u64, Refusal>>>,
+        tx: Option<actix::dev::OneshotSender<Result<Position, Refusal>>>,
     ) {
-        match self {
-            RoutePublish::Refused(refusal) => {
-                if let Some(tx) = tx {
-                    let _ = tx.send(Err(refusal));
-                }
-            }
-            // A room that stopped drops the message and with it `tx`: the publisher's send
-            // then fails, which it reports as `unavailable`, as before.
-            RoutePublish::Forward(room, msg) => room.do_send(Routed { msg, reply: tx }),
-        }
+        let OrderIn(log, msg) = self;
+        // A refusal (the room stopped) is answered on `tx`, or logged when nobody waits.
+        let _ = log.order(msg.envelope, msg.received_at, true, tx);
     }
 }
 
@@ -389,19 +380,7 @@ impl Handler<RoomIdle> for RoomRegistry {
         if let Some(entry) = self.rooms.remove(&msg.name) {
             entry.addr.do_send(CloseRoom);
             self.metrics.rooms.fetch_sub(1, Relaxed);
-            if self.tombstones.len() >= MAX_TOMBSTONES {
-                let forget: Vec<String> = self
-                    .tombstones
-                    .keys()
-                    .take(MAX_TOMBSTONES / 2)
-                    .cloned()
-                    .collect();
-                for k in forget {
-                    self.tombstones.remove(&k);
-                }
-            }
-            self.tombstones
-                .insert(msg.name, (msg.epoch, msg.last_offset));
+            self.log.retire(msg.name, &entry.log);
         }
     }
 }
@@ -456,7 +435,8 @@ impl Handler<QueryHistory> for RoomRegistry {
     }
 }
 
-/// Single-node [`Broker`]: the local registry is the source of order.
+/// Single-node [`Broker`]: this node's registry routes, each room's [`RoomLog`] orders. Also the
+/// single-node presence and history views: it asks the rooms.
 pub struct LocalBroker {
     registry: Addr<RoomRegistry>,
 }
@@ -467,25 +447,67 @@ impl LocalBroker {
     }
 }
 
+/// What a caller of the local broker is told when the registry itself is gone.
+fn registry_gone(e: MailboxError) -> Refusal {
+    Refusal::unavailable("registry", e)
+}
+
 impl Broker for LocalBroker {
-    fn publish(&self, msg: Publish) -> PublishFuture {
-        let fut = self.registry.send(msg);
-        Box::pin(async move {
-            fut.await
-                .unwrap_or_else(|e| Err(Refusal::unavailable("registry", e)))
-        })
+    fn publish(&self, envelope: Envelope) -> PublishFuture {
+        // `send` enqueues now (the registry's mailbox is unbounded): the caller's order.
+        let fut = self.registry.send(RoutePublish {
+            envelope,
+            received_at: Instant::now(),
+        });
+        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(registry_gone(e))) })
     }
 
-    fn publish_and_forget(&self, msg: Publish) {
-        // No reply channel at all: the room logs a refusal itself.
-        self.registry.do_send(msg);
+    fn publish_and_forget(&self, envelope: Envelope) {
+        // No reply channel at all: a refusal is logged where it happens.
+        self.registry.do_send(RoutePublish {
+            envelope,
+            received_at: Instant::now(),
+        });
+    }
+
+    fn join(&self, join: JoinRoom) -> JoinFuture {
+        let fut = self.registry.send(join);
+        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(registry_gone(e))) })
+    }
+
+    fn leave(&self, leave: LeaveRoom) -> LeaveFuture {
+        let fut = self.registry.send(leave);
+        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(registry_gone(e))) })
+    }
+
+    fn leave_all(&self, session: SessionId, rooms: Vec<String>) {
+        self.registry.do_send(LeaveAll { session, rooms });
     }
 
     fn name(&self) -> &'static str {
         "local"
     }
+}
 
-    fn members_publish_directly(&self) -> bool {
-        true
+impl PresenceView for LocalBroker {
+    fn presence(&self, room: String) -> ViewFuture<Result<Option<Vec<UserInfo>>, Refusal>> {
+        let fut = self.registry.send(QueryPresence { room });
+        Box::pin(async move { fut.await.map_err(registry_gone) })
+    }
+
+    fn rooms(&self) -> ViewFuture<Result<Vec<RoomInfo>, Refusal>> {
+        let fut = self.registry.send(ListRooms);
+        Box::pin(async move { fut.await.map_err(registry_gone) })
+    }
+}
+
+impl HistoryView for LocalBroker {
+    fn history(
+        &self,
+        room: String,
+        after: Option<u64>,
+    ) -> ViewFuture<Result<Option<HistoryPage>, Refusal>> {
+        let fut = self.registry.send(QueryHistory { room, after });
+        Box::pin(async move { fut.await.map_err(registry_gone) })
     }
 }

@@ -1,9 +1,11 @@
-//! The room actor: offsets, bounded history, retained state and fan-out. Who is present and
+//! The room actor: delivery of what the broker ordered, bounded history, retained state and
+//! fan-out. Who is present and
 //! when that is announced is up to `room/presence.rs` (a plain struct the room owns); the
 //! room delivers its announcements.
 //!
-//! In: [`JoinRoom`], [`LeaveRoom`], [`Publish`], [`GetRoomInfo`], [`GetPresence`],
-//! [`GetHistory`] (all routed here by the registry), [`CloseRoom`].
+//! In: [`Ordered`] (a message in its place in the room's order, from the broker's
+//! `RoomLog`), [`JoinRoom`], [`LeaveRoom`], [`GetRoomInfo`], [`GetPresence`], [`GetHistory`]
+//! (routed here by the registry), [`CloseRoom`].
 //! Out: frames pushed into member outboxes; [`Evicted`] to sessions it drops;
 //! [`RoomIdle`] to the registry when it has neither members nor history.
 //!
@@ -11,10 +13,13 @@
 //! count) pushed into its outbox. A member whose outbox is full is evicted on the spot, so a slow
 //! client never holds the room up.
 //!
-//! Why this file is one piece (about 870 lines, a fifth of them the messages): the offset
-//! counter, the history and the member table change together under one invariant — a joiner's
-//! replay and the live messages after it have no gap and no duplicate — and every handler reads
-//! or changes all three; the fan-out is the loop over that member table.
+//! The room does not number messages: the broker did (`broker::local::RoomLog`), and the room
+//! checks that what it delivers continues what it delivered before (see `Room::continue_at`).
+//!
+//! Why this file is one piece (about 850 lines): the delivered position, the history and the
+//! member table change together under one invariant — a joiner's replay and the live messages
+//! after it have no gap and no duplicate — and every handler reads or changes all three; the
+//! fan-out is the loop over that member table.
 
 mod presence;
 
@@ -26,19 +31,20 @@ use actix::prelude::*;
 use actix::WeakAddr;
 use actix_http::ws::CloseCode;
 use bytes::Bytes;
-use serde::Serialize;
 use serde_json::value::RawValue;
 
 use self::presence::{Flush, Presence};
 use super::{EvictReason, Evicted, Member, SessionId};
-// `Publish` is the broker's message (defined there, so the broker never names the actors);
-// re-exported here, where the actors that publish have always found it.
 use crate::auth::UserInfo;
-pub use crate::broker::Publish;
+use crate::broker::local::Ordered;
+use crate::broker::Position;
+// Membership and the views are the broker's vocabulary (defined there, so the broker never
+// names the actors); re-exported here, where the actors have always found them.
+pub use crate::broker::{HistoryPage, JoinRoom, Joined, LeaveRoom, RoomInfo};
 use crate::error_code::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
-use crate::protocol::native::{self, RequestId, Since};
-use crate::protocol::{Backfill, Encoded, Event, JoinAnswer, Wire};
+use crate::protocol::native;
+use crate::protocol::{Encoded, Event, JoinAnswer, Wire};
 use crate::transport::outbox::Frame;
 use crate::transport::outbox::PushError;
 
@@ -47,53 +53,10 @@ pub const CLOSE_SLOW_CONSUMER: u16 = 4008;
 
 // ---- messages ------------------------------------------------------------------------------
 
-/// Session → Registry → Room: add `member`, reply with the room position. The room itself queues
-/// the `joined` frame, the replay and the retained message into the member's outbox, so no live
-/// message can arrive before them.
-#[derive(Message)]
-#[rtype(result = "Result<Joined, Refusal>")]
-pub struct JoinRoom {
-    pub room: String,
-    pub member: Member,
-    pub since: Option<Since>,
-    pub request_id: Option<RequestId>,
-    /// Frames for this joiner ahead of live traffic (an operation's snapshot and missed logs),
-    /// computed by whoever owns that state. When set, `since` is not used: `recovered` is
-    /// `backfill_complete`.
-    pub backfill: Option<Vec<Backfill>>,
-    pub backfill_complete: bool,
-}
-
-#[derive(Debug, Clone)]
-pub struct Joined {
-    pub epoch: Arc<str>,
-    pub offset: u64,
-    pub recovered: bool,
-    /// The room itself: a member publishes to it directly (see `Publish::direct`).
-    pub addr: Addr<Room>,
-}
-
-/// Session → Registry → Room: remove the session. `Err(not_member)` if it was not in the room.
-#[derive(Message)]
-#[rtype(result = "Result<(), Refusal>")]
-pub struct LeaveRoom {
-    pub room: String,
-    pub session: SessionId,
-}
-
 /// Registry → Room: name, members, last offset.
 #[derive(Message)]
 #[rtype(result = "RoomInfo")]
 pub struct GetRoomInfo;
-
-#[derive(Debug, Clone, Serialize)]
-pub struct RoomInfo {
-    pub name: String,
-    pub members: usize,
-    pub users: usize,
-    pub epoch: String,
-    pub offset: u64,
-}
 
 /// Registry → Room: the distinct users present.
 #[derive(Message)]
@@ -107,16 +70,6 @@ pub struct GetHistory {
     pub after: Option<u64>,
 }
 
-#[derive(Debug, Clone)]
-pub struct HistoryPage {
-    pub epoch: String,
-    pub offset: u64,
-    /// True when every message after `after` is included (nothing was trimmed away).
-    pub complete: bool,
-    /// Encoded `message` frames, oldest first.
-    pub messages: Vec<Bytes>,
-}
-
 /// Room → Registry: I have no members and no history. The registry retires the room only if
 /// `routed_seen` matches what it routed there (nothing is in flight).
 #[derive(Message)]
@@ -125,8 +78,6 @@ pub struct RoomIdle {
     pub name: String,
     pub room_id: u64,
     pub routed_seen: u64,
-    pub epoch: Arc<str>,
-    pub last_offset: u64,
 }
 
 /// Registry → Room: you are retired (only sent after a matching [`RoomIdle`]).
@@ -193,10 +144,10 @@ pub struct Room {
     name: Arc<str>,
     /// Registry-assigned instance number; distinguishes a re-created room from its predecessor.
     room_id: u64,
-    /// Changes whenever history continuity is lost (a new process, a room re-created after its
-    /// tombstone was forgotten). Offsets are only comparable within one epoch.
+    /// The epoch of what this room delivers, from the broker (it changes whenever the broker
+    /// cannot promise continuity). Offsets are only comparable within one epoch.
     epoch: Arc<str>,
-    /// Offset of the last message; the next one gets `last_offset + 1`.
+    /// Offset of the last message delivered; the broker's next one is `last_offset + 1`.
     last_offset: u64,
     /// Oldest first; bounded by `limits.history_size`, `limits.history_ttl`,
     /// `limits.history_max_bytes`, and together with every other room's by
@@ -235,8 +186,7 @@ impl Room {
     pub fn new(
         name: String,
         room_id: u64,
-        epoch: Arc<str>,
-        last_offset: u64,
+        start: Position,
         limits: RoomLimits,
         registry: Recipient<RoomIdle>,
         metrics: Arc<Metrics>,
@@ -250,8 +200,8 @@ impl Room {
         Self {
             name: name.into(),
             room_id,
-            epoch,
-            last_offset,
+            epoch: start.epoch,
+            last_offset: start.offset,
             history: VecDeque::new(),
             history_bytes: 0,
             retained: None,
@@ -516,8 +466,6 @@ impl Room {
                 name: self.name.to_string(),
                 room_id: self.room_id,
                 routed_seen: self.routed_seen,
-                epoch: self.epoch.clone(),
-                last_offset: self.last_offset,
             });
         }
     }
@@ -554,7 +502,7 @@ impl Actor for Room {
 impl Handler<JoinRoom> for Room {
     type Result = Result<Joined, Refusal>;
 
-    fn handle(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) -> Self::Result {
+    fn handle(&mut self, msg: JoinRoom, _ctx: &mut Context<Self>) -> Self::Result {
         self.routed_seen += 1;
         self.trim_history();
         let member = msg.member;
@@ -648,10 +596,13 @@ impl Handler<JoinRoom> for Room {
             user.id
         );
         Ok(Joined {
-            epoch: self.epoch.clone(),
-            offset: self.last_offset,
+            position: Position {
+                epoch: self.epoch.clone(),
+                offset: self.last_offset,
+            },
             recovered,
-            addr: ctx.address(),
+            // The registry adds the room's lane (it holds the room's log).
+            lane: None,
         })
     }
 }
@@ -684,53 +635,77 @@ impl Handler<LeaveRoom> for Room {
     }
 }
 
-/// A publish routed by the registry, with the publisher's reply channel (none when nobody
-/// waits). The registry forwards this instead of waiting for the room's answer itself: a future
-/// per publish in the registry's context would be polled on every wake-up of that context.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct Routed {
-    pub msg: Publish,
-    pub reply: Option<actix::dev::OneshotSender<Result<u64, Refusal>>>,
+impl Room {
+    /// Where a message the broker ordered stands against what this room delivered: the next
+    /// offset of the same epoch is the only normal case. Anything else means the room missed
+    /// part of the order (the local log makes this impossible; a shared log's consumer can see
+    /// it after an outage) or the broker started a new epoch. Either way the history before it
+    /// no longer continues, so it is dropped: a resume from before answers `recovered: false`
+    /// instead of skipping silently over what is missing. A message already delivered (an
+    /// offset at or before ours in the same epoch) is not delivered again.
+    fn continue_at(&mut self, at: &Position) -> bool {
+        if *at.epoch == *self.epoch {
+            if at.offset == self.last_offset + 1 {
+                return true;
+            }
+            if at.offset <= self.last_offset {
+                log::warn!(
+                    "room {}: offset {} delivered again (at {}); dropped",
+                    self.name,
+                    at.offset,
+                    self.last_offset
+                );
+                return false;
+            }
+            log::warn!(
+                "room {}: gap in the order ({} after {}); history before it is dropped",
+                self.name,
+                at.offset,
+                self.last_offset
+            );
+        } else {
+            log::warn!(
+                "room {}: new epoch {} (was {}); history of the old one is dropped",
+                self.name,
+                at.epoch,
+                self.epoch
+            );
+            self.epoch = at.epoch.clone();
+        }
+        while self.drop_oldest() {}
+        self.retained = None;
+        true
+    }
 }
 
-impl Handler<Routed> for Room {
+impl Handler<Ordered> for Room {
     type Result = ();
 
-    fn handle(&mut self, routed: Routed, ctx: &mut Context<Self>) {
-        let result = <Self as Handler<Publish>>::handle(self, routed.msg, ctx);
-        match routed.reply {
-            Some(tx) => {
-                let _ = tx.send(result);
-            }
-            None => {
-                if let Err(e) = result {
-                    log::warn!(
-                        "room {}: a publish nobody waits for was refused: {e}",
-                        self.name
-                    );
-                }
-            }
+    fn handle(&mut self, o: Ordered, _ctx: &mut Context<Self>) {
+        self.deliver(o.envelope, &o.position, o.received_at, o.routed);
+        if let Some(tx) = o.reply {
+            // The publisher may have stopped waiting; nothing to tell then.
+            let _ = tx.send(Ok(o.position));
         }
     }
 }
 
-impl Handler<Publish> for Room {
-    type Result = Result<u64, Refusal>;
-
-    fn handle(&mut self, msg: Publish, _ctx: &mut Context<Self>) -> Self::Result {
-        if !msg.direct {
+impl Room {
+    /// Delivers one ordered message: history, the retained message, fan-out.
+    fn deliver(
+        &mut self,
+        msg: crate::broker::Envelope,
+        at: &Position,
+        received_at: Instant,
+        routed: bool,
+    ) {
+        if routed {
             self.routed_seen += 1;
         }
-        if let Some(s) = msg.member_check {
-            if !self.members.contains_key(&s) {
-                return Err(Refusal::new(
-                    ErrorCode::NotMember,
-                    format!("join {} before publishing to it", self.name),
-                ));
-            }
+        if !self.continue_at(at) {
+            return;
         }
-        self.last_offset += 1;
+        self.last_offset = at.offset;
         let offset = self.last_offset;
         let msg_conflate = msg.conflate;
         let frame = native::message_with(
@@ -766,9 +741,7 @@ impl Handler<Publish> for Room {
         self.metrics
             .publishes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.metrics
-            .observe_publish_latency(msg.received_at.elapsed());
-        Ok(offset)
+        self.metrics.observe_publish_latency(received_at.elapsed());
     }
 }
 

@@ -11,8 +11,8 @@ use actix::prelude::*;
 use serde::Serialize;
 use serde_json::value::RawValue;
 
-use super::room::Publish;
 use crate::broker::Broker;
+use crate::broker::Envelope;
 use crate::metrics::Metrics;
 
 pub const SYSTEM_ROOM: &str = "system";
@@ -68,10 +68,9 @@ impl StatsPublisher {
             Ok(Ok(raw)) => raw,
             _ => return,
         };
-        let fut = self.broker.publish(Publish {
+        let fut = self.broker.publish(Envelope {
             retain: true,
-            received_at: now,
-            ..Publish::new(SYSTEM_ROOM, "stats", data)
+            ..Envelope::new(SYSTEM_ROOM, "stats", data)
         });
         ctx.spawn(
             async move {

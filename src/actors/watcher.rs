@@ -18,9 +18,10 @@ use actix::prelude::*;
 use actix_http::ws::CloseCode;
 
 use super::operation_manager::{OperationManager, WatchOperation};
-use super::registry::{LeaveAll, RoomRegistry, SessionClosed, SessionOpened};
+use super::registry::{RoomRegistry, SessionClosed, SessionOpened};
 use super::{Evicted, Member, ServerShutdown, SessionId};
 use crate::auth::UserInfo;
+use crate::broker::Broker;
 use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::protocol::{sse, Wire};
@@ -35,8 +36,10 @@ const GONE_CHECK: Duration = Duration::from_secs(1);
 pub struct WatcherDeps {
     /// The keepalive interval (`SWITCHYARD_HEARTBEAT_INTERVAL`).
     pub settings: Arc<Settings>,
-    /// The session table (`SessionOpened`/`SessionClosed`) and leaving the room at the end.
+    /// The session table (`SessionOpened`/`SessionClosed`).
     pub registry: Addr<RoomRegistry>,
+    /// Leaving the room at the end.
+    pub broker: Arc<dyn Broker>,
     /// Where the watch goes: it joins the operation's room through its actor (or the database).
     pub operations: Addr<OperationManager>,
     /// The connection count.
@@ -157,10 +160,7 @@ impl Actor for Watcher {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.deps.registry.do_send(LeaveAll {
-            session: self.id,
-            rooms: vec![self.room()],
-        });
+        self.deps.broker.leave_all(self.id, vec![self.room()]);
         self.deps
             .registry
             .do_send(SessionClosed { session: self.id });

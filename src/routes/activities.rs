@@ -1,13 +1,11 @@
 //! The activity feed: `POST /api/activities` stores and broadcasts, `GET` pages backwards.
 
-use std::time::Instant;
-
 use actix_web::{http::header, web, HttpResponse};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{next_before, page_limit, Caller};
-use crate::broker::Publish;
+use crate::broker::Envelope;
 use crate::db::activities::{self, Activity, NewActivity};
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
@@ -43,7 +41,6 @@ pub async fn create(
     body: web::Json<NewActivityBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let received_at = Instant::now();
     caller
         .identity
         .require(caller.identity.may_post_activity(), "post activities")?;
@@ -77,10 +74,9 @@ pub async fn create(
     let rooms = std::iter::once(ACTIVITY_ROOM.to_string()).chain(project_room);
     for room in rooms {
         let data = RawValue::from_string(json.clone()).map_err(|e| AppError::Internal(e.into()))?;
-        let publish = state.broker.publish(Publish {
+        let publish = state.broker.publish(Envelope {
             from: caller.from_user(),
-            received_at,
-            ..Publish::new(room, "activity.created", data)
+            ..Envelope::new(room, "activity.created", data)
         });
         if let Err(e) = publish.await {
             // Stored but not broadcast: clients still see it on their next page load.

@@ -1,15 +1,12 @@
 //! Room endpoints: publish, list, presence, history.
 
-use std::time::Instant;
-
 use actix_web::{web, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::{room_name, Caller};
-use crate::actors::registry::{ListRooms, QueryHistory, QueryPresence};
-use crate::broker::Publish;
-use crate::error::{AppError, ErrorCode, Refusal};
+use crate::broker::Envelope;
+use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
 
 #[derive(Deserialize)]
@@ -31,7 +28,6 @@ pub async fn publish(
     body: web::Json<PublishBody>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let received_at = Instant::now();
     let room = room_name(&path)?;
     caller.identity.require(
         caller.identity.may_publish(&room),
@@ -53,12 +49,12 @@ pub async fn publish(
     };
     let offset = state
         .broker
-        .publish(Publish {
+        .publish(Envelope {
             from: caller.from_user(),
-            received_at,
-            ..Publish::new(room.clone(), body.event, data)
+            ..Envelope::new(room.clone(), body.event, data)
         })
-        .await?;
+        .await?
+        .offset;
     Ok(HttpResponse::Ok().json(Published {
         room: &room,
         offset,
@@ -69,11 +65,7 @@ pub async fn list(caller: Caller, state: web::Data<AppState>) -> Result<HttpResp
     caller
         .identity
         .require(caller.identity.may_manage(), "list rooms")?;
-    let rooms = state
-        .registry
-        .send(ListRooms)
-        .await
-        .map_err(|e| Refusal::unavailable("registry", e))?;
+    let rooms = state.presence.rooms().await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "rooms": rooms })))
 }
 
@@ -87,10 +79,9 @@ pub async fn presence(
         .identity
         .require(caller.identity.may_join(&room), &format!("see {room}"))?;
     let users = state
-        .registry
-        .send(QueryPresence { room: room.clone() })
-        .await
-        .map_err(|e| Refusal::unavailable("registry", e))?
+        .presence
+        .presence(room.clone())
+        .await?
         .unwrap_or_default();
     Ok(HttpResponse::Ok().json(serde_json::json!({ "room": room, "presence": users })))
 }
@@ -120,14 +111,7 @@ pub async fn history(
     caller
         .identity
         .require(caller.identity.may_join(&room), &format!("see {room}"))?;
-    let page = state
-        .registry
-        .send(QueryHistory {
-            room: room.clone(),
-            after: query.after,
-        })
-        .await
-        .map_err(|e| Refusal::unavailable("registry", e))?;
+    let page = state.history.history(room.clone(), query.after).await?;
     let body = match page {
         None => HistoryBody {
             room: &room,

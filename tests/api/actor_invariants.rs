@@ -3,9 +3,9 @@
 //! Each test starts a [`RoomRegistry`] (and through it the [`Room`]s) inside the test's actix
 //! system and plugs in probe members: a [`Member`] whose outbox the test drains and decodes,
 //! whose `Evicted` goes to a probe actor. Publishers send the way the server's own callers do:
-//! through the [`LocalBroker`] (the registry route) or, once their join answer is back, straight
-//! to the room's address (`Publish::direct`, as `actors/session/publish.rs` does). Every wait has
-//! a timeout; nothing sleeps.
+//! through the [`LocalBroker`] (the registry route) or, once their join answer is back, through
+//! the lane it carries (`Joined::lane`, as `actors/session/publish.rs` does). Every wait has a
+//! timeout; nothing sleeps.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
@@ -15,10 +15,10 @@ use actix::prelude::*;
 use futures_util::future::{join_all, poll_fn};
 use serde_json::{json, value::RawValue, Value};
 use switchyard::actors::registry::{ListRooms, LocalBroker, QueryPresence, RoomRegistry};
-use switchyard::actors::room::{CloseRoom, JoinRoom, Joined, LeaveRoom, Publish, RoomLimits};
+use switchyard::actors::room::{JoinRoom, Joined, LeaveRoom, RoomLimits};
 use switchyard::actors::{next_session_id, Evicted, Member, SessionId};
 use switchyard::auth::UserInfo;
-use switchyard::broker::{Broker, PublishFuture};
+use switchyard::broker::{Broker, Envelope, PublishFuture};
 use switchyard::error_code::ErrorCode;
 use switchyard::metrics::Metrics;
 use switchyard::protocol::{Since, Wire};
@@ -163,23 +163,17 @@ fn data(v: Value) -> Box<RawValue> {
 }
 
 /// A publish by publisher `p`, its `i`th message.
-fn tagged(room: &str, p: usize, i: usize) -> Publish {
-    Publish::new(room, "m", data(json!({ "p": p, "i": i })))
+fn tagged(room: &str, p: usize, i: usize) -> Envelope {
+    Envelope::new(room, "m", data(json!({ "p": p, "i": i })))
 }
 
-/// A member's publish straight to its room's address, as a session does after its join answer.
-fn direct(joined: &Joined, mut msg: Publish, session: SessionId) -> PublishFuture {
-    msg.direct = true;
-    msg.member_check = Some(session);
-    let fut = joined.addr.send(msg);
-    Box::pin(async move {
-        fut.await.unwrap_or_else(|_| {
-            Err(switchyard::error_code::Refusal::new(
-                ErrorCode::Unavailable,
-                "room unavailable",
-            ))
-        })
-    })
+/// A member's publish through the lane its join answer carries, as a session does.
+fn direct(joined: &Joined, msg: Envelope) -> PublishFuture {
+    joined
+        .lane
+        .as_ref()
+        .expect("the local broker gives a joiner a lane")
+        .publish(msg)
 }
 
 async fn all_ok(futs: Vec<PublishFuture>) -> Vec<u64> {
@@ -187,7 +181,7 @@ async fn all_ok(futs: Vec<PublishFuture>) -> Vec<u64> {
         .await
         .expect("every publish answered in time")
         .into_iter()
-        .map(|r| r.expect("publish accepted"))
+        .map(|r| r.expect("publish accepted").offset)
         .collect()
 }
 
@@ -215,21 +209,23 @@ async fn offsets_are_contiguous_and_every_member_sees_one_order() {
     for m in &members {
         joins.push(m.join(&registry, ROOM).await);
     }
-    let epoch = joins[0].epoch.clone();
-    assert!(joins.iter().all(|j| j.epoch == epoch && j.offset == 0));
+    let epoch = joins[0].position.epoch.clone();
+    assert!(joins
+        .iter()
+        .all(|j| j.position.epoch == epoch && j.position.offset == 0));
 
     // Publishers 0 and 1 go through the broker (the registry route), 2 and 3 are members 0
     // and 1 publishing straight to the room; all four at once, none awaiting between sends.
     let mut tasks = Vec::new();
     for p in 0..4usize {
         let broker = broker.clone();
-        let route = (p >= 2).then(|| (joins[p - 2].clone(), members[p - 2].session));
+        let route = (p >= 2).then(|| joins[p - 2].clone());
         tasks.push(actix::spawn(async move {
             let mut futs: Vec<PublishFuture> = Vec::with_capacity(PER_PUBLISHER);
             for i in 0..PER_PUBLISHER {
                 let msg = tagged(ROOM, p, i);
                 futs.push(match &route {
-                    Some((joined, session)) => direct(joined, msg, *session),
+                    Some(joined) => direct(joined, msg),
                     None => broker.publish(msg),
                 });
                 if i % 20 == 19 {
@@ -302,7 +298,7 @@ async fn each_publisher_is_delivered_in_the_order_it_sent_across_both_routes() {
     // ... then publishes straight to the room, then through the registry again (as after a
     // leave), interleaved with publisher 2, nobody awaiting between sends.
     for i in BURST..2 * BURST {
-        straight.push(direct(&joined, tagged(ROOM, 1, i), publisher.session));
+        straight.push(direct(&joined, tagged(ROOM, 1, i)));
         routed.push(broker.publish(tagged(ROOM, 2, i)));
     }
     for i in 2 * BURST..3 * BURST {
@@ -344,14 +340,16 @@ async fn a_room_retired_while_publishes_are_in_flight_loses_none_and_reuses_no_o
     let mut answered: Vec<u64> = Vec::new();
     let mut epochs = HashSet::new();
     let mut instances = 0;
-    let mut last_addr: Option<Addr<switchyard::actors::room::Room>> = None;
+    // Each room instance has its own log (its lane): a new one means the room was re-created.
+    let mut last_lane: Option<Arc<switchyard::broker::local::RoomLog>> = None;
     let mut next_i = 0usize;
     for round in 0..ROUNDS {
         let joined = member.join(&registry, ROOM).await;
-        epochs.insert(joined.epoch.to_string());
-        if last_addr.as_ref() != Some(&joined.addr) {
+        epochs.insert(joined.position.epoch.to_string());
+        let lane = joined.lane.clone().expect("a lane");
+        if !last_lane.as_ref().is_some_and(|l| Arc::ptr_eq(l, &lane)) {
             instances += 1;
-            last_addr = Some(joined.addr.clone());
+            last_lane = Some(lane);
         }
         // A burst while the member is in the room, its leave, and (in two rounds of three) a
         // burst behind the leave: in flight when the room reports idle.
@@ -380,7 +378,8 @@ async fn a_room_retired_while_publishes_are_in_flight_loses_none_and_reuses_no_o
         assert_eq!(got, during, "round {round}: the member got every message");
         assert_eq!(
             during,
-            (joined.offset + 1..=joined.offset + BURST as u64).collect::<Vec<_>>(),
+            (joined.position.offset + 1..=joined.position.offset + BURST as u64)
+                .collect::<Vec<_>>(),
             "round {round}: offsets continue from the join answer"
         );
         // Nothing else (the burst behind the leave is not for it).
@@ -426,7 +425,7 @@ async fn a_room_is_not_retired_while_it_holds_history_so_a_late_joiner_can_resum
     let mut late = Probe::new("late");
     let msg = JoinRoom {
         since: Some(Since {
-            epoch: joined.epoch.to_string(),
+            epoch: joined.position.epoch.to_string(),
             offset: 0,
         }),
         ..late.join_msg(ROOM)
@@ -437,7 +436,7 @@ async fn a_room_is_not_retired_while_it_holds_history_so_a_late_joiner_can_resum
         .expect("registry reachable")
         .expect("join accepted");
     assert!(resumed.recovered, "nothing was lost");
-    assert_eq!(resumed.offset, BURST as u64);
+    assert_eq!(resumed.position.offset, BURST as u64);
     let got: Vec<u64> = late.messages(BURST).await.iter().map(offset).collect();
     assert_eq!(got, (1..=BURST as u64).collect::<Vec<_>>());
 }
@@ -524,7 +523,7 @@ async fn a_user_with_several_connections_is_present_once() {
 async fn presence_until_marker(observer: &mut Probe, broker: &LocalBroker, m: u64) -> Vec<Value> {
     tokio::time::timeout(
         WAIT,
-        broker.publish(Publish::new(ROOM, "marker", data(json!(m)))),
+        broker.publish(Envelope::new(ROOM, "marker", data(json!(m)))),
     )
     .await
     .expect("marker answered")
@@ -547,39 +546,36 @@ async fn presence_until_marker(observer: &mut Probe, broker: &LocalBroker, m: u6
 
 // ---- 5. the broker contract ----------------------------------------------------------------
 
+/// The broker numbers messages, not the room: every publish is answered with the room's epoch
+/// (the one a join reports) and its offset, and a re-created room continues both.
 #[actix_web::test]
-async fn a_member_only_publish_to_a_room_nobody_joined_is_refused_and_creates_no_room() {
-    let registry = registry(0, 100);
+async fn the_broker_answers_each_publish_with_the_rooms_epoch_and_offset() {
+    let registry = registry(0, 0);
     let broker = LocalBroker::new(registry.clone());
-    let msg = Publish {
-        member_check: Some(next_session_id()),
-        ..tagged(ROOM, 0, 0)
-    };
-    let refusal = tokio::time::timeout(WAIT, broker.publish(msg))
+    let first = tokio::time::timeout(WAIT, broker.publish(tagged(ROOM, 0, 0)))
         .await
         .expect("answered in time")
-        .expect_err("refused");
-    assert_eq!(refusal.code, ErrorCode::NotMember);
-    let rooms = registry.send(ListRooms).await.unwrap();
-    assert!(rooms.is_empty(), "no room created: {rooms:?}");
-
-    // A room that exists, by a session that is not in it: refused by the room.
-    let mut observer = Probe::new("observer");
-    observer.join(&registry, ROOM).await;
-    let msg = Publish {
-        member_check: Some(next_session_id()),
-        ..tagged(ROOM, 0, 1)
-    };
-    let refusal = tokio::time::timeout(WAIT, broker.publish(msg))
+        .expect("accepted");
+    assert_eq!(first.offset, 1);
+    let mut member = Probe::new("member");
+    let joined = member.join(&registry, ROOM).await;
+    assert_eq!(
+        joined.position, first,
+        "a join reports the broker's position"
+    );
+    let through_lane = direct(&joined, tagged(ROOM, 0, 1)).await.expect("accepted");
+    assert_eq!(through_lane.epoch, first.epoch);
+    assert_eq!(through_lane.offset, 2);
+    let got = member.messages(1).await;
+    assert_eq!(offset(&got[0]), 2);
+    assert_eq!(got[0]["data"], json!({"p": 0, "i": 1}));
+    // Another room has an epoch of its own.
+    let other = broker
+        .publish(tagged("elsewhere", 0, 0))
         .await
-        .expect("answered in time")
-        .expect_err("refused");
-    assert_eq!(refusal.code, ErrorCode::NotMember);
-    // Nothing was delivered or numbered: the next publish gets offset 1.
-    let next = broker.publish(tagged(ROOM, 0, 2)).await.expect("accepted");
-    assert_eq!(next, 1);
-    let got = observer.messages(1).await;
-    assert_eq!(tag(&got[0]), (0, 2));
+        .expect("accepted");
+    assert_ne!(other.epoch, first.epoch);
+    assert_eq!(other.offset, 1);
 }
 
 #[actix_web::test]
@@ -598,24 +594,38 @@ async fn a_publish_the_broker_cannot_deliver_is_refused_unavailable_never_left_h
     // Nobody waits for this one; it must not panic either.
     broker.publish_and_forget(tagged(ROOM, 0, 1));
 
-    // The registry is up but the room it routes to has stopped.
-    let registry = registry(0, 100);
-    let broker = LocalBroker::new(registry.clone());
+    // The registry is up, but a member holds the lane of a room that has since retired (it
+    // left, the room had nothing to keep, the registry closed it): its publish is refused.
+    let registry = registry(0, 0);
     let probe = Probe::new("member");
     let joined = probe.join(&registry, ROOM).await;
-    joined.addr.send(CloseRoom).await.expect("room was running");
-    let refusal = tokio::time::timeout(WAIT, broker.publish(tagged(ROOM, 0, 2)))
+    let lane = joined.lane.clone().expect("a lane");
+    registry
+        .send(probe.leave_msg(ROOM))
         .await
-        .expect("answered, not left hanging")
-        .expect_err("refused");
-    assert_eq!(refusal.code, ErrorCode::Unavailable);
-    // A member's direct publish to it: refused too.
-    let refusal = tokio::time::timeout(WAIT, direct(&joined, tagged(ROOM, 0, 3), probe.session))
+        .expect("registry reachable")
+        .expect("was a member");
+    let deadline = std::time::Instant::now() + WAIT;
+    while lane.is_open() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle room was not retired within {WAIT:?}"
+        );
+        tokio::task::yield_now().await;
+    }
+    let refusal = tokio::time::timeout(WAIT, direct(&joined, tagged(ROOM, 0, 3)))
         .await
         .expect("answered, not left hanging")
         .expect_err("refused");
     assert_eq!(refusal.code, ErrorCode::Unavailable);
     assert_eq!(probe.evicted.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // The room's next instance continues the order: nothing was numbered for the refusal.
+    let next = LocalBroker::new(registry.clone())
+        .publish(tagged(ROOM, 0, 4))
+        .await
+        .expect("accepted");
+    assert_eq!(next.offset, 1);
+    assert_eq!(next.epoch, joined.position.epoch);
 }
 
 #[actix_web::test]
@@ -676,13 +686,68 @@ async fn a_join_is_not_overtaken_by_publishes_sent_after_it_into_a_fresh_room() 
     all_ok(futs).await;
     let joined_first = join_first.await.unwrap().unwrap();
     let joined_second = join_second.await.unwrap().unwrap();
-    assert_eq!(joined_first.offset, 20);
+    assert_eq!(joined_first.position.offset, 20);
     let got: Vec<u64> = first.messages(5).await.iter().map(offset).collect();
     assert_eq!(got, [21, 22, 23, 24, 25]);
     assert_eq!(
-        joined_second.offset, 20,
+        joined_second.position.offset, 20,
         "the second join was sent before publishes 21..=25"
     );
     let got: Vec<u64> = second.messages(5).await.iter().map(offset).collect();
     assert_eq!(got, [21, 22, 23, 24, 25]);
+}
+
+// ---- the operation's case: one caller's events and a watcher's join --------------------------
+
+/// An operation hands the broker its events and a watcher's join (with the backfill it computed
+/// at that moment) without waiting between them. The watcher must get its backfill and then
+/// exactly the events handed over after the join: first in, first out per caller across
+/// `publish_and_forget` and `join` is what promises it — whether the room runs on the caller's
+/// thread or on another.
+#[actix_web::test]
+async fn a_callers_join_takes_its_place_between_its_publishes() {
+    for threads in [0, 2] {
+        let registry = registry(threads, 10_000);
+        let broker = LocalBroker::new(registry.clone());
+        let room = format!("operation:order-{threads}");
+        for i in 0..50 {
+            broker.publish_and_forget(tagged(&room, 0, i));
+        }
+        let mut watcher = Probe::new("watcher");
+        let join = broker.join(JoinRoom {
+            backfill: Some(vec![switchyard::protocol::Backfill {
+                event: "snapshot".into(),
+                data: data(json!({ "upto": 49 })),
+                seq: None,
+            }]),
+            backfill_complete: true,
+            ..watcher.join_msg(&room)
+        });
+        for i in 50..80 {
+            broker.publish_and_forget(tagged(&room, 0, i));
+        }
+        let joined = tokio::time::timeout(WAIT, join)
+            .await
+            .expect("join answered in time")
+            .expect("join accepted");
+        assert_eq!(
+            joined.position.offset, 50,
+            "rooms={threads}: joined after 50"
+        );
+        assert_eq!(watcher.next().await["type"], "joined");
+        let snapshot = watcher.next().await;
+        assert_eq!(snapshot["type"], "backfill", "rooms={threads}: {snapshot}");
+        assert_eq!(snapshot["data"], json!({ "upto": 49 }));
+        let got: Vec<u64> = watcher
+            .messages(30)
+            .await
+            .iter()
+            .map(|v| tag(v).1)
+            .collect();
+        assert_eq!(
+            got,
+            (50..80).collect::<Vec<u64>>(),
+            "rooms={threads}: exactly the events after the join, in order"
+        );
+    }
 }

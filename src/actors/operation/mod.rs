@@ -20,9 +20,9 @@
 //!   actor never names the manager).
 //!
 //! Invariants:
-//! * Every event this actor publishes, and every watcher join it sends, goes through the same
-//!   FIFO path (registry → room), so a watcher's backfill and the live events after it have no
-//!   gap and no duplicate.
+//! * Every event this actor publishes, and every watcher join it sends, is handed to the broker
+//!   by this one caller, whose contract keeps one caller's publishes and joins in call order; so
+//!   a watcher's backfill and the live events after it have no gap and no duplicate.
 //! * The terminal state is written to the database before the terminal event is published;
 //!   watchers that join in between are held until then.
 //! * Log offsets start at 1 and have no gaps (`journal::Journal::append`); every line is
@@ -56,10 +56,8 @@ use serde_json::Value;
 use self::journal::{Journal, JournalBounds};
 use self::messages::{Finished, ReportReply, Retired};
 use self::runners::Runner;
-use super::registry::RoomRegistry;
-use super::room::Publish;
 use super::Member;
-use crate::broker::Broker;
+use crate::broker::{Broker, Envelope};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::error::{ErrorCode, Refusal};
@@ -79,10 +77,9 @@ const OPERATIONS_ROOM_INTERVAL: Duration = Duration::from_millis(250);
 pub struct OpContext {
     /// Bounds and timings: log buffering, write batching, retention, timeouts.
     pub settings: Arc<Settings>,
-    /// Where an operation's events go (its own room and the `operations` room).
+    /// Where an operation's events go (its own room and the `operations` room), and its
+    /// watchers' joins: one caller, so the broker keeps them in one order.
     pub broker: Arc<dyn Broker>,
-    /// Joins of watchers to an operation's room.
-    pub registry: Addr<RoomRegistry>,
     /// Reads (a finished operation, listing, backfill from the log).
     pub db: Database,
     /// The single writer: every database write, group-committed (one transaction for every
@@ -242,18 +239,10 @@ impl OperationActor {
         seq: Option<u64>,
         conflate: bool,
     ) {
-        self.cx.broker.publish_and_forget(Publish {
-            room,
-            event: event.to_string(),
-            data,
-            from: None,
-            retain: false,
-            member_check: None,
-            received_at: Instant::now(),
+        self.cx.broker.publish_and_forget(Envelope {
             seq,
-            attachments: Vec::new(),
             conflate,
-            direct: false,
+            ..Envelope::new(room, event, data)
         });
     }
 

@@ -5,11 +5,12 @@
 //! come here through the manager like a session does.)
 //!
 //! In: [`Watch`] (the manager, for a session, an SSE stream or a per-operation WebSocket).
-//! Out: [`JoinRoom`] with the backfill, to the registry; database reads of older lines.
+//! Out: [`JoinRoom`] with the backfill, to the broker; database reads of older lines.
 //!
-//! Invariant: the join is sent through the same FIFO path (registry → room) as this actor's
-//! events, at a moment when the backfill ends exactly where the published events stand: no gap,
-//! no duplicate. A watcher arriving while the terminal state is being written waits
+//! Invariant: the join is handed to the broker by the same caller as this actor's events, at a
+//! moment when the backfill ends exactly where the published events stand, so the broker's
+//! contract (first in, first out per caller across publishes and joins) puts every event
+//! published before it ahead of the join and every later one after: no gap, no duplicate. A watcher arriving while the terminal state is being written waits
 //! (`deferred_watches`) until its event is published, so it gets that event once.
 
 use actix::prelude::*;
@@ -90,8 +91,8 @@ impl OperationActor {
             None
         };
         let backfill = backfill_frames(self.status_json(), after, lines, terminal);
-        // `send` enqueues now, behind every event already published: no gap, no duplicate.
-        let join = self.cx.registry.send(JoinRoom {
+        // Takes its place now, behind every event already published (the broker's contract).
+        let join = self.cx.broker.join(JoinRoom {
             room: self.op.room(),
             member: w.member,
             since: None,

@@ -12,9 +12,9 @@
 //!
 //! In: the `/ws` reader's messages (a stream) or [`Inbound`] requests and [`Disconnect`] from
 //! the Engine.IO session; [`Evicted`] from rooms, [`ReportAnswer`] from the operation manager,
-//! [`ServerShutdown`] from the registry. Out: [`JoinRoom`], [`LeaveRoom`], [`LeaveAll`] to the
-//! registry, publishes through the [`Broker`] or straight to a room,
-//! operation requests to the manager, [`SocketEnded`] to the Engine.IO session; frames into its
+//! [`ServerShutdown`] from the registry. Out: [`JoinRoom`], [`LeaveRoom`] and publishes to the
+//! [`Broker`] (a publish through the room's lane when the join gave one), `SessionOpened` and
+//! `SessionClosed` to the registry, operation requests to the manager, [`SocketEnded`] to the Engine.IO session; frames into its
 //! own outbox.
 //!
 //! Lifecycle and its undo: `started` registers with the registry and counts the connection;
@@ -45,10 +45,10 @@ use serde_json::value::RawValue;
 
 use super::operation_manager::OperationManager;
 use super::registry::RoomRegistry;
-use super::registry::{LeaveAll, SessionClosed, SessionOpened};
-use super::room::Room;
+use super::registry::{SessionClosed, SessionOpened};
 use super::{Member, ServerShutdown, SessionId};
 use crate::auth::{Authenticator, Identity};
+use crate::broker::local::RoomLog;
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::error::{ErrorCode, Refusal};
@@ -92,10 +92,11 @@ pub struct Session {
     /// Where this client's frames go: replies, and room traffic pushed by rooms.
     outbox: Arc<Outbox>,
     /// Rooms this session is a member of (invariant: the room has this session as a member, or
-    /// a leave for it is in flight), with the room's address where it was joined through the
-    /// registry: this session's publishes go there directly. (Operation rooms are joined
-    /// through their operation and carry none.)
-    rooms: HashMap<String, Option<Addr<Room>>>,
+    /// a leave for it is in flight), with the lane the broker gave the join, where this
+    /// session's publishes go without another hop. (Operation rooms are joined through their
+    /// operation, and a cluster broker gives no lane: those publishes go through the broker.)
+    /// Also the membership check of a publish: only a member may publish.
+    rooms: HashMap<String, Option<Arc<RoomLog>>>,
     /// Last time anything arrived from the client; the heartbeat drops the session when this is
     /// older than the timeout.
     last_seen: Instant,
@@ -122,9 +123,9 @@ pub struct Session {
 pub struct SessionDeps {
     /// Bounds and timings: frame sizes, heartbeat, auth timeout, rates, room caps.
     pub settings: Arc<Settings>,
-    /// Joins, leaves and the session table (`SessionOpened`/`SessionClosed`).
+    /// The session table (`SessionOpened`/`SessionClosed`), told to close at shutdown.
     pub registry: Addr<RoomRegistry>,
-    /// Where publishes go when the room is not joined here (or the broker wants them all).
+    /// Joins, leaves, and publishes that have no lane.
     pub broker: Arc<dyn Broker>,
     /// Connection and message counters, refusals by code.
     pub metrics: Arc<Metrics>,
@@ -349,10 +350,8 @@ impl Actor for Session {
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         let deps = &self.deps;
         if !self.rooms.is_empty() {
-            deps.registry.do_send(LeaveAll {
-                session: self.id,
-                rooms: self.rooms.drain().map(|(room, _)| room).collect(),
-            });
+            deps.broker
+                .leave_all(self.id, self.rooms.drain().map(|(room, _)| room).collect());
         }
         deps.registry.do_send(SessionClosed { session: self.id });
         deps.metrics.connections.fetch_sub(1, Relaxed);
@@ -428,8 +427,4 @@ fn mailbox(e: MailboxError) -> Refusal {
         ErrorCode::Unavailable,
         format!("operations unavailable: {e}"),
     )
-}
-
-fn registry_down(e: MailboxError) -> Refusal {
-    Refusal::new(ErrorCode::Unavailable, format!("registry unavailable: {e}"))
 }

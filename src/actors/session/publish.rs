@@ -1,19 +1,16 @@
-//! Publishing from a [`Session`]: the permission and rate checks, then the publish itself,
-//! straight to the room when this session joined it through the registry and the broker allows
-//! members to publish directly, else through the broker.
+//! Publishing from a [`Session`]: the permission, membership and rate checks, then the publish
+//! itself, through the room's lane when the join gave one, else through the broker.
 //!
-//! In: `publish` requests. Out: [`Publish`] to the room or the broker; a `published` reply when
-//! the request carried an id, a refusal otherwise.
-
-use std::time::Instant;
+//! In: `publish` requests. Out: an [`Envelope`] to the lane or the broker; a `published` reply
+//! when the request carried an id, a refusal otherwise.
 
 use actix::prelude::*;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::Session;
-use crate::actors::room::Publish;
 use crate::auth::Identity;
+use crate::broker::Envelope;
 use crate::error::{ErrorCode, Refusal};
 use crate::protocol::{Reply, RequestId};
 
@@ -59,55 +56,37 @@ impl Session {
             );
             return self.refuse(ctx, id.as_deref(), r);
         }
-        let msg = Publish {
-            room: room.clone(),
-            event,
-            data,
-            from: Some(identity.user.clone()),
-            retain: false,
-            member_check: Some(self.id),
-            received_at: Instant::now(),
-            seq: None,
-            attachments,
-            conflate: false,
-            direct: false,
+        // Only a member may publish: the session knows its rooms (a publish to a room nobody
+        // joined creates nothing). A member publishes through the lane its join gave it —
+        // ordered there and handed to the room, one hop — or, without a lane, through the
+        // broker. Either way the publish takes its place in the order now, so publishes
+        // pipeline (`spawn`, not `wait`) and still keep their order: joins `wait`, so nothing
+        // of this session reaches the room before its join answer is back.
+        let Some(lane) = self.rooms.get(&room) else {
+            let r = Refusal::new(
+                ErrorCode::NotMember,
+                format!("join {room} before publishing to it"),
+            );
+            return self.refuse(ctx, id.as_deref(), r);
         };
-        // Not `wait`: publishes pipeline. Ordering is kept by the mailboxes (FIFO per
-        // sender), not by waiting here. A member publishes straight to its room when
-        // the broker allows (one hop instead of four through the registry); that
-        // cannot overtake an earlier publish routed by the registry, because joins
-        // `wait`: nothing of this session is routed to the room until the join answer
-        // (and the room's address) is back, and from then on every publish to it is
-        // direct, until it leaves.
-        let direct = self
-            .rooms
-            .get(&room)
-            .cloned()
-            .flatten()
-            .filter(|_| self.deps.broker.members_publish_directly());
-        let sent: crate::broker::PublishFuture = match direct {
-            Some(addr) => {
-                let fut = addr.send(Publish {
-                    direct: true,
-                    ..msg
-                });
-                Box::pin(async move {
-                    fut.await.unwrap_or_else(|_| {
-                        Err(Refusal::new(ErrorCode::Unavailable, "room unavailable"))
-                    })
-                })
-            }
-            None => self.deps.broker.publish(msg),
+        let envelope = Envelope {
+            from: Some(identity.user.clone()),
+            attachments,
+            ..Envelope::new(room.clone(), event, data)
+        };
+        let sent = match lane {
+            Some(lane) => lane.publish(envelope),
+            None => self.deps.broker.publish(envelope),
         };
         sent.into_actor(self)
             .map(move |res, act, ctx| match res {
-                Ok(offset) => {
+                Ok(position) => {
                     if id.is_some() {
                         act.reply(
                             id.as_deref(),
                             Reply::Published {
                                 room: &room,
-                                offset,
+                                offset: position.offset,
                             },
                         );
                     }

@@ -1,15 +1,15 @@
-//! Rooms of a [`Session`]: join (through the registry, or for `operation:<id>` through the
-//! operation, which sends its backfill ahead of live events), leave, the rooms a refreshed token
-//! no longer grants, and eviction by a room.
+//! Rooms of a [`Session`]: join (through the broker, or for `operation:<id>` through the
+//! operation, which hands the broker its backfill ahead of live events), leave, the rooms a
+//! refreshed token no longer grants, and eviction by a room.
 //!
 //! In: `join` and `leave` requests, [`Evicted`] from a room. Out: [`JoinRoom`] and
-//! [`LeaveRoom`] to the registry, [`WatchOperation`] to the operation manager; `left` replies
+//! [`LeaveRoom`] to the broker, [`WatchOperation`] to the operation manager; `left` replies
 //! (the join's answer comes from the room itself, ahead of its live traffic).
 
 use actix::prelude::*;
 use actix_http::ws::CloseCode;
 
-use super::{registry_down, Session};
+use super::Session;
 use crate::actors::operation_manager::WatchOperation;
 use crate::actors::room::{JoinRoom, LeaveRoom, CLOSE_SLOW_CONSUMER};
 use crate::actors::Evicted;
@@ -18,9 +18,9 @@ use crate::error::{ErrorCode, Refusal};
 use crate::protocol::{Reply, RequestId, Since};
 
 impl Session {
-    /// `join`: checks the caller may join and has room for one more, then asks the registry
-    /// (or the operation). Waits for the answer (`wait`): nothing of this session is routed to
-    /// the room before its address is back (see `publish`).
+    /// `join`: checks the caller may join and has room for one more, then asks the broker (or
+    /// the operation). Waits for the answer (`wait`): this session publishes nothing to the room
+    /// before its lane is back (see `publish`).
     pub(super) fn join(
         &mut self,
         id: Option<RequestId>,
@@ -54,15 +54,14 @@ impl Session {
             backfill_complete: false,
         };
         self.deps
-            .registry
-            .send(msg)
+            .broker
+            .join(msg)
             .into_actor(self)
             .map(move |res, act, ctx| match res {
-                Ok(Ok(joined)) => {
-                    act.rooms.insert(room, Some(joined.addr));
+                Ok(joined) => {
+                    act.rooms.insert(room, joined.lane);
                 }
-                Ok(Err(refusal)) => act.refuse(ctx, id.as_deref(), refusal),
-                Err(e) => act.refuse(ctx, id.as_deref(), registry_down(e)),
+                Err(refusal) => act.refuse(ctx, id.as_deref(), refusal),
             })
             .wait(ctx);
     }
@@ -74,16 +73,15 @@ impl Session {
             return self.refuse(ctx, id.as_deref(), r);
         }
         self.deps
-            .registry
-            .send(LeaveRoom {
+            .broker
+            .leave(LeaveRoom {
                 room: room.clone(),
                 session: self.id,
             })
             .into_actor(self)
             .map(move |res, act, ctx| match res {
-                Ok(Ok(())) => act.reply(id.as_deref(), Reply::Left { room: &room }),
-                Ok(Err(refusal)) => act.refuse(ctx, id.as_deref(), refusal),
-                Err(e) => act.refuse(ctx, id.as_deref(), registry_down(e)),
+                Ok(()) => act.reply(id.as_deref(), Reply::Left { room: &room }),
+                Err(refusal) => act.refuse(ctx, id.as_deref(), refusal),
             })
             .wait(ctx);
     }
@@ -143,12 +141,9 @@ impl Session {
                 self.key,
                 fresh.user.id
             );
-            // Fire and forget: the membership is already gone on this side, and a registry
-            // that is down has no room to leave.
-            self.deps.registry.do_send(LeaveRoom {
-                room: room.clone(),
-                session: self.id,
-            });
+            // Fire and forget: the membership is already gone on this side, and a broker that
+            // is down has no room to leave.
+            self.deps.broker.leave_all(self.id, vec![room.clone()]);
             self.reply(None, Reply::Left { room: &room });
         }
     }

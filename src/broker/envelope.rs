@@ -1,0 +1,132 @@
+//! What a broker carries: the [`Envelope`] a producer hands it, and the [`Position`] the broker
+//! gives it in its room's order.
+//!
+//! Nothing here means something only inside one process (no session number, no `Instant`, no
+//! actor address): an envelope serializes as it is, so a network broker (a Redis stream entry,
+//! a PostgreSQL row) carries it to every node, where the local rooms deliver it. What a node adds
+//! on its side — when the message reached it, whom to answer — travels beside it, in
+//! `broker::local::Ordered`.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::auth::UserInfo;
+
+/// One message for one room, as its producer published it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// The room it is published into.
+    pub room: String,
+    /// The application's event name (`step-updated`, `operation.progress`, …).
+    pub event: String,
+    /// The payload, raw JSON: parsed once at the edge, copied once into the encoded frame.
+    pub data: Box<RawValue>,
+    /// The user who published it (`None`: the server itself — stats, operations, activities).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<Arc<UserInfo>>,
+    /// Keep it as the room's retained message, sent to every joiner that does not resume.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub retain: bool,
+    /// Delivery class: a slow member may get only the latest of these (an operation's pure
+    /// progress); everything else is delivered or the member is evicted.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub conflate: bool,
+    /// The producer's own sequence, carried to wires that use one (the SSE event id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+    /// Binary attachments, referenced from `data` by `{"_placeholder":true,"num":i}`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Bytes>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Envelope {
+    /// A server-side publish of `event` into `room`: no sender, not retained, not conflated.
+    /// Callers set what differs with struct-update syntax
+    /// (`Envelope { retain: true, ..Envelope::new(…) }`), so the defaults are written once.
+    pub fn new(room: impl Into<String>, event: impl Into<String>, data: Box<RawValue>) -> Self {
+        Self {
+            room: room.into(),
+            event: event.into(),
+            data,
+            from: None,
+            retain: false,
+            conflate: false,
+            seq: None,
+            attachments: Vec::new(),
+        }
+    }
+}
+
+/// Where a message stands in its room's order: the room's epoch and the message's offset in it.
+///
+/// Offsets are contiguous within an epoch, starting after the epoch's first offset; a client
+/// that resumes names the position it last saw. The epoch changes whenever the broker cannot
+/// promise continuity (the local broker: a new process, or a room re-created after its tombstone
+/// was forgotten; a shared log: its data lost), and offsets of different epochs are never
+/// compared.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Position {
+    pub epoch: Arc<str>,
+    pub offset: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).expect("valid JSON")
+    }
+
+    #[test]
+    fn an_envelope_survives_a_round_trip_through_json_unchanged() {
+        let e = Envelope {
+            from: Some(Arc::new(UserInfo {
+                id: "u1".into(),
+                name: Some("Ada".into()),
+            })),
+            retain: true,
+            conflate: true,
+            seq: Some(7),
+            attachments: vec![Bytes::from_static(b"\x00\x01bin")],
+            ..Envelope::new("project:42", "step-updated", raw(r#"{"step":3,"x":[1,2]}"#))
+        };
+        let wire = serde_json::to_string(&e).expect("serializes");
+        let back: Envelope = serde_json::from_str(&wire).expect("deserializes");
+        assert_eq!(back.room, "project:42");
+        assert_eq!(back.event, "step-updated");
+        // Raw data is carried byte for byte, not re-encoded.
+        assert_eq!(back.data.get(), r#"{"step":3,"x":[1,2]}"#);
+        assert_eq!(back.from.as_deref(), e.from.as_deref());
+        assert!(back.retain && back.conflate);
+        assert_eq!(back.seq, Some(7));
+        assert_eq!(back.attachments, e.attachments);
+    }
+
+    #[test]
+    fn a_server_publish_serializes_only_what_it_sets() {
+        let e = Envelope::new("system", "stats", raw("{}"));
+        let wire = serde_json::to_string(&e).expect("serializes");
+        assert_eq!(wire, r#"{"room":"system","event":"stats","data":{}}"#);
+        let back: Envelope = serde_json::from_str(&wire).expect("deserializes");
+        assert!(back.from.is_none() && !back.retain && back.attachments.is_empty());
+    }
+
+    #[test]
+    fn a_position_round_trips() {
+        let p = Position {
+            epoch: "a1b2-3".into(),
+            offset: 42,
+        };
+        let back: Position =
+            serde_json::from_str(&serde_json::to_string(&p).expect("serializes")).expect("parses");
+        assert_eq!(back, p);
+    }
+}

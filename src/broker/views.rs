@@ -1,0 +1,59 @@
+//! Reading a room from outside it: who is present, what it has kept, which rooms exist.
+//!
+//! Behind traits of their own, apart from [`super::Broker`], because a cluster answers them from
+//! different places than it orders publishes: presence from a shared table that counts a user
+//! once across nodes and expires a dead node's connections, history from the shared log. The
+//! single-node implementation (`actors::registry::LocalBroker`) asks the local rooms.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use serde::Serialize;
+
+use crate::auth::UserInfo;
+use crate::error_code::Refusal;
+
+pub type ViewFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// One room, as listed on the REST API and the dashboard.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomInfo {
+    pub name: String,
+    pub members: usize,
+    pub users: usize,
+    pub epoch: String,
+    pub offset: u64,
+}
+
+/// A room's kept messages after some offset.
+#[derive(Debug, Clone)]
+pub struct HistoryPage {
+    pub epoch: String,
+    pub offset: u64,
+    /// True when every message after `after` is included (nothing was trimmed away).
+    pub complete: bool,
+    /// Encoded `message` frames, oldest first.
+    pub messages: Vec<Bytes>,
+}
+
+/// Who is where.
+pub trait PresenceView: Send + Sync + 'static {
+    /// The distinct users present in `room`; `None` when there is no such room. Refused
+    /// `unavailable` when the view cannot be read.
+    fn presence(&self, room: String) -> ViewFuture<Result<Option<Vec<UserInfo>>, Refusal>>;
+
+    /// Every room with its members, users and position, sorted by name.
+    fn rooms(&self) -> ViewFuture<Result<Vec<RoomInfo>, Refusal>>;
+}
+
+/// What a room has kept.
+pub trait HistoryView: Send + Sync + 'static {
+    /// The messages of `room` after `after` (all of them when `None`); `None` when there is no
+    /// such room. Refused `unavailable` when the view cannot be read.
+    fn history(
+        &self,
+        room: String,
+        after: Option<u64>,
+    ) -> ViewFuture<Result<Option<HistoryPage>, Refusal>>;
+}
