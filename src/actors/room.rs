@@ -359,7 +359,14 @@ impl Room {
     /// Pushes a room message to every member, encoded once per wire in use (`native` is the
     /// already-encoded native frame, shared with history). `conflate`: a member that has not
     /// yet received the previous conflatable message of this room gets only this one.
-    fn broadcast(&mut self, e: &Event, native: &Bytes, conflate: bool) -> usize {
+    /// `skip`: a member that does not get it (a sender that asked not to hear itself).
+    fn broadcast(
+        &mut self,
+        e: &Event,
+        native: &Bytes,
+        conflate: bool,
+        skip: Option<SessionId>,
+    ) -> usize {
         // Presence changes that happened before this message are announced before it.
         self.flush_presence();
         let mut delivered = 0usize;
@@ -373,6 +380,9 @@ impl Room {
             },
         );
         for (id, m) in &self.members {
+            if skip == Some(*id) {
+                continue;
+            }
             let Some(encoded) = cache.get(&m.wire, |w| w.encode(e)) else {
                 continue;
             };
@@ -708,6 +718,7 @@ impl Room {
         self.last_offset = at.offset;
         let offset = self.last_offset;
         let msg_conflate = msg.conflate;
+        let skip = msg.exclude.as_ref().and_then(|c| c.on_this_node());
         let frame = native::message_with(
             &self.name,
             offset,
@@ -737,7 +748,7 @@ impl Room {
         }
         let name = self.name.clone();
         let event = stored_event(&name, &stored);
-        self.broadcast(&event, &frame, msg_conflate);
+        self.broadcast(&event, &frame, msg_conflate, skip);
         self.metrics
             .publishes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -40,6 +40,41 @@ pub struct Envelope {
     /// Binary attachments, referenced from `data` by `{"_placeholder":true,"num":i}`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Bytes>,
+    /// A connection that does not get this message although it is a member (the sender, for
+    /// Socket.IO's `socket.to(room).emit`: "everyone but me"). It still goes into history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclude: Option<ConnectionRef>,
+}
+
+/// A connection named so that every node can tell whether it is one of its own: the node's id
+/// and the session number there.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionRef {
+    pub node: Arc<str>,
+    pub session: u64,
+}
+
+impl ConnectionRef {
+    /// A session of this node.
+    pub fn local(session: u64) -> Self {
+        Self {
+            node: node_id(),
+            session,
+        }
+    }
+
+    /// The session number if the connection is one of this node's.
+    pub fn on_this_node(&self) -> Option<u64> {
+        (*self.node == *node_id()).then_some(self.session)
+    }
+}
+
+/// This process's id among the nodes of a cluster: minted once per process (a restart is a new
+/// node as far as sessions go: its sessions are new too).
+pub fn node_id() -> Arc<str> {
+    static NODE: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].into())
+        .clone()
 }
 
 fn is_false(b: &bool) -> bool {
@@ -60,6 +95,7 @@ impl Envelope {
             conflate: false,
             seq: None,
             attachments: Vec::new(),
+            exclude: None,
         }
     }
 }
@@ -96,6 +132,7 @@ mod tests {
             conflate: true,
             seq: Some(7),
             attachments: vec![Bytes::from_static(b"\x00\x01bin")],
+            exclude: Some(ConnectionRef::local(9)),
             ..Envelope::new("project:42", "step-updated", raw(r#"{"step":3,"x":[1,2]}"#))
         };
         let wire = serde_json::to_string(&e).expect("serializes");
@@ -108,6 +145,17 @@ mod tests {
         assert!(back.retain && back.conflate);
         assert_eq!(back.seq, Some(7));
         assert_eq!(back.attachments, e.attachments);
+        assert_eq!(back.exclude, e.exclude);
+        assert_eq!(back.exclude.and_then(|c| c.on_this_node()), Some(9));
+    }
+
+    #[test]
+    fn a_connection_of_another_node_is_not_one_of_ours() {
+        let other = ConnectionRef {
+            node: "elsewhere".into(),
+            session: 9,
+        };
+        assert_eq!(other.on_this_node(), None);
     }
 
     #[test]

@@ -139,7 +139,8 @@ pub const MAX_TOMBSTONES: usize = 100_000;
 
 /// The epochs and the retired rooms' positions of this node's log.
 pub struct LocalLog {
-    /// Prefix of every epoch minted by this process; a restart changes every epoch.
+    /// Prefix of every epoch minted by this process (the node's id); a restart changes every
+    /// epoch.
     process_epoch: String,
     /// Epochs minted so far (the suffix of the next one).
     minted: u64,
@@ -157,7 +158,7 @@ impl Default for LocalLog {
 impl LocalLog {
     pub fn new() -> Self {
         Self {
-            process_epoch: uuid::Uuid::new_v4().simple().to_string()[..12].to_string(),
+            process_epoch: super::node_id().to_string(),
             minted: 0,
             tombstones: HashMap::new(),
         }

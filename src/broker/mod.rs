@@ -26,7 +26,7 @@ mod views;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use envelope::{Envelope, Position};
+pub use envelope::{node_id, ConnectionRef, Envelope, Position};
 pub use member::{
     next_session_id, EvictReason, Evicted, JoinRoom, Joined, LeaveRoom, Member, SessionId,
 };

@@ -751,3 +751,48 @@ async fn a_callers_join_takes_its_place_between_its_publishes() {
         );
     }
 }
+
+/// "Everyone but me" (`Envelope::exclude`): the excluded connection is skipped, every other
+/// member — another connection of the same user too — gets it, and it still takes its offset
+/// and its place in history.
+#[actix_web::test]
+async fn an_excluded_connection_does_not_get_the_message_everyone_else_does() {
+    let registry = registry(0, 100);
+    let broker = LocalBroker::new(registry.clone());
+    let mut sender = Probe::new("alice");
+    let mut other_tab = Probe::new("alice");
+    let mut bob = Probe::new("bob");
+    let joined = sender.join(&registry, ROOM).await;
+    other_tab.join(&registry, ROOM).await;
+    bob.join(&registry, ROOM).await;
+    let quiet = direct(
+        &joined,
+        Envelope {
+            exclude: Some(switchyard::broker::ConnectionRef::local(sender.session)),
+            ..tagged(ROOM, 0, 0)
+        },
+    )
+    .await
+    .expect("accepted");
+    let loud = broker.publish(tagged(ROOM, 0, 1)).await.expect("accepted");
+    assert_eq!((quiet.offset, loud.offset), (1, 2));
+    let got: Vec<u64> = sender.messages(1).await.iter().map(|v| tag(v).1).collect();
+    assert_eq!(got, [1], "the sender skipped its own message");
+    for p in [&mut other_tab, &mut bob] {
+        let got: Vec<u64> = p.messages(2).await.iter().map(offset).collect();
+        assert_eq!(got, [1, 2], "user {}: got both", p.user.id);
+    }
+    // Another node's connection with the same session number is not this one.
+    let foreign = broker
+        .publish(Envelope {
+            exclude: Some(switchyard::broker::ConnectionRef {
+                node: "another-node".into(),
+                session: sender.session,
+            }),
+            ..tagged(ROOM, 0, 2)
+        })
+        .await
+        .expect("accepted");
+    let got: Vec<u64> = sender.messages(1).await.iter().map(offset).collect();
+    assert_eq!(got, [foreign.offset]);
+}
