@@ -8,8 +8,9 @@
 //! * [`protocol`] — wire formats only (`native` for `/ws`).
 //! * [`transport`] — the WebSocket byte layer (frames refused at their header), the bounded
 //!   per-session outbox, and the deadlines on HTTP request heads and bodies.
-//! * [`broker`] — the publish path behind a trait and its `Publish` message (the local
-//!   implementation lives with the registry; Redis later).
+//! * [`broker`] — the one ordering authority: the `Broker` trait, the serializable `Envelope`,
+//!   positions (epoch + offset), the single-node order (`broker::local`), presence and history
+//!   views (the local implementation lives with the registry; Redis later).
 //! * [`db`] — pool, embedded migrations, the async bridge, one module per table.
 //! * [`routes`] — HTTP handlers, one module per area.
 //! * [`auth`], [`metrics`] — identity, counters.
@@ -21,10 +22,11 @@
 //! codes); `tests/api/architecture.rs` fails on a new import cycle.
 //!
 //! Message flow: a client frame is parsed by its `Session`, checked against the caller's
-//! permissions and sent to the `RoomRegistry`, which forwards it to the `Room` actor owning that
-//! name. The room assigns an offset, encodes the message once, appends it to its bounded history
-//! and pushes the same bytes into each member session's outbox; each connection drains its outbox
-//! into one socket write per wake-up. See `actors` for the diagram.
+//! permissions and membership and handed to the broker (or, once joined, the room's lane), which
+//! gives it the room's next offset and puts it in the `Room` actor's mailbox. The room encodes
+//! the message once, appends it to its bounded history and pushes the same bytes into each member
+//! session's outbox; each connection drains its outbox into one socket write per wake-up. See
+//! `actors` for the diagram and ARCHITECTURE.md for the whole map.
 
 pub mod actors;
 pub mod auth;

@@ -104,8 +104,8 @@ impl Metrics {
             .unwrap_or(0)
     }
 
-    /// Records the time from a publish reaching the server to its frames being queued to every
-    /// member.
+    /// Records the time from a publish reaching the broker (after the edge's checks) to its
+    /// frames being queued to every member of its room on this node.
     pub fn observe_publish_latency(&self, d: Duration) {
         let secs = d.as_secs_f64();
         if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
@@ -226,7 +226,7 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP switchyard_publish_latency_seconds Time from a publish reaching the server to its frames queued to every member.\n# TYPE switchyard_publish_latency_seconds histogram"
+            "# HELP switchyard_publish_latency_seconds Time from a publish reaching the broker to its frames queued to every member on this node.\n# TYPE switchyard_publish_latency_seconds histogram"
         );
         let mut cumulative = 0u64;
         for (i, le) in LATENCY_BUCKETS.iter().enumerate() {
