@@ -182,6 +182,17 @@ pub struct Settings {
     /// New connections a second per client address, burst twice that
     /// (`SWITCHYARD_NEW_CONNECTIONS_PER_IP`, 0: no limit).
     pub new_connections_per_ip: u32,
+    /// Cluster mode: the Redis every node shares (`SWITCHYARD_REDIS_URL`; requires PostgreSQL).
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key (`SWITCHYARD_REDIS_PREFIX`), so clusters can share a Redis.
+    pub redis_prefix: String,
+    /// How long a Redis command may take before the publish is refused `unavailable`
+    /// (`SWITCHYARD_REDIS_TIMEOUT_MS`).
+    pub redis_timeout: Duration,
+    /// Entries kept in the cluster's fan-out stream, the distance a node's reader may fall
+    /// behind (or be cut off from Redis) and still catch up without a gap
+    /// (`SWITCHYARD_REDIS_FANOUT_MAXLEN`).
+    pub redis_fanout_maxlen: usize,
 }
 
 impl Default for Settings {
@@ -190,6 +201,10 @@ impl Default for Settings {
             host: IpAddr::from([127, 0, 0, 1]),
             port: 8080,
             database: DatabaseUrl::Sqlite("switchyard.db".into()),
+            redis_url: None,
+            redis_prefix: "switchyard".into(),
+            redis_timeout: Duration::from_millis(1_000),
+            redis_fanout_maxlen: 100_000,
             db_pool_size: 8,
             db_timeout: Duration::from_millis(2_000),
             heartbeat_interval: Duration::from_millis(25_000),
@@ -274,6 +289,32 @@ impl Settings {
         if let Some(v) = get("DATABASE_URL") {
             s.database = DatabaseUrl::parse(&v).map_err(|r| err("DATABASE_URL", &v, &r))?;
         }
+        if let Some(v) = get("SWITCHYARD_REDIS_URL") {
+            if !v.starts_with("redis://") && !v.starts_with("rediss://") {
+                return Err(err(
+                    "SWITCHYARD_REDIS_URL",
+                    &v,
+                    "expected redis://host:port[/db]",
+                ));
+            }
+            s.redis_url = Some(v);
+        }
+        if let Some(v) = get("SWITCHYARD_REDIS_PREFIX") {
+            s.redis_prefix = v;
+        }
+        millis(
+            &get,
+            "SWITCHYARD_REDIS_TIMEOUT_MS",
+            50,
+            &mut s.redis_timeout,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_REDIS_FANOUT_MAXLEN",
+            1_000,
+            100_000_000,
+            &mut s.redis_fanout_maxlen,
+        )?;
         num(&get, "SWITCHYARD_DB_POOL_SIZE", 1, 256, &mut s.db_pool_size)?;
         millis(&get, "SWITCHYARD_DB_TIMEOUT_MS", 50, &mut s.db_timeout)?;
         millis(
@@ -570,6 +611,14 @@ impl Settings {
 
     /// Open mode on an address other than loopback is refused unless explicitly allowed.
     pub fn check_safe_to_serve(&self) -> Result<(), String> {
+        if self.redis_url.is_some() && !matches!(self.database, DatabaseUrl::Postgres(_)) {
+            return Err(
+                "SWITCHYARD_REDIS_URL turns on cluster mode, which keeps its durable state in \
+                 PostgreSQL shared by every node; set DATABASE_URL=postgres://… (SQLite is one \
+                 node's file)"
+                    .into(),
+            );
+        }
         if self.open_mode() && !self.host.is_loopback() && !self.allow_insecure {
             return Err(format!(
                 "refusing to serve in open mode (no SWITCHYARD_JWT_SECRET) on non-loopback address {}; \

@@ -11,6 +11,8 @@
 //! * [`broker`] — the one ordering authority: the `Broker` trait, the serializable `Envelope`,
 //!   positions (epoch + offset), the single-node order (`broker::local`), presence and history
 //!   views (the local implementation lives with the registry; Redis later).
+//! * [`cluster`] — several nodes on one Redis: the Redis broker (cluster mode, when
+//!   `SWITCHYARD_REDIS_URL` is set).
 //! * [`db`] — pool, embedded migrations, the async bridge, one module per table.
 //! * [`routes`] — HTTP handlers, one module per area.
 //! * [`auth`], [`metrics`] — identity, counters.
@@ -31,6 +33,7 @@
 pub mod actors;
 pub mod auth;
 pub mod broker;
+pub mod cluster;
 pub mod config;
 pub mod db;
 pub mod error;

@@ -28,6 +28,7 @@ use crate::actors::stats::StatsPublisher;
 use crate::actors::watcher::WatcherDeps;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, HistoryView, PresenceView};
+use crate::cluster::{RedisBroker, RedisLog};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::error::{self, AppError, ErrorCode};
@@ -41,6 +42,14 @@ use crate::transport::head::HeadGuarded;
 /// How long a request head may take to arrive, from its first byte (from the connection's start
 /// for its first request).
 const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// This node's registry and the three seams composed around it.
+type Seams = (
+    Addr<RoomRegistry>,
+    Arc<dyn Broker>,
+    Arc<dyn PresenceView>,
+    Arc<dyn HistoryView>,
+);
 
 pub struct Application {
     port: u16,
@@ -114,14 +123,24 @@ impl Application {
                 presence_list_max: settings.presence_list_max,
             },
             metrics.clone(),
-        )
-        .start();
-        // One value serves three seams: ordering (the broker), presence and history. A cluster
-        // composes three different ones here; nothing else changes.
-        let local = Arc::new(LocalBroker::new(registry.clone()));
-        let broker: Arc<dyn Broker> = local.clone();
-        let presence: Arc<dyn PresenceView> = local.clone();
-        let history: Arc<dyn HistoryView> = local;
+        );
+        // One value serves three seams: ordering (the broker), presence and history. The
+        // cluster composes Redis's instead; nothing else changes.
+        let (registry, broker, presence, history): Seams = if settings.redis_url.is_some() {
+            let log = RedisLog::connect(&settings).context("SWITCHYARD_REDIS_URL")?;
+            let registry = registry.with_shared_log(log.clone()).start();
+            let redis = RedisBroker::start(log, registry.clone());
+            log::info!(
+                "cluster mode: node {}, rooms ordered by redis (prefix {})",
+                crate::broker::node_id(),
+                settings.redis_prefix
+            );
+            (registry, redis.clone(), redis.clone(), redis)
+        } else {
+            let registry = registry.start();
+            let local = Arc::new(LocalBroker::new(registry.clone()));
+            (registry, local.clone(), local.clone(), local)
+        };
         StatsPublisher::new(settings.stats_interval, metrics.clone(), broker.clone()).start();
         let kinds = Kinds::load(settings.operations_file.as_deref(), settings.demo)?;
         log::info!("operation kinds: {}", kinds.names().join(", "));

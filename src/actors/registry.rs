@@ -34,10 +34,10 @@ use super::room::{
 };
 use super::{ServerShutdown, SessionId};
 use crate::auth::UserInfo;
-use crate::broker::local::{LocalLog, RoomLog};
+use crate::broker::local::{LocalLog, Ordered, RoomLog};
 use crate::broker::{
-    Broker, Envelope, HistoryView, JoinFuture, LeaveFuture, Position, PresenceView, PublishFuture,
-    ViewFuture,
+    Backlog, Broker, Envelope, HistoryView, JoinFuture, LeaveFuture, Position, PresenceView,
+    PublishFuture, ViewFuture,
 };
 use crate::error_code::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
@@ -117,8 +117,9 @@ pub struct QueryHistory {
 struct Entry {
     /// Where joins, leaves and queries for this room are routed.
     addr: Addr<Room>,
-    /// Where its messages are ordered: routed publishes here, and a joiner's lane.
-    log: Arc<RoomLog>,
+    /// Where its messages are ordered: routed publishes here, and a joiner's lane. `None` with
+    /// a shared log (several nodes), which orders every publish itself.
+    log: Option<Arc<RoomLog>>,
     /// The instance number it was started with: a `RoomIdle` from an older instance of the same
     /// name is ignored.
     room_id: u64,
@@ -130,8 +131,11 @@ pub struct RoomRegistry {
     /// Live rooms by name: the one table that says which room instance a name means.
     rooms: HashMap<String, Entry>,
     /// The node's log: epochs, and retired rooms' positions (tombstones) so a re-created room
-    /// continues their offsets and a client can still resume.
+    /// continues their offsets and a client can still resume. Unused with a shared log.
     log: LocalLog,
+    /// With a shared log (several nodes): where a new room learns where the order stands
+    /// (`Room::started`); its messages then come from the log's reader as [`Deliver`].
+    shared: Option<Arc<dyn Backlog>>,
     /// Open connections (sessions and watchers), told `ServerShutdown` at graceful shutdown.
     sessions: HashMap<SessionId, Recipient<ServerShutdown>>,
     /// Dedicated room threads (`SWITCHYARD_ROOM_THREADS` > 0), where new rooms start, round
@@ -155,6 +159,7 @@ impl RoomRegistry {
         Self {
             rooms: HashMap::new(),
             log: LocalLog::new(),
+            shared: None,
             sessions: HashMap::new(),
             own_threads: (0..room_threads).map(|_| Arbiter::new()).collect(),
             workers: Vec::new(),
@@ -163,6 +168,14 @@ impl RoomRegistry {
             limits,
             metrics,
         }
+    }
+
+    /// Rooms of this registry continue a shared log's order (several nodes) instead of ordering
+    /// locally: no room gets a `RoomLog`, joiners get no lane, and every message comes from the
+    /// log's reader as [`Deliver`].
+    pub fn with_shared_log(mut self, backlog: Arc<dyn Backlog>) -> Self {
+        self.shared = Some(backlog);
+        self
     }
 
     fn room(&mut self, name: &str, ctx: &mut Context<Self>) -> &mut Entry {
@@ -194,11 +207,25 @@ impl RoomRegistry {
                 // So the channel is made here, unbounded, as `start_in_arbiter` would make it.
                 let (tx, rx) = actix::dev::channel::channel(0);
                 let addr = Addr::new(tx);
-                let log = self.log.open(name, addr.clone().recipient());
-                let start = log.position();
+                let (log, start) = match &self.shared {
+                    // Where the shared order stands is asked when the room starts.
+                    Some(_) => (
+                        None,
+                        Position {
+                            epoch: "".into(),
+                            offset: 0,
+                        },
+                    ),
+                    None => {
+                        let log = self.log.open(name, addr.clone().recipient());
+                        let start = log.position();
+                        (Some(log), start)
+                    }
+                };
+                let backlog = self.shared.clone();
                 arbiter.spawn_fn(move || {
                     let ctx = Context::with_receiver(rx);
-                    let room = Room::new(owned, room_id, start, limits, registry, metrics);
+                    let room = Room::new(owned, room_id, start, limits, registry, metrics, backlog);
                     actix::spawn(ctx.into_future(room));
                 });
                 self.metrics.rooms.fetch_add(1, Relaxed);
@@ -253,10 +280,7 @@ impl Handler<JoinRoom> for RoomRegistry {
             let joined = fut
                 .await
                 .unwrap_or_else(|e| Err(Refusal::unavailable("room", e)))?;
-            Ok(Joined {
-                lane: Some(lane),
-                ..joined
-            })
+            Ok(Joined { lane, ..joined })
         })
     }
 }
@@ -287,9 +311,44 @@ impl Handler<RoutePublish> for RoomRegistry {
     type Result = OrderIn;
 
     fn handle(&mut self, msg: RoutePublish, ctx: &mut Context<Self>) -> OrderIn {
+        if self.shared.is_some() {
+            return OrderIn::Refused(Refusal::new(
+                ErrorCode::Unavailable,
+                "this node orders publishes through the shared log",
+            ));
+        }
         let entry = self.room(&msg.envelope.room, ctx);
-        entry.routed += 1;
-        OrderIn(entry.log.clone(), msg)
+        match entry.log.clone() {
+            Some(log) => {
+                entry.routed += 1;
+                OrderIn::Log(log, msg)
+            }
+            None => OrderIn::Refused(Refusal::new(ErrorCode::Unavailable, "room unavailable")),
+        }
+    }
+}
+
+/// Shared log's reader → Registry: a message in its place in the shared order, for this node's
+/// room of that name if there is one (a room nobody here is in has nobody to deliver to; its
+/// history is in the log).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Deliver {
+    pub room: String,
+    pub ordered: Ordered,
+}
+
+impl Handler<Deliver> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: Deliver, _ctx: &mut Context<Self>) {
+        if let Some(entry) = self.existing(&msg.room) {
+            entry.routed += 1;
+            entry.addr.do_send(Ordered {
+                routed: true,
+                ..msg.ordered
+            });
+        }
     }
 }
 
@@ -297,7 +356,10 @@ impl Handler<RoutePublish> for RoomRegistry {
 /// publisher's reply channel, so the room answers the publisher directly and no future waits in
 /// the registry (with thousands of publishes a second in flight, those futures were all polled
 /// on every wake-up of the registry's context).
-pub struct OrderIn(Arc<RoomLog>, RoutePublish);
+pub enum OrderIn {
+    Log(Arc<RoomLog>, RoutePublish),
+    Refused(Refusal),
+}
 
 impl actix::dev::MessageResponse<RoomRegistry, RoutePublish> for OrderIn {
     fn handle(
@@ -305,9 +367,18 @@ impl actix::dev::MessageResponse<RoomRegistry, RoutePublish> for OrderIn {
         _ctx: &mut Context<RoomRegistry>,
         tx: Option<actix::dev::OneshotSender<Result<Position, Refusal>>>,
     ) {
-        let OrderIn(log, msg) = self;
-        // A refusal (the room stopped) is answered on `tx`, or logged when nobody waits.
-        let _ = log.order(msg.envelope, msg.received_at, true, tx);
+        match self {
+            // A refusal (the room stopped) is answered on `tx`, or logged when nobody waits.
+            OrderIn::Log(log, msg) => {
+                let _ = log.order(msg.envelope, msg.received_at, true, tx);
+            }
+            OrderIn::Refused(refusal) => match tx {
+                Some(tx) => {
+                    let _ = tx.send(Err(refusal));
+                }
+                None => log::warn!("a publish nobody waits for was refused: {refusal}"),
+            },
+        }
     }
 }
 
@@ -380,7 +451,9 @@ impl Handler<RoomIdle> for RoomRegistry {
         if let Some(entry) = self.rooms.remove(&msg.name) {
             entry.addr.do_send(CloseRoom);
             self.metrics.rooms.fetch_sub(1, Relaxed);
-            self.log.retire(msg.name, &entry.log);
+            if let Some(log) = &entry.log {
+                self.log.retire(msg.name, log);
+            }
         }
     }
 }

@@ -37,7 +37,7 @@ use self::presence::{Flush, Presence};
 use super::{EvictReason, Evicted, Member, SessionId};
 use crate::auth::UserInfo;
 use crate::broker::local::Ordered;
-use crate::broker::Position;
+use crate::broker::{Backlog, Envelope, Position, Tail};
 // Membership and the views are the broker's vocabulary (defined there, so the broker never
 // names the actors); re-exported here, where the actors have always found them.
 pub use crate::broker::{HistoryPage, JoinRoom, Joined, LeaveRoom, RoomInfo};
@@ -179,6 +179,10 @@ pub struct Room {
     /// Delivery, publish and slow-consumer counters, and the history byte total shared by
     /// every room (the global history bound is kept through it).
     metrics: Arc<Metrics>,
+    /// With a shared log (several nodes): where the room learns, before it delivers anything,
+    /// the position its order stands at and the recent messages (see `Room::started`). `None`
+    /// with the local log, which starts with the room.
+    backlog: Option<Arc<dyn Backlog>>,
 }
 
 impl Room {
@@ -190,6 +194,7 @@ impl Room {
         limits: RoomLimits,
         registry: Recipient<RoomIdle>,
         metrics: Arc<Metrics>,
+        backlog: Option<Arc<dyn Backlog>>,
     ) -> Self {
         let conflation_key = {
             use std::hash::{Hash, Hasher};
@@ -213,6 +218,7 @@ impl Room {
             limits,
             registry,
             metrics,
+            backlog,
         }
     }
 
@@ -493,6 +499,19 @@ impl Actor for Room {
         let every =
             (self.limits.history_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
         ctx.run_interval(every, |act, _| act.check_idle());
+        if let Some(backlog) = self.backlog.clone() {
+            // Nothing in the mailbox (deliveries, joins) is handled until the room knows where
+            // the shared order stands: `wait` holds them back. Deliveries the backlog already
+            // holds are then recognised as such (`continue_at`), later ones continue it.
+            let max = self.limits.history_size;
+            ctx.wait(
+                backlog
+                    .tail(self.name.to_string(), max)
+                    .into_actor(self)
+                    .map(|res, act, _| act.start_at(res)),
+            );
+            return;
+        }
         log::debug!(
             "room {} started (epoch {}, offset {})",
             self.name,
@@ -659,7 +678,9 @@ impl Room {
                 return true;
             }
             if at.offset <= self.last_offset {
-                log::warn!(
+                // Expected with a shared log: a room that started from the backlog already
+                // holds what the log's reader delivers next if the reader lagged.
+                log::debug!(
                     "room {}: offset {} delivered again (at {}); dropped",
                     self.name,
                     at.offset,
@@ -674,12 +695,14 @@ impl Room {
                 self.last_offset
             );
         } else {
-            log::warn!(
-                "room {}: new epoch {} (was {}); history of the old one is dropped",
-                self.name,
-                at.epoch,
-                self.epoch
-            );
+            if !self.epoch.is_empty() {
+                log::warn!(
+                    "room {}: new epoch {} (was {}); history of the old one is dropped",
+                    self.name,
+                    at.epoch,
+                    self.epoch
+                );
+            }
             self.epoch = at.epoch.clone();
         }
         while self.drop_oldest() {}
@@ -702,23 +725,29 @@ impl Handler<Ordered> for Room {
 
 impl Room {
     /// Delivers one ordered message: history, the retained message, fan-out.
-    fn deliver(
-        &mut self,
-        msg: crate::broker::Envelope,
-        at: &Position,
-        received_at: Instant,
-        routed: bool,
-    ) {
+    fn deliver(&mut self, msg: Envelope, at: &Position, received_at: Instant, routed: bool) {
         if routed {
             self.routed_seen += 1;
         }
         if !self.continue_at(at) {
             return;
         }
-        self.last_offset = at.offset;
-        let offset = self.last_offset;
-        let msg_conflate = msg.conflate;
         let skip = msg.exclude.as_ref().and_then(|c| c.on_this_node());
+        let conflate = msg.conflate;
+        let (stored, frame) = self.store(at.offset, msg);
+        let name = self.name.clone();
+        let event = stored_event(&name, &stored);
+        self.broadcast(&event, &frame, conflate, skip);
+        self.metrics
+            .publishes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.observe_publish_latency(received_at.elapsed());
+    }
+
+    /// Takes `msg` as the room's message at `offset`: encoded once for `/ws`, retained if it
+    /// asks, kept in history within the bounds.
+    fn store(&mut self, offset: u64, msg: Envelope) -> (Arc<Stored>, Bytes) {
+        self.last_offset = offset;
         let frame = native::message_with(
             &self.name,
             offset,
@@ -746,13 +775,35 @@ impl Room {
             self.keep(stored.clone());
             self.trim_history();
         }
-        let name = self.name.clone();
-        let event = stored_event(&name, &stored);
-        self.broadcast(&event, &frame, msg_conflate, skip);
-        self.metrics
-            .publishes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.metrics.observe_publish_latency(received_at.elapsed());
+        (stored, frame)
+    }
+
+    /// Where the shared order stands, from the backlog: the room continues from there, holding
+    /// the recent messages as history (so a client resumes here whatever node it was on).
+    fn start_at(&mut self, tail: Result<Tail, Refusal>) {
+        match tail {
+            Ok(Tail { position, entries }) => {
+                self.epoch = position.epoch;
+                for (offset, envelope) in entries {
+                    self.store(offset, envelope);
+                }
+                self.last_offset = position.offset;
+            }
+            Err(e) => {
+                // Nothing to continue from: the first delivery sets the epoch, and a client
+                // resuming meanwhile is told `recovered: false`.
+                log::warn!("room {}: the shared log did not answer: {e}", self.name);
+                self.epoch = "".into();
+                self.last_offset = 0;
+            }
+        }
+        log::debug!(
+            "room {} started from the shared log (epoch {}, offset {}, {} kept)",
+            self.name,
+            self.epoch,
+            self.last_offset,
+            self.history.len()
+        );
     }
 }
 

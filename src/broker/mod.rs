@@ -30,7 +30,7 @@ pub use envelope::{node_id, ConnectionRef, Envelope, Position};
 pub use member::{
     next_session_id, EvictReason, Evicted, JoinRoom, Joined, LeaveRoom, Member, SessionId,
 };
-pub use views::{HistoryPage, HistoryView, PresenceView, RoomInfo, ViewFuture};
+pub use views::{Backlog, HistoryPage, HistoryView, PresenceView, RoomInfo, Tail, ViewFuture};
 
 use crate::error_code::Refusal;
 
@@ -77,4 +77,10 @@ pub trait Broker: Send + Sync + 'static {
 
     /// A short name for `/health`.
     fn name(&self) -> &'static str;
+
+    /// Whether the broker can order publishes now (`/health`): `Err` says why not. The local
+    /// broker always can.
+    fn check(&self) -> ViewFuture<Result<(), String>> {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use bytes::Bytes;
 use serde::Serialize;
 
+use super::{Envelope, Position};
 use crate::auth::UserInfo;
 use crate::error_code::Refusal;
 
@@ -56,4 +57,20 @@ pub trait HistoryView: Send + Sync + 'static {
         room: String,
         after: Option<u64>,
     ) -> ViewFuture<Result<Option<HistoryPage>, Refusal>>;
+}
+
+/// Where a room's order stands on the broker, and the last messages it holds.
+pub struct Tail {
+    /// The room's epoch and the offset of its last message.
+    pub position: Position,
+    /// The last messages, oldest first, each with its offset (all of `position.epoch`).
+    pub entries: Vec<(u64, Envelope)>,
+}
+
+/// What a room that starts on this node asks the broker before it delivers anything: where the
+/// room's order stands, and the recent messages, so a client resumes on any node. The local
+/// broker needs none (its log starts with the room); a shared log answers from its stream.
+pub trait Backlog: Send + Sync + 'static {
+    /// The room's position and at most `max` of its last messages.
+    fn tail(&self, room: String, max: usize) -> ViewFuture<Result<Tail, Refusal>>;
 }

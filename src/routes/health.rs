@@ -7,11 +7,17 @@ use serde_json::json;
 
 use crate::state::AppState;
 
-/// 200 while the database answers, 503 (`degraded`) when it does not. The real-time path does
-/// not depend on the database, so sessions keep working while this says degraded.
+/// 200 while the database answers and the broker can order publishes, 503 (`degraded`) when
+/// either cannot. The real-time path does not depend on the database, so sessions keep working
+/// while this says degraded; with a cluster broker (Redis) away, publishes are refused
+/// `unavailable` until it is back, and sessions stay connected.
 pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     let bound = state.settings.db_timeout + std::time::Duration::from_secs(1);
-    let ping = tokio::time::timeout(bound, state.db.ping()).await;
+    let (ping, broker) = futures_util::future::join(
+        tokio::time::timeout(bound, state.db.ping()),
+        state.broker.check(),
+    )
+    .await;
     let (db_status, latency_ms, error) = match ping {
         Ok(Ok(d)) => (
             "ok",
@@ -24,7 +30,10 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     if let Some(e) = &error {
         log::warn!("health: database {}: {e}", state.db.backend());
     }
-    let ok = db_status == "ok";
+    if let Err(e) = &broker {
+        log::warn!("health: broker {}: {e}", state.broker.name());
+    }
+    let ok = db_status == "ok" && broker.is_ok();
     let body = json!({
         "status": if ok { "ok" } else { "degraded" },
         "version": env!("CARGO_PKG_VERSION"),
@@ -34,7 +43,10 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
             "connections": state.metrics.connections.load(Relaxed),
         },
         "rooms": state.metrics.rooms.load(Relaxed),
-        "broker": { "status": "ok", "kind": state.broker.name() },
+        "broker": match &broker {
+            Ok(()) => json!({ "status": "ok", "kind": state.broker.name() }),
+            Err(e) => json!({ "status": "unreachable", "kind": state.broker.name(), "error": e }),
+        },
         "database": {
             "status": db_status,
             "backend": state.db.backend(),

@@ -37,6 +37,8 @@ const LAYERS: &[&[&str]] = &[
     &["protocol"],
     &["broker"],
     &["actors"],
+    // Several nodes: the Redis broker delivers into this node's registry.
+    &["cluster"],
     // The composition: what the routes share, the routes, the application.
     &["state"],
     &["routes"],

@@ -83,6 +83,18 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// Another handle on a database some other `TestDb` owns (a second node of a cluster): it
+    /// is dropped with its owner, not with this.
+    pub fn shared(owner: &TestDb) -> Self {
+        Self {
+            url: owner.url.clone(),
+            pg_name: None,
+            _dir: None,
+        }
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         if let Some(name) = &self.pg_name {
@@ -127,6 +139,11 @@ pub async fn spawn_app_with(backend: Backend, tweak: impl FnOnce(&mut Settings))
     let db = TestDb::new(backend);
     let mut settings = test_settings(&db);
     tweak(&mut settings);
+    spawn_app_on(db, settings).await
+}
+
+/// A server with exactly these settings on `db` (which it keeps for its life).
+pub async fn spawn_app_on(db: TestDb, settings: Settings) -> TestApp {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let thread = std::thread::spawn(move || {
         let system = actix_web::rt::System::new();

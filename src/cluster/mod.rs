@@ -1,0 +1,27 @@
+//! Several nodes on one Redis: the shared log that orders every room, behind the same seams as
+//! the single-node broker (`crate::broker`).
+//!
+//! [`RedisBroker`] is a `Broker` (publishes ordered by a Redis script: the room's epoch, its
+//! next offset, the append to the room's stream and to the cluster's fan-out stream, in one
+//! step), a `Backlog` (where a room starting on this node continues from) and a `HistoryView`
+//! (history read from the room's stream). Each node runs one reader of the fan-out stream that
+//! feeds what it reads into its own rooms (`actors::registry::Deliver`), from the last entry it
+//! read: a short Redis outage delays messages, it does not lose them.
+//!
+//! Why streams and not pub/sub: pub/sub drops whatever is published while a subscriber is
+//! disconnected (the failure Socket.IO's classic Redis adapter documents); a stream is read from
+//! the last id, so a reader that reconnects continues where it stopped.
+//!
+//! Key layout (prefix `SWITCHYARD_REDIS_PREFIX`, default `switchyard`):
+//!
+//! | key | type | what |
+//! | --- | --- | --- |
+//! | `{p}:room:{room}:meta` | hash | `epoch`, `offset` (the last offset given) |
+//! | `{p}:room:{room}:log` | stream | the room's recent messages, id `{offset}-1`, fields `d` (the envelope) |
+//! | `{p}:fanout` | stream | every message of every room: `r` room, `e` epoch, `o` offset, `d` envelope |
+//!
+//! See docs/cluster.md for the guarantees, their limits and what is not clustered yet.
+
+mod redis;
+
+pub use self::redis::{RedisBroker, RedisLog};

@@ -1,0 +1,686 @@
+//! The Redis broker: publishes ordered by one script per message, a writer that keeps each
+//! caller's order, a reader of the fan-out stream per node, and the room backlog and history
+//! read from each room's stream.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::prelude::*;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncConnectionConfig, Client, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::actors::registry::{Deliver, LeaveAll, ListRooms, QueryPresence, RoomRegistry};
+use crate::auth::UserInfo;
+use crate::broker::local::{answer, Ordered};
+use crate::broker::{
+    node_id, Backlog, Broker, Envelope, HistoryPage, HistoryView, JoinFuture, JoinRoom,
+    LeaveFuture, LeaveRoom, Position, PresenceView, PublishFuture, RoomInfo, SessionId, Tail,
+    ViewFuture,
+};
+use crate::config::Settings;
+use crate::error_code::{ErrorCode, Refusal};
+use crate::protocol::native;
+
+/// One publish, atomically: the room's epoch (minted from `ARGV[2]` if the room has none, and
+/// then its old stream is dropped: offsets restart), the next offset, the append to the room's
+/// stream (its history, id `{offset}-1`) and to the fan-out stream every node reads.
+///
+/// KEYS: meta hash, room stream, fan-out stream. ARGV: envelope JSON, candidate epoch, room
+/// stream length (0: no history), fan-out stream length, key lifetime in seconds, room name.
+const PUBLISH: &str = r#"
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if not epoch then
+  epoch = ARGV[2]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'epoch', epoch)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+if tonumber(ARGV[3]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-1', 'd', ARGV[1])
+  redis.call('EXPIRE', KEYS[2], ARGV[5])
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'r', ARGV[6], 'e', epoch, 'o', offset, 'd', ARGV[1])
+return {epoch, offset}
+"#;
+
+/// Where a room stands and its last messages, read together: its epoch (minted if it has none,
+/// so every node that opens it agrees on one), its last offset, and its stream newest first.
+///
+/// KEYS: meta hash, room stream. ARGV: candidate epoch, entries wanted, key lifetime.
+const OPEN: &str = r#"
+if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
+  redis.call('DEL', KEYS[2])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
+local entries = {}
+if tonumber(ARGV[2]) > 0 then
+  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
+end
+return {epoch, offset, entries}
+"#;
+
+/// Publishes written to Redis in one round trip at most.
+const BATCH: usize = 256;
+/// How long the reader's `XREAD` blocks waiting for entries.
+const READ_BLOCK: Duration = Duration::from_millis(1_000);
+/// Entries one `XREAD` returns at most.
+const READ_COUNT: usize = 1_000;
+
+/// The Redis side: connection, key names, bounds. Shared by the broker, the writer and reader
+/// tasks, and the rooms (as their `Backlog`).
+pub struct RedisLog {
+    client: Client,
+    /// Publishes, backlogs and history reads, with their deadline.
+    link: Link,
+    prefix: String,
+    /// Messages kept per room stream (`SWITCHYARD_HISTORY_SIZE`).
+    history_max: usize,
+    fanout_max: usize,
+    /// Lifetime of a room's keys after its last publish or open (at least a day, at least the
+    /// history's age bound): an idle room's epoch and history then go, and its clients reload.
+    ttl_secs: u64,
+    /// Epochs minted by this node (the suffix of the next candidate).
+    minted: AtomicU64,
+}
+
+/// A connection with its deadline and the reachability it observed: cheap to clone into the
+/// futures that use it.
+#[derive(Clone)]
+struct Link {
+    /// Reconnects by itself after an outage.
+    conn: ConnectionManager,
+    timeout: Duration,
+    /// The last command answered (false after one failed); logged once per change.
+    reachable: Arc<AtomicBool>,
+}
+
+impl Link {
+    fn unreachable(&self, e: impl std::fmt::Display) -> Refusal {
+        if self.reachable.swap(false, Relaxed) {
+            log::warn!("redis unreachable: {e}");
+        }
+        Refusal::new(ErrorCode::Unavailable, format!("redis unavailable: {e}"))
+    }
+
+    fn answered(&self) {
+        if !self.reachable.swap(true, Relaxed) {
+            log::info!("redis reachable again");
+        }
+    }
+
+    /// Runs one command within the deadline; a failure is `unavailable`.
+    async fn cmd<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, Refusal> {
+        let mut conn = self.conn.clone();
+        let r = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await;
+        self.settle(r)
+    }
+
+    /// Runs one pipeline (one round trip, in order) within the deadline.
+    async fn pipe<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T, Refusal> {
+        let mut conn = self.conn.clone();
+        let r = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await;
+        self.settle(r)
+    }
+
+    fn settle<T>(
+        &self,
+        r: Result<redis::RedisResult<T>, tokio::time::error::Elapsed>,
+    ) -> Result<T, Refusal> {
+        match r {
+            Ok(Ok(v)) => {
+                self.answered();
+                Ok(v)
+            }
+            Ok(Err(e)) => Err(self.unreachable(e)),
+            Err(_) => {
+                Err(self.unreachable(format!("no answer within {} ms", self.timeout.as_millis())))
+            }
+        }
+    }
+}
+
+impl RedisLog {
+    /// Connects lazily: a node starts while Redis is away, says so on `/health`, refuses
+    /// publishes with `unavailable`, and catches up when Redis is back.
+    pub fn connect(settings: &Settings) -> anyhow::Result<Arc<Self>> {
+        let url = settings
+            .redis_url
+            .as_deref()
+            .ok_or_else(|| anyhow::anyhow!("cluster mode needs SWITCHYARD_REDIS_URL"))?;
+        let client = Client::open(url)?;
+        let conn = client.get_connection_manager_lazy(
+            ConnectionManagerConfig::new()
+                .set_response_timeout(Some(settings.redis_timeout))
+                .set_connection_timeout(Some(settings.redis_timeout))
+                .set_number_of_retries(1)
+                .set_max_delay(Duration::from_millis(500)),
+        )?;
+        Ok(Arc::new(Self {
+            client,
+            link: Link {
+                conn,
+                timeout: settings.redis_timeout,
+                reachable: Arc::new(AtomicBool::new(true)),
+            },
+            prefix: settings.redis_prefix.clone(),
+            history_max: settings.history_size,
+            fanout_max: settings.redis_fanout_maxlen,
+            ttl_secs: settings.history_ttl.as_secs().max(86_400),
+            minted: AtomicU64::new(0),
+        }))
+    }
+
+    fn meta_key(&self, room: &str) -> String {
+        format!("{}:room:{room}:meta", self.prefix)
+    }
+
+    fn log_key(&self, room: &str) -> String {
+        format!("{}:room:{room}:log", self.prefix)
+    }
+
+    fn fanout_key(&self) -> String {
+        format!("{}:fanout", self.prefix)
+    }
+
+    /// An epoch this node proposes for a room that has none; unique across nodes and restarts.
+    fn candidate_epoch(&self) -> String {
+        format!("{}-{}", node_id(), self.minted.fetch_add(1, Relaxed) + 1)
+    }
+}
+
+/// One publish waiting for the writer.
+struct Pending {
+    envelope: Envelope,
+    reply: Option<oneshot::Sender<Result<Position, Refusal>>>,
+}
+
+/// The writer: takes publishes in the order they were handed over and sends them to Redis in
+/// that order, as many as are waiting in one pipeline (one round trip), one batch at a time.
+/// Each caller's order is the order of this queue, and Redis runs a pipeline in order.
+async fn write_loop(log: Arc<RedisLog>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let fanout = log.fanout_key();
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        let mut sent = Vec::with_capacity(batch.len());
+        for p in batch {
+            let room = p.envelope.room.clone();
+            let json = match serde_json::to_string(&p.envelope) {
+                Ok(j) => j,
+                Err(e) => {
+                    reply(
+                        p.reply,
+                        Err(Refusal::new(ErrorCode::Internal, e.to_string())),
+                    );
+                    continue;
+                }
+            };
+            pipe.cmd("EVAL")
+                .arg(PUBLISH)
+                .arg(3)
+                .arg(log.meta_key(&room))
+                .arg(log.log_key(&room))
+                .arg(&fanout)
+                .arg(json)
+                .arg(log.candidate_epoch())
+                .arg(log.history_max)
+                .arg(log.fanout_max)
+                .arg(log.ttl_secs)
+                .arg(&room);
+            sent.push((room, p.reply));
+        }
+        if sent.is_empty() {
+            continue;
+        }
+        match log.link.pipe::<Vec<Value>>(pipe).await {
+            Ok(values) if values.len() == sent.len() => {
+                for ((room, tx), v) in sent.into_iter().zip(values) {
+                    let result = position_of(&v).ok_or_else(|| {
+                        log::warn!("redis: publish to {room} refused: {v:?}");
+                        Refusal::new(ErrorCode::Unavailable, "redis refused the publish")
+                    });
+                    reply(tx, result);
+                }
+            }
+            Ok(values) => {
+                let why = format!("{} answers for {} publishes", values.len(), sent.len());
+                for (_, tx) in sent {
+                    reply(tx, Err(Refusal::new(ErrorCode::Unavailable, why.clone())));
+                }
+            }
+            Err(refusal) => {
+                for (_, tx) in sent {
+                    reply(tx, Err(refusal.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn reply(tx: Option<oneshot::Sender<Result<Position, Refusal>>>, r: Result<Position, Refusal>) {
+    match tx {
+        Some(tx) => {
+            let _ = tx.send(r);
+        }
+        None => {
+            if let Err(e) = r {
+                log::warn!("a publish nobody waits for was refused: {e}");
+            }
+        }
+    }
+}
+
+/// The reader: every entry of the fan-out stream, from the last one read, into this node's
+/// rooms. Reconnects after an outage and continues from where it stopped. Ends when the
+/// registry does.
+async fn read_loop(log: Arc<RedisLog>, registry: Addr<RoomRegistry>) {
+    let config = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(log.link.timeout))
+        .set_response_timeout(Some(READ_BLOCK + log.link.timeout));
+    let fanout = log.fanout_key();
+    let mut last: Option<String> = None;
+    let mut backoff = Duration::from_millis(100);
+    while registry.connected() {
+        let mut conn = match log
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => {
+                log.link.unreachable(e);
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+                continue;
+            }
+        };
+        if last.is_none() {
+            // A node starting reads from now on: what came before is in the rooms' streams,
+            // where a room starting here reads it (`Backlog`).
+            let top: redis::RedisResult<Value> = redis::cmd("XREVRANGE")
+                .arg(&fanout)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async(&mut conn)
+                .await;
+            match top {
+                Ok(v) => last = Some(first_id(&v).unwrap_or_else(|| "0-0".into())),
+                Err(e) => {
+                    log.link.unreachable(e);
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            }
+        }
+        backoff = Duration::from_millis(100);
+        while registry.connected() {
+            let from = last.clone().unwrap_or_else(|| "0-0".into());
+            let read: redis::RedisResult<Value> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(READ_COUNT)
+                .arg("BLOCK")
+                .arg(READ_BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&fanout)
+                .arg(&from)
+                .query_async(&mut conn)
+                .await;
+            match read {
+                Ok(v) => {
+                    log.link.answered();
+                    for (id, fields) in stream_entries(&v) {
+                        if let Some((room, ordered)) = entry_to_ordered(&fields) {
+                            registry.do_send(Deliver { room, ordered });
+                        } else {
+                            log::warn!("redis: fan-out entry {id} is malformed; skipped");
+                        }
+                        last = Some(id);
+                    }
+                }
+                Err(e) => {
+                    log.link.unreachable(e);
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// The broker of a cluster node: Redis orders, this node's registry delivers.
+pub struct RedisBroker {
+    log: Arc<RedisLog>,
+    registry: Addr<RoomRegistry>,
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl RedisBroker {
+    /// Starts the writer and the reader. `registry` must have been made with
+    /// `RoomRegistry::with_shared_log(log)`.
+    pub fn start(log: Arc<RedisLog>, registry: Addr<RoomRegistry>) -> Arc<Self> {
+        let (queue, rx) = mpsc::unbounded_channel();
+        actix::spawn(write_loop(log.clone(), rx));
+        actix::spawn(read_loop(log.clone(), registry.clone()));
+        Arc::new(Self {
+            log,
+            registry,
+            queue,
+        })
+    }
+
+    fn enqueue(
+        &self,
+        envelope: Envelope,
+        reply: Option<oneshot::Sender<Result<Position, Refusal>>>,
+    ) {
+        if let Err(mpsc::error::SendError(p)) = self.queue.send(Pending { envelope, reply }) {
+            reply_gone(p);
+        }
+    }
+}
+
+fn reply_gone(p: Pending) {
+    reply(
+        p.reply,
+        Err(Refusal::new(
+            ErrorCode::Unavailable,
+            "the redis writer has stopped",
+        )),
+    );
+}
+
+fn registry_gone(e: MailboxError) -> Refusal {
+    Refusal::unavailable("registry", e)
+}
+
+impl Broker for RedisBroker {
+    fn publish(&self, envelope: Envelope) -> PublishFuture {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(envelope, Some(tx));
+        Box::pin(answer(rx))
+    }
+
+    fn publish_and_forget(&self, envelope: Envelope) {
+        self.enqueue(envelope, None);
+    }
+
+    fn join(&self, join: JoinRoom) -> JoinFuture {
+        let fut = self.registry.send(join);
+        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(registry_gone(e))) })
+    }
+
+    fn leave(&self, leave: LeaveRoom) -> LeaveFuture {
+        let fut = self.registry.send(leave);
+        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(registry_gone(e))) })
+    }
+
+    fn leave_all(&self, session: SessionId, rooms: Vec<String>) {
+        self.registry.do_send(LeaveAll { session, rooms });
+    }
+
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    fn check(&self) -> ViewFuture<Result<(), String>> {
+        let link = self.log.link.clone();
+        Box::pin(async move {
+            link.cmd::<String>(redis::cmd("PING"))
+                .await
+                .map(|_| ())
+                .map_err(|r| r.message)
+        })
+    }
+}
+
+impl Backlog for RedisLog {
+    fn tail(&self, room: String, max: usize) -> ViewFuture<Result<Tail, Refusal>> {
+        let link = self.link.clone();
+        let mut cmd = redis::cmd("EVAL");
+        cmd.arg(OPEN)
+            .arg(2)
+            .arg(self.meta_key(&room))
+            .arg(self.log_key(&room))
+            .arg(self.candidate_epoch())
+            .arg(max)
+            .arg(self.ttl_secs);
+        Box::pin(async move {
+            let v: Value = link.cmd(cmd).await?;
+            let parts = array(&v).ok_or_else(|| bad_reply(&v))?;
+            let epoch: Arc<str> = parts
+                .first()
+                .and_then(text)
+                .ok_or_else(|| bad_reply(&v))?
+                .into();
+            let offset = parts.get(1).and_then(int).ok_or_else(|| bad_reply(&v))?;
+            let mut entries: Vec<(u64, Envelope)> = parts
+                .get(2)
+                .map(entries_of)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(id, fields)| Some((offset_of_id(&id)?, envelope_of(&fields)?)))
+                .collect();
+            entries.reverse();
+            Ok(Tail {
+                position: Position { epoch, offset },
+                entries,
+            })
+        })
+    }
+}
+
+impl HistoryView for RedisBroker {
+    fn history(
+        &self,
+        room: String,
+        after: Option<u64>,
+    ) -> ViewFuture<Result<Option<HistoryPage>, Refusal>> {
+        let link = self.log.link.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.log.meta_key(&room))
+            .arg("epoch")
+            .arg("offset");
+        pipe.cmd("XRANGE")
+            .arg(self.log.log_key(&room))
+            .arg(match after {
+                Some(a) => format!("{}-0", a.saturating_add(1)),
+                None => "-".into(),
+            })
+            .arg("+");
+        Box::pin(async move {
+            let v: Vec<Value> = link.pipe(pipe).await?;
+            let meta = v.first().and_then(array).unwrap_or(&[]);
+            let Some(epoch) = meta.first().and_then(text) else {
+                return Ok(None);
+            };
+            let offset = meta.get(1).and_then(int).unwrap_or(0);
+            let entries: Vec<(u64, Envelope)> = v
+                .get(1)
+                .map(entries_of)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|(id, fields)| Some((offset_of_id(&id)?, envelope_of(&fields)?)))
+                .collect();
+            let after = after.unwrap_or(0);
+            let complete = match entries.first() {
+                Some((first, _)) => *first <= after + 1,
+                None => after >= offset,
+            };
+            let messages = entries
+                .iter()
+                .map(|(o, e)| {
+                    native::message_with(
+                        &room,
+                        *o,
+                        &e.event,
+                        &e.data,
+                        e.from.as_deref(),
+                        &e.attachments,
+                    )
+                })
+                .collect();
+            Ok(Some(HistoryPage {
+                epoch,
+                offset,
+                complete,
+                messages,
+            }))
+        })
+    }
+}
+
+impl PresenceView for RedisBroker {
+    // Presence is this node's for now: a user is listed by each node they are connected to,
+    // and a room lists the members connected here (docs/cluster.md, "Not clustered yet").
+    fn presence(&self, room: String) -> ViewFuture<Result<Option<Vec<UserInfo>>, Refusal>> {
+        let fut = self.registry.send(QueryPresence { room });
+        Box::pin(async move { fut.await.map_err(registry_gone) })
+    }
+
+    fn rooms(&self) -> ViewFuture<Result<Vec<RoomInfo>, Refusal>> {
+        let fut = self.registry.send(ListRooms);
+        Box::pin(async move { fut.await.map_err(registry_gone) })
+    }
+}
+
+// ---- reading Redis replies -------------------------------------------------------------------
+
+/// A stream entry: its id and its fields.
+type Entry = (String, Vec<(String, Vec<u8>)>);
+
+fn bad_reply(v: &Value) -> Refusal {
+    Refusal::new(
+        ErrorCode::Unavailable,
+        format!("unexpected redis reply: {v:?}"),
+    )
+}
+
+fn array(v: &Value) -> Option<&[Value]> {
+    match v {
+        Value::Array(a) | Value::Set(a) => Some(a),
+        _ => None,
+    }
+}
+
+fn bytes(v: &Value) -> Option<&[u8]> {
+    match v {
+        Value::BulkString(b) => Some(b),
+        Value::SimpleString(s) => Some(s.as_bytes()),
+        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
+        _ => None,
+    }
+}
+
+fn text(v: &Value) -> Option<String> {
+    bytes(v)
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .map(str::to_string)
+}
+
+fn int(v: &Value) -> Option<u64> {
+    match v {
+        Value::Int(i) => u64::try_from(*i).ok(),
+        other => text(other)?.parse().ok(),
+    }
+}
+
+/// `{epoch, offset}` as the publish script returns it.
+fn position_of(v: &Value) -> Option<Position> {
+    let a = array(v)?;
+    Some(Position {
+        epoch: text(a.first()?)?.into(),
+        offset: int(a.get(1)?)?,
+    })
+}
+
+/// Stream entries (`[[id, [field, value, …]], …]`) as ids and field lists.
+fn entries_of(v: &Value) -> Vec<Entry> {
+    let Some(list) = array(v) else {
+        return Vec::new();
+    };
+    list.iter()
+        .filter_map(|e| {
+            let e = array(e)?;
+            let id = text(e.first()?)?;
+            let kv = array(e.get(1)?)?;
+            let fields = kv
+                .chunks(2)
+                .filter_map(|p| Some((text(p.first()?)?, bytes(p.get(1)?)?.to_vec())))
+                .collect();
+            Some((id, fields))
+        })
+        .collect()
+}
+
+/// The entries of an `XREAD` reply for one stream (`[[key, entries]]`, or a map in RESP3; nil
+/// when the block timed out).
+fn stream_entries(v: &Value) -> Vec<Entry> {
+    match v {
+        Value::Array(streams) => streams
+            .iter()
+            .filter_map(|s| array(s)?.get(1).map(entries_of))
+            .flatten()
+            .collect(),
+        Value::Map(streams) => streams.iter().flat_map(|(_, e)| entries_of(e)).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// The id of the first entry of an `XREVRANGE` reply.
+fn first_id(v: &Value) -> Option<String> {
+    entries_of(v).into_iter().next().map(|(id, _)| id)
+}
+
+fn field<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_slice())
+}
+
+fn envelope_of(fields: &[(String, Vec<u8>)]) -> Option<Envelope> {
+    serde_json::from_slice(field(fields, "d")?).ok()
+}
+
+/// A room stream's entry id is `{offset}-1`.
+fn offset_of_id(id: &str) -> Option<u64> {
+    id.split_once('-')?.0.parse().ok()
+}
+
+/// A fan-out entry as a delivery to this node's room of that name.
+fn entry_to_ordered(fields: &[(String, Vec<u8>)]) -> Option<(String, Ordered)> {
+    let room = String::from_utf8(field(fields, "r")?.to_vec()).ok()?;
+    let epoch = std::str::from_utf8(field(fields, "e")?).ok()?;
+    let offset = std::str::from_utf8(field(fields, "o")?)
+        .ok()?
+        .parse()
+        .ok()?;
+    let envelope = envelope_of(fields)?;
+    Some((
+        room,
+        Ordered {
+            envelope,
+            position: Position {
+                epoch: epoch.into(),
+                offset,
+            },
+            received_at: Instant::now(),
+            routed: true,
+            reply: None,
+        },
+    ))
+}

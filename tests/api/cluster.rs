@@ -1,0 +1,404 @@
+//! Several nodes on the machine's Redis and PostgreSQL (cluster mode): one order per room seen
+//! on every node, resume on any node, epochs that survive the nodes, and publishes refused (not
+//! lost) while Redis is away. Nodes run in this process, each on its own actix system and port
+//! 0, as separate servers; Redis sits behind a TCP proxy the test can cut. Each test uses its own
+//! key prefix and removes its keys at the end.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+use switchyard::config::Settings;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::helpers::*;
+
+const REDIS: &str = "127.0.0.1:6379";
+
+/// A TCP proxy in front of Redis that the test can cut (every connection closed, new ones
+/// refused) and restore.
+struct Proxy {
+    port: u16,
+    up: Arc<AtomicBool>,
+    /// Bumped on every cut: a forwarding task of an older generation stops.
+    generation: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Proxy {
+    async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let up = Arc::new(AtomicBool::new(true));
+        let generation = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let (u, g) = (up.clone(), generation.clone());
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                if !u.load(Ordering::SeqCst) {
+                    let _ = client.shutdown().await;
+                    continue;
+                }
+                let mine = g.load(Ordering::SeqCst);
+                let g = g.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = TcpStream::connect(REDIS).await else {
+                        return;
+                    };
+                    let copy = tokio::io::copy_bidirectional(&mut client, &mut server);
+                    tokio::pin!(copy);
+                    loop {
+                        tokio::select! {
+                            _ = &mut copy => return,
+                            _ = tokio::time::sleep(std::time::Duration::from_millis(50)) => {
+                                if g.load(Ordering::SeqCst) != mine {
+                                    return; // cut: both sockets close as this task ends
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            up,
+            generation,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn cut(&self) {
+        self.up.store(false, Ordering::SeqCst);
+        self.generation.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn restore(&self) {
+        self.up.store(true, Ordering::SeqCst);
+    }
+}
+
+/// Nodes sharing one PostgreSQL database and one Redis key prefix.
+struct Cluster {
+    db: TestDb,
+    prefix: String,
+    redis_url: String,
+    nodes: Vec<TestApp>,
+}
+
+impl Cluster {
+    async fn start(n: usize, redis_url: String, tweak: impl Fn(&mut Settings)) -> Self {
+        let db = TestDb::new(Backend::Postgres);
+        let prefix = format!("sy-test-{}", uuid::Uuid::new_v4().simple());
+        let mut c = Self {
+            db,
+            prefix,
+            redis_url,
+            nodes: Vec::new(),
+        };
+        for _ in 0..n {
+            c.add(&tweak).await;
+        }
+        c
+    }
+
+    fn settings(&self, tweak: &impl Fn(&mut Settings)) -> Settings {
+        let mut s = test_settings(&self.db);
+        s.jwt_secret = Some(SECRET.into());
+        s.redis_url = Some(self.redis_url.clone());
+        s.redis_prefix = self.prefix.clone();
+        tweak(&mut s);
+        s
+    }
+
+    async fn add(&mut self, tweak: &impl Fn(&mut Settings)) {
+        let settings = self.settings(tweak);
+        let node = spawn_app_on(TestDb::shared(&self.db), settings).await;
+        self.nodes.push(node);
+    }
+
+    /// Stops every node (gracefully) and starts as many again on the same database and prefix.
+    async fn restart(&mut self, tweak: impl Fn(&mut Settings)) {
+        let n = self.nodes.len();
+        for node in self.nodes.drain(..) {
+            node.shutdown().await;
+        }
+        for _ in 0..n {
+            self.add(&tweak).await;
+        }
+    }
+
+    /// Removes this test's keys from Redis and stops the nodes.
+    async fn stop(mut self) {
+        for node in self.nodes.drain(..) {
+            node.shutdown().await;
+        }
+        let client = redis::Client::open(format!("redis://{REDIS}")).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis reachable");
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.prefix))
+            .query_async(&mut conn)
+            .await
+            .expect("KEYS");
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut conn)
+                .await
+                .expect("DEL");
+        }
+    }
+}
+
+async fn member(node: &TestApp, user: &str, room: &str) -> WsClient {
+    joined(node, user, room).await.0
+}
+
+/// A member of `room` on `node`, with its join answer.
+async fn joined(node: &TestApp, user: &str, room: &str) -> (WsClient, Value) {
+    let t = token(user, &["*"], &["*"], None);
+    let mut ws = WsClient::connect(&node.ws_url(), Some(&t)).await;
+    let answer = ws.join(room).await;
+    (ws, answer)
+}
+
+/// The next `n` room messages, skipping everything else.
+async fn messages(ws: &mut WsClient, n: usize) -> Vec<Value> {
+    let mut out = Vec::with_capacity(n);
+    while out.len() < n {
+        out.push(ws.recv_message().await);
+    }
+    out
+}
+
+fn offsets(v: &[Value]) -> Vec<u64> {
+    v.iter()
+        .map(|m| m["offset"].as_u64().expect("offset"))
+        .collect()
+}
+
+#[actix_web::test]
+async fn publishes_on_every_node_reach_every_member_in_one_gap_free_order() {
+    const EACH: usize = 40;
+    let cluster = Cluster::start(3, format!("redis://{REDIS}"), |_| {}).await;
+    let room = "project:cluster";
+    let mut watchers = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        watchers.push(member(node, &format!("w{i}"), room).await);
+    }
+    let mut b = member(&cluster.nodes[1], "pb", room).await;
+    let mut c = member(&cluster.nodes[2], "pc", room).await;
+    // Both publishers at once, without waiting between sends.
+    for i in 0..EACH {
+        b.send(json!({"type": "publish", "room": room, "event": "m", "data": {"p": "b", "i": i}}))
+            .await;
+        c.send(json!({"type": "publish", "room": room, "event": "m", "data": {"p": "c", "i": i}}))
+            .await;
+    }
+    let mut orders = Vec::new();
+    for w in &mut watchers {
+        let got = messages(w, 2 * EACH).await;
+        let o = offsets(&got);
+        let first = o[0];
+        assert_eq!(
+            o,
+            (first..first + 2 * EACH as u64).collect::<Vec<_>>(),
+            "no gap, no repeat"
+        );
+        for p in ["b", "c"] {
+            let seq: Vec<u64> = got
+                .iter()
+                .filter(|m| m["data"]["p"] == p)
+                .map(|m| m["data"]["i"].as_u64().expect("i"))
+                .collect();
+            assert_eq!(
+                seq,
+                (0..EACH as u64).collect::<Vec<_>>(),
+                "{p} in its order"
+            );
+        }
+        orders.push(
+            got.iter()
+                .map(|m| (m["offset"].clone(), m["data"].clone()))
+                .collect::<Vec<_>>(),
+        );
+    }
+    assert!(
+        orders.iter().all(|o| *o == orders[0]),
+        "one order on every node"
+    );
+    cluster.stop().await;
+}
+
+#[actix_web::test]
+async fn a_client_resumes_on_another_node_and_is_told_when_it_cannot() {
+    let cluster = Cluster::start(3, format!("redis://{REDIS}"), |s| s.history_size = 60).await;
+    let room = "project:resume";
+    let (mut a, answer) = joined(&cluster.nodes[0], "alice", room).await;
+    let epoch = answer["epoch"].clone();
+    let mut b = member(&cluster.nodes[1], "bob", room).await;
+    b.publish(room, "m", json!(0)).await;
+    let left_at = a.recv_message().await["offset"].as_u64().expect("offset");
+    let r = a.request(json!({"type": "leave", "room": room})).await;
+    assert_eq!(r["type"], "left");
+    for i in 1..=50 {
+        b.publish(room, "m", json!(i)).await;
+    }
+    // Alice comes back on node C with where she stood.
+    let t = token("alice", &["*"], &["*"], None);
+    let mut a2 = WsClient::connect(&cluster.nodes[2].ws_url(), Some(&t)).await;
+    let since = json!({"epoch": epoch, "offset": left_at});
+    let answer = a2
+        .request(json!({"type": "join", "room": room, "since": since}))
+        .await;
+    assert_eq!(answer["type"], "joined", "{answer}");
+    assert_eq!(
+        answer["epoch"], epoch,
+        "every node reports the room's one epoch"
+    );
+    assert_eq!(answer["recovered"], true, "{answer}");
+    let missed = messages(&mut a2, 50).await;
+    assert_eq!(
+        missed.iter().map(|m| m["data"].clone()).collect::<Vec<_>>(),
+        (1..=50).map(|i| json!(i)).collect::<Vec<_>>(),
+        "exactly the missed ones"
+    );
+    // Past the history (60 kept, 100 more published): not recovered.
+    for i in 51..=150 {
+        b.publish(room, "m", json!(i)).await;
+    }
+    let mut a3 = WsClient::connect(&cluster.nodes[0].ws_url(), Some(&t)).await;
+    let answer = a3
+        .request(json!({"type": "join", "room": room, "since": since}))
+        .await;
+    assert_eq!(answer["type"], "joined", "{answer}");
+    assert_eq!(answer["recovered"], false, "{answer}");
+    cluster.stop().await;
+}
+
+#[actix_web::test]
+async fn epochs_and_history_survive_restarting_every_node() {
+    let mut cluster = Cluster::start(2, format!("redis://{REDIS}"), |_| {}).await;
+    let room = "project:restart";
+    let (mut a, answer) = joined(&cluster.nodes[0], "alice", room).await;
+    let epoch = answer["epoch"].as_str().map(str::to_string);
+    let mut b = member(&cluster.nodes[1], "bob", room).await;
+    for i in 0..5 {
+        b.publish(room, "m", json!(i)).await;
+    }
+    let got = messages(&mut a, 5).await;
+    let first = got[0]["offset"].as_u64().expect("offset");
+    drop(a);
+    drop(b);
+    cluster.restart(|_| {}).await;
+    let t = token("alice", &["*"], &["*"], None);
+    let mut again = WsClient::connect(&cluster.nodes[1].ws_url(), Some(&t)).await;
+    let answer = again
+        .request(json!({"type": "join", "room": room, "since": {"epoch": epoch, "offset": first}}))
+        .await;
+    assert_eq!(answer["type"], "joined", "{answer}");
+    assert_eq!(
+        answer["epoch"].as_str().map(str::to_string),
+        epoch,
+        "same epoch"
+    );
+    assert_eq!(answer["recovered"], true, "{answer}");
+    let missed = messages(&mut again, 4).await;
+    assert_eq!(
+        missed.iter().map(|m| m["data"].clone()).collect::<Vec<_>>(),
+        (1..5).map(|i| json!(i)).collect::<Vec<_>>()
+    );
+    cluster.stop().await;
+}
+
+#[actix_web::test]
+async fn with_redis_cut_publishes_are_refused_at_once_and_nothing_is_lost_after() {
+    let proxy = Proxy::start().await;
+    let cluster = Cluster::start(2, proxy.url(), |_| {}).await;
+    let room = "project:outage";
+    let mut a = member(&cluster.nodes[0], "alice", room).await;
+    let mut b = member(&cluster.nodes[1], "bob", room).await;
+    let before = b.publish(room, "m", json!("before")).await;
+    assert_eq!(a.recv_message().await["data"], "before");
+
+    proxy.cut();
+    // Refused, within a second and a half of asking (the deadline is 1 s).
+    let started = std::time::Instant::now();
+    let refused = loop {
+        let r = b
+            .request(json!({"type": "publish", "room": room, "event": "m", "data": "during"}))
+            .await;
+        if r["type"] == "error" {
+            break r;
+        }
+        // A publish that reached Redis before the cut is fine; the next ones are not.
+        assert!(started.elapsed() < WAIT, "never refused");
+    };
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    let t0 = std::time::Instant::now();
+    let r = b
+        .request(json!({"type": "publish", "room": room, "event": "m", "data": "during"}))
+        .await;
+    assert_eq!(r["code"], "unavailable", "{r}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(1_500),
+        "refused in {:?}",
+        t0.elapsed()
+    );
+    let (status, health) = cluster.nodes[0].get("/health").await;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["broker"]["status"], "unreachable", "{health}");
+    let (status, _) = cluster.nodes[1].get("/health").await;
+    assert_eq!(status, 503);
+
+    proxy.restore();
+    // Back: the first accepted publish comes right after the last one before the cut (nothing
+    // refused took an offset), and both members are still connected and get it.
+    // Polled (the node's Redis connection comes back on its own schedule), with a deadline.
+    let deadline = std::time::Instant::now() + WAIT;
+    let after = loop {
+        let r = b
+            .request(json!({"type": "publish", "room": room, "event": "m", "data": "after"}))
+            .await;
+        if r["type"] == "published" {
+            break r["offset"].as_u64();
+        }
+        assert!(std::time::Instant::now() < deadline, "still refused: {r}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    // Alice, still connected, gets everything from the last message before the cut on, with no
+    // gap: publishes that reached Redis as the cut began (acknowledged or not) in their place,
+    // then "after".
+    let after = after.expect("an offset");
+    let mut next = before + 1;
+    loop {
+        let got = a.recv_message().await;
+        assert_eq!(got["offset"], json!(next), "no gap: {got}");
+        next += 1;
+        if got["data"] == "after" {
+            assert_eq!(got["offset"], json!(after));
+            break;
+        }
+        assert_eq!(got["data"], "during", "{got}");
+    }
+    let (status, _) = cluster.nodes[0].get("/health").await;
+    assert_eq!(status, 200);
+    cluster.stop().await;
+}
+
+#[actix_web::test]
+async fn cluster_mode_refuses_to_start_on_sqlite() {
+    let db = TestDb::new(Backend::Sqlite);
+    let mut settings = test_settings(&db);
+    settings.redis_url = Some(format!("redis://{REDIS}"));
+    let err = match switchyard::startup::Application::build(settings).await {
+        Ok(_) => panic!("started on SQLite in cluster mode"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("PostgreSQL"), "{err}");
+}
