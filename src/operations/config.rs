@@ -179,7 +179,9 @@ impl Kind {
                             Some(Value::String(d))
                         }
                         Some(_) => {
-                            bail!("{what}: default of param {p} is not a string matching its pattern")
+                            bail!(
+                                "{what}: default of param {p} is not a string matching its pattern"
+                            )
                         }
                     };
                     (ParamType::String(pattern), default)
@@ -445,11 +447,13 @@ impl Kind {
             return; // only command kinds put values on a command line
         }
         let patterns = std::iter::once(("target_pattern".to_string(), &self.target_pattern)).chain(
-            self.params.iter().filter_map(|(name, spec)| match &spec.ty {
-                ParamType::String(pattern) => Some((format!("param {name}"), pattern)),
-                // Never on a command line.
-                ParamType::Json => None,
-            }),
+            self.params
+                .iter()
+                .filter_map(|(name, spec)| match &spec.ty {
+                    ParamType::String(pattern) => Some((format!("param {name}"), pattern)),
+                    // Never on a command line.
+                    ParamType::Json => None,
+                }),
         );
         for (what, anchored) in patterns {
             // Kinds store the anchored form `^(?:…)$`; the check anchors again, harmlessly.
@@ -651,10 +655,15 @@ default = { cpu = 2, zones = ["a"] }
             .validate("t", &json!({"name": {"a": 1}, "plan": []}))
             .unwrap_err();
         assert!(e.contains("type = \"json\""), "{e}");
-        assert!(x.validate("t", &json!({"name": "web"})).is_err(), "required");
+        assert!(
+            x.validate("t", &json!({"name": "web"})).is_err(),
+            "required"
+        );
         let bounded = |p: serde_json::Value| x.validate_bounded("t", &p, 64, 3);
         assert_eq!(
-            bounded(json!({"plan": {"a": {"b": [1]}}})).unwrap_err().code,
+            bounded(json!({"plan": {"a": {"b": [1]}}}))
+                .unwrap_err()
+                .code,
             ErrorCode::InvalidField,
             "too deep"
         );
@@ -680,9 +689,15 @@ stdin = "file""#,
             assert!(Kinds::from_toml(&file, false).is_err(), "{kind}");
         }
         let no_pattern = "[kinds.y]\nrunner = \"command\"\ncommand = [\"/bin/echo\"]\n[kinds.y.params.s]\nrequired = true\n";
-        assert!(Kinds::from_toml(no_pattern, false).is_err(), "a string param needs a pattern");
+        assert!(
+            Kinds::from_toml(no_pattern, false).is_err(),
+            "a string param needs a pattern"
+        );
         let json_pattern = "[kinds.y]\nrunner = \"command\"\ncommand = [\"/bin/echo\"]\n[kinds.y.params.j]\ntype = \"json\"\npattern = \".*\"\n";
-        assert!(Kinds::from_toml(json_pattern, false).is_err(), "a json param has no pattern");
+        assert!(
+            Kinds::from_toml(json_pattern, false).is_err(),
+            "a json param has no pattern"
+        );
     }
 
     #[test]

@@ -192,7 +192,8 @@ pub const MAX_ETA_SECONDS: f64 = 315_360_000.0;
 impl Update {
     /// The worker's ETA as whole seconds (rounded up), once `check_update` has accepted it.
     pub fn eta(&self) -> Option<u64> {
-        self.eta_seconds.map(|e| e.ceil().clamp(0.0, MAX_ETA_SECONDS) as u64)
+        self.eta_seconds
+            .map(|e| e.ceil().clamp(0.0, MAX_ETA_SECONDS) as u64)
     }
 }
 
@@ -441,7 +442,10 @@ impl Operation {
         }
         if let Some(d) = &u.details {
             // An empty object clears them: the status then says `null`, as before any report.
-            let new = d.as_object().is_some_and(|o| !o.is_empty()).then(|| d.clone());
+            let new = d
+                .as_object()
+                .is_some_and(|o| !o.is_empty())
+                .then(|| d.clone());
             if self.details != new {
                 self.details = new;
                 changed.any = true;
@@ -603,7 +607,12 @@ const ETA_WINDOW_MS: i64 = 30_000;
 impl EtaEstimator {
     /// The ETA after a report: `supplied` is the worker's own (in whole seconds), if it gave
     /// one in this report.
-    pub fn observe_report(&mut self, now: i64, progress: f64, supplied: Option<u64>) -> Option<u64> {
+    pub fn observe_report(
+        &mut self,
+        now: i64,
+        progress: f64,
+        supplied: Option<u64>,
+    ) -> Option<u64> {
         if supplied.is_some() {
             self.supplied = supplied;
         }
@@ -854,12 +863,16 @@ mod tests {
             ..Default::default()
         };
         let agents = serde_json::json!({"agents": [{"name": "a", "state": "running"}]});
-        let c = o.apply(&report(agents.clone(), Some(41.2)), 1, &limits).unwrap();
+        let c = o
+            .apply(&report(agents.clone(), Some(41.2)), 1, &limits)
+            .unwrap();
         assert!(c.any);
         assert_eq!(o.details, Some(agents.clone()));
         assert_eq!(o.eta_seconds, Some(42), "rounded up to whole seconds");
         // The same again changes nothing.
-        let c = o.apply(&report(agents.clone(), Some(42.0)), 2, &limits).unwrap();
+        let c = o
+            .apply(&report(agents.clone(), Some(42.0)), 2, &limits)
+            .unwrap();
         assert!(!c.any);
         let refused = [
             report(serde_json::json!([1]), None),

@@ -161,10 +161,7 @@ pub async fn list(
         if s.is_terminal() == a {
             return Err(AppError::new(
                 ErrorCode::InvalidField,
-                format!(
-                    "status={} contradicts active={a}",
-                    s.as_str()
-                ),
+                format!("status={} contradicts active={a}", s.as_str()),
             ));
         }
     }

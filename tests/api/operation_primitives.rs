@@ -79,11 +79,7 @@ cancel_grace_secs = 1
     }
 }
 
-async fn app_with(
-    backend: Backend,
-    kinds: &Kinds,
-    tweak: impl FnOnce(&mut Settings),
-) -> TestApp {
+async fn app_with(backend: Backend, kinds: &Kinds, tweak: impl FnOnce(&mut Settings)) -> TestApp {
     let file = kinds.file();
     spawn_app_with(backend, move |s| {
         s.operations_file = Some(file);
@@ -114,9 +110,14 @@ async fn wait_finished(app: &TestApp, id: &str) -> Value {
     let end = c
         .recv_where(|f| {
             f["room"] == json!(format!("operation:{id}"))
-                && f["event"]
-                    .as_str()
-                    .is_some_and(|e| ["operation.completed", "operation.failed", "operation.cancelled"].contains(&e))
+                && f["event"].as_str().is_some_and(|e| {
+                    [
+                        "operation.completed",
+                        "operation.failed",
+                        "operation.cancelled",
+                    ]
+                    .contains(&e)
+                })
         })
         .await;
     end["data"].clone()
@@ -165,7 +166,9 @@ async fn listing_by_target_and_activity(backend: Backend) {
     assert_eq!(ids(&p), vec![c2.clone(), c1.clone()]);
     let (_, p) = app.get("/api/operations?active=false").await;
     assert_eq!(ids(&p), vec![d1.clone()]);
-    let (_, p) = app.get("/api/operations?target=t2&active=true&kind=convert").await;
+    let (_, p) = app
+        .get("/api/operations?target=t2&active=true&kind=convert")
+        .await;
     assert_eq!(ids(&p), vec![c2.clone()]);
     let (_, p) = app.get("/api/operations?target=nowhere").await;
     assert_eq!(ids(&p), Vec::<String>::new());
@@ -174,7 +177,9 @@ async fn listing_by_target_and_activity(backend: Backend) {
     assert_eq!(ids(&p), vec![c2.clone()]);
     let before = p["next_before"].as_str().expect("next_before").to_string();
     let (_, p) = app
-        .get(&format!("/api/operations?active=true&limit=1&before={before}"))
+        .get(&format!(
+            "/api/operations?active=true&limit=1&before={before}"
+        ))
         .await;
     assert_eq!(ids(&p), vec![c1.clone()]);
 
@@ -237,7 +242,11 @@ async fn listing_by_target_follows_the_listing_permissions() {
         (&outsider, "/api/operations?project=1&target=t1"),
     ] {
         let (s, b) = app.get_auth(path, who).await;
-        assert_eq!((s, b["error"].as_str()), (403, Some("forbidden")), "{path}: {b}");
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (403, Some("forbidden")),
+            "{path}: {b}"
+        );
     }
     let (s, _) = app.get("/api/operations?target=t1").await;
     assert_eq!(s, 401, "no token");
@@ -264,7 +273,9 @@ fn fill_and_analyze(url: &DatabaseUrl, n: u32) {
             ))
             .execute(&mut c)
             .expect("fill");
-            diesel::sql_query("ANALYZE").execute(&mut c).expect("analyze");
+            diesel::sql_query("ANALYZE")
+                .execute(&mut c)
+                .expect("analyze");
         }
         DatabaseUrl::Postgres(u) => {
             let mut c = diesel::PgConnection::establish(u).expect("open PostgreSQL");
@@ -353,14 +364,26 @@ async fn json_params_reach_the_command_as_json_never_in_argv(backend: Backend) {
         "hosts": hosts,
         "options": {"retries": 2, "hosts_at_once": ["a", "b"]},
     });
-    assert_eq!(op["params"], expected, "the status shows params with defaults");
+    assert_eq!(
+        op["params"], expected,
+        "the status shows params with defaults"
+    );
     let done = wait_finished(&app, &id).await;
     assert_eq!(done["status"], "completed", "{done}");
     let r = &done["result"];
-    assert_eq!(r["argc"], 2, "only the target and the string param are arguments: {r}");
+    assert_eq!(
+        r["argc"], 2,
+        "only the target and the string param are arguments: {r}"
+    );
     assert_eq!(r["argv"], json!(["web-1", "nginx"]));
-    assert_eq!(r["env"], expected, "SWITCHYARD_PARAMS holds every param as JSON");
-    assert_eq!(r["stdin"], expected, "and so does stdin with `stdin = \"params\"`");
+    assert_eq!(
+        r["env"], expected,
+        "SWITCHYARD_PARAMS holds every param as JSON"
+    );
+    assert_eq!(
+        r["stdin"], expected,
+        "and so does stdin with `stdin = \"params\"`"
+    );
     // The command's status line set worker details; the end clears the ETA, keeps the details.
     assert_eq!(done["details"]["agents"][0]["name"], "planner");
     assert_eq!(done["eta_seconds"], Value::Null);
@@ -443,23 +466,29 @@ async fn params_that_could_reach_argv_or_outgrow_their_bounds_are_refused_at_sta
     ];
     for (body, status, code, says) in refused {
         let (s, b) = app.post("/api/operations", body.clone()).await;
-        assert_eq!((s, b["error"].as_str()), (status, Some(code)), "{body}: {b}");
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (status, Some(code)),
+            "{body}: {b}"
+        );
         let message = b["message"].as_str().unwrap_or("");
         assert!(message.contains(says), "{body}: {message}");
     }
     // Within the bounds, objects and arrays are fine for an external kind, over `/ws` too.
     let mut c = app.ws_as("starter").await;
     let r = c
-        .request(json!({"type": "operation.start", "kind": "convert", "target": "f",
-                        "params": {"files": ["a.mkv", "b.mkv"], "codec": {"v": "av1"}}}))
+        .request(
+            json!({"type": "operation.start", "kind": "convert", "target": "f",
+                        "params": {"files": ["a.mkv", "b.mkv"], "codec": {"v": "av1"}}}),
+        )
         .await;
     assert_eq!(r["type"], "operation", "{r}");
     assert_eq!(r["operation"]["params"]["codec"]["v"], "av1");
     app.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_kind_that_puts_a_json_param_on_the_command_line_does_not_load() {
+#[test]
+fn a_kind_that_puts_a_json_param_on_the_command_line_does_not_load() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("operations.toml");
     std::fs::write(
@@ -476,10 +505,19 @@ type = "json"
     let db = TestDb::new(Backend::Sqlite);
     let mut settings = test_settings(&db);
     settings.operations_file = Some(file);
-    let built = switchyard::startup::Application::build(settings).await;
-    let err = match built {
-        Ok(_) => panic!("a kind with a JSON param in argv must not load"),
-        Err(e) => format!("{e:#}"),
+    // The application builds its actors, so inside an actix system of its own.
+    let built = std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            switchyard::startup::Application::build(settings)
+                .await
+                .err()
+                .map(|e| format!("{e:#}"))
+        })
+    })
+    .join()
+    .expect("the build thread ended");
+    let Some(err) = built else {
+        panic!("a kind with a JSON param in argv must not load");
     };
     assert!(
         err.contains("kind bad") && err.contains("never goes on a command line"),
@@ -499,7 +537,10 @@ async fn worker_details_and_eta(backend: Backend) {
     .await;
     let op = start(&app, json!({"kind": "convert", "target": "job-1"})).await;
     let id = id_of(&op);
-    let token = op["worker_token"].as_str().expect("worker token").to_string();
+    let token = op["worker_token"]
+        .as_str()
+        .expect("worker token")
+        .to_string();
     let mut watcher = app.ws_as("viewer").await;
     watcher.join(&format!("operation:{id}")).await;
     let report = |path: &str, body: Value| {
@@ -524,7 +565,10 @@ async fn worker_details_and_eta(backend: Backend) {
     )
     .await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!((b["eta_seconds"].clone(), b["details"].clone()), (json!(90), agents.clone()));
+    assert_eq!(
+        (b["eta_seconds"].clone(), b["details"].clone()),
+        (json!(90), agents.clone())
+    );
     let live = watcher
         .recv_where(|f| f["event"] == "operation.progress" && f["data"]["details"] != Value::Null)
         .await;
@@ -536,36 +580,62 @@ async fn worker_details_and_eta(backend: Backend) {
     assert_eq!((s, b["eta_seconds"].clone()), (200, json!(90)), "{b}");
     // Over `/ws`, with new details replacing the old whole, and a new ETA.
     let mut worker = app.ws().await;
-    let newer = json!({"agents": [{"name": "java_analyzer", "status": "completed", "progress": 100}]});
+    let newer =
+        json!({"agents": [{"name": "java_analyzer", "status": "completed", "progress": 100}]});
     let r = worker
-        .request(json!({"type": "operation.progress", "operation": id, "worker_token": token,
-                        "progress": 70, "eta_seconds": 12.5, "details": newer}))
+        .request(
+            json!({"type": "operation.progress", "operation": id, "worker_token": token,
+                        "progress": 70, "eta_seconds": 12.5, "details": newer}),
+        )
         .await;
     assert_eq!(r["type"], "operation", "{r}");
     assert_eq!(r["operation"]["eta_seconds"], 13, "rounded up");
     assert_eq!(r["operation"]["details"], newer);
     let (_, got) = app.get(&format!("/api/operations/{id}")).await;
-    assert_eq!((got["details"].clone(), got["eta_seconds"].clone()), (newer.clone(), json!(13)));
+    assert_eq!(
+        (got["details"].clone(), got["eta_seconds"].clone()),
+        (newer.clone(), json!(13))
+    );
 
     // Bounded and checked; a refused report changes nothing.
     let refused = [
-        (json!({"details": {"pad": "x".repeat(600)}}), 413, "payload_too_large"),
-        (json!({"details": ["not", "an", "object"]}), 400, "invalid_field"),
+        (
+            json!({"details": {"pad": "x".repeat(600)}}),
+            413,
+            "payload_too_large",
+        ),
+        (
+            json!({"details": ["not", "an", "object"]}),
+            400,
+            "invalid_field",
+        ),
         (json!({"eta_seconds": -1}), 400, "invalid_field"),
         (json!({"eta_seconds": 1e12}), 400, "invalid_field"),
         (json!({"eta_seconds": "soon"}), 400, "invalid_json"),
     ];
     for (body, status, code) in refused {
         let (s, b) = report("progress", body.clone()).await;
-        assert_eq!((s, b["error"].as_str()), (status, Some(code)), "{body}: {b}");
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (status, Some(code)),
+            "{body}: {b}"
+        );
     }
     let r = worker
-        .request(json!({"type": "operation.progress", "operation": id, "worker_token": token,
-                        "eta_seconds": "soon"}))
+        .request(
+            json!({"type": "operation.progress", "operation": id, "worker_token": token,
+                        "eta_seconds": "soon"}),
+        )
         .await;
-    assert_eq!((r["type"].as_str(), r["code"].as_str()), (Some("error"), Some("invalid_field")));
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("invalid_field"))
+    );
     let (_, got) = app.get(&format!("/api/operations/{id}")).await;
-    assert_eq!((got["details"].clone(), got["eta_seconds"].clone()), (newer.clone(), json!(13)));
+    assert_eq!(
+        (got["details"].clone(), got["eta_seconds"].clone()),
+        (newer.clone(), json!(13))
+    );
 
     // Stored with every write: after the end, the database has the last details.
     let (s, _) = report("complete", json!({"result": {"url": "/out.mcaddon"}})).await;
@@ -636,7 +706,10 @@ async fn finished(backend: Backend) -> Finished {
         let (s, b) = a
             .post(&format!("/api/operations/{id}/cancel"), json!({}))
             .await;
-        s == 409 && b["message"].as_str().is_some_and(|m| m.starts_with("operation "))
+        s == 409
+            && b["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("operation "))
     })
     .await;
     Finished {
@@ -655,7 +728,10 @@ async fn reopen_over_ws(backend: Backend) {
             c.join(&format!("operation:{id}")).await;
             let frames = c.drain().await;
             let events: Vec<&str> = frames.iter().filter_map(|f| f["event"].as_str()).collect();
-            let terminal = events.iter().filter(|e| TERMINAL_EVENTS.contains(e)).count();
+            let terminal = events
+                .iter()
+                .filter(|e| TERMINAL_EVENTS.contains(e))
+                .count();
             assert_eq!(terminal, 1, "{events:?}");
             assert_eq!(events.last(), Some(&"operation.completed"), "{events:?}");
             c.close().await;
@@ -674,9 +750,9 @@ async fn a_finished_operation_reopened_over_ws_gives_one_terminal_event_on_postg
 }
 
 /// A raw Socket.IO client over WebSocket (Engine.IO v4): connects to the main namespace.
-async fn socketio(app: &TestApp) -> tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-> {
+async fn socketio(
+    app: &TestApp,
+) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
     let url = format!(
         "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
         app.port
@@ -724,7 +800,9 @@ async fn reopen_over_socketio(backend: Backend) {
         for _ in 0..2 {
             let mut s = socketio(app).await;
             let join = json!(["join", {"room": format!("operation:{id}")}]);
-            s.send(Message::text(format!("421{join}"))).await.expect("join");
+            s.send(Message::text(format!("421{join}")))
+                .await
+                .expect("join");
             // Everything up to the answer to a ping sent after the join's ack.
             let mut events = Vec::new();
             let mut pinged = false;
@@ -749,7 +827,10 @@ async fn reopen_over_socketio(backend: Backend) {
                 .filter(|e| TERMINAL_EVENTS.contains(&e.as_str()))
                 .count();
             assert_eq!(terminal, 1, "{events:?}");
-            assert_eq!(events.last().map(String::as_str), Some("operation.completed"));
+            assert_eq!(
+                events.last().map(String::as_str),
+                Some("operation.completed")
+            );
         }
     }
 }
@@ -798,7 +879,10 @@ async fn reopen_over_sse(backend: Backend) {
                 .filter(|e| TERMINAL_EVENTS.contains(&e.as_str()))
                 .count();
             assert_eq!(terminal, 1, "{query}: {events:?}");
-            assert_eq!(events.last().map(String::as_str), Some("operation.completed"));
+            assert_eq!(
+                events.last().map(String::as_str),
+                Some("operation.completed")
+            );
         }
     }
 }
@@ -829,7 +913,10 @@ async fn reopen_over_the_operation_socket(backend: Backend) {
             .expect("connect");
             let mut statuses = Vec::new();
             let close = loop {
-                match tokio::time::timeout(WAIT, sock.next()).await.expect("in time") {
+                match tokio::time::timeout(WAIT, sock.next())
+                    .await
+                    .expect("in time")
+                {
                     Some(Ok(Message::Text(t))) => {
                         statuses.push(serde_json::from_str::<Value>(&t).expect("JSON"))
                     }
@@ -876,7 +963,10 @@ async fn a_live_operation_on_its_socket_still_gets_its_snapshot_and_one_terminal
     .expect("connect");
     let mut statuses = Vec::new();
     loop {
-        match tokio::time::timeout(WAIT, sock.next()).await.expect("in time") {
+        match tokio::time::timeout(WAIT, sock.next())
+            .await
+            .expect("in time")
+        {
             Some(Ok(Message::Text(t))) => {
                 statuses.push(serde_json::from_str::<Value>(&t).expect("JSON"))
             }
@@ -885,7 +975,10 @@ async fn a_live_operation_on_its_socket_still_gets_its_snapshot_and_one_terminal
             other => panic!("unexpected {other:?}"),
         }
     }
-    assert_eq!(statuses.first().map(|s| s["status"].clone()), Some(json!("running")));
+    assert_eq!(
+        statuses.first().map(|s| s["status"].clone()),
+        Some(json!("running"))
+    );
     assert_eq!(statuses.iter().filter(|s| is_terminal_status(s)).count(), 1);
     assert!(is_terminal_status(statuses.last().expect("a status")));
 }

@@ -196,9 +196,16 @@ pub fn status_line(line: &str) -> Option<Update> {
     }
     let v: serde_json::Value = serde_json::from_str(t).ok()?;
     let obj = v.as_object()?;
-    if !["progress", "stage", "message", "result", "eta_seconds", "details"]
-        .iter()
-        .any(|k| obj.contains_key(*k))
+    if ![
+        "progress",
+        "stage",
+        "message",
+        "result",
+        "eta_seconds",
+        "details",
+    ]
+    .iter()
+    .any(|k| obj.contains_key(*k))
     {
         return None;
     }
