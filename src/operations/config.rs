@@ -7,6 +7,11 @@
 //! a shell. Params declared `type = "json"` (objects, arrays, any JSON) never reach a command
 //! line: a kind whose argv names one is refused at load, and the command gets every param as
 //! one JSON object in `SWITCHYARD_PARAMS` (and on stdin with `stdin = "params"`).
+//!
+//! Why this file is one piece (about 720 lines, a quarter of them tests): the file format, the
+//! checks made when a kind is loaded and the checks made when one is started are one contract —
+//! which values may reach argv is decided by both, and splitting them would let one side drift
+//! from the other.
 
 use std::collections::BTreeMap;
 use std::path::Path;

@@ -5,8 +5,9 @@
 //! refuses to move a terminal operation, which is what makes "exactly one terminal state" hold
 //! whatever order reports arrive in.
 //!
-//! Why this file is one piece (about 730 lines, a fifth of them tests): the status object, its
-//! transitions, the bounds on what a report may add to it and the log line type are one model;
+//! Why this file is one piece (about 910 lines, a quarter of them tests): the status object, its
+//! transitions, the bounds on what a report may add to it (stages, message, result, details,
+//! ETA) and the log line type are one model;
 //! every transition checks the same state, and splitting them would scatter the "exactly one
 //! terminal state" rule over several files.
 
