@@ -11,6 +11,11 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
+/// The most `SWITCHYARD_OPERATION_MAX_PARAMS_BYTES` may be: a command's params travel in the
+/// environment variable `SWITCHYARD_PARAMS`, and Linux refuses to start a program with one
+/// environment string over 128 KiB (`MAX_ARG_STRLEN`), name and `=` included.
+pub const MAX_PARAMS_ENV_BYTES: usize = 128 * 1024 - 64;
+
 /// Where the data lives. Parsed from `DATABASE_URL`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DatabaseUrl {
@@ -142,6 +147,15 @@ pub struct Settings {
     /// Largest `result` an operation completes with, as JSON
     /// (`SWITCHYARD_OPERATION_MAX_RESULT_BYTES`).
     pub operation_max_result_bytes: usize,
+    /// Largest `details` a worker's report may set, as JSON
+    /// (`SWITCHYARD_OPERATION_MAX_DETAILS_BYTES`).
+    pub operation_max_details_bytes: usize,
+    /// Largest `params` an operation is started with, as JSON; a command gets them in one
+    /// environment variable, which the kernel limits to 128 KiB
+    /// (`SWITCHYARD_OPERATION_MAX_PARAMS_BYTES`).
+    pub operation_max_params_bytes: usize,
+    /// Deepest nesting of start `params` and of `details` (`SWITCHYARD_OPERATION_MAX_JSON_DEPTH`).
+    pub operation_max_json_depth: usize,
     /// Bytes of recent log lines one operation keeps in memory for watchers that rejoin (besides
     /// the 1,000-line bound); older lines come from the database
     /// (`SWITCHYARD_OPERATION_LOG_MEMORY_BYTES`).
@@ -236,6 +250,9 @@ impl Default for Settings {
             operation_flush_interval: Duration::from_millis(250),
             operation_max_stages: 32,
             operation_max_result_bytes: 64 * 1024,
+            operation_max_details_bytes: 16 * 1024,
+            operation_max_params_bytes: 64 * 1024,
+            operation_max_json_depth: 16,
             operation_log_memory_bytes: 1 << 20,
             operation_unwritten_max_bytes: 16 << 20,
             operation_report_rate: 1_000,
@@ -411,6 +428,28 @@ impl Settings {
             2,
             64 << 20,
             &mut s.operation_max_result_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_MAX_DETAILS_BYTES",
+            2,
+            64 << 20,
+            &mut s.operation_max_details_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_MAX_PARAMS_BYTES",
+            2,
+            // `SWITCHYARD_PARAMS=` + the JSON + NUL must fit the kernel's 128 KiB per string.
+            MAX_PARAMS_ENV_BYTES,
+            &mut s.operation_max_params_bytes,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_OPERATION_MAX_JSON_DEPTH",
+            1,
+            100,
+            &mut s.operation_max_json_depth,
         )?;
         num(
             &get,

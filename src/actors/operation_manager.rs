@@ -356,14 +356,15 @@ impl Handler<StartOperation> for OperationManager {
             );
             return Box::pin(fut::ready(Err(StartError::Refused(r))));
         };
-        let params = match kind.validate(&msg.target, &msg.params) {
+        let settings = &self.cx.settings;
+        let params = match kind.validate_bounded(
+            &msg.target,
+            &msg.params,
+            settings.operation_max_params_bytes,
+            settings.operation_max_json_depth,
+        ) {
             Ok(p) => p,
-            Err(m) => {
-                return Box::pin(fut::ready(Err(StartError::Refused(Refusal::new(
-                    ErrorCode::InvalidField,
-                    m,
-                )))))
-            }
+            Err(r) => return Box::pin(fut::ready(Err(StartError::Refused(r)))),
         };
         // The one project rule (also the activity feed's): an empty project is no project, even
         // though `project:` alone is a valid room name.

@@ -241,6 +241,7 @@ mod tests {
             updated_at: 0,
             finished_at: None,
             log_offset: 0,
+            details: None,
         }
     }
 

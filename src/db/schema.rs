@@ -34,6 +34,7 @@ diesel::table! {
         updated_at -> BigInt,
         finished_at -> Nullable<BigInt>,
         log_offset -> BigInt,
+        details -> Nullable<Text>,
     }
 }
 

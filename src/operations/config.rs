@@ -4,7 +4,14 @@
 //!
 //! Every value that reaches a command line is validated against a pattern declared for its kind
 //! (anchored: the whole value must match), and commands are run from an argv list, never through
-//! a shell.
+//! a shell. Params declared `type = "json"` (objects, arrays, any JSON) never reach a command
+//! line: a kind whose argv names one is refused at load, and the command gets every param as
+//! one JSON object in `SWITCHYARD_PARAMS` (and on stdin with `stdin = "params"`).
+//!
+//! Why this file is one piece (about 720 lines, a quarter of them tests): the file format, the
+//! checks made when a kind is loaded and the checks made when one is started are one contract —
+//! which values may reach argv is decided by both, and splitting them would let one side drift
+//! from the other.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -17,6 +24,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{RunnerKind, Stage, StageState};
+use crate::error_code::{ErrorCode, Refusal};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -47,15 +55,24 @@ struct KindFormat {
     /// Extra environment for the command.
     #[serde(default)]
     env: BTreeMap<String, String>,
+    /// What the command reads on stdin: nothing (`"null"`, the default) or its params as one
+    /// JSON object and a newline (`"params"`).
+    stdin: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ParamFormat {
-    pattern: String,
+    /// `"string"` (the default; may be placed in argv) or `"json"` (any JSON value; never in
+    /// argv).
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    /// Required for string params; json params have none.
+    pattern: Option<String>,
     #[serde(default)]
     required: bool,
-    default: Option<String>,
+    /// A string for string params; any TOML value (turned into JSON) for json params.
+    default: Option<toml::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,12 +83,26 @@ struct StageFormat {
     to: f64,
 }
 
+/// How a declared param is checked and where it may go.
+#[derive(Debug)]
+pub enum ParamType {
+    /// A string (numbers and booleans are turned into one) matching the whole pattern; the only
+    /// kind of value that may be placed in argv.
+    String(Regex),
+    /// Any JSON value: objects, arrays and scalars. Passed to a command only as JSON (see
+    /// [`PARAMS_ENV`]), never in argv.
+    Json,
+}
+
 #[derive(Debug)]
 pub struct ParamSpec {
-    pub pattern: Regex,
+    pub ty: ParamType,
     pub required: bool,
-    pub default: Option<String>,
+    pub default: Option<Value>,
 }
+
+/// The environment variable holding a command's params as one JSON object.
+pub const PARAMS_ENV: &str = "SWITCHYARD_PARAMS";
 
 /// One operation kind.
 #[derive(Debug)]
@@ -88,6 +119,9 @@ pub struct Kind {
     pub stages: Vec<Stage>,
     pub workdir: Option<String>,
     pub env: BTreeMap<String, String>,
+    /// Write the params (JSON and a newline) to the command's stdin; otherwise stdin is
+    /// `/dev/null`.
+    pub params_on_stdin: bool,
 }
 
 /// The target pattern of a kind that declares none: 1-256 characters of `A-Z a-z 0-9 : _ . / @
@@ -128,6 +162,7 @@ impl Kind {
             ],
             workdir: None,
             env: BTreeMap::new(),
+            params_on_stdin: false,
         }
     }
 
@@ -137,20 +172,54 @@ impl Kind {
             .with_context(|| format!("{what}: runner must be command, external or demo"))?;
         let mut params = BTreeMap::new();
         for (p, spec) in f.params {
-            let pattern = anchored(&spec.pattern, &format!("{what}: param {p}"))?;
-            if let Some(d) = &spec.default {
-                if !pattern.is_match(d) {
-                    bail!("{what}: default of param {p} does not match its pattern");
+            let (ty, default) = match spec.kind.as_deref().unwrap_or("string") {
+                "string" => {
+                    let Some(pattern) = &spec.pattern else {
+                        bail!("{what}: param {p} needs a `pattern` (or `type = \"json\"`)");
+                    };
+                    let pattern = anchored(pattern, &format!("{what}: param {p}"))?;
+                    let default = match spec.default {
+                        None => None,
+                        Some(toml::Value::String(d)) if pattern.is_match(&d) => {
+                            Some(Value::String(d))
+                        }
+                        Some(_) => {
+                            bail!(
+                                "{what}: default of param {p} is not a string matching its pattern"
+                            )
+                        }
+                    };
+                    (ParamType::String(pattern), default)
                 }
-            }
+                "json" => {
+                    if spec.pattern.is_some() {
+                        bail!("{what}: param {p} is `type = \"json\"`, which takes no `pattern`");
+                    }
+                    let default = spec
+                        .default
+                        .map(serde_json::to_value)
+                        .transpose()
+                        .with_context(|| format!("{what}: default of param {p}"))?;
+                    (ParamType::Json, default)
+                }
+                other => bail!("{what}: param {p} has type {other:?}; use \"string\" or \"json\""),
+            };
             params.insert(
                 p,
                 ParamSpec {
-                    pattern,
+                    ty,
                     required: spec.required,
-                    default: spec.default,
+                    default,
                 },
             );
+        }
+        let params_on_stdin = match f.stdin.as_deref() {
+            None | Some("null") => false,
+            Some("params") => true,
+            Some(other) => bail!("{what}: stdin = {other:?}; use \"params\" or \"null\""),
+        };
+        if f.env.contains_key(PARAMS_ENV) {
+            bail!("{what}: env may not set {PARAMS_ENV}, which holds the operation's params");
         }
         let command = f.command.unwrap_or_default();
         if runner == RunnerKind::Command {
@@ -159,11 +228,21 @@ impl Kind {
             }
             for arg in &command {
                 for placeholder in placeholders(arg) {
-                    let ok = placeholder == "target"
-                        || placeholder
-                            .strip_prefix("params.")
-                            .is_some_and(|p| params.contains_key(p));
-                    if !ok {
+                    let param = placeholder
+                        .strip_prefix("params.")
+                        .and_then(|p| params.get(p));
+                    if let Some(ParamSpec {
+                        ty: ParamType::Json,
+                        ..
+                    }) = param
+                    {
+                        bail!(
+                            "{what}: placeholder {{{placeholder}}} names a `type = \"json\"` param, \
+                             which never goes on a command line; the command reads it from \
+                             {PARAMS_ENV} (or stdin with `stdin = \"params\"`)"
+                        );
+                    }
+                    if placeholder != "target" && param.is_none() {
                         bail!("{what}: placeholder {{{placeholder}}} is not `target` or a declared param");
                     }
                 }
@@ -200,6 +279,7 @@ impl Kind {
             stages,
             workdir: f.workdir,
             env: f.env,
+            params_on_stdin,
         })
     }
 
@@ -221,34 +301,50 @@ impl Kind {
             RunnerKind::Command => {
                 let mut out = serde_json::Map::new();
                 for (k, v) in &obj {
-                    if !self.params.contains_key(k) {
+                    let Some(spec) = self.params.get(k) else {
                         return Err(format!(
                             "param {k:?} is not declared for kind {}",
                             self.name
                         ));
-                    }
-                    let s = match v {
-                        Value::String(s) => s.clone(),
-                        Value::Number(n) => n.to_string(),
-                        Value::Bool(b) => b.to_string(),
-                        _ => return Err(format!("param {k:?} must be a string or a number")),
                     };
-                    out.insert(k.clone(), Value::String(s));
+                    let v = match (&spec.ty, v) {
+                        (ParamType::Json, v) => v.clone(),
+                        (ParamType::String(_), Value::String(s)) => Value::String(s.clone()),
+                        (ParamType::String(_), Value::Number(n)) => Value::String(n.to_string()),
+                        (ParamType::String(_), Value::Bool(b)) => Value::String(b.to_string()),
+                        (ParamType::String(_), _) => {
+                            return Err(format!(
+                                "param {k:?} of kind {} is a string param (it may be placed on \
+                                 the command line), so it must be a string, a number or a \
+                                 boolean; objects and arrays go in params declared \
+                                 `type = \"json\"`, which the command reads from {PARAMS_ENV}",
+                                self.name
+                            ))
+                        }
+                    };
+                    out.insert(k.clone(), v);
                 }
                 for (k, spec) in &self.params {
-                    let value = match (out.get(k), &spec.default) {
-                        (Some(Value::String(s)), _) => s.clone(),
-                        (None, Some(d)) => {
-                            out.insert(k.clone(), Value::String(d.clone()));
-                            d.clone()
+                    if !out.contains_key(k) {
+                        match &spec.default {
+                            Some(d) => {
+                                out.insert(k.clone(), d.clone());
+                            }
+                            None if spec.required => {
+                                return Err(format!(
+                                    "param {k:?} is required for kind {}",
+                                    self.name
+                                ))
+                            }
+                            None => continue,
                         }
-                        (None, None) if spec.required => {
-                            return Err(format!("param {k:?} is required for kind {}", self.name))
+                    }
+                    if let (ParamType::String(pattern), Some(Value::String(s))) =
+                        (&spec.ty, out.get(k))
+                    {
+                        if !pattern.is_match(s) {
+                            return Err(format!("param {k:?} does not match its pattern"));
                         }
-                        _ => continue,
-                    };
-                    if !spec.pattern.is_match(&value) {
-                        return Err(format!("param {k:?} does not match its pattern"));
                     }
                 }
                 Ok(Value::Object(out))
@@ -271,6 +367,49 @@ impl Kind {
             }
             RunnerKind::External => Ok(Value::Object(obj)),
         }
+    }
+
+    /// [`Kind::validate`] within bounds: params of at most `max_bytes` of JSON (413
+    /// `payload_too_large`) nesting at most `max_depth` deep (400 `invalid_field`), before and
+    /// after defaults are filled in. Params travel in every status event and, for a command, in
+    /// one environment variable.
+    pub fn validate_bounded(
+        &self,
+        target: &str,
+        params: &Value,
+        max_bytes: usize,
+        max_depth: usize,
+    ) -> Result<Value, Refusal> {
+        let bounded = |p: &Value| -> Result<(), Refusal> {
+            // Depth first: `params` itself is level 1.
+            let depth = super::json_depth(p);
+            if depth > max_depth {
+                return Err(Refusal::new(
+                    ErrorCode::InvalidField,
+                    format!(
+                        "params nest {depth} levels deep, over the limit of {max_depth} \
+                         (SWITCHYARD_OPERATION_MAX_JSON_DEPTH)"
+                    ),
+                ));
+            }
+            let len = super::json_len(p);
+            if len > max_bytes {
+                return Err(Refusal::new(
+                    ErrorCode::PayloadTooLarge,
+                    format!(
+                        "params are {len} bytes of JSON, over the limit of {max_bytes} \
+                         (SWITCHYARD_OPERATION_MAX_PARAMS_BYTES)"
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        bounded(params)?;
+        let out = self
+            .validate(target, params)
+            .map_err(|m| Refusal::new(ErrorCode::InvalidField, m))?;
+        bounded(&out)?;
+        Ok(out)
     }
 
     /// The argv for a command run, placeholders replaced by validated values. One pass over
@@ -315,7 +454,11 @@ impl Kind {
         let patterns = std::iter::once(("target_pattern".to_string(), &self.target_pattern)).chain(
             self.params
                 .iter()
-                .map(|(name, spec)| (format!("param {name}"), &spec.pattern)),
+                .filter_map(|(name, spec)| match &spec.ty {
+                    ParamType::String(pattern) => Some((format!("param {name}"), pattern)),
+                    // Never on a command line.
+                    ParamType::Json => None,
+                }),
         );
         for (what, anchored) in patterns {
             // Kinds store the anchored form `^(?:…)$`; the check anchors again, harmlessly.
@@ -484,6 +627,94 @@ pattern = "[a-z]+"
             x.render_argv("{params.b}", &p),
             vec!["/bin/echo", "{params.b}ok", "{params.b}-ok"]
         );
+    }
+
+    #[test]
+    fn json_params_never_reach_argv_and_string_params_take_no_objects() {
+        let file = r#"
+[kinds.x]
+runner = "command"
+command = ["/bin/echo", "{target}", "{params.name}"]
+stdin = "params"
+[kinds.x.params.name]
+pattern = "[a-z]+"
+[kinds.x.params.plan]
+type = "json"
+required = true
+[kinds.x.params.limits]
+type = "json"
+default = { cpu = 2, zones = ["a"] }
+"#;
+        let k = Kinds::from_toml(file, false).unwrap();
+        let x = k.get("x").unwrap();
+        assert!(x.params_on_stdin);
+        let p = x
+            .validate("t", &json!({"name": "web", "plan": [{"step": 1}]}))
+            .unwrap();
+        assert_eq!(
+            p,
+            json!({"name": "web", "plan": [{"step": 1}], "limits": {"cpu": 2, "zones": ["a"]}})
+        );
+        assert_eq!(x.render_argv("t", &p), vec!["/bin/echo", "t", "web"]);
+        let e = x
+            .validate("t", &json!({"name": {"a": 1}, "plan": []}))
+            .unwrap_err();
+        assert!(e.contains("type = \"json\""), "{e}");
+        assert!(
+            x.validate("t", &json!({"name": "web"})).is_err(),
+            "required"
+        );
+        let bounded = |p: serde_json::Value| x.validate_bounded("t", &p, 64, 3);
+        assert_eq!(
+            bounded(json!({"plan": {"a": {"b": [1]}}}))
+                .unwrap_err()
+                .code,
+            ErrorCode::InvalidField,
+            "too deep"
+        );
+        assert_eq!(
+            bounded(json!({"plan": "x".repeat(64)})).unwrap_err().code,
+            ErrorCode::PayloadTooLarge
+        );
+
+        let refused = [
+            // A json param in argv, alone or inside an argument.
+            r#"command = ["/bin/echo", "{params.plan}"]"#,
+            r#"command = ["/bin/echo", "--plan={params.plan}"]"#,
+            // The kind's env may not hide the params variable.
+            r#"command = ["/bin/echo"]
+env = { SWITCHYARD_PARAMS = "{}" }"#,
+            r#"command = ["/bin/echo"]
+stdin = "file""#,
+        ];
+        for kind in refused {
+            let file = format!(
+                "[kinds.y]\nrunner = \"command\"\n{kind}\n[kinds.y.params.plan]\ntype = \"json\"\n"
+            );
+            assert!(Kinds::from_toml(&file, false).is_err(), "{kind}");
+        }
+        let no_pattern = "[kinds.y]\nrunner = \"command\"\ncommand = [\"/bin/echo\"]\n[kinds.y.params.s]\nrequired = true\n";
+        assert!(
+            Kinds::from_toml(no_pattern, false).is_err(),
+            "a string param needs a pattern"
+        );
+        let json_pattern = "[kinds.y]\nrunner = \"command\"\ncommand = [\"/bin/echo\"]\n[kinds.y.params.j]\ntype = \"json\"\npattern = \".*\"\n";
+        assert!(
+            Kinds::from_toml(json_pattern, false).is_err(),
+            "a json param has no pattern"
+        );
+    }
+
+    #[test]
+    fn the_documented_example_file_loads() {
+        let k = Kinds::from_toml(include_str!("../../docs/operations.example.toml"), false)
+            .expect("docs/operations.example.toml loads");
+        let install = k.get("install").expect("install kind");
+        assert!(install.params_on_stdin);
+        assert!(matches!(
+            install.params.get("config").map(|p| &p.ty),
+            Some(ParamType::Json)
+        ));
     }
 
     #[test]

@@ -5,8 +5,9 @@
 //! refuses to move a terminal operation, which is what makes "exactly one terminal state" hold
 //! whatever order reports arrive in.
 //!
-//! Why this file is one piece (about 730 lines, a fifth of them tests): the status object, its
-//! transitions, the bounds on what a report may add to it and the log line type are one model;
+//! Why this file is one piece (about 910 lines, a quarter of them tests): the status object, its
+//! transitions, the bounds on what a report may add to it (stages, message, result, details,
+//! ETA) and the log line type are one model;
 //! every transition checks the same state, and splitting them would scatter the "exactly one
 //! terminal state" rule over several files.
 
@@ -150,8 +151,12 @@ pub struct Operation {
     pub stage: Option<String>,
     pub stages: Vec<Stage>,
     pub message: Option<String>,
-    /// Computed by the server from the progress rate.
+    /// Seconds left: the worker's own estimate when it gave one (it wins), else computed by
+    /// the server from the progress rate.
     pub eta_seconds: Option<u64>,
+    /// What the worker says about the work beyond one progress number (e.g. a list of agents
+    /// with their own states): a JSON object, replaced whole by each report that carries one.
+    pub details: Option<Value>,
     pub result: Option<Value>,
     pub error: Option<OpError>,
     pub params: Value,
@@ -170,9 +175,27 @@ pub struct Update {
     pub progress: Option<f64>,
     pub stage: Option<String>,
     pub message: Option<String>,
+    /// The worker's own estimate of the seconds left; once given it wins over the server's
+    /// estimate for the rest of the operation.
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
+    /// A JSON object replacing the operation's `details` (`{}` clears them).
+    #[serde(default)]
+    pub details: Option<Value>,
     /// Only from command runners: the value the operation completes with.
     #[serde(default)]
     pub result: Option<Value>,
+}
+
+/// The longest ETA a worker may give: ten years, in seconds.
+pub const MAX_ETA_SECONDS: f64 = 315_360_000.0;
+
+impl Update {
+    /// The worker's ETA as whole seconds (rounded up), once `check_update` has accepted it.
+    pub fn eta(&self) -> Option<u64> {
+        self.eta_seconds
+            .map(|e| e.ceil().clamp(0.0, MAX_ETA_SECONDS) as u64)
+    }
 }
 
 /// What an external worker reports (over `/ws`, Socket.IO or REST).
@@ -220,6 +243,10 @@ pub struct StatusLimits {
     pub max_stages: usize,
     /// Largest `result`, as JSON (`SWITCHYARD_OPERATION_MAX_RESULT_BYTES`).
     pub max_result_bytes: usize,
+    /// Largest `details`, as JSON (`SWITCHYARD_OPERATION_MAX_DETAILS_BYTES`).
+    pub max_details_bytes: usize,
+    /// Deepest nesting of `details` (and of start params; `SWITCHYARD_OPERATION_MAX_JSON_DEPTH`).
+    pub max_json_depth: usize,
 }
 
 impl Default for StatusLimits {
@@ -227,20 +254,72 @@ impl Default for StatusLimits {
         Self {
             max_stages: 32,
             max_result_bytes: 64 * 1024,
+            max_details_bytes: 16 * 1024,
+            max_json_depth: 16,
         }
     }
+}
+
+/// The bytes of `v` as compact JSON, counted without building the text.
+pub fn json_len(v: &Value) -> usize {
+    let mut counter = ByteCounter(0);
+    // Writing into a counter cannot fail; a value that cannot be serialised is not ours.
+    let _ = serde_json::to_writer(&mut counter, v);
+    counter.0
+}
+
+/// How deeply `v` nests: 0 for a scalar, 1 for a flat object or array. Iterative, so a value
+/// as deep as the parser allowed cannot exhaust the stack here.
+pub fn json_depth(v: &Value) -> usize {
+    let mut deepest = 0;
+    let mut stack = vec![(v, 0usize)];
+    while let Some((v, d)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(a) => Box::new(a.iter()),
+            Value::Object(o) => Box::new(o.values()),
+            _ => continue,
+        };
+        deepest = deepest.max(d + 1);
+        stack.extend(children.map(|c| (c, d + 1)));
+    }
+    deepest
 }
 
 impl StatusLimits {
     /// Refuses a `result` whose JSON is longer than the bound (measured without building it).
     pub fn check_result(&self, result: &Value) -> Result<(), TransitionError> {
-        let mut counter = ByteCounter(0);
-        // Writing into a counter cannot fail; a value that cannot be serialised is not ours.
-        let _ = serde_json::to_writer(&mut counter, result);
-        if counter.0 > self.max_result_bytes {
+        let len = json_len(result);
+        if len > self.max_result_bytes {
             return Err(TransitionError::TooLarge(format!(
-                "`result` is {} bytes of JSON, over the limit of {} (SWITCHYARD_OPERATION_MAX_RESULT_BYTES)",
-                counter.0, self.max_result_bytes
+                "`result` is {len} bytes of JSON, over the limit of {} (SWITCHYARD_OPERATION_MAX_RESULT_BYTES)",
+                self.max_result_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// `details` must be a JSON object, bounded in bytes and in depth: it travels in every
+    /// status event, like `result`.
+    pub fn check_details(&self, details: &Value) -> Result<(), TransitionError> {
+        if !details.is_object() {
+            return Err(TransitionError::Invalid(
+                "`details` must be a JSON object".into(),
+            ));
+        }
+        let depth = json_depth(details);
+        if depth > self.max_json_depth {
+            return Err(TransitionError::Invalid(format!(
+                "`details` nests {depth} levels deep, over the limit of {} \
+                 (SWITCHYARD_OPERATION_MAX_JSON_DEPTH)",
+                self.max_json_depth
+            )));
+        }
+        let len = json_len(details);
+        if len > self.max_details_bytes {
+            return Err(TransitionError::TooLarge(format!(
+                "`details` is {len} bytes of JSON, over the limit of {} \
+                 (SWITCHYARD_OPERATION_MAX_DETAILS_BYTES)",
+                self.max_details_bytes
             )));
         }
         Ok(())
@@ -286,6 +365,7 @@ impl Operation {
             stages,
             message: None,
             eta_seconds: None,
+            details: None,
             result: None,
             error: None,
             params,
@@ -355,6 +435,23 @@ impl Operation {
                 changed.any = true;
             }
         }
+        if let Some(eta) = u.eta() {
+            if self.eta_seconds != Some(eta) {
+                self.eta_seconds = Some(eta);
+                changed.any = true;
+            }
+        }
+        if let Some(d) = &u.details {
+            // An empty object clears them: the status then says `null`, as before any report.
+            let new = d
+                .as_object()
+                .is_some_and(|o| !o.is_empty())
+                .then(|| d.clone());
+            if self.details != new {
+                self.details = new;
+                changed.any = true;
+            }
+        }
         if let Some(r) = &u.result {
             self.result = Some(r.clone());
         }
@@ -397,6 +494,16 @@ impl Operation {
                     "`message` must be at most {MAX_MESSAGE} bytes"
                 )));
             }
+        }
+        if let Some(e) = u.eta_seconds {
+            if !e.is_finite() || !(0.0..=MAX_ETA_SECONDS).contains(&e) {
+                return Err(TransitionError::Invalid(format!(
+                    "`eta_seconds` must be a number of seconds from 0 to {MAX_ETA_SECONDS}"
+                )));
+            }
+        }
+        if let Some(d) = &u.details {
+            limits.check_details(d)?;
         }
         if let Some(r) = &u.result {
             limits.check_result(r)?;
@@ -486,15 +593,36 @@ impl Operation {
     }
 }
 
-/// Estimates the time left from the recent progress rate (a 30-second window of samples).
+/// Estimates the time left from the recent progress rate (a 30-second window of samples),
+/// unless the worker gave its own estimate: from then on the worker's latest one stands.
 #[derive(Debug, Default)]
 pub struct EtaEstimator {
     samples: VecDeque<(i64, f64)>,
+    /// The worker's latest ETA; once there is one, the server no longer estimates (the worker
+    /// knows its work, e.g. how many files are left, better than a rate does).
+    supplied: Option<u64>,
 }
 
 const ETA_WINDOW_MS: i64 = 30_000;
 
 impl EtaEstimator {
+    /// The ETA after a report: `supplied` is the worker's own (in whole seconds), if it gave
+    /// one in this report.
+    pub fn observe_report(
+        &mut self,
+        now: i64,
+        progress: f64,
+        supplied: Option<u64>,
+    ) -> Option<u64> {
+        if supplied.is_some() {
+            self.supplied = supplied;
+        }
+        match self.supplied {
+            Some(eta) => Some(eta),
+            None => self.observe(now, progress),
+        }
+    }
+
     pub fn observe(&mut self, now: i64, progress: f64) -> Option<u64> {
         if self.samples.back().is_none_or(|(_, p)| progress > *p) {
             self.samples.push_back((now, progress));
@@ -659,6 +787,7 @@ mod tests {
         let limits = StatusLimits {
             max_stages: 4,
             max_result_bytes: 100,
+            ..StatusLimits::default()
         };
         let mut o = op(); // declares a and b
         let stage = |name: &str| Update {
@@ -719,6 +848,60 @@ mod tests {
             .apply(&Update::default(), 4, &StatusLimits::default())
             .is_err());
         assert_eq!(o.status, Status::Failed);
+    }
+
+    #[test]
+    fn details_and_a_worker_eta_are_bounded_applied_and_cleared() {
+        let limits = StatusLimits {
+            max_details_bytes: 64,
+            max_json_depth: 3,
+            ..StatusLimits::default()
+        };
+        let mut o = op();
+        let report = |details: Value, eta: Option<f64>| Update {
+            details: Some(details),
+            eta_seconds: eta,
+            ..Default::default()
+        };
+        let agents = serde_json::json!({"agents": [{"name": "a", "state": "running"}]});
+        let c = o
+            .apply(&report(agents.clone(), Some(41.2)), 1, &limits)
+            .unwrap();
+        assert!(c.any);
+        assert_eq!(o.details, Some(agents.clone()));
+        assert_eq!(o.eta_seconds, Some(42), "rounded up to whole seconds");
+        // The same again changes nothing.
+        let c = o
+            .apply(&report(agents.clone(), Some(42.0)), 2, &limits)
+            .unwrap();
+        assert!(!c.any);
+        let refused = [
+            report(serde_json::json!([1]), None),
+            report(serde_json::json!({"a": {"b": {"c": {}}}}), None),
+            report(serde_json::json!({"pad": "x".repeat(64)}), None),
+            report(serde_json::json!({}), Some(-1.0)),
+            report(serde_json::json!({}), Some(f64::INFINITY)),
+        ];
+        for u in &refused {
+            assert!(o.apply(u, 3, &limits).is_err(), "{u:?}");
+        }
+        assert_eq!(o.details, Some(agents), "a refused report changes nothing");
+        o.apply(&report(serde_json::json!({}), None), 4, &limits)
+            .unwrap();
+        assert_eq!(o.details, None, "an empty object clears them");
+        assert_eq!(json_depth(&serde_json::json!(1)), 0);
+        assert_eq!(json_depth(&serde_json::json!({"a": [1, {"b": []}]})), 4);
+        assert_eq!(json_depth(&serde_json::json!({"a": {"b": 1}})), 2);
+    }
+
+    #[test]
+    fn a_worker_eta_wins_over_the_estimate_from_then_on() {
+        let mut e = EtaEstimator::default();
+        assert_eq!(e.observe_report(0, 0.0, None), None);
+        assert_eq!(e.observe_report(10_000, 10.0, None), Some(90));
+        assert_eq!(e.observe_report(20_000, 20.0, Some(5)), Some(5));
+        assert_eq!(e.observe_report(30_000, 30.0, None), Some(5));
+        assert_eq!(e.observe_report(31_000, 31.0, Some(3)), Some(3));
     }
 
     #[test]

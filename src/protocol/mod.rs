@@ -182,6 +182,18 @@ pub fn is_status_event(event: &str) -> bool {
     event == "operation.progress" || is_terminal_event(event)
 }
 
+/// True when `status` (a status object) says `completed`, `failed` or `cancelled`.
+fn has_terminal_status(status: &RawValue) -> bool {
+    #[derive(serde::Deserialize)]
+    struct StatusOnly {
+        status: Option<crate::operations::Status>,
+    }
+    serde_json::from_str::<StatusOnly>(status.get())
+        .ok()
+        .and_then(|s| s.status)
+        .is_some_and(crate::operations::Status::is_terminal)
+}
+
 pub fn is_terminal_event(event: &str) -> bool {
     matches!(
         event,
@@ -223,9 +235,13 @@ impl Wire {
     pub fn encode_backfill(&self, room: &str, b: &Backfill) -> Option<Bytes> {
         match self {
             Wire::Native => Some(native::backfill(room, &b.event, &b.data, b.seq)),
-            Wire::StatusStream => {
-                is_status_event(&b.event).then(|| Bytes::copy_from_slice(b.data.get().as_bytes()))
-            }
+            // A finished operation's backfill is its snapshot, its lines and its terminal event,
+            // both carrying the final status (`backfill_frames`). A status stream's client stops
+            // at the first terminal status, and must get exactly one: the terminal event's, the
+            // one the stream closes after. So a snapshot whose status is terminal is skipped.
+            Wire::StatusStream => (is_terminal_event(&b.event)
+                || (b.event == "operation.progress" && !has_terminal_status(&b.data)))
+            .then(|| Bytes::copy_from_slice(b.data.get().as_bytes())),
             Wire::Sse => Some(sse::event(&b.event, &b.data, b.seq)),
             Wire::SocketIo(nsp) => Some(
                 sio::event(

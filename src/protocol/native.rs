@@ -67,6 +67,10 @@ struct RawFrame<'a> {
     error: Option<&'a RawValue>,
     #[serde(borrow, default)]
     worker_token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    eta_seconds: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    details: Option<&'a RawValue>,
 }
 
 impl Fields for RawFrame<'_> {
@@ -92,6 +96,8 @@ impl Fields for RawFrame<'_> {
             "result" => self.result,
             "error" => self.error,
             "worker_token" => self.worker_token,
+            "eta_seconds" => self.eta_seconds,
+            "details" => self.details,
             _ => None,
         };
         // serde reads a `null` field as absent already; this keeps the rule explicit.

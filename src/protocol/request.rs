@@ -327,6 +327,17 @@ fn worker_report(verb: Verb, f: &impl Fields) -> Result<WorkerReport, Refusal> {
             },
             stage: string_field(f, "stage", kind, false)?,
             message: string_field(f, "message", kind, false)?,
+            eta_seconds: match f.field("eta_seconds") {
+                None => None,
+                Some(v) => Some(v.decode::<f64>().map_err(|_| {
+                    Refusal::new(
+                        ErrorCode::InvalidField,
+                        "field `eta_seconds` must be a number",
+                    )
+                })?),
+            },
+            // Checked (an object, bounded) where it is applied, like `result`.
+            details: json("details")?,
             result: None,
         }),
         Verb::Log => {

@@ -114,6 +114,9 @@ pub struct ListQuery {
     status: Option<String>,
     kind: Option<String>,
     project: Option<String>,
+    target: Option<String>,
+    /// `true` or `false`, read here (not by serde) so a bad value gets `invalid_field`.
+    active: Option<String>,
     limit: Option<i64>,
     before: Option<String>,
 }
@@ -132,13 +135,41 @@ pub async fn list(
         None => caller.identity.may_join("operations"),
     };
     caller.identity.require(allowed, "list operations")?;
-    if let Some(s) = &q.status {
-        if Status::parse(s).is_none() {
-            return Err(AppError::new(
+    let status = match &q.status {
+        Some(s) => Some(Status::parse(s).ok_or_else(|| {
+            AppError::new(
                 ErrorCode::InvalidField,
                 "status must be queued, running, cancelling, completed, failed or cancelled",
+            )
+        })?),
+        None => None,
+    };
+    let active = match q.active.as_deref() {
+        None => None,
+        Some("true") => Some(true),
+        Some("false") => Some(false),
+        Some(_) => {
+            return Err(AppError::new(
+                ErrorCode::InvalidField,
+                "active must be true or false",
+            ))
+        }
+    };
+    if let (Some(s), Some(a)) = (status, active) {
+        // Asking for both a status and its opposite is a mistake worth saying, not an empty
+        // page.
+        if s.is_terminal() == a {
+            return Err(AppError::new(
+                ErrorCode::InvalidField,
+                format!("status={} contradicts active={a}", s.as_str()),
             ));
         }
+    }
+    if q.target.as_deref() == Some("") {
+        return Err(AppError::new(
+            ErrorCode::InvalidField,
+            "target must not be empty (leave it out to list every target)",
+        ));
     }
     let limit = page_limit(q.limit, 50, 500)?;
     let ops = manager::list(
@@ -147,6 +178,8 @@ pub async fn list(
             status: q.status,
             kind: q.kind,
             project: q.project,
+            target: q.target,
+            active,
             before: q.before,
             limit,
         },

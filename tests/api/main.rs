@@ -15,6 +15,7 @@ mod hardening;
 mod health;
 mod helpers;
 mod limits;
+mod operation_primitives;
 mod operations;
 mod presence;
 mod properties;

@@ -282,6 +282,8 @@ impl OperationActor {
         crate::operations::StatusLimits {
             max_stages: self.cx.settings.operation_max_stages,
             max_result_bytes: self.cx.settings.operation_max_result_bytes,
+            max_details_bytes: self.cx.settings.operation_max_details_bytes,
+            max_json_depth: self.cx.settings.operation_max_json_depth,
         }
     }
 
@@ -290,8 +292,9 @@ impl OperationActor {
         let before = self.op.status;
         let limits = self.status_limits();
         let changed = self.op.apply(u, now, &limits).map_err(transition_refusal)?;
-        if u.progress.is_some() || changed.stage {
-            self.op.eta_seconds = self.eta.observe(now, self.op.progress);
+        if u.progress.is_some() || changed.stage || u.eta_seconds.is_some() {
+            // A worker's own ETA wins over the estimate (`EtaEstimator::observe_report`).
+            self.op.eta_seconds = self.eta.observe_report(now, self.op.progress, u.eta());
         }
         if changed.any {
             self.journal.touch();

@@ -119,7 +119,18 @@ impl OperationActor {
             }
             RunnerKind::Command => {
                 let argv = self.kind.render_argv(&self.op.target, &self.op.params);
-                match command::spawn(&argv, self.kind.workdir.as_deref(), &self.kind.env) {
+                // Validated params with defaults filled in: always an object for a command.
+                let params_json = match &self.op.params {
+                    serde_json::Value::Null => "{}".to_string(),
+                    p => p.to_string(),
+                };
+                let input = command::Input {
+                    workdir: self.kind.workdir.as_deref(),
+                    env: &self.kind.env,
+                    params_json: &params_json,
+                    params_on_stdin: self.kind.params_on_stdin,
+                };
+                match command::spawn(&argv, input) {
                     Ok(spawned) => {
                         self.runner.pgid = Some(spawned.pgid);
                         log::info!(
@@ -369,9 +380,17 @@ impl StreamHandler<Output> for OperationActor {
                                 0.0
                             }
                         }),
+                        eta_seconds: u
+                            .eta_seconds
+                            .filter(|e| e.is_finite())
+                            .map(|e| e.clamp(0.0, crate::operations::MAX_ETA_SECONDS)),
                         ..u
                     };
-                    let _ = self.apply(&u);
+                    // A line refused whole (details too large, one stage too many) is said in
+                    // the log, where whoever wrote the command will look.
+                    if let Err(r) = self.apply(&u) {
+                        self.add_log("system", format!("status line ignored: {}", r.message));
+                    }
                 }
                 None => self.add_log("stdout", line),
             },

@@ -1,5 +1,10 @@
 //! Running a configured program as a child process.
 //!
+//! Its params reach it as one JSON object in the environment variable `SWITCHYARD_PARAMS`
+//! and, for kinds with `stdin = "params"`, on stdin (the JSON and a newline, then end of file);
+//! otherwise stdin is `/dev/null`. Only string params validated against their patterns are ever
+//! placed in argv (`config.rs`).
+//!
 //! The child gets its own process group so cancel and timeout reach everything it started
 //! (SIGTERM to the group, SIGKILL after the grace period): no orphans. Output is read line by
 //! line; a stdout line that is a JSON object with `progress`, `stage`, `message` or `result`
@@ -23,6 +28,7 @@ use futures_util::stream::{self, BoxStream, StreamExt};
 use tokio::process::Command;
 use tokio_util::codec::{FramedRead, LinesCodec};
 
+use crate::operations::config::PARAMS_ENV;
 use crate::operations::{Update, MAX_LOG_LINE};
 
 /// What the running program produced.
@@ -48,11 +54,18 @@ pub struct Spawned {
 /// Variables never passed to commands: the server's own secrets.
 const SCRUBBED_ENV: &[&str] = &["SWITCHYARD_JWT_SECRET", "DATABASE_URL"];
 
-pub fn spawn(
-    argv: &[String],
-    workdir: Option<&str>,
-    env: &BTreeMap<String, String>,
-) -> std::io::Result<Spawned> {
+/// What a command is given besides its argv.
+pub struct Input<'a> {
+    pub workdir: Option<&'a str>,
+    /// The kind's extra environment.
+    pub env: &'a BTreeMap<String, String>,
+    /// The operation's params as one JSON object (`SWITCHYARD_PARAMS`).
+    pub params_json: &'a str,
+    /// Also write `params_json` and a newline to stdin (else stdin is `/dev/null`).
+    pub params_on_stdin: bool,
+}
+
+pub fn spawn(argv: &[String], input: Input<'_>) -> std::io::Result<Spawned> {
     let Some((program, args)) = argv.split_first() else {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
@@ -61,7 +74,11 @@ pub fn spawn(
     };
     let mut cmd = Command::new(program);
     cmd.args(args)
-        .stdin(Stdio::null())
+        .stdin(if input.params_on_stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
@@ -86,11 +103,25 @@ pub fn spawn(
     for var in SCRUBBED_ENV {
         cmd.env_remove(var);
     }
-    cmd.envs(env);
-    if let Some(dir) = workdir {
+    cmd.envs(input.env);
+    // After the kind's env (which may not name it, see `config.rs`): the params are ours.
+    cmd.env(PARAMS_ENV, input.params_json);
+    if let Some(dir) = input.workdir {
         cmd.current_dir(dir);
     }
     let mut child = cmd.spawn()?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let mut data = Vec::with_capacity(input.params_json.len() + 1);
+        data.extend_from_slice(input.params_json.as_bytes());
+        data.push(b'\n');
+        // A task of its own: a command that reads its params late (or never) must not hold up
+        // its output. It ends when everything is written or the command closes the pipe
+        // (which it does by exiting, at the latest); dropping `stdin` is the end of file.
+        tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            let _ = stdin.write_all(&data).await;
+        });
+    }
     let pgid = child.id().map(|p| p as i32).unwrap_or(0);
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -165,9 +196,16 @@ pub fn status_line(line: &str) -> Option<Update> {
     }
     let v: serde_json::Value = serde_json::from_str(t).ok()?;
     let obj = v.as_object()?;
-    if !["progress", "stage", "message", "result"]
-        .iter()
-        .any(|k| obj.contains_key(*k))
+    if ![
+        "progress",
+        "stage",
+        "message",
+        "result",
+        "eta_seconds",
+        "details",
+    ]
+    .iter()
+    .any(|k| obj.contains_key(*k))
     {
         return None;
     }
@@ -181,6 +219,8 @@ pub fn status_line(line: &str) -> Option<Update> {
             .get("message")
             .and_then(|s| s.as_str())
             .map(str::to_string),
+        eta_seconds: obj.get("eta_seconds").and_then(|e| e.as_f64()),
+        details: obj.get("details").filter(|d| !d.is_null()).cloned(),
         result: obj.get("result").cloned(),
     })
 }

@@ -21,7 +21,7 @@ fn update(stage: Option<&str>, progress: f64, message: Option<&str>) -> Step {
         progress: Some(progress),
         stage: stage.map(str::to_string),
         message: message.map(str::to_string),
-        result: None,
+        ..Update::default()
     })
 }
 

@@ -1,0 +1,2 @@
+DROP INDEX operations_target;
+ALTER TABLE operations DROP COLUMN details;
