@@ -23,5 +23,7 @@
 //! See docs/cluster.md for the guarantees, their limits and what is not clustered yet.
 
 mod redis;
+mod replies;
+mod scripts;
 
 pub use self::redis::{RedisBroker, RedisLog};

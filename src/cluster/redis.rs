@@ -1,10 +1,14 @@
 //! The Redis broker: publishes ordered by one script per message, a writer that keeps each
 //! caller's order, a reader of the fan-out stream per node, and the room backlog and history
 //! read from each room's stream.
+//!
+//! One piece (about 520 lines): the writer, the reader, the backlog and the history read the
+//! same keys in the same shapes; the scripts and the reply parsing are apart (`scripts.rs`,
+//! `replies.rs`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix::prelude::*;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -13,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::registry::{Deliver, LeaveAll, ListRooms, QueryPresence, RoomRegistry};
 use crate::auth::UserInfo;
-use crate::broker::local::{answer, Ordered};
+use crate::broker::local::answer;
 use crate::broker::{
     node_id, Backlog, Broker, Envelope, HistoryPage, HistoryView, JoinFuture, JoinRoom,
     LeaveFuture, LeaveRoom, Position, PresenceView, PublishFuture, RoomInfo, SessionId, Tail,
@@ -23,46 +27,11 @@ use crate::config::Settings;
 use crate::error_code::{ErrorCode, Refusal};
 use crate::protocol::native;
 
-/// One publish, atomically: the room's epoch (minted from `ARGV[2]` if the room has none, and
-/// then its old stream is dropped: offsets restart), the next offset, the append to the room's
-/// stream (its history, id `{offset}-1`) and to the fan-out stream every node reads.
-///
-/// KEYS: meta hash, room stream, fan-out stream. ARGV: envelope JSON, candidate epoch, room
-/// stream length (0: no history), fan-out stream length, key lifetime in seconds, room name.
-const PUBLISH: &str = r#"
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-if not epoch then
-  epoch = ARGV[2]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'epoch', epoch)
-end
-local offset = redis.call('HINCRBY', KEYS[1], 'offset', 1)
-redis.call('EXPIRE', KEYS[1], ARGV[5])
-if tonumber(ARGV[3]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], offset .. '-1', 'd', ARGV[1])
-  redis.call('EXPIRE', KEYS[2], ARGV[5])
-end
-redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'r', ARGV[6], 'e', epoch, 'o', offset, 'd', ARGV[1])
-return {epoch, offset}
-"#;
-
-/// Where a room stands and its last messages, read together: its epoch (minted if it has none,
-/// so every node that opens it agrees on one), its last offset, and its stream newest first.
-///
-/// KEYS: meta hash, room stream. ARGV: candidate epoch, entries wanted, key lifetime.
-const OPEN: &str = r#"
-if redis.call('HSETNX', KEYS[1], 'epoch', ARGV[1]) == 1 then
-  redis.call('DEL', KEYS[2])
-end
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-local epoch = redis.call('HGET', KEYS[1], 'epoch')
-local offset = tonumber(redis.call('HGET', KEYS[1], 'offset') or '0')
-local entries = {}
-if tonumber(ARGV[2]) > 0 then
-  entries = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', ARGV[2])
-end
-return {epoch, offset, entries}
-"#;
+use super::replies::{
+    array, bad_reply, entries_of, entry_to_ordered, envelope_of, first_id, int, offset_of_id,
+    position_of, stream_entries, text,
+};
+use super::scripts::{OPEN, PUBLISH};
 
 /// Publishes written to Redis in one round trip at most.
 const BATCH: usize = 256;
@@ -555,132 +524,4 @@ impl PresenceView for RedisBroker {
         let fut = self.registry.send(ListRooms);
         Box::pin(async move { fut.await.map_err(registry_gone) })
     }
-}
-
-// ---- reading Redis replies -------------------------------------------------------------------
-
-/// A stream entry: its id and its fields.
-type Entry = (String, Vec<(String, Vec<u8>)>);
-
-fn bad_reply(v: &Value) -> Refusal {
-    Refusal::new(
-        ErrorCode::Unavailable,
-        format!("unexpected redis reply: {v:?}"),
-    )
-}
-
-fn array(v: &Value) -> Option<&[Value]> {
-    match v {
-        Value::Array(a) | Value::Set(a) => Some(a),
-        _ => None,
-    }
-}
-
-fn bytes(v: &Value) -> Option<&[u8]> {
-    match v {
-        Value::BulkString(b) => Some(b),
-        Value::SimpleString(s) => Some(s.as_bytes()),
-        Value::VerbatimString { text, .. } => Some(text.as_bytes()),
-        _ => None,
-    }
-}
-
-fn text(v: &Value) -> Option<String> {
-    bytes(v)
-        .and_then(|b| std::str::from_utf8(b).ok())
-        .map(str::to_string)
-}
-
-fn int(v: &Value) -> Option<u64> {
-    match v {
-        Value::Int(i) => u64::try_from(*i).ok(),
-        other => text(other)?.parse().ok(),
-    }
-}
-
-/// `{epoch, offset}` as the publish script returns it.
-fn position_of(v: &Value) -> Option<Position> {
-    let a = array(v)?;
-    Some(Position {
-        epoch: text(a.first()?)?.into(),
-        offset: int(a.get(1)?)?,
-    })
-}
-
-/// Stream entries (`[[id, [field, value, …]], …]`) as ids and field lists.
-fn entries_of(v: &Value) -> Vec<Entry> {
-    let Some(list) = array(v) else {
-        return Vec::new();
-    };
-    list.iter()
-        .filter_map(|e| {
-            let e = array(e)?;
-            let id = text(e.first()?)?;
-            let kv = array(e.get(1)?)?;
-            let fields = kv
-                .chunks(2)
-                .filter_map(|p| Some((text(p.first()?)?, bytes(p.get(1)?)?.to_vec())))
-                .collect();
-            Some((id, fields))
-        })
-        .collect()
-}
-
-/// The entries of an `XREAD` reply for one stream (`[[key, entries]]`, or a map in RESP3; nil
-/// when the block timed out).
-fn stream_entries(v: &Value) -> Vec<Entry> {
-    match v {
-        Value::Array(streams) => streams
-            .iter()
-            .filter_map(|s| array(s)?.get(1).map(entries_of))
-            .flatten()
-            .collect(),
-        Value::Map(streams) => streams.iter().flat_map(|(_, e)| entries_of(e)).collect(),
-        _ => Vec::new(),
-    }
-}
-
-/// The id of the first entry of an `XREVRANGE` reply.
-fn first_id(v: &Value) -> Option<String> {
-    entries_of(v).into_iter().next().map(|(id, _)| id)
-}
-
-fn field<'a>(fields: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
-    fields
-        .iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.as_slice())
-}
-
-fn envelope_of(fields: &[(String, Vec<u8>)]) -> Option<Envelope> {
-    serde_json::from_slice(field(fields, "d")?).ok()
-}
-
-/// A room stream's entry id is `{offset}-1`.
-fn offset_of_id(id: &str) -> Option<u64> {
-    id.split_once('-')?.0.parse().ok()
-}
-
-/// A fan-out entry as a delivery to this node's room of that name.
-fn entry_to_ordered(fields: &[(String, Vec<u8>)]) -> Option<(String, Ordered)> {
-    let room = String::from_utf8(field(fields, "r")?.to_vec()).ok()?;
-    let epoch = std::str::from_utf8(field(fields, "e")?).ok()?;
-    let offset = std::str::from_utf8(field(fields, "o")?)
-        .ok()?
-        .parse()
-        .ok()?;
-    let envelope = envelope_of(fields)?;
-    Some((
-        room,
-        Ordered {
-            envelope,
-            position: Position {
-                epoch: epoch.into(),
-                offset,
-            },
-            received_at: Instant::now(),
-            routed: true,
-            reply: None,
-        },
-    ))
 }
