@@ -67,6 +67,10 @@ struct RawFrame<'a> {
     error: Option<&'a RawValue>,
     #[serde(borrow, default)]
     worker_token: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    echo: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    watch: Option<&'a RawValue>,
 }
 
 impl Fields for RawFrame<'_> {
@@ -92,6 +96,8 @@ impl Fields for RawFrame<'_> {
             "result" => self.result,
             "error" => self.error,
             "worker_token" => self.worker_token,
+            "echo" => self.echo,
+            "watch" => self.watch,
             _ => None,
         };
         // serde reads a `null` field as absent already; this keeps the rule explicit.

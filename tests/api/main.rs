@@ -16,6 +16,7 @@ mod helpers;
 mod limits;
 mod operations;
 mod presence;
+mod profiles;
 mod properties;
 mod protocol;
 mod resume;
