@@ -133,6 +133,8 @@ pub struct Settings {
     pub room_threads: usize,
     /// Operation kinds file (`SWITCHYARD_OPERATIONS_FILE`).
     pub operations_file: Option<std::path::PathBuf>,
+    /// The configuration file: operation kinds and app profiles (`SWITCHYARD_CONFIG_FILE`).
+    pub config_file: Option<std::path::PathBuf>,
     /// Offer the built-in `demo` kind (`SWITCHYARD_DEMO`).
     pub demo: bool,
     /// How long a finished operation stays in memory (`SWITCHYARD_OPERATION_RETENTION_SECS`).
@@ -244,6 +246,7 @@ impl Default for Settings {
             workers: 0,
             room_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             operations_file: None,
+            config_file: None,
             demo: true,
             operation_retention: Duration::from_secs(300),
             operation_prune_days: 30,
@@ -392,6 +395,13 @@ impl Settings {
                 return Err(err("SWITCHYARD_OPERATIONS_FILE", &v, "no such file"));
             }
             s.operations_file = Some(path);
+        }
+        if let Some(v) = get("SWITCHYARD_CONFIG_FILE") {
+            let path = std::path::PathBuf::from(&v);
+            if !path.is_file() {
+                return Err(err("SWITCHYARD_CONFIG_FILE", &v, "no such file"));
+            }
+            s.config_file = Some(path);
         }
         let mut retention = s.operation_retention.as_secs();
         num(

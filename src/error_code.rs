@@ -39,6 +39,7 @@ pub enum ErrorCode {
     RequestTimeout,
     DatabaseUnavailable,
     Unavailable,
+    NotImplemented,
     Internal,
 }
 
@@ -73,6 +74,7 @@ impl ErrorCode {
         Self::RequestTimeout,
         Self::DatabaseUnavailable,
         Self::Unavailable,
+        Self::NotImplemented,
         Self::Internal,
     ];
 
@@ -107,6 +109,7 @@ impl ErrorCode {
             Self::RequestTimeout => "request_timeout",
             Self::DatabaseUnavailable => "database_unavailable",
             Self::Unavailable => "unavailable",
+            Self::NotImplemented => "not_implemented",
             Self::Internal => "internal",
         }
     }
@@ -141,6 +144,7 @@ impl ErrorCode {
             | Self::RateLimited
             | Self::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             Self::DatabaseUnavailable | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

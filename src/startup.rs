@@ -35,6 +35,7 @@ use crate::error::{self, AppError, ErrorCode};
 use crate::limits::{ConnectionGate, KeyedRate};
 use crate::metrics::Metrics;
 use crate::operations::config::Kinds;
+use crate::protocol::profile::Profiles;
 use crate::routes;
 use crate::state::AppState;
 use crate::transport::head::HeadGuarded;
@@ -142,8 +143,26 @@ impl Application {
             (registry, local.clone(), local.clone(), local)
         };
         StatsPublisher::new(settings.stats_interval, metrics.clone(), broker.clone()).start();
-        let kinds = Kinds::load(settings.operations_file.as_deref(), settings.demo)?;
+        // The configuration file holds operation kinds and app profiles; the operations file
+        // (kinds only) still works beside it.
+        let config_text = match &settings.config_file {
+            None => None,
+            Some(p) => Some(
+                std::fs::read_to_string(p)
+                    .with_context(|| format!("reading configuration file {}", p.display()))?,
+            ),
+        };
+        let config = settings.config_file.as_deref().zip(config_text.as_deref());
+        let kinds = Kinds::load_files(config, settings.operations_file.as_deref(), settings.demo)?;
         log::info!("operation kinds: {}", kinds.names().join(", "));
+        let profiles = match config {
+            None => Profiles::default(),
+            Some((p, text)) => Profiles::from_toml(text)
+                .with_context(|| format!("in configuration file {}", p.display()))?,
+        };
+        if !profiles.is_empty() {
+            log::info!("app profiles: {}", profiles.names().join(", "));
+        }
         let ops = Arc::new(OpContext {
             settings: settings.clone(),
             broker: broker.clone(),
@@ -171,6 +190,11 @@ impl Application {
                     .iter()
                     .map(|n| Arc::from(n.as_str())),
             );
+            for n in profiles.namespaces() {
+                if !namespaces.contains(n) {
+                    namespaces.push(n.clone());
+                }
+            }
             if mode == EngineMode::Fixture {
                 namespaces.push(Arc::from("/custom"));
             }
@@ -181,6 +205,10 @@ impl Application {
                 max_payload: settings.sio_max_payload,
                 connect_timeout: settings.sio_connect_timeout,
                 namespaces,
+                profiles: match mode {
+                    EngineMode::Switchyard => profiles.clone(),
+                    _ => Profiles::default(),
+                },
             })
         };
         let (socketio, engineio_echo) = if settings.conformance {
@@ -242,6 +270,7 @@ impl Application {
         let max_body = settings.max_body_bytes;
         let body_timeout = settings.request_timeout;
         let app_state = state.clone();
+        let aliases = profiles.aliases().to_vec();
         let app = move || {
             let counted = app_state.metrics.clone();
             App::new()
@@ -267,6 +296,7 @@ impl Application {
                 .app_data(web::PayloadConfig::new(max_body))
                 .app_data(error::query_config())
                 .app_data(error::path_config())
+                .configure(|cfg| routes::profiles::configure(cfg, &aliases))
                 .configure(routes::configure)
                 .default_service(web::to(not_found))
         };

@@ -112,7 +112,7 @@ impl Actor for Watcher {
             session: self.id,
             addr: ctx.address().recipient(),
         });
-        if self.wire == Wire::Sse {
+        if matches!(self.wire, Wire::Sse(_)) {
             let _ = self.outbox.push_text(sse::retry(3_000));
         }
         let member = Member {
@@ -150,7 +150,7 @@ impl Actor for Watcher {
             if since_keepalive >= keepalive {
                 since_keepalive = Duration::ZERO;
                 match act.wire {
-                    Wire::Sse => {
+                    Wire::Sse(_) => {
                         let _ = act.outbox.push_text(sse::keepalive());
                     }
                     _ => act.outbox.ping(),

@@ -1,6 +1,7 @@
-//! Operation kinds, declared in a TOML file (`SWITCHYARD_OPERATIONS_FILE`; see
-//! `docs/operations.example.toml`). The built-in `demo` kind is added unless disabled or
-//! redefined.
+//! Operation kinds, declared in the `[kinds.*]` sections of the configuration file
+//! (`SWITCHYARD_CONFIG_FILE`, which also holds app profiles) or of the operations file
+//! (`SWITCHYARD_OPERATIONS_FILE`, kinds only; see `docs/operations.example.toml`). The built-in
+//! `demo` kind is added unless disabled or redefined.
 //!
 //! Every value that reaches a command line is validated against a pattern declared for its kind
 //! (anchored: the whole value must match), and commands are run from an argv list, never through
@@ -30,7 +31,10 @@ use crate::error_code::{ErrorCode, Refusal};
 #[serde(deny_unknown_fields)]
 struct FileFormat {
     #[serde(default)]
-    kinds: BTreeMap<String, KindFormat>,
+    kinds: BTreeMap<String, toml::Spanned<KindFormat>>,
+    /// App profiles: read by `protocol::profile` (the configuration file only).
+    #[serde(default)]
+    profiles: Option<toml::Spanned<serde::de::IgnoredAny>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -513,34 +517,83 @@ impl Kinds {
     /// Reads `path` (if any) and adds the demo kind when `demo` is on and the file does not
     /// define a kind named `demo`.
     pub fn load(path: Option<&Path>, demo: bool) -> anyhow::Result<Self> {
-        match path {
-            None => Self::from_toml("", demo),
-            Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .with_context(|| format!("reading operations file {}", p.display()))?;
-                Self::from_toml(&text, demo)
-                    .with_context(|| format!("in operations file {}", p.display()))
+        Self::load_files(None, path, demo)
+    }
+
+    /// The kinds of the configuration file (its text, already read) and of the operations file
+    /// together; a kind declared in both is refused.
+    pub fn load_files(
+        config: Option<(&Path, &str)>,
+        operations: Option<&Path>,
+        demo: bool,
+    ) -> anyhow::Result<Self> {
+        let mut kinds = match config {
+            None => BTreeMap::new(),
+            Some((p, text)) => Self::parse(text, true)
+                .with_context(|| format!("in configuration file {}", p.display()))?,
+        };
+        if let Some(p) = operations {
+            let text = std::fs::read_to_string(p)
+                .with_context(|| format!("reading operations file {}", p.display()))?;
+            let more = Self::parse(&text, false)
+                .with_context(|| format!("in operations file {}", p.display()))?;
+            for (name, kind) in more {
+                if kinds.contains_key(&name) {
+                    bail!(
+                        "operation kind {name} is declared both in {} and in the configuration file",
+                        p.display()
+                    );
+                }
+                kinds.insert(name, kind);
             }
         }
+        Ok(Self::with_demo(kinds, demo))
     }
 
     pub fn from_toml(text: &str, demo: bool) -> anyhow::Result<Self> {
+        Ok(Self::with_demo(Self::parse(text, false)?, demo))
+    }
+
+    /// Kinds of one file. `profiles`: the file may also hold `[profiles.*]` (the
+    /// configuration file does; the operations file holds kinds only). Errors name the line.
+    fn parse(text: &str, profiles: bool) -> anyhow::Result<BTreeMap<String, Arc<Kind>>> {
         let format: FileFormat = toml::from_str(text)?;
+        let line = |span: std::ops::Range<usize>| {
+            text.as_bytes()[..span.start.min(text.len())]
+                .iter()
+                .filter(|b| **b == b'\n')
+                .count()
+                + 1
+        };
+        if let (Some(p), false) = (&format.profiles, profiles) {
+            bail!(
+                "line {}: app profiles belong in SWITCHYARD_CONFIG_FILE, not in the operations file",
+                line(p.span())
+            );
+        }
         let mut kinds = BTreeMap::new();
         for (name, f) in format.kinds {
+            let at = line(f.span());
             if !crate::names::valid_room_name(&name) {
-                bail!("kind name {name:?} must be 1-128 characters of A-Z a-z 0-9 : _ . -");
+                bail!(
+                    "line {at}: kind name {name:?} must be 1-128 characters of A-Z a-z 0-9 : _ . -"
+                );
             }
-            let kind = Kind::from_format(&name, f)?;
+            let kind =
+                Kind::from_format(&name, f.into_inner()).with_context(|| format!("line {at}"))?;
             kind.warn_about_risky_patterns();
             kinds.insert(name.clone(), Arc::new(kind));
         }
+        Ok(kinds)
+    }
+
+    fn with_demo(mut kinds: BTreeMap<String, Arc<Kind>>, demo: bool) -> Self {
         if demo {
             kinds
                 .entry("demo".to_string())
                 .or_insert_with(|| Arc::new(Kind::demo()));
         }
-        Ok(Self { kinds })
+        Self { kinds }
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Kind>> {

@@ -1,9 +1,14 @@
 //! Wire formats, one module per protocol. Nothing here knows about actors: a frame is parsed
 //! once into a typed [`Request`] (the one request type of every front end, [`request`]), and
 //! replies are encoded from plain data ([`Reply`], [`Wire`]).
+//!
+//! Why this file is one piece (about 530 lines): [`Wire`] is the one place that knows how each
+//! kind of client gets each kind of traffic (room messages, backfill, join answers, presence,
+//! replies), an app profile's renames included; a client kind's encodings read best together.
 
 pub mod engineio;
 pub mod native;
+pub mod profile;
 pub mod request;
 pub mod socketio;
 
@@ -85,6 +90,7 @@ use crate::auth::UserInfo;
 use crate::error::Refusal;
 use crate::operations::Operation;
 use crate::transport::outbox::Frame;
+use profile::{Outgoing, Shape};
 
 /// What a join answers, on every wire.
 #[derive(serde::Serialize)]
@@ -106,14 +112,67 @@ pub struct JoinAnswer<'a> {
 pub enum Wire {
     /// `/ws` JSON frames (`message`, `presence`, `joined`, …).
     Native,
-    /// `/api/operations/{id}/ws`: the bare status object of each status event, closed after
-    /// the terminal one.
-    StatusStream,
-    /// `/api/operations/{id}/events`: Server-Sent Events, ended after the terminal event.
-    Sse,
+    /// `/api/operations/{id}/ws` (or an app profile's alias of it, with the app's status
+    /// shape): the bare status object of each status event, closed after the terminal one.
+    StatusStream(Option<Shared<Shape>>),
+    /// `/api/operations/{id}/events` (or an app profile's alias, with the app's status shape):
+    /// Server-Sent Events, ended after the terminal event.
+    Sse(Option<Shared<Shape>>),
     /// A Socket.IO socket in this namespace: Engine.IO message packets carrying Socket.IO
-    /// events and acks.
-    SocketIo(Arc<str>),
+    /// events and acks; with the namespace's app profile renames, when it has one.
+    SocketIo(Arc<str>, Option<Shared<Outgoing>>),
+}
+
+/// A compiled profile part shared by every connection that uses it. Two wires are the same
+/// wire when they share the very same part (one per namespace or alias, made at start-up), so
+/// comparing is a pointer comparison, as cheap as comparing the namespace.
+#[derive(Debug)]
+pub struct Shared<T>(pub Arc<T>);
+
+impl<T> Clone for Shared<T> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<T> PartialEq for Shared<T> {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl<T> Eq for Shared<T> {}
+
+impl<T> std::hash::Hash for Shared<T> {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        std::ptr::hash(Arc::as_ptr(&self.0), state)
+    }
+}
+
+/// A status event's data in the wire's shape (an app's, for a profile's alias).
+fn status_data<'a>(
+    shape: &Option<Shared<Shape>>,
+    data: &'a RawValue,
+    room: &str,
+    event: &str,
+) -> std::borrow::Cow<'a, RawValue> {
+    match shape {
+        Some(s) => s.0.apply_raw(data, room, event),
+        None => std::borrow::Cow::Borrowed(data),
+    }
+}
+
+/// An event under the app's name and in its shape, when the namespace's profile renames it.
+fn renamed<'a>(
+    outgoing: &'a Option<Shared<Outgoing>>,
+    event: &'a str,
+    data: &'a RawValue,
+    room: &str,
+) -> (&'a str, std::borrow::Cow<'a, RawValue>) {
+    match outgoing.as_ref().and_then(|o| o.0.get(event)) {
+        Some(r) => (r.event.as_str(), r.shape.apply_raw(data, room, event)),
+        None => (event, std::borrow::Cow::Borrowed(data)),
+    }
 }
 
 /// A room message as the room sees it, for encoding.
@@ -213,22 +272,33 @@ impl Wire {
                 e.from,
                 e.attachments,
             ))),
-            Wire::StatusStream => is_status_event(e.event)
-                .then(|| Encoded::text(Bytes::copy_from_slice(e.data.get().as_bytes()))),
-            Wire::Sse => Some(Encoded::text(sse::event(e.event, e.data, e.seq))),
-            Wire::SocketIo(nsp) => Some(sio::event(
-                nsp,
-                e.event,
-                e.data,
-                &sio::Meta {
-                    room: e.room,
-                    offset: Some(e.offset),
-                    from: e.from,
-                    backfill: false,
-                    seq: e.seq,
-                },
-                e.attachments,
-            )),
+            Wire::StatusStream(shape) => is_status_event(e.event).then(|| {
+                let data = status_data(shape, e.data, e.room, e.event);
+                Encoded::text(Bytes::copy_from_slice(data.get().as_bytes()))
+            }),
+            Wire::Sse(shape) => {
+                let data = match is_status_event(e.event) {
+                    true => status_data(shape, e.data, e.room, e.event),
+                    false => std::borrow::Cow::Borrowed(e.data),
+                };
+                Some(Encoded::text(sse::event(e.event, &data, e.seq)))
+            }
+            Wire::SocketIo(nsp, outgoing) => {
+                let (event, data) = renamed(outgoing, e.event, e.data, e.room);
+                Some(sio::event(
+                    nsp,
+                    event,
+                    &data,
+                    &sio::Meta {
+                        room: e.room,
+                        offset: Some(e.offset),
+                        from: e.from,
+                        backfill: false,
+                        seq: e.seq,
+                    },
+                    e.attachments,
+                ))
+            }
         }
     }
 
@@ -239,26 +309,38 @@ impl Wire {
             // both carrying the final status (`backfill_frames`). A status stream's client stops
             // at the first terminal status, and must get exactly one: the terminal event's, the
             // one the stream closes after. So a snapshot whose status is terminal is skipped.
-            Wire::StatusStream => (is_terminal_event(&b.event)
+            Wire::StatusStream(shape) => (is_terminal_event(&b.event)
                 || (b.event == "operation.progress" && !has_terminal_status(&b.data)))
-            .then(|| Bytes::copy_from_slice(b.data.get().as_bytes())),
-            Wire::Sse => Some(sse::event(&b.event, &b.data, b.seq)),
-            Wire::SocketIo(nsp) => Some(
-                sio::event(
-                    nsp,
-                    &b.event,
-                    &b.data,
-                    &sio::Meta {
-                        room,
-                        offset: None,
-                        from: None,
-                        backfill: true,
-                        seq: b.seq,
-                    },
-                    &[],
+            .then(|| {
+                let data = status_data(shape, &b.data, room, &b.event);
+                Bytes::copy_from_slice(data.get().as_bytes())
+            }),
+            Wire::Sse(shape) => {
+                let data = match is_status_event(&b.event) {
+                    true => status_data(shape, &b.data, room, &b.event),
+                    false => std::borrow::Cow::Borrowed(&*b.data),
+                };
+                Some(sse::event(&b.event, &data, b.seq))
+            }
+            Wire::SocketIo(nsp, outgoing) => {
+                let (event, data) = renamed(outgoing, &b.event, &b.data, room);
+                Some(
+                    sio::event(
+                        nsp,
+                        event,
+                        &data,
+                        &sio::Meta {
+                            room,
+                            offset: None,
+                            from: None,
+                            backfill: true,
+                            seq: b.seq,
+                        },
+                        &[],
+                    )
+                    .text,
                 )
-                .text,
-            ),
+            }
         }
     }
 
@@ -272,7 +354,7 @@ impl Wire {
         }
         match self {
             Wire::Native => Some(native::joined(id, answer)),
-            Wire::SocketIo(nsp) => sio::ack_ok(nsp, id, &Ack { ok: true, answer }),
+            Wire::SocketIo(nsp, _) => sio::ack_ok(nsp, id, &Ack { ok: true, answer }),
             _ => None,
         }
     }
@@ -281,10 +363,10 @@ impl Wire {
     pub fn presence(&self, room: &str, users: &[&UserInfo], joined: bool) -> Option<Bytes> {
         match self {
             Wire::Native => Some(native::presence(room, users, joined)),
-            Wire::SocketIo(nsp) => {
+            Wire::SocketIo(nsp, outgoing) => {
                 let key = if joined { "joined" } else { "left" };
                 let body = serde_json::json!({ "room": room, key: users });
-                Some(sio::emit(nsp, "presence", &body))
+                Some(sio::emit_as(nsp, outgoing, room, "presence", body))
             }
             _ => None,
         }
@@ -304,7 +386,7 @@ impl Wire {
                 Reply::Duplicate(refusal, op) => native::duplicate(id, refusal, op),
                 Reply::Error(refusal) => native::error(id, refusal),
             }),
-            Wire::SocketIo(nsp) => {
+            Wire::SocketIo(nsp, outgoing) => {
                 let body = match r {
                     Reply::Pong => serde_json::json!({"ok": true}),
                     Reply::Authenticated(u) => serde_json::json!({"ok": true, "user": u}),
@@ -329,7 +411,7 @@ impl Wire {
                             "code": refusal.code.as_str(), "message": refusal.message,
                         });
                         if id.is_none() {
-                            return Some(sio::emit(nsp, "error", &err));
+                            return Some(sio::emit_as(nsp, outgoing, "", "error", err));
                         }
                         serde_json::json!({"ok": false, "error": err})
                     }
@@ -342,12 +424,12 @@ impl Wire {
 
     /// Whether this wire's connection ends after delivering `event`.
     pub fn ends_after(&self, event: &str) -> bool {
-        matches!(self, Wire::StatusStream | Wire::Sse) && is_terminal_event(event)
+        matches!(self, Wire::StatusStream(_) | Wire::Sse(_)) && is_terminal_event(event)
     }
 
     /// Whether this wire carries presence and join answers.
     pub fn wants_control(&self) -> bool {
-        matches!(self, Wire::Native | Wire::SocketIo(_))
+        matches!(self, Wire::Native | Wire::SocketIo(..))
     }
 }
 
@@ -423,6 +505,21 @@ pub mod sio {
     pub fn emit(nsp: &str, event: &str, body: &serde_json::Value) -> Bytes {
         let args = serde_json::to_string(&(event, body)).unwrap_or_else(|_| "[\"error\"]".into());
         engine_message(encode(Kind::Event, nsp, None, Some(&args), 0))
+    }
+
+    /// A server-originated event, under the app's name and in its shape when the namespace's
+    /// profile renames it.
+    pub fn emit_as(
+        nsp: &str,
+        outgoing: &Option<Shared<Outgoing>>,
+        room: &str,
+        event: &str,
+        body: serde_json::Value,
+    ) -> Bytes {
+        match outgoing.as_ref().and_then(|o| o.0.get(event)) {
+            Some(r) => emit(nsp, &r.event, &r.shape.apply(&body, room, event)),
+            None => emit(nsp, event, &body),
+        }
     }
 
     /// An ack with one argument, when the request asked for one.

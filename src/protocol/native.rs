@@ -71,6 +71,10 @@ struct RawFrame<'a> {
     eta_seconds: Option<&'a RawValue>,
     #[serde(borrow, default)]
     details: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    echo: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    watch: Option<&'a RawValue>,
 }
 
 impl Fields for RawFrame<'_> {
@@ -98,6 +102,8 @@ impl Fields for RawFrame<'_> {
             "worker_token" => self.worker_token,
             "eta_seconds" => self.eta_seconds,
             "details" => self.details,
+            "echo" => self.echo,
+            "watch" => self.watch,
             _ => None,
         };
         // serde reads a `null` field as absent already; this keeps the rule explicit.

@@ -55,6 +55,9 @@ pub enum Request {
         data: Box<RawValue>,
         /// Binary attachments (Socket.IO binary events); empty on `/ws`.
         attachments: Vec<Bytes>,
+        /// Whether the publisher gets its own message too (`echo: false` is Socket.IO's
+        /// `socket.to(room).emit`: everyone but the sender). Default true.
+        echo: bool,
     },
     Ping,
     /// `operation.start`
@@ -63,6 +66,9 @@ pub enum Request {
         target: String,
         project: Option<String>,
         params: serde_json::Value,
+        /// Join the started operation's room (`operation:<id>`) at once, as a `join` of it
+        /// would. Default false.
+        watch: bool,
     },
     /// `operation.cancel`
     CancelOperation {
@@ -271,6 +277,7 @@ pub fn build(verb: Verb, f: &impl Fields) -> Result<Request, Refusal> {
                 event,
                 data,
                 attachments: Vec::new(),
+                echo: bool_field(f, "echo")?.unwrap_or(true),
             }
         }
         Verb::Auth => Request::Auth {
@@ -290,6 +297,7 @@ pub fn build(verb: Verb, f: &impl Fields) -> Result<Request, Refusal> {
                 target: string_field(f, "target", kind, true)?.unwrap_or_default(),
                 project: string_field(f, "project", kind, false)?,
                 params,
+                watch: bool_field(f, "watch")?.unwrap_or(false),
             }
         }
         Verb::CancelOperation => Request::CancelOperation {
@@ -439,6 +447,19 @@ fn string_field(
     }
 }
 
+fn bool_field(f: &impl Fields, field: &str) -> Result<Option<bool>, Refusal> {
+    f.field(field)
+        .map(|v| {
+            v.decode::<bool>().map_err(|_| {
+                Refusal::new(
+                    ErrorCode::InvalidField,
+                    format!("field `{field}` must be true or false"),
+                )
+            })
+        })
+        .transpose()
+}
+
 fn room_field(f: &impl Fields, kind: &str) -> Result<String, Refusal> {
     let room = string_field(f, "room", kind, true)?.unwrap_or_default();
     if !super::valid_room_name(&room) {
@@ -475,10 +496,13 @@ mod tests {
             json!({"type": "publish", "room": "r", "event": "e"}),
             json!({"type": "publish", "room": "r", "event": ""}),
             json!({"type": "publish", "room": "r"}),
+            json!({"type": "publish", "room": "r", "event": "e", "echo": false}),
+            json!({"type": "publish", "room": "r", "event": "e", "echo": "no"}),
             json!({"type": "auth", "token": "t", "user": "u", "name": "n"}),
             json!({"type": "auth", "token": 1}),
             json!({"type": "operation.start", "kind": "demo", "target": "t", "params": {"x": 1}}),
             json!({"type": "operation.start", "target": "t"}),
+            json!({"type": "operation.start", "kind": "demo", "target": "t", "watch": true}),
             json!({"type": "operation.cancel", "operation": "o"}),
             json!({"type": "operation.progress", "operation": "o", "progress": 0.5, "stage": "s"}),
             json!({"type": "operation.progress", "operation": "o", "progress": "half"}),

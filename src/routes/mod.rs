@@ -5,6 +5,7 @@ pub mod activities;
 pub mod dashboard;
 pub mod health;
 pub mod operations;
+pub mod profiles;
 pub mod rooms;
 pub mod socketio;
 pub mod ws;

@@ -1,5 +1,9 @@
 //! Operation endpoints: start, list, get, logs, cancel, worker reports, and the two socket-less
 //! ways to follow one (Server-Sent Events and a per-operation WebSocket).
+//!
+//! Why this file is one piece (about 500 lines): every handler here is a thin check of the
+//! caller in front of the same operation manager; an app profile's aliases of the two streams
+//! (`routes/profiles.rs`) reuse them rather than copy them.
 
 use std::sync::Arc;
 
@@ -20,12 +24,17 @@ use crate::db::operations::{self as store, ListFilter, LogRow};
 use crate::error::{AppError, ErrorCode, Refusal};
 use crate::operations::{Operation, Status, Update, WorkerReport};
 use crate::protocol::native::{fail_fields, log_lines};
-use crate::protocol::Wire;
+use crate::protocol::profile::Shape;
+use crate::protocol::{Shared, Wire};
 use crate::state::AppState;
 use crate::transport::outbox::{Framing, Outbox, OutboxStream};
 
 /// The operation if the caller may see it; `not_found` otherwise (so ids cannot be probed).
-async fn visible(state: &AppState, identity: &Identity, id: &str) -> Result<Operation, AppError> {
+pub(super) async fn visible(
+    state: &AppState,
+    identity: &Identity,
+    id: &str,
+) -> Result<Operation, AppError> {
     let op = state
         .operations
         .send(GetOperation { id: id.to_string() })
@@ -398,7 +407,7 @@ pub async fn fail(
 
 #[derive(Deserialize)]
 pub struct EventsQuery {
-    after: Option<u64>,
+    pub(super) after: Option<u64>,
 }
 
 /// `GET /api/operations/{id}/events`: the status now, the log lines after `Last-Event-ID` (or
@@ -412,7 +421,19 @@ pub async fn events(
     query: web::Query<EventsQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let op = visible(&state, &caller.identity, &path).await?;
+    events_shaped(caller, req, &path, query.after, state, None).await
+}
+
+/// [`events`], with status events in an app profile's shape (its alias of this stream).
+pub(super) async fn events_shaped(
+    caller: Caller,
+    req: HttpRequest,
+    id: &str,
+    after_query: Option<u64>,
+    state: web::Data<AppState>,
+    shape: Option<Shared<Shape>>,
+) -> Result<HttpResponse, AppError> {
+    let op = visible(&state, &caller.identity, id).await?;
     let last_event_id = req
         .headers()
         .get("last-event-id")
@@ -427,7 +448,7 @@ pub async fn events(
         })
         .transpose()?;
     let resumed = last_event_id.is_some();
-    let after = last_event_id.or(query.after).unwrap_or(0);
+    let after = last_event_id.or(after_query).unwrap_or(0);
     if resumed && op.status.is_terminal() && after >= op.log_offset {
         return Ok(HttpResponse::NoContent().finish());
     }
@@ -439,9 +460,16 @@ pub async fn events(
         settings.outbox_max_bytes,
         Framing::Raw,
     );
-    watcher(&state, &caller, op.id, after, Wire::Sse, outbox.clone())
-        .with_slot(slot)
-        .start();
+    watcher(
+        &state,
+        &caller,
+        op.id,
+        after,
+        Wire::Sse(shape),
+        outbox.clone(),
+    )
+    .with_slot(slot)
+    .start();
     Ok(HttpResponse::Ok()
         .insert_header((header::CONTENT_TYPE, "text/event-stream"))
         .insert_header((header::CACHE_CONTROL, "no-cache"))
@@ -457,7 +485,18 @@ pub async fn socket(
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let op = visible(&state, &caller.identity, &path).await?;
+    socket_shaped(caller, req, &path, state, None).await
+}
+
+/// [`socket`], with each status in an app profile's shape (its alias of this socket).
+pub(super) async fn socket_shaped(
+    caller: Caller,
+    req: HttpRequest,
+    id: &str,
+    state: web::Data<AppState>,
+    shape: Option<Shared<Shape>>,
+) -> Result<HttpResponse, AppError> {
+    let op = visible(&state, &caller.identity, id).await?;
     require_allowed_origin(&req, &state)?;
     let slot = state.admit(&req)?;
     let settings = &state.settings;
@@ -467,7 +506,7 @@ pub async fn socket(
         &caller,
         op.id,
         op.log_offset,
-        Wire::StatusStream,
+        Wire::StatusStream(shape),
         outbox.clone(),
     )
     .with_slot(slot);

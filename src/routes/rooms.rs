@@ -14,6 +14,10 @@ pub struct PublishBody {
     event: String,
     #[serde(default)]
     data: Option<Box<RawValue>>,
+    /// Keep it as the room's retained message: every joiner that does not resume gets it
+    /// first (an app's latest stats for its dashboard, say).
+    #[serde(default)]
+    retain: bool,
 }
 
 #[derive(Serialize)]
@@ -51,6 +55,7 @@ pub async fn publish(
         .broker
         .publish(Envelope {
             from: caller.from_user(),
+            retain: body.retain,
             ..Envelope::new(room.clone(), body.event, data)
         })
         .await?

@@ -18,6 +18,7 @@ mod limits;
 mod operation_primitives;
 mod operations;
 mod presence;
+mod profiles;
 mod properties;
 mod protocol;
 mod resume;

@@ -75,8 +75,11 @@ pub struct EngineConfig {
     pub max_payload: usize,
     /// How long a session may go without connecting a namespace.
     pub connect_timeout: Duration,
-    /// Namespaces clients may connect to (always including `/`).
+    /// Namespaces clients may connect to (always including `/`, and every namespace an app
+    /// profile declares).
     pub namespaces: Vec<Arc<str>>,
+    /// App profiles by namespace (docs/profiles.md).
+    pub profiles: crate::protocol::profile::Profiles,
 }
 
 /// Live Engine.IO sessions by sid, shared by the HTTP handlers (any worker thread).

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{EngineMode, EngineSession};
-use crate::actors::session::{Disconnect, Inbound, Session, SocketEnded};
+use crate::actors::session::{AppEvent, Disconnect, Inbound, Session, SocketEnded};
 use crate::auth::Identity;
 use crate::error::{ErrorCode, Refusal};
 use crate::protocol::sio;
@@ -169,6 +169,7 @@ impl EngineSession {
             self.deps.clone(),
             nsp.clone(),
             ctx.address().recipient(),
+            self.config.profiles.for_namespace(&nsp).cloned(),
         )
         .start();
         self.sockets
@@ -218,7 +219,7 @@ impl EngineSession {
             return self.fixture_event(nsp, p, attachments);
         }
         // The packet parser checked the shape: an array whose first element is the name.
-        let Some(Value::Array(args)) = &p.data else {
+        let Some(Value::Array(mut args)) = p.data else {
             return;
         };
         let Some(Value::String(name)) = args.first() else {
@@ -228,6 +229,25 @@ impl EngineSession {
             return;
         };
         let id = p.id.and_then(|i| RawValue::from_string(i.to_string()).ok());
+        // An event the namespace's app profile maps is the session's to map (it knows the
+        // socket's rooms); its own events take precedence over Switchyard's of the same name.
+        let profiled = self
+            .config
+            .profiles
+            .for_namespace(nsp)
+            .is_some_and(|profile| profile.handles(name));
+        if profiled {
+            let name = match args.remove(0) {
+                Value::String(name) => name,
+                _ => return,
+            };
+            return session.do_send(AppEvent {
+                id,
+                name,
+                args,
+                attachments,
+            });
+        }
         session.do_send(Inbound {
             id,
             request: socketio::request(name, &args[1..], attachments),

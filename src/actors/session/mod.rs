@@ -9,6 +9,8 @@
 //! * `rooms.rs` — `join`, `leave`, eviction, rooms a refreshed token no longer grants.
 //! * `publish.rs` — `publish`.
 //! * `operations.rs` — `operation.start`, `operation.cancel`, workers' reports.
+//! * `app.rs` — a Socket.IO namespace's app profile: its events mapped onto requests, what a
+//!   socket gets on connect.
 //!
 //! In: the `/ws` reader's messages (a stream) or [`Inbound`] requests and [`Disconnect`] from
 //! the Engine.IO session; [`Evicted`] from rooms, [`ReportAnswer`] from the operation manager,
@@ -27,13 +29,14 @@
 //! [`ReportAnswer`]: crate::actors::operation_manager::ReportAnswer
 //! [`Evicted`]: super::Evicted
 
+mod app;
 mod auth;
 mod native;
 mod operations;
 mod publish;
 mod rooms;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
@@ -54,7 +57,8 @@ use crate::config::Settings;
 use crate::error::{ErrorCode, Refusal};
 use crate::limits::{ConnectionSlot, KeyedRate, TokenBucket};
 use crate::metrics::Metrics;
-use crate::protocol::{Reply, Request, RequestId, Wire};
+use crate::protocol::profile::Profile;
+use crate::protocol::{Reply, Request, RequestId, Shared, Wire};
 use crate::transport::outbox::Outbox;
 use crate::transport::ws::FrameLimit;
 
@@ -115,7 +119,19 @@ pub struct Session {
     logged_codes: u64,
     /// What a session uses of the application, composed at start-up (see [`SessionDeps`]).
     deps: Arc<SessionDeps>,
+    /// The app profile of this socket's namespace (docs/profiles.md): its events become
+    /// requests here ([`AppEvent`]); its renames are in [`Self::wire`].
+    profile: Option<Arc<Profile>>,
+    /// The last operation this session started, per kind: what a profile's `cancel` without
+    /// an operation id cancels. Bounded by the configured kinds (only a started one is kept).
+    started_ops: HashMap<String, String>,
+    /// Unknown events and unavailable hooks already logged (by refusal message, which names
+    /// the event): each is logged once, and at most [`UNKNOWN_LOGGED_MAX`] of them.
+    unknown_logged: HashSet<String>,
 }
+
+/// How many distinct unknown events a session logs; past that, they are only counted.
+const UNKNOWN_LOGGED_MAX: usize = 32;
 
 /// What a session (and the Engine.IO session that serves Socket.IO sockets) uses of the
 /// application: exactly these services, composed once by `startup.rs` and shared by every
@@ -169,11 +185,15 @@ impl Session {
             slot: None,
             logged_codes: 0,
             deps,
+            profile: None,
+            started_ops: HashMap::new(),
+            unknown_logged: HashSet::new(),
         }
     }
 
     /// A Socket.IO socket: replies and room traffic go to `outbox` as Engine.IO packets of
-    /// namespace `nsp`; the Engine.IO session handles liveness and feeds [`Inbound`] requests.
+    /// namespace `nsp` (renamed by the namespace's app profile, when it has one); the
+    /// Engine.IO session handles liveness and feeds [`Inbound`] requests and [`AppEvent`]s.
     pub fn socket_io(
         id: SessionId,
         identity: Identity,
@@ -181,10 +201,16 @@ impl Session {
         deps: Arc<SessionDeps>,
         nsp: Arc<str>,
         engine: Recipient<SocketEnded>,
+        profile: Option<Arc<Profile>>,
     ) -> Self {
         let mut s = Self::new(id, Some(identity), outbox, deps);
-        s.wire = Wire::SocketIo(nsp);
+        let outgoing = profile
+            .as_ref()
+            .and_then(|p| p.outgoing.clone())
+            .map(Shared);
+        s.wire = Wire::SocketIo(nsp, outgoing);
         s.front = FrontEnd::SocketIo { engine };
+        s.profile = profile;
         s
     }
 
@@ -229,8 +255,29 @@ impl Session {
     }
 
     /// Answers a refused request with an `error` frame; closes the session on an error flood.
+    /// An unknown event (or one mapped to a backend hook that does not exist yet) is refused
+    /// but does not count toward the flood: a half-migrated client that still emits an old
+    /// event is not misbehaving, and must never be cut off for good for it. It costs what a
+    /// `ping` costs; it is logged once per event name.
     fn refuse(&mut self, ctx: &mut Context<Self>, id: Option<&RawValue>, refusal: Refusal) {
         self.deps.metrics.refused(refusal.code);
+        if matches!(
+            refusal.code,
+            ErrorCode::UnknownType | ErrorCode::NotImplemented
+        ) {
+            if self.unknown_logged.len() < UNKNOWN_LOGGED_MAX
+                && self.unknown_logged.insert(refusal.message.clone())
+            {
+                log::warn!(
+                    "session {} ({}): refused {}: {} (logged once per event)",
+                    self.key,
+                    self.user_id(),
+                    refusal.code,
+                    refusal.message
+                );
+            }
+            return self.reply(id, Reply::Error(&refusal));
+        }
         let bit = 1u64 << (refusal.code.index() as u64 % 64);
         if self.logged_codes & bit == 0 {
             self.logged_codes |= bit;
@@ -304,6 +351,7 @@ impl Session {
                     event,
                     data,
                     attachments,
+                    echo,
                 },
                 Some(identity),
             ) => {
@@ -312,6 +360,7 @@ impl Session {
                     event,
                     data,
                     attachments,
+                    echo,
                 };
                 self.publish(id, p, identity, ctx)
             }
@@ -339,11 +388,14 @@ impl Actor for Session {
         self.schedule_expiry(ctx);
         match self.front {
             FrontEnd::Native { .. } => self.start_native(ctx),
-            FrontEnd::SocketIo { .. } => log::debug!(
-                "socket.io socket {} connected ({})",
-                self.key,
-                self.user_id()
-            ),
+            FrontEnd::SocketIo { .. } => {
+                log::debug!(
+                    "socket.io socket {} connected ({})",
+                    self.key,
+                    self.user_id()
+                );
+                self.profile_connect(ctx);
+            }
         }
     }
 
@@ -404,6 +456,22 @@ impl Handler<Inbound> for Session {
             Err(refusal) => self.refuse(ctx, msg.id.as_deref(), refusal),
         }
     }
+}
+
+/// Engine.IO session → Session (Socket.IO): an event the namespace's app profile maps. The
+/// session maps it (it knows the socket's rooms and the operations it started) onto the same
+/// [`Request`]s Switchyard's own events make, and handles those as it handles any request.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AppEvent {
+    /// The event's ack id, when the client asked for an ack: the (first) request's reply.
+    pub id: Option<RequestId>,
+    /// The app's event name.
+    pub name: String,
+    /// The arguments after the name.
+    pub args: Vec<serde_json::Value>,
+    /// Binary attachments, for a publish whose data holds their placeholders.
+    pub attachments: Vec<Bytes>,
 }
 
 impl Handler<Disconnect> for Session {

@@ -44,13 +44,14 @@ impl Session {
                 target,
                 project,
                 params,
+                watch,
             } => {
                 if !identity.may_operate(project.as_deref()) {
                     let r = Refusal::new(ErrorCode::Forbidden, "you may not start operations");
                     return reply(self, ctx, Err(r), true);
                 }
                 let msg = StartOperation {
-                    kind,
+                    kind: kind.clone(),
                     target,
                     project,
                     params,
@@ -61,10 +62,20 @@ impl Session {
                     .send(msg)
                     .into_actor(self)
                     .map(move |res, act, ctx| match res {
-                        Ok(Ok(started)) => act.reply(
-                            dup_id.as_deref(),
-                            Reply::Started(&started.operation, started.worker_token.as_deref()),
-                        ),
+                        Ok(Ok(started)) => {
+                            act.reply(
+                                dup_id.as_deref(),
+                                Reply::Started(&started.operation, started.worker_token.as_deref()),
+                            );
+                            let op_id = started.operation.id.clone();
+                            act.started_ops.insert(kind, op_id.clone());
+                            if watch {
+                                // As a `join` of the operation's room right after the answer:
+                                // the snapshot and everything since arrive as its backfill.
+                                let room = format!("operation:{op_id}");
+                                act.join(None, room, None, None, identity, ctx);
+                            }
+                        }
                         Ok(Err(StartError::Duplicate(existing))) => {
                             let r = Refusal::new(
                                 ErrorCode::DuplicateOperation,

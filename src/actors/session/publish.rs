@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::Session;
 use crate::auth::Identity;
-use crate::broker::Envelope;
+use crate::broker::{ConnectionRef, Envelope};
 use crate::error::{ErrorCode, Refusal};
 use crate::protocol::{Reply, RequestId};
 
@@ -24,6 +24,8 @@ pub(super) struct Publication {
     pub data: Box<RawValue>,
     /// Socket.IO binary attachments; empty on `/ws`.
     pub attachments: Vec<Bytes>,
+    /// Whether this session gets its own message (`false`: `socket.to(room).emit`).
+    pub echo: bool,
 }
 
 impl Session {
@@ -41,6 +43,7 @@ impl Session {
             event,
             data,
             attachments,
+            echo,
         } = p;
         if !identity.may_publish(&room) {
             let r = Refusal::new(
@@ -72,6 +75,7 @@ impl Session {
         let envelope = Envelope {
             from: Some(identity.user.clone()),
             attachments,
+            exclude: (!echo).then(|| ConnectionRef::local(self.id)),
             ..Envelope::new(room.clone(), event, data)
         };
         let sent = match lane {

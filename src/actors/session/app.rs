@@ -1,0 +1,88 @@
+//! A Socket.IO namespace's app profile in a [`Session`] (docs/profiles.md): an app's event
+//! ([`AppEvent`]) mapped onto the same requests Switchyard's own events make, then handled as
+//! any request is; and what a socket gets as it connects.
+//!
+//! In: [`AppEvent`] from the Engine.IO session. Out: whatever the mapped requests do.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+
+use super::{AppEvent, Session};
+use crate::broker::local::RoomLog;
+use crate::protocol::profile::SocketView;
+use crate::protocol::Wire;
+
+/// What a profile's mapping may read of a session.
+struct View<'a> {
+    user: &'a str,
+    rooms: &'a HashMap<String, Option<Arc<RoomLog>>>,
+    started: &'a HashMap<String, String>,
+}
+
+impl SocketView for View<'_> {
+    fn user(&self) -> &str {
+        self.user
+    }
+    fn rooms(&self) -> Vec<&str> {
+        self.rooms.keys().map(String::as_str).collect()
+    }
+    fn started(&self, kind: &str) -> Option<&str> {
+        self.started.get(kind).map(String::as_str)
+    }
+}
+
+impl Handler<AppEvent> for Session {
+    type Result = ();
+
+    fn handle(&mut self, msg: AppEvent, ctx: &mut Context<Self>) {
+        self.last_seen = Instant::now();
+        self.deps.metrics.messages_in.fetch_add(1, Relaxed);
+        let Some(profile) = self.profile.clone() else {
+            return;
+        };
+        let view = View {
+            user: self.user_id(),
+            rooms: &self.rooms,
+            started: &self.started_ops,
+        };
+        let Some(mapped) = profile.requests(&msg.name, &msg.args, msg.attachments, &view) else {
+            return;
+        };
+        match mapped {
+            Ok(requests) => {
+                let mut id = msg.id;
+                for request in requests {
+                    let identity = self.identity.clone();
+                    // The ack answers the first request (a publish into several joined rooms
+                    // is acknowledged once).
+                    self.dispatch(id.take(), request, identity, ctx);
+                }
+            }
+            Err(refusal) => self.refuse(ctx, msg.id.as_deref(), refusal),
+        }
+    }
+}
+
+impl Session {
+    /// What the namespace's app profile gives a socket as it connects: its events first, then
+    /// its rooms (whose joins deliver their retained messages, e.g. the latest stats).
+    pub(super) fn profile_connect(&mut self, ctx: &mut Context<Self>) {
+        let (Some(profile), Some(identity)) = (self.profile.clone(), self.identity.clone()) else {
+            return;
+        };
+        let Wire::SocketIo(nsp, _) = &self.wire else {
+            return;
+        };
+        let user = identity.user.id.clone();
+        for (event, data) in profile.connect_emits(&user) {
+            self.send(crate::protocol::sio::emit(nsp, event, &data));
+        }
+        for room in profile.connect_rooms(&user) {
+            self.join(None, room, None, None, identity.clone(), ctx);
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! App profiles (docs/profiles.md): the configuration file's loader refusing a bad profile by
+//! its line, and real socket.io-client@4 / `ws` clients written as the apps' write-ups describe
+//! them, run unchanged against a server started with the profile (tests/js).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use switchyard::startup::Application;
+
+use crate::helpers::*;
+
+fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+/// Runs one node test file against a server started with `config`.
+async fn run_node(file: &str, config: &str) {
+    let js = repo("tests/js");
+    assert!(
+        js.join("node_modules/socket.io-client").is_dir(),
+        "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (.ci/run does)"
+    );
+    let config = repo(config);
+    let app = spawn_app_with(Backend::Sqlite, |s| s.config_file = Some(config)).await;
+    let run = tokio::process::Command::new("node")
+        .args(["--test", "--test-reporter=spec", file])
+        .current_dir(&js)
+        .env("SY_URL", format!("http://127.0.0.1:{}", app.port))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the node suite finished in time")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "{file} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("fail 0"), "{stdout}");
+}
+
+/// Seed 000: the install wizard's client, unchanged, against examples/000-install-wizard.
+#[tokio::test]
+async fn the_install_wizard_runs_unchanged_with_its_example_profile() {
+    run_node(
+        "apps/000-install-wizard.test.mjs",
+        "examples/000-install-wizard/switchyard.toml",
+    )
+    .await;
+}
+
+/// Incoming maps, echo, renames, on-connect, path aliases, unknown events not counted.
+#[tokio::test]
+async fn app_profiles_with_real_clients() {
+    run_node("profiles.test.mjs", "tests/js/profiles.toml").await;
+}
+
+/// `Application::build`'s error (it needs an actix system, as `main` gives it).
+fn build_error(settings: switchyard::config::Settings) -> String {
+    std::thread::spawn(move || {
+        actix_web::rt::System::new().block_on(async move {
+            match Application::build(settings).await {
+                Ok(_) => panic!("a bad configuration file must stop start-up"),
+                Err(e) => format!("{e:#}"),
+            }
+        })
+    })
+    .join()
+    .expect("the build thread ends")
+}
+
+const BAD: &str = r#"[kinds.convert]
+runner = "external"
+
+[profiles.gateway.events.join-project]
+join = "project:{0.projectId"
+"#;
+
+/// An invalid profile stops start-up, and the message names the file and the line.
+#[tokio::test]
+async fn an_invalid_profile_stops_start_up_naming_the_line() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("switchyard.toml");
+    std::fs::write(&file, BAD).expect("write");
+    let db = TestDb::new(Backend::Sqlite);
+    let mut settings = test_settings(&db);
+    settings.config_file = Some(file.clone());
+    let err = build_error(settings);
+    assert!(
+        err.contains("line 5") && err.contains("unclosed") && err.contains("switchyard.toml"),
+        "{err}"
+    );
+    // The binary says the same and exits non-zero, before serving anything.
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env("SWITCHYARD_CONFIG_FILE", &file)
+        .env("SWITCHYARD_PORT", "0")
+        .env("DATABASE_URL", dir.path().join("db.sqlite"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .expect("the binary exits")
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("line 5"), "{stderr}");
+    // A TOML syntax error names its line too.
+    std::fs::write(&file, "[profiles.x]\nnamespace = \n").expect("write");
+    let db = TestDb::new(Backend::Sqlite);
+    let mut settings = test_settings(&db);
+    settings.config_file = Some(file);
+    let err = build_error(settings);
+    assert!(err.contains("line 2"), "{err}");
+}
