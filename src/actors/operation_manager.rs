@@ -635,6 +635,7 @@ impl Handler<WatchOperation> for OperationManager {
                     request_id: msg.request_id,
                     backfill: Some(backfill),
                     backfill_complete: complete,
+                    after: None,
                 })
                 .await
                 .map(|_| ())

@@ -183,6 +183,10 @@ pub struct Room {
     /// the position its order stands at and the recent messages (see `Room::started`). `None`
     /// with the local log, which starts with the room.
     backlog: Option<Arc<dyn Backlog>>,
+    /// Members that joined "after" an offset this room has yet to deliver (a shared log's
+    /// reader trails its order, see `JoinRoom::after`): they get nothing up to that offset.
+    /// Empty with the local broker; an entry leaves once the room delivered past it.
+    floors: HashMap<SessionId, u64>,
 }
 
 impl Room {
@@ -219,6 +223,7 @@ impl Room {
             registry,
             metrics,
             backlog,
+            floors: HashMap::new(),
         }
     }
 
@@ -385,8 +390,11 @@ impl Room {
                 binary: Arc::from(Vec::new()),
             },
         );
+        // No lookup per member unless someone joined ahead of the deliveries (a shared log).
+        let floors = !self.floors.is_empty();
         for (id, m) in &self.members {
-            if skip == Some(*id) {
+            if skip == Some(*id) || (floors && self.floors.get(id).is_some_and(|f| e.offset <= *f))
+            {
                 continue;
             }
             let Some(encoded) = cache.get(&m.wire, |w| w.encode(e)) else {
@@ -458,6 +466,7 @@ impl Room {
         let Some(m) = self.members.remove(&id) else {
             return false;
         };
+        self.floors.remove(&id);
         let flush = self.presence.depart(&m.user, Instant::now());
         self.on_presence(flush);
         true
@@ -600,6 +609,23 @@ impl Handler<JoinRoom> for Room {
                 frames.extend(e.frames());
             }
         }
+        // A broker whose deliveries trail its order placed this join after `after` in its
+        // caller's order (`JoinRoom::after`): what this room already delivered past it is the
+        // joiner's too (replayed from history), what it has yet to deliver up to it is not (a
+        // floor, see `broadcast`).
+        let mut floor = None;
+        if let Some(after) = msg.after.as_ref().filter(|a| *a.epoch == *self.epoch) {
+            if after.offset > self.last_offset {
+                floor = Some(after.offset);
+            } else if replay_from.is_none() && !ends {
+                for m in self.history.iter().filter(|m| m.offset > after.offset) {
+                    if let Some(e) = self.encode_stored(&wire, m) {
+                        frames.extend(e.frames());
+                        ends |= wire.ends_after(&m.event);
+                    }
+                }
+            }
+        }
         let replayed = frames.len().saturating_sub(1);
         match outbox.push_frames(frames) {
             Ok(()) => {
@@ -624,10 +650,18 @@ impl Handler<JoinRoom> for Room {
             self.name,
             user.id
         );
+        // Ordered after something this room has yet to deliver: the joiner's place is there.
+        let offset = match floor {
+            Some(f) => {
+                self.floors.insert(session, f);
+                f
+            }
+            None => self.last_offset,
+        };
         Ok(Joined {
             position: Position {
                 epoch: self.epoch.clone(),
-                offset: self.last_offset,
+                offset,
             },
             recovered,
             // The registry adds the room's lane (it holds the room's log).
@@ -738,6 +772,9 @@ impl Room {
         let name = self.name.clone();
         let event = stored_event(&name, &stored);
         self.broadcast(&event, &frame, conflate, skip);
+        if !self.floors.is_empty() {
+            self.floors.retain(|_, f| *f > at.offset);
+        }
         self.metrics
             .publishes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

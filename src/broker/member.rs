@@ -67,6 +67,13 @@ pub struct JoinRoom {
     /// `backfill_complete`.
     pub backfill: Option<Vec<Backfill>>,
     pub backfill_complete: bool,
+    /// Set by a broker whose deliveries can trail its order (a shared log; callers leave it
+    /// `None`): the position of the last message ordered before this join in the caller's
+    /// order. The room does not deliver the joiner anything at or before it, even if it has yet
+    /// to deliver it — that keeps "first in, first out per caller" across publishes and joins
+    /// (an operation's watcher gets its backfill, then exactly the events after it). The local
+    /// broker needs none: the room's mailbox is the order.
+    pub after: Option<Position>,
 }
 
 /// The answer to a join.

@@ -6,6 +6,7 @@
 //! same keys in the same shapes; the scripts and the reply parsing are apart (`scripts.rs`,
 //! `replies.rs`).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +20,7 @@ use crate::actors::registry::{Deliver, LeaveAll, ListRooms, QueryPresence, RoomR
 use crate::auth::UserInfo;
 use crate::broker::local::answer;
 use crate::broker::{
-    node_id, Backlog, Broker, Envelope, HistoryPage, HistoryView, JoinFuture, JoinRoom,
+    node_id, Backlog, Broker, Envelope, HistoryPage, HistoryView, JoinFuture, JoinRoom, Joined,
     LeaveFuture, LeaveRoom, Position, PresenceView, PublishFuture, RoomInfo, SessionId, Tail,
     ViewFuture,
 };
@@ -168,71 +169,120 @@ struct Pending {
     reply: Option<oneshot::Sender<Result<Position, Refusal>>>,
 }
 
-/// The writer: takes publishes in the order they were handed over and sends them to Redis in
-/// that order, as many as are waiting in one pipeline (one round trip), one batch at a time.
-/// Each caller's order is the order of this queue, and Redis runs a pipeline in order.
-async fn write_loop(log: Arc<RedisLog>, mut rx: mpsc::UnboundedReceiver<Pending>) {
+/// What the writer takes, in the order it was handed over.
+enum Item {
+    Publish(Pending),
+    /// A join, placed in its caller's order behind the publishes before it.
+    Join(Box<JoinRoom>, oneshot::Sender<Result<Joined, Refusal>>),
+}
+
+/// Rooms whose last ordered position the writer remembers (for joins behind their publishes);
+/// past this it forgets them all, and a join behind a forgotten room's publish may get that
+/// publish delivered as well (a duplicate, never a loss).
+const LAST_POSITIONS: usize = 100_000;
+
+/// The writer: takes publishes and joins in the order they were handed over. Publishes go to
+/// Redis in that order, as many as are waiting in one pipeline (one round trip); Redis runs a
+/// pipeline in order. A join waits for the publishes before it to be ordered, and goes to the
+/// room with the position of the room's last one (`JoinRoom::after`): the reader may not have
+/// delivered them yet, and the joiner must not get them. So each caller's order holds across
+/// its publishes and joins, as the broker's contract says.
+async fn write_loop(
+    log: Arc<RedisLog>,
+    registry: Addr<RoomRegistry>,
+    mut rx: mpsc::UnboundedReceiver<Item>,
+) {
+    let mut last: HashMap<String, Position> = HashMap::new();
     while let Some(first) = rx.recv().await {
-        let mut batch = vec![first];
-        while batch.len() < BATCH {
+        let mut items = vec![first];
+        while items.len() < BATCH {
             match rx.try_recv() {
-                Ok(p) => batch.push(p),
+                Ok(i) => items.push(i),
                 Err(_) => break,
             }
         }
-        let fanout = log.fanout_key();
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        let mut sent = Vec::with_capacity(batch.len());
-        for p in batch {
-            let room = p.envelope.room.clone();
-            let json = match serde_json::to_string(&p.envelope) {
-                Ok(j) => j,
-                Err(e) => {
-                    reply(
-                        p.reply,
-                        Err(Refusal::new(ErrorCode::Internal, e.to_string())),
-                    );
-                    continue;
-                }
-            };
-            pipe.cmd("EVAL")
-                .arg(PUBLISH)
-                .arg(3)
-                .arg(log.meta_key(&room))
-                .arg(log.log_key(&room))
-                .arg(&fanout)
-                .arg(json)
-                .arg(log.candidate_epoch())
-                .arg(log.history_max)
-                .arg(log.fanout_max)
-                .arg(log.ttl_secs)
-                .arg(&room);
-            sent.push((room, p.reply));
-        }
-        if sent.is_empty() {
-            continue;
-        }
-        match log.link.pipe::<Vec<Value>>(pipe).await {
-            Ok(values) if values.len() == sent.len() => {
-                for ((room, tx), v) in sent.into_iter().zip(values) {
-                    let result = position_of(&v).ok_or_else(|| {
-                        log::warn!("redis: publish to {room} refused: {v:?}");
-                        Refusal::new(ErrorCode::Unavailable, "redis refused the publish")
+        let mut publishes = Vec::new();
+        for item in items {
+            match item {
+                Item::Publish(p) => publishes.push(p),
+                Item::Join(join, tx) => {
+                    order(&log, std::mem::take(&mut publishes), &mut last).await;
+                    let after = last.get(&join.room).cloned();
+                    let fut = registry.send(JoinRoom { after, ..*join });
+                    actix::spawn(async move {
+                        let _ = tx.send(fut.await.unwrap_or_else(|e| Err(registry_gone(e))));
                     });
-                    reply(tx, result);
                 }
             }
-            Ok(values) => {
-                let why = format!("{} answers for {} publishes", values.len(), sent.len());
-                for (_, tx) in sent {
-                    reply(tx, Err(Refusal::new(ErrorCode::Unavailable, why.clone())));
-                }
+        }
+        order(&log, publishes, &mut last).await;
+    }
+}
+
+/// Sends `batch` to Redis in one pipeline and answers each publisher; remembers each room's
+/// last position.
+async fn order(log: &RedisLog, batch: Vec<Pending>, last: &mut HashMap<String, Position>) {
+    if batch.is_empty() {
+        return;
+    }
+    let fanout = log.fanout_key();
+    let mut pipe = redis::pipe();
+    pipe.ignore_errors();
+    let mut sent = Vec::with_capacity(batch.len());
+    for p in batch {
+        let room = p.envelope.room.clone();
+        let json = match serde_json::to_string(&p.envelope) {
+            Ok(j) => j,
+            Err(e) => {
+                reply(
+                    p.reply,
+                    Err(Refusal::new(ErrorCode::Internal, e.to_string())),
+                );
+                continue;
             }
-            Err(refusal) => {
-                for (_, tx) in sent {
-                    reply(tx, Err(refusal.clone()));
+        };
+        pipe.cmd("EVAL")
+            .arg(PUBLISH)
+            .arg(3)
+            .arg(log.meta_key(&room))
+            .arg(log.log_key(&room))
+            .arg(&fanout)
+            .arg(json)
+            .arg(log.candidate_epoch())
+            .arg(log.history_max)
+            .arg(log.fanout_max)
+            .arg(log.ttl_secs)
+            .arg(&room);
+        sent.push((room, p.reply));
+    }
+    if sent.is_empty() {
+        return;
+    }
+    match log.link.pipe::<Vec<Value>>(pipe).await {
+        Ok(values) if values.len() == sent.len() => {
+            if last.len() > LAST_POSITIONS {
+                last.clear();
+            }
+            for ((room, tx), v) in sent.into_iter().zip(values) {
+                let result = position_of(&v).ok_or_else(|| {
+                    log::warn!("redis: publish to {room} refused: {v:?}");
+                    Refusal::new(ErrorCode::Unavailable, "redis refused the publish")
+                });
+                if let Ok(p) = &result {
+                    last.insert(room, p.clone());
                 }
+                reply(tx, result);
+            }
+        }
+        Ok(values) => {
+            let why = format!("{} answers for {} publishes", values.len(), sent.len());
+            for (_, tx) in sent {
+                reply(tx, Err(Refusal::new(ErrorCode::Unavailable, why.clone())));
+            }
+        }
+        Err(refusal) => {
+            for (_, tx) in sent {
+                reply(tx, Err(refusal.clone()));
             }
         }
     }
@@ -333,7 +383,8 @@ async fn read_loop(log: Arc<RedisLog>, registry: Addr<RoomRegistry>) {
 pub struct RedisBroker {
     log: Arc<RedisLog>,
     registry: Addr<RoomRegistry>,
-    queue: mpsc::UnboundedSender<Pending>,
+    /// To the writer: publishes and joins, in call order.
+    queue: mpsc::UnboundedSender<Item>,
 }
 
 impl RedisBroker {
@@ -341,7 +392,7 @@ impl RedisBroker {
     /// `RoomRegistry::with_shared_log(log)`.
     pub fn start(log: Arc<RedisLog>, registry: Addr<RoomRegistry>) -> Arc<Self> {
         let (queue, rx) = mpsc::unbounded_channel();
-        actix::spawn(write_loop(log.clone(), rx));
+        actix::spawn(write_loop(log.clone(), registry.clone(), rx));
         actix::spawn(read_loop(log.clone(), registry.clone()));
         Arc::new(Self {
             log,
@@ -355,7 +406,8 @@ impl RedisBroker {
         envelope: Envelope,
         reply: Option<oneshot::Sender<Result<Position, Refusal>>>,
     ) {
-        if let Err(mpsc::error::SendError(p)) = self.queue.send(Pending { envelope, reply }) {
+        let item = Item::Publish(Pending { envelope, reply });
+        if let Err(mpsc::error::SendError(Item::Publish(p))) = self.queue.send(item) {
             reply_gone(p);
         }
     }
@@ -387,8 +439,22 @@ impl Broker for RedisBroker {
     }
 
     fn join(&self, join: JoinRoom) -> JoinFuture {
-        let fut = self.registry.send(join);
-        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(registry_gone(e))) })
+        // Behind this caller's publishes (see `write_loop`).
+        let (tx, rx) = oneshot::channel();
+        if self.queue.send(Item::Join(Box::new(join), tx)).is_err() {
+            return Box::pin(std::future::ready(Err(Refusal::new(
+                ErrorCode::Unavailable,
+                "the redis writer has stopped",
+            ))));
+        }
+        Box::pin(async move {
+            rx.await.unwrap_or_else(|_| {
+                Err(Refusal::new(
+                    ErrorCode::Unavailable,
+                    "the redis writer has stopped",
+                ))
+            })
+        })
     }
 
     fn leave(&self, leave: LeaveRoom) -> LeaveFuture {

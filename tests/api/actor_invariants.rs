@@ -105,6 +105,7 @@ impl Probe {
             request_id: None,
             backfill: None,
             backfill_complete: false,
+            after: None,
         }
     }
 
@@ -709,47 +710,99 @@ async fn a_callers_join_takes_its_place_between_its_publishes() {
     for threads in [0, 2] {
         let registry = registry(threads, 10_000);
         let broker = LocalBroker::new(registry.clone());
-        let room = format!("operation:order-{threads}");
-        for i in 0..50 {
-            broker.publish_and_forget(tagged(&room, 0, i));
-        }
-        let mut watcher = Probe::new("watcher");
-        let join = broker.join(JoinRoom {
-            backfill: Some(vec![switchyard::protocol::Backfill {
-                event: "snapshot".into(),
-                data: data(json!({ "upto": 49 })),
-                seq: None,
-            }]),
-            backfill_complete: true,
-            ..watcher.join_msg(&room)
-        });
-        for i in 50..80 {
-            broker.publish_and_forget(tagged(&room, 0, i));
-        }
-        let joined = tokio::time::timeout(WAIT, join)
-            .await
-            .expect("join answered in time")
-            .expect("join accepted");
+        let joined = join_between_publishes(&broker, &format!("operation:order-{threads}")).await;
+        // Locally the room's mailbox is the order: the join lands right after event 50.
         assert_eq!(
             joined.position.offset, 50,
             "rooms={threads}: joined after 50"
         );
-        assert_eq!(watcher.next().await["type"], "joined");
-        let snapshot = watcher.next().await;
-        assert_eq!(snapshot["type"], "backfill", "rooms={threads}: {snapshot}");
-        assert_eq!(snapshot["data"], json!({ "upto": 49 }));
-        let got: Vec<u64> = watcher
-            .messages(30)
-            .await
-            .iter()
-            .map(|v| tag(v).1)
-            .collect();
-        assert_eq!(
-            got,
-            (50..80).collect::<Vec<u64>>(),
-            "rooms={threads}: exactly the events after the join, in order"
-        );
     }
+}
+
+/// The same contract kept by the cluster broker, whose deliveries come back from Redis through
+/// the node's reader, later than the join goes to the room (`JoinRoom::after` is what keeps it).
+#[actix_web::test]
+async fn the_cluster_broker_keeps_a_callers_join_between_its_publishes() {
+    let prefix = format!("sy-test-{}", uuid::Uuid::new_v4().simple());
+    let settings = switchyard::config::Settings {
+        redis_url: Some("redis://127.0.0.1:6379".into()),
+        redis_prefix: prefix.clone(),
+        history_size: 10_000,
+        ..Default::default()
+    };
+    for threads in [0, 2] {
+        let log = switchyard::cluster::RedisLog::connect(&settings).expect("redis url");
+        let registry = RoomRegistry::new(threads, limits(10_000), Arc::new(Metrics::new()))
+            .with_shared_log(log.clone())
+            .start();
+        let broker = switchyard::cluster::RedisBroker::start(log, registry);
+        join_between_publishes(&*broker, &format!("operation:order-{threads}")).await;
+    }
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
+}
+
+/// 50 events, a watcher's join with its backfill (as of event 50), 30 more events, one caller,
+/// nothing awaited in between: the watcher gets its backfill, then exactly events 51..=80.
+async fn join_between_publishes(broker: &dyn Broker, room: &str) -> Joined {
+    for i in 0..50 {
+        broker.publish_and_forget(tagged(room, 0, i));
+    }
+    let mut watcher = Probe::new("watcher");
+    let join = broker.join(JoinRoom {
+        backfill: Some(vec![switchyard::protocol::Backfill {
+            event: "snapshot".into(),
+            data: data(json!({ "upto": 49 })),
+            seq: None,
+        }]),
+        backfill_complete: true,
+        ..watcher.join_msg(room)
+    });
+    for i in 50..80 {
+        broker.publish_and_forget(tagged(room, 0, i));
+    }
+    let joined = tokio::time::timeout(WAIT, join)
+        .await
+        .expect("join answered in time")
+        .expect("join accepted");
+    // At or after event 50 (a shared log's room may have caught up further by the time it
+    // handles the join; it then replays the rest to the joiner, below).
+    assert!(
+        (50..=80).contains(&joined.position.offset),
+        "{room}: joined at {:?}",
+        joined.position
+    );
+    assert_eq!(watcher.next().await["type"], "joined");
+    let snapshot = watcher.next().await;
+    assert_eq!(snapshot["type"], "backfill", "{room}: {snapshot}");
+    assert_eq!(snapshot["data"], json!({ "upto": 49 }));
+    let got: Vec<u64> = watcher
+        .messages(30)
+        .await
+        .iter()
+        .map(|v| tag(v).1)
+        .collect();
+    assert_eq!(
+        got,
+        (50..80).collect::<Vec<u64>>(),
+        "{room}: exactly the events after the join, in order"
+    );
+    joined
 }
 
 /// "Everyone but me" (`Envelope::exclude`): the excluded connection is skipped, every other

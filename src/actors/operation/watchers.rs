@@ -99,6 +99,7 @@ impl OperationActor {
             request_id: w.request_id,
             backfill: Some(backfill),
             backfill_complete: complete,
+            after: None,
         });
         actix::spawn(async move {
             let _ = join.await;

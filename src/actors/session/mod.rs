@@ -255,16 +255,19 @@ impl Session {
     }
 
     /// Answers a refused request with an `error` frame; closes the session on an error flood.
-    /// An unknown event (or one mapped to a backend hook that does not exist yet) is refused
-    /// but does not count toward the flood: a half-migrated client that still emits an old
-    /// event is not misbehaving, and must never be cut off for good for it. It costs what a
-    /// `ping` costs; it is logged once per event name.
+    /// On Socket.IO, an unknown event (or one mapped to a backend hook that does not exist yet)
+    /// is refused but does not count toward the flood: a half-migrated app client that still
+    /// emits an old event is not misbehaving, and must never be cut off for good for it. It
+    /// costs what a `ping` costs; it is logged once per event name. On `/ws` an unknown `type`
+    /// still counts: that client speaks Switchyard's own protocol, and a stream of frames it
+    /// does not have is a broken or hostile client.
     fn refuse(&mut self, ctx: &mut Context<Self>, id: Option<&RawValue>, refusal: Refusal) {
         self.deps.metrics.refused(refusal.code);
         if matches!(
             refusal.code,
             ErrorCode::UnknownType | ErrorCode::NotImplemented
-        ) {
+        ) && matches!(self.front, FrontEnd::SocketIo { .. })
+        {
             if self.unknown_logged.len() < UNKNOWN_LOGGED_MAX
                 && self.unknown_logged.insert(refusal.message.clone())
             {

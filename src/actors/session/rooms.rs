@@ -52,6 +52,7 @@ impl Session {
             request_id: id.clone(),
             backfill: None,
             backfill_complete: false,
+            after: None,
         };
         self.deps
             .broker
