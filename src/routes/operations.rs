@@ -9,7 +9,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{next_before, page_limit, require_allowed_origin, Caller};
+use super::{next_before, page_limit, Caller};
 use crate::actors::operation_manager::{
     self as manager, CancelOperation, GetOperation, ReportOperation, ReportReply, StartError,
     StartOperation,
@@ -398,7 +398,6 @@ pub async fn events(
     if resumed && op.status.is_terminal() && after >= op.log_offset {
         return Ok(HttpResponse::NoContent().finish());
     }
-    require_allowed_origin(&req, &state)?;
     let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::with_framing(
@@ -425,7 +424,6 @@ pub async fn socket(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let op = visible(&state, &caller.identity, &path).await?;
-    require_allowed_origin(&req, &state)?;
     let slot = state.admit(&req)?;
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);

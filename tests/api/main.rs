@@ -8,6 +8,7 @@ mod bench_smoke;
 mod budget;
 mod budget_limits;
 mod chaos;
+mod cors;
 mod crash;
 mod dashboard;
 mod hardening;
