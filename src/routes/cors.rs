@@ -56,6 +56,11 @@ pub const API_EXPOSED: &str = "Location, Retry-After";
 pub struct OriginRefused;
 
 /// `Ok(Some(origin))` to echo in CORS headers, `Ok(None)` without an Origin header.
+///
+/// A page of this server's own (the dashboard) is allowed whatever the list says: its `Origin`
+/// names the host the browser sent the request to (`Host`). A browser sets both, so no page
+/// elsewhere can claim it; without this, listing only the app's origin would refuse the
+/// dashboard's POSTs and its socket. Behind a proxy that rewrites `Host` the list decides.
 pub fn check_origin(
     headers: &HeaderMap,
     allowed: &[String],
@@ -67,11 +72,20 @@ pub fn check_origin(
         return Ok(Some(origin.clone()));
     }
     let o = origin.to_str().map_err(|_| OriginRefused)?;
-    if allowed.iter().any(|a| a == o) {
+    if allowed.iter().any(|a| a == o) || same_origin(o, headers) {
         Ok(Some(origin.clone()))
     } else {
         Err(OriginRefused)
     }
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the authority the request was sent to.
+fn same_origin(origin: &str, headers: &HeaderMap) -> bool {
+    let authority = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    matches!((authority, host), (Some(a), Some(h)) if !a.is_empty() && a.eq_ignore_ascii_case(h))
 }
 
 /// The CORS headers of an answer (not a preflight). `Vary: Origin` goes on every answer, with

@@ -451,3 +451,39 @@ async fn a_front_end_on_another_origin_works_in_headless_chromium() {
         "the cross-origin browser tests did not report their results:\n{stdout}"
     );
 }
+
+#[tokio::test]
+async fn the_servers_own_pages_are_allowed_whatever_the_list_says() {
+    // The dashboard posts to /api and opens /ws with its own origin, which an operator listing
+    // only the app's origin has not listed.
+    let app = allowing_app(&[APP], false).await;
+    let own = format!("http://127.0.0.1:{}", app.port);
+    let res = app
+        .http
+        .post(app.url("/api/operations"))
+        .header("origin", &own)
+        .json(&serde_json::json!({"kind": "demo", "target": "own", "params": {"step_ms": 1}}))
+        .send()
+        .await
+        .expect("POST");
+    assert_eq!(res.status(), 202);
+    assert_eq!(header(&res, "access-control-allow-origin"), own);
+    {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = app.ws_url().into_client_request().expect("request");
+        req.headers_mut()
+            .insert("origin", own.parse().expect("header"));
+        tokio_tungstenite::connect_async(req)
+            .await
+            .expect("the dashboard's own socket is accepted");
+    }
+    // The same host on another port, or a host that only starts like it, is another origin.
+    for other in [
+        format!("http://127.0.0.1:{}", app.port.wrapping_add(1)),
+        "http://127.0.0.1".to_string(),
+        format!("http://127.0.0.1:{}.evil.example", app.port),
+    ] {
+        let res = send(&app, Method::GET, "/api/operations", &[("origin", &other)]).await;
+        assert_eq!(res.status(), 403, "{other}");
+    }
+}
