@@ -172,7 +172,8 @@ pub struct Settings {
     /// Log lines replayed to a joining watcher before it must page the rest over REST
     /// (`SWITCHYARD_LOG_REPLAY_MAX`).
     pub log_replay_max: usize,
-    /// Origins allowed for browser connections (WebSocket upgrades and CORS); empty allows any
+    /// Origins whose pages may connect and call the API (WebSocket upgrades, Socket.IO and
+    /// `/api`, with CORS for them; another `Origin` is refused); empty allows any
     /// (`SWITCHYARD_ALLOWED_ORIGINS`, comma-separated).
     pub allowed_origins: Vec<String>,
     /// Engine.IO ping interval (`SWITCHYARD_SOCKETIO_PING_INTERVAL_MS`).

@@ -2,6 +2,7 @@
 //! database, map errors through `AppError`.
 
 pub mod activities;
+pub mod cors;
 pub mod dashboard;
 pub mod health;
 pub mod operations;
@@ -33,6 +34,9 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/metrics").route(web::get().to(health::metrics)))
         .service(
             web::scope("/api")
+                // CORS for pages on other origins, on every answer of the scope (its default
+                // service's 404 too). A method added below goes into `cors::API_METHODS`.
+                .wrap_fn(cors::api)
                 .service(web::resource("/rooms").route(web::get().to(rooms::list)))
                 .service(
                     web::resource("/rooms/{room}/publish").route(web::post().to(rooms::publish)),
@@ -165,10 +169,11 @@ pub fn next_before<T, K>(rows: &[T], limit: i64, key: impl FnOnce(&T) -> K) -> O
     }
 }
 
-/// Refuses a browser request from an origin not in `SWITCHYARD_ALLOWED_ORIGINS` (see
-/// [`socketio::check_origin`]) before a long-lived connection is opened for it.
+/// Refuses a request from a browser page whose origin `SWITCHYARD_ALLOWED_ORIGINS` does not
+/// list (403 `forbidden`): for endpoints outside `/api`'s CORS middleware, such as an app
+/// profile's aliases of the operation streams.
 pub fn require_allowed_origin(req: &HttpRequest, state: &AppState) -> Result<(), AppError> {
-    socketio::check_origin(req, &state.settings.allowed_origins)
+    cors::check_origin(req.headers(), &state.settings.allowed_origins)
         .map(|_| ())
         .map_err(|_| AppError::new(ErrorCode::Forbidden, "origin not allowed"))
 }

@@ -452,6 +452,7 @@ pub(super) async fn events_shaped(
     if resumed && op.status.is_terminal() && after >= op.log_offset {
         return Ok(HttpResponse::NoContent().finish());
     }
+    // Aliases live outside `/api` (no CORS middleware there): the origin is checked here.
     require_allowed_origin(&req, &state)?;
     let slot = state.admit(&req)?;
     let settings = &state.settings;
@@ -497,6 +498,8 @@ pub(super) async fn socket_shaped(
     shape: Option<Shared<Shape>>,
 ) -> Result<HttpResponse, AppError> {
     let op = visible(&state, &caller.identity, id).await?;
+    // An app's alias of this socket lives outside `/api`, where the CORS middleware checks
+    // origins; a WebSocket gets no CORS from the browser, so the origin is checked here.
     require_allowed_origin(&req, &state)?;
     let slot = state.admit(&req)?;
     let settings = &state.settings;

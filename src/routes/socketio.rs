@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use actix::AsyncContext;
-use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::header;
 use actix_web::http::{Method, StatusCode};
-use actix_web::{web, HttpRequest, HttpResponse, HttpResponseBuilder};
+use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::{Stream, StreamExt};
 
+use super::cors;
 use crate::actors::engine::{
     AttachProbe, BeginPoll, BeginPost, EndPoll, EndPost, EngineConfig, EngineSession, PollRefused,
     PostPackets, Upgrade, UpgradeSwitch,
@@ -23,70 +24,27 @@ use crate::transport::outbox::{Frame, Outbox, OutboxStream, Taken};
 use crate::transport::ws::{self, FrameLimit};
 
 /// The Engine.IO error answers (`{"code", "message"}` with the codes of the reference server).
-fn engine_error(
-    status: StatusCode,
-    code: u8,
-    message: &str,
-    cors: Option<&HeaderValue>,
-) -> HttpResponse {
-    let mut res = HttpResponse::build(status);
-    add_cors(&mut res, cors);
-    res.json(serde_json::json!({ "code": code, "message": message }))
+fn engine_error(status: StatusCode, code: u8, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(serde_json::json!({ "code": code, "message": message }))
 }
 
-fn unknown_transport(cors: Option<&HeaderValue>) -> HttpResponse {
-    engine_error(StatusCode::BAD_REQUEST, 0, "Transport unknown", cors)
+fn unknown_transport() -> HttpResponse {
+    engine_error(StatusCode::BAD_REQUEST, 0, "Transport unknown")
 }
-fn unknown_sid(cors: Option<&HeaderValue>) -> HttpResponse {
-    engine_error(StatusCode::BAD_REQUEST, 1, "Session ID unknown", cors)
+fn unknown_sid() -> HttpResponse {
+    engine_error(StatusCode::BAD_REQUEST, 1, "Session ID unknown")
 }
-fn bad_handshake_method(cors: Option<&HeaderValue>) -> HttpResponse {
-    engine_error(StatusCode::BAD_REQUEST, 2, "Bad handshake method", cors)
+fn bad_handshake_method() -> HttpResponse {
+    engine_error(StatusCode::BAD_REQUEST, 2, "Bad handshake method")
 }
-fn bad_request(cors: Option<&HeaderValue>) -> HttpResponse {
-    engine_error(StatusCode::BAD_REQUEST, 3, "Bad request", cors)
+fn bad_request() -> HttpResponse {
+    engine_error(StatusCode::BAD_REQUEST, 3, "Bad request")
 }
 fn forbidden() -> HttpResponse {
-    engine_error(StatusCode::FORBIDDEN, 4, "Forbidden", None)
+    engine_error(StatusCode::FORBIDDEN, 4, "Forbidden")
 }
-fn unsupported_version(cors: Option<&HeaderValue>) -> HttpResponse {
-    engine_error(
-        StatusCode::BAD_REQUEST,
-        5,
-        "Unsupported protocol version",
-        cors,
-    )
-}
-
-fn add_cors(res: &mut HttpResponseBuilder, origin: Option<&HeaderValue>) {
-    if let Some(o) = origin {
-        res.insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, o.clone()))
-            .insert_header((header::ACCESS_CONTROL_ALLOW_CREDENTIALS, "true"))
-            .insert_header((header::VARY, "Origin"));
-    }
-}
-
-/// An `Origin` header that is not on the allow-list.
-#[derive(Debug)]
-pub struct OriginRefused;
-
-/// `Ok(Some(origin))` to echo in CORS headers, `Ok(None)` without an Origin header.
-pub fn check_origin(
-    req: &HttpRequest,
-    allowed: &[String],
-) -> Result<Option<HeaderValue>, OriginRefused> {
-    let Some(origin) = req.headers().get(header::ORIGIN) else {
-        return Ok(None);
-    };
-    if allowed.is_empty() {
-        return Ok(Some(origin.clone()));
-    }
-    let o = origin.to_str().map_err(|_| OriginRefused)?;
-    if allowed.iter().any(|a| a == o) {
-        Ok(Some(origin.clone()))
-    } else {
-        Err(OriginRefused)
-    }
+fn unsupported_version() -> HttpResponse {
+    engine_error(StatusCode::BAD_REQUEST, 5, "Unsupported protocol version")
 }
 
 struct Query<'a> {
@@ -141,35 +99,42 @@ async fn endpoint(
     state: web::Data<AppState>,
     config: Arc<EngineConfig>,
 ) -> HttpResponse {
-    let cors = match check_origin(&req, &state.settings.allowed_origins) {
-        Ok(c) => c,
-        Err(OriginRefused) => {
+    let origin = match cors::check_origin(req.headers(), &state.settings.allowed_origins) {
+        Ok(origin) => origin,
+        Err(cors::OriginRefused) => {
             state.metrics.refused(crate::error::ErrorCode::Forbidden);
-            return forbidden();
+            let mut res = forbidden();
+            cors::apply(res.headers_mut(), None, None);
+            return res;
         }
     };
-    let cors = cors.as_ref();
+    // Every OPTIONS is a preflight here, as in the reference server (its `cors` middleware
+    // answers them before the Engine.IO checks).
     if req.method() == Method::OPTIONS {
-        let mut res = HttpResponse::NoContent();
-        add_cors(&mut res, cors);
-        return res
-            .insert_header((header::ACCESS_CONTROL_ALLOW_METHODS, "GET, POST, OPTIONS"))
-            .insert_header((
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                "content-type, authorization",
-            ))
-            .finish();
+        return cors::preflight(req.headers(), origin.as_ref(), cors::ENGINE_IO_METHODS);
     }
+    let mut res = serve(req, payload, state, config).await;
+    // On every answer, refusals included: the browser shows a page only what carries them.
+    cors::apply(res.headers_mut(), origin.as_ref(), None);
+    res
+}
+
+async fn serve(
+    req: HttpRequest,
+    payload: web::Payload,
+    state: web::Data<AppState>,
+    config: Arc<EngineConfig>,
+) -> HttpResponse {
     let q = query(req.query_string());
     match q.eio {
         Some("4") => {}
-        _ => return unsupported_version(cors),
+        _ => return unsupported_version(),
     }
     let sid = q.sid.map(str::to_string);
     match q.transport {
-        Some("polling") => polling(req, payload, state, config, sid, cors).await,
-        Some("websocket") => websocket(req, state, config, sid, cors).await,
-        _ => unknown_transport(cors),
+        Some("polling") => polling(req, payload, state, config, sid).await,
+        Some("websocket") => websocket(req, state, config, sid).await,
+        _ => unknown_transport(),
     }
 }
 
@@ -192,17 +157,16 @@ type Refused = Box<HttpResponse>;
 fn admit_new(
     req: &HttpRequest,
     state: &AppState,
-    cors: Option<&HeaderValue>,
 ) -> Result<(Option<crate::auth::Identity>, crate::limits::ConnectionSlot), Refused> {
     let Ok(identity) = header_identity(req, state) else {
-        let res = engine_error(StatusCode::UNAUTHORIZED, 4, "Forbidden", cors);
+        let res = engine_error(StatusCode::UNAUTHORIZED, 4, "Forbidden");
         return Err(Box::new(res));
     };
     match state.admit(req) {
         Ok(slot) => Ok((identity, slot)),
         Err(r) => {
             state.metrics.refused(r.code);
-            let res = engine_error(StatusCode::TOO_MANY_REQUESTS, 4, &r.message, cors);
+            let res = engine_error(StatusCode::TOO_MANY_REQUESTS, 4, &r.message);
             Err(Box::new(res))
         }
     }
@@ -220,19 +184,18 @@ async fn polling(
     state: web::Data<AppState>,
     config: Arc<EngineConfig>,
     sid: Option<String>,
-    cors: Option<&HeaderValue>,
 ) -> HttpResponse {
     let text = |body: bytes::Bytes| {
-        let mut res = HttpResponse::Ok();
-        add_cors(&mut res, cors);
-        res.content_type("text/plain; charset=UTF-8").body(body)
+        HttpResponse::Ok()
+            .content_type("text/plain; charset=UTF-8")
+            .body(body)
     };
     let Some(sid) = sid else {
         // Handshake.
         if req.method() != Method::GET {
-            return bad_handshake_method(cors);
+            return bad_handshake_method();
         }
-        let (identity, slot) = match admit_new(&req, &state, cors) {
+        let (identity, slot) = match admit_new(&req, &state) {
             Ok(ok) => ok,
             Err(refused) => return *refused,
         };
@@ -254,14 +217,14 @@ async fn polling(
         return text(bytes::Bytes::from(open));
     };
     let Some(session) = state.engines.get(&sid) else {
-        return unknown_sid(cors);
+        return unknown_sid();
     };
     match *req.method() {
         Method::GET => {
             let outbox = match session.send(BeginPoll).await {
                 Ok(Ok(outbox)) => outbox,
                 Ok(Err(PollRefused::Duplicate)) | Ok(Err(PollRefused::NotPolling)) | Err(_) => {
-                    return bad_request(cors)
+                    return bad_request()
                 }
             };
             let waiting = WaitingPoll::new(session.clone(), state.metrics.clone());
@@ -284,21 +247,21 @@ async fn polling(
                     // on the WebSocket right now; answering a moment later keeps that frame
                     // first, as a client reading both connections expects.
                     actix_web::rt::time::sleep(std::time::Duration::from_millis(10)).await;
-                    return bad_request(cors);
+                    return bad_request();
                 }
             };
             text(body)
         }
         Method::POST => {
             if !matches!(session.send(BeginPost).await, Ok(Ok(()))) {
-                return bad_request(cors);
+                return bad_request();
             }
             let limit = config.max_payload;
             let mut body = bytes::BytesMut::new();
             while let Some(chunk) = payload.next().await {
                 let Ok(chunk) = chunk else {
                     session.do_send(EndPost { close: false });
-                    return bad_request(cors);
+                    return bad_request();
                 };
                 if body.len() + chunk.len() > limit {
                     // Frees the POST slot; the session itself carries on.
@@ -306,12 +269,7 @@ async fn polling(
                     state
                         .metrics
                         .refused(crate::error::ErrorCode::PayloadTooLarge);
-                    return engine_error(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        3,
-                        "Payload too large",
-                        cors,
-                    );
+                    return engine_error(StatusCode::PAYLOAD_TOO_LARGE, 3, "Payload too large");
                 }
                 body.extend_from_slice(&chunk);
             }
@@ -320,15 +278,15 @@ async fn polling(
                 Err(_) => {
                     // A broken payload ends the session.
                     session.do_send(EndPost { close: true });
-                    return bad_request(cors);
+                    return bad_request();
                 }
             };
             match session.send(PostPackets(packets)).await {
                 Ok(Ok(())) => text(bytes::Bytes::from_static(b"ok")),
-                _ => bad_request(cors),
+                _ => bad_request(),
             }
         }
-        _ => bad_request(cors),
+        _ => bad_request(),
     }
 }
 
@@ -337,12 +295,11 @@ async fn websocket(
     state: web::Data<AppState>,
     config: Arc<EngineConfig>,
     sid: Option<String>,
-    cors: Option<&HeaderValue>,
 ) -> HttpResponse {
     let settings = &state.settings;
     match sid {
         None => {
-            let (identity, slot) = match admit_new(&req, &state, cors) {
+            let (identity, slot) = match admit_new(&req, &state) {
                 Ok(ok) => ok,
                 Err(refused) => return *refused,
             };
@@ -363,14 +320,14 @@ async fn websocket(
                     ctx.add_stream(reader);
                 });
             })
-            .unwrap_or_else(|_| bad_request(cors))
+            .unwrap_or_else(|_| bad_request())
         }
         Some(sid) => {
             let Some(session) = state.engines.get(&sid) else {
-                return unknown_sid(cors);
+                return unknown_sid();
             };
             if ws::check(&req).is_err() {
-                return bad_request(cors);
+                return bad_request();
             }
             let probe = Outbox::new(16, 64 * 1024);
             let switch = Arc::new(UpgradeSwitch::default());
@@ -392,7 +349,7 @@ async fn websocket(
                         "session already upgraded",
                     );
                     return ws::upgrade(&req, refused, 1024, drop)
-                        .unwrap_or_else(|_| bad_request(cors));
+                        .unwrap_or_else(|_| bad_request());
                 }
             };
             ws::upgrade_with(
@@ -402,7 +359,7 @@ async fn websocket(
                 // The session may live on another worker's thread: it polls the reader there.
                 move |reader| session.do_send(AttachProbe(reader)),
             )
-            .unwrap_or_else(|_| bad_request(cors))
+            .unwrap_or_else(|_| bad_request())
         }
     }
 }

@@ -14,7 +14,7 @@ pub async fn connect(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     // Browsers send their page's origin: only allowed ones may open a socket (empty list: any).
-    if super::socketio::check_origin(&req, &state.settings.allowed_origins).is_err() {
+    if super::cors::check_origin(req.headers(), &state.settings.allowed_origins).is_err() {
         return Err(AppError::new(ErrorCode::Forbidden, "origin not allowed"));
     }
     // A token in the header is checked before the upgrade: a bad one gets a plain 401.

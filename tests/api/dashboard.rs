@@ -24,14 +24,14 @@ fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn chromium() -> PathBuf {
+pub(crate) fn chromium() -> PathBuf {
     std::env::var_os("SWITCHYARD_CHROMIUM")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"))
 }
 
 /// Fails (never skips) when a tool the browser tests need is missing.
-fn require_browser_tools() -> PathBuf {
+pub(crate) fn require_browser_tools() -> PathBuf {
     let dir = repo_root().join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core/package.json")
