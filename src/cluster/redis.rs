@@ -16,7 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actors::registry::{Deliver, LeaveAll, ListRooms, QueryPresence, RoomRegistry};
+use crate::actors::registry::{Deliver, LocalBroker, RoomRegistry};
 use crate::auth::UserInfo;
 use crate::broker::local::answer;
 use crate::broker::{
@@ -382,7 +382,8 @@ async fn read_loop(log: Arc<RedisLog>, registry: Addr<RoomRegistry>) {
 /// The broker of a cluster node: Redis orders, this node's registry delivers.
 pub struct RedisBroker {
     log: Arc<RedisLog>,
-    registry: Addr<RoomRegistry>,
+    /// This node's registry as the local broker routes to it: leaves and this node's presence.
+    local: LocalBroker,
     /// To the writer: publishes and joins, in call order.
     queue: mpsc::UnboundedSender<Item>,
 }
@@ -396,7 +397,7 @@ impl RedisBroker {
         actix::spawn(read_loop(log.clone(), registry.clone()));
         Arc::new(Self {
             log,
-            registry,
+            local: LocalBroker::new(registry),
             queue,
         })
     }
@@ -457,13 +458,13 @@ impl Broker for RedisBroker {
         })
     }
 
+    // Leaving is this node's room's business: routed by the registry, as the local broker does.
     fn leave(&self, leave: LeaveRoom) -> LeaveFuture {
-        let fut = self.registry.send(leave);
-        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(registry_gone(e))) })
+        self.local.leave(leave)
     }
 
     fn leave_all(&self, session: SessionId, rooms: Vec<String>) {
-        self.registry.do_send(LeaveAll { session, rooms });
+        self.local.leave_all(session, rooms)
     }
 
     fn name(&self) -> &'static str {
@@ -582,12 +583,10 @@ impl PresenceView for RedisBroker {
     // Presence is this node's for now: a user is listed by each node they are connected to,
     // and a room lists the members connected here (docs/cluster.md, "Not clustered yet").
     fn presence(&self, room: String) -> ViewFuture<Result<Option<Vec<UserInfo>>, Refusal>> {
-        let fut = self.registry.send(QueryPresence { room });
-        Box::pin(async move { fut.await.map_err(registry_gone) })
+        self.local.presence(room)
     }
 
     fn rooms(&self) -> ViewFuture<Result<Vec<RoomInfo>, Refusal>> {
-        let fut = self.registry.send(ListRooms);
-        Box::pin(async move { fut.await.map_err(registry_gone) })
+        self.local.rooms()
     }
 }

@@ -738,23 +738,7 @@ async fn the_cluster_broker_keeps_a_callers_join_between_its_publishes() {
         let broker = switchyard::cluster::RedisBroker::start(log, registry);
         join_between_publishes(&*broker, &format!("operation:order-{threads}")).await;
     }
-    let client = redis::Client::open("redis://127.0.0.1:6379").expect("url");
-    let mut conn = client
-        .get_multiplexed_async_connection()
-        .await
-        .expect("redis");
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}:*"))
-        .query_async(&mut conn)
-        .await
-        .expect("KEYS");
-    if !keys.is_empty() {
-        let _: () = redis::cmd("DEL")
-            .arg(keys)
-            .query_async(&mut conn)
-            .await
-            .expect("DEL");
-    }
+    crate::helpers::forget_redis_prefix(&prefix).await;
 }
 
 /// 50 events, a watcher's join with its backfill (as of event 50), 30 more events, one caller,

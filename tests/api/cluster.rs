@@ -135,23 +135,7 @@ impl Cluster {
         for node in self.nodes.drain(..) {
             node.shutdown().await;
         }
-        let client = redis::Client::open(format!("redis://{REDIS}")).expect("redis url");
-        let mut conn = client
-            .get_multiplexed_async_connection()
-            .await
-            .expect("redis reachable");
-        let keys: Vec<String> = redis::cmd("KEYS")
-            .arg(format!("{}:*", self.prefix))
-            .query_async(&mut conn)
-            .await
-            .expect("KEYS");
-        if !keys.is_empty() {
-            let _: () = redis::cmd("DEL")
-                .arg(keys)
-                .query_async(&mut conn)
-                .await
-                .expect("DEL");
-        }
+        forget_redis_prefix(&self.prefix).await;
     }
 }
 

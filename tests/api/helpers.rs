@@ -640,3 +640,24 @@ impl Raw {
         !self.fill(1).await
     }
 }
+
+/// Removes every Redis key under `prefix` (a cluster test's own keys) from the machine's Redis.
+pub async fn forget_redis_prefix(prefix: &str) {
+    let client = redis::Client::open("redis://127.0.0.1:6379").expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis reachable");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg(format!("{prefix}:*"))
+        .query_async(&mut conn)
+        .await
+        .expect("KEYS");
+    if !keys.is_empty() {
+        let _: () = redis::cmd("DEL")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
+}
