@@ -748,7 +748,56 @@ impl Room {
 impl Handler<Ordered> for Room {
     type Result = ();
 
-    fn handle(&mut self, o: Ordered, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, o: Ordered, ctx: &mut Context<Self>) {
+        // A gap in a shared log's deliveries (this node's reader fell further behind than the
+        // fan-out stream keeps): filled from the room's own stream first, with the mailbox held
+        // so nothing overtakes the fill. What the stream no longer holds stays a gap, which
+        // `continue_at` then handles (history before it dropped: resumes say recovered:false).
+        if let Some(backlog) = self.backlog.clone() {
+            let gap = !self.epoch.is_empty()
+                && *o.position.epoch == *self.epoch
+                && o.position.offset > self.last_offset + 1;
+            if gap {
+                let (after, until) = (self.last_offset, o.position.offset - 1);
+                log::warn!(
+                    "room {}: offsets {}..={until} missing from the deliveries; filling from the log",
+                    self.name,
+                    after + 1
+                );
+                ctx.wait(
+                    backlog
+                        .range(self.name.to_string(), after, until)
+                        .into_actor(self)
+                        .map(move |res, act, _| {
+                            match res {
+                                Ok(entries) => {
+                                    for (offset, envelope) in entries {
+                                        let at = Position {
+                                            epoch: o.position.epoch.clone(),
+                                            offset,
+                                        };
+                                        if offset == act.last_offset + 1 {
+                                            act.deliver(envelope, &at, o.received_at, false);
+                                        }
+                                    }
+                                }
+                                Err(e) => {
+                                    log::warn!("room {}: filling the gap failed: {e}", act.name)
+                                }
+                            }
+                            act.finish(o);
+                        }),
+                );
+                return;
+            }
+        }
+        self.finish(o);
+    }
+}
+
+impl Room {
+    /// Delivers an ordered message and answers its publisher, if one waits.
+    fn finish(&mut self, o: Ordered) {
         self.deliver(o.envelope, &o.position, o.received_at, o.routed);
         if let Some(tx) = o.reply {
             // The publisher may have stopped waiting; nothing to tell then.

@@ -73,4 +73,13 @@ pub struct Tail {
 pub trait Backlog: Send + Sync + 'static {
     /// The room's position and at most `max` of its last messages.
     fn tail(&self, room: String, max: usize) -> ViewFuture<Result<Tail, Refusal>>;
+
+    /// The messages of the room's current epoch with offsets in `after+1..=until` that it still
+    /// holds, oldest first: what fills a gap a room saw in its deliveries.
+    fn range(
+        &self,
+        room: String,
+        after: u64,
+        until: u64,
+    ) -> ViewFuture<Result<Vec<(u64, Envelope)>, Refusal>>;
 }

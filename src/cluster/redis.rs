@@ -84,10 +84,26 @@ impl Link {
     }
 
     /// Runs one command within the deadline; a failure is `unavailable`.
+    ///
+    /// Only for commands that may run twice (reads, and the open script, which changes nothing
+    /// the second time): the first command after an outage fails while the connection manager
+    /// reconnects, so a failed attempt is retried (twice, 100 ms apart) within the deadline.
+    /// Publishes are never retried here: a lost answer is not a lost command.
     async fn cmd<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, Refusal> {
-        let mut conn = self.conn.clone();
-        let r = tokio::time::timeout(self.timeout, cmd.query_async(&mut conn)).await;
-        self.settle(r)
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut attempt = 0;
+        loop {
+            let mut conn = self.conn.clone();
+            let r = tokio::time::timeout_at(deadline, cmd.query_async(&mut conn)).await;
+            let retry = attempt < 2
+                && matches!(&r, Ok(Err(e))
+                    if e.is_connection_dropped() || e.is_io_error() || e.is_connection_refusal());
+            if !retry {
+                return self.settle(r);
+            }
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Runs one pipeline (one round trip, in order) within the deadline.
@@ -483,6 +499,15 @@ impl Broker for RedisBroker {
 }
 
 impl Backlog for RedisLog {
+    fn range(
+        &self,
+        room: String,
+        after: u64,
+        until: u64,
+    ) -> ViewFuture<Result<Vec<(u64, Envelope)>, Refusal>> {
+        self.range_of(&room, after, until)
+    }
+
     fn tail(&self, room: String, max: usize) -> ViewFuture<Result<Tail, Refusal>> {
         let link = self.link.clone();
         let mut cmd = redis::cmd("EVAL");
@@ -514,6 +539,28 @@ impl Backlog for RedisLog {
                 position: Position { epoch, offset },
                 entries,
             })
+        })
+    }
+}
+
+impl RedisLog {
+    fn range_of(
+        &self,
+        room: &str,
+        after: u64,
+        until: u64,
+    ) -> ViewFuture<Result<Vec<(u64, Envelope)>, Refusal>> {
+        let link = self.link.clone();
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(self.log_key(room))
+            .arg(format!("{}-0", after.saturating_add(1)))
+            .arg(format!("{until}-1"));
+        Box::pin(async move {
+            let v: Value = link.cmd(cmd).await?;
+            Ok(entries_of(&v)
+                .into_iter()
+                .filter_map(|(id, fields)| Some((offset_of_id(&id)?, envelope_of(&fields)?)))
+                .collect())
         })
     }
 }

@@ -114,7 +114,14 @@ impl Cluster {
     }
 
     async fn add(&mut self, tweak: &impl Fn(&mut Settings)) {
-        let settings = self.settings(tweak);
+        let url = self.redis_url.clone();
+        self.add_at(url, tweak).await;
+    }
+
+    /// A node that reaches Redis at `redis_url` (e.g. through its own proxy).
+    async fn add_at(&mut self, redis_url: String, tweak: &impl Fn(&mut Settings)) {
+        let mut settings = self.settings(tweak);
+        settings.redis_url = Some(redis_url);
         let node = spawn_app_on(TestDb::shared(&self.db), settings).await;
         self.nodes.push(node);
     }
@@ -372,6 +379,44 @@ async fn with_redis_cut_publishes_are_refused_at_once_and_nothing_is_lost_after(
     }
     let (status, _) = cluster.nodes[0].get("/health").await;
     assert_eq!(status, 200);
+    cluster.stop().await;
+}
+
+/// A node cut off from Redis longer than the fan-out stream keeps (10 entries here, 300
+/// published meanwhile) reads on from where it stopped, finds a gap in the room's offsets, and
+/// fills it from the room's own stream: its member gets every message, in order.
+#[actix_web::test]
+async fn a_node_that_fell_behind_the_fanout_stream_fills_the_gap_from_the_rooms_log() {
+    let proxy = Proxy::start().await;
+    let tweak = |s: &mut Settings| {
+        s.redis_fanout_maxlen = 10;
+        s.history_size = 1_000;
+        s.publish_rate = 0;
+        s.user_publish_rate = 0;
+    };
+    let mut cluster = Cluster::start(1, format!("redis://{REDIS}"), tweak).await;
+    cluster.add_at(proxy.url(), &tweak).await;
+    let room = "project:gap";
+    let mut a = member(&cluster.nodes[1], "alice", room).await;
+    let mut b = member(&cluster.nodes[0], "bob", room).await;
+    let first = b.publish(room, "m", json!(0)).await;
+    assert_eq!(a.recv_message().await["data"], 0);
+
+    proxy.cut();
+    for i in 1..=300 {
+        b.publish(room, "m", json!(i)).await;
+    }
+    proxy.restore();
+    let got = messages(&mut a, 300).await;
+    assert_eq!(
+        offsets(&got),
+        (first + 1..=first + 300).collect::<Vec<_>>(),
+        "every offset, in order"
+    );
+    assert_eq!(
+        got.iter().map(|m| m["data"].clone()).collect::<Vec<_>>(),
+        (1..=300).map(|i| json!(i)).collect::<Vec<_>>()
+    );
     cluster.stop().await;
 }
 
