@@ -235,7 +235,10 @@ test("reconnect: the dropped socket reconnects and its rooms are joined again", 
     alice.joinProject(project);
     alice.joinFeed();
     await Promise.all([settled(alice), settled(bob)]);
-    const back = within(new Promise((r) => bob.socket.io.once("reconnect", r)), "reconnect");
+    // The socket's own `connect` (not the manager's `reconnect`, which comes before the
+    // namespace is connected): the app's connect handler has re-emitted its joins by then, so
+    // the barrier below comes after them.
+    const back = within(new Promise((r) => bob.socket.once("connect", r)), "the reconnect");
     bob.socket.io.engine.close();
     await back;
     await settled(bob);

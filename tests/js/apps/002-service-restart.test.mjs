@@ -275,7 +275,10 @@ test("unsubscribe: a connection's updates stop; reconnect: subscriptions come ba
     const seen = new Set();
     tab.onOperation((op) => seen.add(String(op.connection_id)));
     // The network drops; Socket.IO reconnects and the context subscribes again.
-    const back = within(new Promise((r) => tab.socket.io.once("reconnect", r)), "reconnect");
+    // The socket's own `connect` (not the manager's `reconnect`, which comes before the
+    // namespace is connected): the app's connect handler has re-emitted its joins by then, so
+    // the barrier below comes after them.
+    const back = within(new Promise((r) => tab.socket.once("connect", r)), "the reconnect");
     tab.socket.io.engine.close();
     await back;
     await subscribed(tab);
