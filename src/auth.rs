@@ -134,9 +134,16 @@ impl Identity {
 
     /// Seeing an operation: its own room, the `operations` room, or its project's room.
     pub fn may_watch(&self, operation_id: &str, project: Option<&str>) -> bool {
-        self.may_join(&format!("operation:{operation_id}"))
-            || self.may_join("operations")
+        self.may_see_all_operations()
+            || self.may_join(&format!("operation:{operation_id}"))
             || project.is_some_and(|p| self.may_join(&format!("project:{p}")))
+    }
+
+    /// Seeing (and listing) every operation: whoever may join `operations`, and services — an
+    /// app's backend starts, cancels and reports for any operation, so it reads them too (a
+    /// `service` token without `rooms` used to start an operation and then get 404 for it).
+    pub fn may_see_all_operations(&self) -> bool {
+        self.role == Role::Service || self.may_join("operations")
     }
 
     /// Reporting progress as an external worker.

@@ -580,11 +580,21 @@ impl Handler<GetOperation> for OperationManager {
     type Result = ResponseFuture<Result<Operation, Refusal>>;
 
     fn handle(&mut self, msg: GetOperation, _ctx: &mut Context<Self>) -> Self::Result {
+        let db = self.cx.db.clone();
         if let Some(addr) = self.live.get(&msg.id) {
             let fut = addr.send(GetSnapshot);
-            return Box::pin(async move { fut.await.map_err(unavailable) });
+            return Box::pin(async move {
+                match fut.await {
+                    Ok(op) => Ok(op),
+                    // The actor stopped after its retention and its `Retired` is still on the
+                    // way here. It stops only after its terminal state is written, so the
+                    // database has the final status: answer that, not a 503 (issue: the
+                    // flaky `worker_details` test, where a GET right after the end got none).
+                    Err(_) => stored(db, msg.id).await,
+                }
+            });
         }
-        Box::pin(stored(self.cx.db.clone(), msg.id))
+        Box::pin(stored(db, msg.id))
     }
 }
 
@@ -592,55 +602,64 @@ impl Handler<WatchOperation> for OperationManager {
     type Result = ResponseFuture<Result<(), Refusal>>;
 
     fn handle(&mut self, msg: WatchOperation, _ctx: &mut Context<Self>) -> Self::Result {
+        let cx = self.cx.clone();
         if let Some(addr) = self.live.get(&msg.id) {
             let fut = addr.send(Watch {
-                member: msg.member,
+                member: msg.member.clone(),
                 log_offset: msg.log_offset,
-                request_id: msg.request_id,
+                request_id: msg.request_id.clone(),
             });
-            return Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) });
+            return Box::pin(async move {
+                match fut.await {
+                    Ok(answer) => answer,
+                    // Stopped after its retention, `Retired` still on the way: its terminal
+                    // state is written (it stops only after that), so the database serves it.
+                    Err(_) => watch_stored(cx, msg).await,
+                }
+            });
         }
-        // Not in memory: it finished (and retired) — serve it from the database. No events
-        // will follow, so there is nothing to order against.
-        let db = self.cx.db.clone();
-        let broker = self.cx.broker.clone();
-        let max = self.cx.settings.log_replay_max as i64;
-        Box::pin(async move {
-            let id = msg.id.clone();
-            let after = msg.log_offset;
-            let (row, logs) = db
-                .run(move |c| {
-                    let row = store::get(c, &id)?;
-                    let logs = match &row {
-                        Some(_) => store::logs_after(c, &id, after, max)?,
-                        None => Vec::new(),
-                    };
-                    Ok((row, logs))
-                })
-                .await
-                .map_err(db_refusal)?;
-            let op = row.ok_or_else(|| not_found(&msg.id))?.into_operation();
-            let complete = logs.last().map(|l| l.seq as u64).unwrap_or(after) >= op.log_offset;
-            let backfill = backfill_frames(
-                to_raw(&op),
-                after,
-                logs.into_iter().map(LogRow::into_line).collect(),
-                op.status.terminal_event(),
-            );
-            broker
-                .join(JoinRoom {
-                    room: op.room(),
-                    member: msg.member,
-                    since: None,
-                    request_id: msg.request_id,
-                    backfill: Some(backfill),
-                    backfill_complete: complete,
-                    after: None,
-                })
-                .await
-                .map(|_| ())
-        })
+        Box::pin(watch_stored(cx, msg))
     }
+}
+
+/// A watch of an operation that is not in memory: it finished (and retired) — served from the
+/// database. No events will follow, so there is nothing to order against.
+async fn watch_stored(cx: Arc<OpContext>, msg: WatchOperation) -> Result<(), Refusal> {
+    let max = cx.settings.log_replay_max as i64;
+    let id = msg.id.clone();
+    let after = msg.log_offset;
+    let (row, logs) = cx
+        .db
+        .run(move |c| {
+            let row = store::get(c, &id)?;
+            let logs = match &row {
+                Some(_) => store::logs_after(c, &id, after, max)?,
+                None => Vec::new(),
+            };
+            Ok((row, logs))
+        })
+        .await
+        .map_err(db_refusal)?;
+    let op = row.ok_or_else(|| not_found(&msg.id))?.into_operation();
+    let complete = logs.last().map(|l| l.seq as u64).unwrap_or(after) >= op.log_offset;
+    let backfill = backfill_frames(
+        to_raw(&op),
+        after,
+        logs.into_iter().map(LogRow::into_line).collect(),
+        op.status.terminal_event(),
+    );
+    cx.broker
+        .join(JoinRoom {
+            room: op.room(),
+            member: msg.member,
+            since: None,
+            request_id: msg.request_id,
+            backfill: Some(backfill),
+            backfill_complete: complete,
+            after: None,
+        })
+        .await
+        .map(|_| ())
 }
 
 fn to_raw(op: &Operation) -> Box<RawValue> {

@@ -62,6 +62,10 @@ struct KindFormat {
     /// What the command reads on stdin: nothing (`"null"`, the default) or its params as one
     /// JSON object and a newline (`"params"`).
     stdin: Option<String>,
+    /// The project's room gets `operation.progress` too, as `operations` does (stage and
+    /// status changes at once, pure progress throttled), not only the lifecycle events.
+    #[serde(default)]
+    project_progress: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -126,6 +130,8 @@ pub struct Kind {
     /// Write the params (JSON and a newline) to the command's stdin; otherwise stdin is
     /// `/dev/null`.
     pub params_on_stdin: bool,
+    /// Also publish `operation.progress` into `project:<project>` (`project_progress`).
+    pub project_progress: bool,
 }
 
 /// The target pattern of a kind that declares none: 1-256 characters of `A-Z a-z 0-9 : _ . / @
@@ -167,6 +173,7 @@ impl Kind {
             workdir: None,
             env: BTreeMap::new(),
             params_on_stdin: false,
+            project_progress: false,
         }
     }
 
@@ -284,6 +291,7 @@ impl Kind {
             workdir: f.workdir,
             env: f.env,
             params_on_stdin,
+            project_progress: f.project_progress,
         })
     }
 

@@ -401,11 +401,20 @@ impl Wire {
                         }
                         None => serde_json::json!({"ok": true, "operation": op}),
                     },
-                    Reply::Duplicate(refusal, op) => serde_json::json!({
-                        "ok": false,
-                        "error": {"code": refusal.code.as_str(), "message": refusal.message},
-                        "operation": op,
-                    }),
+                    Reply::Duplicate(refusal, op) => {
+                        let error = serde_json::json!({
+                            "code": refusal.code.as_str(), "message": refusal.message,
+                        });
+                        if id.is_none() {
+                            // No ack asked for: an `error` event, as any refusal, carrying
+                            // the active operation (it used to be dropped silently).
+                            let mut event = error;
+                            event["operation"] = serde_json::json!(op);
+                            return Some(sio::emit_as(nsp, outgoing, "", "error", event));
+                        }
+                        // In the ack the active operation sits beside `error`, at the top.
+                        serde_json::json!({"ok": false, "error": error, "operation": op})
+                    }
                     Reply::Error(refusal) => {
                         let err = serde_json::json!({
                             "code": refusal.code.as_str(), "message": refusal.message,

@@ -139,9 +139,9 @@ pub async fn list(
     let allowed = match &q.project {
         Some(p) => {
             caller.identity.may_join(&format!("project:{p}"))
-                || caller.identity.may_join("operations")
+                || caller.identity.may_see_all_operations()
         }
-        None => caller.identity.may_join("operations"),
+        None => caller.identity.may_see_all_operations(),
     };
     caller.identity.require(allowed, "list operations")?;
     let status = match &q.status {

@@ -127,6 +127,30 @@ async fn rest_calls_need_a_token_and_roles_decide() {
         )
         .await;
     assert_eq!(s, 201);
+    // A service (an app's backend) starts an operation and may read it and list them, without
+    // any `rooms` in its token; it still joins no room it is not given.
+    let (s, op) = app
+        .post_auth(
+            "/api/operations",
+            &service,
+            json!({"kind": "demo", "target": "svc-box", "params": {"step_ms": 1}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{op}");
+    let id = op["id"].as_str().expect("operation id").to_string();
+    let (s, got) = app
+        .get_auth(&format!("/api/operations/{id}"), &service)
+        .await;
+    assert_eq!((s, got["id"].as_str()), (200, Some(id.as_str())), "{got}");
+    let (s, list) = app
+        .get_auth("/api/operations?target=svc-box", &service)
+        .await;
+    assert_eq!(
+        (s, list["operations"][0]["id"].as_str()),
+        (200, Some(id.as_str()))
+    );
+    let (s, _) = app.get_auth(&format!("/api/operations/{id}"), &user).await;
+    assert_eq!(s, 404, "a plain user without rooms still cannot see it");
     let (s, _) = app.get_auth("/api/rooms", &service).await;
     assert_eq!(s, 403, "management views are for admins");
     let admin = token("root", &[], &[], Some("admin"));

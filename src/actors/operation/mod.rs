@@ -269,11 +269,27 @@ impl OperationActor {
             }
         }
         if lifecycle.is_some() || stage_changed {
+            // A lifecycle event already carried this status into the project room.
+            if lifecycle.is_none() {
+                self.publish_project_progress(json.clone());
+            }
             self.publish("operations".into(), "operation.progress", json, None);
             self.ops_room_last = Instant::now();
             self.ops_room_pending = false;
         } else {
             self.ops_room_pending = true;
+        }
+    }
+
+    /// `project_progress` kinds: the project's room follows the operation as `operations`
+    /// does, so an app whose clients listen per project (seed 002's connection rooms) sees
+    /// the percentage without joining `operation:<id>`.
+    fn publish_project_progress(&self, json: Box<RawValue>) {
+        if !self.kind.project_progress {
+            return;
+        }
+        if let Some(room) = self.project_room() {
+            self.publish(room, "operation.progress", json, None);
         }
     }
 
@@ -443,6 +459,7 @@ impl Actor for OperationActor {
                 act.ops_room_pending = false;
                 act.ops_room_last = Instant::now();
                 let json = act.status_json();
+                act.publish_project_progress(json.clone());
                 act.publish("operations".into(), "operation.progress", json, None);
             }
         });

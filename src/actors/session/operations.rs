@@ -86,6 +86,14 @@ impl Session {
                             );
                             act.deps.metrics.refused(r.code);
                             act.reply(dup_id.as_deref(), Reply::Duplicate(&r, &existing));
+                            if watch {
+                                // The caller wanted to follow its operation: it follows the
+                                // one already running instead (a second wizard tab clicking
+                                // Install sees the install in progress), as a REST caller
+                                // given the 409's operation would watch it.
+                                let room = format!("operation:{}", existing.id);
+                                act.join(None, room, None, None, identity, ctx);
+                            }
                         }
                         Ok(Err(StartError::Refused(r))) => reply(act, ctx, Err(r), true),
                         Ok(Err(StartError::Database(_))) => reply(

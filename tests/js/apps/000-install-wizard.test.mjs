@@ -160,3 +160,30 @@ test("cancel flow: install:cancel stops the install this wizard started", async 
     socket.close();
   }
 });
+
+test("a second wizard's install:start while one runs follows the running install", async () => {
+  const first = await wizard();
+  const second = await wizard();
+  try {
+    const running = within(new Promise((r) => first.socket.once("install:progress", r)), "the first install's progress");
+    const firstDone = within(new Promise((r) => first.install.listeners.complete.push(r)), "install:complete (first)");
+    first.install.startInstallation({ network: "mainnet" }, ["core"]);
+    await running;
+    // Not part of the wizard: the refusal the second tab gets (as an `error` event, since the
+    // wizard asks for no ack), carrying the running install.
+    const refused = within(new Promise((r) => second.socket.once("error", r)), "the duplicate refusal");
+    const secondDone = within(new Promise((r) => second.install.listeners.complete.push(r)), "install:complete (second)");
+    second.install.startInstallation({ network: "mainnet" }, ["core"]);
+    const err = await refused;
+    assert.equal(err.code, "duplicate_operation");
+    assert.equal(typeof err.operation.id, "string");
+    // The second wizard shows the install already running, to its end.
+    const [a, b] = await Promise.all([firstDone, secondDone]);
+    assert.deepEqual(a, b);
+    assert.equal(second.install.ui.done, true);
+    assert.equal(second.install.ui.stages.at(-1), "validate");
+  } finally {
+    first.socket.close();
+    second.socket.close();
+  }
+});
