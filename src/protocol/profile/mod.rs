@@ -52,6 +52,11 @@ impl Profiles {
         self.by_namespace.is_empty() && self.aliases.is_empty()
     }
 
+    /// The backends profiles declare (`[profiles.NAME.hooks]`).
+    pub fn hook_configs(&self) -> impl Iterator<Item = &crate::hooks::HookConfig> {
+        self.by_namespace.values().filter_map(|p| p.hooks.as_deref())
+    }
+
     /// Profile names, for the start-up log.
     pub fn names(&self) -> Vec<&str> {
         let mut names: Vec<&str> = self
@@ -76,6 +81,30 @@ pub struct Profile {
     on_connect_join: Vec<Template>,
     /// Events a socket gets as it connects, before anything else.
     on_connect_emit: Vec<(String, Template)>,
+    /// The app's backend (`[profiles.NAME.hooks]`), when it declares one.
+    pub hooks: Option<Arc<crate::hooks::HookConfig>>,
+}
+
+/// An app's event answered by its backend (an `rpc` hook call).
+#[derive(Debug)]
+pub struct RpcCall {
+    /// The hook's name in the profile (`hook = "deployments"`): the call's `method`.
+    pub method: String,
+    /// The event's arguments, through the event's `data` template.
+    pub data: Value,
+    pub reply: RpcReply,
+}
+
+/// Where the backend's answer goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RpcReply {
+    /// To the event's ack (nowhere when the client asked for none).
+    Ack,
+    /// To the socket as this event; the ack, if any, gets `{ok: true}`.
+    Emit(String),
+    /// Published into this room as this event (the sender must be a member and may publish
+    /// there); the ack, if any, gets the publish's answer.
+    Room { room: String, event: String },
 }
 
 /// What the session knows that a mapping may need.
@@ -116,8 +145,15 @@ enum Action {
         kind: String,
         operation: Option<Template>,
     },
-    /// A backend hook (part 2 of #15): refused until hooks exist.
-    Hook(String),
+    /// A call to the app's backend (the `rpc` hook).
+    Hook {
+        method: String,
+        data: Template,
+        emit: Option<String>,
+        room: Option<Template>,
+        /// The room event's name (default: the app's event name).
+        event: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -144,6 +180,47 @@ impl Profile {
     ) -> Option<Result<Vec<Request>, Refusal>> {
         let incoming = self.events.get(event)?;
         Some(incoming.requests(event, args, attachments, socket))
+    }
+
+    /// The backend call an app's event stands for, when it maps to a hook. `None` when this
+    /// profile does not map `event` to a hook.
+    pub fn rpc(
+        &self,
+        event: &str,
+        args: &[Value],
+        socket: &impl SocketView,
+    ) -> Option<Result<RpcCall, Refusal>> {
+        let Action::Hook {
+            method,
+            data,
+            emit,
+            room,
+            event: as_event,
+        } = &self.events.get(event)?.action
+        else {
+            return None;
+        };
+        let env = Env {
+            args,
+            user: Some(socket.user()),
+            ..Env::default()
+        };
+        let reply = match (emit, room) {
+            (Some(e), _) => RpcReply::Emit(e.clone()),
+            (None, Some(t)) => match t.text(&env) {
+                Ok(room) => RpcReply::Room {
+                    room,
+                    event: as_event.as_deref().unwrap_or(event).to_string(),
+                },
+                Err(u) => return Some(Err(unrendered(event, "room", u))),
+            },
+            (None, None) => RpcReply::Ack,
+        };
+        Some(Ok(RpcCall {
+            method: method.clone(),
+            data: data.value(&env),
+            reply,
+        }))
     }
 
     /// Rooms to join on connect.
@@ -288,9 +365,10 @@ impl Incoming {
                 f.insert("operation".into(), id);
                 one(Verb::CancelOperation, &f)
             }
-            Action::Hook(hook) => Err(Refusal::new(
-                ErrorCode::NotImplemented,
-                format!("`{event}` maps to the backend hook {hook:?}, and backend hooks are not available yet"),
+            // Sessions ask `Profile::rpc` first; a hook is never a request.
+            Action::Hook { method, .. } => Err(Refusal::new(
+                ErrorCode::Internal,
+                format!("`{event}` maps to the backend hook {method:?}, not to a request"),
             )),
         }
     }
