@@ -14,6 +14,7 @@ mod dashboard;
 mod hardening;
 mod health;
 mod helpers;
+mod hooks;
 mod limits;
 mod operation_primitives;
 mod operations;

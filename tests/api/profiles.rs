@@ -15,13 +15,21 @@ fn repo(path: &str) -> PathBuf {
 
 /// Runs one node test file against a server started with `config`.
 async fn run_node(file: &str, config: &str) {
+    let config = repo(config);
+    run_node_with(file, |s| s.config_file = Some(config)).await;
+}
+
+/// Runs one node test file (in tests/js) against a server started with `tweak`'s settings.
+pub(crate) async fn run_node_with(
+    file: &str,
+    tweak: impl FnOnce(&mut switchyard::config::Settings),
+) {
     let js = repo("tests/js");
     assert!(
         js.join("node_modules/socket.io-client").is_dir(),
         "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (.ci/run does)"
     );
-    let config = repo(config);
-    let app = spawn_app_with(Backend::Sqlite, |s| s.config_file = Some(config)).await;
+    let app = spawn_app_with(Backend::Sqlite, tweak).await;
     let run = tokio::process::Command::new("node")
         .args(["--test", "--test-reporter=spec", file])
         .current_dir(&js)

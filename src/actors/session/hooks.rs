@@ -98,9 +98,13 @@ impl Session {
             return self.join(id, room, since, log_offset, identity, ctx);
         }
         let body = self.hook_body(HookKind::Subscribe, &identity, json!({ "room": room }));
-        self.call_hook(HookKind::Subscribe, id, body, ctx, move |act, id, _, ctx| {
-            act.join(id, room, since, log_offset, identity, ctx)
-        });
+        self.call_hook(
+            HookKind::Subscribe,
+            id,
+            body,
+            ctx,
+            move |act, id, _, ctx| act.join(id, room, since, log_offset, identity, ctx),
+        );
     }
 
     /// `publish`, through the `publish` hook when the profile declares one: the backend allows
@@ -124,26 +128,32 @@ impl Session {
             &identity,
             json!({ "room": p.room, "event": p.event, "data": &p.data }),
         );
-        self.call_hook(HookKind::Publish, id, body, ctx, move |act, id, answer, ctx| {
-            let mut p = p;
-            if let Some(data) = answer.get("data") {
-                match serde_json::value::to_raw_value(data) {
-                    Ok(raw) => {
-                        p.data = raw;
-                        // Attachments belong to the data the client sent.
-                        p.attachments.clear();
-                    }
-                    Err(e) => {
-                        let r = Refusal::new(
-                            ErrorCode::BackendUnavailable,
-                            format!("the app's backend rewrote the data unusably: {e}"),
-                        );
-                        return act.refuse(ctx, id.as_deref(), r);
+        self.call_hook(
+            HookKind::Publish,
+            id,
+            body,
+            ctx,
+            move |act, id, answer, ctx| {
+                let mut p = p;
+                if let Some(data) = answer.get("data") {
+                    match serde_json::value::to_raw_value(data) {
+                        Ok(raw) => {
+                            p.data = raw;
+                            // Attachments belong to the data the client sent.
+                            p.attachments.clear();
+                        }
+                        Err(e) => {
+                            let r = Refusal::new(
+                                ErrorCode::BackendUnavailable,
+                                format!("the app's backend rewrote the data unusably: {e}"),
+                            );
+                            return act.refuse(ctx, id.as_deref(), r);
+                        }
                     }
                 }
-            }
-            act.publish(id, p, identity, ctx)
-        });
+                act.publish(id, p, identity, ctx)
+            },
+        );
     }
 
     /// An app's event answered by the backend (`rpc`): the answer to the ack, to the socket as

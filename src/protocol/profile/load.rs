@@ -10,10 +10,10 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::template::{Scope, Template};
-use crate::hooks::{expand_env, HookConfig};
 use super::{
     Action, AliasKind, Incoming, Outgoing, PathAlias, Profile, Profiles, PublishTo, Rename, Shape,
 };
+use crate::hooks::{expand_env, HookConfig};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -344,7 +344,9 @@ fn hooks(at: &At, what: &str, h: Spanned<HooksFormat>) -> anyhow::Result<HookCon
     let path = |p: Option<Spanned<String>>, hook: &str| -> anyhow::Result<Option<String>> {
         match p {
             None => Ok(None),
-            Some(p) if p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace) => {
+            Some(p)
+                if p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace) =>
+            {
                 Ok(Some(p.into_inner()))
             }
             Some(p) => at.err(
@@ -536,22 +538,35 @@ fn action(at: &At, what: &str, e: Spanned<EventFormat>) -> anyhow::Result<Action
     }
     if let Some(h) = &e.hook {
         if !crate::names::valid_event_name(h.get_ref()) {
-            return at.err(h.span(), format!("{what}: hook name must be 1-128 characters"));
+            return at.err(
+                h.span(),
+                format!("{what}: hook name must be 1-128 characters"),
+            );
         }
         for name in [&e.emit, &e.event].into_iter().flatten() {
             if !crate::names::valid_event_name(name.get_ref()) {
-                return at.err(name.span(), format!("{what}: event must be 1-128 characters"));
+                return at.err(
+                    name.span(),
+                    format!("{what}: event must be 1-128 characters"),
+                );
             }
         }
         if e.emit.is_some() && e.room.is_some() {
-            return at.err(span, format!("{what}: the answer goes to one place: `emit` or `room`, not both"));
+            return at.err(
+                span,
+                format!("{what}: the answer goes to one place: `emit` or `room`, not both"),
+            );
         }
         if e.event.is_some() && e.room.is_none() {
-            return at.err(span, format!("{what}: `event` names the room event; it goes with `room`"));
+            return at.err(
+                span,
+                format!("{what}: `event` names the room event; it goes with `room`"),
+            );
         }
         let data = match &e.data {
             Some(d) => value(d)?,
-            None => Template::compile_str("{0}", Scope::Incoming).or_else(|m| at.err(span.clone(), m))?,
+            None => Template::compile_str("{0}", Scope::Incoming)
+                .or_else(|m| at.err(span.clone(), m))?,
         };
         return Ok(Action::Hook {
             method: h.get_ref().clone(),

@@ -54,7 +54,9 @@ impl Profiles {
 
     /// The backends profiles declare (`[profiles.NAME.hooks]`).
     pub fn hook_configs(&self) -> impl Iterator<Item = &crate::hooks::HookConfig> {
-        self.by_namespace.values().filter_map(|p| p.hooks.as_deref())
+        self.by_namespace
+            .values()
+            .filter_map(|p| p.hooks.as_deref())
     }
 
     /// Profile names, for the start-up log.
@@ -309,9 +311,8 @@ impl Incoming {
                 f.insert("data".into(), data.value(&env));
                 f.insert("echo".into(), Value::Bool(*echo));
                 let data_ok = attachments.is_empty()
-                    || f.get("data").is_some_and(|d| {
-                        super::socketio::placeholders_ok(d, attachments.len())
-                    });
+                    || f.get("data")
+                        .is_some_and(|d| super::socketio::placeholders_ok(d, attachments.len()));
                 if !data_ok {
                     return Err(Refusal::new(
                         ErrorCode::InvalidField,
@@ -356,7 +357,9 @@ impl Incoming {
                             .ok_or_else(|| {
                                 Refusal::new(
                                     ErrorCode::NotFound,
-                                    format!("`{event}`: this socket has started no {kind} operation"),
+                                    format!(
+                                        "`{event}`: this socket has started no {kind} operation"
+                                    ),
                                 )
                             })?
                             .to_string(),
