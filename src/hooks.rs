@@ -81,6 +81,8 @@ pub struct HookConfig {
     pub subscribe: Option<String>,
     pub publish: Option<String>,
     pub rpc: Option<String>,
+    /// `connect`, `subscribe` and `publish` serve `/ws` too (one profile at most).
+    pub ws: bool,
 }
 
 impl HookConfig {

@@ -353,6 +353,7 @@ connect = "/connect"
 subscribe = "/subscribe"
 publish = "/publish"
 rpc = "/rpc"
+ws = true
 
 [profiles.dash.events.request_deployments]
 hook = "deployments"
@@ -724,4 +725,103 @@ async fn socket_io_client_gets_an_rpc_answer_in_its_ack() {
             && c.header("cookie") == Some("session=abc")),
         "{calls:?}"
     );
+}
+
+/// `/ws`: the profile with `ws = true` authenticates the upgrade by its cookie (before the
+/// upgrade: a refusal is a plain HTTP answer) and authorizes its joins.
+#[tokio::test]
+async fn the_connect_and_subscribe_hooks_serve_ws_upgrades() {
+    let backend = Backend::start(|path, body| {
+        if path == "/hooks/connect" {
+            return (
+                200,
+                json!({"user": "w-1", "name": "Wes", "rooms": ["dash:*"]}),
+                Duration::ZERO,
+            );
+        }
+        dashboard_backend(path, body)
+    })
+    .await;
+    let (app, _dir) = dashboard_app(&backend).await;
+    let mut req = app.ws_url().into_client_request().expect("request");
+    req.headers_mut()
+        .insert("cookie", "session=s1; other=x".parse().expect("cookie"));
+    let (mut ws, _) = tokio::time::timeout(WAIT, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("in time")
+        .expect("upgraded");
+    let mut next = async || -> Value {
+        loop {
+            let m = tokio::time::timeout(WAIT, ws.next())
+                .await
+                .expect("a frame in time")
+                .expect("open")
+                .expect("frame");
+            if let Message::Text(t) = m {
+                return serde_json::from_str(t.as_str()).expect("json");
+            }
+        }
+    };
+    let welcome = next().await;
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    assert_eq!(welcome["user"]["user"], "w-1", "{welcome}");
+    drop(next);
+    for (id, room) in [(1, "dash:1"), (2, "dash:secret")] {
+        let join = json!({"type": "join", "id": id, "room": room}).to_string();
+        ws.send(Message::text(join)).await.expect("send");
+    }
+    let mut answers = Vec::new();
+    while answers.len() < 2 {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(t.as_str()).expect("json");
+            if v.get("id").is_some() {
+                answers.push(v);
+            }
+        }
+    }
+    let by_id = |i: i64| {
+        answers
+            .iter()
+            .find(|a| a["id"] == i)
+            .cloned()
+            .expect("answer")
+    };
+    assert_eq!(by_id(1)["type"], "joined", "{answers:?}");
+    assert_eq!(by_id(2)["code"], "forbidden", "{answers:?}");
+    let calls = backend.calls();
+    let connect = calls
+        .iter()
+        .find(|c| c.path == "/hooks/connect")
+        .expect("connect call");
+    assert!(connect.signed);
+    assert_eq!(connect.body["transport"], "websocket");
+    assert_eq!(connect.header("cookie"), Some("session=s1"));
+    let sub = calls
+        .iter()
+        .filter(|c| c.path == "/hooks/subscribe")
+        .count();
+    assert_eq!(sub, 2, "{calls:?}");
+    app.shutdown().await;
+
+    // A backend that refuses: 403 before the upgrade, with the JSON error body.
+    let backend = Backend::start(dashboard_backend).await;
+    let (app, _dir) = dashboard_app(&backend).await;
+    let err = tokio_tungstenite::connect_async(app.ws_url())
+        .await
+        .expect_err("refused before the upgrade");
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(res) => {
+            assert_eq!(res.status(), 403);
+            let body: Value =
+                serde_json::from_slice(res.body().as_deref().unwrap_or(b"{}")).expect("json");
+            assert_eq!(body["error"], "forbidden", "{body}");
+        }
+        other => panic!("expected an HTTP refusal, got {other:?}"),
+    }
+    app.shutdown().await;
 }

@@ -225,6 +225,16 @@ impl Session {
         s
     }
 
+    /// A `/ws` session served by a profile's backend hooks (`ws = true`): its joins and
+    /// publishes go through that profile's `subscribe` and `publish` hooks. (Its events and
+    /// renames are Socket.IO's only: a native session gets no `AppEvent`.)
+    pub fn with_hooks_of(mut self, profile: Option<Arc<Profile>>) -> Self {
+        if let FrontEnd::Native { .. } = self.front {
+            self.profile = profile;
+        }
+        self
+    }
+
     /// The headers and cookies of the client's HTTP request that hook calls forward.
     pub fn with_forwarded(mut self, forwarded: Arc<crate::hooks::Forwarded>) -> Self {
         self.forwarded = forwarded;

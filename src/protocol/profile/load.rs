@@ -53,6 +53,8 @@ struct HooksFormat {
     subscribe: Option<Spanned<String>>,
     publish: Option<Spanned<String>>,
     rpc: Option<Spanned<String>>,
+    /// This backend's `connect`, `subscribe` and `publish` hooks serve `/ws` too.
+    ws: Option<Spanned<bool>>,
 }
 
 /// A hook's default timeout, and the longest one a profile may set: a call holds one of the
@@ -286,9 +288,21 @@ impl Profiles {
                 }),
             );
         }
+        let mut ws = by_namespace
+            .values()
+            .filter(|p| p.hooks.as_ref().is_some_and(|h| h.ws));
+        let ws_profile = ws.next().cloned();
+        if let Some(other) = ws.next() {
+            let first = ws_profile.as_ref().map(|p| p.name.as_str()).unwrap_or("");
+            anyhow::bail!(
+                "profiles {first} and {}: only one profile's hooks may serve /ws (`ws = true`)",
+                other.name
+            );
+        }
         Ok(Profiles {
             by_namespace,
             aliases,
+            ws: ws_profile,
         })
     }
 }
@@ -357,7 +371,9 @@ fn hooks(at: &At, what: &str, h: Spanned<HooksFormat>) -> anyhow::Result<HookCon
     };
     let (connect, subscribe) = (path(h.connect, "connect")?, path(h.subscribe, "subscribe")?);
     let (publish, rpc) = (path(h.publish, "publish")?, path(h.rpc, "rpc")?);
+    let ws = h.ws.is_some_and(|w| *w.get_ref());
     Ok(HookConfig {
+        ws,
         url,
         timeout: std::time::Duration::from_millis(timeout_ms),
         headers,

@@ -30,6 +30,8 @@ use template::{Env, Template, Unrendered};
 pub struct Profiles {
     by_namespace: HashMap<Arc<str>, Arc<Profile>>,
     aliases: Vec<PathAlias>,
+    /// The profile whose backend hooks also serve `/ws` (`[profiles.NAME.hooks] ws = true`).
+    ws: Option<Arc<Profile>>,
 }
 
 impl Profiles {
@@ -50,6 +52,11 @@ impl Profiles {
 
     pub fn is_empty(&self) -> bool {
         self.by_namespace.is_empty() && self.aliases.is_empty()
+    }
+
+    /// The profile whose hooks serve `/ws` connections, if one says so.
+    pub fn for_ws(&self) -> Option<&Arc<Profile>> {
+        self.ws.as_ref()
     }
 
     /// The backends profiles declare (`[profiles.NAME.hooks]`).
