@@ -40,6 +40,9 @@ impl Call {
 /// What the backend answers a call: status, body, and how long it thinks first.
 type Answer = (u16, Value, Duration);
 
+/// How the backend decides what to answer a call (path, body).
+type Decide = Arc<dyn Fn(&str, &Value) -> Answer + Send + Sync>;
+
 struct Backend {
     port: u16,
     calls: Arc<Mutex<Vec<Call>>>,
@@ -81,11 +84,7 @@ impl Drop for Backend {
 }
 
 /// One connection: requests read one after another (keep-alive), each answered.
-async fn serve(
-    mut conn: tokio::net::TcpStream,
-    answer: Arc<dyn Fn(&str, &Value) -> Answer + Send + Sync>,
-    recorded: Arc<Mutex<Vec<Call>>>,
-) {
+async fn serve(mut conn: tokio::net::TcpStream, answer: Decide, recorded: Arc<Mutex<Vec<Call>>>) {
     let mut buf = Vec::new();
     loop {
         let head_end = loop {
@@ -750,22 +749,18 @@ async fn the_connect_and_subscribe_hooks_serve_ws_upgrades() {
         .await
         .expect("in time")
         .expect("upgraded");
-    let mut next = async || -> Value {
-        loop {
-            let m = tokio::time::timeout(WAIT, ws.next())
-                .await
-                .expect("a frame in time")
-                .expect("open")
-                .expect("frame");
-            if let Message::Text(t) = m {
-                return serde_json::from_str(t.as_str()).expect("json");
-            }
+    let welcome: Value = loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("open")
+            .expect("frame");
+        if let Message::Text(t) = m {
+            break serde_json::from_str(t.as_str()).expect("json");
         }
     };
-    let welcome = next().await;
     assert_eq!(welcome["type"], "welcome", "{welcome}");
     assert_eq!(welcome["user"]["user"], "w-1", "{welcome}");
-    drop(next);
     for (id, room) in [(1, "dash:1"), (2, "dash:secret")] {
         let join = json!({"type": "join", "id": id, "room": room}).to_string();
         ws.send(Message::text(join)).await.expect("send");
