@@ -14,6 +14,10 @@
 //! 403 deny (`forbidden`, with the body's `message`), anything else — another status, no answer
 //! within the timeout, no connection, an answer that is not JSON or too large — is
 //! `backend_unavailable`. A call is a future the caller spawns: no actor waits on it.
+//!
+//! Why one piece (about 500 lines, a fifth of them tests): the config, the captured request,
+//! the call, its signature and the reading of its answer are one contract with the backend,
+//! documented once in docs/security.md; split, the signing and the answer rules would drift.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

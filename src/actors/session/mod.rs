@@ -26,6 +26,10 @@
 //! timeout, eviction, shutdown, protocol violation) goes through `ctx.stop()`, so the undo always
 //! runs exactly once.
 //!
+//! Why this file is one piece (about 530 lines): the session's state, its constructor, its
+//! refusal policy and the one `dispatch` over [`Request`] are what every area file relies on;
+//! the areas themselves are in the files above.
+//!
 //! [`JoinRoom`]: super::room::JoinRoom
 //! [`LeaveRoom`]: super::room::LeaveRoom
 //! [`ReportAnswer`]: crate::actors::operation_manager::ReportAnswer

@@ -1,6 +1,10 @@
 //! The `[profiles.*]` sections of the configuration file, read and compiled once at start-up.
 //! Every mistake stops start-up with a message naming the line (TOML syntax errors name line
 //! and column themselves; the checks here find the line from the value's span).
+//!
+//! Why one piece (about 600 lines): one serde format per section and one compile step per
+//! section, all sharing [`At`] (the line of a span); the `[hooks]` section's checks are here for
+//! the same reason. Reading it top to bottom is how one checks it against docs/profiles.md.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;

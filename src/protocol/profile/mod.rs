@@ -10,6 +10,12 @@
 //!   message once per wire, never per member), and what a client gets on connect.
 //! * Paths: the per-operation WebSocket, SSE stream and REST status under the app's own paths,
 //!   in the app's own status shape ([`PathAlias`]).
+//! * Hooks: the app's backend (`[hooks]`, a [`crate::hooks::HookConfig`]) and the events it
+//!   answers ([`RpcCall`]).
+//!
+//! Why one piece (about 500 lines): the compiled profile and the one mapping per action are
+//! read together (each `Action` variant next to what it becomes); the loader, the templates and
+//! the tests are already files of their own.
 
 pub mod load;
 pub mod template;
