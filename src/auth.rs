@@ -104,6 +104,25 @@ impl Identity {
         }
     }
 
+    /// The identity an app's backend gave a connection (the `connect` hook, src/hooks.rs): a
+    /// plain user with the backend's patterns, as a token with these claims would give. Never
+    /// a role: a backend that wants one signs a token instead.
+    pub fn from_backend(
+        id: String,
+        name: Option<String>,
+        rooms: Vec<String>,
+        publish: Vec<String>,
+    ) -> Self {
+        Self {
+            user: Arc::new(UserInfo { id, name }),
+            role: Role::User,
+            rooms,
+            publish,
+            open: false,
+            expires_at: None,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.open
     }

@@ -92,6 +92,15 @@ pub struct Settings {
     pub jwt_secret: Option<String>,
     /// Allow open mode on a non-loopback address (`SWITCHYARD_ALLOW_INSECURE=1`).
     pub allow_insecure: bool,
+    /// The key backend hooks are signed with (`SWITCHYARD_HOOK_SECRET`; docs/security.md). A
+    /// profile with hooks does not start without it: an unsigned call could not be trusted.
+    pub hook_secret: Option<String>,
+    /// Backend hook calls in flight on this node at once (`SWITCHYARD_HOOK_CONCURRENCY`); one
+    /// more is refused `backend_unavailable` at once rather than queued.
+    pub hook_concurrency: usize,
+    /// Backend hook calls one socket may have in flight (`SWITCHYARD_HOOK_SESSION_CONCURRENCY`);
+    /// one more is refused `rate_limited`, so one client cannot take the node's calls.
+    pub hook_session_concurrency: usize,
     /// Time a browser session has to send its `auth` frame (`SWITCHYARD_AUTH_TIMEOUT_MS`).
     pub auth_timeout: Duration,
     /// Interval of the `stats` event in the `system` room (`SWITCHYARD_STATS_INTERVAL_MS`).
@@ -233,6 +242,9 @@ impl Default for Settings {
             presence_list_max: 1000,
             jwt_secret: None,
             allow_insecure: false,
+            hook_secret: None,
+            hook_concurrency: 256,
+            hook_session_concurrency: 8,
             auth_timeout: Duration::from_millis(5_000),
             stats_interval: Duration::from_millis(5_000),
             max_frame_bytes: 64 * 1024,
@@ -388,6 +400,21 @@ impl Settings {
             &mut s.presence_list_max,
         )?;
         s.jwt_secret = get("SWITCHYARD_JWT_SECRET");
+        s.hook_secret = get("SWITCHYARD_HOOK_SECRET");
+        num(
+            &get,
+            "SWITCHYARD_HOOK_CONCURRENCY",
+            1,
+            1_000_000,
+            &mut s.hook_concurrency,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_HOOK_SESSION_CONCURRENCY",
+            1,
+            1_000_000,
+            &mut s.hook_session_concurrency,
+        )?;
         flag(&get, "SWITCHYARD_ALLOW_INSECURE", &mut s.allow_insecure)?;
         flag(&get, "SWITCHYARD_DEMO", &mut s.demo)?;
         if let Some(v) = get("SWITCHYARD_OPERATIONS_FILE") {

@@ -40,6 +40,7 @@ pub enum ErrorCode {
     DatabaseUnavailable,
     Unavailable,
     NotImplemented,
+    BackendUnavailable,
     Internal,
 }
 
@@ -75,6 +76,7 @@ impl ErrorCode {
         Self::DatabaseUnavailable,
         Self::Unavailable,
         Self::NotImplemented,
+        Self::BackendUnavailable,
         Self::Internal,
     ];
 
@@ -110,6 +112,7 @@ impl ErrorCode {
             Self::DatabaseUnavailable => "database_unavailable",
             Self::Unavailable => "unavailable",
             Self::NotImplemented => "not_implemented",
+            Self::BackendUnavailable => "backend_unavailable",
             Self::Internal => "internal",
         }
     }
@@ -145,6 +148,7 @@ impl ErrorCode {
             | Self::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
             Self::DatabaseUnavailable | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
+            Self::BackendUnavailable => StatusCode::BAD_GATEWAY,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

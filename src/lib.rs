@@ -16,6 +16,7 @@
 //! * [`db`] — pool, embedded migrations, the async bridge, one module per table.
 //! * [`routes`] — HTTP handlers, one module per area.
 //! * [`auth`], [`metrics`] — identity, counters.
+//! * [`hooks`] — signed HTTP calls to an app's backend (connect, subscribe, publish, rpc).
 //! * [`error_code`], [`names`] — the stable error codes and `Refusal`; what a room, event or
 //!   project name may be. Neither imports the rest of the crate: every layer may use them.
 //! * [`error`] — `AppError`, the HTTP edge's error type.
@@ -38,6 +39,7 @@ pub mod config;
 pub mod db;
 pub mod error;
 pub mod error_code;
+pub mod hooks;
 pub mod limits;
 pub mod metrics;
 pub mod names;

@@ -163,6 +163,23 @@ impl Application {
         if !profiles.is_empty() {
             log::info!("app profiles: {}", profiles.names().join(", "));
         }
+        // Backend hooks are signed, or not made: a backend could not tell an unsigned call
+        // from anyone's.
+        let hooks = match (profiles.hook_configs().next(), &settings.hook_secret) {
+            (None, _) => None,
+            (Some(_), None) => anyhow::bail!(
+                "app profiles declare backend hooks ([profiles.*.hooks]): set SWITCHYARD_HOOK_SECRET, the key their calls are signed with"
+            ),
+            (Some(_), Some(secret)) => Some(Arc::new(
+                crate::hooks::Hooks::new(
+                    secret,
+                    settings.hook_concurrency,
+                    settings.max_frame_bytes,
+                    profiles.hook_configs(),
+                )
+                .context("building the backend hooks' HTTP client")?,
+            )),
+        };
         let ops = Arc::new(OpContext {
             settings: settings.clone(),
             broker: broker.clone(),
@@ -233,6 +250,7 @@ impl Application {
             auth: auth.clone(),
             operations: operations.clone(),
             user_publishes: user_publishes.clone(),
+            hooks: hooks.clone(),
         });
         let watcher_deps = Arc::new(WatcherDeps {
             settings: settings.clone(),

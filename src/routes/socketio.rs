@@ -172,6 +172,16 @@ fn admit_new(
     }
 }
 
+/// The handshake's headers and cookies that backend hooks forward (none without hooks).
+fn forwarded(req: &HttpRequest, state: &AppState) -> crate::hooks::Forwarded {
+    state
+        .session_deps
+        .hooks
+        .as_ref()
+        .map(|h| h.capture(req.headers()))
+        .unwrap_or_default()
+}
+
 fn new_sid() -> String {
     use base64::Engine as _;
     let raw: [u8; 15] = rand::random();
@@ -213,6 +223,7 @@ async fn polling(
             identity,
         )
         .with_slot(slot)
+        .with_forwarded(forwarded(&req, &state))
         .launch(|_| {});
         return text(bytes::Bytes::from(open));
     };
@@ -314,7 +325,10 @@ async fn websocket(
                 state.engines.clone(),
                 identity,
             );
-            let session = session.with_slot(slot).with_frame_limit(limit.clone());
+            let session = session
+                .with_slot(slot)
+                .with_frame_limit(limit.clone())
+                .with_forwarded(forwarded(&req, &state));
             ws::upgrade(&req, outbox, limit, move |reader| {
                 session.launch(move |ctx| {
                     ctx.add_stream(reader);

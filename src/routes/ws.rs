@@ -22,8 +22,34 @@ pub async fn connect(
         .headers()
         .get(header::AUTHORIZATION)
         .map(|h| h.to_str().unwrap_or(""));
-    let identity = state.auth.from_header(header)?;
+    let mut identity = state.auth.from_header(header)?;
     let slot = state.admit(&req)?;
+    // A profile's backend serving `/ws` (`ws = true`) authenticates a browser by its cookies
+    // before the upgrade, as a token would; a refusal is a plain HTTP answer. The handler
+    // awaits the call, no actor does.
+    let profile = state.socketio.profiles.for_ws().cloned();
+    let hooks = state.session_deps.hooks.clone();
+    let forwarded = hooks
+        .as_ref()
+        .map(|h| h.capture(req.headers()))
+        .unwrap_or_default();
+    if let (None, Some(hooks), Some(cfg)) = (
+        &identity,
+        &hooks,
+        profile.as_ref().and_then(|p| p.hooks.clone()),
+    ) {
+        if cfg.connect.is_some() {
+            use crate::hooks::HookKind;
+            let body = serde_json::json!({
+                "hook": HookKind::Connect.as_str(),
+                "transport": "websocket",
+                "namespace": null,
+                "auth": null,
+            });
+            let answer = hooks.call(&cfg, HookKind::Connect, &body, &forwarded).await;
+            identity = Some(answer.and_then(|a| crate::hooks::identity(&a))?);
+        }
+    }
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
     // Until it authenticates, a client may send what an `auth` frame needs; the session
@@ -44,6 +70,8 @@ pub async fn connect(
             Session::new(id, identity, outbox, deps)
                 .with_slot(slot)
                 .with_frame_limit(limit)
+                .with_hooks_of(profile)
+                .with_forwarded(std::sync::Arc::new(forwarded))
         });
     })
     .map_err(AppError::from)

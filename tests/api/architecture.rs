@@ -27,7 +27,7 @@ const ALLOWED_CYCLE_EDGES: &[(&str, &str)] = &[];
 const LAYERS: &[&[&str]] = &[
     // What everything may import: no dependencies on the rest of the crate.
     &["error_code", "names", "util", "config"],
-    &["auth", "metrics", "limits"],
+    &["auth", "metrics", "limits", "hooks"],
     // The operation model, then its storage, then the HTTP edge's error (it wraps `DbError`).
     &["operations"],
     &["db"],

@@ -15,6 +15,7 @@ mod dashboard;
 mod hardening;
 mod health;
 mod helpers;
+mod hooks;
 mod limits;
 mod operation_primitives;
 mod operations;

@@ -25,17 +25,37 @@ async fn run_node_with(
     settings: impl FnOnce(&mut switchyard::config::Settings),
     env: &[(&str, String)],
 ) {
+    let config = repo(config);
+    run_node_env(
+        file,
+        |s| {
+            s.config_file = Some(config);
+            settings(s);
+        },
+        env,
+    )
+    .await;
+}
+
+/// Runs one node test file (in tests/js) against a server started with `tweak`'s settings.
+pub(crate) async fn run_node_tweaked(
+    file: &str,
+    tweak: impl FnOnce(&mut switchyard::config::Settings),
+) {
+    run_node_env(file, tweak, &[]).await;
+}
+
+async fn run_node_env(
+    file: &str,
+    tweak: impl FnOnce(&mut switchyard::config::Settings),
+    env: &[(&str, String)],
+) {
     let js = repo("tests/js");
     assert!(
         js.join("node_modules/socket.io-client").is_dir(),
         "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (.ci/run does)"
     );
-    let config = repo(config);
-    let app = spawn_app_with(Backend::Sqlite, |s| {
-        s.config_file = Some(config);
-        settings(s);
-    })
-    .await;
+    let app = spawn_app_with(Backend::Sqlite, tweak).await;
     let run = tokio::process::Command::new("node")
         .args(["--test", "--test-reporter=spec", file])
         .current_dir(&js)

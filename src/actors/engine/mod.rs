@@ -173,6 +173,10 @@ pub struct EngineSession {
     pending: Option<(socketio::Packet, Vec<Bytes>)>,
     /// Identity from an `Authorization` header at the handshake (non-browser clients).
     header_identity: Option<Identity>,
+    /// The handshake's headers and cookies that backend hooks forward (src/hooks.rs).
+    forwarded: Arc<crate::hooks::Forwarded>,
+    /// Namespaces whose CONNECT waits for the backend's `connect` hook.
+    connecting: std::collections::HashSet<Arc<str>>,
     /// The WebSocket starts with the open packet (a polling handshake answered it already).
     send_open: bool,
     /// The session was closed: no new packets are applied (it may still be draining).
@@ -223,6 +227,8 @@ impl EngineSession {
             socket_ids: HashMap::new(),
             pending: None,
             header_identity,
+            forwarded: Arc::default(),
+            connecting: Default::default(),
             send_open: websocket,
             closed: false,
             draining: false,
@@ -231,6 +237,12 @@ impl EngineSession {
             slot: None,
             frame_limit: None,
         }
+    }
+
+    /// The handshake's headers and cookies that backend hooks forward.
+    pub fn with_forwarded(mut self, forwarded: crate::hooks::Forwarded) -> Self {
+        self.forwarded = Arc::new(forwarded);
+        self
     }
 
     /// Holds the connection's per-address slot for the session's lifetime.

@@ -136,29 +136,81 @@ impl EngineSession {
         if self.config.mode == EngineMode::Fixture {
             return self.fixture_connect(nsp, auth, ctx);
         }
-        if self.sockets.contains_key(&nsp) {
-            return; // already connected: a repeated CONNECT changes nothing
+        if self.sockets.contains_key(&nsp) || self.connecting.contains(&nsp) {
+            return; // already connected (or connecting): a repeated CONNECT changes nothing
         }
-        let identity = match self.identify(auth.as_ref()) {
-            Ok(i) => i,
-            Err(r) => {
-                self.deps.metrics.refused(r.code);
-                log::warn!(
-                    "engine.io session {}: connect to {nsp} refused: {}",
-                    self.sid,
-                    r.message
-                );
-                let body =
-                    serde_json::json!({"message": r.message, "data": {"code": r.code.as_str()}});
-                return self.push_text(sio::packet(
-                    Kind::ConnectError,
-                    &nsp,
-                    None,
-                    Some(&body.to_string()),
-                    0,
-                ));
+        if let Some((hooks, cfg)) = self.connect_hook(&nsp) {
+            return self.connect_through_hook(nsp, auth, hooks, cfg, ctx);
+        }
+        match self.identify(auth.as_ref()) {
+            Ok(identity) => self.start_socket(nsp, identity, ctx),
+            Err(r) => self.refuse_connect(&nsp, r),
+        }
+    }
+
+    /// The namespace's profile's `connect` hook, when it declares one (and the node has the
+    /// hook client): the app's backend then says who connects, from the handshake's cookies
+    /// and headers and the CONNECT's auth payload, instead of a token.
+    fn connect_hook(
+        &self,
+        nsp: &str,
+    ) -> Option<(Arc<crate::hooks::Hooks>, Arc<crate::hooks::HookConfig>)> {
+        let cfg = self.config.profiles.for_namespace(nsp)?.hooks.clone()?;
+        cfg.connect.as_ref()?;
+        Some((self.deps.hooks.clone()?, cfg))
+    }
+
+    /// Asks the backend (spawned, not waited for: the connection's other namespaces and its
+    /// heartbeat go on); CONNECT or CONNECT_ERROR when it answers.
+    fn connect_through_hook(
+        &mut self,
+        nsp: Arc<str>,
+        auth: Option<Value>,
+        hooks: Arc<crate::hooks::Hooks>,
+        cfg: Arc<crate::hooks::HookConfig>,
+        ctx: &mut Context<Self>,
+    ) {
+        use crate::hooks::HookKind;
+        self.connecting.insert(nsp.clone());
+        let body = serde_json::json!({
+            "hook": HookKind::Connect.as_str(),
+            "transport": "socket.io",
+            "namespace": &*nsp,
+            "auth": auth,
+        });
+        let call = hooks.call(&cfg, HookKind::Connect, &body, &self.forwarded);
+        ctx.spawn(call.into_actor(self).map(move |answer, act, ctx| {
+            act.connecting.remove(&nsp);
+            if act.closed {
+                return;
             }
-        };
+            match answer.and_then(|a| crate::hooks::identity(&a)) {
+                Ok(identity) => act.start_socket(nsp, identity, ctx),
+                Err(r) => act.refuse_connect(&nsp, r),
+            }
+        }));
+    }
+
+    /// CONNECT_ERROR with the refusal's message and code.
+    fn refuse_connect(&mut self, nsp: &str, r: Refusal) {
+        self.deps.metrics.refused(r.code);
+        log::warn!(
+            "engine.io session {}: connect to {nsp} refused: {}",
+            self.sid,
+            r.message
+        );
+        let body = serde_json::json!({"message": r.message, "data": {"code": r.code.as_str()}});
+        self.push_text(sio::packet(
+            Kind::ConnectError,
+            nsp,
+            None,
+            Some(&body.to_string()),
+            0,
+        ));
+    }
+
+    /// The namespace's socket, for `identity`: its session started, then CONNECT.
+    fn start_socket(&mut self, nsp: Arc<str>, identity: Identity, ctx: &mut Context<Self>) {
         let sid = uuid::Uuid::new_v4().simple().to_string();
         let connected = format!(r#"{{"sid":"{sid}"}}"#);
         let id = crate::actors::next_session_id();
@@ -171,6 +223,7 @@ impl EngineSession {
             ctx.address().recipient(),
             self.config.profiles.for_namespace(&nsp).cloned(),
         )
+        .with_forwarded(self.forwarded.clone())
         .start();
         self.sockets
             .insert(nsp.clone(), Socket::Switchyard(session));

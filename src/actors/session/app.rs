@@ -49,6 +49,12 @@ impl Handler<AppEvent> for Session {
             rooms: &self.rooms,
             started: &self.started_ops,
         };
+        if let Some(call) = profile.rpc(&msg.name, &msg.args, &view) {
+            return match call {
+                Ok(call) => self.rpc(msg.id, call, ctx),
+                Err(refusal) => self.refuse(ctx, msg.id.as_deref(), refusal),
+            };
+        }
         let Some(mapped) = profile.requests(&msg.name, &msg.args, msg.attachments, &view) else {
             return;
         };

@@ -11,6 +11,8 @@
 //! * `operations.rs` — `operation.start`, `operation.cancel`, workers' reports.
 //! * `app.rs` — a Socket.IO namespace's app profile: its events mapped onto requests, what a
 //!   socket gets on connect.
+//! * `hooks.rs` — the profile's backend hooks: joins and publishes through the backend, app
+//!   events answered by it.
 //!
 //! In: the `/ws` reader's messages (a stream) or [`Inbound`] requests and [`Disconnect`] from
 //! the Engine.IO session; [`Evicted`] from rooms, [`ReportAnswer`] from the operation manager,
@@ -24,6 +26,10 @@
 //! timeout, eviction, shutdown, protocol violation) goes through `ctx.stop()`, so the undo always
 //! runs exactly once.
 //!
+//! Why this file is one piece (about 530 lines): the session's state, its constructor, its
+//! refusal policy and the one `dispatch` over [`Request`] are what every area file relies on;
+//! the areas themselves are in the files above.
+//!
 //! [`JoinRoom`]: super::room::JoinRoom
 //! [`LeaveRoom`]: super::room::LeaveRoom
 //! [`ReportAnswer`]: crate::actors::operation_manager::ReportAnswer
@@ -31,6 +37,7 @@
 
 mod app;
 mod auth;
+mod hooks;
 mod native;
 mod operations;
 mod publish;
@@ -128,6 +135,10 @@ pub struct Session {
     /// Unknown events and unavailable hooks already logged (by refusal message, which names
     /// the event): each is logged once, and at most [`UNKNOWN_LOGGED_MAX`] of them.
     unknown_logged: HashSet<String>,
+    /// What of the client's HTTP request hook calls forward (src/hooks.rs).
+    forwarded: Arc<crate::hooks::Forwarded>,
+    /// Backend hook calls in flight (at most `SWITCHYARD_HOOK_SESSION_CONCURRENCY`).
+    hook_calls: usize,
 }
 
 /// How many distinct unknown events a session logs; past that, they are only counted.
@@ -151,6 +162,8 @@ pub struct SessionDeps {
     pub operations: Addr<OperationManager>,
     /// Publishes per user, across all that user's connections (shared with the REST routes).
     pub user_publishes: Arc<KeyedRate>,
+    /// The backend hooks' client (`None` when no profile declares hooks).
+    pub hooks: Option<Arc<crate::hooks::Hooks>>,
 }
 
 impl Session {
@@ -188,6 +201,8 @@ impl Session {
             profile: None,
             started_ops: HashMap::new(),
             unknown_logged: HashSet::new(),
+            forwarded: Arc::default(),
+            hook_calls: 0,
         }
     }
 
@@ -212,6 +227,22 @@ impl Session {
         s.front = FrontEnd::SocketIo { engine };
         s.profile = profile;
         s
+    }
+
+    /// A `/ws` session served by a profile's backend hooks (`ws = true`): its joins and
+    /// publishes go through that profile's `subscribe` and `publish` hooks. (Its events and
+    /// renames are Socket.IO's only: a native session gets no `AppEvent`.)
+    pub fn with_hooks_of(mut self, profile: Option<Arc<Profile>>) -> Self {
+        if let FrontEnd::Native { .. } = self.front {
+            self.profile = profile;
+        }
+        self
+    }
+
+    /// The headers and cookies of the client's HTTP request that hook calls forward.
+    pub fn with_forwarded(mut self, forwarded: Arc<crate::hooks::Forwarded>) -> Self {
+        self.forwarded = forwarded;
+        self
     }
 
     /// Holds the connection's per-address slot for the session's lifetime.
@@ -255,14 +286,18 @@ impl Session {
     }
 
     /// Answers a refused request with an `error` frame; closes the session on an error flood.
-    /// On Socket.IO, an unknown event (or one mapped to a backend hook that does not exist yet)
-    /// is refused but does not count toward the flood: a half-migrated app client that still
-    /// emits an old event is not misbehaving, and must never be cut off for good for it. It
-    /// costs what a `ping` costs; it is logged once per event name. On `/ws` an unknown `type`
-    /// still counts: that client speaks Switchyard's own protocol, and a stream of frames it
-    /// does not have is a broken or hostile client.
+    /// On Socket.IO, an unknown event (or a feature this server does not have) is refused but
+    /// does not count toward the flood: a half-migrated app client that still emits an old
+    /// event is not misbehaving, and must never be cut off for good for it. It costs what a
+    /// `ping` costs; it is logged once per event name. On `/ws` an unknown `type` still counts:
+    /// that client speaks Switchyard's own protocol, and a stream of frames it does not have is
+    /// a broken or hostile client. `backend_unavailable` never counts: the app's backend being
+    /// down is not the client's doing (the hook client logs it).
     fn refuse(&mut self, ctx: &mut Context<Self>, id: Option<&RawValue>, refusal: Refusal) {
         self.deps.metrics.refused(refusal.code);
+        if refusal.code == ErrorCode::BackendUnavailable {
+            return self.reply(id, Reply::Error(&refusal));
+        }
         if matches!(
             refusal.code,
             ErrorCode::UnknownType | ErrorCode::NotImplemented
@@ -346,7 +381,7 @@ impl Session {
                     log_offset,
                 },
                 Some(identity),
-            ) => self.join(id, room, since, log_offset, identity, ctx),
+            ) => self.join_hooked(id, room, since, log_offset, identity, ctx),
             (Request::Leave { room }, _) => self.leave(id, room, ctx),
             (
                 Request::Publish {
@@ -365,7 +400,7 @@ impl Session {
                     attachments,
                     echo,
                 };
-                self.publish(id, p, identity, ctx)
+                self.publish_hooked(id, p, identity, ctx)
             }
             (
                 r @ (Request::StartOperation { .. }

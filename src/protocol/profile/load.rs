@@ -1,6 +1,10 @@
 //! The `[profiles.*]` sections of the configuration file, read and compiled once at start-up.
 //! Every mistake stops start-up with a message naming the line (TOML syntax errors name line
 //! and column themselves; the checks here find the line from the value's span).
+//!
+//! Why one piece (about 600 lines): one serde format per section and one compile step per
+//! section, all sharing [`At`] (the line of a span); the `[hooks]` section's checks are here for
+//! the same reason. Reading it top to bottom is how one checks it against docs/profiles.md.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,6 +17,7 @@ use super::template::{Scope, Template};
 use super::{
     Action, AliasKind, Incoming, Outgoing, PathAlias, Profile, Profiles, PublishTo, Rename, Shape,
 };
+use crate::hooks::{expand_env, HookConfig};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -35,7 +40,31 @@ struct ProfileFormat {
     outgoing: BTreeMap<String, Spanned<ShapeFormat>>,
     on_connect: Option<ConnectFormat>,
     paths: Option<Spanned<PathsFormat>>,
+    hooks: Option<Spanned<HooksFormat>>,
 }
+
+/// `[profiles.NAME.hooks]`: the app's backend.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HooksFormat {
+    url: Spanned<String>,
+    timeout_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    forward_headers: Vec<Spanned<String>>,
+    #[serde(default)]
+    forward_cookies: Vec<Spanned<String>>,
+    connect: Option<Spanned<String>>,
+    subscribe: Option<Spanned<String>>,
+    publish: Option<Spanned<String>>,
+    rpc: Option<Spanned<String>>,
+    /// This backend's `connect`, `subscribe` and `publish` hooks serve `/ws` too.
+    ws: Option<Spanned<bool>>,
+}
+
+/// A hook's default timeout, and the longest one a profile may set: a call holds one of the
+/// node's `SWITCHYARD_HOOK_CONCURRENCY` slots for as long.
+const HOOK_TIMEOUT_DEFAULT_MS: u64 = 5_000;
+const HOOK_TIMEOUT_MAX_MS: u64 = 60_000;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,6 +84,8 @@ struct EventFormat {
     params: Option<Spanned<toml::Value>>,
     watch: Option<Spanned<bool>>,
     operation: Option<Spanned<String>>,
+    emit: Option<Spanned<String>>,
+    room: Option<Spanned<String>>,
 }
 
 /// An outgoing rename (`event`, `data`, `values`), or the status shape of `paths`.
@@ -160,12 +191,22 @@ impl Profiles {
                 );
             }
             let what = format!("profile {name}");
+            let hooks = match p.hooks {
+                Some(h) => Some(Arc::new(hooks(&at, &what, h)?)),
+                None => None,
+            };
             let mut events = HashMap::new();
             for (event, e) in p.events {
                 if !crate::names::valid_event_name(&event) {
                     return at.err(e.span(), format!("{what}: event name {event:?} must be 1-128 characters without control characters"));
                 }
+                let span = e.span();
                 let action = action(&at, &format!("{what}, event {event:?}"), e)?;
+                if matches!(action, Action::Hook { .. })
+                    && hooks.as_ref().is_none_or(|h| h.rpc.is_none())
+                {
+                    return at.err(span, format!("{what}, event {event:?}: `hook` needs the profile's backend: [profiles.{name}.hooks] with url and rpc"));
+                }
                 events.insert(event, Incoming { action });
             }
             let mut renames = HashMap::new();
@@ -247,14 +288,105 @@ impl Profiles {
                     outgoing,
                     on_connect_join,
                     on_connect_emit,
+                    hooks,
                 }),
+            );
+        }
+        let mut ws = by_namespace
+            .values()
+            .filter(|p| p.hooks.as_ref().is_some_and(|h| h.ws));
+        let ws_profile = ws.next().cloned();
+        if let Some(other) = ws.next() {
+            let first = ws_profile.as_ref().map(|p| p.name.as_str()).unwrap_or("");
+            anyhow::bail!(
+                "profiles {first} and {}: only one profile's hooks may serve /ws (`ws = true`)",
+                other.name
             );
         }
         Ok(Profiles {
             by_namespace,
             aliases,
+            ws: ws_profile,
         })
     }
+}
+
+fn hooks(at: &At, what: &str, h: Spanned<HooksFormat>) -> anyhow::Result<HookConfig> {
+    let what = format!("{what}, hooks");
+    let h = h.into_inner();
+    let url = expand_env(h.url.get_ref(), |n| std::env::var(n).ok())
+        .or_else(|m| at.err(h.url.span(), format!("{what}: url: {m}")))?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 1024 {
+        return at.err(
+            h.url.span(),
+            format!("{what}: url {url:?} must start with http:// or https://"),
+        );
+    }
+    if url.starts_with("https://") {
+        return at.err(
+            h.url.span(),
+            format!("{what}: url {url:?}: https is not supported; reach the backend over the local network (docs/security.md)"),
+        );
+    }
+    let timeout_ms = match h.timeout_ms {
+        None => HOOK_TIMEOUT_DEFAULT_MS,
+        Some(t) if (1..=HOOK_TIMEOUT_MAX_MS).contains(t.get_ref()) => t.into_inner(),
+        Some(t) => {
+            return at.err(
+                t.span(),
+                format!("{what}: timeout_ms must be 1-{HOOK_TIMEOUT_MAX_MS}"),
+            )
+        }
+    };
+    let mut headers = Vec::new();
+    for n in h.forward_headers {
+        if !HookConfig::forwardable(n.get_ref()) {
+            return at.err(n.span(), format!("{what}: header {:?} cannot be forwarded (Switchyard sets it, or it is not a header name; cookies go in forward_cookies)", n.get_ref()));
+        }
+        headers.push(n.into_inner().to_ascii_lowercase());
+    }
+    let mut cookies = Vec::new();
+    for c in h.forward_cookies {
+        let ok = !c.get_ref().is_empty()
+            && c.get_ref()
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && !b";=,".contains(&b));
+        if !ok {
+            return at.err(
+                c.span(),
+                format!("{what}: {:?} is not a cookie name", c.get_ref()),
+            );
+        }
+        cookies.push(c.into_inner());
+    }
+    let path = |p: Option<Spanned<String>>, hook: &str| -> anyhow::Result<Option<String>> {
+        match p {
+            None => Ok(None),
+            Some(p)
+                if p.get_ref().starts_with('/') && !p.get_ref().contains(char::is_whitespace) =>
+            {
+                Ok(Some(p.into_inner()))
+            }
+            Some(p) => at.err(
+                p.span(),
+                format!("{what}: {hook} must be a path starting with `/`"),
+            ),
+        }
+    };
+    let (connect, subscribe) = (path(h.connect, "connect")?, path(h.subscribe, "subscribe")?);
+    let (publish, rpc) = (path(h.publish, "publish")?, path(h.rpc, "rpc")?);
+    let ws = h.ws.is_some_and(|w| *w.get_ref());
+    Ok(HookConfig {
+        ws,
+        url,
+        timeout: std::time::Duration::from_millis(timeout_ms),
+        headers,
+        cookies,
+        connect,
+        subscribe,
+        publish,
+        rpc,
+    })
 }
 
 fn shape(
@@ -360,6 +492,7 @@ fn action(at: &At, what: &str, e: Spanned<EventFormat>) -> anyhow::Result<Action
         "publish" | "publish_to_joined" => &["event", "data", "echo"],
         "start" => &["target", "project", "params", "watch"],
         "cancel" => &["operation"],
+        "hook" => &["data", "emit", "room", "event"],
         _ => &[],
     };
     let given = [
@@ -371,6 +504,8 @@ fn action(at: &At, what: &str, e: Spanned<EventFormat>) -> anyhow::Result<Action
         ("params", e.params.as_ref().map(Spanned::span)),
         ("watch", e.watch.as_ref().map(Spanned::span)),
         ("operation", e.operation.as_ref().map(Spanned::span)),
+        ("emit", e.emit.as_ref().map(Spanned::span)),
+        ("room", e.room.as_ref().map(Spanned::span)),
     ];
     for (opt, s) in given {
         if let Some(s) = s {
@@ -421,8 +556,45 @@ fn action(at: &At, what: &str, e: Spanned<EventFormat>) -> anyhow::Result<Action
             operation: e.operation.as_ref().map(name).transpose()?,
         });
     }
-    if let Some(h) = e.hook {
-        return Ok(Action::Hook(h.into_inner()));
+    if let Some(h) = &e.hook {
+        if !crate::names::valid_event_name(h.get_ref()) {
+            return at.err(
+                h.span(),
+                format!("{what}: hook name must be 1-128 characters"),
+            );
+        }
+        for name in [&e.emit, &e.event].into_iter().flatten() {
+            if !crate::names::valid_event_name(name.get_ref()) {
+                return at.err(
+                    name.span(),
+                    format!("{what}: event must be 1-128 characters"),
+                );
+            }
+        }
+        if e.emit.is_some() && e.room.is_some() {
+            return at.err(
+                span,
+                format!("{what}: the answer goes to one place: `emit` or `room`, not both"),
+            );
+        }
+        if e.event.is_some() && e.room.is_none() {
+            return at.err(
+                span,
+                format!("{what}: `event` names the room event; it goes with `room`"),
+            );
+        }
+        let data = match &e.data {
+            Some(d) => value(d)?,
+            None => Template::compile_str("{0}", Scope::Incoming)
+                .or_else(|m| at.err(span.clone(), m))?,
+        };
+        return Ok(Action::Hook {
+            method: h.get_ref().clone(),
+            data,
+            emit: e.emit.as_ref().map(|s| s.get_ref().clone()),
+            room: e.room.as_ref().map(name).transpose()?,
+            event: e.event.as_ref().map(|s| s.get_ref().clone()),
+        });
     }
     let to = match (&e.publish, e.publish_to_joined) {
         (Some(room), _) => PublishTo::Room(name(room)?),

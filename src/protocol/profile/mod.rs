@@ -10,6 +10,12 @@
 //!   message once per wire, never per member), and what a client gets on connect.
 //! * Paths: the per-operation WebSocket, SSE stream and REST status under the app's own paths,
 //!   in the app's own status shape ([`PathAlias`]).
+//! * Hooks: the app's backend (`[hooks]`, a [`crate::hooks::HookConfig`]) and the events it
+//!   answers ([`RpcCall`]).
+//!
+//! Why one piece (about 500 lines): the compiled profile and the one mapping per action are
+//! read together (each `Action` variant next to what it becomes); the loader, the templates and
+//! the tests are already files of their own.
 
 pub mod load;
 pub mod template;
@@ -30,6 +36,8 @@ use template::{Env, Template, Unrendered};
 pub struct Profiles {
     by_namespace: HashMap<Arc<str>, Arc<Profile>>,
     aliases: Vec<PathAlias>,
+    /// The profile whose backend hooks also serve `/ws` (`[profiles.NAME.hooks] ws = true`).
+    ws: Option<Arc<Profile>>,
 }
 
 impl Profiles {
@@ -50,6 +58,18 @@ impl Profiles {
 
     pub fn is_empty(&self) -> bool {
         self.by_namespace.is_empty() && self.aliases.is_empty()
+    }
+
+    /// The profile whose hooks serve `/ws` connections, if one says so.
+    pub fn for_ws(&self) -> Option<&Arc<Profile>> {
+        self.ws.as_ref()
+    }
+
+    /// The backends profiles declare (`[profiles.NAME.hooks]`).
+    pub fn hook_configs(&self) -> impl Iterator<Item = &crate::hooks::HookConfig> {
+        self.by_namespace
+            .values()
+            .filter_map(|p| p.hooks.as_deref())
     }
 
     /// Profile names, for the start-up log.
@@ -76,6 +96,30 @@ pub struct Profile {
     on_connect_join: Vec<Template>,
     /// Events a socket gets as it connects, before anything else.
     on_connect_emit: Vec<(String, Template)>,
+    /// The app's backend (`[profiles.NAME.hooks]`), when it declares one.
+    pub hooks: Option<Arc<crate::hooks::HookConfig>>,
+}
+
+/// An app's event answered by its backend (an `rpc` hook call).
+#[derive(Debug)]
+pub struct RpcCall {
+    /// The hook's name in the profile (`hook = "deployments"`): the call's `method`.
+    pub method: String,
+    /// The event's arguments, through the event's `data` template.
+    pub data: Value,
+    pub reply: RpcReply,
+}
+
+/// Where the backend's answer goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RpcReply {
+    /// To the event's ack (nowhere when the client asked for none).
+    Ack,
+    /// To the socket as this event; the ack, if any, gets `{ok: true}`.
+    Emit(String),
+    /// Published into this room as this event (the sender must be a member and may publish
+    /// there); the ack, if any, gets the publish's answer.
+    Room { room: String, event: String },
 }
 
 /// What the session knows that a mapping may need.
@@ -116,8 +160,15 @@ enum Action {
         kind: String,
         operation: Option<Template>,
     },
-    /// A backend hook (part 2 of #15): refused until hooks exist.
-    Hook(String),
+    /// A call to the app's backend (the `rpc` hook).
+    Hook {
+        method: String,
+        data: Template,
+        emit: Option<String>,
+        room: Option<Template>,
+        /// The room event's name (default: the app's event name).
+        event: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -144,6 +195,47 @@ impl Profile {
     ) -> Option<Result<Vec<Request>, Refusal>> {
         let incoming = self.events.get(event)?;
         Some(incoming.requests(event, args, attachments, socket))
+    }
+
+    /// The backend call an app's event stands for, when it maps to a hook. `None` when this
+    /// profile does not map `event` to a hook.
+    pub fn rpc(
+        &self,
+        event: &str,
+        args: &[Value],
+        socket: &impl SocketView,
+    ) -> Option<Result<RpcCall, Refusal>> {
+        let Action::Hook {
+            method,
+            data,
+            emit,
+            room,
+            event: as_event,
+        } = &self.events.get(event)?.action
+        else {
+            return None;
+        };
+        let env = Env {
+            args,
+            user: Some(socket.user()),
+            ..Env::default()
+        };
+        let reply = match (emit, room) {
+            (Some(e), _) => RpcReply::Emit(e.clone()),
+            (None, Some(t)) => match t.text(&env) {
+                Ok(room) => RpcReply::Room {
+                    room,
+                    event: as_event.as_deref().unwrap_or(event).to_string(),
+                },
+                Err(u) => return Some(Err(unrendered(event, "room", u))),
+            },
+            (None, None) => RpcReply::Ack,
+        };
+        Some(Ok(RpcCall {
+            method: method.clone(),
+            data: data.value(&env),
+            reply,
+        }))
     }
 
     /// Rooms to join on connect.
@@ -232,9 +324,8 @@ impl Incoming {
                 f.insert("data".into(), data.value(&env));
                 f.insert("echo".into(), Value::Bool(*echo));
                 let data_ok = attachments.is_empty()
-                    || f.get("data").is_some_and(|d| {
-                        super::socketio::placeholders_ok(d, attachments.len())
-                    });
+                    || f.get("data")
+                        .is_some_and(|d| super::socketio::placeholders_ok(d, attachments.len()));
                 if !data_ok {
                     return Err(Refusal::new(
                         ErrorCode::InvalidField,
@@ -279,7 +370,9 @@ impl Incoming {
                             .ok_or_else(|| {
                                 Refusal::new(
                                     ErrorCode::NotFound,
-                                    format!("`{event}`: this socket has started no {kind} operation"),
+                                    format!(
+                                        "`{event}`: this socket has started no {kind} operation"
+                                    ),
                                 )
                             })?
                             .to_string(),
@@ -288,9 +381,10 @@ impl Incoming {
                 f.insert("operation".into(), id);
                 one(Verb::CancelOperation, &f)
             }
-            Action::Hook(hook) => Err(Refusal::new(
-                ErrorCode::NotImplemented,
-                format!("`{event}` maps to the backend hook {hook:?}, and backend hooks are not available yet"),
+            // Sessions ask `Profile::rpc` first; a hook is never a request.
+            Action::Hook { method, .. } => Err(Refusal::new(
+                ErrorCode::Internal,
+                format!("`{event}` maps to the backend hook {method:?}, not to a request"),
             )),
         }
     }

@@ -31,6 +31,19 @@ cancel = "install"
 [profiles.gateway.events.request_deployments]
 hook = "deployments"
 
+[profiles.gateway.events.request_system_status]
+hook = "status"
+emit = "system_status"
+
+[profiles.gateway.events.share]
+hook = "deployments"
+room = "project:{0}"
+event = "deployments_refresh"
+
+[profiles.gateway.hooks]
+url = "http://127.0.0.1:9/hooks/"
+rpc = "/rpc"
+
 [profiles.gateway.outgoing."operation.failed"]
 event = "install:error"
 data = { stage = "{error.stage|stage}", message = "{error.message}", error = "{error.message}" }
@@ -157,8 +170,73 @@ fn mapped_events_are_refused_with_the_shared_checks() {
         r.starts_with("not_found: `install:cancel`: this socket has started no install"),
         "{r}"
     );
-    let r = requests(&profiles, "request_deployments", &[], &nowhere);
-    assert!(r.starts_with("not_implemented"), "{r}");
+    // A hook is a backend call, not a request.
+    let p = profiles.for_namespace("/").unwrap();
+    let call = p
+        .rpc("request_deployments", &[json!({"venue": "CORO"})], &nowhere)
+        .unwrap()
+        .unwrap();
+    assert_eq!(call.method, "deployments");
+    assert_eq!(call.data, json!({"venue": "CORO"}));
+    assert_eq!(call.reply, RpcReply::Ack);
+    let call = p
+        .rpc("request_system_status", &[], &nowhere)
+        .unwrap()
+        .unwrap();
+    assert_eq!(call.reply, RpcReply::Emit("system_status".into()));
+    let call = p.rpc("share", &[json!(42)], &nowhere).unwrap().unwrap();
+    assert_eq!(
+        call.reply,
+        RpcReply::Room {
+            room: "project:42".into(),
+            event: "deployments_refresh".into()
+        }
+    );
+    assert!(p.rpc("join-project", &[], &nowhere).is_none());
+    let hooks = p.hooks.as_ref().unwrap();
+    assert_eq!(
+        hooks.url_of(crate::hooks::HookKind::Rpc).as_deref(),
+        Some("http://127.0.0.1:9/hooks/rpc")
+    );
+    assert!(hooks.url_of(crate::hooks::HookKind::Connect).is_none());
+}
+
+#[test]
+fn hook_mistakes_stop_start_up_naming_the_line() {
+    let cases = [
+        // A hook without a backend.
+        ("[profiles.a.events.e]\nhook = \"x\"\n", "line 1", "needs the profile's backend"),
+        (
+            "[profiles.a.hooks]\nurl = \"http://h\"\n[profiles.a.events.e]\nhook = \"x\"\n",
+            "line 3",
+            "needs the profile's backend",
+        ),
+        (
+            "[profiles.a.hooks]\nurl = \"http://h\"\nrpc = \"/r\"\n[profiles.a.events.e]\nhook = \"x\"\nemit = \"y\"\nroom = \"z\"\n",
+            "line 4",
+            "not both",
+        ),
+        (
+            "[profiles.a.hooks]\nurl = \"http://h\"\nforward_headers = [\"X-Switchyard-Signature\"]\n",
+            "line 3",
+            "cannot be forwarded",
+        ),
+        ("[profiles.a.hooks]\nurl = \"ftp://h\"\n", "line 2", "http://"),
+        ("[profiles.a.hooks]\nurl = \"http://h\"\ntimeout_ms = 0\n", "line 3", "timeout_ms"),
+        ("[profiles.a.hooks]\nurl = \"http://h\"\nrpc = \"r\"\n", "line 3", "starting with `/`"),
+        (
+            "[profiles.a.hooks]\nurl = \"http://${SWITCHYARD_TEST_UNSET_VARIABLE}\"\n",
+            "line 2",
+            "is not set",
+        ),
+    ];
+    for (text, line, what) in cases {
+        let e = format!("{:#}", Profiles::from_toml(text).unwrap_err());
+        assert!(e.contains(line) && e.contains(what), "{text}: {e}");
+    }
+    let two = "[profiles.a.hooks]\nurl = \"http://h\"\nws = true\n[profiles.b]\nnamespace = \"/b\"\n[profiles.b.hooks]\nurl = \"http://h\"\nws = true\n";
+    let e = format!("{:#}", Profiles::from_toml(two).unwrap_err());
+    assert!(e.contains("only one profile"), "{e}");
 }
 
 #[test]
