@@ -122,7 +122,7 @@ async fn the_deployment_dashboard_runs_unchanged_with_its_example_profile() {
 /// the Flask app's own data: they need backend hooks (issue #15 part 2), which do not exist
 /// yet; today the profile maps them to `hook` and they are refused `not_implemented`.
 #[tokio::test]
-#[ignore = "waiting for backend hooks (issue #15 part 2): request_deployments, request_system_status, request_stats"]
+#[ignore = "needs a backend stand-in for examples/003 answering the rpc hook (hooks exist; the stand-in and the example's hooks section are not written yet)"]
 async fn the_deployment_dashboard_requests_answered_by_its_backend() {
     run_node(
         "apps/003-deployment-dashboard.hooks.test.mjs",
@@ -146,7 +146,7 @@ async fn the_conversion_progress_client_runs_unchanged_with_its_example_profile(
 /// Seed 004 authenticates its WebSocket and status polls with the app's session cookie:
 /// Switchyard would have to ask the app's backend (a connect hook, issue #15 part 2).
 #[tokio::test]
-#[ignore = "waiting for backend hooks (issue #15 part 2): the app's session cookie on its per-job WebSocket and status path"]
+#[ignore = "needs a backend stand-in for examples/004 answering the connect hook by cookie (hooks exist; the stand-in is not written yet)"]
 async fn the_conversion_progress_client_authenticates_with_its_session_cookie() {
     run_node_with(
         "apps/004-conversion-progress.hooks.test.mjs",
