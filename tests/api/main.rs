@@ -21,6 +21,7 @@ mod presence;
 mod profiles;
 mod properties;
 mod protocol;
+mod recovery;
 mod resume;
 mod rooms;
 mod shutdown;

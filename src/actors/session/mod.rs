@@ -34,7 +34,10 @@ mod auth;
 mod native;
 mod operations;
 mod publish;
+mod recovery;
 mod rooms;
+
+pub use recovery::SocketRecovery;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -128,6 +131,13 @@ pub struct Session {
     /// Unknown events and unavailable hooks already logged (by refusal message, which names
     /// the event): each is logged once, and at most [`UNKNOWN_LOGGED_MAX`] of them.
     unknown_logged: HashSet<String>,
+    /// Where the client stood in each room this session joined (the join's answer, or the
+    /// position a resume started from): what Socket.IO connection-state recovery resumes a
+    /// room from when the client got nothing of it since. Same keys as `rooms` (but for rooms
+    /// joined through their operation).
+    joined_at: HashMap<String, crate::protocol::Since>,
+    /// Socket.IO connection-state recovery for this socket, when it is on (see `recovery.rs`).
+    recovery: Option<SocketRecovery>,
 }
 
 /// How many distinct unknown events a session logs; past that, they are only counted.
@@ -151,6 +161,12 @@ pub struct SessionDeps {
     pub operations: Addr<OperationManager>,
     /// Publishes per user, across all that user's connections (shared with the REST routes).
     pub user_publishes: Arc<KeyedRate>,
+    /// What disconnected Socket.IO sockets leave for connection-state recovery; `None` when it
+    /// is off (`SWITCHYARD_SOCKETIO_RECOVERY_SECS` 0).
+    pub recovery: Option<Arc<crate::actors::recovery::RecoveryStore>>,
+    /// What rooms have kept: a recovering socket's rooms are checked against it before its
+    /// CONNECT is answered.
+    pub history: Arc<dyn crate::broker::HistoryView>,
 }
 
 impl Session {
@@ -188,6 +204,8 @@ impl Session {
             profile: None,
             started_ops: HashMap::new(),
             unknown_logged: HashSet::new(),
+            joined_at: HashMap::new(),
+            recovery: None,
         }
     }
 
@@ -208,7 +226,8 @@ impl Session {
             .as_ref()
             .and_then(|p| p.outgoing.clone())
             .map(Shared);
-        s.wire = Wire::SocketIo(nsp, outgoing);
+        let recovery = s.deps.recovery.is_some();
+        s.wire = Wire::SocketIo(nsp, outgoing, recovery);
         s.front = FrontEnd::SocketIo { engine };
         s.profile = profile;
         s
@@ -394,12 +413,14 @@ impl Actor for Session {
                     self.key,
                     self.user_id()
                 );
-                self.profile_connect(ctx);
+                let restored = self.restore_rooms(ctx);
+                self.profile_connect(restored, ctx);
             }
         }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.keep_for_recovery();
         let deps = &self.deps;
         if !self.rooms.is_empty() {
             deps.broker
@@ -440,7 +461,12 @@ pub struct SocketEnded {
 /// connection ended).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Disconnect;
+pub struct Disconnect {
+    /// The connection ended without the client asking (transport closed or timed out): with
+    /// connection-state recovery on, the socket's state is kept for its client's reconnect. A
+    /// namespace DISCONNECT from the client, as in the reference server, is not.
+    pub recoverable: bool,
+}
 
 impl Handler<Inbound> for Session {
     type Result = ();
@@ -477,7 +503,10 @@ pub struct AppEvent {
 impl Handler<Disconnect> for Session {
     type Result = ();
 
-    fn handle(&mut self, _: Disconnect, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
+        if let Some(r) = &mut self.recovery {
+            r.recoverable = msg.recoverable;
+        }
         ctx.stop();
     }
 }
