@@ -225,7 +225,7 @@ impl EngineSession {
                     return;
                 }
                 let recovered = resumable.iter().all(|ok| *ok);
-                let restore = recovered.then(|| SocketRecovery {
+                let restore = recovered.then_some(SocketRecovery {
                     pid,
                     restored_from: offset,
                     recovered: true,

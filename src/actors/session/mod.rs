@@ -11,6 +11,8 @@
 //! * `operations.rs` — `operation.start`, `operation.cancel`, workers' reports.
 //! * `app.rs` — a Socket.IO namespace's app profile: its events mapped onto requests, what a
 //!   socket gets on connect.
+//! * `recovery.rs` — Socket.IO connection-state recovery: where the client stands in each room,
+//!   the record a dropped socket leaves, a recovered socket's rooms joined again.
 //!
 //! In: the `/ws` reader's messages (a stream) or [`Inbound`] requests and [`Disconnect`] from
 //! the Engine.IO session; [`Evicted`] from rooms, [`ReportAnswer`] from the operation manager,
@@ -23,6 +25,10 @@
 //! `stopped` leaves every room, deregisters and uncounts. Any exit path (client close, heartbeat
 //! timeout, eviction, shutdown, protocol violation) goes through `ctx.stop()`, so the undo always
 //! runs exactly once.
+//!
+//! Why this file is one piece (about 530 lines): the session's state, its lifecycle and its
+//! undo, and the messages every area shares (refusals and the error flood, replies, the
+//! member it hands to rooms); each area's behaviour is in its own file above.
 //!
 //! [`JoinRoom`]: super::room::JoinRoom
 //! [`LeaveRoom`]: super::room::LeaveRoom
