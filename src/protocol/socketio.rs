@@ -202,7 +202,7 @@ pub fn recovery_offset(room: &str, offset: u64) -> String {
 /// The room and offset of a recovery offset string; `None` for anything else.
 pub fn parse_recovery_offset(s: &str) -> Option<(&str, u64)> {
     let (room, offset) = s.rsplit_once('@')?;
-    if !crate::names::valid_room_name(room) || offset.is_empty() || offset.len() > 19 {
+    if !crate::names::valid_room_name(room) || offset.is_empty() || offset.len() > 20 {
         return None;
     }
     if !offset.bytes().all(|b| b.is_ascii_digit()) {
