@@ -39,8 +39,9 @@ pub struct Record {
     pub rooms: Vec<(String, Since)>,
     /// Its connection's journal.
     pub journal: Journal,
-    /// The client's offset when this socket was itself recovered: if the client still sends
-    /// it, it received no room event since.
+    /// The offset the client sent with this socket's CONNECT: if the client still sends it, it
+    /// received no room event from this socket (a client keeps its last offset across
+    /// sockets, recovered or not).
     pub restored_from: Option<String>,
     /// When the socket disconnected.
     pub at: Instant,

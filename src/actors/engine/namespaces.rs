@@ -197,7 +197,8 @@ impl EngineSession {
                 .then_some((pid, rooms))
         });
         let Some((pid, rooms)) = plan else {
-            return self.open_socket(nsp, identity, None, ctx);
+            let fresh = SocketRecovery::fresh(offset);
+            return self.open_socket(nsp, identity, Some(fresh), ctx);
         };
         let checks: Vec<_> = rooms
             .iter()
@@ -224,15 +225,17 @@ impl EngineSession {
                 if act.closed || act.sockets.contains_key(&nsp) {
                     return;
                 }
-                let recovered = resumable.iter().all(|ok| *ok);
-                let restore = recovered.then_some(SocketRecovery {
-                    pid,
-                    restored_from: offset,
-                    recovered: true,
-                    restore: rooms,
-                    recoverable: false,
-                });
-                act.open_socket(nsp, identity, restore, ctx);
+                let restore = match resumable.iter().all(|ok| *ok) {
+                    true => SocketRecovery {
+                        pid,
+                        restored_from: offset,
+                        recovered: true,
+                        restore: rooms,
+                        recoverable: false,
+                    },
+                    false => SocketRecovery::fresh(offset),
+                };
+                act.open_socket(nsp, identity, Some(restore), ctx);
             })
             .wait(ctx);
     }
@@ -247,15 +250,11 @@ impl EngineSession {
         ctx: &mut Context<Self>,
     ) {
         let sid = uuid::Uuid::new_v4().simple().to_string();
-        let recovery = self.deps.recovery.is_some().then(|| {
-            restore.unwrap_or_else(|| SocketRecovery {
-                pid: uuid::Uuid::new_v4().simple().to_string(),
-                restored_from: None,
-                recovered: false,
-                restore: Vec::new(),
-                recoverable: false,
-            })
-        });
+        let recovery = self
+            .deps
+            .recovery
+            .is_some()
+            .then(|| restore.unwrap_or_else(|| SocketRecovery::fresh(None)));
         let connected = match &recovery {
             Some(r) => serde_json::json!({"sid": sid, "pid": r.pid}).to_string(),
             None => format!(r#"{{"sid":"{sid}"}}"#),

@@ -24,7 +24,8 @@ use crate::protocol::Since;
 pub struct SocketRecovery {
     /// The pid its CONNECT answered: the key its record is kept under.
     pub pid: String,
-    /// The client's offset when this socket was recovered (`None` for a fresh socket).
+    /// The offset the client sent with its CONNECT (the last room event it had got, maybe
+    /// from an earlier socket): while it still sends it, it got no room event from this one.
     pub restored_from: Option<String>,
     /// The socket recovers a disconnected one (its CONNECT answered the client's pid).
     pub recovered: bool,
@@ -32,6 +33,19 @@ pub struct SocketRecovery {
     pub restore: Vec<(String, Since)>,
     /// Set by a [`super::Disconnect`] for a connection that ended without the client asking.
     pub recoverable: bool,
+}
+
+impl SocketRecovery {
+    /// A socket that starts afresh, under a new pid; `offset`: what its client sent.
+    pub fn fresh(offset: Option<String>) -> Self {
+        Self {
+            pid: uuid::Uuid::new_v4().simple().to_string(),
+            restored_from: offset,
+            recovered: false,
+            restore: Vec::new(),
+            recoverable: false,
+        }
+    }
 }
 
 impl Session {
