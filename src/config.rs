@@ -195,6 +195,15 @@ pub struct Settings {
     pub sio_connect_timeout: Duration,
     /// Socket.IO namespaces besides `/` (`SWITCHYARD_SOCKETIO_NAMESPACES`, comma-separated).
     pub sio_namespaces: Vec<String>,
+    /// Socket.IO connection-state recovery: how long a disconnected socket can be recovered
+    /// (`SWITCHYARD_SOCKETIO_RECOVERY_SECS`, Node's `maxDisconnectionDuration`; 0: off).
+    pub sio_recovery: Duration,
+    /// Room messages a Socket.IO connection remembers the order of, for recovery
+    /// (`SWITCHYARD_SOCKETIO_RECOVERY_WINDOW`).
+    pub sio_recovery_window: usize,
+    /// Disconnected Socket.IO sockets kept for recovery at once
+    /// (`SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS`).
+    pub sio_recovery_max_sockets: usize,
     /// Serve the official protocol test suites' fixtures instead (`switchyard conformance`).
     pub conformance: bool,
     /// Rooms one connection may be in (`SWITCHYARD_MAX_ROOMS_PER_CONNECTION`, 0: no limit).
@@ -279,6 +288,9 @@ impl Default for Settings {
             sio_max_payload: 1_000_000,
             sio_connect_timeout: Duration::from_millis(45_000),
             sio_namespaces: Vec::new(),
+            sio_recovery: Duration::ZERO,
+            sio_recovery_window: 256,
+            sio_recovery_max_sockets: 10_000,
             conformance: false,
             max_rooms_per_connection: 100,
             publish_rate: 100,
@@ -599,6 +611,29 @@ impl Settings {
                 return Err(err("SWITCHYARD_SOCKETIO_NAMESPACES", &v, &reason));
             }
         }
+        let mut recovery = s.sio_recovery.as_secs();
+        num(
+            &get,
+            "SWITCHYARD_SOCKETIO_RECOVERY_SECS",
+            0,
+            86_400,
+            &mut recovery,
+        )?;
+        s.sio_recovery = Duration::from_secs(recovery);
+        num(
+            &get,
+            "SWITCHYARD_SOCKETIO_RECOVERY_WINDOW",
+            1,
+            65_536,
+            &mut s.sio_recovery_window,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS",
+            1,
+            10_000_000,
+            &mut s.sio_recovery_max_sockets,
+        )?;
         millis(&get, "SWITCHYARD_AUTH_TIMEOUT_MS", 10, &mut s.auth_timeout)?;
         millis(
             &get,

@@ -251,6 +251,13 @@ impl Application {
             operations: operations.clone(),
             user_publishes: user_publishes.clone(),
             hooks: hooks.clone(),
+            recovery: (!settings.sio_recovery.is_zero()).then(|| {
+                Arc::new(crate::actors::recovery::RecoveryStore::new(
+                    settings.sio_recovery,
+                    settings.sio_recovery_max_sockets,
+                ))
+            }),
+            history: history.clone(),
         });
         let watcher_deps = Arc::new(WatcherDeps {
             settings: settings.clone(),

@@ -17,11 +17,14 @@
 //! * [`room::Room`] — one per room, spread over a pool of threads; delivers what the broker
 //!   ordered: keeps history and presence, and fans each message out by pushing one shared buffer
 //!   into every member's outbox.
+//! * [`recovery::RecoveryStore`] — not an actor: what disconnected Socket.IO sockets leave for
+//!   connection-state recovery, shared by the Engine.IO sessions.
 //! * [`stats::StatsPublisher`] — publishes `stats` into `system` on an interval.
 
 pub mod engine;
 pub mod operation;
 pub mod operation_manager;
+pub mod recovery;
 pub mod registry;
 pub mod room;
 pub mod session;

@@ -119,8 +119,10 @@ pub enum Wire {
     /// Server-Sent Events, ended after the terminal event.
     Sse(Option<Shared<Shape>>),
     /// A Socket.IO socket in this namespace: Engine.IO message packets carrying Socket.IO
-    /// events and acks; with the namespace's app profile renames, when it has one.
-    SocketIo(Arc<str>, Option<Shared<Outgoing>>),
+    /// events and acks; with the namespace's app profile renames, when it has one; with
+    /// connection-state recovery on (`true`), every room event carries its offset string as
+    /// its last argument ([`socketio::recovery_offset`]).
+    SocketIo(Arc<str>, Option<Shared<Outgoing>>, bool),
 }
 
 /// A compiled profile part shared by every connection that uses it. Two wires are the same
@@ -283,8 +285,9 @@ impl Wire {
                 };
                 Some(Encoded::text(sse::event(e.event, &data, e.seq)))
             }
-            Wire::SocketIo(nsp, outgoing) => {
+            Wire::SocketIo(nsp, outgoing, recovery) => {
                 let (event, data) = renamed(outgoing, e.event, e.data, e.room);
+                let tag = recovery.then(|| socketio::recovery_offset(e.room, e.offset));
                 Some(sio::event(
                     nsp,
                     event,
@@ -297,6 +300,7 @@ impl Wire {
                         seq: e.seq,
                     },
                     e.attachments,
+                    tag.as_deref(),
                 ))
             }
         }
@@ -322,7 +326,7 @@ impl Wire {
                 };
                 Some(sse::event(&b.event, &data, b.seq))
             }
-            Wire::SocketIo(nsp, outgoing) => {
+            Wire::SocketIo(nsp, outgoing, _) => {
                 let (event, data) = renamed(outgoing, &b.event, &b.data, room);
                 Some(
                     sio::event(
@@ -337,6 +341,7 @@ impl Wire {
                             seq: b.seq,
                         },
                         &[],
+                        None,
                     )
                     .text,
                 )
@@ -354,7 +359,7 @@ impl Wire {
         }
         match self {
             Wire::Native => Some(native::joined(id, answer)),
-            Wire::SocketIo(nsp, _) => sio::ack_ok(nsp, id, &Ack { ok: true, answer }),
+            Wire::SocketIo(nsp, ..) => sio::ack_ok(nsp, id, &Ack { ok: true, answer }),
             _ => None,
         }
     }
@@ -363,7 +368,7 @@ impl Wire {
     pub fn presence(&self, room: &str, users: &[&UserInfo], joined: bool) -> Option<Bytes> {
         match self {
             Wire::Native => Some(native::presence(room, users, joined)),
-            Wire::SocketIo(nsp, outgoing) => {
+            Wire::SocketIo(nsp, outgoing, _) => {
                 let key = if joined { "joined" } else { "left" };
                 let body = serde_json::json!({ "room": room, key: users });
                 Some(sio::emit_as(nsp, outgoing, room, "presence", body))
@@ -386,7 +391,7 @@ impl Wire {
                 Reply::Duplicate(refusal, op) => native::duplicate(id, refusal, op),
                 Reply::Error(refusal) => native::error(id, refusal),
             }),
-            Wire::SocketIo(nsp, outgoing) => {
+            Wire::SocketIo(nsp, outgoing, _) => {
                 let body = match r {
                     Reply::Pong => serde_json::json!({"ok": true}),
                     Reply::Authenticated(u) => serde_json::json!({"ok": true, "user": u}),
@@ -468,15 +473,21 @@ pub mod sio {
         Bytes::from(s)
     }
 
-    /// `socket.on(event, (data, meta) => …)`.
+    /// `socket.on(event, (data, meta) => …)`; with `offset` (connection-state recovery),
+    /// `(data, meta, offset)`.
     pub fn event(
         nsp: &str,
         event: &str,
         data: &RawValue,
         meta: &Meta,
         attachments: &[Bytes],
+        offset: Option<&str>,
     ) -> Encoded {
-        let args = match serde_json::to_string(&(event, data, meta)) {
+        let args = match offset {
+            Some(o) => serde_json::to_string(&(event, data, meta, o)),
+            None => serde_json::to_string(&(event, data, meta)),
+        };
+        let args = match args {
             Ok(a) => a,
             Err(_) => {
                 return Encoded::text(engine_message(encode(

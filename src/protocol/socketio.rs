@@ -191,6 +191,71 @@ pub fn placeholders_ok(v: &Value, attachments: usize) -> bool {
     walk(v, &mut seen) && seen.iter().all(|s| *s)
 }
 
+/// Connection-state recovery (docs/socketio.md): the offset string a room event carries as its
+/// last argument, `<room>@<offset>` (room names have no `@`). The client sends back the last
+/// one it received; only its room and offset are in it, because one encoding serves every
+/// socket in the room (the socket's other rooms come from its connection's journal).
+pub fn recovery_offset(room: &str, offset: u64) -> String {
+    format!("{room}@{offset}")
+}
+
+/// The room and offset of a recovery offset string; `None` for anything else.
+pub fn parse_recovery_offset(s: &str) -> Option<(&str, u64)> {
+    let (room, offset) = s.rsplit_once('@')?;
+    if !crate::names::valid_room_name(room) || offset.is_empty() || offset.len() > 20 {
+        return None;
+    }
+    if !offset.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((room, offset.parse().ok()?))
+}
+
+/// The journal's name for a namespace's room (a hash: the journal keeps 16 bytes per event;
+/// a collision could only confuse the recovery of a socket in both rooms).
+pub fn recovery_stream(nsp: &str, room: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    // Fixed keys: the same name hashes alike in every connection of this process.
+    let mut h = std::hash::DefaultHasher::new();
+    nsp.hash(&mut h);
+    room.hash(&mut h);
+    h.finish()
+}
+
+/// The outbox journal's tagger (`transport::outbox::Tagger`): for an Engine.IO message
+/// carrying a Socket.IO EVENT or BINARY_EVENT whose last argument is a recovery offset, its
+/// namespace and room ([`recovery_stream`]) and offset. Reads the packet's head and its last
+/// few bytes only.
+pub fn recovery_tag(payload: &[u8]) -> Option<(u64, u64)> {
+    let rest = payload.strip_prefix(b"4")?;
+    let mut rest = match rest.first()? {
+        b'2' => &rest[1..],
+        b'5' => {
+            let dash = rest.iter().take(8).position(|b| *b == b'-')?;
+            &rest[dash + 1..]
+        }
+        _ => return None,
+    };
+    let nsp = if rest.first() == Some(&b'/') {
+        let comma = rest.iter().position(|b| *b == b',')?;
+        let nsp = std::str::from_utf8(&rest[..comma]).ok()?;
+        rest = &rest[comma + 1..];
+        nsp
+    } else {
+        "/"
+    };
+    // `…,"<room>@<offset>"]`: a room name is at most 128 bytes, an offset at most 20.
+    let body = rest.strip_suffix(b"\"]")?;
+    let open = body.iter().rev().take(160).position(|b| *b == b'"')?;
+    let start = body.len() - open;
+    if start < 2 || body[start - 2] != b',' {
+        return None;
+    }
+    let tag = std::str::from_utf8(&body[start..]).ok()?;
+    let (room, offset) = parse_recovery_offset(tag)?;
+    Some((recovery_stream(nsp, room), offset))
+}
+
 /// The verb a Socket.IO event names: the native names, with `operation:` for `operation.`.
 pub fn verb(event: &str) -> Option<Verb> {
     Some(match event {
@@ -317,6 +382,39 @@ mod tests {
             ),
             r#"4/random,{"message":"Invalid namespace"}"#
         );
+    }
+
+    #[test]
+    fn recovery_offsets_round_trip_and_tag_event_packets() {
+        let o = recovery_offset("project:42", 17);
+        assert_eq!(parse_recovery_offset(&o), Some(("project:42", 17)));
+        for bad in ["", "x", "@1", "room@", "room@1x", "bad room@1", "r@-1"] {
+            assert_eq!(parse_recovery_offset(bad), None, "{bad:?}");
+        }
+        let tag = |s: &str| recovery_tag(s.as_bytes());
+        assert_eq!(
+            tag(r#"42["ev",{"a":1},{"room":"r"},"r@5"]"#),
+            Some((recovery_stream("/", "r"), 5))
+        );
+        assert_eq!(
+            tag(r#"42/admin,["ev",1,{},"project:1@99"]"#),
+            Some((recovery_stream("/admin", "project:1"), 99))
+        );
+        assert_eq!(
+            tag(r#"451-/admin,["ev",{"_placeholder":true,"num":0},{},"r@3"]"#),
+            Some((recovery_stream("/admin", "r"), 3))
+        );
+        // Untagged: other packets, and events whose last argument is not an offset.
+        for untagged in [
+            r#"42["ev",{"room":"r"}]"#,
+            r#"43["x@1"]"#,
+            r#"0{"sid":"x"}"#,
+            r#"42["x@1"]"#,
+            "2",
+            "",
+        ] {
+            assert_eq!(tag(untagged), None, "{untagged:?}");
+        }
     }
 
     #[test]

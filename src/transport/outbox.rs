@@ -12,6 +12,16 @@
 //! one pong are pending at a time. A newer pong replaces a pending one (RFC 6455 §5.5.3 allows
 //! answering only the most recent ping), so a client that floods pings and never reads makes
 //! the server hold one pong's 125 bytes, not one per ping; they go out ahead of queued data.
+//!
+//! A [`Journal`] (Socket.IO connection-state recovery only, docs/socketio.md) remembers, under
+//! the same lock as the queue, the order in which tagged payloads were pushed: the one order
+//! the client receives them in, whichever rooms pushed them from whichever threads. It is the
+//! only place that order exists, which is why it lives here rather than in a room or session.
+//!
+//! Why this file is one piece (about 580 lines, a third of them tests): the queue, its bounds,
+//! the control frames, the journal and both ways of draining it share one lock and one state,
+//! and each invariant (bounded, control frames never behind data, the journal in push order)
+//! is kept by every push and every drain together.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -68,9 +78,50 @@ pub enum Taken {
     Refused,
 }
 
+/// Reads a pushed text payload's tag: a number naming the stream it belongs to (e.g. a hash of
+/// its namespace and room) and its offset there; `None` for an untagged payload. Supplied by
+/// the layer that knows the payload's format, so this module stays format-agnostic.
+pub type Tagger = fn(&[u8]) -> Option<(u64, u64)>;
+
+/// The order of the last tagged payloads pushed into an outbox, bounded to `cap` entries of 16
+/// bytes (and as many streams in `base`).
+#[derive(Debug, Clone, Default)]
+pub struct Journal {
+    /// The latest entries (stream, offset), in push order (at most `cap`).
+    pub entries: VecDeque<(u64, u64)>,
+    /// For each stream, the highest offset among entries that fell out of `entries` (all of
+    /// them pushed before every entry still there); at most `cap` streams.
+    pub base: std::collections::HashMap<u64, u64>,
+    /// `base` overflowed and was cleared: positions older than `entries` are unknown.
+    pub base_lost: bool,
+    cap: usize,
+    tagger: Option<Tagger>,
+}
+
+impl Journal {
+    fn record(&mut self, payload: &[u8]) {
+        let Some(tag) = self.tagger.and_then(|t| t(payload)) else {
+            return;
+        };
+        if self.entries.len() >= self.cap {
+            if let Some((old, off)) = self.entries.pop_front() {
+                if self.base.len() >= self.cap && !self.base.contains_key(&old) {
+                    self.base.clear();
+                    self.base_lost = true;
+                }
+                let e = self.base.entry(old).or_insert(off);
+                *e = (*e).max(off);
+            }
+        }
+        self.entries.push_back(tag);
+    }
+}
+
 #[derive(Default)]
 struct State {
     queue: VecDeque<Out>,
+    /// Set by [`Outbox::keep_journal`]: every tagged payload pushed is recorded here.
+    journal: Option<Journal>,
     /// Payload bytes in `queue`.
     bytes: usize,
     /// A server ping is due (at most one pending, whatever the heartbeat does meanwhile).
@@ -142,6 +193,9 @@ impl Outbox {
                 return Err(PushError::Full);
             }
             st.bytes += payload.len();
+            if let Some(j) = &mut st.journal {
+                j.record(&payload);
+            }
             st.queue.push_back(Out::Text(payload));
         }
         self.waker.wake();
@@ -172,6 +226,9 @@ impl Outbox {
                 return Err(PushError::Full);
             }
             st.bytes += payload.len();
+            if let Some(j) = &mut st.journal {
+                j.record(&payload);
+            }
             st.queue.push_back(Out::Latest(payload, key));
         }
         self.waker.wake();
@@ -201,6 +258,13 @@ impl Outbox {
                 return Err(PushError::Full);
             }
             st.bytes += add;
+            if let Some(j) = &mut st.journal {
+                for f in &frames {
+                    if let Frame::Text(b) = f {
+                        j.record(b);
+                    }
+                }
+            }
             st.queue.extend(frames.into_iter().map(|f| match f {
                 Frame::Text(b) => Out::Text(b),
                 Frame::Binary(b) => Out::Binary(b),
@@ -208,6 +272,21 @@ impl Outbox {
         }
         self.waker.wake();
         Ok(())
+    }
+
+    /// From now on, records the order of tagged payloads (read by `tagger`), the latest `cap`
+    /// of them (see [`Journal`]).
+    pub fn keep_journal(&self, tagger: Tagger, cap: usize) {
+        self.lock().journal = Some(Journal {
+            cap: cap.max(1),
+            tagger: Some(tagger),
+            ..Journal::default()
+        });
+    }
+
+    /// A copy of the journal, when one is kept.
+    pub fn journal(&self) -> Option<Journal> {
+        self.lock().journal.clone()
     }
 
     /// Long-polling: takes everything queued, or waits. Control frames are WebSocket-only and
@@ -457,6 +536,33 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    fn tag(p: &[u8]) -> Option<(u64, u64)> {
+        let s = std::str::from_utf8(p).ok()?;
+        let (stream, offset) = s.split_once('@')?;
+        Some((stream.parse().ok()?, offset.parse().ok()?))
+    }
+
+    #[test]
+    fn a_journal_keeps_the_push_order_of_tagged_payloads_and_folds_the_oldest() {
+        let ob = Outbox::new(64, 1 << 20);
+        ob.push_text(Bytes::from_static(b"1@1")).unwrap();
+        ob.keep_journal(tag, 3);
+        ob.push_text(Bytes::from_static(b"untagged")).unwrap();
+        ob.push_text(Bytes::from_static(b"1@2")).unwrap();
+        ob.push_all([Bytes::from_static(b"2@7"), Bytes::from_static(b"1@3")])
+            .unwrap();
+        ob.push_latest(Bytes::from_static(b"2@8"), 1).unwrap();
+        let j = ob.journal().unwrap();
+        assert_eq!(Vec::from(j.entries), vec![(2, 7), (1, 3), (2, 8)]);
+        assert_eq!(j.base.get(&1), Some(&2));
+        assert!(!j.base_lost);
+        // More streams fall out than `cap`: what they held is known to be unknown.
+        for stream in 10..20 {
+            ob.push_text(Bytes::from(format!("{stream}@1"))).unwrap();
+        }
+        assert!(ob.journal().unwrap().base_lost);
     }
 
     #[actix_web::test]

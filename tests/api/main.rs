@@ -23,6 +23,7 @@ mod presence;
 mod profiles;
 mod properties;
 mod protocol;
+mod recovery;
 mod resume;
 mod rooms;
 mod shutdown;

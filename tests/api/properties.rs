@@ -107,6 +107,32 @@ proptest! {
         let _ = socketio::parse(&text);
     }
 
+    /// A CONNECT's `offset` is the client's; the journal's tagger reads every event payload.
+    #[test]
+    fn recovery_offsets_and_tags_never_panic(text in "\\PC{0,200}", bytes in prop::collection::vec(any::<u8>(), 0..200)) {
+        let _ = socketio::parse_recovery_offset(&text);
+        let _ = socketio::recovery_tag(text.as_bytes());
+        let _ = socketio::recovery_tag(&bytes);
+    }
+
+    /// What a room event carries is what the journal reads back, whatever the namespace.
+    #[test]
+    fn recovery_tags_read_back_the_offset_an_event_carries(
+        nsp in prop_oneof![Just("/".to_string()), "/[a-z]{1,8}"],
+        room in "[A-Za-z0-9:_.-]{1,128}",
+        offset in any::<u64>(),
+        data in json_value(),
+    ) {
+        let tag = socketio::recovery_offset(&room, offset);
+        let args = serde_json::json!(["ev", data, {"room": room}, tag]).to_string();
+        let text = format!("4{}", socketio::encode(socketio::Kind::Event, &nsp, None, Some(&args), 0));
+        prop_assert_eq!(
+            socketio::recovery_tag(text.as_bytes()),
+            Some((socketio::recovery_stream(&nsp, &room), offset))
+        );
+        prop_assert_eq!(socketio::parse_recovery_offset(&tag), Some((room.as_str(), offset)));
+    }
+
     #[test]
     fn socket_io_events_round_trip(
         nsp in prop_oneof![Just("/".to_string()), "/[a-z]{1,8}"],

@@ -207,6 +207,11 @@ impl EngineSession {
         header_identity: Option<Identity>,
     ) -> Self {
         let first_ping = config.ping_interval;
+        if config.mode == EngineMode::Switchyard && deps.recovery.is_some() {
+            // Connection-state recovery needs the order room events reach this client in,
+            // across its rooms: only the outbox sees it (see `actors/recovery.rs`).
+            outbox.keep_journal(socketio::recovery_tag, deps.settings.sio_recovery_window);
+        }
         Self {
             sid,
             outbox,
@@ -320,9 +325,11 @@ impl EngineSession {
             return;
         }
         self.closed = true;
+        // The connection ended without the sockets' clients asking (a closed transport, a
+        // missed pong, a shutdown): with recovery on, each socket keeps what its recovery needs.
         for socket in self.sockets.values() {
             if let Socket::Switchyard(addr) = socket {
-                addr.do_send(Disconnect);
+                addr.do_send(Disconnect { recoverable: true });
             }
         }
         if client_close {

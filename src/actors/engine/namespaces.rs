@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{EngineMode, EngineSession};
-use crate::actors::session::{AppEvent, Disconnect, Inbound, Session, SocketEnded};
+use crate::actors::session::{AppEvent, Disconnect, Inbound, Session, SocketEnded, SocketRecovery};
 use crate::auth::Identity;
 use crate::error::{ErrorCode, Refusal};
 use crate::protocol::sio;
@@ -116,7 +116,8 @@ impl EngineSession {
             Kind::Connect => self.connect(nsp, p.data, ctx),
             Kind::Disconnect => {
                 if let Some(Socket::Switchyard(addr)) = self.sockets.remove(&nsp) {
-                    addr.do_send(Disconnect);
+                    // The client asked: nothing is kept for recovery, as in the reference server.
+                    addr.do_send(Disconnect { recoverable: false });
                 }
                 self.socket_ids.retain(|_, n| *n != nsp);
             }
@@ -143,7 +144,7 @@ impl EngineSession {
             return self.connect_through_hook(nsp, auth, hooks, cfg, ctx);
         }
         match self.identify(auth.as_ref()) {
-            Ok(identity) => self.start_socket(nsp, identity, ctx),
+            Ok(identity) => self.start_socket(nsp, identity, auth, ctx),
             Err(r) => self.refuse_connect(&nsp, r),
         }
     }
@@ -185,7 +186,7 @@ impl EngineSession {
                 return;
             }
             match answer.and_then(|a| crate::hooks::identity(&a)) {
-                Ok(identity) => act.start_socket(nsp, identity, ctx),
+                Ok(identity) => act.start_socket(nsp, identity, auth, ctx),
                 Err(r) => act.refuse_connect(&nsp, r),
             }
         }));
@@ -209,12 +210,116 @@ impl EngineSession {
         ));
     }
 
-    /// The namespace's socket, for `identity`: its session started, then CONNECT.
-    fn start_socket(&mut self, nsp: Arc<str>, identity: Identity, ctx: &mut Context<Self>) {
+    /// The namespace's socket, for `identity`: recovered when connection-state recovery is on
+    /// and the CONNECT's auth carries a pid that can be (`connect_recovering`), else fresh.
+    fn start_socket(
+        &mut self,
+        nsp: Arc<str>,
+        identity: Identity,
+        auth: Option<Value>,
+        ctx: &mut Context<Self>,
+    ) {
+        if self.deps.recovery.is_some() {
+            return self.connect_recovering(nsp, auth.as_ref(), identity, ctx);
+        }
+        self.open_socket(nsp, identity, None, ctx);
+    }
+
+    /// Connection-state recovery (docs/socketio.md): a CONNECT whose auth carries the `pid` of
+    /// a socket that disconnected (and the `offset` of the last room event its client got)
+    /// recovers it when every one of its rooms can resume from where the client stands: the
+    /// rooms' history is checked before the CONNECT is answered, since the answer tells the
+    /// client (`socket.recovered`) and nothing can be taken back after it. Otherwise the socket
+    /// starts afresh under a new pid.
+    fn connect_recovering(
+        &mut self,
+        nsp: Arc<str>,
+        auth: Option<&Value>,
+        identity: Identity,
+        ctx: &mut Context<Self>,
+    ) {
+        let field = |name: &str| auth.and_then(|a| a.get(name)).and_then(Value::as_str);
+        let offset = field("offset").map(str::to_string);
+        let record = field("pid")
+            .zip(self.deps.recovery.as_ref())
+            .and_then(|(pid, store)| {
+                store
+                    .take(pid, &nsp, &identity.user.id)
+                    .map(|r| (pid.to_string(), r))
+            });
+        let plan = record.and_then(|(pid, record)| {
+            let rooms = record.resume(offset.as_deref())?;
+            // A token refreshed meanwhile may grant fewer rooms.
+            rooms
+                .iter()
+                .all(|(room, _)| identity.may_join(room))
+                .then_some((pid, rooms))
+        });
+        let Some((pid, rooms)) = plan else {
+            let fresh = SocketRecovery::fresh(offset);
+            return self.open_socket(nsp, identity, Some(fresh), ctx);
+        };
+        let checks: Vec<_> = rooms
+            .iter()
+            .map(|(room, since)| {
+                let page = self.deps.history.history(room.clone(), Some(since.offset));
+                let since = since.clone();
+                async move {
+                    match page.await {
+                        Ok(Some(p)) => {
+                            p.epoch == since.epoch && p.complete && since.offset <= p.offset
+                        }
+                        // A room that is not there (it retired, having neither members nor
+                        // history) continues where it stood when re-created: its join decides.
+                        Ok(None) => true,
+                        Err(_) => false,
+                    }
+                }
+            })
+            .collect();
+        // `wait`: nothing else of this connection is handled until the CONNECT is answered.
+        futures_util::future::join_all(checks)
+            .into_actor(self)
+            .map(move |resumable, act, ctx| {
+                if act.closed || act.sockets.contains_key(&nsp) {
+                    return;
+                }
+                let restore = match resumable.iter().all(|ok| *ok) {
+                    true => SocketRecovery {
+                        pid,
+                        restored_from: offset,
+                        recovered: true,
+                        restore: rooms,
+                        recoverable: false,
+                    },
+                    false => SocketRecovery::fresh(offset),
+                };
+                act.open_socket(nsp, identity, Some(restore), ctx);
+            })
+            .wait(ctx);
+    }
+
+    /// Starts the socket's session and answers the CONNECT (with its pid when recovery is on:
+    /// the client's `socket.recovered` is whether it is the pid it sent).
+    fn open_socket(
+        &mut self,
+        nsp: Arc<str>,
+        identity: Identity,
+        restore: Option<SocketRecovery>,
+        ctx: &mut Context<Self>,
+    ) {
         let sid = uuid::Uuid::new_v4().simple().to_string();
-        let connected = format!(r#"{{"sid":"{sid}"}}"#);
+        let recovery = self
+            .deps
+            .recovery
+            .is_some()
+            .then(|| restore.unwrap_or_else(|| SocketRecovery::fresh(None)));
+        let connected = match &recovery {
+            Some(r) => serde_json::json!({"sid": sid, "pid": r.pid}).to_string(),
+            None => format!(r#"{{"sid":"{sid}"}}"#),
+        };
         let id = crate::actors::next_session_id();
-        let session = Session::socket_io(
+        let mut session = Session::socket_io(
             id,
             identity,
             self.outbox.clone(),
@@ -223,15 +328,20 @@ impl EngineSession {
             ctx.address().recipient(),
             self.config.profiles.for_namespace(&nsp).cloned(),
         )
-        .with_forwarded(self.forwarded.clone())
-        .start();
+        .with_forwarded(self.forwarded.clone());
+        if let Some(r) = recovery {
+            session = session.with_recovery(r);
+        }
+        // The CONNECT goes into the outbox before the session starts, so it precedes whatever
+        // the session's rooms push (a recovered socket's missed messages).
+        self.push_text(sio::packet(Kind::Connect, &nsp, None, Some(&connected), 0));
+        let session = session.start();
         self.sockets
             .insert(nsp.clone(), Socket::Switchyard(session));
         self.socket_ids.insert(id, nsp.clone());
         if let Some(limit) = &self.frame_limit {
             limit.set(Self::frame_bound(&self.config, &self.deps.settings, true));
         }
-        self.push_text(sio::packet(Kind::Connect, &nsp, None, Some(&connected), 0));
     }
 
     /// Who connects: a token in the CONNECT auth payload, else the handshake's header; in open

@@ -75,17 +75,22 @@ impl Handler<AppEvent> for Session {
 
 impl Session {
     /// What the namespace's app profile gives a socket as it connects: its events first, then
-    /// its rooms (whose joins deliver their retained messages, e.g. the latest stats).
-    pub(super) fn profile_connect(&mut self, ctx: &mut Context<Self>) {
+    /// its rooms (whose joins deliver their retained messages, e.g. the latest stats). A
+    /// recovered socket (`restored`) gets the events but is already in its rooms, with what it
+    /// missed: joining them again would repeat their retained messages.
+    pub(super) fn profile_connect(&mut self, restored: bool, ctx: &mut Context<Self>) {
         let (Some(profile), Some(identity)) = (self.profile.clone(), self.identity.clone()) else {
             return;
         };
-        let Wire::SocketIo(nsp, _) = &self.wire else {
+        let Wire::SocketIo(nsp, ..) = &self.wire else {
             return;
         };
         let user = identity.user.id.clone();
         for (event, data) in profile.connect_emits(&user) {
             self.send(crate::protocol::sio::emit(nsp, event, &data));
+        }
+        if restored {
+            return;
         }
         for room in profile.connect_rooms(&user) {
             self.join(None, room, None, None, identity.clone(), ctx);

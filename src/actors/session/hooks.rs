@@ -36,7 +36,7 @@ impl Session {
     /// What every call tells the backend about the socket.
     fn hook_body(&self, kind: HookKind, identity: &Identity, mut extra: Value) -> Value {
         let nsp = match &self.wire {
-            Wire::SocketIo(nsp, _) => Some(nsp.to_string()),
+            Wire::SocketIo(nsp, _, _) => Some(nsp.to_string()),
             _ => None,
         };
         if let Value::Object(o) = &mut extra {
@@ -177,7 +177,7 @@ impl Session {
             json!({ "method": method, "data": data }),
         );
         self.call_hook(HookKind::Rpc, id, body, ctx, move |act, id, answer, ctx| {
-            let Wire::SocketIo(nsp, _) = &act.wire else {
+            let Wire::SocketIo(nsp, _, _) = &act.wire else {
                 return;
             };
             let nsp = nsp.clone();

@@ -13,6 +13,8 @@
 //!   socket gets on connect.
 //! * `hooks.rs` — the profile's backend hooks: joins and publishes through the backend, app
 //!   events answered by it.
+//! * `recovery.rs` — Socket.IO connection-state recovery: where the client stands in each room,
+//!   the record a dropped socket leaves, a recovered socket's rooms joined again.
 //!
 //! In: the `/ws` reader's messages (a stream) or [`Inbound`] requests and [`Disconnect`] from
 //! the Engine.IO session; [`Evicted`] from rooms, [`ReportAnswer`] from the operation manager,
@@ -26,9 +28,9 @@
 //! timeout, eviction, shutdown, protocol violation) goes through `ctx.stop()`, so the undo always
 //! runs exactly once.
 //!
-//! Why this file is one piece (about 530 lines): the session's state, its constructor, its
-//! refusal policy and the one `dispatch` over [`Request`] are what every area file relies on;
-//! the areas themselves are in the files above.
+//! Why this file is one piece (about 600 lines): the session's state, its constructor, its
+//! lifecycle and its undo, its refusal policy and the one `dispatch` over [`Request`] are what
+//! every area file relies on; each area's behaviour is in its own file above.
 //!
 //! [`JoinRoom`]: super::room::JoinRoom
 //! [`LeaveRoom`]: super::room::LeaveRoom
@@ -41,7 +43,10 @@ mod hooks;
 mod native;
 mod operations;
 mod publish;
+mod recovery;
 mod rooms;
+
+pub use recovery::SocketRecovery;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering::Relaxed;
@@ -139,6 +144,13 @@ pub struct Session {
     forwarded: Arc<crate::hooks::Forwarded>,
     /// Backend hook calls in flight (at most `SWITCHYARD_HOOK_SESSION_CONCURRENCY`).
     hook_calls: usize,
+    /// Where the client stood in each room this session joined (the join's answer, or the
+    /// position a resume started from): what Socket.IO connection-state recovery resumes a
+    /// room from when the client got nothing of it since. Same keys as `rooms` (but for rooms
+    /// joined through their operation).
+    joined_at: HashMap<String, crate::protocol::Since>,
+    /// Socket.IO connection-state recovery for this socket, when it is on (see `recovery.rs`).
+    recovery: Option<SocketRecovery>,
 }
 
 /// How many distinct unknown events a session logs; past that, they are only counted.
@@ -164,6 +176,12 @@ pub struct SessionDeps {
     pub user_publishes: Arc<KeyedRate>,
     /// The backend hooks' client (`None` when no profile declares hooks).
     pub hooks: Option<Arc<crate::hooks::Hooks>>,
+    /// What disconnected Socket.IO sockets leave for connection-state recovery; `None` when it
+    /// is off (`SWITCHYARD_SOCKETIO_RECOVERY_SECS` 0).
+    pub recovery: Option<Arc<crate::actors::recovery::RecoveryStore>>,
+    /// What rooms have kept: a recovering socket's rooms are checked against it before its
+    /// CONNECT is answered.
+    pub history: Arc<dyn crate::broker::HistoryView>,
 }
 
 impl Session {
@@ -203,6 +221,8 @@ impl Session {
             unknown_logged: HashSet::new(),
             forwarded: Arc::default(),
             hook_calls: 0,
+            joined_at: HashMap::new(),
+            recovery: None,
         }
     }
 
@@ -223,7 +243,8 @@ impl Session {
             .as_ref()
             .and_then(|p| p.outgoing.clone())
             .map(Shared);
-        s.wire = Wire::SocketIo(nsp, outgoing);
+        let recovery = s.deps.recovery.is_some();
+        s.wire = Wire::SocketIo(nsp, outgoing, recovery);
         s.front = FrontEnd::SocketIo { engine };
         s.profile = profile;
         s
@@ -432,12 +453,14 @@ impl Actor for Session {
                     self.key,
                     self.user_id()
                 );
-                self.profile_connect(ctx);
+                let restored = self.restore_rooms(ctx);
+                self.profile_connect(restored, ctx);
             }
         }
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.keep_for_recovery();
         let deps = &self.deps;
         if !self.rooms.is_empty() {
             deps.broker
@@ -478,7 +501,12 @@ pub struct SocketEnded {
 /// connection ended).
 #[derive(Message)]
 #[rtype(result = "()")]
-pub struct Disconnect;
+pub struct Disconnect {
+    /// The connection ended without the client asking (transport closed or timed out): with
+    /// connection-state recovery on, the socket's state is kept for its client's reconnect. A
+    /// namespace DISCONNECT from the client, as in the reference server, is not.
+    pub recoverable: bool,
+}
 
 impl Handler<Inbound> for Session {
     type Result = ();
@@ -515,7 +543,10 @@ pub struct AppEvent {
 impl Handler<Disconnect> for Session {
     type Result = ();
 
-    fn handle(&mut self, _: Disconnect, ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: Disconnect, ctx: &mut Context<Self>) {
+        if let Some(r) = &mut self.recovery {
+            r.recoverable = msg.recoverable;
+        }
         ctx.stop();
     }
 }

@@ -45,6 +45,7 @@ impl Session {
         if let Some(op_id) = room.strip_prefix("operation:") {
             return self.watch_operation(op_id.to_string(), room, log_offset, id, &identity, ctx);
         }
+        let asked = since.clone();
         let msg = JoinRoom {
             room: room.clone(),
             member: self.member(ctx, &identity),
@@ -60,6 +61,7 @@ impl Session {
             .into_actor(self)
             .map(move |res, act, ctx| match res {
                 Ok(joined) => {
+                    act.note_joined(&room, asked, &joined);
                     act.rooms.insert(room, joined.lane);
                 }
                 Err(refusal) => act.refuse(ctx, id.as_deref(), refusal),
@@ -69,6 +71,7 @@ impl Session {
 
     /// `leave`: refused for a room this session is not in; answered once the room let go.
     pub(super) fn leave(&mut self, id: Option<RequestId>, room: String, ctx: &mut Context<Self>) {
+        self.joined_at.remove(&room);
         if self.rooms.remove(&room).is_none() {
             let r = Refusal::new(ErrorCode::NotMember, format!("not a member of {room}"));
             return self.refuse(ctx, id.as_deref(), r);
@@ -137,6 +140,7 @@ impl Session {
             .collect();
         for room in revoked {
             self.rooms.remove(&room);
+            self.joined_at.remove(&room);
             log::info!(
                 "session {}: left {room}: the refreshed token of {} does not grant it",
                 self.key,
@@ -155,6 +159,7 @@ impl Handler<Evicted> for Session {
 
     fn handle(&mut self, msg: Evicted, ctx: &mut Context<Self>) {
         self.rooms.remove(&msg.room);
+        self.joined_at.remove(&msg.room);
         log::warn!(
             "session {}: evicted from {} ({:?})",
             self.key,

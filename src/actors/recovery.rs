@@ -1,0 +1,260 @@
+//! Socket.IO connection-state recovery (docs/socketio.md): what a disconnected socket leaves
+//! behind so that its client, reconnecting with `{pid, offset}`, gets its rooms back and every
+//! room message it missed, and nothing twice.
+//!
+//! A socket's record holds its rooms with the position each was joined at, and its
+//! connection's journal (the order in which tagged room events were pushed to it, across all
+//! its rooms: `transport::outbox::Journal`). The client's offset names the last room event it
+//! received; everything pushed before that event was received too (one connection, one order),
+//! nothing pushed after it was. So for each room, the client has the highest offset pushed up
+//! to that event, or, if none was, the position it joined at: that is where each room resumes.
+//!
+//! Records are kept in memory, next to what they point at: room history is in memory and a
+//! restart starts every room in a new epoch, so a record that outlived the process could only
+//! ever say `recovered: false`, which an unknown pid says too, at once. (With a shared log whose
+//! history survives a restart, the records would have to move to a shared store as well.)
+//!
+//! In: [`RecoveryStore::keep`] from a Socket.IO session that ends without the client asking,
+//! [`RecoveryStore::take`] from a CONNECT carrying a pid. Bounds: `SWITCHYARD_SOCKETIO_RECOVERY_SECS`
+//! (age), `SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS` (count), `SWITCHYARD_SOCKETIO_RECOVERY_WINDOW`
+//! (journal entries per record).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use crate::protocol::socketio::{parse_recovery_offset, recovery_stream};
+use crate::protocol::Since;
+use crate::transport::outbox::Journal;
+
+/// What a disconnected socket leaves for its recovery.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The user the socket belonged to: only that user may recover it.
+    pub user: String,
+    /// Its namespace: only a CONNECT to that namespace recovers it.
+    pub nsp: String,
+    /// Its rooms, each with the position the client had when it joined (the join's answer, or
+    /// what a resume started from).
+    pub rooms: Vec<(String, Since)>,
+    /// Its connection's journal.
+    pub journal: Journal,
+    /// The offset the client sent with this socket's CONNECT: if the client still sends it, it
+    /// received no room event from this socket (a client keeps its last offset across
+    /// sockets, recovered or not).
+    pub restored_from: Option<String>,
+    /// When the socket disconnected.
+    pub at: Instant,
+}
+
+impl Record {
+    /// Where each room resumes for a client whose last room event was `offset`; `None` when
+    /// that cannot be known (the offset is unknown or older than the journal).
+    pub fn resume(&self, offset: Option<&str>) -> Option<Vec<(String, Since)>> {
+        let parsed = offset.and_then(parse_recovery_offset);
+        // How many journal entries the client received (the first matching entry: if an
+        // event was pushed twice, e.g. a retained message on a second join, the earlier cut
+        // can only replay more, never lose anything).
+        let found = parsed.and_then(|(room, off)| {
+            let stream = recovery_stream(&self.nsp, room);
+            self.journal
+                .entries
+                .iter()
+                .position(|e| *e == (stream, off))
+                .map(|i| i + 1)
+        });
+        let cut = match found {
+            Some(_) if self.journal.base_lost => return None,
+            Some(cut) => cut,
+            // Nothing received since the socket was (re)connected: every room resumes where it
+            // was joined.
+            None if offset.map(str::to_string) == self.restored_from => 0,
+            None => return None,
+        };
+        let received = |stream: u64| {
+            let before = (cut > 0).then(|| self.journal.base.get(&stream)).flatten();
+            let within = self
+                .journal
+                .entries
+                .iter()
+                .take(cut)
+                .filter(|(s, _)| *s == stream)
+                .map(|(_, o)| *o);
+            before.copied().into_iter().chain(within).max()
+        };
+        Some(
+            self.rooms
+                .iter()
+                .map(|(room, joined)| {
+                    let got = received(recovery_stream(&self.nsp, room));
+                    let since = Since {
+                        epoch: joined.epoch.clone(),
+                        offset: got.map_or(joined.offset, |o| o.max(joined.offset)),
+                    };
+                    (room.clone(), since)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The records of disconnected sockets, by pid.
+pub struct RecoveryStore {
+    records: Mutex<HashMap<String, Record>>,
+    /// How long a record may be recovered (`SWITCHYARD_SOCKETIO_RECOVERY_SECS`).
+    max_age: Duration,
+    /// How many records are kept (`SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS`).
+    max: usize,
+}
+
+impl RecoveryStore {
+    pub fn new(max_age: Duration, max: usize) -> Self {
+        Self {
+            records: Mutex::new(HashMap::new()),
+            max_age,
+            max,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Record>> {
+        // Every operation is a single map call or a retain: a poisoned map is still whole.
+        self.records.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Keeps a disconnected socket's record. When the store is full even after dropping the
+    /// expired records, the record is not kept (its client reconnects with `recovered:
+    /// false`); false then.
+    pub fn keep(&self, pid: String, record: Record) -> bool {
+        let mut records = self.lock();
+        if records.len() >= self.max {
+            let max_age = self.max_age;
+            records.retain(|_, r| r.at.elapsed() <= max_age);
+        }
+        if records.len() >= self.max {
+            return false;
+        }
+        records.insert(pid, record);
+        true
+    }
+
+    /// Takes the record of `pid` (a pid recovers once) if it belongs to `user` in `nsp` and has
+    /// not expired.
+    pub fn take(&self, pid: &str, nsp: &str, user: &str) -> Option<Record> {
+        let mut records = self.lock();
+        let fits = records
+            .get(pid)
+            .is_some_and(|r| r.nsp == nsp && r.user == user);
+        if !fits {
+            return None;
+        }
+        records
+            .remove(pid)
+            .filter(|r| r.at.elapsed() <= self.max_age)
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn since(epoch: &str, offset: u64) -> Since {
+        Since {
+            epoch: epoch.to_string(),
+            offset,
+        }
+    }
+
+    /// `entries` and `base` as (namespace, room, offset).
+    fn record(entries: &[(&str, &str, u64)], base: &[(&str, &str, u64)]) -> Record {
+        let mut journal = Journal::default();
+        for (nsp, room, o) in entries {
+            journal.entries.push_back((recovery_stream(nsp, room), *o));
+        }
+        for (nsp, room, o) in base {
+            journal.base.insert(recovery_stream(nsp, room), *o);
+        }
+        Record {
+            user: "u".into(),
+            nsp: "/".into(),
+            rooms: vec![("a".into(), since("e1", 3)), ("b".into(), since("e2", 10))],
+            journal,
+            restored_from: None,
+            at: Instant::now(),
+        }
+    }
+
+    fn offsets(plan: Option<Vec<(String, Since)>>) -> Option<Vec<(String, u64)>> {
+        plan.map(|p| p.into_iter().map(|(r, s)| (r, s.offset)).collect())
+    }
+
+    #[test]
+    fn each_room_resumes_after_what_was_pushed_before_the_clients_last_event() {
+        // Pushed in this order; the client got up to a@5: b@11 before it, b@12 after it.
+        let r = record(
+            &[
+                ("/", "a", 4),
+                ("/", "b", 11),
+                ("/", "a", 5),
+                ("/", "b", 12),
+                ("/x", "a", 9),
+            ],
+            &[("/", "a", 3)],
+        );
+        assert_eq!(
+            offsets(r.resume(Some("a@5"))),
+            Some(vec![("a".into(), 5), ("b".into(), 11)])
+        );
+        // Up to b@12: everything.
+        assert_eq!(
+            offsets(r.resume(Some("b@12"))),
+            Some(vec![("a".into(), 5), ("b".into(), 12)])
+        );
+        // Another namespace's entry is not this socket's offset.
+        assert_eq!(offsets(r.resume(Some("a@9"))), None);
+        // Nothing received: resume where joined, whatever the journal holds.
+        assert_eq!(
+            offsets(r.resume(None)),
+            Some(vec![("a".into(), 3), ("b".into(), 10)])
+        );
+        // An offset the journal does not hold (too old, or made up).
+        assert_eq!(offsets(r.resume(Some("a@2"))), None);
+        assert_eq!(offsets(r.resume(Some("nonsense"))), None);
+    }
+
+    #[test]
+    fn a_recovered_socket_that_received_nothing_resumes_where_it_was_restored() {
+        let mut r = record(&[], &[]);
+        r.restored_from = Some("a@3".into());
+        assert_eq!(
+            offsets(r.resume(Some("a@3"))),
+            Some(vec![("a".into(), 3), ("b".into(), 10)])
+        );
+        assert_eq!(offsets(r.resume(None)), None);
+    }
+
+    #[test]
+    fn the_store_recovers_a_pid_once_for_its_user_and_namespace_within_the_age() {
+        let store = RecoveryStore::new(Duration::from_secs(60), 2);
+        assert!(store.keep("p1".into(), record(&[], &[])));
+        assert!(store.take("p1", "/", "someone-else").is_none());
+        assert!(store.take("p1", "/admin", "u").is_none());
+        assert!(store.take("p1", "/", "u").is_some());
+        assert!(store.take("p1", "/", "u").is_none());
+        assert!(store.keep("p2".into(), record(&[], &[])));
+        assert!(store.keep("p3".into(), record(&[], &[])));
+        assert!(!store.keep("p4".into(), record(&[], &[])), "full");
+        let old = RecoveryStore::new(Duration::ZERO, 2);
+        let mut r = record(&[], &[]);
+        r.at = Instant::now() - Duration::from_millis(5);
+        assert!(old.keep("p".into(), r));
+        assert!(old.take("p", "/", "u").is_none(), "expired");
+    }
+}

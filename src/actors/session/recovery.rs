@@ -1,0 +1,181 @@
+//! Socket.IO connection-state recovery in a [`Session`] (docs/socketio.md, the design in
+//! `actors/recovery.rs`): where the client stands in each room, what the socket leaves behind
+//! when its connection ends without the client asking, and a recovered socket's rooms joined
+//! again with what it missed.
+//!
+//! In: the join answers (`note_joined`), the session's end (`keep_for_recovery`), its start
+//! (`restore_rooms`). Out: a [`Record`] into the [`RecoveryStore`]; [`JoinRoom`]s with `since`
+//! to the broker.
+//!
+//! [`RecoveryStore`]: crate::actors::recovery::RecoveryStore
+
+use std::time::Instant;
+
+use actix::prelude::*;
+use actix_http::ws::CloseCode;
+
+use super::Session;
+use crate::actors::recovery::Record;
+use crate::actors::room::{JoinRoom, Joined};
+use crate::protocol::Since;
+
+/// A Socket.IO socket's part in connection-state recovery.
+#[derive(Debug, Clone)]
+pub struct SocketRecovery {
+    /// The pid its CONNECT answered: the key its record is kept under.
+    pub pid: String,
+    /// The offset the client sent with its CONNECT (the last room event it had got, maybe
+    /// from an earlier socket): while it still sends it, it got no room event from this one.
+    pub restored_from: Option<String>,
+    /// The socket recovers a disconnected one (its CONNECT answered the client's pid).
+    pub recovered: bool,
+    /// The rooms to join again as the socket starts, each from where the client stands.
+    pub restore: Vec<(String, Since)>,
+    /// Set by a [`super::Disconnect`] for a connection that ended without the client asking.
+    pub recoverable: bool,
+}
+
+impl SocketRecovery {
+    /// A socket that starts afresh, under a new pid; `offset`: what its client sent.
+    pub fn fresh(offset: Option<String>) -> Self {
+        Self {
+            pid: uuid::Uuid::new_v4().simple().to_string(),
+            restored_from: offset,
+            recovered: false,
+            restore: Vec::new(),
+            recoverable: false,
+        }
+    }
+}
+
+impl Session {
+    /// With connection-state recovery: this socket's pid, and what it recovers.
+    pub fn with_recovery(mut self, recovery: SocketRecovery) -> Self {
+        self.recovery = Some(recovery);
+        self
+    }
+
+    /// Where the client stands in `room` after a join: where its resume started when it
+    /// resumed, else the room's position (the live traffic it gets starts after it).
+    pub(super) fn note_joined(&mut self, room: &str, asked: Option<Since>, joined: &Joined) {
+        let at = match asked {
+            Some(since) if joined.recovered => since,
+            _ => Since {
+                epoch: joined.position.epoch.to_string(),
+                offset: joined.position.offset,
+            },
+        };
+        self.joined_at.insert(room.to_string(), at);
+    }
+
+    /// A recovered socket joins its rooms again, each resuming where the client stands, before
+    /// any request of the client is handled; true when there was something to restore. The
+    /// Engine.IO session checked the rooms' history before answering the CONNECT; if a room
+    /// cannot resume after all (its history was trimmed meanwhile), the CONNECT's promise is
+    /// broken, and the connection is closed: the client reconnects, and that pid is gone, so
+    /// it starts afresh with `recovered: false`.
+    pub(super) fn restore_rooms(&mut self, ctx: &mut Context<Self>) -> bool {
+        let Some(recovery) = &mut self.recovery else {
+            return false;
+        };
+        let rooms = std::mem::take(&mut recovery.restore);
+        if rooms.is_empty() {
+            return recovery.recovered;
+        }
+        let Some(identity) = self.identity.clone() else {
+            return false;
+        };
+        // Each join takes its place in the broker's order as it is called, so they are all
+        // handed over now and their answers awaited together.
+        let joins: Vec<_> = rooms
+            .iter()
+            .map(|(room, since)| {
+                self.deps.broker.join(JoinRoom {
+                    room: room.clone(),
+                    member: self.member(ctx, &identity),
+                    since: Some(since.clone()),
+                    request_id: None,
+                    backfill: None,
+                    backfill_complete: false,
+                    after: None,
+                })
+            })
+            .collect();
+        futures_util::future::join_all(joins)
+            .into_actor(self)
+            .map(move |answers, act, ctx| {
+                let mut broken = false;
+                for ((room, since), answer) in rooms.into_iter().zip(answers) {
+                    match answer {
+                        Ok(joined) => {
+                            broken |= !joined.recovered;
+                            act.note_joined(&room, Some(since), &joined);
+                            act.rooms.insert(room, joined.lane);
+                        }
+                        Err(refusal) => {
+                            log::warn!(
+                                "socket.io socket {}: could not rejoin {room}: {}",
+                                act.key,
+                                refusal.message
+                            );
+                            broken = true;
+                        }
+                    }
+                }
+                if broken {
+                    log::warn!(
+                        "socket.io socket {}: recovery failed after its CONNECT; closing",
+                        act.key
+                    );
+                    act.close(ctx, CloseCode::Away, "connection state lost");
+                }
+            })
+            .wait(ctx);
+        true
+    }
+
+    /// As the session ends: when the connection ended without the client asking, keeps what
+    /// its recovery needs. A socket in a room joined through its operation (whose position
+    /// this session does not learn) is not kept: its client starts afresh.
+    pub(super) fn keep_for_recovery(&mut self) {
+        let Some(recovery) = &self.recovery else {
+            return;
+        };
+        let Some(store) = &self.deps.recovery else {
+            return;
+        };
+        if !recovery.recoverable {
+            return;
+        }
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        let crate::protocol::Wire::SocketIo(nsp, ..) = &self.wire else {
+            return;
+        };
+        let mut rooms = Vec::with_capacity(self.rooms.len());
+        for room in self.rooms.keys() {
+            match self.joined_at.get(room) {
+                Some(at) => rooms.push((room.clone(), at.clone())),
+                None => return,
+            }
+        }
+        let Some(journal) = self.outbox.journal() else {
+            return;
+        };
+        let record = Record {
+            user: identity.user.id.to_string(),
+            nsp: nsp.to_string(),
+            rooms,
+            journal,
+            restored_from: recovery.restored_from.clone(),
+            at: Instant::now(),
+        };
+        if !store.keep(recovery.pid.clone(), record) {
+            log::warn!(
+                "socket.io socket {}: not kept for recovery: SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS reached",
+                self.key
+            );
+        }
+    }
+}
