@@ -123,6 +123,22 @@ pub struct Forwarded {
 }
 
 impl Forwarded {
+    /// Nothing to forward, as one value every connection without hooks shares: no allocation
+    /// per connection for what most servers never use.
+    pub fn none() -> Arc<Forwarded> {
+        static NONE: std::sync::OnceLock<Arc<Forwarded>> = std::sync::OnceLock::new();
+        NONE.get_or_init(|| Arc::new(Forwarded::default())).clone()
+    }
+
+    /// This, shared: the common empty value when there is nothing to forward.
+    pub fn shared(self) -> Arc<Forwarded> {
+        if self.headers.is_empty() && self.cookies.is_empty() {
+            Self::none()
+        } else {
+            Arc::new(self)
+        }
+    }
+
     /// What a hook call with `cfg` sends: its headers, and its cookies in one `Cookie` header.
     fn for_config(&self, cfg: &HookConfig) -> (Vec<(&str, &str)>, Option<String>) {
         let headers = self

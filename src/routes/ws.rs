@@ -71,7 +71,7 @@ pub async fn connect(
                 .with_slot(slot)
                 .with_frame_limit(limit)
                 .with_hooks_of(profile)
-                .with_forwarded(std::sync::Arc::new(forwarded))
+                .with_forwarded(forwarded.shared())
         });
     })
     .map_err(AppError::from)

@@ -121,7 +121,9 @@ impl Journal {
 struct State {
     queue: VecDeque<Out>,
     /// Set by [`Outbox::keep_journal`]: every tagged payload pushed is recorded here.
-    journal: Option<Journal>,
+    /// Boxed: most outboxes keep none, and an inline `Journal` would cost each of them ~100
+    /// bytes.
+    journal: Option<Box<Journal>>,
     /// Payload bytes in `queue`.
     bytes: usize,
     /// A server ping is due (at most one pending, whatever the heartbeat does meanwhile).
@@ -277,16 +279,16 @@ impl Outbox {
     /// From now on, records the order of tagged payloads (read by `tagger`), the latest `cap`
     /// of them (see [`Journal`]).
     pub fn keep_journal(&self, tagger: Tagger, cap: usize) {
-        self.lock().journal = Some(Journal {
+        self.lock().journal = Some(Box::new(Journal {
             cap: cap.max(1),
             tagger: Some(tagger),
             ..Journal::default()
-        });
+        }));
     }
 
     /// A copy of the journal, when one is kept.
     pub fn journal(&self) -> Option<Journal> {
-        self.lock().journal.clone()
+        self.lock().journal.as_deref().cloned()
     }
 
     /// Long-polling: takes everything queued, or waits. Control frames are WebSocket-only and

@@ -232,7 +232,7 @@ impl EngineSession {
             socket_ids: HashMap::new(),
             pending: None,
             header_identity,
-            forwarded: Arc::default(),
+            forwarded: crate::hooks::Forwarded::none(),
             connecting: Default::default(),
             send_open: websocket,
             closed: false,
@@ -246,7 +246,7 @@ impl EngineSession {
 
     /// The handshake's headers and cookies that backend hooks forward.
     pub fn with_forwarded(mut self, forwarded: crate::hooks::Forwarded) -> Self {
-        self.forwarded = Arc::new(forwarded);
+        self.forwarded = forwarded.shared();
         self
     }
 

@@ -150,7 +150,8 @@ pub struct Session {
     /// joined through their operation).
     joined_at: HashMap<String, crate::protocol::Since>,
     /// Socket.IO connection-state recovery for this socket, when it is on (see `recovery.rs`).
-    recovery: Option<SocketRecovery>,
+    /// Boxed: off by default, and a socket without it should not pay for its fields.
+    recovery: Option<Box<SocketRecovery>>,
 }
 
 /// How many distinct unknown events a session logs; past that, they are only counted.
@@ -219,7 +220,7 @@ impl Session {
             profile: None,
             started_ops: HashMap::new(),
             unknown_logged: HashSet::new(),
-            forwarded: Arc::default(),
+            forwarded: crate::hooks::Forwarded::none(),
             hook_calls: 0,
             joined_at: HashMap::new(),
             recovery: None,

@@ -51,7 +51,7 @@ impl SocketRecovery {
 impl Session {
     /// With connection-state recovery: this socket's pid, and what it recovers.
     pub fn with_recovery(mut self, recovery: SocketRecovery) -> Self {
-        self.recovery = Some(recovery);
+        self.recovery = Some(Box::new(recovery));
         self
     }
 
