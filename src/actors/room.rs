@@ -16,7 +16,8 @@
 //! The room does not number messages: the broker did (`broker::local::RoomLog`), and the room
 //! checks that what it delivers continues what it delivered before (see `Room::continue_at`).
 //!
-//! Why this file is one piece (about 950 lines): the delivered position, the history and the
+//! Why this file is one piece (about 1,000 lines, a sixth of them the gap fill and the shared
+//! log's start): the delivered position, the history and the
 //! member table change together under one invariant — a joiner's replay and the live messages
 //! after it have no gap and no duplicate — and every handler reads or changes all three; the
 //! fan-out is the loop over that member table.
