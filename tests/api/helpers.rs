@@ -661,3 +661,21 @@ pub async fn forget_redis_prefix(prefix: &str) {
             .expect("DEL");
     }
 }
+
+/// Runs the real binary with `config` as its `SWITCHYARD_CONFIG_FILE` (a SQLite file in `dir`,
+/// port 0) and expects it to refuse to start: returns what it said on stderr.
+pub async fn binary_refuses_to_start(config: &std::path::Path, dir: &std::path::Path) -> String {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env("SWITCHYARD_CONFIG_FILE", config)
+        .env("SWITCHYARD_PORT", "0")
+        .env("DATABASE_URL", dir.join("db.sqlite"))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(WAIT, out)
+        .await
+        .expect("the binary exits")
+        .expect("the binary runs");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "{stderr}");
+    stderr
+}

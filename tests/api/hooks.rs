@@ -679,18 +679,7 @@ async fn an_rpc_answer_can_go_to_a_room() {
 async fn hooks_without_a_secret_stop_start_up() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = write_config(&dir, &config(dead_port(), dead_port()));
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .env("SWITCHYARD_CONFIG_FILE", &file)
-        .env("SWITCHYARD_PORT", "0")
-        .env("DATABASE_URL", dir.path().join("db.sqlite"))
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(WAIT, out)
-        .await
-        .expect("the binary exits")
-        .expect("the binary runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = binary_refuses_to_start(file.as_ref(), dir.path()).await;
     assert!(stderr.contains("SWITCHYARD_HOOK_SECRET"), "{stderr}");
 }
 

@@ -202,18 +202,7 @@ async fn an_invalid_profile_stops_start_up_naming_the_line() {
         "{err}"
     );
     // The binary says the same and exits non-zero, before serving anything.
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .env("SWITCHYARD_CONFIG_FILE", &file)
-        .env("SWITCHYARD_PORT", "0")
-        .env("DATABASE_URL", dir.path().join("db.sqlite"))
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(WAIT, out)
-        .await
-        .expect("the binary exits")
-        .expect("the binary runs");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
+    let stderr = binary_refuses_to_start(file.as_ref(), dir.path()).await;
     assert!(stderr.contains("line 5"), "{stderr}");
     // A TOML syntax error names its line too.
     std::fs::write(&file, "[profiles.x]\nnamespace = \n").expect("write");
