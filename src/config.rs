@@ -221,6 +221,10 @@ pub struct Settings {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key (`SWITCHYARD_REDIS_PREFIX`), so clusters can share a Redis.
     pub redis_prefix: String,
+    /// This node's name (`SWITCHYARD_NODE_ID`): the `node` label of `/metrics`, the prefix of
+    /// its Engine.IO session ids (so a proxy can route a long-polling request to the node that
+    /// holds its session), the dashboard's node list. Unset: a random id per process.
+    pub node_id: Option<String>,
     /// How long a Redis command may take before the publish is refused `unavailable`
     /// (`SWITCHYARD_REDIS_TIMEOUT_MS`).
     pub redis_timeout: Duration,
@@ -238,6 +242,7 @@ impl Default for Settings {
             database: DatabaseUrl::Sqlite("switchyard.db".into()),
             redis_url: None,
             redis_prefix: "switchyard".into(),
+            node_id: None,
             redis_timeout: Duration::from_millis(1_000),
             redis_fanout_maxlen: 100_000,
             db_pool_size: 8,
@@ -346,6 +351,21 @@ impl Settings {
         }
         if let Some(v) = get("SWITCHYARD_REDIS_PREFIX") {
             s.redis_prefix = v;
+        }
+        if let Some(v) = get("SWITCHYARD_NODE_ID") {
+            // It appears in session ids (query strings), metric labels and proxy rules: keep
+            // it to characters none of them needs to escape.
+            let ok = v.len() <= 32
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err(err(
+                    "SWITCHYARD_NODE_ID",
+                    &v,
+                    "expected 1-32 characters of letters, digits, '-' and '_'",
+                ));
+            }
+            s.node_id = Some(v);
         }
         millis(
             &get,
@@ -866,6 +886,13 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(e.var, "SWITCHYARD_HEARTBEAT_TIMEOUT_MS");
+        // A node id goes into session ids and metric labels unescaped.
+        for bad in ["a.b", "n 1", "n\"1", &"x".repeat(33)] {
+            let e = from(&[("SWITCHYARD_NODE_ID", bad)]).unwrap_err();
+            assert_eq!(e.var, "SWITCHYARD_NODE_ID");
+        }
+        let s = from(&[("SWITCHYARD_NODE_ID", "eu-1_a")]).unwrap();
+        assert_eq!(s.node_id.as_deref(), Some("eu-1_a"));
     }
 
     #[test]

@@ -116,16 +116,27 @@ impl Metrics {
             .fetch_add(d.as_nanos().min(u64::MAX as u128) as u64, Relaxed);
     }
 
-    /// Renders the Prometheus text exposition format.
-    pub fn render(&self) -> String {
+    /// Renders the Prometheus text exposition format. With a node name (`SWITCHYARD_NODE_ID`
+    /// set) every sample carries it as its `node` label, so a cluster's nodes can be told apart
+    /// however they are scraped (behind one load-balanced address too); without one the
+    /// output is what it always was.
+    pub fn render(&self, node: Option<&str>) -> String {
         let mut out = String::with_capacity(4096);
+        // `{node="…"}` for a sample without labels, `node="…",` before a sample's own labels.
+        let only = node
+            .map(|n| format!("{{node=\"{n}\"}}"))
+            .unwrap_or_default();
+        let first = node.map(|n| format!("node=\"{n}\",")).unwrap_or_default();
         let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{only} {v}"
+            );
         };
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{only} {v}"
             );
         };
         gauge(
@@ -219,7 +230,7 @@ impl Metrics {
         for code in ErrorCode::ALL {
             let _ = writeln!(
                 out,
-                "switchyard_refusals_total{{code=\"{}\"}} {}",
+                "switchyard_refusals_total{{{first}code=\"{}\"}} {}",
                 code.as_str(),
                 self.refusals(*code)
             );
@@ -233,23 +244,26 @@ impl Metrics {
             cumulative += self.latency_buckets[i].load(Relaxed);
             let _ = writeln!(
                 out,
-                "switchyard_publish_latency_seconds_bucket{{le=\"{le}\"}} {cumulative}"
+                "switchyard_publish_latency_seconds_bucket{{{first}le=\"{le}\"}} {cumulative}"
             );
         }
         let count = self.latency_count.load(Relaxed);
         let _ = writeln!(
             out,
-            "switchyard_publish_latency_seconds_bucket{{le=\"+Inf\"}} {count}"
+            "switchyard_publish_latency_seconds_bucket{{{first}le=\"+Inf\"}} {count}"
         );
         let _ = writeln!(
             out,
-            "switchyard_publish_latency_seconds_sum {}",
+            "switchyard_publish_latency_seconds_sum{only} {}",
             self.latency_sum_nanos.load(Relaxed) as f64 / 1e9
         );
-        let _ = writeln!(out, "switchyard_publish_latency_seconds_count {count}");
         let _ = writeln!(
             out,
-            "# HELP switchyard_uptime_seconds Seconds since start.\n# TYPE switchyard_uptime_seconds gauge\nswitchyard_uptime_seconds {}",
+            "switchyard_publish_latency_seconds_count{only} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "# HELP switchyard_uptime_seconds Seconds since start.\n# TYPE switchyard_uptime_seconds gauge\nswitchyard_uptime_seconds{only} {}",
             self.uptime().as_secs()
         );
         out
@@ -266,10 +280,20 @@ mod tests {
         m.observe_publish_latency(Duration::from_micros(30));
         m.observe_publish_latency(Duration::from_millis(3));
         m.observe_publish_latency(Duration::from_secs(2));
-        let text = m.render();
-        assert!(text.contains("switchyard_publish_latency_seconds_bucket{le=\"0.00005\"} 1"));
-        assert!(text.contains("switchyard_publish_latency_seconds_bucket{le=\"0.005\"} 2"));
-        assert!(text.contains("switchyard_publish_latency_seconds_bucket{le=\"+Inf\"} 3"));
-        assert!(text.contains("switchyard_publish_latency_seconds_count 3"));
+        assert!(!m.render(None).contains("node="));
+        let text = m.render(Some("n1"));
+        assert!(text
+            .contains("switchyard_publish_latency_seconds_bucket{node=\"n1\",le=\"0.00005\"} 1"));
+        assert!(
+            text.contains("switchyard_publish_latency_seconds_bucket{node=\"n1\",le=\"0.005\"} 2")
+        );
+        assert!(
+            text.contains("switchyard_publish_latency_seconds_bucket{node=\"n1\",le=\"+Inf\"} 3")
+        );
+        assert!(text.contains("switchyard_publish_latency_seconds_count{node=\"n1\"} 3"));
+        // Every sample line carries the node label.
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert!(line.contains("{node=\"n1\""), "{line}");
+        }
     }
 }

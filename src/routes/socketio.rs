@@ -34,6 +34,21 @@ fn unknown_transport() -> HttpResponse {
 fn unknown_sid() -> HttpResponse {
     engine_error(StatusCode::BAD_REQUEST, 1, "Session ID unknown")
 }
+/// `unknown_sid`, and when the id names another node, a warning (once per process: a client
+/// can send any sid) that the proxy in front does not route by session id.
+fn unknown_sid_here(state: &AppState, sid: &str) -> HttpResponse {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if let (Some(here), Some((there, _))) = (state.settings.node_id.as_deref(), sid.split_once('.'))
+    {
+        if here != there && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            log::warn!(
+                "a Socket.IO request for a session of node {:?} reached node {here:?}: the proxy does not send requests to the node holding their session (docs/cluster.md, \"Socket.IO long-polling across nodes\"); warned once",
+                there.chars().take(32).collect::<String>()
+            );
+        }
+    }
+    unknown_sid()
+}
 fn bad_handshake_method() -> HttpResponse {
     engine_error(StatusCode::BAD_REQUEST, 2, "Bad handshake method")
 }
@@ -182,10 +197,19 @@ fn forwarded(req: &HttpRequest, state: &AppState) -> crate::hooks::Forwarded {
         .unwrap_or_default()
 }
 
-fn new_sid() -> String {
+/// A new Engine.IO session id: 120 random bits, after this node's name and a `.` when the node
+/// has one (`SWITCHYARD_NODE_ID`). The session lives on this node only; with the name in the
+/// id, a proxy in front of several nodes can send each long-polling request (and the upgrade)
+/// to the node holding its session by the `sid` query parameter alone (docs/cluster.md).
+/// Base64url never contains a `.`, so the name is everything before the first one.
+fn new_sid(node: Option<&str>) -> String {
     use base64::Engine as _;
     let raw: [u8; 15] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    let random = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    match node {
+        Some(node) => format!("{node}.{random}"),
+        None => random,
+    }
 }
 
 async fn polling(
@@ -209,7 +233,7 @@ async fn polling(
             Ok(ok) => ok,
             Err(refused) => return *refused,
         };
-        let sid = new_sid();
+        let sid = new_sid(state.settings.node_id.as_deref());
         let settings = &state.settings;
         let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
         let open = EngineSession::open_packet(&sid, &config, false);
@@ -228,7 +252,7 @@ async fn polling(
         return text(bytes::Bytes::from(open));
     };
     let Some(session) = state.engines.get(&sid) else {
-        return unknown_sid();
+        return unknown_sid_here(&state, &sid);
     };
     match *req.method() {
         Method::GET => {
@@ -317,7 +341,7 @@ async fn websocket(
             let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
             let limit = FrameLimit::new(EngineSession::frame_bound(&config, settings, false));
             let session = EngineSession::new(
-                new_sid(),
+                new_sid(state.settings.node_id.as_deref()),
                 outbox.clone(),
                 true,
                 config,
@@ -338,7 +362,7 @@ async fn websocket(
         }
         Some(sid) => {
             let Some(session) = state.engines.get(&sid) else {
-                return unknown_sid();
+                return unknown_sid_here(&state, &sid);
             };
             if ws::check(&req).is_err() {
                 return bad_request();

@@ -431,3 +431,57 @@ async fn cluster_mode_refuses_to_start_on_sqlite() {
     };
     assert!(err.contains("PostgreSQL"), "{err}");
 }
+
+/// Socket.IO long-polling across nodes: an Engine.IO session lives on the node that made it,
+/// and its id starts with that node's name (`SWITCHYARD_NODE_ID`), so nginx sends each
+/// request to its node by the `sid` query parameter (the configuration docs/cluster.md gives).
+/// Real socket.io-client sessions, polling-only and upgrading, on both nodes of a room; and
+/// the same nginx without the rule, where a polling session breaks (the reason for the rule).
+#[actix_web::test]
+async fn socket_io_long_polling_reaches_the_node_holding_its_session_through_nginx() {
+    let mut cluster = Cluster::start(0, format!("redis://{REDIS}"), |_| {}).await;
+    for name in ["n1", "n2"] {
+        cluster
+            .add(&|s: &mut Settings| s.node_id = Some(name.into()))
+            .await;
+    }
+    let (p1, p2) = (cluster.nodes[0].port, cluster.nodes[1].port);
+    let (routed, round_robin) = (free_port(), free_port());
+    let proxy = |port: u16, target: &str| {
+        format!(
+            "server {{ listen 127.0.0.1:{port}; location / {{ proxy_pass http://{target};\n\
+             proxy_http_version 1.1; proxy_set_header Upgrade $http_upgrade;\n\
+             proxy_set_header Connection $connection_upgrade; proxy_buffering off;\n\
+             proxy_read_timeout 120s; }} }}\n"
+        )
+    };
+    let nginx = Nginx::start(
+        &format!(
+            "map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
+             map $arg_sid $switchyard_node {{\n  ~^n1\\. 127.0.0.1:{p1};\n  ~^n2\\. 127.0.0.1:{p2};\n  default switchyard;\n}}\n\
+             upstream switchyard {{ server 127.0.0.1:{p1}; server 127.0.0.1:{p2}; }}\n{}{}",
+            proxy(routed, "$switchyard_node"),
+            proxy(round_robin, "switchyard"),
+        ),
+        &[routed, round_robin],
+    )
+    .await;
+    run_node_file(
+        "cluster-polling.test.mjs",
+        &[
+            ("SY_URL", format!("http://127.0.0.1:{routed}")),
+            ("SY_RR_URL", format!("http://127.0.0.1:{round_robin}")),
+            ("SY_SECRET", SECRET.to_string()),
+            ("SY_NODES", "n1,n2".to_string()),
+        ],
+    )
+    .await;
+    // Each node's metrics carry its name.
+    let text = cluster.nodes[1].metrics_text().await;
+    assert!(
+        text.contains("switchyard_connections{node=\"n2\"}"),
+        "{text}"
+    );
+    drop(nginx);
+    cluster.stop().await;
+}

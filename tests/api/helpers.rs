@@ -679,3 +679,98 @@ pub async fn binary_refuses_to_start(config: &std::path::Path, dir: &std::path::
     assert!(!out.status.success(), "{stderr}");
     stderr
 }
+
+/// A real nginx (the Debian package; `.ci/run` installs it) in front of test servers, from a
+/// configuration the test writes: `http_body` is the inside of its `http { }` block, with
+/// `{dir}` replaced by the instance's own directory (temp files, logs, pid). It runs in the
+/// foreground as a child of the test and dies with it.
+pub struct Nginx {
+    child: tokio::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Starts nginx and waits until every port in `ports` accepts connections.
+    pub async fn start(http_body: &str, ports: &[u16]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display().to_string();
+        let conf = format!(
+            "worker_processes 1;\nerror_log {d}/error.log warn;\npid {d}/nginx.pid;\n\
+             events {{ worker_connections 512; }}\n\
+             http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n{}\n}}\n",
+            http_body.replace("{dir}", &d)
+        );
+        let path = dir.path().join("nginx.conf");
+        std::fs::write(&path, conf).expect("write nginx.conf");
+        let nginx = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("nginx is installed (.ci/run installs the Debian package)");
+        let child = tokio::process::Command::new(nginx)
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(&path)
+            .args(["-g", "daemon off; master_process off;"])
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nginx runs");
+        let mut nginx = Self { child, dir };
+        for port in ports {
+            let deadline = tokio::time::Instant::now() + WAIT;
+            while TcpStream::connect(("127.0.0.1", *port)).await.is_err() {
+                if let Ok(Some(status)) = nginx.child.try_wait() {
+                    panic!("nginx exited ({status}): {}", nginx.error_log());
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "nginx did not listen on {port}: {}",
+                    nginx.error_log()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        nginx
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("error.log")).unwrap_or_default()
+    }
+}
+
+/// A loopback port nothing listens on right now (for a child process that cannot be told to
+/// use port 0 and report it, such as nginx).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind a free port")
+        .port()
+}
+
+/// Runs one `node --test` file in tests/js with `env`, and expects every test in it to pass.
+/// `--test-force-exit`: a test may leave a request it cannot abort (a long poll of a session
+/// the server refused holds until the ping interval), which would keep node up ~25 s after
+/// every test has finished.
+pub async fn run_node_file(file: &str, env: &[(&str, String)]) {
+    let js = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js");
+    assert!(
+        js.join("node_modules/socket.io-client").is_dir(),
+        "tests/js/node_modules is missing: run `npm ci --prefix tests/js` (.ci/run does)"
+    );
+    let run = tokio::process::Command::new("node")
+        .args(["--test", "--test-force-exit", "--test-reporter=spec", file])
+        .current_dir(&js)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(180), run)
+        .await
+        .expect("the node suite finished in time")
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(out.status.success(), "{file} failed:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("fail 0"), "{stdout}");
+}
