@@ -25,6 +25,8 @@ pub struct Metrics {
     pub polls_waiting: AtomicI64,
     /// Live room actors.
     pub rooms: AtomicI64,
+    /// Live operation actors (operations this node runs or follows).
+    pub operations: AtomicI64,
     /// Bytes of room history kept for resume, over all rooms (rooms add and remove their own;
     /// bounded by `SWITCHYARD_HISTORY_TOTAL_MAX_BYTES`).
     pub history_bytes: AtomicI64,
@@ -69,6 +71,7 @@ impl Metrics {
             websockets: AtomicI64::new(0),
             polls_waiting: AtomicI64::new(0),
             rooms: AtomicI64::new(0),
+            operations: AtomicI64::new(0),
             history_bytes: AtomicI64::new(0),
             history_rooms: AtomicI64::new(0),
             messages_in: AtomicU64::new(0),
@@ -162,6 +165,12 @@ impl Metrics {
             "switchyard_rooms",
             "Live rooms.",
             self.rooms.load(Relaxed),
+        );
+        gauge(
+            &mut out,
+            "switchyard_operations",
+            "Live operations on this node.",
+            self.operations.load(Relaxed),
         );
         gauge(
             &mut out,

@@ -27,7 +27,7 @@ use crate::actors::session::SessionDeps;
 use crate::actors::stats::StatsPublisher;
 use crate::actors::watcher::WatcherDeps;
 use crate::auth::Authenticator;
-use crate::broker::{Broker, HistoryView, PresenceView};
+use crate::broker::{Broker, HistoryView, NodesView, OneNode, PresenceView};
 use crate::cluster::{RedisBroker, RedisLog};
 use crate::config::Settings;
 use crate::db::Database;
@@ -127,13 +127,19 @@ impl Application {
         );
         // One value serves three seams: ordering (the broker), presence and history. The
         // cluster composes Redis's instead; nothing else changes.
+        let node: Arc<str> = settings
+            .node_id
+            .as_deref()
+            .map(Arc::from)
+            .unwrap_or_else(crate::broker::node_id);
+        let mut nodes: Arc<dyn NodesView> = Arc::new(OneNode::default());
         let (registry, broker, presence, history): Seams = if settings.redis_url.is_some() {
             let log = RedisLog::connect(&settings).context("SWITCHYARD_REDIS_URL")?;
+            nodes = Arc::new(log.clone());
             let registry = registry.with_shared_log(log.clone()).start();
             let redis = RedisBroker::start(log, registry.clone());
             log::info!(
-                "cluster mode: node {}, rooms ordered by redis (prefix {})",
-                crate::broker::node_id(),
+                "cluster mode: node {node}, rooms ordered by redis (prefix {})",
                 settings.redis_prefix
             );
             (registry, redis.clone(), redis.clone(), redis)
@@ -142,7 +148,14 @@ impl Application {
             let local = Arc::new(LocalBroker::new(registry.clone()));
             (registry, local.clone(), local.clone(), local)
         };
-        StatsPublisher::new(settings.stats_interval, metrics.clone(), broker.clone()).start();
+        StatsPublisher::new(
+            settings.stats_interval,
+            metrics.clone(),
+            broker.clone(),
+            nodes.clone(),
+            node.clone(),
+        )
+        .start();
         // The configuration file holds operation kinds and app profiles; the operations file
         // (kinds only) still works beside it.
         let config_text = match &settings.config_file {
@@ -271,6 +284,8 @@ impl Application {
             broker,
             presence,
             history,
+            nodes,
+            node,
             metrics: metrics.clone(),
             auth,
             db,

@@ -12,7 +12,7 @@ use crate::actors::operation_manager::OperationManager;
 use crate::actors::session::SessionDeps;
 use crate::actors::watcher::WatcherDeps;
 use crate::auth::Authenticator;
-use crate::broker::{Broker, HistoryView, PresenceView};
+use crate::broker::{Broker, HistoryView, NodesView, PresenceView};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::limits::{ConnectionGate, ConnectionSlot, GateRefusal, KeyedRate};
@@ -25,6 +25,10 @@ pub struct AppState {
     pub presence: Arc<dyn PresenceView>,
     /// What rooms have kept (the REST history).
     pub history: Arc<dyn HistoryView>,
+    /// The nodes serving this Switchyard (`/api/nodes`, the dashboard).
+    pub nodes: Arc<dyn NodesView>,
+    /// This node's name: `SWITCHYARD_NODE_ID`, or the process's random id.
+    pub node: Arc<str>,
     pub metrics: Arc<Metrics>,
     pub auth: Authenticator,
     pub db: Database,

@@ -2,40 +2,40 @@
 //!
 //! The message is retained by the room, so a client joining `system` gets the latest figures at
 //! once instead of waiting for the next tick. One is published at start for the same reason.
+//! The same figures go to the node table ([`NodesView`]): on a cluster every node publishes its
+//! own `stats` (each names its node) and the dashboard lists the nodes from the table.
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
-use serde::Serialize;
 use serde_json::value::RawValue;
 
-use crate::broker::Broker;
-use crate::broker::Envelope;
+use crate::broker::{Broker, Envelope, NodeStats, NodesView};
 use crate::metrics::Metrics;
 
 pub const SYSTEM_ROOM: &str = "system";
-
-#[derive(Serialize)]
-struct Stats {
-    connections: i64,
-    rooms: i64,
-    messages_in_per_sec: f64,
-    messages_out_per_sec: f64,
-    uptime_seconds: u64,
-}
 
 pub struct StatsPublisher {
     interval: Duration,
     metrics: Arc<Metrics>,
     broker: Arc<dyn Broker>,
+    nodes: Arc<dyn NodesView>,
+    /// This node's name in the figures.
+    node: Arc<str>,
     /// (when, messages in, messages out) at the previous tick.
     last: (Instant, u64, u64),
 }
 
 impl StatsPublisher {
-    pub fn new(interval: Duration, metrics: Arc<Metrics>, broker: Arc<dyn Broker>) -> Self {
+    pub fn new(
+        interval: Duration,
+        metrics: Arc<Metrics>,
+        broker: Arc<dyn Broker>,
+        nodes: Arc<dyn NodesView>,
+        node: Arc<str>,
+    ) -> Self {
         let last = (
             Instant::now(),
             metrics.messages_in.load(Relaxed),
@@ -45,6 +45,8 @@ impl StatsPublisher {
             interval,
             metrics,
             broker,
+            nodes,
+            node,
             last,
         }
     }
@@ -56,12 +58,17 @@ impl StatsPublisher {
             self.metrics.messages_out.load(Relaxed),
         );
         let secs = now.duration_since(self.last.0).as_secs_f64().max(0.001);
-        let stats = Stats {
+        let stats = NodeStats {
+            node: self.node.to_string(),
             connections: self.metrics.connections.load(Relaxed),
             rooms: self.metrics.rooms.load(Relaxed),
+            operations: self.metrics.operations.load(Relaxed),
             messages_in_per_sec: round2((inn - self.last.1) as f64 / secs),
             messages_out_per_sec: round2((out - self.last.2) as f64 / secs),
             uptime_seconds: self.metrics.uptime().as_secs(),
+            heartbeat_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
         };
         self.last = (now, inn, out);
         let data = match serde_json::to_string(&stats).map(RawValue::from_string) {
@@ -72,10 +79,15 @@ impl StatsPublisher {
             retain: true,
             ..Envelope::new(SYSTEM_ROOM, "stats", data)
         });
+        let report = self.nodes.report(stats);
         ctx.spawn(
             async move {
                 if let Err(e) = fut.await {
                     log::warn!("publishing stats failed: {e}");
+                }
+                // Not worth a warning per tick: an unreachable Redis is on /health already.
+                if let Err(e) = report.await {
+                    log::debug!("reporting this node's figures failed: {e}");
                 }
             }
             .into_actor(self),

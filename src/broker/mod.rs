@@ -9,7 +9,7 @@
 //! * `envelope` — what is carried: serializable, nothing process-local.
 //! * `member` — membership: joins and leaves (local by nature: a member's outbox is here).
 //! * `local` — the single-node order: one [`local::RoomLog`] per room, epochs and tombstones.
-//! * `views` — presence and history, behind interfaces of their own.
+//! * `views` — presence, history and the node table, behind interfaces of their own.
 //!
 //! The single-node broker, `actors::registry::LocalBroker`, routes through this node's room
 //! registry (it lives there, so this module imports no actor: the arrows point from the actors
@@ -30,7 +30,10 @@ pub use envelope::{node_id, ConnectionRef, Envelope, Position};
 pub use member::{
     next_session_id, EvictReason, Evicted, JoinRoom, Joined, LeaveRoom, Member, SessionId,
 };
-pub use views::{Backlog, HistoryPage, HistoryView, PresenceView, RoomInfo, Tail, ViewFuture};
+pub use views::{
+    Backlog, HistoryPage, HistoryView, NodeStats, NodesView, OneNode, PresenceView, RoomInfo, Tail,
+    ViewFuture,
+};
 
 use crate::error_code::Refusal;
 

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Envelope, Position};
 use crate::auth::UserInfo;
@@ -25,6 +25,51 @@ pub struct RoomInfo {
     pub users: usize,
     pub epoch: String,
     pub offset: u64,
+}
+
+/// One node as the dashboard shows it: its figures at its last stats tick. The same object is
+/// the `stats` event the node publishes into the `system` room.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeStats {
+    /// `SWITCHYARD_NODE_ID`, or the process's random id.
+    pub node: String,
+    pub connections: i64,
+    pub rooms: i64,
+    /// Live operations on the node.
+    pub operations: i64,
+    pub messages_in_per_sec: f64,
+    pub messages_out_per_sec: f64,
+    pub uptime_seconds: u64,
+    /// When the node reported these, milliseconds since the Unix epoch: a node that stopped
+    /// reporting shows its last heartbeat ageing.
+    pub heartbeat_ms: u64,
+}
+
+/// The nodes serving this Switchyard and their latest figures: one on a single node, each
+/// node of a cluster from a table they all write.
+pub trait NodesView: Send + Sync + 'static {
+    /// This node's figures, replacing its previous ones.
+    fn report(&self, stats: NodeStats) -> ViewFuture<Result<(), Refusal>>;
+
+    /// Every node's latest figures, sorted by name; a node silent for a long time (an hour)
+    /// is dropped from the table.
+    fn nodes(&self) -> ViewFuture<Result<Vec<NodeStats>, Refusal>>;
+}
+
+/// A single node's table: its own last report.
+#[derive(Default)]
+pub struct OneNode(std::sync::Mutex<Option<NodeStats>>);
+
+impl NodesView for OneNode {
+    fn report(&self, stats: NodeStats) -> ViewFuture<Result<(), Refusal>> {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(stats);
+        Box::pin(async { Ok(()) })
+    }
+
+    fn nodes(&self) -> ViewFuture<Result<Vec<NodeStats>, Refusal>> {
+        let me = self.0.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        Box::pin(async move { Ok(me.into_iter().collect()) })
+    }
 }
 
 /// A room's kept messages after some offset.

@@ -19,9 +19,11 @@
 //! | `{p}:room:{room}:meta` | hash | `epoch`, `offset` (the last offset given) |
 //! | `{p}:room:{room}:log` | stream | the room's recent messages, id `{offset}-1`, fields `d` (the envelope) |
 //! | `{p}:fanout` | stream | every message of every room: `r` room, `e` epoch, `o` offset, `d` envelope |
+//! | `{p}:nodes` | hash | node name -> its latest figures (`nodes.rs`), for the dashboard |
 //!
 //! See docs/cluster.md for the guarantees, their limits and what is not clustered yet.
 
+mod nodes;
 mod redis;
 mod replies;
 mod scripts;

@@ -46,8 +46,8 @@ const READ_COUNT: usize = 1_000;
 pub struct RedisLog {
     client: Client,
     /// Publishes, backlogs and history reads, with their deadline.
-    link: Link,
-    prefix: String,
+    pub(super) link: Link,
+    pub(super) prefix: String,
     /// Messages kept per room stream (`SWITCHYARD_HISTORY_SIZE`).
     history_max: usize,
     fanout_max: usize,
@@ -61,7 +61,7 @@ pub struct RedisLog {
 /// A connection with its deadline and the reachability it observed: cheap to clone into the
 /// futures that use it.
 #[derive(Clone)]
-struct Link {
+pub(super) struct Link {
     /// Reconnects by itself after an outage.
     conn: ConnectionManager,
     timeout: Duration,
@@ -89,7 +89,10 @@ impl Link {
     /// the second time): the first command after an outage fails while the connection manager
     /// reconnects, so a failed attempt is retried (twice, 100 ms apart) within the deadline.
     /// Publishes are never retried here: a lost answer is not a lost command.
-    async fn cmd<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, Refusal> {
+    pub(super) async fn cmd<T: redis::FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+    ) -> Result<T, Refusal> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut attempt = 0;
         loop {

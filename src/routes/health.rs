@@ -65,3 +65,19 @@ pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
         .content_type("text/plain; version=0.0.4; charset=utf-8")
         .body(state.metrics.render(state.settings.node_id.as_deref()))
 }
+
+/// `GET /api/nodes`: the nodes serving this Switchyard with their latest figures (one on a
+/// single node; each node of a cluster, from the shared table) — the dashboard's node list.
+pub async fn nodes(
+    caller: super::Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, crate::error::AppError> {
+    caller
+        .identity
+        .require(caller.identity.may_manage(), "list nodes")?;
+    let nodes = state.nodes.nodes().await?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "node": state.node,
+        "nodes": nodes,
+    })))
+}

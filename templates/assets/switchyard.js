@@ -710,9 +710,66 @@
         dd.textContent = key === 'uptime_seconds' ? fmtDuration(v) : key.endsWith('_per_sec') ? `${fmtRate(v)}/s` : fmtNum(v);
       }
     }
+    // Nodes: the table from /api/nodes, then each node's own `stats` ticks (every node of a
+    // cluster publishes into `system`, each naming itself). The Server card adds up the nodes
+    // heard from lately; its uptime is the serving node's.
+    const SILENT_MS = 20000;
+    const nodes = new Map();
+    let myNode = null;
+    const nodeRows = $('#nodes tbody');
+    function fresh(n) {
+      return Date.now() - n.heartbeat_ms < SILENT_MS;
+    }
+    function showTotals() {
+      const live = [...nodes.values()].filter(fresh);
+      if (!live.length) return;
+      const sum = (k) => live.reduce((a, n) => a + (Number(n[k]) || 0), 0);
+      const me = (myNode && nodes.get(myNode)) || live[0];
+      showStats({
+        connections: sum('connections'),
+        rooms: sum('rooms'),
+        messages_in_per_sec: sum('messages_in_per_sec'),
+        messages_out_per_sec: sum('messages_out_per_sec'),
+        uptime_seconds: me.uptime_seconds,
+      });
+    }
+    function renderNodes() {
+      const rows = [];
+      for (const n of [...nodes.values()].sort((a, b) => (a.node < b.node ? -1 : 1))) {
+        const age = Math.max(0, Math.round((Date.now() - n.heartbeat_ms) / 1000));
+        const silent = !fresh(n);
+        rows.push(el('tr', { 'data-node': n.node, 'data-state': silent ? 'silent' : 'live' },
+          el('th', { scope: 'row' }, n.node, n.node === myNode ? el('span', { class: 'muted small' }, ' (this page)') : ''),
+          el('td', {}, fmtNum(n.connections)),
+          el('td', {}, fmtNum(n.rooms)),
+          el('td', {}, fmtNum(n.operations)),
+          el('td', { class: 'heartbeat' }, silent ? el('span', { class: 'pill', 'data-state': 'degraded' }, `silent ${fmtDuration(age)}`) : `${fmtDuration(age)} ago`)));
+      }
+      nodeRows.replaceChildren(...rows);
+    }
+    function nodeStats(s) {
+      if (!s || !s.node || typeof s.heartbeat_ms !== 'number') return false;
+      const known = nodes.get(s.node);
+      if (!known || known.heartbeat_ms <= s.heartbeat_ms) nodes.set(s.node, s);
+      return true;
+    }
+    async function loadNodes() {
+      const body = await api('/api/nodes');
+      myNode = body.node;
+      for (const n of body.nodes || []) nodeStats(n);
+      renderNodes();
+      showTotals();
+    }
+    loadNodes().catch(() => {});
+    conn.onReady(() => loadNodes().catch(() => {}));
+    setInterval(renderNodes, 1000);
     conn.subscribe('system', {
       event(name, data) {
-        if (name === 'stats' && data) showStats(data);
+        if (name !== 'stats' || !data) return;
+        // Figures from a server that names no node: show them as they are.
+        if (!nodeStats(data)) return showStats(data);
+        renderNodes();
+        showTotals();
       },
     });
 

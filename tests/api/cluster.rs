@@ -485,3 +485,69 @@ async fn socket_io_long_polling_reaches_the_node_holding_its_session_through_ngi
     drop(nginx);
     cluster.stop().await;
 }
+
+/// The dashboard's node list: every node's figures (connections, rooms, operations) and last
+/// heartbeat from the shared table, on any node; a stopped node's heartbeat stops advancing
+/// while the others' go on (the dashboard marks it silent).
+#[actix_web::test]
+async fn every_node_is_listed_with_its_figures_and_last_heartbeat() {
+    let mut cluster = Cluster::start(0, format!("redis://{REDIS}"), |_| {}).await;
+    for name in ["na", "nb"] {
+        cluster
+            .add(&|s: &mut Settings| {
+                s.node_id = Some(name.into());
+                s.stats_interval = std::time::Duration::from_millis(200);
+            })
+            .await;
+    }
+    let admin = token("root", &["*"], &["*"], Some("admin"));
+    let _bob = member(&cluster.nodes[1], "bob", "project:nodes").await;
+    async fn listed(app: &TestApp, admin: &str) -> Value {
+        let (status, body) = app.get_auth("/api/nodes", admin).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+    let node = |body: &Value, name: &str| {
+        body["nodes"]
+            .as_array()
+            .and_then(|n| n.iter().find(|n| n["node"] == name))
+            .cloned()
+    };
+    eventually("both nodes listed, nb with its member", || async {
+        let body = listed(&cluster.nodes[0], &admin).await;
+        body["node"] == "na"
+            && node(&body, "na").is_some()
+            && node(&body, "nb").is_some_and(|b| b["connections"] == 1 && b["rooms"] == 1)
+    })
+    .await;
+    let body = listed(&cluster.nodes[0], &admin).await;
+    for key in [
+        "operations",
+        "heartbeat_ms",
+        "uptime_seconds",
+        "messages_in_per_sec",
+    ] {
+        assert!(
+            node(&body, "na").is_some_and(|n| !n[key].is_null()),
+            "{key}: {body}"
+        );
+    }
+    // A user without the admin role may not list them.
+    let user = token("eve", &["*"], &["*"], None);
+    let (status, body) = cluster.nodes[0].get_auth("/api/nodes", &user).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+
+    let nb = cluster.nodes.remove(1);
+    drop(_bob);
+    nb.shutdown().await;
+    // nb reported every 200 ms while it ran: na's heartbeat a second past nb's last one means
+    // nb stopped, and its entry stays, ageing.
+    eventually("na's heartbeat to pass nb's last by a second", || async {
+        let body = listed(&cluster.nodes[0], &admin).await;
+        let a = node(&body, "na").and_then(|n| n["heartbeat_ms"].as_u64());
+        let b = node(&body, "nb").and_then(|n| n["heartbeat_ms"].as_u64());
+        matches!((a, b), (Some(a), Some(b)) if a > b + 1_000)
+    })
+    .await;
+    cluster.stop().await;
+}

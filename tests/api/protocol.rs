@@ -108,6 +108,9 @@ async fn joining_system_gets_the_latest_stats_at_once() {
         "messages_in_per_sec",
         "messages_out_per_sec",
         "uptime_seconds",
+        "node",
+        "operations",
+        "heartbeat_ms",
     ] {
         assert!(m["data"].get(key).is_some(), "stats has {key}: {m}");
     }

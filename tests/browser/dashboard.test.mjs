@@ -55,6 +55,13 @@ test('the overview shows the connection, live stats, health and active operation
   const uptime = await page.textContent('[data-stat="uptime_seconds"]');
   await page.waitForFunction((u) => document.querySelector('[data-stat="uptime_seconds"]').textContent !== u, uptime);
 
+  // The node list (one node here; tests/api/cluster.rs covers several): live, with its figures.
+  await page.waitForFunction(() => {
+    const rows = document.querySelectorAll('#nodes tbody tr');
+    return rows.length === 1 && rows[0].dataset.state === 'live' && Number(rows[0].children[1].textContent) >= 1
+      && /ago$/.test(rows[0].querySelector('.heartbeat').textContent);
+  }, null, { timeout: WAIT });
+
   // Health of the database (and the broker).
   await page.locator('#health [data-component="database"] .pill[data-state="ok"]').waitFor();
   await page.locator('#health [data-component="broker"] .pill[data-state="ok"]').waitFor();

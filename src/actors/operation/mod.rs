@@ -46,6 +46,7 @@ mod writes;
 pub use messages::ManagerLink;
 pub use watchers::backfill_frames;
 
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -441,6 +442,7 @@ impl Actor for OperationActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(0);
+        self.cx.metrics.operations.fetch_add(1, Relaxed);
         if self.announce_created {
             let json = self.status_json();
             self.publish(self.op.room(), "operation.progress", json.clone(), Some(0));
@@ -469,6 +471,7 @@ impl Actor for OperationActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
+        self.cx.metrics.operations.fetch_sub(1, Relaxed);
         self.runner.abandon();
         self.manager.retired.do_send(Retired {
             id: self.op.id.clone(),
