@@ -29,6 +29,11 @@ pub struct FanoutConfig {
     pub sources: usize,
     pub concurrency: usize,
     pub server_pid: Option<u32>,
+    /// More processes counted as the server (a cluster's other nodes, Redis).
+    pub extra_pids: Vec<u32>,
+    /// Other nodes of a cluster: every member but the publisher connects to one of them
+    /// (round-robin), so every delivery crosses nodes. Empty: one server.
+    pub others: Vec<String>,
     pub stall_timeout: f64,
     /// Every member declares this user (None: each is its own anonymous user). Switchyard
     /// announces presence per user; the Node reference has none.
@@ -50,6 +55,8 @@ impl FanoutConfig {
             sources: 8,
             concurrency: 200,
             server_pid: None,
+            extra_pids: Vec::new(),
+            others: Vec::new(),
             stall_timeout: 15.0,
             user: None,
         }
@@ -63,6 +70,9 @@ pub struct FanoutReport {
     pub server: String,
     pub protocol: Protocol,
     pub members: usize,
+    /// Servers the members were spread over (1, or a cluster's nodes).
+    #[serde(default = "one")]
+    pub nodes: usize,
     /// `rate` or `max`.
     pub mode: String,
     pub target_rate: Option<f64>,
@@ -74,6 +84,10 @@ pub struct FanoutReport {
     pub connect_server_cpu_s: Option<f64>,
     #[serde(flatten)]
     pub result: PhaseResult,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// Connects the room, runs the phases, returns a report per phase.
@@ -93,6 +107,12 @@ pub async fn fanout(cfg: &FanoutConfig) -> Result<Vec<FanoutReport>, String> {
         concurrency: cfg.concurrency,
         connect_timeout: Duration::from_secs(30),
         server_pid: cfg.server_pid,
+        extra_pids: cfg.extra_pids.clone(),
+        others: cfg
+            .others
+            .iter()
+            .map(|u| client::parse_addr(u))
+            .collect::<Result<_, _>>()?,
         user: cfg.user.clone(),
     };
     let load = Load::connect(&spec).await?;
@@ -119,6 +139,7 @@ pub async fn fanout(cfg: &FanoutConfig) -> Result<Vec<FanoutReport>, String> {
             server: cfg.server.clone(),
             protocol: cfg.protocol,
             members: cfg.members,
+            nodes: 1 + cfg.others.len(),
             mode: mode.into(),
             target_rate: match pace {
                 Pace::Rate(r) => Some(r),

@@ -34,8 +34,25 @@ pub struct LoadSpec {
     pub concurrency: usize,
     pub connect_timeout: Duration,
     pub server_pid: Option<u32>,
+    /// More processes whose CPU counts as the server's (a cluster's other nodes and Redis).
+    pub extra_pids: Vec<u32>,
+    /// Where members that do not publish connect, round-robin (a cluster's other nodes, so
+    /// every delivery crosses nodes); empty: `addr`, like the publishers.
+    pub others: Vec<SocketAddr>,
     /// One identity shared by every member (None: each connection anonymous, its own user).
     pub user: Option<String>,
+}
+
+impl LoadSpec {
+    /// Where member `j` (of rooms of `room_size`) connects.
+    fn addr_of(&self, j: usize) -> SocketAddr {
+        let k = j % self.room_size;
+        if k < self.publishers_per_room || self.others.is_empty() {
+            self.addr
+        } else {
+            self.others[j % self.others.len()]
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -142,7 +159,24 @@ pub struct Load {
     members: Vec<Member>,
     pub connect_s: f64,
     pub connect_server_cpu_s: Option<f64>,
-    server_pid: Option<u32>,
+    pids: Pids,
+}
+
+/// The processes whose CPU time is the server's.
+struct Pids {
+    main: Option<u32>,
+    extra: Vec<u32>,
+}
+
+impl Pids {
+    /// Their CPU seconds together; None when the main one is unknown or any cannot be read.
+    fn cpu(&self) -> Option<f64> {
+        let mut total = sys::cpu_seconds(self.main?)?;
+        for pid in &self.extra {
+            total += sys::cpu_seconds(*pid)?;
+        }
+        Some(total)
+    }
 }
 
 impl Drop for Load {
@@ -272,7 +306,11 @@ impl Load {
             })
             .collect();
         let total = rooms.len() * spec.room_size;
-        let cpu0 = spec.server_pid.and_then(sys::cpu_seconds);
+        let pids = Pids {
+            main: spec.server_pid,
+            extra: spec.extra_pids.clone(),
+        };
+        let cpu0 = pids.cpu();
         let started = Instant::now();
         let mut members: Vec<Option<Member>> = (0..total).map(|_| None).collect();
         let mut connects = futures_util::stream::iter(0..total)
@@ -283,7 +321,8 @@ impl Load {
                 async move {
                     let within = spec.connect_timeout;
                     let r =
-                        client::member(spec.addr, spec.protocol, src, user, &name, within).await;
+                        client::member(spec.addr_of(j), spec.protocol, src, user, &name, within)
+                            .await;
                     (j, r)
                 }
             })
@@ -324,8 +363,8 @@ impl Load {
             rooms,
             members,
             connect_s: crate::round3(started.elapsed().as_secs_f64()),
-            connect_server_cpu_s: sys::cpu_delta(cpu0, spec.server_pid.and_then(sys::cpu_seconds)),
-            server_pid: spec.server_pid,
+            connect_server_cpu_s: sys::cpu_delta(cpu0, pids.cpu()),
+            pids,
         })
     }
 
@@ -373,7 +412,7 @@ impl Load {
         let limit = phase.window.max(1) * total_members;
         let delivered0 = s.delivered.load(Relaxed);
         let sent0: u64 = self.sent_total();
-        let cpu0 = self.server_pid.and_then(sys::cpu_seconds);
+        let cpu0 = self.pids.cpu();
         let gen0 = sys::own_cpu_seconds();
         let cores0 = sys::core_times();
         let mut problem: Option<String> = None;
@@ -437,7 +476,7 @@ impl Load {
             ));
         }
         let wall_s = start.elapsed().as_secs_f64();
-        let server_cpu_s = sys::cpu_delta(cpu0, self.server_pid.and_then(sys::cpu_seconds));
+        let server_cpu_s = sys::cpu_delta(cpu0, self.pids.cpu());
         let generator_cpu_s = crate::round3(sys::own_cpu_seconds() - gen0);
         let core_busy = sys::core_busy(&cores0, &sys::core_times());
         let latency = s.hist.latency();

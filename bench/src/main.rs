@@ -3,7 +3,8 @@
 //! ```text
 //! switchyard-bench fanout --url http://127.0.0.1:8080 --server switchyard --protocol native|sio \
 //!     --members 1000 [--rate 10] [--max true] [--window 32] [--duration 10] [--payload 64] \
-//!     [--sources 8] [--concurrency 200] [--pid SERVER_PID]
+//!     [--sources 8] [--concurrency 200] [--pid SERVER_PID] [--extra-pids P2,P3] \
+//!     [--others http://127.0.0.1:8081,…]     # a cluster: members on the other nodes
 //! switchyard-bench rooms --url … --server … --protocol … [--rooms 4000] [--size 4] [--rate 4000] \
 //!     [--duration 15] [--pid …]
 //! switchyard-bench idle --url … --server … --protocol … --conns 10000 [--procs N] [--pid …]
@@ -75,6 +76,17 @@ fn line<T: serde::Serialize>(v: &T) -> Result<(), String> {
         .map_err(|e| format!("stdout: {e}"))
 }
 
+/// A comma-separated list (empty: none).
+fn list<T: FromStr>(v: &str) -> Result<Vec<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    v.split(',')
+        .filter(|x| !x.is_empty())
+        .map(|x| x.parse().map_err(|e| format!("{x}: {e}")))
+        .collect()
+}
+
 /// Runs a scenario; Ok(false) when it ran but its check failed.
 async fn run(cmd: &str, a: &Args) -> Result<bool, String> {
     let url = a.str("url", "http://127.0.0.1:8080");
@@ -95,6 +107,8 @@ async fn run(cmd: &str, a: &Args) -> Result<bool, String> {
                 concurrency: a.get("concurrency", d.concurrency)?,
                 stall_timeout: a.get("stall-timeout", d.stall_timeout)?,
                 server_pid: pid,
+                extra_pids: list(&a.str("extra-pids", ""))?,
+                others: list(&a.str("others", ""))?,
                 user: a.opt("user")?,
                 ..d
             };

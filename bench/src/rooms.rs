@@ -88,6 +88,8 @@ pub async fn rooms(cfg: &RoomsConfig) -> Result<RoomsReport, String> {
         concurrency: cfg.concurrency,
         connect_timeout: Duration::from_secs(30),
         server_pid: cfg.server_pid,
+        extra_pids: Vec::new(),
+        others: Vec::new(),
         user: cfg.user.clone(),
     };
     let load = Load::connect(&spec).await?;
