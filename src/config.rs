@@ -232,6 +232,10 @@ pub struct Settings {
     /// behind (or be cut off from Redis) and still catch up without a gap
     /// (`SWITCHYARD_REDIS_FANOUT_MAXLEN`).
     pub redis_fanout_maxlen: usize,
+    /// How often a node charges its users' publishes to their budgets across the cluster
+    /// (`SWITCHYARD_REDIS_RATE_SYNC_MS`): the per-user limit's overshoot across nodes is what
+    /// they hand out within one interval.
+    pub redis_rate_sync: Duration,
 }
 
 impl Default for Settings {
@@ -245,6 +249,7 @@ impl Default for Settings {
             node_id: None,
             redis_timeout: Duration::from_millis(1_000),
             redis_fanout_maxlen: 100_000,
+            redis_rate_sync: Duration::from_millis(100),
             db_pool_size: 8,
             db_timeout: Duration::from_millis(2_000),
             heartbeat_interval: Duration::from_millis(25_000),
@@ -379,6 +384,12 @@ impl Settings {
             1_000,
             100_000_000,
             &mut s.redis_fanout_maxlen,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_REDIS_RATE_SYNC_MS",
+            10,
+            &mut s.redis_rate_sync,
         )?;
         num(&get, "SWITCHYARD_DB_POOL_SIZE", 1, 256, &mut s.db_pool_size)?;
         millis(&get, "SWITCHYARD_DB_TIMEOUT_MS", 50, &mut s.db_timeout)?;

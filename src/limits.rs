@@ -1,7 +1,10 @@
 //! Abuse limits: token buckets for rates, and a gate counting connections per client address.
 //!
 //! Everything here is in memory and per node. Keys are bounded: idle buckets are dropped when a
-//! map grows, so a scan over many user ids or addresses cannot grow memory without bound.
+//! map grows, so a scan over many user ids or addresses cannot grow memory without bound. On a
+//! cluster a [`KeyedRate`] made [`KeyedRate::shared`] also counts what it hands out, and the
+//! cluster's account (`cluster::rates`) caps each key's bucket by what the key has left across
+//! the nodes: the check itself stays local and synchronous.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -49,6 +52,16 @@ impl TokenBucket {
         }
     }
 
+    /// At most `tokens` left (may be negative: a debt the rate pays off before the next take).
+    fn cap(&mut self, tokens: f64) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + elapsed * self.rate)
+            .min(self.burst)
+            .min(tokens);
+    }
+
     /// Full again (nothing to remember about this key).
     fn idle(&self) -> bool {
         self.tokens + self.last.elapsed().as_secs_f64() * self.rate >= self.burst
@@ -63,11 +76,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Keys whose takes are counted between two drains, at most (a cluster's account then misses
+/// the rest until the next drain; their local buckets still hold).
+const TAKEN_MAX: usize = 100_000;
+
 /// Rate limits shared by all connections of a key (a user id).
 pub struct KeyedRate {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<String, TokenBucket>>,
+    /// Tokens taken per key since the last [`KeyedRate::drain_taken`] (shared ones only).
+    taken: Option<Mutex<HashMap<String, u32>>>,
 }
 
 impl KeyedRate {
@@ -76,6 +95,39 @@ impl KeyedRate {
             rate,
             burst,
             buckets: Mutex::new(HashMap::new()),
+            taken: None,
+        }
+    }
+
+    /// A limit kept across a cluster's nodes: as [`KeyedRate::new`], and it counts its takes
+    /// for the cluster's account.
+    pub fn shared(rate: f64, burst: f64) -> Self {
+        Self {
+            taken: Some(Mutex::new(HashMap::new())),
+            ..Self::new(rate, burst)
+        }
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.rate
+    }
+
+    pub fn burst(&self) -> f64 {
+        self.burst
+    }
+
+    /// The takes counted since the last call, per key.
+    pub fn drain_taken(&self) -> Vec<(String, u32)> {
+        match &self.taken {
+            None => Vec::new(),
+            Some(t) => lock(t).drain().collect(),
+        }
+    }
+
+    /// What `key` has left across the cluster: its bucket here holds no more than that.
+    pub fn cap(&self, key: &str, tokens: f64) {
+        if let Some(bucket) = lock(&self.buckets).get_mut(key) {
+            bucket.cap(tokens);
         }
     }
 
@@ -88,16 +140,31 @@ impl KeyedRate {
         if self.rate <= 0.0 {
             return Ok(());
         }
-        let mut map = lock(&self.buckets);
-        if map.len() >= SWEEP_AT {
-            map.retain(|_, b| !b.idle());
+        let taken = {
+            let mut map = lock(&self.buckets);
+            if map.len() >= SWEEP_AT {
+                map.retain(|_, b| !b.idle());
+            }
+            match map.get_mut(key) {
+                Some(bucket) => bucket.take(),
+                None => map
+                    .entry(key.to_string())
+                    .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
+                    .take(),
+            }
+        };
+        if let (Ok(()), Some(t)) = (&taken, &self.taken) {
+            let mut t = lock(t);
+            let full = t.len() >= TAKEN_MAX;
+            match t.get_mut(key) {
+                Some(n) => *n = n.saturating_add(1),
+                None if !full => {
+                    t.insert(key.to_string(), 1);
+                }
+                None => {}
+            }
         }
-        if let Some(bucket) = map.get_mut(key) {
-            return bucket.take();
-        }
-        map.entry(key.to_string())
-            .or_insert_with(|| TokenBucket::new(self.rate, self.burst))
-            .take()
+        taken
     }
 }
 
@@ -179,6 +246,28 @@ impl Drop for ConnectionSlot {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shared_limit_counts_its_takes_and_obeys_the_clusters_cap() {
+        let r = KeyedRate::shared(10.0, 5.0);
+        for _ in 0..3 {
+            assert!(r.try_take("u"));
+        }
+        assert!(r.try_take("v"));
+        let mut taken = r.drain_taken();
+        taken.sort();
+        assert_eq!(taken, vec![("u".into(), 3), ("v".into(), 1)]);
+        assert!(r.drain_taken().is_empty());
+        // The other nodes spent u's budget: a debt of 2 tokens is 0.3 s at 10/s.
+        r.cap("u", -2.0);
+        let wait = r.take("u").unwrap_err();
+        assert!(wait > Duration::from_millis(250), "{wait:?}");
+        assert!(r.try_take("v"), "other keys are untouched");
+        // A local limit counts nothing.
+        let local = KeyedRate::new(10.0, 5.0);
+        assert!(local.try_take("u"));
+        assert!(local.drain_taken().is_empty());
+    }
 
     #[test]
     fn buckets_allow_the_burst_then_the_rate() {

@@ -133,9 +133,11 @@ impl Application {
             .map(Arc::from)
             .unwrap_or_else(crate::broker::node_id);
         let mut nodes: Arc<dyn NodesView> = Arc::new(OneNode::default());
+        let mut shared_log = None;
         let (registry, broker, presence, history): Seams = if settings.redis_url.is_some() {
             let log = RedisLog::connect(&settings).context("SWITCHYARD_REDIS_URL")?;
             nodes = Arc::new(log.clone());
+            shared_log = Some(log.clone());
             let registry = registry.with_shared_log(log.clone()).start();
             let redis = RedisBroker::start(log, registry.clone());
             log::info!(
@@ -250,10 +252,23 @@ impl Application {
         } else {
             (engine_config(EngineMode::Switchyard), None)
         };
-        let user_publishes = Arc::new(KeyedRate::new(
+        let (rate, burst) = (
             settings.user_publish_rate as f64,
             settings.user_publish_rate as f64 * 2.0,
-        ));
+        );
+        let user_publishes = match &shared_log {
+            None => Arc::new(KeyedRate::new(rate, burst)),
+            // One budget per user across the nodes (cluster::rates).
+            Some(log) => {
+                let limit = Arc::new(KeyedRate::shared(rate, burst));
+                actix_web::rt::spawn(crate::cluster::sync_user_rates(
+                    log.clone(),
+                    limit.clone(),
+                    settings.redis_rate_sync,
+                ));
+                limit
+            }
+        };
         // The actors' narrow dependencies, composed from the same services as the handlers'.
         let session_deps = Arc::new(SessionDeps {
             settings: settings.clone(),

@@ -20,12 +20,15 @@
 //! | `{p}:room:{room}:log` | stream | the room's recent messages, id `{offset}-1`, fields `d` (the envelope) |
 //! | `{p}:fanout` | stream | every message of every room: `r` room, `e` epoch, `o` offset, `d` envelope |
 //! | `{p}:nodes` | hash | node name -> its latest figures (`nodes.rs`), for the dashboard |
+//! | `{p}:rate:{user}` | hash | the user's publish budget across nodes (`rates.rs`) |
 //!
 //! See docs/cluster.md for the guarantees, their limits and what is not clustered yet.
 
 mod nodes;
+mod rates;
 mod redis;
 mod replies;
 mod scripts;
 
+pub use self::rates::sync_user_rates;
 pub use self::redis::{RedisBroker, RedisLog};

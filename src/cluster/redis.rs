@@ -110,7 +110,10 @@ impl Link {
     }
 
     /// Runs one pipeline (one round trip, in order) within the deadline.
-    async fn pipe<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T, Refusal> {
+    pub(super) async fn pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> Result<T, Refusal> {
         let mut conn = self.conn.clone();
         let r = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await;
         self.settle(r)

@@ -551,3 +551,64 @@ async fn every_node_is_listed_with_its_figures_and_last_heartbeat() {
     .await;
     cluster.stop().await;
 }
+
+/// `SWITCHYARD_USER_PUBLISH_RATE` is per user across the nodes: one user publishing as fast as
+/// it can on two nodes at once gets about one budget (burst + rate × time, plus what the nodes
+/// hand out within a sync interval), not one per node. Without the cluster's account each node
+/// would accept burst + rate × time: about twice as many (the assertion's bound fails then).
+#[actix_web::test]
+async fn one_users_publish_budget_holds_across_nodes() {
+    const RATE: f64 = 10.0; // burst 20
+    let cluster = Cluster::start(2, format!("redis://{REDIS}"), |s| {
+        s.user_publish_rate = RATE as u32;
+    })
+    .await;
+    let t = token("greedy", &["*"], &["*"], None);
+    let started = std::time::Instant::now();
+    let window = std::time::Duration::from_millis(2_000);
+    async fn hammer(
+        node: &TestApp,
+        t: &str,
+        started: std::time::Instant,
+        window: std::time::Duration,
+    ) -> (u32, u32) {
+        let (mut ok, mut limited) = (0u32, 0u32);
+        while started.elapsed() < window {
+            let (status, body) = node
+                .post_auth(
+                    "/api/rooms/project:budget/publish",
+                    t,
+                    json!({"event": "e", "data": 1}),
+                )
+                .await;
+            match status {
+                200 => ok += 1,
+                429 => limited += 1,
+                _ => panic!("{status}: {body}"),
+            }
+        }
+        (ok, limited)
+    }
+    let ((ok_a, lim_a), (ok_b, lim_b)) = tokio::join!(
+        hammer(&cluster.nodes[0], &t, started, window),
+        hammer(&cluster.nodes[1], &t, started, window)
+    );
+    let elapsed = started.elapsed().as_secs_f64();
+    let accepted = f64::from(ok_a + ok_b);
+    // One budget: burst 20 + 10/s; slack for two nodes' sync intervals (100 ms each) and the
+    // refill while the last requests were answered.
+    let one_budget = 2.0 * RATE + RATE * elapsed;
+    assert!(
+        accepted <= one_budget + 10.0,
+        "accepted {accepted} in {elapsed:.2} s (a {one_budget:.0} budget; each node: {ok_a} / {ok_b}, refused {lim_a} / {lim_b})"
+    );
+    assert!(
+        accepted >= 2.0 * RATE,
+        "the burst at least: {accepted} (refused {lim_a} / {lim_b})"
+    );
+    assert!(
+        lim_a > 0 && lim_b > 0,
+        "both nodes refused: {lim_a} / {lim_b}"
+    );
+    cluster.stop().await;
+}
