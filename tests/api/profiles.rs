@@ -167,9 +167,22 @@ async fn the_api_gateway_clients_run_unchanged_with_their_example_profile() {
 /// examples/002-service-restart, whose kind runs the stand-in restart script.
 #[tokio::test]
 async fn the_service_restart_button_runs_unchanged_with_its_example_profile() {
-    run_node(
+    // The example's file as it is, with one line more: the stand-in's steps slowed from 0.3 s
+    // to 0.8 s (its STEP_SECONDS, through the kind's env), so that a page reloaded at 30 %
+    // reliably finds the restart still running on a loaded machine.
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("switchyard.toml");
+    let example = std::fs::read_to_string(repo("examples/002-service-restart/switchyard.toml"))
+        .expect("the example reads");
+    std::fs::write(
+        &file,
+        format!("{example}\n[kinds.restart-service.env]\nSTEP_SECONDS = \"0.8\"\n"),
+    )
+    .expect("write");
+    run_node_env(
         "apps/002-service-restart.test.mjs",
-        "examples/002-service-restart/switchyard.toml",
+        |s| s.config_file = Some(file),
+        &[],
     )
     .await;
 }
