@@ -320,3 +320,42 @@ async fn an_invalid_profile_stops_start_up_naming_the_line() {
     let err = build_error(settings);
     assert!(err.contains("line 2"), "{err}");
 }
+
+/// A path alias whose profile has a `connect` hook, with the backend down: `502
+/// backend_unavailable` (the browser's request is neither let in nor left hanging); a request
+/// with `Authorization: Bearer` is checked as a token and never reaches the backend.
+#[tokio::test]
+async fn a_path_alias_reports_its_backend_down_and_takes_a_token_without_asking_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("switchyard.toml");
+    // A port nothing listens on: bound, then released.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let text = format!(
+        "[profiles.c]\nnamespace = \"/c\"\n[profiles.c.paths]\nstatus = \"/jobs/{{id}}/status\"\n\
+         [profiles.c.hooks]\nurl = \"http://127.0.0.1:${{BACKEND_PORT}}/hooks\"\n\
+         connect = \"/connect\"\nforward_cookies = [\"session\"]\n"
+    );
+    std::fs::write(&file, text).expect("write");
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.config_file = Some(file);
+        s.config_vars
+            .insert("BACKEND_PORT".into(), dead.to_string());
+        s.hook_secret = Some(HOOK_SECRET.into());
+        s.jwt_secret = Some(SECRET.into());
+    })
+    .await;
+    let (status, body) = app
+        .get("/jobs/0190aaaa-0000-7000-8000-000000000000/status")
+        .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"], "backend_unavailable", "{body}");
+    let admin = token("ops", &[], &[], Some("admin"));
+    let (status, body) = app
+        .get_auth("/jobs/0190aaaa-0000-7000-8000-000000000000/status", &admin)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"], "not_found", "{body}");
+}
