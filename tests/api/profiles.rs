@@ -333,11 +333,11 @@ async fn a_path_alias_reports_its_backend_down_and_takes_a_token_without_asking_
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
-    let text = format!(
-        "[profiles.c]\nnamespace = \"/c\"\n[profiles.c.paths]\nstatus = \"/jobs/{{id}}/status\"\n\
-         [profiles.c.hooks]\nurl = \"http://127.0.0.1:${{BACKEND_PORT}}/hooks\"\n\
-         connect = \"/connect\"\nforward_cookies = [\"session\"]\n"
-    );
+    // `${BACKEND_PORT}` as an example writes it, its value from the settings.
+    let text =
+        "[profiles.c]\nnamespace = \"/c\"\n[profiles.c.paths]\nstatus = \"/jobs/{id}/status\"\n\
+         [profiles.c.hooks]\nurl = \"http://127.0.0.1:${BACKEND_PORT}/hooks\"\n\
+         connect = \"/connect\"\nforward_cookies = [\"session\"]\n";
     std::fs::write(&file, text).expect("write");
     let app = spawn_app_with(Backend::Sqlite, |s| {
         s.config_file = Some(file);
