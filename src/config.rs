@@ -95,6 +95,11 @@ pub struct Settings {
     /// The key backend hooks are signed with (`SWITCHYARD_HOOK_SECRET`; docs/security.md). A
     /// profile with hooks does not start without it: an unsigned call could not be trusted.
     pub hook_secret: Option<String>,
+    /// Values for `${VAR}` in the configuration file, looked up before the process environment
+    /// (which is where `${VAR}` comes from in production: this is not read from it). Tests give
+    /// each server they start its own values (a backend stand-in's port) without changing the
+    /// environment that every test in the process shares.
+    pub config_vars: std::collections::HashMap<String, String>,
     /// Backend hook calls in flight on this node at once (`SWITCHYARD_HOOK_CONCURRENCY`); one
     /// more is refused `backend_unavailable` at once rather than queued.
     pub hook_concurrency: usize,
@@ -262,6 +267,7 @@ impl Default for Settings {
             jwt_secret: None,
             allow_insecure: false,
             hook_secret: None,
+            config_vars: std::collections::HashMap::new(),
             hook_concurrency: 256,
             hook_session_concurrency: 8,
             auth_timeout: Duration::from_millis(5_000),

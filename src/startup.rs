@@ -172,8 +172,14 @@ impl Application {
         log::info!("operation kinds: {}", kinds.names().join(", "));
         let profiles = match config {
             None => Profiles::default(),
-            Some((p, text)) => Profiles::from_toml(text)
-                .with_context(|| format!("in configuration file {}", p.display()))?,
+            Some((p, text)) => Profiles::from_toml_with(text, &|name| {
+                settings
+                    .config_vars
+                    .get(name)
+                    .cloned()
+                    .or_else(|| std::env::var(name).ok())
+            })
+            .with_context(|| format!("in configuration file {}", p.display()))?,
         };
         if !profiles.is_empty() {
             log::info!("app profiles: {}", profiles.names().join(", "));

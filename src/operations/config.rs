@@ -66,6 +66,10 @@ struct KindFormat {
     /// status changes at once, pure progress throttled), not only the lifecycle events.
     #[serde(default)]
     project_progress: bool,
+    /// The project's room retains the operation's latest status while it runs, and
+    /// `operation.cleared` once it ended: a joiner (a reloaded page) gets the current state.
+    #[serde(default)]
+    project_retain: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,6 +136,10 @@ pub struct Kind {
     pub params_on_stdin: bool,
     /// Also publish `operation.progress` into `project:<project>` (`project_progress`).
     pub project_progress: bool,
+    /// What the operation publishes into `project:<project>` is that room's retained message:
+    /// its status while it runs, `operation.cleared` after its terminal event
+    /// (`project_retain`).
+    pub project_retain: bool,
 }
 
 /// The target pattern of a kind that declares none: 1-256 characters of `A-Z a-z 0-9 : _ . / @
@@ -174,6 +182,7 @@ impl Kind {
             env: BTreeMap::new(),
             params_on_stdin: false,
             project_progress: false,
+            project_retain: false,
         }
     }
 
@@ -292,6 +301,7 @@ impl Kind {
             env: f.env,
             params_on_stdin,
             project_progress: f.project_progress,
+            project_retain: f.project_retain,
         })
     }
 

@@ -265,9 +265,7 @@ impl OperationActor {
             pure_progress,
         );
         if let Some(event) = lifecycle {
-            if let Some(room) = self.project_room() {
-                self.publish(room, event, json.clone(), None);
-            }
+            self.publish_project(event, json.clone());
         }
         if lifecycle.is_some() || stage_changed {
             // A lifecycle event already carried this status into the project room.
@@ -289,9 +287,23 @@ impl OperationActor {
         if !self.kind.project_progress {
             return;
         }
-        if let Some(room) = self.project_room() {
-            self.publish(room, "operation.progress", json, None);
-        }
+        self.publish_project("operation.progress", json);
+    }
+
+    /// Publishes into the project's room, if the operation has a project. With the kind's
+    /// `project_retain`, as the room's retained message: a client joining the room mid-way (a
+    /// reloaded page subscribing again) gets the current status with its join, in order with
+    /// the live events after it (the room delivers both), instead of nothing until the next
+    /// change. One retained message per room: with several operations of a project running at
+    /// once, the latest published wins.
+    fn publish_project(&self, event: &str, json: Box<RawValue>) {
+        let Some(room) = self.project_room() else {
+            return;
+        };
+        self.cx.broker.publish_and_forget(Envelope {
+            retain: self.kind.project_retain,
+            ..Envelope::new(room, event, json)
+        });
     }
 
     /// What reports may make this operation's status object hold (from the settings).
@@ -404,7 +416,24 @@ impl OperationActor {
         );
         self.publish("operations".into(), event, json.clone(), None);
         if let Some(room) = self.project_room() {
-            self.publish(room, event, json, None);
+            self.publish(room.clone(), event, json, None);
+            if self.kind.project_retain {
+                // The terminal event goes to those in the room now, once; a later joiner must
+                // not take a finished operation for news (a second success toast), so what
+                // the room retains from now on says only that it ended.
+                let cleared = serde_json::json!({
+                    "id": self.op.id,
+                    "kind": self.op.kind,
+                    "project": self.op.project,
+                    "status": self.op.status.as_str(),
+                });
+                let cleared =
+                    serde_json::value::to_raw_value(&cleared).unwrap_or_else(|_| raw("null"));
+                self.cx.broker.publish_and_forget(Envelope {
+                    retain: true,
+                    ..Envelope::new(room, "operation.cleared", cleared)
+                });
+            }
         }
         self.manager.finished.do_send(Finished {
             id: self.op.id.clone(),
@@ -447,9 +476,7 @@ impl Actor for OperationActor {
             let json = self.status_json();
             self.publish(self.op.room(), "operation.progress", json.clone(), Some(0));
             self.publish("operations".into(), "operation.created", json.clone(), None);
-            if let Some(room) = self.project_room() {
-                self.publish(room, "operation.created", json, None);
-            }
+            self.publish_project("operation.created", json);
         }
         let flush_every = self.cx.settings.operation_flush_interval;
         ctx.run_interval(flush_every, |act, ctx| {

@@ -162,8 +162,18 @@ impl At<'_> {
 }
 
 impl Profiles {
-    /// Reads the `[profiles.*]` sections of a configuration file's text.
+    /// Reads the `[profiles.*]` sections of a configuration file's text, `${VAR}` in hook URLs
+    /// from the process environment.
     pub fn from_toml(text: &str) -> anyhow::Result<Self> {
+        Self::from_toml_with(text, &|n| std::env::var(n).ok())
+    }
+
+    /// `from_toml` with `${VAR}` looked up by `vars` (start-up gives it the settings'
+    /// `config_vars` ahead of the environment).
+    pub fn from_toml_with(
+        text: &str,
+        vars: &dyn Fn(&str) -> Option<String>,
+    ) -> anyhow::Result<Self> {
         let format: FileFormat = toml::from_str(text)?;
         let at = At { text };
         let mut by_namespace: HashMap<Arc<str>, Arc<Profile>> = HashMap::new();
@@ -192,7 +202,7 @@ impl Profiles {
             }
             let what = format!("profile {name}");
             let hooks = match p.hooks {
-                Some(h) => Some(Arc::new(hooks(&at, &what, h)?)),
+                Some(h) => Some(Arc::new(hooks(&at, &what, h, vars)?)),
                 None => None,
             };
             let mut events = HashMap::new();
@@ -275,6 +285,8 @@ impl Profiles {
                         kind,
                         path: path.into_inner(),
                         shape: s.clone(),
+                        // The profile's `connect` hook authenticates the alias too.
+                        hooks: hooks.clone().filter(|h| h.connect.is_some()),
                     });
                 }
             }
@@ -311,10 +323,15 @@ impl Profiles {
     }
 }
 
-fn hooks(at: &At, what: &str, h: Spanned<HooksFormat>) -> anyhow::Result<HookConfig> {
+fn hooks(
+    at: &At,
+    what: &str,
+    h: Spanned<HooksFormat>,
+    vars: &dyn Fn(&str) -> Option<String>,
+) -> anyhow::Result<HookConfig> {
     let what = format!("{what}, hooks");
     let h = h.into_inner();
-    let url = expand_env(h.url.get_ref(), |n| std::env::var(n).ok())
+    let url = expand_env(h.url.get_ref(), vars)
         .or_else(|m| at.err(h.url.span(), format!("{what}: url: {m}")))?;
     if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() > 1024 {
         return at.err(

@@ -506,6 +506,10 @@ pub struct PathAlias {
     pub path: String,
     /// The app's status object (`None`: Switchyard's own).
     pub shape: Option<Arc<Shape>>,
+    /// The profile's backend, when it has a `connect` hook: a request without
+    /// `Authorization` is authenticated by asking it (a browser's WebSocket and EventSource
+    /// send the app's cookies, never a header).
+    pub hooks: Option<Arc<crate::hooks::HookConfig>>,
 }
 
 #[cfg(test)]

@@ -371,3 +371,21 @@ runner = "external"
         json!({"job_id": "o", "status": "processing"})
     );
 }
+
+#[test]
+fn a_hook_url_takes_its_variables_from_the_lookup_given() {
+    let text = "[profiles.a.hooks]\nurl = \"http://127.0.0.1:${BACKEND_PORT}/switchyard\"\nrpc = \"/rpc\"\n";
+    let vars = |n: &str| (n == "BACKEND_PORT").then(|| "8123".to_string());
+    let profiles = Profiles::from_toml_with(text, &vars).unwrap();
+    let hooks = profiles.for_namespace("/").unwrap().hooks.clone().unwrap();
+    assert_eq!(
+        hooks.url_of(crate::hooks::HookKind::Rpc).as_deref(),
+        Some("http://127.0.0.1:8123/switchyard/rpc")
+    );
+    // Not in the lookup: start-up stops, naming the line and the variable.
+    let e = format!(
+        "{:#}",
+        Profiles::from_toml_with(text, &|_| None).unwrap_err()
+    );
+    assert!(e.contains("line 2") && e.contains("BACKEND_PORT"), "{e}");
+}

@@ -299,3 +299,47 @@ test("unsubscribe: a connection's updates stop; reconnect: subscriptions come ba
     backend.close();
   }
 });
+
+test("reload mid-restart: the new page shows the running restart at once, then its end, one toast", async () => {
+  // The write-up: "Persistent State: Refresh page and still see ongoing operations" — "Try
+  // refreshing during restart - progress should persist".
+  const connectionId = rnd();
+  const backend = await expressBackend({ [connectionId]: { host: `vos-${connectionId}`, service: "nginx" } });
+  const tab = await page(URL);
+  const pages = [tab];
+  try {
+    const b = createServiceRestartButton(tab, backend.url, connectionId);
+    await subscribed(tab);
+    const midway = opUpdate(tab, connectionId, (o) => o.status === "running" && o.progress >= 30, "30 %");
+    await b.click();
+    const seen = await midway;
+    // The page reloads: its socket goes, a new page connects and renders the button again.
+    tab.socket.close();
+    const reloaded = await page(URL);
+    pages.push(reloaded);
+    const done = opUpdate(reloaded, connectionId, (o) => o.status === "completed", "completed after the reload");
+    const again = createServiceRestartButton(reloaded, backend.url, connectionId);
+    // With the join, not at the next change (a step is 0.8 s here): by the time the
+    // subscribe is answered, the page knows the running restart.
+    await subscribed(reloaded);
+    const now = reloaded.operations.get(String(connectionId));
+    assert.ok(now, "the running restart arrived with the subscribe");
+    assert.equal(now.id, seen.id);
+    assert.equal(now.status, "running");
+    assert.ok(now.progress >= seen.progress, `${now.progress} after ${seen.progress}`);
+    assert.match(again.ui.label, /^Restarting\.\.\. \(\d+%\)$/);
+    assert.equal(again.ui.disabled, true, "no second restart from the reloaded page");
+    await done;
+    assert.deepEqual(again.ui.toasts, [{ type: "success", text: "Service nginx restarted" }]);
+    // A page loaded after the end shows no restart, and no toast for the old one.
+    const later = await page(URL);
+    pages.push(later);
+    const fresh = createServiceRestartButton(later, backend.url, connectionId);
+    await subscribed(later);
+    assert.equal(fresh.ui.label, "Restart Service");
+    assert.deepEqual(fresh.ui.toasts, []);
+  } finally {
+    for (const p of pages) p.socket.close();
+    backend.close();
+  }
+});

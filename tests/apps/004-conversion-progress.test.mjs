@@ -7,7 +7,11 @@
 // Played here, not part of the client: the app's backend creating the job
 // (POST /api/operations, kind `convert`) and its worker reporting (REST, with the job's
 // worker token); and, for reconnect and fallback, a reverse proxy in front of Switchyard
-// (the app's nginx) that can cut WebSockets or refuse them.
+// (the app's nginx) that can cut WebSockets or refuse them. The example's `backend` stand-in
+// (started by tests/api/profiles.rs) answers the profile's connect hook: the browser attaches
+// the app's session cookie to the WebSocket and the status polls, `BROWSER` below does the
+// same for node. The app's backend starts each conversion for its user (project = the user),
+// so alice follows her own conversions.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import http from "node:http";
@@ -17,6 +21,8 @@ import { createProgress, memoryStorage } from "./004-conversion-progress.client.
 const URL = process.env.SY_URL;
 assert.ok(URL, "SY_URL must be set");
 const WAIT = 15_000;
+/** What the browser sends with every request to the app's origin: alice's session cookie. */
+const BROWSER = { headers: { cookie: "session=valid-session" } };
 
 function within(promise, what, ms = WAIT) {
   let timer;
@@ -44,7 +50,7 @@ async function startConversion() {
   const res = await fetch(URL + "/api/operations", {
     method: "POST",
     headers: { "content-type": "application/json" },
-    body: JSON.stringify({ kind: "convert", target: `job-${Math.random().toString(36).slice(2)}` }),
+    body: JSON.stringify({ kind: "convert", target: `job-${Math.random().toString(36).slice(2)}`, project: "alice" }),
   });
   assert.equal(res.status, 202);
   const op = await res.json();
@@ -123,7 +129,7 @@ const FIELDS = ["job_id", "status", "progress", "message", "stage", "estimated_t
 test("live: status on connect, every change in the app's shape, agents, then the close after completed", async () => {
   const storage = memoryStorage();
   const { jobId, report } = await startConversion();
-  const progress = createProgress(URL, { storage, persistenceKey: "live" });
+  const progress = createProgress(URL, { storage, persistenceKey: "live", wsOptions: BROWSER });
   try {
     progress.actions.connectToJob(jobId);
     const first = await update(progress, () => true, "the status on connect");
@@ -162,7 +168,7 @@ test("live: status on connect, every change in the app's shape, agents, then the
       assert.deepEqual(Object.keys(s).filter((k) => !FIELDS.includes(k)), [], "only ConversionStatus fields");
     }
     // Persisted: a reload of the page shows the last status and the history.
-    const reloaded = createProgress(URL, { storage, persistenceKey: "live" });
+    const reloaded = createProgress(URL, { storage, persistenceKey: "live", wsOptions: BROWSER });
     assert.equal(reloaded.state.status.status, "completed");
     assert.deepEqual(reloaded.state.history, progress.state.history);
     assert.ok(progress.state.history.length >= 3 && progress.state.history.length <= 50);
@@ -173,7 +179,7 @@ test("live: status on connect, every change in the app's shape, agents, then the
 
 test("failure: the terminal status carries the error as a string", async () => {
   const { jobId, report } = await startConversion();
-  const progress = createProgress(URL, { storage: memoryStorage() });
+  const progress = createProgress(URL, { storage: memoryStorage(), wsOptions: BROWSER });
   try {
     progress.actions.connectToJob(jobId);
     await update(progress, () => true, "the status on connect");
@@ -189,7 +195,7 @@ test("failure: the terminal status carries the error as a string", async () => {
 test("reconnect: a dropped WebSocket reconnects after 1 s and gets the whole current status", async () => {
   const p = await proxy();
   const { jobId, report } = await startConversion();
-  const progress = createProgress(p.url, { storage: memoryStorage() });
+  const progress = createProgress(p.url, { storage: memoryStorage(), wsOptions: BROWSER });
   try {
     progress.actions.connectToJob(jobId);
     await update(progress, (s) => s.status === "queued", "the status on connect");
@@ -217,7 +223,7 @@ test("fallback: no WebSocket after 5 attempts, then polling the status path to t
   const { jobId, report } = await startConversion();
   // The app's backoff, scaled down (1 s → 20 ms) so the five attempts take 0.6 s, not 31 s;
   // the poll interval likewise (3 s → 100 ms). The logic is the write-up's.
-  const progress = createProgress(p.url, { storage: memoryStorage(), wsOptions: { baseDelay: 20, pollInterval: 100 } });
+  const progress = createProgress(p.url, { storage: memoryStorage(), wsOptions: { ...BROWSER, baseDelay: 20, pollInterval: 100 } });
   try {
     progress.actions.connectToJob(jobId);
     const first = await update(progress, (s) => s.job_id === jobId, "a polled status");
@@ -240,7 +246,7 @@ test("fallback: no WebSocket after 5 attempts, then polling the status path to t
 });
 
 test("an unknown job: the status path says 404 not_found", async () => {
-  const res = await fetch(URL + "/api/v1/conversions/0190aaaa-0000-7000-8000-000000000000/status");
+  const res = await fetch(URL + "/api/v1/conversions/0190aaaa-0000-7000-8000-000000000000/status", BROWSER);
   assert.equal(res.status, 404);
   const body = await res.json();
   assert.equal(body.error, "not_found");

@@ -9,8 +9,8 @@
 //
 // What the Flask app keeps doing is played here by `flask`: its 5-second stats thread
 // publishing `stats_update` (retained) over Switchyard's REST API. The three `request_*`
-// events need backend hooks: they are in 003-deployment-dashboard.hooks.test.mjs, run by an
-// ignored test until hooks exist.
+// events are answered by the app's backend (rpc hooks): they are in
+// 003-deployment-dashboard.hooks.test.mjs.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { createDashboardClient, within } from "./003-deployment-dashboard.client.mjs";

@@ -1,6 +1,9 @@
 // Seed 003's client (static/js/websocket.js, from the write-up at /work/shared/seeds/003),
 // shared by 003-deployment-dashboard.test.mjs and 003-deployment-dashboard.hooks.test.mjs.
-import { io } from "socket.io-client";
+// The dashboard's base.html loads "Socket.IO client library (CDN): v4.5.4": that version, the
+// npm alias tests/js pins for it (`emitWithAck` does not exist before 4.6; this client never
+// needed it).
+import { io } from "socket.io-client-454";
 
 // ---- the app's client, as its write-up describes it ----------------------------------------
 
