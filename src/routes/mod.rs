@@ -38,6 +38,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 // service's 404 too). A method added below goes into `cors::API_METHODS`.
                 .wrap_fn(cors::api)
                 .service(web::resource("/rooms").route(web::get().to(rooms::list)))
+                .service(web::resource("/rooms/publish").route(web::post().to(rooms::publish_many)))
                 .service(
                     web::resource("/rooms/{room}/publish").route(web::post().to(rooms::publish)),
                 )

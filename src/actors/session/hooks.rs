@@ -44,7 +44,7 @@ impl Session {
             o.insert("user".into(), identity.user.id.clone().into());
             o.insert("name".into(), json!(identity.user.name));
             o.insert("namespace".into(), json!(nsp));
-            o.insert("session".into(), self.key.clone().into());
+            o.insert("session".into(), self.key.to_string().into());
         }
         extra
     }
@@ -208,6 +208,8 @@ impl Session {
                             data,
                             attachments,
                             echo,
+                            retain,
+                            message_id,
                         }) => {
                             let p = Publication {
                                 room,
@@ -215,6 +217,8 @@ impl Session {
                                 data,
                                 attachments,
                                 echo,
+                                retain,
+                                message_id,
                             };
                             act.publish(id, p, identity, ctx)
                         }

@@ -97,8 +97,9 @@ enum FrontEnd {
 pub struct Session {
     /// Process-unique number: the key of this session in member tables.
     id: SessionId,
-    /// The id clients see (`welcome.session`).
-    key: String,
+    /// The id clients see (`welcome.session` on `/ws`, `socket.id` on Socket.IO), and what
+    /// this connection's messages carry in `from.session` so its client can tell its own echo.
+    key: Arc<str>,
     /// `None` until the client authenticates (only when a secret is set and no header was sent).
     identity: Option<Identity>,
     /// The identity came with the connection (an `Authorization` header on `/ws`, the CONNECT
@@ -192,7 +193,7 @@ impl Session {
         outbox: Arc<Outbox>,
         deps: Arc<SessionDeps>,
     ) -> Self {
-        let key = uuid::Uuid::new_v4().simple().to_string();
+        let key: Arc<str> = uuid::Uuid::new_v4().simple().to_string().into();
         let identity_at_connect = identity.is_some() && !deps.auth.open_mode();
         let identity = identity.or_else(|| {
             deps.auth
@@ -258,6 +259,13 @@ impl Session {
         if let FrontEnd::Native { .. } = self.front {
             self.profile = profile;
         }
+        self
+    }
+
+    /// The socket's id as its client knows it (the `sid` of the Socket.IO CONNECT answer,
+    /// `socket.id`): the id its messages carry in `from.session`.
+    pub fn with_key(mut self, key: &str) -> Self {
+        self.key = key.into();
         self
     }
 
@@ -412,6 +420,8 @@ impl Session {
                     data,
                     attachments,
                     echo,
+                    retain,
+                    message_id,
                 },
                 Some(identity),
             ) => {
@@ -421,6 +431,8 @@ impl Session {
                     data,
                     attachments,
                     echo,
+                    retain,
+                    message_id,
                 };
                 self.publish_hooked(id, p, identity, ctx)
             }
@@ -468,6 +480,8 @@ impl Actor for Session {
                 .leave_all(self.id, self.rooms.drain().map(|(room, _)| room).collect());
         }
         deps.registry.do_send(SessionClosed { session: self.id });
+        // Its window of multi-room messages, if one ever reached it.
+        crate::broker::dedupe::forget(self.id);
         deps.metrics.connections.fetch_sub(1, Relaxed);
         if let FrontEnd::Native { .. } = self.front {
             self.outbox.close(CloseCode::Normal, "");
