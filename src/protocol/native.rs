@@ -76,6 +76,8 @@ struct RawFrame<'a> {
     #[serde(borrow, default)]
     echo: Option<&'a RawValue>,
     #[serde(borrow, default)]
+    retain: Option<&'a RawValue>,
+    #[serde(borrow, default)]
     watch: Option<&'a RawValue>,
 }
 
@@ -105,6 +107,7 @@ impl Fields for RawFrame<'_> {
             "eta_seconds" => self.eta_seconds,
             "details" => self.details,
             "echo" => self.echo,
+            "retain" => self.retain,
             "watch" => self.watch,
             _ => None,
         };

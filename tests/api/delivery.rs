@@ -333,7 +333,9 @@ async fn a_message_names_the_connection_that_sent_it() {
     for c in [&mut tab1, &mut tab2, &mut other] {
         c.join("project:7").await;
     }
-    tab1.publish("project:7", "typing", json!(true)).await;
+    // No request id: the echo is the next message (a reply awaited by id would skip it).
+    tab1.send(json!({"type": "publish", "room": "project:7", "event": "typing", "data": true}))
+        .await;
     let me = tab1.welcome["session"].clone();
     assert!(me.is_string());
     let echo = tab1.recv_message().await;
