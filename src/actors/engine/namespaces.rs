@@ -329,7 +329,7 @@ impl EngineSession {
             self.config.profiles.for_namespace(&nsp).cloned(),
         )
         .with_forwarded(self.forwarded.clone())
-        .with_key(&sid);
+        .with_key(sid);
         if let Some(r) = recovery {
             session = session.with_recovery(r);
         }

@@ -44,7 +44,7 @@ impl Session {
             o.insert("user".into(), identity.user.id.clone().into());
             o.insert("name".into(), json!(identity.user.name));
             o.insert("namespace".into(), json!(nsp));
-            o.insert("session".into(), self.key.to_string().into());
+            o.insert("session".into(), self.key.clone().into());
         }
         extra
     }

@@ -81,7 +81,7 @@ impl Session {
         };
         let envelope = Envelope {
             from: Some(identity.user.clone()),
-            connection: Some(self.key.clone()),
+            connection: Some(self.key.as_str().into()),
             attachments,
             exclude: (!echo).then(|| ConnectionRef::local(self.id)),
             retain,
