@@ -88,6 +88,16 @@ pub struct Settings {
     /// Most users listed in a join answer's `presence` (`SWITCHYARD_PRESENCE_LIST_MAX`); the
     /// answer's `presence_count` always has the total.
     pub presence_list_max: usize,
+    /// Event names whose last `retain: "event"` message one room keeps; past it the name
+    /// retained longest ago goes (`SWITCHYARD_RETAINED_EVENTS_MAX`). Their bytes count against
+    /// the history byte bounds.
+    pub retained_events_max: usize,
+    /// Ids of multi-room messages one connection remembers, to get each once whichever of its
+    /// rooms delivers it first (`SWITCHYARD_DEDUPE_WINDOW`; allocated only when such a message
+    /// reaches the connection, see `broker::dedupe`).
+    pub dedupe_window: usize,
+    /// Rooms one `POST /api/rooms/publish` may name (`SWITCHYARD_PUBLISH_MAX_ROOMS`).
+    pub publish_max_rooms: usize,
     /// HS256 secret; `None` means open mode (`SWITCHYARD_JWT_SECRET`).
     pub jwt_secret: Option<String>,
     /// Allow open mode on a non-loopback address (`SWITCHYARD_ALLOW_INSECURE=1`).
@@ -264,6 +274,9 @@ impl Default for Settings {
             history_max_bytes: 1 << 20,
             history_total_max_bytes: 256 << 20,
             presence_list_max: 1000,
+            retained_events_max: 32,
+            dedupe_window: 32,
+            publish_max_rooms: 16,
             jwt_secret: None,
             allow_insecure: false,
             hook_secret: None,
@@ -447,6 +460,27 @@ impl Settings {
             0,
             1_000_000,
             &mut s.presence_list_max,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_RETAINED_EVENTS_MAX",
+            1,
+            10_000,
+            &mut s.retained_events_max,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_DEDUPE_WINDOW",
+            1,
+            4_096,
+            &mut s.dedupe_window,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_PUBLISH_MAX_ROOMS",
+            1,
+            1_000,
+            &mut s.publish_max_rooms,
         )?;
         s.jwt_secret = get("SWITCHYARD_JWT_SECRET");
         s.hook_secret = get("SWITCHYARD_HOOK_SECRET");

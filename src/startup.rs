@@ -122,6 +122,8 @@ impl Application {
                 history_max_bytes: settings.history_max_bytes,
                 history_total_max_bytes: settings.history_total_max_bytes,
                 presence_list_max: settings.presence_list_max,
+                retained_events_max: settings.retained_events_max,
+                dedupe_window: settings.dedupe_window,
             },
             metrics.clone(),
         );

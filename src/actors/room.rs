@@ -23,6 +23,7 @@
 //! fan-out is the loop over that member table.
 
 mod presence;
+mod retained;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -35,10 +36,11 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use self::presence::{Flush, Presence};
+use self::retained::Retained;
 use super::{EvictReason, Evicted, Member, SessionId};
 use crate::auth::UserInfo;
 use crate::broker::local::Ordered;
-use crate::broker::{Backlog, Envelope, Position, Tail};
+use crate::broker::{dedupe, Backlog, Envelope, Position, Retain, Tail};
 // Membership and the views are the broker's vocabulary (defined there, so the broker never
 // names the actors); re-exported here, where the actors have always found them.
 pub use crate::broker::{HistoryPage, JoinRoom, Joined, LeaveRoom, RoomInfo};
@@ -99,12 +101,25 @@ struct Stored {
     event: String,
     data: Box<RawValue>,
     from: Option<Arc<UserInfo>>,
+    /// The publishing connection's id (`from.session`).
+    connection: Option<Arc<str>>,
+    /// The id shared with the same message in other rooms (one delivery per connection).
+    message_id: Option<Arc<str>>,
     seq: Option<u64>,
     attachments: Arc<[Bytes]>,
     /// The encoded native `message` frame.
     native: Bytes,
     /// What keeping this message costs, as counted against the history byte bounds.
     bytes: usize,
+}
+
+impl retained::Entry for Stored {
+    fn offset(&self) -> u64 {
+        self.offset
+    }
+    fn event(&self) -> &str {
+        &self.event
+    }
 }
 
 impl Stored {
@@ -133,6 +148,12 @@ pub struct RoomLimits {
     /// Users a join answer lists; with this many, presence changes are not announced
     /// (`SWITCHYARD_PRESENCE_LIST_MAX`).
     pub presence_list_max: usize,
+    /// Event names whose last `retain: "event"` message a room keeps
+    /// (`SWITCHYARD_RETAINED_EVENTS_MAX`).
+    pub retained_events_max: usize,
+    /// Multi-room message ids a connection's window holds (`SWITCHYARD_DEDUPE_WINDOW`; see
+    /// `broker::dedupe`).
+    pub dedupe_window: usize,
 }
 
 /// The room's scheduled presence flush (see `room/presence.rs`).
@@ -154,11 +175,14 @@ pub struct Room {
     /// `limits.history_max_bytes`, and together with every other room's by
     /// `limits.history_total_max_bytes`.
     history: VecDeque<Arc<Stored>>,
-    /// `Stored::bytes` of everything in `history`; always also counted in
-    /// `metrics.history_bytes` (the total over rooms), and taken out of it when it leaves.
+    /// `Stored::bytes` of every message held in `history` or `retained` (once when in both);
+    /// always also counted in `metrics.history_bytes` (the total over rooms), and taken out of
+    /// it when the room holds the message no more. So retained messages are bounded by the
+    /// history byte bounds too.
     history_bytes: usize,
-    /// The last message published with `retain`, sent to joiners that do not resume.
-    retained: Option<Arc<Stored>>,
+    /// The last `retain: true` message and the last `retain: "event"` one of each event name,
+    /// sent to joiners that do not resume (`room/retained.rs`).
+    retained: Retained<Stored>,
     /// Sessions and watchers in the room, with the outbox the fan-out pushes into directly (no
     /// hop through the session) and the wire it encodes for.
     members: HashMap<SessionId, Member>,
@@ -214,7 +238,7 @@ impl Room {
             last_offset: start.offset,
             history: VecDeque::new(),
             history_bytes: 0,
-            retained: None,
+            retained: Retained::new(limits.retained_events_max),
             members: HashMap::new(),
             presence: Presence::new(limits.presence_list_max),
             routed_seen: 0,
@@ -228,32 +252,81 @@ impl Room {
         }
     }
 
+    /// Counts a message the room now holds (in history or retained) against the bounds.
+    fn charge(&mut self, bytes: usize) {
+        self.history_bytes += bytes;
+        self.metrics
+            .history_bytes
+            .fetch_add(bytes as i64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Gives back what a message the room holds no more counted.
+    fn refund(&mut self, bytes: usize) {
+        self.history_bytes -= bytes;
+        self.metrics
+            .history_bytes
+            .fetch_sub(bytes as i64, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether the message at `offset` is in history (offsets there only increase).
+    fn in_history(&self, offset: u64) -> bool {
+        self.history
+            .binary_search_by_key(&offset, |m| m.offset)
+            .is_ok()
+    }
+
+    /// Keeps the room's newest message in history (a new message: nothing holds it yet).
     fn keep(&mut self, m: Arc<Stored>) {
         use std::sync::atomic::Ordering::Relaxed;
         if self.history.is_empty() {
             self.metrics.history_rooms.fetch_add(1, Relaxed);
         }
-        self.history_bytes += m.bytes;
-        self.metrics
-            .history_bytes
-            .fetch_add(m.bytes as i64, Relaxed);
+        if !self.retained.holds(m.offset) {
+            self.charge(m.bytes);
+        }
         self.history.push_back(m);
     }
 
-    /// Drops the oldest message kept; false when there was none.
+    /// Drops the oldest message of history; false when there was none.
     fn drop_oldest(&mut self) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
         let Some(m) = self.history.pop_front() else {
             return false;
         };
-        self.history_bytes -= m.bytes;
-        self.metrics
-            .history_bytes
-            .fetch_sub(m.bytes as i64, Relaxed);
+        if !self.retained.holds(m.offset) {
+            self.refund(m.bytes);
+        }
         if self.history.is_empty() {
             self.metrics.history_rooms.fetch_sub(1, Relaxed);
         }
         true
+    }
+
+    /// Retained messages the room let go of: what history does not hold any more is refunded.
+    fn release(&mut self, gone: Vec<Arc<Stored>>) {
+        for m in gone {
+            if !self.in_history(m.offset) {
+                self.refund(m.bytes);
+            }
+        }
+    }
+
+    /// Drops the oldest retained message (when history alone cannot make room); false when
+    /// none is left.
+    fn drop_oldest_retained(&mut self) -> bool {
+        match self.retained.drop_oldest() {
+            Some(m) => {
+                self.release(vec![m]);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Drops history and retained messages alike (a new epoch, the room stopping).
+    fn drop_everything(&mut self) {
+        while self.drop_oldest() {}
+        while self.drop_oldest_retained() {}
     }
 
     /// Bytes of history kept by all rooms together.
@@ -292,12 +365,16 @@ impl Room {
         while self.history.front().is_some_and(|m| m.at.elapsed() > ttl) {
             self.drop_oldest();
         }
-        while self.history_bytes > self.limits.history_max_bytes && self.drop_oldest() {}
+        // History goes first; retained messages (counted too) only when it is not enough.
+        let max = self.limits.history_max_bytes;
+        while self.history_bytes > max && (self.drop_oldest() || self.drop_oldest_retained()) {}
         let total_max = self.limits.history_total_max_bytes;
         if self.total_history_bytes() > total_max {
             let share = self.pressed_share();
             while self.history_bytes > share && self.drop_oldest() {}
-            while self.total_history_bytes() > total_max && self.drop_oldest() {}
+            while self.total_history_bytes() > total_max
+                && (self.drop_oldest() || self.drop_oldest_retained())
+            {}
         }
     }
 
@@ -372,12 +449,15 @@ impl Room {
     /// already-encoded native frame, shared with history). `conflate`: a member that has not
     /// yet received the previous conflatable message of this room gets only this one.
     /// `skip`: a member that does not get it (a sender that asked not to hear itself).
+    /// `shared`: the message went into other rooms too (its id's key): a member that one of
+    /// them already gave it to does not get it again (`broker::dedupe`).
     fn broadcast(
         &mut self,
         e: &Event,
         native: &Bytes,
         conflate: bool,
         skip: Option<SessionId>,
+        shared: Option<u128>,
     ) -> usize {
         // Presence changes that happened before this message are announced before it.
         self.flush_presence();
@@ -397,6 +477,11 @@ impl Room {
             if skip == Some(*id) || (floors && self.floors.get(id).is_some_and(|f| e.offset <= *f))
             {
                 continue;
+            }
+            if let Some(k) = shared {
+                if !dedupe::first_delivery(*id, k, &m.outbox, self.limits.dedupe_window) {
+                    continue;
+                }
             }
             let Some(encoded) = cache.get(&m.wire, |w| w.encode(e)) else {
                 continue;
@@ -531,9 +616,9 @@ impl Actor for Room {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        // A room retires with an empty history, but one stopped otherwise (shutdown) still
-        // gives its bytes back to the total.
-        while self.drop_oldest() {}
+        // A room retires with an empty history, but one stopped otherwise (shutdown), or one
+        // holding retained messages only, still gives its bytes back to the total.
+        self.drop_everything();
         log::debug!("room {} retired at offset {}", self.name, self.last_offset);
     }
 }
@@ -589,6 +674,23 @@ impl Handler<JoinRoom> for Room {
             frames.push(Frame::Text(f));
         }
         let mut ends = false;
+        // A broker whose deliveries trail its order (`JoinRoom::after`) has this joiner replay
+        // what the room delivered past `after` (below); retained messages among those come
+        // with that replay, not twice.
+        let after_replay = msg
+            .after
+            .as_ref()
+            .filter(|a| *a.epoch == *self.epoch && a.offset <= self.last_offset)
+            .map(|a| a.offset);
+        // One delivery per connection of a multi-room message: a replay skips what another
+        // room already gave this connection (`broker::dedupe`).
+        let window = self.limits.dedupe_window;
+        let first = |m: &Stored| {
+            m.message_id
+                .as_deref()
+                .and_then(dedupe::key)
+                .is_none_or(|k| dedupe::first_delivery(session, k, &outbox, window))
+        };
         if let Some(backfill) = &msg.backfill {
             for b in backfill {
                 if let Some(f) = wire.encode_backfill(&self.name, b) {
@@ -600,14 +702,23 @@ impl Handler<JoinRoom> for Room {
             // Other wires only carry what their owner backfills, then live traffic.
         } else if let Some(after) = replay_from {
             for m in self.history.iter().filter(|m| m.offset > after) {
+                if !first(m) {
+                    continue;
+                }
                 if let Some(e) = self.encode_stored(&wire, m) {
                     frames.extend(e.frames());
                 }
             }
-        } else if let Some(r) = &self.retained {
-            // Not resuming: the retained message is the current state (e.g. the latest stats).
-            if let Some(e) = self.encode_stored(&wire, r) {
-                frames.extend(e.frames());
+        } else {
+            // Not resuming: the retained messages are the current state (the latest stats,
+            // the last status…), in the order they were published.
+            for r in self.retained.in_order() {
+                if after_replay.is_some_and(|a| r.offset > a) || !first(r) {
+                    continue;
+                }
+                if let Some(e) = self.encode_stored(&wire, r) {
+                    frames.extend(e.frames());
+                }
             }
         }
         // A broker whose deliveries trail its order placed this join after `after` in its
@@ -620,6 +731,9 @@ impl Handler<JoinRoom> for Room {
                 floor = Some(after.offset);
             } else if replay_from.is_none() && !ends {
                 for m in self.history.iter().filter(|m| m.offset > after.offset) {
+                    if !first(m) {
+                        continue;
+                    }
                     if let Some(e) = self.encode_stored(&wire, m) {
                         frames.extend(e.frames());
                         ends |= wire.ends_after(&m.event);
@@ -740,8 +854,7 @@ impl Room {
             }
             self.epoch = at.epoch.clone();
         }
-        while self.drop_oldest() {}
-        self.retained = None;
+        self.drop_everything();
         true
     }
 }
@@ -818,10 +931,11 @@ impl Room {
         }
         let skip = msg.exclude.as_ref().and_then(|c| c.on_this_node());
         let conflate = msg.conflate;
+        let shared = msg.message_id.as_deref().and_then(dedupe::key);
         let (stored, frame) = self.store(at.offset, msg);
         let name = self.name.clone();
         let event = stored_event(&name, &stored);
-        self.broadcast(&event, &frame, conflate, skip);
+        self.broadcast(&event, &frame, conflate, skip, shared);
         if !self.floors.is_empty() {
             self.floors.retain(|_, f| *f > at.offset);
         }
@@ -835,14 +949,17 @@ impl Room {
     /// asks, kept in history within the bounds.
     fn store(&mut self, offset: u64, msg: Envelope) -> (Arc<Stored>, Bytes) {
         self.last_offset = offset;
-        let frame = native::message_with(
-            &self.name,
+        let frame = native::message_of(&Event {
+            room: &self.name,
             offset,
-            &msg.event,
-            &msg.data,
-            msg.from.as_deref(),
-            &msg.attachments,
-        );
+            event: &msg.event,
+            data: &msg.data,
+            from: msg.from.as_deref(),
+            connection: msg.connection.as_deref(),
+            message_id: msg.message_id.as_deref(),
+            seq: msg.seq,
+            attachments: &msg.attachments,
+        });
         let bytes = Stored::cost(&msg.event, &msg.data, &frame, &msg.attachments);
         let stored = Arc::new(Stored {
             offset,
@@ -850,18 +967,24 @@ impl Room {
             event: msg.event,
             data: msg.data,
             from: msg.from,
+            connection: msg.connection,
+            message_id: msg.message_id,
             seq: msg.seq,
             attachments: Arc::from(msg.attachments),
             native: frame.clone(),
             bytes,
         });
-        if msg.retain {
-            self.retained = Some(stored.clone());
-        }
         if self.limits.history_size > 0 {
             self.keep(stored.clone());
-            self.trim_history();
         }
+        if msg.retain != Retain::No {
+            if !self.in_history(offset) {
+                self.charge(bytes);
+            }
+            let gone = self.retained.put(stored.clone(), msg.retain);
+            self.release(gone);
+        }
+        self.trim_history();
         (stored, frame)
     }
 
@@ -965,6 +1088,8 @@ fn stored_event<'a>(room: &'a str, m: &'a Stored) -> Event<'a> {
         event: &m.event,
         data: &m.data,
         from: m.from.as_deref(),
+        connection: m.connection.as_deref(),
+        message_id: m.message_id.as_deref(),
         seq: m.seq,
         attachments: &m.attachments,
     }

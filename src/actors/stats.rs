@@ -76,7 +76,7 @@ impl StatsPublisher {
             _ => return,
         };
         let fut = self.broker.publish(Envelope {
-            retain: true,
+            retain: crate::broker::Retain::Last,
             ..Envelope::new(SYSTEM_ROOM, "stats", data)
         });
         let report = self.nodes.report(stats);

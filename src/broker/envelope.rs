@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::auth::UserInfo;
+pub use crate::protocol::Retain;
 
 /// One message for one room, as its producer published it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -27,9 +28,14 @@ pub struct Envelope {
     /// The user who published it (`None`: the server itself — stats, operations, activities).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<Arc<UserInfo>>,
-    /// Keep it as the room's retained message, sent to every joiner that does not resume.
-    #[serde(default, skip_serializing_if = "is_false")]
-    pub retain: bool,
+    /// The connection that published it, by the id its client knows it by (`welcome.session`
+    /// on `/ws`, `socket.id` on Socket.IO): delivered in `from.session`, so a client with two
+    /// tabs can tell its own echo from its other tab's message. `None` for REST and the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<Arc<str>>,
+    /// Keep it as retained state, sent to every joiner that does not resume (see [`Retain`]).
+    #[serde(default, skip_serializing_if = "Retain::is_no")]
+    pub retain: Retain,
     /// Delivery class: a slow member may get only the latest of these (an operation's pure
     /// progress); everything else is delivered or the member is evicted.
     #[serde(default, skip_serializing_if = "is_false")]
@@ -44,6 +50,17 @@ pub struct Envelope {
     /// Socket.IO's `socket.to(room).emit`: "everyone but me"). It still goes into history.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclude: Option<ConnectionRef>,
+    /// Set when one message is published into several rooms at once (an activity into
+    /// `activity` and `project:42`; Socket.IO's `io.to([a, b]).emit`): the same id in each
+    /// room's envelope, so a connection that is a member of several of them gets it once
+    /// (`broker::dedupe`). Minted by [`new_message_id`]; clients see it as `message_id`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id: Option<Arc<str>>,
+}
+
+/// A fresh id for a message published into several rooms (see [`Envelope::message_id`]).
+pub fn new_message_id() -> Arc<str> {
+    uuid::Uuid::new_v4().simple().to_string().into()
 }
 
 /// A connection named so that every node can tell whether it is one of its own: the node's id
@@ -91,11 +108,13 @@ impl Envelope {
             event: event.into(),
             data,
             from: None,
-            retain: false,
+            connection: None,
+            retain: Retain::No,
             conflate: false,
             seq: None,
             attachments: Vec::new(),
             exclude: None,
+            message_id: None,
         }
     }
 }
@@ -128,11 +147,13 @@ mod tests {
                 id: "u1".into(),
                 name: Some("Ada".into()),
             })),
-            retain: true,
+            connection: Some("c0ffee".into()),
+            retain: Retain::PerEvent,
             conflate: true,
             seq: Some(7),
             attachments: vec![Bytes::from_static(b"\x00\x01bin")],
             exclude: Some(ConnectionRef::local(9)),
+            message_id: Some(new_message_id()),
             ..Envelope::new("project:42", "step-updated", raw(r#"{"step":3,"x":[1,2]}"#))
         };
         let wire = serde_json::to_string(&e).expect("serializes");
@@ -142,7 +163,9 @@ mod tests {
         // Raw data is carried byte for byte, not re-encoded.
         assert_eq!(back.data.get(), r#"{"step":3,"x":[1,2]}"#);
         assert_eq!(back.from.as_deref(), e.from.as_deref());
-        assert!(back.retain && back.conflate);
+        assert!(back.retain == Retain::PerEvent && back.conflate);
+        assert_eq!(back.connection.as_deref(), Some("c0ffee"));
+        assert_eq!(back.message_id, e.message_id);
         assert_eq!(back.seq, Some(7));
         assert_eq!(back.attachments, e.attachments);
         assert_eq!(back.exclude, e.exclude);
@@ -164,7 +187,22 @@ mod tests {
         let wire = serde_json::to_string(&e).expect("serializes");
         assert_eq!(wire, r#"{"room":"system","event":"stats","data":{}}"#);
         let back: Envelope = serde_json::from_str(&wire).expect("deserializes");
-        assert!(back.from.is_none() && !back.retain && back.attachments.is_empty());
+        assert!(back.from.is_none() && back.retain == Retain::No && back.attachments.is_empty());
+    }
+
+    #[test]
+    fn retain_reads_true_false_and_event_and_refuses_anything_else() {
+        let read = |s: &str| serde_json::from_str::<Retain>(s);
+        assert_eq!(read("true").ok(), Some(Retain::Last));
+        assert_eq!(read("false").ok(), Some(Retain::No));
+        assert_eq!(read(r#""event""#).ok(), Some(Retain::PerEvent));
+        assert!(read(r#""room""#).is_err() && read("1").is_err());
+        // A room's last message serializes as it always did, so entries already in a shared
+        // log read back the same.
+        assert_eq!(
+            serde_json::to_string(&Retain::Last).ok().as_deref(),
+            Some("true")
+        );
     }
 
     #[test]

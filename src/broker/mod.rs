@@ -10,6 +10,7 @@
 //! * `member` — membership: joins and leaves (local by nature: a member's outbox is here).
 //! * `local` — the single-node order: one [`local::RoomLog`] per room, epochs and tombstones.
 //! * `views` — presence, history and the node table, behind interfaces of their own.
+//! * `dedupe` — one delivery per connection of a message published into several rooms.
 //!
 //! The single-node broker, `actors::registry::LocalBroker`, routes through this node's room
 //! registry (it lives there, so this module imports no actor: the arrows point from the actors
@@ -18,6 +19,7 @@
 //! what it reads from the log into its local rooms as [`local::Ordered`] messages; nothing that
 //! publishes has to change.
 
+pub mod dedupe;
 mod envelope;
 pub mod local;
 mod member;
@@ -26,7 +28,7 @@ mod views;
 use std::future::Future;
 use std::pin::Pin;
 
-pub use envelope::{node_id, ConnectionRef, Envelope, Position};
+pub use envelope::{new_message_id, node_id, ConnectionRef, Envelope, Position, Retain};
 pub use member::{
     next_session_id, EvictReason, Evicted, JoinRoom, Joined, LeaveRoom, Member, SessionId,
 };

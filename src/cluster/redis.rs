@@ -612,14 +612,17 @@ impl HistoryView for RedisBroker {
             let messages = entries
                 .iter()
                 .map(|(o, e)| {
-                    native::message_with(
-                        &room,
-                        *o,
-                        &e.event,
-                        &e.data,
-                        e.from.as_deref(),
-                        &e.attachments,
-                    )
+                    native::message_of(&crate::protocol::Event {
+                        room: &room,
+                        offset: *o,
+                        event: &e.event,
+                        data: &e.data,
+                        from: e.from.as_deref(),
+                        connection: e.connection.as_deref(),
+                        message_id: e.message_id.as_deref(),
+                        seq: e.seq,
+                        attachments: &e.attachments,
+                    })
                 })
                 .collect();
             Ok(Some(HistoryPage {

@@ -13,7 +13,7 @@ pub mod request;
 pub mod socketio;
 
 pub use crate::names::{valid_event_name, valid_room_name};
-pub use request::{Request, RequestId, Since, Verb};
+pub use request::{Request, RequestId, Retain, Since, Verb};
 
 /// Deepest nesting of arrays and objects accepted in client payloads (`data`, `params`). Raw
 /// payloads are passed through unparsed, so serde's own recursion limit does not apply to them.
@@ -184,10 +184,37 @@ pub struct Event<'a> {
     pub event: &'a str,
     pub data: &'a RawValue,
     pub from: Option<&'a UserInfo>,
+    /// The publishing connection's id as its client knows it (`from.session`).
+    pub connection: Option<&'a str>,
+    /// The id shared by the copies of a message published into several rooms at once.
+    pub message_id: Option<&'a str>,
     /// Application sequence (an operation's log offset), used as the SSE event id.
     pub seq: Option<u64>,
     /// Binary attachments referenced from `data` by `{"_placeholder":true,"num":i}`.
     pub attachments: &'a [Bytes],
+}
+
+/// Who published a room message, as every wire shows it: `{"user", "name"?, "session"?}`.
+/// `session` is the publishing connection's id (`welcome.session` on `/ws`, `socket.id` on
+/// Socket.IO), so a client tells its own echo from its other tabs' messages.
+#[derive(serde::Serialize)]
+pub struct Sender<'a> {
+    pub user: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session: Option<&'a str>,
+}
+
+impl<'a> Sender<'a> {
+    /// The sender of a message from `user` through `connection`; `None` for the server's own.
+    pub fn of(user: Option<&'a UserInfo>, connection: Option<&'a str>) -> Option<Self> {
+        user.map(|u| Sender {
+            user: &u.id,
+            name: u.name.as_deref(),
+            session: connection,
+        })
+    }
 }
 
 /// A message encoded for one wire: one text frame, and binary frames for attachments.
@@ -266,14 +293,7 @@ impl Wire {
     /// Encodes a room message for this wire; `None` when this wire does not carry it.
     pub fn encode(&self, e: &Event) -> Option<Encoded> {
         match self {
-            Wire::Native => Some(Encoded::text(native::message_with(
-                e.room,
-                e.offset,
-                e.event,
-                e.data,
-                e.from,
-                e.attachments,
-            ))),
+            Wire::Native => Some(Encoded::text(native::message_of(e))),
             Wire::StatusStream(shape) => is_status_event(e.event).then(|| {
                 let data = status_data(shape, e.data, e.room, e.event);
                 Encoded::text(Bytes::copy_from_slice(data.get().as_bytes()))
@@ -295,9 +315,10 @@ impl Wire {
                     &sio::Meta {
                         room: e.room,
                         offset: Some(e.offset),
-                        from: e.from,
+                        from: Sender::of(e.from, e.connection),
                         backfill: false,
                         seq: e.seq,
+                        message_id: e.message_id,
                     },
                     e.attachments,
                     tag.as_deref(),
@@ -339,6 +360,7 @@ impl Wire {
                             from: None,
                             backfill: true,
                             seq: b.seq,
+                            message_id: None,
                         },
                         &[],
                         None,
@@ -459,11 +481,14 @@ pub mod sio {
         #[serde(skip_serializing_if = "Option::is_none")]
         pub offset: Option<u64>,
         #[serde(skip_serializing_if = "Option::is_none")]
-        pub from: Option<&'a UserInfo>,
+        pub from: Option<Sender<'a>>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         pub backfill: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
         pub seq: Option<u64>,
+        /// The id shared by the copies of a message published into several rooms at once.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        pub message_id: Option<&'a str>,
     }
 
     fn engine_message(packet: String) -> Bytes {

@@ -17,6 +17,8 @@ use serde_json::value::RawValue;
 use crate::auth::UserInfo;
 use crate::error::{ErrorCode, Refusal};
 
+use super::{Event, Sender};
+
 pub use super::request::{fail_fields, log_lines, Request, RequestId, Since};
 use super::request::{Field, Fields, Verb};
 
@@ -74,6 +76,8 @@ struct RawFrame<'a> {
     #[serde(borrow, default)]
     echo: Option<&'a RawValue>,
     #[serde(borrow, default)]
+    retain: Option<&'a RawValue>,
+    #[serde(borrow, default)]
     watch: Option<&'a RawValue>,
 }
 
@@ -103,6 +107,7 @@ impl Fields for RawFrame<'_> {
             "eta_seconds" => self.eta_seconds,
             "details" => self.details,
             "echo" => self.echo,
+            "retain" => self.retain,
             "watch" => self.watch,
             _ => None,
         };
@@ -294,13 +299,16 @@ struct Message<'a> {
     offset: u64,
     event: &'a str,
     data: &'a RawValue,
-    from: Option<&'a UserInfo>,
+    from: Option<Sender<'a>>,
+    /// The id shared by the copies of a message published into several rooms at once.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message_id: Option<&'a str>,
     /// Binary attachments (base64), referenced from `data` by Socket.IO-style placeholders.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     attachments: Vec<String>,
 }
 
-/// A room message. Encoded once per publish; the bytes go to every member and into history.
+/// A room message without attachments, from a user (tests and tools).
 pub fn message(
     room: &str,
     offset: u64,
@@ -308,27 +316,32 @@ pub fn message(
     data: &RawValue,
     from: Option<&UserInfo>,
 ) -> Bytes {
-    message_with(room, offset, event, data, from, &[])
-}
-
-/// A room message with binary attachments.
-pub fn message_with(
-    room: &str,
-    offset: u64,
-    event: &str,
-    data: &RawValue,
-    from: Option<&UserInfo>,
-    attachments: &[Bytes],
-) -> Bytes {
-    use base64::Engine as _;
-    encode(&Message {
-        t: "message",
+    message_of(&Event {
         room,
         offset,
         event,
         data,
         from,
-        attachments: attachments
+        connection: None,
+        message_id: None,
+        seq: None,
+        attachments: &[],
+    })
+}
+
+/// A room message. Encoded once per publish; the bytes go to every member and into history.
+pub fn message_of(e: &Event) -> Bytes {
+    use base64::Engine as _;
+    encode(&Message {
+        t: "message",
+        room: e.room,
+        offset: e.offset,
+        event: e.event,
+        data: e.data,
+        from: Sender::of(e.from, e.connection),
+        message_id: e.message_id,
+        attachments: e
+            .attachments
             .iter()
             .map(|a| base64::engine::general_purpose::STANDARD.encode(a))
             .collect(),
@@ -567,6 +580,30 @@ mod tests {
         assert_eq!(
             std::str::from_utf8(&b).unwrap(),
             r#"{"type":"message","room":"project:1","offset":5,"event":"step-updated","data":{"step":3},"from":{"user":"alice"}}"#
+        );
+    }
+
+    #[test]
+    fn message_names_the_sending_connection_and_the_shared_id() {
+        let data = RawValue::from_string("1".into()).unwrap();
+        let user = UserInfo {
+            id: "alice".into(),
+            name: Some("Alice".into()),
+        };
+        let b = message_of(&Event {
+            room: "activity",
+            offset: 2,
+            event: "e",
+            data: &data,
+            from: Some(&user),
+            connection: Some("c1"),
+            message_id: Some("m1"),
+            seq: None,
+            attachments: &[],
+        });
+        assert_eq!(
+            std::str::from_utf8(&b).unwrap(),
+            r#"{"type":"message","room":"activity","offset":2,"event":"e","data":1,"from":{"user":"alice","name":"Alice","session":"c1"},"message_id":"m1"}"#
         );
     }
 }

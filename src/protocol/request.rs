@@ -32,6 +32,58 @@ pub struct Since {
     pub offset: u64,
 }
 
+/// What a publish asks the room to keep for its joiners (they get it after `joined`, unless
+/// they resume). On the wire: `"retain": true` is [`Retain::Last`], `"retain": "event"` is
+/// [`Retain::PerEvent`], `false` or absent is [`Retain::No`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Retain {
+    /// Not kept (beyond history).
+    #[default]
+    No,
+    /// The room's last retained message: replaces the previous one, whatever its event.
+    Last,
+    /// The last message of its event name: replaces the previous one of that name only, so a
+    /// room keeps e.g. its latest `stats` beside its latest `status` (bounded per room by
+    /// `SWITCHYARD_RETAINED_EVENTS_MAX`).
+    PerEvent,
+}
+
+impl Retain {
+    /// Nothing to keep (what a serialized envelope leaves out).
+    pub fn is_no(&self) -> bool {
+        *self == Retain::No
+    }
+}
+
+impl Serialize for Retain {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Retain::No => s.serialize_bool(false),
+            Retain::Last => s.serialize_bool(true),
+            Retain::PerEvent => s.serialize_str("event"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Retain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Form {
+            Flag(bool),
+            Name(String),
+        }
+        match Form::deserialize(d)? {
+            Form::Flag(false) => Ok(Retain::No),
+            Form::Flag(true) => Ok(Retain::Last),
+            Form::Name(n) if n == "event" => Ok(Retain::PerEvent),
+            Form::Name(_) => Err(serde::de::Error::custom(
+                "`retain` must be true, false or \"event\"",
+            )),
+        }
+    }
+}
+
 /// A parsed client request.
 #[derive(Debug)]
 pub enum Request {
@@ -58,6 +110,13 @@ pub enum Request {
         /// Whether the publisher gets its own message too (`echo: false` is Socket.IO's
         /// `socket.to(room).emit`: everyone but the sender). Default true.
         echo: bool,
+        /// `retain`: `true` keeps it as the room's last retained message, `"event"` as the
+        /// last one of its event name; joiners that do not resume get them. Default no.
+        retain: Retain,
+        /// Set by a front end that turns one client request into publishes into several
+        /// rooms (an app profile's `publish_to_joined`): the id they share, so a socket in
+        /// several of the rooms gets the message once. Never read from the client.
+        message_id: Option<std::sync::Arc<str>>,
     },
     Ping,
     /// `operation.start`
@@ -278,6 +337,16 @@ pub fn build(verb: Verb, f: &impl Fields) -> Result<Request, Refusal> {
                 data,
                 attachments: Vec::new(),
                 echo: bool_field(f, "echo")?.unwrap_or(true),
+                retain: match f.field("retain") {
+                    None => Retain::No,
+                    Some(v) => v.decode::<Retain>().map_err(|_| {
+                        Refusal::new(
+                            ErrorCode::InvalidField,
+                            "field `retain` must be true, false or \"event\"",
+                        )
+                    })?,
+                },
+                message_id: None,
             }
         }
         Verb::Auth => Request::Auth {
@@ -498,6 +567,9 @@ mod tests {
             json!({"type": "publish", "room": "r"}),
             json!({"type": "publish", "room": "r", "event": "e", "echo": false}),
             json!({"type": "publish", "room": "r", "event": "e", "echo": "no"}),
+            json!({"type": "publish", "room": "r", "event": "e", "retain": true}),
+            json!({"type": "publish", "room": "r", "event": "e", "retain": "event"}),
+            json!({"type": "publish", "room": "r", "event": "e", "retain": "room"}),
             json!({"type": "auth", "token": "t", "user": "u", "name": "n"}),
             json!({"type": "auth", "token": 1}),
             json!({"type": "operation.start", "kind": "demo", "target": "t", "params": {"x": 1}}),

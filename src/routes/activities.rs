@@ -5,7 +5,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{next_before, page_limit, Caller};
-use crate::broker::Envelope;
+use crate::broker::{new_message_id, Envelope};
 use crate::db::activities::{self, Activity, NewActivity};
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
@@ -71,13 +71,22 @@ pub async fn create(
         .await?;
     let activity = Activity::from(row);
     let json = serde_json::to_string(&activity).map_err(|e| AppError::Internal(e.into()))?;
+    // The global feed and the project's room get one message: a socket in both (a project
+    // page that also shows the feed) gets it once (the copies share a `message_id`).
+    let message_id = project_room.is_some().then(new_message_id);
     let rooms = std::iter::once(ACTIVITY_ROOM.to_string()).chain(project_room);
+    let mut sent = Vec::with_capacity(2);
     for room in rooms {
         let data = RawValue::from_string(json.clone()).map_err(|e| AppError::Internal(e.into()))?;
-        let publish = state.broker.publish(Envelope {
+        // Each takes its place in its room's order when called: both are ordered before the
+        // first answer is awaited.
+        sent.push(state.broker.publish(Envelope {
             from: caller.from_user(),
+            message_id: message_id.clone(),
             ..Envelope::new(room, "activity.created", data)
-        });
+        }));
+    }
+    for publish in sent {
         if let Err(e) = publish.await {
             // Stored but not broadcast: clients still see it on their next page load.
             log::warn!("activity {} stored but not broadcast: {e}", activity.id);

@@ -39,6 +39,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .wrap_fn(cors::api)
                 .service(web::resource("/rooms").route(web::get().to(rooms::list)))
                 .service(web::resource("/nodes").route(web::get().to(health::nodes)))
+                .service(web::resource("/rooms/publish").route(web::post().to(rooms::publish_many)))
                 .service(
                     web::resource("/rooms/{room}/publish").route(web::post().to(rooms::publish)),
                 )

@@ -36,6 +36,8 @@ fn limits(history_size: usize) -> RoomLimits {
         history_max_bytes: 64 << 20,
         history_total_max_bytes: 256 << 20,
         presence_list_max: 100,
+        retained_events_max: 32,
+        dedupe_window: 32,
     }
 }
 

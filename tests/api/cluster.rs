@@ -612,3 +612,48 @@ async fn one_users_publish_budget_holds_across_nodes() {
     );
     cluster.stop().await;
 }
+
+/// A message published into two rooms on one node reaches a connection on another node that
+/// is in both rooms once (the shared `message_id` travels in the envelope through Redis), and
+/// `from.session` names the publishing connection there too.
+#[actix_web::test]
+async fn a_multi_room_message_reaches_a_member_of_both_rooms_on_another_node_once() {
+    let cluster = Cluster::start(2, format!("redis://{REDIS}"), |_| {}).await;
+    let (a, b) = (&cluster.nodes[0], &cluster.nodes[1]);
+    let mut both = member(b, "both", "team:a").await;
+    both.join("team:b").await;
+    let service = token("svc", &["*"], &["*"], Some("service"));
+    let (status, r) = a
+        .post_auth(
+            "/api/rooms/publish",
+            &service,
+            json!({"rooms": ["team:a", "team:b"], "event": "notice"}),
+        )
+        .await;
+    assert_eq!(status, 200, "{r}");
+    // One publish into each room after it, from a connection on node a: once both arrived,
+    // each room delivered everything before them.
+    let mut publisher = member(a, "pub", "team:a").await;
+    publisher.join("team:b").await;
+    for room in ["team:a", "team:b"] {
+        publisher.publish(room, "barrier", json!(null)).await;
+    }
+    let mut got = Vec::new();
+    while got
+        .iter()
+        .filter(|m: &&Value| m["event"] == "barrier")
+        .count()
+        < 2
+    {
+        got.push(both.recv_message().await);
+    }
+    let notices: Vec<&Value> = got.iter().filter(|m| m["event"] == "notice").collect();
+    assert_eq!(notices.len(), 1, "{got:?}");
+    assert_eq!(notices[0]["message_id"], r["message_id"]);
+    let barrier = got
+        .iter()
+        .find(|m| m["event"] == "barrier")
+        .expect("barrier");
+    assert_eq!(barrier["from"]["session"], publisher.welcome["session"]);
+    cluster.stop().await;
+}

@@ -12,6 +12,7 @@ mod cluster;
 mod cors;
 mod crash;
 mod dashboard;
+mod delivery;
 mod hardening;
 mod health;
 mod helpers;

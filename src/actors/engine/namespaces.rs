@@ -328,7 +328,8 @@ impl EngineSession {
             ctx.address().recipient(),
             self.config.profiles.for_namespace(&nsp).cloned(),
         )
-        .with_forwarded(self.forwarded.clone());
+        .with_forwarded(self.forwarded.clone())
+        .with_key(sid);
         if let Some(r) = recovery {
             session = session.with_recovery(r);
         }

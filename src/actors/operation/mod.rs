@@ -58,7 +58,7 @@ use self::journal::{Journal, JournalBounds};
 use self::messages::{Finished, ReportReply, Retired};
 use self::runners::Runner;
 use super::Member;
-use crate::broker::{Broker, Envelope};
+use crate::broker::{Broker, Envelope, Retain};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::error::{ErrorCode, Refusal};
@@ -301,7 +301,11 @@ impl OperationActor {
             return;
         };
         self.cx.broker.publish_and_forget(Envelope {
-            retain: self.kind.project_retain,
+            retain: if self.kind.project_retain {
+                Retain::Last
+            } else {
+                Retain::No
+            },
             ..Envelope::new(room, event, json)
         });
     }
@@ -430,7 +434,7 @@ impl OperationActor {
                 let cleared =
                     serde_json::value::to_raw_value(&cleared).unwrap_or_else(|_| raw("null"));
                 self.cx.broker.publish_and_forget(Envelope {
-                    retain: true,
+                    retain: Retain::Last,
                     ..Envelope::new(room, "operation.cleared", cleared)
                 });
             }

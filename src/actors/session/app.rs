@@ -14,7 +14,7 @@ use actix::prelude::*;
 use super::{AppEvent, Session};
 use crate::broker::local::RoomLog;
 use crate::protocol::profile::SocketView;
-use crate::protocol::Wire;
+use crate::protocol::{Request, Wire};
 
 /// What a profile's mapping may read of a session.
 struct View<'a> {
@@ -59,7 +59,22 @@ impl Handler<AppEvent> for Session {
             return;
         };
         match mapped {
-            Ok(requests) => {
+            Ok(mut requests) => {
+                // Several publishes from one app event (`publish_to_joined`) are one message
+                // in several rooms, Socket.IO's `io.to([a, b]).emit`: they share an id, so a
+                // socket in more than one of the rooms gets it once (`broker::dedupe`).
+                let publishes = requests
+                    .iter()
+                    .filter(|r| matches!(r, Request::Publish { .. }))
+                    .count();
+                if publishes > 1 {
+                    let shared = crate::broker::new_message_id();
+                    for r in &mut requests {
+                        if let Request::Publish { message_id, .. } = r {
+                            *message_id = Some(shared.clone());
+                        }
+                    }
+                }
                 let mut id = msg.id;
                 for request in requests {
                     let identity = self.identity.clone();

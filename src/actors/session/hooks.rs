@@ -208,6 +208,8 @@ impl Session {
                             data,
                             attachments,
                             echo,
+                            retain,
+                            message_id,
                         }) => {
                             let p = Publication {
                                 room,
@@ -215,6 +217,8 @@ impl Session {
                                 data,
                                 attachments,
                                 echo,
+                                retain,
+                                message_id,
                             };
                             act.publish(id, p, identity, ctx)
                         }

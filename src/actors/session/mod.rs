@@ -97,7 +97,10 @@ enum FrontEnd {
 pub struct Session {
     /// Process-unique number: the key of this session in member tables.
     id: SessionId,
-    /// The id clients see (`welcome.session`).
+    /// The id clients see (`welcome.session` on `/ws`, `socket.id` on Socket.IO), and what
+    /// this connection's messages carry in `from.session` so its client can tell its own echo.
+    /// A `String`, not the `Arc<str>` an envelope takes: idle connections are what the memory
+    /// benchmark counts, and an `Arc<str>` costs a larger allocation; a publish copies it.
     key: String,
     /// `None` until the client authenticates (only when a secret is set and no header was sent).
     identity: Option<Identity>,
@@ -261,6 +264,13 @@ impl Session {
         self
     }
 
+    /// The socket's id as its client knows it (the `sid` of the Socket.IO CONNECT answer,
+    /// `socket.id`): the id its messages carry in `from.session`.
+    pub fn with_key(mut self, key: String) -> Self {
+        self.key = key;
+        self
+    }
+
     /// The headers and cookies of the client's HTTP request that hook calls forward.
     pub fn with_forwarded(mut self, forwarded: Arc<crate::hooks::Forwarded>) -> Self {
         self.forwarded = forwarded;
@@ -412,6 +422,8 @@ impl Session {
                     data,
                     attachments,
                     echo,
+                    retain,
+                    message_id,
                 },
                 Some(identity),
             ) => {
@@ -421,6 +433,8 @@ impl Session {
                     data,
                     attachments,
                     echo,
+                    retain,
+                    message_id,
                 };
                 self.publish_hooked(id, p, identity, ctx)
             }
@@ -468,6 +482,8 @@ impl Actor for Session {
                 .leave_all(self.id, self.rooms.drain().map(|(room, _)| room).collect());
         }
         deps.registry.do_send(SessionClosed { session: self.id });
+        // Its window of multi-room messages, if one ever reached it.
+        crate::broker::dedupe::forget(self.id);
         deps.metrics.connections.fetch_sub(1, Relaxed);
         if let FrontEnd::Native { .. } = self.front {
             self.outbox.close(CloseCode::Normal, "");

@@ -10,7 +10,7 @@ use serde_json::value::RawValue;
 
 use super::Session;
 use crate::auth::Identity;
-use crate::broker::{ConnectionRef, Envelope};
+use crate::broker::{ConnectionRef, Envelope, Retain};
 use crate::error::{ErrorCode, Refusal};
 use crate::protocol::{Reply, RequestId};
 
@@ -26,6 +26,11 @@ pub(super) struct Publication {
     pub attachments: Vec<Bytes>,
     /// Whether this session gets its own message (`false`: `socket.to(room).emit`).
     pub echo: bool,
+    /// What the room keeps of it for joiners (`retain`).
+    pub retain: Retain,
+    /// The id it shares with the same message published into other rooms (one app event
+    /// publishing into several rooms), for one delivery per socket.
+    pub message_id: Option<std::sync::Arc<str>>,
 }
 
 impl Session {
@@ -44,6 +49,8 @@ impl Session {
             data,
             attachments,
             echo,
+            retain,
+            message_id,
         } = p;
         if !identity.may_publish(&room) {
             let r = Refusal::new(
@@ -74,8 +81,11 @@ impl Session {
         };
         let envelope = Envelope {
             from: Some(identity.user.clone()),
+            connection: Some(self.key.as_str().into()),
             attachments,
             exclude: (!echo).then(|| ConnectionRef::local(self.id)),
+            retain,
+            message_id,
             ..Envelope::new(room.clone(), event, data)
         };
         let sent = match lane {

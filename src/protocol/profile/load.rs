@@ -79,6 +79,8 @@ struct EventFormat {
     event: Option<Spanned<String>>,
     data: Option<Spanned<toml::Value>>,
     echo: Option<Spanned<bool>>,
+    /// `true` or `"event"` (the request's `retain`).
+    retain: Option<Spanned<toml::Value>>,
     target: Option<Spanned<String>>,
     project: Option<Spanned<String>>,
     params: Option<Spanned<toml::Value>>,
@@ -506,7 +508,7 @@ fn action(at: &At, what: &str, e: Spanned<EventFormat>) -> anyhow::Result<Action
     };
     // Options each action takes; any other is a mistake worth stopping for.
     let allowed: &[&str] = match action {
-        "publish" | "publish_to_joined" => &["event", "data", "echo"],
+        "publish" | "publish_to_joined" => &["event", "data", "echo", "retain"],
         "start" => &["target", "project", "params", "watch"],
         "cancel" => &["operation"],
         "hook" => &["data", "emit", "room", "event"],
@@ -516,6 +518,7 @@ fn action(at: &At, what: &str, e: Spanned<EventFormat>) -> anyhow::Result<Action
         ("event", e.event.as_ref().map(Spanned::span)),
         ("data", e.data.as_ref().map(Spanned::span)),
         ("echo", e.echo.as_ref().map(Spanned::span)),
+        ("retain", e.retain.as_ref().map(Spanned::span)),
         ("target", e.target.as_ref().map(Spanned::span)),
         ("project", e.project.as_ref().map(Spanned::span)),
         ("params", e.params.as_ref().map(Spanned::span)),
@@ -628,10 +631,25 @@ fn action(at: &At, what: &str, e: Spanned<EventFormat>) -> anyhow::Result<Action
         Some(d) => value(d)?,
         None => Template::compile_str("{0}", Scope::Incoming).or_else(|m| at.err(span, m))?,
     };
+    let retain = match &e.retain {
+        None => crate::protocol::Retain::No,
+        Some(r) => match r.get_ref() {
+            toml::Value::Boolean(false) => crate::protocol::Retain::No,
+            toml::Value::Boolean(true) => crate::protocol::Retain::Last,
+            toml::Value::String(s) if s == "event" => crate::protocol::Retain::PerEvent,
+            _ => {
+                return at.err(
+                    r.span(),
+                    format!("{what}: `retain` is true, false or \"event\""),
+                )
+            }
+        },
+    };
     Ok(Action::Publish {
         to,
         event,
         data,
         echo: e.echo.map(Spanned::into_inner).unwrap_or(false),
+        retain,
     })
 }

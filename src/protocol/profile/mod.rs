@@ -148,6 +148,8 @@ enum Action {
         event: Option<String>,
         data: Template,
         echo: bool,
+        /// What the room keeps of it for joiners (`retain = true | "event"`).
+        retain: crate::protocol::Retain,
     },
     Start {
         kind: String,
@@ -298,6 +300,7 @@ impl Incoming {
                 event: as_event,
                 data,
                 echo,
+                retain,
             } => {
                 let rooms = match to {
                     PublishTo::Room(t) => vec![name(t, "room")?],
@@ -323,6 +326,9 @@ impl Incoming {
                 );
                 f.insert("data".into(), data.value(&env));
                 f.insert("echo".into(), Value::Bool(*echo));
+                if let Ok(r) = serde_json::to_value(retain) {
+                    f.insert("retain".into(), r);
+                }
                 let data_ok = attachments.is_empty()
                     || f.get("data")
                         .is_some_and(|d| super::socketio::placeholders_ok(d, attachments.len()));

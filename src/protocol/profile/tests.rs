@@ -20,6 +20,10 @@ publish = "activity"
 event = "activity-created"
 echo = true
 
+[profiles.gateway.events.stats]
+publish = "activity"
+retain = "event"
+
 [profiles.gateway.events."install:start"]
 start = "install"
 target = "wizard"
@@ -116,6 +120,13 @@ fn app_events_become_the_requests_switchyard_events_make() {
         native(
             "publish",
             json!({"room": "activity", "event": "activity-created", "data": {"text": "hi"}, "echo": true})
+        )
+    );
+    assert_eq!(
+        requests(&profiles, "stats", &[json!(5)], &socket),
+        native(
+            "publish",
+            json!({"room": "activity", "event": "stats", "data": 5, "echo": false, "retain": "event"})
         )
     );
     // Into every joined project room, everyone but the sender (the default).
@@ -289,6 +300,11 @@ fn invalid_profiles_name_their_line() {
             "[profiles.a.events.x]\njoin = \"r\"\necho = true\n",
             3,
             "`echo` does not go with `join`",
+        ),
+        (
+            "[profiles.a.events.x]\npublish = \"r\"\nretain = \"room\"\n",
+            3,
+            "`retain` is true, false or",
         ),
         (
             "[profiles.a.events.x]\nstart = \"k\"\n",
