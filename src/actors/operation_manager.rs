@@ -32,9 +32,10 @@ use futures_util::FutureExt;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+use super::operation::peers::Forward;
 use super::operation::{
-    backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, ManagerLink, OpContext,
-    OperationActor, Report, Watch,
+    backfill_frames, Begin, Cancel, CheckLease, FlushNow, GetSnapshot, Interrupt, ManagerLink,
+    OpContext, OperationActor, Refenced, Report, Watch,
 };
 // What operation actors tell the manager, and how a report is answered: defined beside the
 // operation actor (which sends them) so that it need not name the manager; part of the
@@ -42,6 +43,7 @@ use super::operation::{
 pub use super::operation::messages::{Finished, ReportAnswer, ReportReply, Retired};
 use super::room::JoinRoom;
 use super::{Member, StartUnbounded};
+use crate::db::leases;
 use crate::db::operations::{self as store, ListFilter, LogRow, OperationRow};
 use crate::db::DbError;
 use crate::error::{ErrorCode, Refusal};
@@ -51,6 +53,8 @@ use crate::util::now_millis;
 
 /// How often old operations are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Cluster mode: operations one heartbeat takes over at most (the rest at the next one).
+const CLAIM_BATCH: i64 = 100;
 
 // ---- messages ------------------------------------------------------------------------------
 
@@ -119,6 +123,25 @@ pub struct WatchOperation {
     pub request_id: Option<RequestId>,
 }
 
+/// Cluster (a peer's forward) → Manager: cancel the operation if it runs here; `None` if it
+/// does not (the node that runs it answers).
+#[derive(Message)]
+#[rtype(result = "Option<Result<Operation, Refusal>>")]
+pub struct CancelHere {
+    pub id: String,
+}
+
+/// Cluster (a peer's forward) → Manager: a worker's report, authorized by the node that
+/// received it, applied if the operation runs here (`true`; `reply` is answered) and left to
+/// the node that runs it otherwise (`false`; `reply` is dropped unanswered).
+#[derive(Message)]
+#[rtype(result = "bool")]
+pub struct ReportHere {
+    pub id: String,
+    pub report: WorkerReport,
+    pub reply: ReportReply,
+}
+
 /// Application (graceful shutdown) → Manager: have every live operation write what it has not.
 #[derive(Message)]
 #[rtype(result = "usize")]
@@ -148,6 +171,11 @@ pub struct OperationManager {
     /// Reports that arrived while their operation's token was being checked, in order: they
     /// go after the one being checked, never before it.
     verifying: HashMap<String, VecDeque<ReportOperation>>,
+    /// Cluster mode: ids whose insert (owned by this node) is in flight: owned in the database
+    /// but not yet live here, which the heartbeat must not mistake for orphans.
+    inserting: HashSet<String>,
+    /// Cluster mode: a heartbeat is running (one at a time).
+    beating: bool,
 }
 
 fn not_found(id: &str) -> Refusal {
@@ -187,6 +215,8 @@ impl OperationManager {
             waiting: HashMap::new(),
             verified_tokens: HashMap::new(),
             verifying: HashMap::new(),
+            inserting: HashSet::new(),
+            beating: false,
         }
     }
 
@@ -195,12 +225,14 @@ impl OperationManager {
         &mut self,
         op: Operation,
         announce: bool,
+        fence: Option<i64>,
         ctx: &mut Context<Self>,
     ) -> Option<Addr<OperationActor>> {
         let kind = self.cx.kinds.get(&op.kind)?;
         let id = op.id.clone();
         let kind_name = op.kind.clone();
         let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), announce)
+            .with_fence(fence)
             .start_unbounded();
         self.live.insert(id.clone(), addr.clone());
         self.waiting
@@ -233,13 +265,14 @@ impl OperationManager {
     }
 
     /// Starts the actor of an operation inserted as `running` in a reserved slot.
-    fn spawn_begun(&mut self, op: Operation, ctx: &mut Context<Self>) {
+    fn spawn_begun(&mut self, op: Operation, fence: Option<i64>, ctx: &mut Context<Self>) {
         let Some(kind) = self.cx.kinds.get(&op.kind) else {
             return self.release_slot(&op.kind);
         };
         let id = op.id.clone();
-        let addr =
-            OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), true).start_unbounded();
+        let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), true)
+            .with_fence(fence)
+            .start_unbounded();
         self.live.insert(id.clone(), addr.clone());
         self.begun.insert(id);
         addr.do_send(Begin);
@@ -274,33 +307,7 @@ impl OperationManager {
                 Ok(rows) => {
                     let n = rows.len();
                     for row in rows {
-                        let op = row.into_operation();
-                        let (id, runner, status) = (op.id.clone(), op.runner, op.status);
-                        let Some(kind) = act.cx.kinds.get(&op.kind) else {
-                            log::warn!(
-                                "operation {id}: kind {} is no longer configured; leaving it",
-                                op.kind
-                            );
-                            continue;
-                        };
-                        let interrupted =
-                            runner != RunnerKind::External && status != Status::Queued;
-                        if interrupted {
-                            let addr = OperationActor::new(
-                                op,
-                                kind,
-                                act.cx.clone(),
-                                Self::link(ctx),
-                                false,
-                            )
-                            .start_unbounded();
-                            act.live.insert(id, addr.clone());
-                            addr.do_send(Interrupt);
-                        } else if let Some(addr) = act.spawn(op, false, ctx) {
-                            if status == Status::Cancelling {
-                                addr.do_send(Cancel);
-                            }
-                        }
+                        act.resume(row.into_operation(), None, ctx);
                     }
                     if n > 0 {
                         log::info!("operations: recovered {n} unfinished operations");
@@ -312,6 +319,136 @@ impl OperationManager {
                 }
             })
             .wait(ctx);
+    }
+
+    /// Takes up an operation whose previous owner is gone (a previous process of this node at
+    /// start-up; in cluster mode any node whose lease ran out): a command or demo operation
+    /// that may have run ends interrupted (never started twice), a queued one is started, an
+    /// external one is adopted (its worker reports on, its log continuing from the stored
+    /// offset), a cancelling one finishes cancelling.
+    fn resume(&mut self, op: Operation, fence: Option<i64>, ctx: &mut Context<Self>) {
+        let (id, runner, status) = (op.id.clone(), op.runner, op.status);
+        let Some(kind) = self.cx.kinds.get(&op.kind) else {
+            log::warn!(
+                "operation {id}: kind {} is no longer configured; leaving it",
+                op.kind
+            );
+            return;
+        };
+        let interrupted = runner != RunnerKind::External && status != Status::Queued;
+        if interrupted {
+            let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), false)
+                .with_fence(fence)
+                .start_unbounded();
+            self.live.insert(id, addr.clone());
+            addr.do_send(Interrupt);
+        } else if let Some(addr) = self.spawn(op, false, fence, ctx) {
+            if status == Status::Cancelling {
+                addr.do_send(Cancel);
+            }
+        }
+    }
+
+    /// Cluster mode, every `SWITCHYARD_OPERATION_HEARTBEAT_MS`: renews this node's leases in
+    /// one UPDATE, asks each live operation it did not renew to check its lease (a fenced
+    /// write), takes up operations owned here but not live (an actor stopped by a lost lease
+    /// just before this node claimed the operation again), then takes over operations whose
+    /// lease ran out.
+    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
+        let Some(own) = self.cx.ownership.clone() else {
+            return;
+        };
+        if self.beating || own.is_paused() {
+            return;
+        }
+        self.beating = true;
+        let writer = self.cx.writer.clone();
+        let (node, lease_ms) = (own.node.to_string(), own.lease_ms());
+        async move {
+            let n = node.clone();
+            let renewed = writer.write(move |c| leases::renew(c, &n, lease_ms)).await;
+            let claimed = writer
+                .write(move |c| leases::claim_expired(c, &node, lease_ms, CLAIM_BATCH))
+                .await;
+            (renewed, claimed)
+        }
+        .into_actor(self)
+        .map(|(renewed, claimed), act, ctx| {
+            act.beating = false;
+            match renewed {
+                Ok(renewed) => {
+                    let held: HashSet<&str> = renewed.iter().map(|(id, _)| id.as_str()).collect();
+                    for (id, addr) in &act.live {
+                        if !held.contains(id.as_str()) {
+                            addr.do_send(CheckLease);
+                        }
+                    }
+                    let orphans: Vec<String> = renewed
+                        .iter()
+                        .filter(|(id, _)| !act.live.contains_key(id) && !act.inserting.contains(id))
+                        .map(|(id, _)| id.clone())
+                        .collect();
+                    if !orphans.is_empty() {
+                        act.take_up_orphans(orphans, ctx);
+                    }
+                }
+                Err(e) => log::warn!("operations: renewing this node's leases failed: {e}"),
+            }
+            match claimed {
+                Ok(rows) => {
+                    for (row, fence) in rows {
+                        let op = row.into_operation();
+                        log::info!(
+                            "operation {} ({} on {}, {}): lease expired, taken over by this node (fence {fence})",
+                            op.id,
+                            op.kind,
+                            op.target,
+                            op.status.as_str()
+                        );
+                        match act.live.get(&op.id) {
+                            // Still running here: this node's own lease had run out.
+                            Some(addr) => addr.do_send(Refenced { fence }),
+                            None => act.resume(op, Some(fence), ctx),
+                        }
+                    }
+                }
+                Err(e) => log::warn!("operations: claiming expired leases failed: {e}"),
+            }
+        })
+        .spawn(ctx);
+    }
+
+    /// Operations this node owns in the database without a live actor: read and taken up
+    /// under their current fence.
+    fn take_up_orphans(&mut self, ids: Vec<String>, ctx: &mut Context<Self>) {
+        let Some(own) = self.cx.ownership.clone() else {
+            return;
+        };
+        let node = own.node.to_string();
+        self.cx
+            .db
+            .run(move |c| {
+                let mut out = Vec::new();
+                for id in ids {
+                    if let Some((row, fence)) = leases::owned(c, &id, &node)? {
+                        out.push((row, fence));
+                    }
+                }
+                Ok(out)
+            })
+            .into_actor(self)
+            .map(|res, act, ctx| match res {
+                Ok(rows) => {
+                    for (row, fence) in rows {
+                        if !act.live.contains_key(&row.id) && !act.inserting.contains(&row.id) {
+                            log::info!("operation {}: owned here without an actor; taking it up (fence {fence})", row.id);
+                            act.resume(row.into_operation(), Some(fence), ctx);
+                        }
+                    }
+                }
+                Err(e) => log::warn!("operations: reading this node's operations failed: {e}"),
+            })
+            .spawn(ctx);
     }
 
     fn prune(&mut self, ctx: &mut Context<Self>) {
@@ -335,7 +472,21 @@ impl Actor for OperationManager {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(0);
-        self.recover(ctx);
+        match self.cx.ownership.clone() {
+            // Cluster mode: other nodes' operations are running; only those whose lease ran
+            // out (a previous process of this node's among them) are taken over.
+            Some(own) => {
+                log::info!(
+                    "operations: owner {} (lease {:?}, heartbeat {:?})",
+                    own.node,
+                    own.lease,
+                    own.heartbeat
+                );
+                self.heartbeat(ctx);
+                ctx.run_interval(own.heartbeat, |act, ctx| act.heartbeat(ctx));
+            }
+            None => self.recover(ctx),
+        }
         self.prune(ctx);
         ctx.run_interval(PRUNE_EVERY, |act, ctx| act.prune(ctx));
     }
@@ -397,13 +548,28 @@ impl Handler<StartOperation> for OperationManager {
         let worker_token =
             (kind.runner == RunnerKind::External).then(crate::operations::new_worker_token);
         let hash = worker_token.as_deref().map(crate::operations::token_sha256);
+        // Cluster mode: the insert takes this node's lease on the row in the same savepoint.
+        let owner = self
+            .cx
+            .ownership
+            .as_ref()
+            .map(|o| (o.node.to_string(), o.lease_ms()));
+        if owner.is_some() {
+            self.inserting.insert(op.id.clone());
+        }
         Box::pin(
             async move {
                 match writer
-                    .write(move |c| store::insert_with_token(c, &row, hash.as_deref()))
+                    .write(move |c| {
+                        store::insert_with_token(c, &row, hash.as_deref())?;
+                        match &owner {
+                            Some((node, ms)) => leases::take_new(c, &row.id, node, *ms).map(Some),
+                            None => Ok(None),
+                        }
+                    })
                     .await
                 {
-                    Ok(()) => Ok(None),
+                    Ok(fence) => Ok(Ok(fence)),
                     Err(DbError::Query(DieselError::DatabaseError(
                         DatabaseErrorKind::UniqueViolation,
                         _,
@@ -412,7 +578,7 @@ impl Handler<StartOperation> for OperationManager {
                             .run(move |c| store::find_active(c, &kind_name, &target))
                             .await
                         {
-                            Ok(Some(existing)) => Ok(Some(existing.into_operation())),
+                            Ok(Some(existing)) => Ok(Err(existing.into_operation())),
                             // It finished between the insert and this read: the caller may
                             // simply try again.
                             Ok(None) => Err(StartError::Refused(Refusal::new(
@@ -426,8 +592,10 @@ impl Handler<StartOperation> for OperationManager {
                 }
             }
             .into_actor(self)
-            .map(move |res, act, ctx| match res {
-                Ok(None) => {
+            .map(move |res, act, ctx| {
+                act.inserting.remove(&op.id);
+                match res {
+                Ok(Ok(fence)) => {
                     log::info!(
                         "operation {} ({} on {}) created{}",
                         op.id,
@@ -436,16 +604,16 @@ impl Handler<StartOperation> for OperationManager {
                         if begin_now { " and started" } else { "" }
                     );
                     if begin_now {
-                        act.spawn_begun(op.clone(), ctx);
+                        act.spawn_begun(op.clone(), fence, ctx);
                     } else {
-                        act.spawn(op.clone(), true, ctx);
+                        act.spawn(op.clone(), true, fence, ctx);
                     }
                     Ok(Started {
                         operation: op,
                         worker_token,
                     })
                 }
-                Ok(Some(existing)) => {
+                Ok(Err(existing)) => {
                     if begin_now {
                         act.release_slot(&op.kind);
                     }
@@ -457,7 +625,7 @@ impl Handler<StartOperation> for OperationManager {
                     }
                     Err(e)
                 }
-            }),
+            }}),
         )
     }
 }
@@ -491,7 +659,62 @@ impl Handler<CancelOperation> for OperationManager {
             let fut = addr.send(Cancel);
             return Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) });
         }
+        if let Some(peers) = self.cx.peers.get() {
+            let answer = peers.forward(Forward::Cancel { id: msg.id.clone() });
+            return Box::pin(settle_forward(self.cx.db.clone(), msg.id, answer));
+        }
         Box::pin(not_live(self.cx.db.clone(), msg.id).map(Err))
+    }
+}
+
+/// The owner's answer to a forward; when no node answered, what the database says instead (the
+/// operation finished or never existed), else the `unavailable` refusal.
+async fn settle_forward(
+    db: crate::db::Database,
+    id: String,
+    answer: super::operation::peers::PeerAnswer,
+) -> Result<Operation, Refusal> {
+    match answer.await {
+        Err(r) if r.code == ErrorCode::Unavailable => match stored(db, id).await {
+            Ok(op) if op.status.is_terminal() => Err(Refusal::new(
+                ErrorCode::OperationFinished,
+                format!("operation {} is already {}", op.id, op.status.as_str()),
+            )),
+            Ok(_) => Err(r),
+            Err(not_found) => Err(not_found),
+        },
+        other => other,
+    }
+}
+
+impl Handler<CancelHere> for OperationManager {
+    type Result = ResponseFuture<Option<Result<Operation, Refusal>>>;
+
+    fn handle(&mut self, msg: CancelHere, _ctx: &mut Context<Self>) -> Self::Result {
+        match self.live.get(&msg.id) {
+            Some(addr) => {
+                let fut = addr.send(Cancel);
+                Box::pin(async move { Some(fut.await.unwrap_or_else(|e| Err(unavailable(e)))) })
+            }
+            None => Box::pin(async { None }),
+        }
+    }
+}
+
+impl Handler<ReportHere> for OperationManager {
+    type Result = bool;
+
+    fn handle(&mut self, msg: ReportHere, _ctx: &mut Context<Self>) -> bool {
+        match self.live.get(&msg.id) {
+            Some(addr) => {
+                addr.do_send(Report {
+                    report: msg.report,
+                    reply: msg.reply,
+                });
+                true
+            }
+            None => false,
+        }
     }
 }
 
@@ -522,6 +745,27 @@ impl OperationManager {
             } = msg;
             match self.live.get(&id) {
                 Some(addr) => addr.do_send(Report { report, reply }),
+                // Cluster mode: the operation may run on another node; handed over in call
+                // order (the peers' contract), so one worker's reports stay in order.
+                None if self.cx.peers.get().is_some() => {
+                    let db = self.cx.db.clone();
+                    let answer = match self.cx.peers.get() {
+                        Some(peers) => peers.forward(Forward::Report {
+                            id: id.clone(),
+                            report,
+                        }),
+                        None => return,
+                    };
+                    ctx.spawn(
+                        async move {
+                            match settle_forward(db, id, answer).await {
+                                Ok(op) => reply.answer(Ok(&op)),
+                                Err(r) => reply.answer(Err(r)),
+                            }
+                        }
+                        .into_actor(self),
+                    );
+                }
                 None => {
                     let db = self.cx.db.clone();
                     ctx.spawn(

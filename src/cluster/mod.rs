@@ -20,10 +20,17 @@
 //! | `{p}:room:{room}:log` | stream | the room's recent messages, id `{offset}-1`, fields `d` (the envelope) |
 //! | `{p}:fanout` | stream | every message of every room: `r` room, `e` epoch, `o` offset, `d` envelope |
 //!
+//! Operations across nodes: each is owned by one node under a lease on its row in PostgreSQL
+//! (`db::leases`, `actors::operation::Ownership`); a cancel or a worker report for an operation
+//! that runs elsewhere is handed to its owner by [`RedisPeers`] (channels `{p}:ops`,
+//! `{p}:ops:reply:{node}`).
+//!
 //! See docs/cluster.md for the guarantees, their limits and what is not clustered yet.
 
+mod operations;
 mod redis;
 mod replies;
 mod scripts;
 
+pub use self::operations::RedisPeers;
 pub use self::redis::{RedisBroker, RedisLog};

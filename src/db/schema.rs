@@ -35,6 +35,9 @@ diesel::table! {
         finished_at -> Nullable<BigInt>,
         log_offset -> BigInt,
         details -> Nullable<Text>,
+        owner -> Nullable<Text>,
+        lease_expires -> Nullable<BigInt>,
+        fence -> BigInt,
     }
 }
 

@@ -38,11 +38,14 @@
 //! is next to the handlers that keep its invariant.
 
 mod journal;
+mod lease;
 pub mod messages;
+pub mod peers;
 mod runners;
 mod watchers;
 mod writes;
 
+pub use lease::{CheckLease, Ownership, Refenced};
 pub use messages::ManagerLink;
 pub use watchers::backfill_frames;
 
@@ -89,6 +92,11 @@ pub struct OpContext {
     pub metrics: Arc<Metrics>,
     /// The configured operation kinds (runner, concurrency, timeouts).
     pub kinds: Kinds,
+    /// Cluster mode: this node as an owner of operations under leases (none on one node).
+    pub ownership: Option<Arc<Ownership>>,
+    /// Cluster mode: the other nodes, to which a cancel or a report for an operation that runs
+    /// elsewhere is handed (set once, after the manager started: the peers deliver to it).
+    pub peers: std::sync::OnceLock<Arc<dyn peers::Peers>>,
 }
 
 // ---- messages ------------------------------------------------------------------------------
@@ -180,6 +188,11 @@ pub struct OperationActor {
     /// Waiting for everything to be written (graceful shutdown): released after a write that
     /// leaves nothing unwritten, or at once when a write fails (shutdown is bounded).
     flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Cluster mode: the fencing token under which this node owns the operation; every write
+    /// is conditioned on it (`lease.rs`). None on one node.
+    fence: Option<i64>,
+    /// A fenced write found the operation taken over: nothing more is written or published.
+    lease_lost: bool,
 }
 
 impl OperationActor {
@@ -214,7 +227,15 @@ impl OperationActor {
             ops_room_pending: false,
             ops_room_last: Instant::now() - OPERATIONS_ROOM_INTERVAL,
             flush_waiters: Vec::new(),
+            fence: None,
+            lease_lost: false,
         }
+    }
+
+    /// Cluster mode: runs the operation under this node's lease with this fencing token.
+    pub fn with_fence(mut self, fence: Option<i64>) -> Self {
+        self.fence = fence;
+        self
     }
 
     fn status_json(&self) -> Box<RawValue> {
@@ -239,6 +260,10 @@ impl OperationActor {
         seq: Option<u64>,
         conflate: bool,
     ) {
+        // Taken over by another node: its events are the new owner's to publish.
+        if self.lease_lost {
+            return;
+        }
         self.cx.broker.publish_and_forget(Envelope {
             seq,
             conflate,

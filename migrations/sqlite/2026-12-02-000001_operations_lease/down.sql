@@ -1,0 +1,3 @@
+ALTER TABLE operations DROP COLUMN fence;
+ALTER TABLE operations DROP COLUMN lease_expires;
+ALTER TABLE operations DROP COLUMN owner;
