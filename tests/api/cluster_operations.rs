@@ -1,0 +1,453 @@
+//! Operations across nodes (cluster mode, issue #16): an operation is owned by one node under a
+//! lease with a fencing token; a dead owner's operations are taken over (command ones end
+//! `interrupted`, external ones are adopted with their log continuing); a stalled owner that
+//! lost its lease writes nothing; cancels and worker reports reach the owner from any node;
+//! dedupe holds across nodes. Nodes run in this process on one PostgreSQL database and one
+//! Redis key prefix, with a short lease (1.5 s, heartbeat 300 ms) so takeovers are quick.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use diesel::prelude::*;
+use serde_json::{json, Value};
+use switchyard::config::{DatabaseUrl, Settings};
+
+use crate::helpers::*;
+use crate::operations::process_gone;
+
+const LEASE: Duration = Duration::from_millis(1_500);
+const HEARTBEAT: Duration = Duration::from_millis(300);
+/// What the issue allows for a takeover.
+const TAKEOVER: Duration = Duration::from_secs(20);
+
+/// Nodes on one database and one Redis prefix, with the kinds below.
+struct Nodes {
+    db: TestDb,
+    prefix: String,
+    dir: tempfile::TempDir,
+    nodes: Vec<Option<TestApp>>,
+}
+
+impl Nodes {
+    async fn start(n: usize) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // `tick`: writes its pid, then a line every 100 ms until killed.
+        let toml = format!(
+            r#"
+[kinds.tick]
+runner = "command"
+command = ["/bin/sh", "-c", 'echo $$ > {dir}/{{target}}.pid; while true; do echo tick; sleep 0.1; done']
+target_pattern = "[a-z0-9-]+"
+
+[kinds.ext]
+runner = "external"
+stall_timeout_secs = 300
+
+[kinds.one]
+runner = "external"
+concurrency = 1
+stall_timeout_secs = 300
+"#,
+            dir = dir.path().display()
+        );
+        std::fs::write(dir.path().join("operations.toml"), toml).expect("write kinds");
+        let mut nodes = Self {
+            db: TestDb::new(Backend::Postgres),
+            prefix: format!("sy-ops-{}", uuid::Uuid::new_v4().simple()),
+            dir,
+            nodes: Vec::new(),
+        };
+        for _ in 0..n {
+            nodes.add(None).await;
+        }
+        nodes
+    }
+
+    fn settings(&self) -> Settings {
+        let mut s = test_settings(&self.db);
+        s.redis_url = Some("redis://127.0.0.1:6379".into());
+        s.redis_prefix = self.prefix.clone();
+        s.operations_file = Some(self.dir.path().join("operations.toml"));
+        s.operation_lease = LEASE;
+        s.operation_heartbeat = HEARTBEAT;
+        s
+    }
+
+    /// Adds a node; `pause` is its heartbeat's test hook.
+    async fn add(&mut self, pause: Option<Arc<AtomicBool>>) {
+        let mut s = self.settings();
+        s.operation_heartbeat_paused = pause;
+        let node = spawn_app_on(TestDb::shared(&self.db), s).await;
+        self.nodes.push(Some(node));
+    }
+
+    fn node(&self, i: usize) -> &TestApp {
+        self.nodes[i].as_ref().expect("node running")
+    }
+
+    /// Stops node `i` at once, as a crash of its server would (no graceful shutdown: nothing
+    /// written, nothing announced by it).
+    fn drop_node(&mut self, i: usize) {
+        drop(self.nodes[i].take());
+    }
+
+    fn pid_file(&self, target: &str) -> PathBuf {
+        self.dir.path().join(format!("{target}.pid"))
+    }
+
+    async fn pid(&self, target: &str) -> i32 {
+        let p = self.pid_file(target);
+        eventually("the command to write its pid", || {
+            let p = p.clone();
+            async move {
+                std::fs::read_to_string(&p)
+                    .map(|s| !s.trim().is_empty())
+                    .unwrap_or(false)
+            }
+        })
+        .await;
+        std::fs::read_to_string(&p)
+            .expect("pid file")
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+
+    /// The row's owner, fence, status and log offset, straight from the database.
+    fn row(&self, id: &str) -> (Option<String>, i64, String, i64) {
+        let DatabaseUrl::Postgres(url) = &self.db.url else {
+            panic!("postgres")
+        };
+        let mut c = PgConnection::establish(url).expect("connect");
+        #[derive(QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+            owner: Option<String>,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            fence: i64,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            status: String,
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            log_offset: i64,
+        }
+        let r: Row = diesel::sql_query(
+            "SELECT owner, fence, status, log_offset FROM operations WHERE id = $1",
+        )
+        .bind::<diesel::sql_types::Text, _>(id)
+        .get_result(&mut c)
+        .expect("row");
+        (r.owner, r.fence, r.status, r.log_offset)
+    }
+
+    /// The highest log line stored for `id`.
+    fn last_line(&self, id: &str) -> i64 {
+        let DatabaseUrl::Postgres(url) = &self.db.url else {
+            panic!("postgres")
+        };
+        let mut c = PgConnection::establish(url).expect("connect");
+        #[derive(QueryableByName)]
+        struct Max {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            seq: i64,
+        }
+        let m: Max = diesel::sql_query(
+            "SELECT COALESCE(MAX(seq), 0) AS seq FROM operation_logs WHERE operation_id = $1",
+        )
+        .bind::<diesel::sql_types::Text, _>(id)
+        .get_result(&mut c)
+        .expect("max seq");
+        m.seq
+    }
+
+    async fn stop(mut self) {
+        for node in self.nodes.drain(..).flatten() {
+            node.shutdown().await;
+        }
+        forget_redis_prefix(&self.prefix).await;
+    }
+}
+
+async fn start(node: &TestApp, kind: &str, target: &str) -> Value {
+    let (s, op) = node
+        .post("/api/operations", json!({"kind": kind, "target": target}))
+        .await;
+    assert_eq!(s, 202, "{op}");
+    op
+}
+
+fn id_of(op: &Value) -> String {
+    op["id"].as_str().expect("id").to_string()
+}
+
+/// Waits for the next terminal event of `operation:<id>` on `ws`.
+async fn terminal_event(ws: &mut WsClient, id: &str) -> (String, Value) {
+    loop {
+        let f = ws.recv().await;
+        if f["room"] != json!(format!("operation:{id}")) || f["type"] != "message" {
+            continue;
+        }
+        let event = f["event"].as_str().unwrap_or_default().to_string();
+        if matches!(
+            event.as_str(),
+            "operation.completed" | "operation.failed" | "operation.cancelled"
+        ) {
+            return (event, f["data"].clone());
+        }
+    }
+}
+
+/// No terminal event of `operation:<id>` within `quiet` (the bounded wait for an absence).
+async fn no_more_terminal_events(ws: &mut WsClient, id: &str, quiet: Duration) {
+    if let Ok((event, data)) = tokio::time::timeout(quiet, terminal_event(ws, id)).await {
+        panic!("a second terminal event: {event} {data}");
+    }
+}
+
+/// A watcher of `operation:<id>` on `node`.
+async fn watcher(node: &TestApp, id: &str) -> WsClient {
+    let mut ws = node.ws_as("watcher").await;
+    ws.join(&format!("operation:{id}")).await;
+    ws
+}
+
+#[actix_web::test]
+async fn a_dead_owners_command_ends_interrupted_once_and_its_child_dies_with_it() {
+    let mut nodes = Nodes::start(2).await;
+    let op = start(nodes.node(0), "tick", "job-a").await;
+    let id = id_of(&op);
+    let child = nodes.pid("job-a").await;
+    let mut watching = watcher(nodes.node(1), &id).await;
+    let (owner_before, fence_before, ..) = nodes.row(&id);
+    assert!(owner_before.is_some(), "the starting node owns it");
+    assert_eq!(fence_before, 1);
+
+    let stopped = Instant::now();
+    nodes.drop_node(0);
+    let (event, data) = tokio::time::timeout(TAKEOVER, terminal_event(&mut watching, &id))
+        .await
+        .expect("a terminal event within 20 s");
+    assert_eq!(event, "operation.failed", "{data}");
+    assert_eq!(data["error"]["code"], "interrupted", "{data}");
+    eprintln!("taken over and interrupted after {:?}", stopped.elapsed());
+    let (owner, fence, status, _) = nodes.row(&id);
+    assert_eq!(status, "failed");
+    assert_eq!(fence, 2, "one takeover, one new fence");
+    assert_ne!(owner, owner_before);
+    eventually("the dead owner's command to die with it", || async move {
+        process_gone(child)
+    })
+    .await;
+    no_more_terminal_events(&mut watching, &id, Duration::from_secs(2)).await;
+    nodes.stop().await;
+}
+
+#[actix_web::test]
+async fn a_dead_owners_external_operation_is_adopted_and_its_log_continues_without_gap() {
+    let mut nodes = Nodes::start(2).await;
+    let op = start(nodes.node(0), "ext", "file-1").await;
+    let id = id_of(&op);
+    let logs = format!("/api/operations/{id}/logs");
+    for i in 1..=3 {
+        let (s, b) = nodes
+            .node(0)
+            .post(&logs, json!({"lines": [format!("line {i}")]}))
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+    nodes.drop_node(0);
+    // The worker goes on reporting to the node it can reach; once that node has adopted the
+    // operation, the report is accepted and numbered after the stored ones.
+    let started = Instant::now();
+    let mut next = 4;
+    loop {
+        let (s, b) = nodes
+            .node(1)
+            .post(&logs, json!({"lines": [format!("line {next}")]}))
+            .await;
+        if s == 200 {
+            assert_eq!(b["log_offset"], next, "{b}");
+            break;
+        }
+        assert_eq!((s, b["error"].as_str()), (503, Some("unavailable")), "{b}");
+        assert!(started.elapsed() < TAKEOVER, "adopted within 20 s");
+    }
+    eprintln!("adopted after {:?}", started.elapsed());
+    next += 1;
+    let (s, b) = nodes
+        .node(1)
+        .post(&logs, json!({"lines": [format!("line {next}")]}))
+        .await;
+    assert_eq!((s, b["log_offset"].as_i64()), (200, Some(next)), "{b}");
+    let (s, _) = nodes
+        .node(1)
+        .post(&format!("/api/operations/{id}/complete"), json!({}))
+        .await;
+    assert_eq!(s, 200);
+    let (s, page) = nodes.node(1).get(&logs).await;
+    assert_eq!(s, 200);
+    let got: Vec<(u64, String)> = page["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| {
+            (
+                l["offset"].as_u64().expect("offset"),
+                l["line"].as_str().expect("line").to_string(),
+            )
+        })
+        .collect();
+    let want: Vec<(u64, String)> = (1..=next as u64)
+        .map(|i| (i, format!("line {i}")))
+        .collect();
+    assert_eq!(got, want, "no gap, no duplicate across the takeover");
+    nodes.stop().await;
+}
+
+#[actix_web::test]
+async fn a_stalled_owner_that_lost_its_lease_writes_nothing_and_kills_its_command() {
+    // Node 0's heartbeat is paused through the test hook (a stalled owner whose process still
+    // runs: its command keeps printing and its actor keeps trying to write).
+    let pause = Arc::new(AtomicBool::new(false));
+    let mut nodes = Nodes::start(0).await;
+    nodes.add(Some(pause.clone())).await;
+    nodes.add(None).await;
+    let op = start(nodes.node(0), "tick", "stalled").await;
+    let id = id_of(&op);
+    let child = nodes.pid("stalled").await;
+    eventually("the owner to store some of its lines", || {
+        let n = nodes.last_line(&id);
+        async move { n > 0 }
+    })
+    .await;
+    let mut watching = watcher(nodes.node(1), &id).await;
+    pause.store(true, Ordering::SeqCst);
+    let (event, data) = tokio::time::timeout(TAKEOVER, terminal_event(&mut watching, &id))
+        .await
+        .expect("taken over within 20 s");
+    assert_eq!(
+        (event.as_str(), data["error"]["code"].as_str()),
+        ("operation.failed", Some("interrupted")),
+        "{data}"
+    );
+    let after_takeover = nodes.row(&id);
+    let lines_at_takeover = nodes.last_line(&id);
+    assert_eq!(after_takeover.2, "failed");
+    assert_eq!(after_takeover.1, 2);
+    // The stalled owner's next write is fenced out: it stops the operation and its command.
+    eventually("the stalled owner to kill its command", || async move {
+        process_gone(child)
+    })
+    .await;
+    pause.store(false, Ordering::SeqCst);
+    // Its heartbeat runs again: still nothing of it reaches the row or the log.
+    tokio::time::sleep(HEARTBEAT * 3).await;
+    assert_eq!(nodes.row(&id), after_takeover, "the old owner wrote nothing");
+    assert_eq!(nodes.last_line(&id), lines_at_takeover, "no line after the takeover");
+    no_more_terminal_events(&mut watching, &id, Duration::from_secs(1)).await;
+    nodes.stop().await;
+}
+
+#[actix_web::test]
+async fn a_cancel_on_another_node_reaches_the_owner_within_a_second() {
+    let nodes = Nodes::start(3).await;
+    let op = start(nodes.node(0), "ext", "to-cancel").await;
+    let id = id_of(&op);
+    let mut watching = watcher(nodes.node(1), &id).await;
+    let asked = Instant::now();
+    let (s, b) = nodes
+        .node(2)
+        .post(&format!("/api/operations/{id}/cancel"), json!({}))
+        .await;
+    let took = asked.elapsed();
+    assert_eq!((s, b["status"].as_str()), (202, Some("cancelling")), "{b}");
+    assert!(took < Duration::from_secs(1), "cancel took {took:?}");
+    // The owner tells the worker through the operation's room, seen on every node.
+    loop {
+        let f = watching.recv().await;
+        if f["event"] == "operation.cancel" {
+            break;
+        }
+    }
+    // A cancel of a finished operation, on a node that never ran it, says so.
+    let (s, _) = nodes
+        .node(0)
+        .post(&format!("/api/operations/{id}/complete"), json!({}))
+        .await;
+    assert!(s == 200 || s == 409, "{s}");
+    eventually("the operation to finish", || {
+        let st = nodes.row(&id).2;
+        async move { st != "cancelling" && st != "running" && st != "queued" }
+    })
+    .await;
+    let (s, b) = nodes
+        .node(2)
+        .post(&format!("/api/operations/{id}/cancel"), json!({}))
+        .await;
+    assert_eq!((s, b["error"].as_str()), (409, Some("operation_finished")), "{b}");
+    nodes.stop().await;
+}
+
+#[actix_web::test]
+async fn worker_reports_to_any_node_reach_the_owner_in_order() {
+    let nodes = Nodes::start(3).await;
+    let op = start(nodes.node(0), "ext", "spread").await;
+    let id = id_of(&op);
+    let logs = format!("/api/operations/{id}/logs");
+    for i in 1..=12u64 {
+        let node = nodes.node((i % 3) as usize);
+        let (s, b) = node
+            .post(&logs, json!({"lines": [format!("line {i}")]}))
+            .await;
+        assert_eq!((s, b["log_offset"].as_u64()), (200, Some(i)), "{b}");
+    }
+    let (s, b) = nodes
+        .node(2)
+        .post(
+            &format!("/api/operations/{id}/progress"),
+            json!({"progress": 50}),
+        )
+        .await;
+    assert_eq!((s, b["progress"].as_f64()), (200, Some(50.0)), "{b}");
+    let (s, page) = nodes.node(1).get(&logs).await;
+    assert_eq!(s, 200);
+    let lines: Vec<String> = page["lines"]
+        .as_array()
+        .expect("lines")
+        .iter()
+        .map(|l| l["line"].as_str().expect("line").to_string())
+        .collect();
+    assert_eq!(
+        lines,
+        (1..=12).map(|i| format!("line {i}")).collect::<Vec<_>>()
+    );
+    nodes.stop().await;
+}
+
+#[actix_web::test]
+async fn twelve_concurrent_starts_over_three_nodes_give_one_202_and_eleven_409s_naming_it() {
+    let nodes = Nodes::start(3).await;
+    let starts = (0..12).map(|i| {
+        nodes
+            .node(i % 3)
+            .post("/api/operations", json!({"kind": "ext", "target": "same"}))
+    });
+    let answers = futures_util::future::join_all(starts).await;
+    let won: Vec<&Value> = answers
+        .iter()
+        .filter(|(s, _)| *s == 202)
+        .map(|(_, b)| b)
+        .collect();
+    assert_eq!(won.len(), 1, "{answers:?}");
+    let winner = id_of(won[0]);
+    for (s, b) in answers.iter().filter(|(s, _)| *s != 202) {
+        assert_eq!(*s, 409, "{b}");
+        assert_eq!(b["error"], "duplicate_operation", "{b}");
+        assert!(
+            b.to_string().contains(&winner),
+            "the refusal names the winner: {b}"
+        );
+    }
+    nodes.stop().await;
+}
