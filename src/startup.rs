@@ -193,8 +193,12 @@ impl Application {
             // the broker's node id, not their operations).
             ownership: settings.redis_url.is_some().then(|| {
                 Arc::new(crate::actors::operation::Ownership {
-                    node: format!("{}-{}", crate::broker::node_id(), uuid::Uuid::new_v4().simple())
-                        .into(),
+                    node: format!(
+                        "{}-{}",
+                        crate::broker::node_id(),
+                        uuid::Uuid::new_v4().simple()
+                    )
+                    .into(),
                     lease: settings.operation_lease,
                     heartbeat: settings.operation_heartbeat,
                     paused: settings.operation_heartbeat_paused.clone(),

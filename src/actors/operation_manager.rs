@@ -595,37 +595,38 @@ impl Handler<StartOperation> for OperationManager {
             .map(move |res, act, ctx| {
                 act.inserting.remove(&op.id);
                 match res {
-                Ok(Ok(fence)) => {
-                    log::info!(
-                        "operation {} ({} on {}) created{}",
-                        op.id,
-                        op.kind,
-                        op.target,
-                        if begin_now { " and started" } else { "" }
-                    );
-                    if begin_now {
-                        act.spawn_begun(op.clone(), fence, ctx);
-                    } else {
-                        act.spawn(op.clone(), true, fence, ctx);
+                    Ok(Ok(fence)) => {
+                        log::info!(
+                            "operation {} ({} on {}) created{}",
+                            op.id,
+                            op.kind,
+                            op.target,
+                            if begin_now { " and started" } else { "" }
+                        );
+                        if begin_now {
+                            act.spawn_begun(op.clone(), fence, ctx);
+                        } else {
+                            act.spawn(op.clone(), true, fence, ctx);
+                        }
+                        Ok(Started {
+                            operation: op,
+                            worker_token,
+                        })
                     }
-                    Ok(Started {
-                        operation: op,
-                        worker_token,
-                    })
-                }
-                Ok(Err(existing)) => {
-                    if begin_now {
-                        act.release_slot(&op.kind);
+                    Ok(Err(existing)) => {
+                        if begin_now {
+                            act.release_slot(&op.kind);
+                        }
+                        Err(StartError::Duplicate(Box::new(existing)))
                     }
-                    Err(StartError::Duplicate(Box::new(existing)))
-                }
-                Err(e) => {
-                    if begin_now {
-                        act.release_slot(&op.kind);
+                    Err(e) => {
+                        if begin_now {
+                            act.release_slot(&op.kind);
+                        }
+                        Err(e)
                     }
-                    Err(e)
                 }
-            }}),
+            }),
         )
     }
 }

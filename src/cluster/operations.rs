@@ -33,9 +33,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::actors::operation::peers::{Forward, PeerAnswer, Peers};
-use crate::actors::operation_manager::{
-    CancelHere, OperationManager, ReportHere, ReportReply,
-};
+use crate::actors::operation_manager::{CancelHere, OperationManager, ReportHere, ReportReply};
 use crate::config::Settings;
 use crate::db::operations::OperationRow;
 use crate::error_code::{ErrorCode, Refusal};
@@ -102,7 +100,10 @@ impl Reply {
                     .unwrap_or(ErrorCode::Internal),
                 e.message,
             )),
-            (None, None) => Err(Refusal::new(ErrorCode::Internal, "empty answer from a peer")),
+            (None, None) => Err(Refusal::new(
+                ErrorCode::Internal,
+                "empty answer from a peer",
+            )),
         }
     }
 }
@@ -169,7 +170,9 @@ impl RedisPeers {
     }
 }
 
-fn lock(w: &Waiting) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Operation, Refusal>>>> {
+fn lock(
+    w: &Waiting,
+) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<Result<Operation, Refusal>>>> {
     // A panic while holding this lock leaves a plain map: still usable.
     w.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -191,7 +194,10 @@ impl Peers for RedisPeers {
         let (waiting, deadline) = (self.waiting.clone(), self.deadline);
         Box::pin(async move {
             let answer = if queued {
-                tokio::time::timeout(deadline, rx).await.ok().and_then(Result::ok)
+                tokio::time::timeout(deadline, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
             } else {
                 None
             };

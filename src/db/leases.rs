@@ -149,7 +149,9 @@ pub fn save_fenced(
     .set(row)
     .execute(c)?;
     if n == 0 {
-        return Err(diesel::result::Error::QueryBuilderError(Box::new(LeaseLost)));
+        return Err(diesel::result::Error::QueryBuilderError(Box::new(
+            LeaseLost,
+        )));
     }
     for chunk in logs.chunks(500) {
         diesel::insert_into(operation_logs::table)

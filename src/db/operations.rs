@@ -12,7 +12,14 @@ use crate::with_conn;
 /// whole status, which is what coalescing wants).
 /// Serializable: the form in which an operation's owner answers another node (cluster mode).
 #[derive(
-    Debug, Clone, Queryable, Selectable, Insertable, AsChangeset, serde::Serialize, serde::Deserialize,
+    Debug,
+    Clone,
+    Queryable,
+    Selectable,
+    Insertable,
+    AsChangeset,
+    serde::Serialize,
+    serde::Deserialize,
 )]
 #[diesel(table_name = operations, treat_none_as_null = true)]
 pub struct OperationRow {

@@ -343,8 +343,16 @@ async fn a_stalled_owner_that_lost_its_lease_writes_nothing_and_kills_its_comman
     pause.store(false, Ordering::SeqCst);
     // Its heartbeat runs again: still nothing of it reaches the row or the log.
     tokio::time::sleep(HEARTBEAT * 3).await;
-    assert_eq!(nodes.row(&id), after_takeover, "the old owner wrote nothing");
-    assert_eq!(nodes.last_line(&id), lines_at_takeover, "no line after the takeover");
+    assert_eq!(
+        nodes.row(&id),
+        after_takeover,
+        "the old owner wrote nothing"
+    );
+    assert_eq!(
+        nodes.last_line(&id),
+        lines_at_takeover,
+        "no line after the takeover"
+    );
     no_more_terminal_events(&mut watching, &id, Duration::from_secs(1)).await;
     nodes.stop().await;
 }
@@ -385,7 +393,11 @@ async fn a_cancel_on_another_node_reaches_the_owner_within_a_second() {
         .node(2)
         .post(&format!("/api/operations/{id}/cancel"), json!({}))
         .await;
-    assert_eq!((s, b["error"].as_str()), (409, Some("operation_finished")), "{b}");
+    assert_eq!(
+        (s, b["error"].as_str()),
+        (409, Some("operation_finished")),
+        "{b}"
+    );
     nodes.stop().await;
 }
 
