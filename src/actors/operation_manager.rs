@@ -2,7 +2,8 @@
 //! each kind's concurrency limit, recovers what a previous process left behind, prunes old rows.
 //!
 //! In: [`StartOperation`], [`CancelOperation`], [`ReportOperation`], [`GetOperation`],
-//! [`WatchOperation`] (routes and sessions); [`Finished`], [`Retired`] (operation actors).
+//! [`WatchOperation`] (routes and sessions); [`CancelHere`], [`ReportHere`] (other nodes, in
+//! cluster mode); [`Finished`], [`Retired`] (operation actors).
 //! Out: [`Begin`], [`Cancel`], [`Report`], [`GetSnapshot`], [`Watch`], [`Interrupt`] to
 //! operation actors; database reads for operations no longer in memory.
 //!
@@ -15,6 +16,12 @@
 //! (the 202 then says `running`), else by its actor when a slot frees up. Start-up recovery
 //! starts again only what is still `queued` (it provably never started) and marks `running` and
 //! `cancelling` ones interrupted. Every write goes through the single writer (`db::batch`).
+//!
+//! Cluster mode (`OpContext::ownership`): operations are owned under leases on their rows
+//! (`db::leases`). Instead of start-up recovery, a heartbeat renews this node's leases in one
+//! UPDATE and takes over operations whose lease ran out (`resume`, as recovery does); a cancel
+//! or report for an operation not live here is handed to its owner through `OpContext::peers`
+//! ([`CancelHere`], [`ReportHere`] arrive the other way).
 //!
 //! Why this file is one piece (about 700 lines): the manager is the one owner of the table of
 //! live operations and of the concurrency slots; each of its messages reads or changes both,

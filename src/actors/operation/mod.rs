@@ -17,7 +17,11 @@
 //! * `watchers.rs`: how a watcher joins `operation:<id>` with its backfill;
 //! * `writes.rs`: the write loop that runs the journal's writes and what follows each outcome;
 //! * `messages.rs`: what this actor tells its manager, and how a report is answered (so the
-//!   actor never names the manager).
+//!   actor never names the manager);
+//! * `lease.rs`: cluster mode — the node's ownership settings, the fencing token every write
+//!   carries, and what happens when a write finds the operation taken over;
+//! * `peers.rs`: cluster mode — the seam through which the manager hands a cancel or a report
+//!   to the node that runs the operation.
 //!
 //! Invariants:
 //! * Every event this actor publishes, and every watcher join it sends, is handed to the broker
