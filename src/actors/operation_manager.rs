@@ -23,7 +23,7 @@
 //! or report for an operation not live here is handed to its owner through `OpContext::peers`
 //! ([`CancelHere`], [`ReportHere`] arrive the other way).
 //!
-//! Why this file is one piece (about 700 lines): the manager is the one owner of the table of
+//! Why this file is one piece (about 750 lines, cluster mode's part apart in `cluster.rs`): the manager is the one owner of the table of
 //! live operations and of the concurrency slots; each of its messages reads or changes both,
 //! and a good part of the file is the messages themselves (the manager's public surface; what
 //! operation actors send it is in `actors/operation/messages.rs`, re-exported here). The
@@ -39,10 +39,14 @@ use futures_util::FutureExt;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+mod cluster;
+
+use self::cluster::settle_forward;
+pub use self::cluster::{CancelHere, ReportHere};
 use super::operation::peers::Forward;
 use super::operation::{
-    backfill_frames, Begin, Cancel, CheckLease, FlushNow, GetSnapshot, Interrupt, ManagerLink,
-    OpContext, OperationActor, Refenced, Report, Watch,
+    backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, ManagerLink, OpContext,
+    OperationActor, Report, Watch,
 };
 // What operation actors tell the manager, and how a report is answered: defined beside the
 // operation actor (which sends them) so that it need not name the manager; part of the
@@ -128,25 +132,6 @@ pub struct WatchOperation {
     pub member: Member,
     pub log_offset: u64,
     pub request_id: Option<RequestId>,
-}
-
-/// Cluster (a peer's forward) → Manager: cancel the operation if it runs here; `None` if it
-/// does not (the node that runs it answers).
-#[derive(Message)]
-#[rtype(result = "Option<Result<Operation, Refusal>>")]
-pub struct CancelHere {
-    pub id: String,
-}
-
-/// Cluster (a peer's forward) → Manager: a worker's report, authorized by the node that
-/// received it, applied if the operation runs here (`true`; `reply` is answered) and left to
-/// the node that runs it otherwise (`false`; `reply` is dropped unanswered).
-#[derive(Message)]
-#[rtype(result = "bool")]
-pub struct ReportHere {
-    pub id: String,
-    pub report: WorkerReport,
-    pub reply: ReportReply,
 }
 
 /// Application (graceful shutdown) → Manager: have every live operation write what it has not.
@@ -354,108 +339,6 @@ impl OperationManager {
                 addr.do_send(Cancel);
             }
         }
-    }
-
-    /// Cluster mode, every `SWITCHYARD_OPERATION_HEARTBEAT_MS`: renews this node's leases in
-    /// one UPDATE, asks each live operation it did not renew to check its lease (a fenced
-    /// write), takes up operations owned here but not live (an actor stopped by a lost lease
-    /// just before this node claimed the operation again), then takes over operations whose
-    /// lease ran out.
-    fn heartbeat(&mut self, ctx: &mut Context<Self>) {
-        let Some(own) = self.cx.ownership.clone() else {
-            return;
-        };
-        if self.beating || own.is_paused() {
-            return;
-        }
-        self.beating = true;
-        let writer = self.cx.writer.clone();
-        let (node, lease_ms) = (own.node.to_string(), own.lease_ms());
-        async move {
-            let n = node.clone();
-            let renewed = writer.write(move |c| leases::renew(c, &n, lease_ms)).await;
-            let claimed = writer
-                .write(move |c| leases::claim_expired(c, &node, lease_ms, CLAIM_BATCH))
-                .await;
-            (renewed, claimed)
-        }
-        .into_actor(self)
-        .map(|(renewed, claimed), act, ctx| {
-            act.beating = false;
-            match renewed {
-                Ok(renewed) => {
-                    let held: HashSet<&str> = renewed.iter().map(|(id, _)| id.as_str()).collect();
-                    for (id, addr) in &act.live {
-                        if !held.contains(id.as_str()) {
-                            addr.do_send(CheckLease);
-                        }
-                    }
-                    let orphans: Vec<String> = renewed
-                        .iter()
-                        .filter(|(id, _)| !act.live.contains_key(id) && !act.inserting.contains(id))
-                        .map(|(id, _)| id.clone())
-                        .collect();
-                    if !orphans.is_empty() {
-                        act.take_up_orphans(orphans, ctx);
-                    }
-                }
-                Err(e) => log::warn!("operations: renewing this node's leases failed: {e}"),
-            }
-            match claimed {
-                Ok(rows) => {
-                    for (row, fence) in rows {
-                        let op = row.into_operation();
-                        log::info!(
-                            "operation {} ({} on {}, {}): lease expired, taken over by this node (fence {fence})",
-                            op.id,
-                            op.kind,
-                            op.target,
-                            op.status.as_str()
-                        );
-                        match act.live.get(&op.id) {
-                            // Still running here: this node's own lease had run out.
-                            Some(addr) => addr.do_send(Refenced { fence }),
-                            None => act.resume(op, Some(fence), ctx),
-                        }
-                    }
-                }
-                Err(e) => log::warn!("operations: claiming expired leases failed: {e}"),
-            }
-        })
-        .spawn(ctx);
-    }
-
-    /// Operations this node owns in the database without a live actor: read and taken up
-    /// under their current fence.
-    fn take_up_orphans(&mut self, ids: Vec<String>, ctx: &mut Context<Self>) {
-        let Some(own) = self.cx.ownership.clone() else {
-            return;
-        };
-        let node = own.node.to_string();
-        self.cx
-            .db
-            .run(move |c| {
-                let mut out = Vec::new();
-                for id in ids {
-                    if let Some((row, fence)) = leases::owned(c, &id, &node)? {
-                        out.push((row, fence));
-                    }
-                }
-                Ok(out)
-            })
-            .into_actor(self)
-            .map(|res, act, ctx| match res {
-                Ok(rows) => {
-                    for (row, fence) in rows {
-                        if !act.live.contains_key(&row.id) && !act.inserting.contains(&row.id) {
-                            log::info!("operation {}: owned here without an actor; taking it up (fence {fence})", row.id);
-                            act.resume(row.into_operation(), Some(fence), ctx);
-                        }
-                    }
-                }
-                Err(e) => log::warn!("operations: reading this node's operations failed: {e}"),
-            })
-            .spawn(ctx);
     }
 
     fn prune(&mut self, ctx: &mut Context<Self>) {
@@ -672,57 +555,6 @@ impl Handler<CancelOperation> for OperationManager {
             return Box::pin(settle_forward(self.cx.db.clone(), msg.id, answer));
         }
         Box::pin(not_live(self.cx.db.clone(), msg.id).map(Err))
-    }
-}
-
-/// The owner's answer to a forward; when no node answered, what the database says instead (the
-/// operation finished or never existed), else the `unavailable` refusal.
-async fn settle_forward(
-    db: crate::db::Database,
-    id: String,
-    answer: super::operation::peers::PeerAnswer,
-) -> Result<Operation, Refusal> {
-    match answer.await {
-        Err(r) if r.code == ErrorCode::Unavailable => match stored(db, id).await {
-            Ok(op) if op.status.is_terminal() => Err(Refusal::new(
-                ErrorCode::OperationFinished,
-                format!("operation {} is already {}", op.id, op.status.as_str()),
-            )),
-            Ok(_) => Err(r),
-            Err(not_found) => Err(not_found),
-        },
-        other => other,
-    }
-}
-
-impl Handler<CancelHere> for OperationManager {
-    type Result = ResponseFuture<Option<Result<Operation, Refusal>>>;
-
-    fn handle(&mut self, msg: CancelHere, _ctx: &mut Context<Self>) -> Self::Result {
-        match self.live.get(&msg.id) {
-            Some(addr) => {
-                let fut = addr.send(Cancel);
-                Box::pin(async move { Some(fut.await.unwrap_or_else(|e| Err(unavailable(e)))) })
-            }
-            None => Box::pin(async { None }),
-        }
-    }
-}
-
-impl Handler<ReportHere> for OperationManager {
-    type Result = bool;
-
-    fn handle(&mut self, msg: ReportHere, _ctx: &mut Context<Self>) -> bool {
-        match self.live.get(&msg.id) {
-            Some(addr) => {
-                addr.do_send(Report {
-                    report: msg.report,
-                    reply: msg.reply,
-                });
-                true
-            }
-            None => false,
-        }
     }
 }
 
