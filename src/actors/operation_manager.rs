@@ -168,6 +168,11 @@ pub struct OperationManager {
     inserting: HashSet<String>,
     /// Cluster mode: a heartbeat is running (one at a time).
     beating: bool,
+    /// Cluster mode: kinds whose concurrency slot is being claimed in the database (one claim
+    /// per kind at a time, for the head of its waiting queue).
+    claiming: HashSet<String>,
+    /// Its own address (set when started): cluster mode's slot claims are messages to itself.
+    me: Option<Addr<OperationManager>>,
 }
 
 fn not_found(id: &str) -> Refusal {
@@ -209,6 +214,8 @@ impl OperationManager {
             verifying: HashMap::new(),
             inserting: HashSet::new(),
             beating: false,
+            claiming: HashSet::new(),
+            me: None,
         }
     }
 
@@ -238,6 +245,11 @@ impl OperationManager {
     /// Takes a slot of `kind` for a start arriving now, if one is free and nobody waits for one
     /// (first come, first served).
     fn reserve_slot(&mut self, kind: &str, limit: usize) -> bool {
+        // Cluster mode: a limited kind's slots are counted across nodes, claimed once the
+        // operation is inserted (`ClaimSlots`); it starts `queued`.
+        if limit > 0 && self.cx.ownership.is_some() {
+            return false;
+        }
         let running = self.running.get(kind).copied().unwrap_or(0);
         let nobody_waits = self.waiting.get(kind).is_none_or(VecDeque::is_empty);
         if nobody_waits && (limit == 0 || running < limit) {
@@ -273,6 +285,14 @@ impl OperationManager {
     /// Begins waiting operations of `kind` while its concurrency allows.
     fn schedule(&mut self, kind: &str) {
         let limit = self.cx.kinds.get(kind).map(|k| k.concurrency).unwrap_or(0);
+        if limit > 0 && self.cx.ownership.is_some() {
+            if let Some(me) = &self.me {
+                me.do_send(cluster::ClaimSlots {
+                    kind: kind.to_string(),
+                });
+            }
+            return;
+        }
         loop {
             let running = self.running.get(kind).copied().unwrap_or(0);
             if limit > 0 && running >= limit {
@@ -299,7 +319,7 @@ impl OperationManager {
                 Ok(rows) => {
                     let n = rows.len();
                     for row in rows {
-                        act.resume(row.into_operation(), None, ctx);
+                        act.resume(row.into_operation(), None, false, ctx);
                     }
                     if n > 0 {
                         log::info!("operations: recovered {n} unfinished operations");
@@ -317,8 +337,15 @@ impl OperationManager {
     /// start-up; in cluster mode any node whose lease ran out): a command or demo operation
     /// that may have run ends interrupted (never started twice), a queued one is started, an
     /// external one is adopted (its worker reports on, its log continuing from the stored
-    /// offset), a cancelling one finishes cancelling.
-    fn resume(&mut self, op: Operation, fence: Option<i64>, ctx: &mut Context<Self>) {
+    /// offset), a cancelling one finishes cancelling. `holds_slot`: cluster mode, it already
+    /// holds one of its kind's slots (an adopted external operation) and begins at once.
+    fn resume(
+        &mut self,
+        op: Operation,
+        fence: Option<i64>,
+        holds_slot: bool,
+        ctx: &mut Context<Self>,
+    ) {
         let (id, runner, status) = (op.id.clone(), op.runner, op.status);
         let Some(kind) = self.cx.kinds.get(&op.kind) else {
             log::warn!(
@@ -334,6 +361,16 @@ impl OperationManager {
                 .start_unbounded();
             self.live.insert(id, addr.clone());
             addr.do_send(Interrupt);
+        } else if holds_slot {
+            let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), false)
+                .with_fence(fence)
+                .start_unbounded();
+            self.live.insert(id.clone(), addr.clone());
+            self.begun.insert(id);
+            addr.do_send(Begin);
+            if status == Status::Cancelling {
+                addr.do_send(Cancel);
+            }
         } else if let Some(addr) = self.spawn(op, false, fence, ctx) {
             if status == Status::Cancelling {
                 addr.do_send(Cancel);
@@ -362,6 +399,7 @@ impl Actor for OperationManager {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(0);
+        self.me = Some(ctx.address());
         match self.cx.ownership.clone() {
             // Cluster mode: other nodes' operations are running; only those whose lease ran
             // out (a previous process of this node's among them) are taken over.

@@ -55,6 +55,14 @@ struct Fenced {
     fence: i64,
 }
 
+/// An operation taken over: its row, its new fence, and whether it holds one of its kind's
+/// concurrency slots (an adopted external operation keeps its slot).
+pub struct Claimed {
+    pub row: OperationRow,
+    pub fence: i64,
+    pub holds_slot: bool,
+}
+
 /// `owner` takes the operation it just inserted; returns its fence.
 pub fn take_new(conn: &mut DbConn, id: &str, owner: &str, lease_ms: i64) -> QueryResult<i64> {
     let DbConn::Postgres(c) = conn else {
@@ -97,7 +105,7 @@ pub fn claim_expired(
     owner: &str,
     lease_ms: i64,
     limit: i64,
-) -> QueryResult<Vec<(OperationRow, i64)>> {
+) -> QueryResult<Vec<Claimed>> {
     let DbConn::Postgres(c) = conn else {
         return Err(postgres_only());
     };
@@ -117,11 +125,15 @@ pub fn claim_expired(
             .load(c)?;
         let mut out = Vec::with_capacity(claimed.len());
         for f in claimed {
-            let row = operations::table
+            let (row, holds_slot) = operations::table
                 .find(&f.id)
-                .select(OperationRow::as_select())
+                .select((OperationRow::as_select(), operations::holds_slot))
                 .first(c)?;
-            out.push((row, f.fence));
+            out.push(Claimed {
+                row,
+                fence: f.fence,
+                holds_slot,
+            });
         }
         Ok(out)
     })
@@ -161,8 +173,8 @@ pub fn save_fenced(
     Ok(())
 }
 
-/// The active operation `id` if `owner` holds it, with its fence.
-pub fn owned(conn: &mut DbConn, id: &str, owner: &str) -> QueryResult<Option<(OperationRow, i64)>> {
+/// The active operation `id` if `owner` holds it.
+pub fn owned(conn: &mut DbConn, id: &str, owner: &str) -> QueryResult<Option<Claimed>> {
     let DbConn::Postgres(c) = conn else {
         return Err(postgres_only());
     };
@@ -170,11 +182,52 @@ pub fn owned(conn: &mut DbConn, id: &str, owner: &str) -> QueryResult<Option<(Op
         .iter()
         .map(|s| s.as_str())
         .collect();
-    operations::table
+    let found: Option<(OperationRow, i64, bool)> = operations::table
         .find(id)
         .filter(operations::owner.eq(owner))
         .filter(operations::status.eq_any(active))
-        .select((OperationRow::as_select(), operations::fence))
+        .select((
+            OperationRow::as_select(),
+            operations::fence,
+            operations::holds_slot,
+        ))
         .first(&mut **c)
-        .optional()
+        .optional()?;
+    Ok(found.map(|(row, fence, holds_slot)| Claimed {
+        row,
+        fence,
+        holds_slot,
+    }))
+}
+
+/// Gives the operation `id` (owned by `owner`) one of its kind's `limit` concurrency slots if
+/// one is free across every node; true when it holds one. Under a transaction-scoped advisory
+/// lock on the kind, so two nodes never both take the last slot. A slot is free again when its
+/// operation leaves the active statuses (whichever node writes that, or a takeover).
+pub fn claim_slot(
+    conn: &mut DbConn,
+    id: &str,
+    owner: &str,
+    kind: &str,
+    limit: i64,
+) -> QueryResult<bool> {
+    let DbConn::Postgres(c) = conn else {
+        return Err(postgres_only());
+    };
+    let c: &mut diesel::PgConnection = c;
+    diesel::sql_query("SELECT pg_advisory_xact_lock(hashtext('switchyard:kind'), hashtext($1))")
+        .bind::<Text, _>(kind)
+        .execute(c)?;
+    let q = format!(
+        "UPDATE operations SET holds_slot = true \
+         WHERE id = $1 AND owner = $2 AND {ACTIVE_SQL} AND (holds_slot OR \
+           (SELECT count(*) FROM operations WHERE kind = $3 AND holds_slot AND {ACTIVE_SQL}) < $4)"
+    );
+    let n = diesel::sql_query(q)
+        .bind::<Text, _>(id)
+        .bind::<Text, _>(owner)
+        .bind::<Text, _>(kind)
+        .bind::<BigInt, _>(limit)
+        .execute(c)?;
+    Ok(n == 1)
 }

@@ -38,6 +38,7 @@ diesel::table! {
         owner -> Nullable<Text>,
         lease_expires -> Nullable<BigInt>,
         fence -> BigInt,
+        holds_slot -> Bool,
     }
 }
 

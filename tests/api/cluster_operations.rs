@@ -45,10 +45,11 @@ target_pattern = "[a-z0-9-]+"
 runner = "external"
 stall_timeout_secs = 300
 
-[kinds.one]
-runner = "external"
+[kinds.tick1]
+runner = "command"
 concurrency = 1
-stall_timeout_secs = 300
+command = ["/bin/sh", "-c", 'echo $$ > {dir}/{{target}}.pid; while true; do echo tick; sleep 0.1; done']
+target_pattern = "[a-z0-9-]+"
 "#,
             dir = dir.path().display()
         );
@@ -461,5 +462,160 @@ async fn twelve_concurrent_starts_over_three_nodes_give_one_202_and_eleven_409s_
             "the refusal names the winner: {b}"
         );
     }
+    nodes.stop().await;
+}
+
+#[actix_web::test]
+async fn a_kinds_concurrency_limit_holds_across_nodes() {
+    let nodes = Nodes::start(2).await;
+    // `tick1` allows one at a time, cluster-wide.
+    let first = start(nodes.node(0), "tick1", "first").await;
+    let first_id = id_of(&first);
+    let first_pid = nodes.pid("first").await;
+    let second = start(nodes.node(1), "tick1", "second").await;
+    let second_id = id_of(&second);
+    assert_eq!(second["status"], "queued", "{second}");
+    // Several heartbeats of node 1 (each tries for a slot): the second does not start while
+    // the first runs on the other node. (Without the cluster-wide count it starts at once.)
+    let quiet = Instant::now();
+    while quiet.elapsed() < HEARTBEAT * 5 {
+        assert!(
+            !nodes.pid_file("second").exists(),
+            "the second ran while the first held the kind's only slot"
+        );
+        assert_eq!(nodes.row(&second_id).2, "queued");
+        tokio::time::sleep(HEARTBEAT / 2).await;
+    }
+    // The first ends (cancelled, from the node that waits): the slot frees across the cluster.
+    let (s, b) = nodes
+        .node(1)
+        .post(&format!("/api/operations/{first_id}/cancel"), json!({}))
+        .await;
+    assert_eq!(s, 202, "{b}");
+    eventually("the first's command to end", || async move {
+        process_gone(first_pid)
+    })
+    .await;
+    let second_pid = nodes.pid("second").await;
+    assert!(!process_gone(second_pid));
+    eventually("the second to run", || {
+        let st = nodes.row(&second_id).2;
+        async move { st == "running" }
+    })
+    .await;
+    nodes.stop().await;
+}
+
+// ---- the owner as a real process, killed with SIGKILL -----------------------------------------
+
+/// The `switchyard` binary as a cluster node on `nodes`' database, prefix and kinds; killed
+/// with SIGKILL when dropped.
+struct Process {
+    child: Option<std::process::Child>,
+    port: u16,
+}
+
+impl Process {
+    async fn start(nodes: &Nodes) -> Self {
+        use std::io::{BufRead, BufReader};
+        let DatabaseUrl::Postgres(url) = &nodes.db.url else {
+            panic!("postgres")
+        };
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        cmd.env("SWITCHYARD_PORT", "0")
+            .env("DATABASE_URL", url)
+            .env("SWITCHYARD_REDIS_URL", "redis://127.0.0.1:6379")
+            .env("SWITCHYARD_REDIS_PREFIX", &nodes.prefix)
+            .env(
+                "SWITCHYARD_OPERATIONS_FILE",
+                nodes.dir.path().join("operations.toml"),
+            )
+            .env(
+                "SWITCHYARD_OPERATION_LEASE_MS",
+                LEASE.as_millis().to_string(),
+            )
+            .env(
+                "SWITCHYARD_OPERATION_HEARTBEAT_MS",
+                HEARTBEAT.as_millis().to_string(),
+            )
+            .env("RUST_LOG", "info")
+            .env_remove("SWITCHYARD_JWT_SECRET")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn switchyard");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Reads the port, then keeps draining so the server never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+                    if let Some(port) = rest.split_whitespace().next().and_then(|p| p.parse().ok())
+                    {
+                        let _ = tx.send(port);
+                    }
+                }
+            }
+        });
+        let port = tokio::task::spawn_blocking(move || rx.recv_timeout(WAIT))
+            .await
+            .expect("join")
+            .expect("the server printed its port");
+        Self {
+            child: Some(child),
+            port,
+        }
+    }
+
+    async fn start_operation(&self, kind: &str, target: &str) -> Value {
+        let res = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{}/api/operations", self.port))
+            .json(&json!({"kind": kind, "target": target}))
+            .send()
+            .await
+            .expect("POST");
+        assert_eq!(res.status().as_u16(), 202);
+        res.json().await.expect("json")
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[actix_web::test]
+async fn an_owner_killed_with_sigkill_is_taken_over_and_leaves_no_child() {
+    let nodes = Nodes::start(1).await;
+    let mut owner = Process::start(&nodes).await;
+    let op = owner.start_operation("tick", "killed").await;
+    let id = id_of(&op);
+    let child = nodes.pid("killed").await;
+    let mut watching = watcher(nodes.node(0), &id).await;
+    let killed = Instant::now();
+    owner.kill();
+    eventually("the killed owner's command to die with it", || async move {
+        process_gone(child)
+    })
+    .await;
+    let (event, data) = tokio::time::timeout(TAKEOVER, terminal_event(&mut watching, &id))
+        .await
+        .expect("a terminal event within 20 s");
+    assert_eq!(
+        (event.as_str(), data["error"]["code"].as_str()),
+        ("operation.failed", Some("interrupted")),
+        "{data}"
+    );
+    eprintln!("taken over after {:?}", killed.elapsed());
+    assert_eq!(nodes.row(&id).1, 2, "one takeover");
+    no_more_terminal_events(&mut watching, &id, Duration::from_secs(2)).await;
     nodes.stop().await;
 }

@@ -12,7 +12,7 @@ use actix::prelude::*;
 use super::{stored, unavailable, OperationManager, CLAIM_BATCH};
 use crate::actors::operation::messages::ReportReply;
 use crate::actors::operation::peers::PeerAnswer;
-use crate::actors::operation::{Cancel, CheckLease, Refenced, Report};
+use crate::actors::operation::{Begin, Cancel, CheckLease, Refenced, Report};
 use crate::db::leases;
 use crate::error::{ErrorCode, Refusal};
 use crate::operations::{Operation, WorkerReport};
@@ -84,7 +84,12 @@ impl OperationManager {
             }
             match claimed {
                 Ok(rows) => {
-                    for (row, fence) in rows {
+                    for leases::Claimed {
+                        row,
+                        fence,
+                        holds_slot,
+                    } in rows
+                    {
                         let op = row.into_operation();
                         log::info!(
                             "operation {} ({} on {}, {}): lease expired, taken over by this node (fence {fence})",
@@ -96,11 +101,21 @@ impl OperationManager {
                         match act.live.get(&op.id) {
                             // Still running here: this node's own lease had run out.
                             Some(addr) => addr.do_send(Refenced { fence }),
-                            None => act.resume(op, Some(fence), ctx),
+                            None => act.resume(op, Some(fence), holds_slot, ctx),
                         }
                     }
                 }
                 Err(e) => log::warn!("operations: claiming expired leases failed: {e}"),
+            }
+            // A slot may have freed on another node since the last try.
+            let kinds: Vec<String> = act
+                .waiting
+                .iter()
+                .filter(|(_, q)| !q.is_empty())
+                .map(|(k, _)| k.clone())
+                .collect();
+            for kind in kinds {
+                act.schedule(&kind);
             }
         })
         .spawn(ctx);
@@ -118,8 +133,8 @@ impl OperationManager {
             .run(move |c| {
                 let mut out = Vec::new();
                 for id in ids {
-                    if let Some((row, fence)) = leases::owned(c, &id, &node)? {
-                        out.push((row, fence));
+                    if let Some(claimed) = leases::owned(c, &id, &node)? {
+                        out.push(claimed);
                     }
                 }
                 Ok(out)
@@ -127,10 +142,15 @@ impl OperationManager {
             .into_actor(self)
             .map(|res, act, ctx| match res {
                 Ok(rows) => {
-                    for (row, fence) in rows {
+                    for leases::Claimed {
+                        row,
+                        fence,
+                        holds_slot,
+                    } in rows
+                    {
                         if !act.live.contains_key(&row.id) && !act.inserting.contains(&row.id) {
                             log::info!("operation {}: owned here without an actor; taking it up (fence {fence})", row.id);
-                            act.resume(row.into_operation(), Some(fence), ctx);
+                            act.resume(row.into_operation(), Some(fence), holds_slot, ctx);
                         }
                     }
                 }
@@ -188,5 +208,71 @@ impl Handler<ReportHere> for OperationManager {
             }
             None => false,
         }
+    }
+}
+
+/// Manager → itself (cluster mode): claim a slot of `kind` across nodes for the operation at the
+/// head of its waiting queue, and begin it if one is free; then the next. Sent whenever a slot
+/// may have freed: an operation started or finished here, and every heartbeat (another node's).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub(super) struct ClaimSlots {
+    pub kind: String,
+}
+
+impl Handler<ClaimSlots> for OperationManager {
+    type Result = ();
+
+    fn handle(&mut self, msg: ClaimSlots, ctx: &mut Context<Self>) {
+        let kind = msg.kind;
+        let (Some(own), Some(limit)) = (
+            self.cx.ownership.clone(),
+            self.cx.kinds.get(&kind).map(|k| k.concurrency),
+        ) else {
+            return;
+        };
+        if self.claiming.contains(&kind) {
+            return;
+        }
+        // The head of the queue, skipping ids no longer live (cancelled while queued).
+        let head = loop {
+            let Some(queue) = self.waiting.get_mut(&kind) else {
+                return;
+            };
+            match queue.front() {
+                None => return,
+                Some(id) if self.live.contains_key(id) => break id.clone(),
+                Some(_) => {
+                    queue.pop_front();
+                }
+            }
+        };
+        self.claiming.insert(kind.clone());
+        let (node, id, k) = (own.node.to_string(), head.clone(), kind.clone());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.cx
+            .writer
+            .write(move |c| leases::claim_slot(c, &id, &node, &k, limit))
+            .into_actor(self)
+            .map(move |res, act, ctx| {
+                act.claiming.remove(&kind);
+                match res {
+                    Ok(true) => {
+                        if let Some(q) = act.waiting.get_mut(&kind) {
+                            q.retain(|x| x != &head);
+                        }
+                        if let Some(addr) = act.live.get(&head) {
+                            log::info!("operation {head}: a slot of {kind} is free across the cluster; starting");
+                            addr.do_send(Begin);
+                            act.begun.insert(head);
+                        }
+                        ctx.notify(ClaimSlots { kind });
+                    }
+                    // Every slot is taken: the next heartbeat, or a finish here, tries again.
+                    Ok(false) => {}
+                    Err(e) => log::warn!("operations: claiming a slot of {kind} failed: {e}"),
+                }
+            })
+            .spawn(ctx);
     }
 }
