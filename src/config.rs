@@ -904,6 +904,22 @@ mod tests {
     }
 
     #[test]
+    fn an_operation_heartbeat_longer_than_half_the_lease_is_refused() {
+        let e = from(&[
+            ("SWITCHYARD_OPERATION_LEASE_MS", "4000"),
+            ("SWITCHYARD_OPERATION_HEARTBEAT_MS", "2001"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "SWITCHYARD_OPERATION_HEARTBEAT_MS");
+        let s = from(&[
+            ("SWITCHYARD_OPERATION_LEASE_MS", "4000"),
+            ("SWITCHYARD_OPERATION_HEARTBEAT_MS", "2000"),
+        ])
+        .expect("half the lease is allowed");
+        assert_eq!(s.operation_lease, Duration::from_millis(4000));
+    }
+
+    #[test]
     fn database_urls_pick_the_backend() {
         assert_eq!(
             DatabaseUrl::parse("postgres://u@h/db")
