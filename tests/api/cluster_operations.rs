@@ -619,3 +619,52 @@ async fn an_owner_killed_with_sigkill_is_taken_over_and_leaves_no_child() {
     no_more_terminal_events(&mut watching, &id, Duration::from_secs(2)).await;
     nodes.stop().await;
 }
+
+#[actix_web::test]
+async fn an_owner_stopped_with_sigstop_past_its_lease_writes_nothing_when_it_wakes() {
+    let nodes = Nodes::start(1).await;
+    let mut owner = Process::start(&nodes).await;
+    let op = owner.start_operation("tick", "frozen").await;
+    let id = id_of(&op);
+    let child = nodes.pid("frozen").await;
+    eventually("the owner to store some of its lines", || {
+        let n = nodes.last_line(&id);
+        async move { n > 0 }
+    })
+    .await;
+    let mut watching = watcher(nodes.node(0), &id).await;
+    let pid = owner.child.as_ref().expect("running").id() as i32;
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    let (event, data) = tokio::time::timeout(TAKEOVER, terminal_event(&mut watching, &id))
+        .await
+        .expect("taken over within 20 s");
+    assert_eq!(
+        (event.as_str(), data["error"]["code"].as_str()),
+        ("operation.failed", Some("interrupted")),
+        "{data}"
+    );
+    let after_takeover = nodes.row(&id);
+    let lines_at_takeover = nodes.last_line(&id);
+    assert_eq!(after_takeover.1, 2, "one takeover");
+    // Its command ran on while the server was stopped (a stopped server cannot kill it)...
+    assert!(!process_gone(child));
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // ...and dies once the server wakes and finds its write fenced out.
+    eventually("the woken owner to kill its command", || async move {
+        process_gone(child)
+    })
+    .await;
+    // A few of its heartbeats later, nothing of it has reached the row or the log.
+    tokio::time::sleep(HEARTBEAT * 3).await;
+    assert_eq!(
+        nodes.row(&id),
+        after_takeover,
+        "the woken owner wrote nothing"
+    );
+    assert_eq!(nodes.last_line(&id), lines_at_takeover);
+    no_more_terminal_events(&mut watching, &id, Duration::from_secs(1)).await;
+    owner.kill();
+    nodes.stop().await;
+}
