@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 
-use super::messages::Finished;
+use super::messages::{Finished, ReportReply};
 use super::OperationActor;
 use crate::error::{ErrorCode, Refusal};
 
@@ -92,7 +92,8 @@ impl OperationActor {
     /// A fenced write found the operation under another fence: another node took it over
     /// while this one could not renew its lease (stalled, cut off). Stop here: kill the
     /// command, refuse what waits, free the slot, write and announce nothing more.
-    pub(super) fn lease_lost(&mut self, ctx: &mut Context<Self>) {
+    /// `waiting`: the reports the fenced-out write held (never stored: refused here).
+    pub(super) fn lease_lost(&mut self, waiting: Vec<ReportReply>, ctx: &mut Context<Self>) {
         if self.lease_lost {
             return;
         }
@@ -104,7 +105,7 @@ impl OperationActor {
         );
         self.runner.stop();
         self.runner.abandon();
-        for reply in self.journal.drop_held_acks() {
+        for reply in waiting.into_iter().chain(self.journal.drop_held_acks()) {
             reply.answer(Err(Refusal::new(
                 ErrorCode::Unavailable,
                 format!(

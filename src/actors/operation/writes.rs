@@ -76,8 +76,8 @@ impl OperationActor {
                     }
                 }
                 Err(crate::db::DbError::Query(e)) if crate::db::leases::is_lease_lost(&e) => {
-                    let _ = act.journal.write_failed(write, Instant::now());
-                    act.lease_lost(ctx);
+                    let failure = act.journal.write_failed(write, Instant::now());
+                    act.lease_lost(failure.acks, ctx);
                 }
                 Err(e) => {
                     let failure = act.journal.write_failed(write, Instant::now());
