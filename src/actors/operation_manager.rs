@@ -588,9 +588,22 @@ impl Handler<CancelOperation> for OperationManager {
             let fut = addr.send(Cancel);
             return Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) });
         }
-        if let Some(peers) = self.cx.peers.get() {
-            let answer = peers.forward(Forward::Cancel { id: msg.id.clone() });
-            return Box::pin(settle_forward(self.cx.db.clone(), msg.id, answer));
+        if let Some(peers) = self.cx.peers.get().cloned() {
+            // Cluster mode: the database says first whether there is anything to cancel (a
+            // finished or unknown operation is answered at once, not after the forward's
+            // deadline); a cancel has no order to keep, so the read may go first.
+            let db = self.cx.db.clone();
+            return Box::pin(async move {
+                let op = stored(db.clone(), msg.id.clone()).await?;
+                if op.status.is_terminal() {
+                    return Err(Refusal::new(
+                        ErrorCode::OperationFinished,
+                        format!("operation {} is already {}", op.id, op.status.as_str()),
+                    ));
+                }
+                let answer = peers.forward(Forward::Cancel { id: msg.id.clone() });
+                settle_forward(db, msg.id, answer).await
+            });
         }
         Box::pin(not_live(self.cx.db.clone(), msg.id).map(Err))
     }

@@ -390,6 +390,7 @@ async fn a_cancel_on_another_node_reaches_the_owner_within_a_second() {
         async move { st != "cancelling" && st != "running" && st != "queued" }
     })
     .await;
+    let asked = Instant::now();
     let (s, b) = nodes
         .node(2)
         .post(&format!("/api/operations/{id}/cancel"), json!({}))
@@ -398,6 +399,10 @@ async fn a_cancel_on_another_node_reaches_the_owner_within_a_second() {
         (s, b["error"].as_str()),
         (409, Some("operation_finished")),
         "{b}"
+    );
+    assert!(
+        asked.elapsed() < Duration::from_secs(1),
+        "answered from the database at once"
     );
     nodes.stop().await;
 }
