@@ -251,6 +251,18 @@ pub struct Settings {
     /// (`SWITCHYARD_REDIS_RATE_SYNC_MS`): the per-user limit's overshoot across nodes is what
     /// they hand out within one interval.
     pub redis_rate_sync: Duration,
+    /// Cluster mode: how long a node owns an operation without renewing its lease
+    /// (`SWITCHYARD_OPERATION_LEASE_MS`). A dead owner's operations are taken over after at
+    /// most this plus one heartbeat.
+    pub operation_lease: Duration,
+    /// Cluster mode: how often a node renews the leases of its operations (one UPDATE for all
+    /// of them) and claims operations whose lease expired (`SWITCHYARD_OPERATION_HEARTBEAT_MS`;
+    /// at most half the lease).
+    pub operation_heartbeat: Duration,
+    /// Tests only: while set, this node's lease heartbeat skips its renewals and claims (a
+    /// stalled owner, without stopping the process). Never read from the environment.
+    #[doc(hidden)]
+    pub operation_heartbeat_paused: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl Default for Settings {
@@ -265,6 +277,9 @@ impl Default for Settings {
             redis_timeout: Duration::from_millis(1_000),
             redis_fanout_maxlen: 100_000,
             redis_rate_sync: Duration::from_millis(100),
+            operation_lease: Duration::from_millis(10_000),
+            operation_heartbeat: Duration::from_millis(2_000),
+            operation_heartbeat_paused: None,
             db_pool_size: 8,
             db_timeout: Duration::from_millis(2_000),
             heartbeat_interval: Duration::from_millis(25_000),
@@ -409,6 +424,18 @@ impl Settings {
             "SWITCHYARD_REDIS_RATE_SYNC_MS",
             10,
             &mut s.redis_rate_sync,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_OPERATION_LEASE_MS",
+            200,
+            &mut s.operation_lease,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_OPERATION_HEARTBEAT_MS",
+            50,
+            &mut s.operation_heartbeat,
         )?;
         num(&get, "SWITCHYARD_DB_POOL_SIZE", 1, 256, &mut s.db_pool_size)?;
         millis(&get, "SWITCHYARD_DB_TIMEOUT_MS", 50, &mut s.db_timeout)?;
@@ -776,6 +803,14 @@ impl Settings {
             &mut s.room_threads,
         )?;
 
+        // A lease renewed at most every half lease survives one late or failed renewal.
+        if s.operation_heartbeat * 2 > s.operation_lease {
+            return Err(err(
+                "SWITCHYARD_OPERATION_HEARTBEAT_MS",
+                &s.operation_heartbeat.as_millis().to_string(),
+                "must be at most half of SWITCHYARD_OPERATION_LEASE_MS",
+            ));
+        }
         if s.heartbeat_timeout <= s.heartbeat_interval {
             return Err(err(
                 "SWITCHYARD_HEARTBEAT_TIMEOUT_MS",
@@ -944,6 +979,22 @@ mod tests {
         }
         let s = from(&[("SWITCHYARD_NODE_ID", "eu-1_a")]).unwrap();
         assert_eq!(s.node_id.as_deref(), Some("eu-1_a"));
+    }
+
+    #[test]
+    fn an_operation_heartbeat_longer_than_half_the_lease_is_refused() {
+        let e = from(&[
+            ("SWITCHYARD_OPERATION_LEASE_MS", "4000"),
+            ("SWITCHYARD_OPERATION_HEARTBEAT_MS", "2001"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "SWITCHYARD_OPERATION_HEARTBEAT_MS");
+        let s = from(&[
+            ("SWITCHYARD_OPERATION_LEASE_MS", "4000"),
+            ("SWITCHYARD_OPERATION_HEARTBEAT_MS", "2000"),
+        ])
+        .expect("half the lease is allowed");
+        assert_eq!(s.operation_lease, Duration::from_millis(4000));
     }
 
     #[test]

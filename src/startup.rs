@@ -28,7 +28,7 @@ use crate::actors::stats::StatsPublisher;
 use crate::actors::watcher::WatcherDeps;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, HistoryView, NodesView, OneNode, PresenceView};
-use crate::cluster::{RedisBroker, RedisLog};
+use crate::cluster::{RedisBroker, RedisLog, RedisPeers};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::error::{self, AppError, ErrorCode};
@@ -211,8 +211,30 @@ impl Application {
                 .context("starting the database writer thread")?,
             metrics: metrics.clone(),
             kinds,
+            // Cluster mode: operations are owned under leases on their rows (docs/cluster.md,
+            // "Operations"); the owner id is this process's own (in-process test nodes share
+            // the broker's node id, not their operations).
+            ownership: settings.redis_url.is_some().then(|| {
+                Arc::new(crate::actors::operation::Ownership {
+                    node: format!(
+                        "{}-{}",
+                        crate::broker::node_id(),
+                        uuid::Uuid::new_v4().simple()
+                    )
+                    .into(),
+                    lease: settings.operation_lease,
+                    heartbeat: settings.operation_heartbeat,
+                    paused: settings.operation_heartbeat_paused.clone(),
+                })
+            }),
+            peers: std::sync::OnceLock::new(),
         });
         let operations = OperationManager::new(ops.clone()).start();
+        if let Some(own) = &ops.ownership {
+            let peers = RedisPeers::start(&settings, &own.node, operations.clone())
+                .context("SWITCHYARD_REDIS_URL")?;
+            let _ = ops.peers.set(peers);
+        }
         let operations_for_shutdown = operations.clone();
 
         let auth = Authenticator::new(settings.jwt_secret.as_deref());

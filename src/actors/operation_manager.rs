@@ -2,7 +2,8 @@
 //! each kind's concurrency limit, recovers what a previous process left behind, prunes old rows.
 //!
 //! In: [`StartOperation`], [`CancelOperation`], [`ReportOperation`], [`GetOperation`],
-//! [`WatchOperation`] (routes and sessions); [`Finished`], [`Retired`] (operation actors).
+//! [`WatchOperation`] (routes and sessions); [`CancelHere`], [`ReportHere`] (other nodes, in
+//! cluster mode); [`Finished`], [`Retired`] (operation actors).
 //! Out: [`Begin`], [`Cancel`], [`Report`], [`GetSnapshot`], [`Watch`], [`Interrupt`] to
 //! operation actors; database reads for operations no longer in memory.
 //!
@@ -16,7 +17,13 @@
 //! starts again only what is still `queued` (it provably never started) and marks `running` and
 //! `cancelling` ones interrupted. Every write goes through the single writer (`db::batch`).
 //!
-//! Why this file is one piece (about 700 lines): the manager is the one owner of the table of
+//! Cluster mode (`OpContext::ownership`): operations are owned under leases on their rows
+//! (`db::leases`). Instead of start-up recovery, a heartbeat renews this node's leases in one
+//! UPDATE and takes over operations whose lease ran out (`resume`, as recovery does); a cancel
+//! or report for an operation not live here is handed to its owner through `OpContext::peers`
+//! ([`CancelHere`], [`ReportHere`] arrive the other way).
+//!
+//! Why this file is one piece (about 750 lines, cluster mode's part apart in `cluster.rs`): the manager is the one owner of the table of
 //! live operations and of the concurrency slots; each of its messages reads or changes both,
 //! and a good part of the file is the messages themselves (the manager's public surface; what
 //! operation actors send it is in `actors/operation/messages.rs`, re-exported here). The
@@ -32,6 +39,11 @@ use futures_util::FutureExt;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+mod cluster;
+
+use self::cluster::settle_forward;
+pub use self::cluster::{CancelHere, ReportHere};
+use super::operation::peers::Forward;
 use super::operation::{
     backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, ManagerLink, OpContext,
     OperationActor, Report, Watch,
@@ -42,6 +54,7 @@ use super::operation::{
 pub use super::operation::messages::{Finished, ReportAnswer, ReportReply, Retired};
 use super::room::JoinRoom;
 use super::{Member, StartUnbounded};
+use crate::db::leases;
 use crate::db::operations::{self as store, ListFilter, LogRow, OperationRow};
 use crate::db::DbError;
 use crate::error::{ErrorCode, Refusal};
@@ -51,6 +64,8 @@ use crate::util::now_millis;
 
 /// How often old operations are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+/// Cluster mode: operations one heartbeat takes over at most (the rest at the next one).
+const CLAIM_BATCH: i64 = 100;
 
 // ---- messages ------------------------------------------------------------------------------
 
@@ -148,6 +163,16 @@ pub struct OperationManager {
     /// Reports that arrived while their operation's token was being checked, in order: they
     /// go after the one being checked, never before it.
     verifying: HashMap<String, VecDeque<ReportOperation>>,
+    /// Cluster mode: ids whose insert (owned by this node) is in flight: owned in the database
+    /// but not yet live here, which the heartbeat must not mistake for orphans.
+    inserting: HashSet<String>,
+    /// Cluster mode: a heartbeat is running (one at a time).
+    beating: bool,
+    /// Cluster mode: kinds whose concurrency slot is being claimed in the database (one claim
+    /// per kind at a time, for the head of its waiting queue).
+    claiming: HashSet<String>,
+    /// Its own address (set when started): cluster mode's slot claims are messages to itself.
+    me: Option<Addr<OperationManager>>,
 }
 
 fn not_found(id: &str) -> Refusal {
@@ -187,6 +212,10 @@ impl OperationManager {
             waiting: HashMap::new(),
             verified_tokens: HashMap::new(),
             verifying: HashMap::new(),
+            inserting: HashSet::new(),
+            beating: false,
+            claiming: HashSet::new(),
+            me: None,
         }
     }
 
@@ -195,12 +224,14 @@ impl OperationManager {
         &mut self,
         op: Operation,
         announce: bool,
+        fence: Option<i64>,
         ctx: &mut Context<Self>,
     ) -> Option<Addr<OperationActor>> {
         let kind = self.cx.kinds.get(&op.kind)?;
         let id = op.id.clone();
         let kind_name = op.kind.clone();
         let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), announce)
+            .with_fence(fence)
             .start_unbounded();
         self.live.insert(id.clone(), addr.clone());
         self.waiting
@@ -214,6 +245,11 @@ impl OperationManager {
     /// Takes a slot of `kind` for a start arriving now, if one is free and nobody waits for one
     /// (first come, first served).
     fn reserve_slot(&mut self, kind: &str, limit: usize) -> bool {
+        // Cluster mode: a limited kind's slots are counted across nodes, claimed once the
+        // operation is inserted (`ClaimSlots`); it starts `queued`.
+        if limit > 0 && self.cx.ownership.is_some() {
+            return false;
+        }
         let running = self.running.get(kind).copied().unwrap_or(0);
         let nobody_waits = self.waiting.get(kind).is_none_or(VecDeque::is_empty);
         if nobody_waits && (limit == 0 || running < limit) {
@@ -233,13 +269,14 @@ impl OperationManager {
     }
 
     /// Starts the actor of an operation inserted as `running` in a reserved slot.
-    fn spawn_begun(&mut self, op: Operation, ctx: &mut Context<Self>) {
+    fn spawn_begun(&mut self, op: Operation, fence: Option<i64>, ctx: &mut Context<Self>) {
         let Some(kind) = self.cx.kinds.get(&op.kind) else {
             return self.release_slot(&op.kind);
         };
         let id = op.id.clone();
-        let addr =
-            OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), true).start_unbounded();
+        let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), true)
+            .with_fence(fence)
+            .start_unbounded();
         self.live.insert(id.clone(), addr.clone());
         self.begun.insert(id);
         addr.do_send(Begin);
@@ -248,6 +285,14 @@ impl OperationManager {
     /// Begins waiting operations of `kind` while its concurrency allows.
     fn schedule(&mut self, kind: &str) {
         let limit = self.cx.kinds.get(kind).map(|k| k.concurrency).unwrap_or(0);
+        if limit > 0 && self.cx.ownership.is_some() {
+            if let Some(me) = &self.me {
+                me.do_send(cluster::ClaimSlots {
+                    kind: kind.to_string(),
+                });
+            }
+            return;
+        }
         loop {
             let running = self.running.get(kind).copied().unwrap_or(0);
             if limit > 0 && running >= limit {
@@ -274,33 +319,7 @@ impl OperationManager {
                 Ok(rows) => {
                     let n = rows.len();
                     for row in rows {
-                        let op = row.into_operation();
-                        let (id, runner, status) = (op.id.clone(), op.runner, op.status);
-                        let Some(kind) = act.cx.kinds.get(&op.kind) else {
-                            log::warn!(
-                                "operation {id}: kind {} is no longer configured; leaving it",
-                                op.kind
-                            );
-                            continue;
-                        };
-                        let interrupted =
-                            runner != RunnerKind::External && status != Status::Queued;
-                        if interrupted {
-                            let addr = OperationActor::new(
-                                op,
-                                kind,
-                                act.cx.clone(),
-                                Self::link(ctx),
-                                false,
-                            )
-                            .start_unbounded();
-                            act.live.insert(id, addr.clone());
-                            addr.do_send(Interrupt);
-                        } else if let Some(addr) = act.spawn(op, false, ctx) {
-                            if status == Status::Cancelling {
-                                addr.do_send(Cancel);
-                            }
-                        }
+                        act.resume(row.into_operation(), None, false, ctx);
                     }
                     if n > 0 {
                         log::info!("operations: recovered {n} unfinished operations");
@@ -312,6 +331,51 @@ impl OperationManager {
                 }
             })
             .wait(ctx);
+    }
+
+    /// Takes up an operation whose previous owner is gone (a previous process of this node at
+    /// start-up; in cluster mode any node whose lease ran out): a command or demo operation
+    /// that may have run ends interrupted (never started twice), a queued one is started, an
+    /// external one is adopted (its worker reports on, its log continuing from the stored
+    /// offset), a cancelling one finishes cancelling. `holds_slot`: cluster mode, it already
+    /// holds one of its kind's slots (an adopted external operation) and begins at once.
+    fn resume(
+        &mut self,
+        op: Operation,
+        fence: Option<i64>,
+        holds_slot: bool,
+        ctx: &mut Context<Self>,
+    ) {
+        let (id, runner, status) = (op.id.clone(), op.runner, op.status);
+        let Some(kind) = self.cx.kinds.get(&op.kind) else {
+            log::warn!(
+                "operation {id}: kind {} is no longer configured; leaving it",
+                op.kind
+            );
+            return;
+        };
+        let interrupted = runner != RunnerKind::External && status != Status::Queued;
+        if interrupted {
+            let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), false)
+                .with_fence(fence)
+                .start_unbounded();
+            self.live.insert(id, addr.clone());
+            addr.do_send(Interrupt);
+        } else if holds_slot {
+            let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), false)
+                .with_fence(fence)
+                .start_unbounded();
+            self.live.insert(id.clone(), addr.clone());
+            self.begun.insert(id);
+            addr.do_send(Begin);
+            if status == Status::Cancelling {
+                addr.do_send(Cancel);
+            }
+        } else if let Some(addr) = self.spawn(op, false, fence, ctx) {
+            if status == Status::Cancelling {
+                addr.do_send(Cancel);
+            }
+        }
     }
 
     fn prune(&mut self, ctx: &mut Context<Self>) {
@@ -335,7 +399,22 @@ impl Actor for OperationManager {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(0);
-        self.recover(ctx);
+        self.me = Some(ctx.address());
+        match self.cx.ownership.clone() {
+            // Cluster mode: other nodes' operations are running; only those whose lease ran
+            // out (a previous process of this node's among them) are taken over.
+            Some(own) => {
+                log::info!(
+                    "operations: owner {} (lease {:?}, heartbeat {:?})",
+                    own.node,
+                    own.lease,
+                    own.heartbeat
+                );
+                self.heartbeat(ctx);
+                ctx.run_interval(own.heartbeat, |act, ctx| act.heartbeat(ctx));
+            }
+            None => self.recover(ctx),
+        }
         self.prune(ctx);
         ctx.run_interval(PRUNE_EVERY, |act, ctx| act.prune(ctx));
     }
@@ -397,13 +476,28 @@ impl Handler<StartOperation> for OperationManager {
         let worker_token =
             (kind.runner == RunnerKind::External).then(crate::operations::new_worker_token);
         let hash = worker_token.as_deref().map(crate::operations::token_sha256);
+        // Cluster mode: the insert takes this node's lease on the row in the same savepoint.
+        let owner = self
+            .cx
+            .ownership
+            .as_ref()
+            .map(|o| (o.node.to_string(), o.lease_ms()));
+        if owner.is_some() {
+            self.inserting.insert(op.id.clone());
+        }
         Box::pin(
             async move {
                 match writer
-                    .write(move |c| store::insert_with_token(c, &row, hash.as_deref()))
+                    .write(move |c| {
+                        store::insert_with_token(c, &row, hash.as_deref())?;
+                        match &owner {
+                            Some((node, ms)) => leases::take_new(c, &row.id, node, *ms).map(Some),
+                            None => Ok(None),
+                        }
+                    })
                     .await
                 {
-                    Ok(()) => Ok(None),
+                    Ok(fence) => Ok(Ok(fence)),
                     Err(DbError::Query(DieselError::DatabaseError(
                         DatabaseErrorKind::UniqueViolation,
                         _,
@@ -412,7 +506,7 @@ impl Handler<StartOperation> for OperationManager {
                             .run(move |c| store::find_active(c, &kind_name, &target))
                             .await
                         {
-                            Ok(Some(existing)) => Ok(Some(existing.into_operation())),
+                            Ok(Some(existing)) => Ok(Err(existing.into_operation())),
                             // It finished between the insert and this read: the caller may
                             // simply try again.
                             Ok(None) => Err(StartError::Refused(Refusal::new(
@@ -426,36 +520,39 @@ impl Handler<StartOperation> for OperationManager {
                 }
             }
             .into_actor(self)
-            .map(move |res, act, ctx| match res {
-                Ok(None) => {
-                    log::info!(
-                        "operation {} ({} on {}) created{}",
-                        op.id,
-                        op.kind,
-                        op.target,
-                        if begin_now { " and started" } else { "" }
-                    );
-                    if begin_now {
-                        act.spawn_begun(op.clone(), ctx);
-                    } else {
-                        act.spawn(op.clone(), true, ctx);
+            .map(move |res, act, ctx| {
+                act.inserting.remove(&op.id);
+                match res {
+                    Ok(Ok(fence)) => {
+                        log::info!(
+                            "operation {} ({} on {}) created{}",
+                            op.id,
+                            op.kind,
+                            op.target,
+                            if begin_now { " and started" } else { "" }
+                        );
+                        if begin_now {
+                            act.spawn_begun(op.clone(), fence, ctx);
+                        } else {
+                            act.spawn(op.clone(), true, fence, ctx);
+                        }
+                        Ok(Started {
+                            operation: op,
+                            worker_token,
+                        })
                     }
-                    Ok(Started {
-                        operation: op,
-                        worker_token,
-                    })
-                }
-                Ok(Some(existing)) => {
-                    if begin_now {
-                        act.release_slot(&op.kind);
+                    Ok(Err(existing)) => {
+                        if begin_now {
+                            act.release_slot(&op.kind);
+                        }
+                        Err(StartError::Duplicate(Box::new(existing)))
                     }
-                    Err(StartError::Duplicate(Box::new(existing)))
-                }
-                Err(e) => {
-                    if begin_now {
-                        act.release_slot(&op.kind);
+                    Err(e) => {
+                        if begin_now {
+                            act.release_slot(&op.kind);
+                        }
+                        Err(e)
                     }
-                    Err(e)
                 }
             }),
         )
@@ -491,6 +588,23 @@ impl Handler<CancelOperation> for OperationManager {
             let fut = addr.send(Cancel);
             return Box::pin(async move { fut.await.unwrap_or_else(|e| Err(unavailable(e))) });
         }
+        if let Some(peers) = self.cx.peers.get().cloned() {
+            // Cluster mode: the database says first whether there is anything to cancel (a
+            // finished or unknown operation is answered at once, not after the forward's
+            // deadline); a cancel has no order to keep, so the read may go first.
+            let db = self.cx.db.clone();
+            return Box::pin(async move {
+                let op = stored(db.clone(), msg.id.clone()).await?;
+                if op.status.is_terminal() {
+                    return Err(Refusal::new(
+                        ErrorCode::OperationFinished,
+                        format!("operation {} is already {}", op.id, op.status.as_str()),
+                    ));
+                }
+                let answer = peers.forward(Forward::Cancel { id: msg.id.clone() });
+                settle_forward(db, msg.id, answer).await
+            });
+        }
         Box::pin(not_live(self.cx.db.clone(), msg.id).map(Err))
     }
 }
@@ -522,6 +636,27 @@ impl OperationManager {
             } = msg;
             match self.live.get(&id) {
                 Some(addr) => addr.do_send(Report { report, reply }),
+                // Cluster mode: the operation may run on another node; handed over in call
+                // order (the peers' contract), so one worker's reports stay in order.
+                None if self.cx.peers.get().is_some() => {
+                    let db = self.cx.db.clone();
+                    let answer = match self.cx.peers.get() {
+                        Some(peers) => peers.forward(Forward::Report {
+                            id: id.clone(),
+                            report,
+                        }),
+                        None => return,
+                    };
+                    ctx.spawn(
+                        async move {
+                            match settle_forward(db, id, answer).await {
+                                Ok(op) => reply.answer(Ok(&op)),
+                                Err(r) => reply.answer(Err(r)),
+                            }
+                        }
+                        .into_actor(self),
+                    );
+                }
                 None => {
                     let db = self.cx.db.clone();
                     ctx.spawn(

@@ -22,13 +22,20 @@
 //! | `{p}:nodes` | hash | node name -> its latest figures (`nodes.rs`), for the dashboard |
 //! | `{p}:rate:{user}` | hash | the user's publish budget across nodes (`rates.rs`) |
 //!
+//! Operations across nodes: each is owned by one node under a lease on its row in PostgreSQL
+//! (`db::leases`, `actors::operation::Ownership`); a cancel or a worker report for an operation
+//! that runs elsewhere is handed to its owner by [`RedisPeers`] (channels `{p}:ops`,
+//! `{p}:ops:reply:{node}`).
+//!
 //! See docs/cluster.md for the guarantees, their limits and what is not clustered yet.
 
 mod nodes;
+mod operations;
 mod rates;
 mod redis;
 mod replies;
 mod scripts;
 
+pub use self::operations::RedisPeers;
 pub use self::rates::sync_user_rates;
 pub use self::redis::{RedisBroker, RedisLog};

@@ -13,6 +13,7 @@
 
 pub mod activities;
 pub mod batch;
+pub mod leases;
 pub mod operations;
 pub mod schema;
 

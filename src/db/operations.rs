@@ -10,7 +10,17 @@ use crate::with_conn;
 
 /// A stored operation (row, insert form and full-update form in one: every write writes the
 /// whole status, which is what coalescing wants).
-#[derive(Debug, Clone, Queryable, Selectable, Insertable, AsChangeset)]
+/// Serializable: the form in which an operation's owner answers another node (cluster mode).
+#[derive(
+    Debug,
+    Clone,
+    Queryable,
+    Selectable,
+    Insertable,
+    AsChangeset,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[diesel(table_name = operations, treat_none_as_null = true)]
 pub struct OperationRow {
     pub id: String,

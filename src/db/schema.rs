@@ -35,6 +35,10 @@ diesel::table! {
         finished_at -> Nullable<BigInt>,
         log_offset -> BigInt,
         details -> Nullable<Text>,
+        owner -> Nullable<Text>,
+        lease_expires -> Nullable<BigInt>,
+        fence -> BigInt,
+        holds_slot -> Bool,
     }
 }
 

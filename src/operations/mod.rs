@@ -170,7 +170,7 @@ pub struct Operation {
 }
 
 /// A progress report (from a worker, a command's JSON line or the demo script).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Update {
     pub progress: Option<f64>,
     pub stage: Option<String>,
@@ -198,8 +198,9 @@ impl Update {
     }
 }
 
-/// What an external worker reports (over `/ws`, Socket.IO or REST).
-#[derive(Debug, Clone)]
+/// What an external worker reports (over `/ws`, Socket.IO or REST). Serializable so that a
+/// node can hand it to the operation's owner (cluster mode).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub enum WorkerReport {
     /// A status change: progress, stage, message (a queued operation becomes running).
     Progress(Update),

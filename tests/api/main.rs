@@ -9,6 +9,7 @@ mod budget;
 mod budget_limits;
 mod chaos;
 mod cluster;
+mod cluster_operations;
 mod cors;
 mod crash;
 mod dashboard;

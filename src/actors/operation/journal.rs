@@ -333,6 +333,12 @@ impl<A> Journal<A> {
         None
     }
 
+    /// Hands back every acknowledgement waiting for a write, unanswered (the operation stops
+    /// on this node without writing: its caller refuses them).
+    pub fn drop_held_acks(&mut self) -> Vec<A> {
+        self.acks.drain(..).map(|(_, a)| a).collect()
+    }
+
     /// Acknowledgements are waiting for a write.
     pub fn has_held_acks(&self) -> bool {
         !self.acks.is_empty()

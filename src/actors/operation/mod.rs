@@ -17,7 +17,11 @@
 //! * `watchers.rs`: how a watcher joins `operation:<id>` with its backfill;
 //! * `writes.rs`: the write loop that runs the journal's writes and what follows each outcome;
 //! * `messages.rs`: what this actor tells its manager, and how a report is answered (so the
-//!   actor never names the manager).
+//!   actor never names the manager);
+//! * `lease.rs`: cluster mode — the node's ownership settings, the fencing token every write
+//!   carries, and what happens when a write finds the operation taken over;
+//! * `peers.rs`: cluster mode — the seam through which the manager hands a cancel or a report
+//!   to the node that runs the operation.
 //!
 //! Invariants:
 //! * Every event this actor publishes, and every watcher join it sends, is handed to the broker
@@ -38,11 +42,14 @@
 //! is next to the handlers that keep its invariant.
 
 mod journal;
+mod lease;
 pub mod messages;
+pub mod peers;
 mod runners;
 mod watchers;
 mod writes;
 
+pub use lease::{CheckLease, Ownership, Refenced};
 pub use messages::ManagerLink;
 pub use watchers::backfill_frames;
 
@@ -90,6 +97,11 @@ pub struct OpContext {
     pub metrics: Arc<Metrics>,
     /// The configured operation kinds (runner, concurrency, timeouts).
     pub kinds: Kinds,
+    /// Cluster mode: this node as an owner of operations under leases (none on one node).
+    pub ownership: Option<Arc<Ownership>>,
+    /// Cluster mode: the other nodes, to which a cancel or a report for an operation that runs
+    /// elsewhere is handed (set once, after the manager started: the peers deliver to it).
+    pub peers: std::sync::OnceLock<Arc<dyn peers::Peers>>,
 }
 
 // ---- messages ------------------------------------------------------------------------------
@@ -181,6 +193,11 @@ pub struct OperationActor {
     /// Waiting for everything to be written (graceful shutdown): released after a write that
     /// leaves nothing unwritten, or at once when a write fails (shutdown is bounded).
     flush_waiters: Vec<tokio::sync::oneshot::Sender<()>>,
+    /// Cluster mode: the fencing token under which this node owns the operation; every write
+    /// is conditioned on it (`lease.rs`). None on one node.
+    fence: Option<i64>,
+    /// A fenced write found the operation taken over: nothing more is written or published.
+    lease_lost: bool,
 }
 
 impl OperationActor {
@@ -215,7 +232,15 @@ impl OperationActor {
             ops_room_pending: false,
             ops_room_last: Instant::now() - OPERATIONS_ROOM_INTERVAL,
             flush_waiters: Vec::new(),
+            fence: None,
+            lease_lost: false,
         }
+    }
+
+    /// Cluster mode: runs the operation under this node's lease with this fencing token.
+    pub fn with_fence(mut self, fence: Option<i64>) -> Self {
+        self.fence = fence;
+        self
     }
 
     fn status_json(&self) -> Box<RawValue> {
@@ -240,6 +265,10 @@ impl OperationActor {
         seq: Option<u64>,
         conflate: bool,
     ) {
+        // Taken over by another node: its events are the new owner's to publish.
+        if self.lease_lost {
+            return;
+        }
         self.cx.broker.publish_and_forget(Envelope {
             seq,
             conflate,

@@ -26,6 +26,9 @@ use crate::operations::Status;
 impl OperationActor {
     /// Writes the status and pending lines if anything changed; retries with backoff.
     pub(super) fn flush(&mut self, ctx: &mut Context<Self>) {
+        if self.lease_lost {
+            return;
+        }
         let Some(write) = self.journal.start_write(Instant::now()) else {
             return;
         };
@@ -40,10 +43,17 @@ impl OperationActor {
             .map(|l| LogRow::new(&self.op.id, l))
             .collect();
         let wrote_terminal = self.op.status.is_terminal();
-        self.cx
-            .writer
-            .save(row, logs)
-            .into_actor(self)
+        // Cluster mode: conditioned on this node's fence (a taken-over operation writes
+        // nothing); one node: the plain save.
+        let save: std::pin::Pin<Box<dyn std::future::Future<Output = _>>> = match self.fence {
+            Some(fence) => Box::pin(
+                self.cx
+                    .writer
+                    .write(move |c| crate::db::leases::save_fenced(c, &row, &logs, fence)),
+            ),
+            None => Box::pin(self.cx.writer.save(row, logs)),
+        };
+        save.into_actor(self)
             .map(move |res, act, ctx| match res {
                 Ok(()) => {
                     let acks = act.journal.write_committed(write);
@@ -64,6 +74,10 @@ impl OperationActor {
                         // tick (this is what group-commits a worker's stream of reports).
                         act.flush(ctx);
                     }
+                }
+                Err(crate::db::DbError::Query(e)) if crate::db::leases::is_lease_lost(&e) => {
+                    let failure = act.journal.write_failed(write, Instant::now());
+                    act.lease_lost(failure.acks, ctx);
                 }
                 Err(e) => {
                     let failure = act.journal.write_failed(write, Instant::now());
