@@ -228,6 +228,13 @@ pub struct Settings {
     /// behind (or be cut off from Redis) and still catch up without a gap
     /// (`SWITCHYARD_REDIS_FANOUT_MAXLEN`).
     pub redis_fanout_maxlen: usize,
+    /// How often a cluster node renews its presence entries and sweeps expired nodes
+    /// (`SWITCHYARD_REDIS_PRESENCE_HEARTBEAT_MS`).
+    pub redis_presence_heartbeat: Duration,
+    /// How long a node's presence entries outlive its last heartbeat
+    /// (`SWITCHYARD_REDIS_PRESENCE_TTL_MS`): a dead node's users are announced leaving within
+    /// this plus one heartbeat.
+    pub redis_presence_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -240,6 +247,8 @@ impl Default for Settings {
             redis_prefix: "switchyard".into(),
             redis_timeout: Duration::from_millis(1_000),
             redis_fanout_maxlen: 100_000,
+            redis_presence_heartbeat: Duration::from_millis(4_000),
+            redis_presence_ttl: Duration::from_millis(12_000),
             db_pool_size: 8,
             db_timeout: Duration::from_millis(2_000),
             heartbeat_interval: Duration::from_millis(25_000),
@@ -359,6 +368,18 @@ impl Settings {
             1_000,
             100_000_000,
             &mut s.redis_fanout_maxlen,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_REDIS_PRESENCE_HEARTBEAT_MS",
+            50,
+            &mut s.redis_presence_heartbeat,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_REDIS_PRESENCE_TTL_MS",
+            100,
+            &mut s.redis_presence_ttl,
         )?;
         num(&get, "SWITCHYARD_DB_POOL_SIZE", 1, 256, &mut s.db_pool_size)?;
         millis(&get, "SWITCHYARD_DB_TIMEOUT_MS", 50, &mut s.db_timeout)?;
@@ -705,6 +726,14 @@ impl Settings {
             &mut s.room_threads,
         )?;
 
+        // A live node must not expire because one heartbeat was late: at least two fit.
+        if s.redis_presence_ttl < s.redis_presence_heartbeat * 2 {
+            return Err(err(
+                "SWITCHYARD_REDIS_PRESENCE_TTL_MS",
+                &s.redis_presence_ttl.as_millis().to_string(),
+                "must be at least twice SWITCHYARD_REDIS_PRESENCE_HEARTBEAT_MS",
+            ));
+        }
         if s.heartbeat_timeout <= s.heartbeat_interval {
             return Err(err(
                 "SWITCHYARD_HEARTBEAT_TIMEOUT_MS",

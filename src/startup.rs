@@ -28,7 +28,7 @@ use crate::actors::stats::StatsPublisher;
 use crate::actors::watcher::WatcherDeps;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, HistoryView, PresenceView};
-use crate::cluster::{RedisBroker, RedisLog};
+use crate::cluster::{ClusterPresence, RedisBroker, RedisLog};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::error::{self, AppError, ErrorCode};
@@ -129,14 +129,18 @@ impl Application {
         // cluster composes Redis's instead; nothing else changes.
         let (registry, broker, presence, history): Seams = if settings.redis_url.is_some() {
             let log = RedisLog::connect(&settings).context("SWITCHYARD_REDIS_URL")?;
-            let registry = registry.with_shared_log(log.clone()).start();
+            // Presence across the nodes wraps the log as the rooms' backlog (rooms report
+            // their members to it) and is the presence view.
+            let presence = ClusterPresence::new(log.clone(), &settings);
+            let registry = registry.with_shared_log(presence.clone()).start();
             let redis = RedisBroker::start(log, registry.clone());
+            presence.start(registry.clone());
             log::info!(
                 "cluster mode: node {}, rooms ordered by redis (prefix {})",
                 crate::broker::node_id(),
                 settings.redis_prefix
             );
-            (registry, redis.clone(), redis.clone(), redis)
+            (registry, redis.clone(), presence, redis)
         } else {
             let registry = registry.start();
             let local = Arc::new(LocalBroker::new(registry.clone()));

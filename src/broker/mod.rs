@@ -30,7 +30,10 @@ pub use envelope::{node_id, ConnectionRef, Envelope, Position};
 pub use member::{
     next_session_id, EvictReason, Evicted, JoinRoom, Joined, LeaveRoom, Member, SessionId,
 };
-pub use views::{Backlog, HistoryPage, HistoryView, PresenceView, RoomInfo, Tail, ViewFuture};
+pub use views::{
+    Backlog, HistoryPage, HistoryView, PresenceChange, PresenceSnapshot, PresenceView, RoomInfo,
+    Tail, ViewFuture,
+};
 
 use crate::error_code::Refusal;
 

@@ -18,12 +18,18 @@
 //! | --- | --- | --- |
 //! | `{p}:room:{room}:meta` | hash | `epoch`, `offset` (the last offset given) |
 //! | `{p}:room:{room}:log` | stream | the room's recent messages, id `{offset}-1`, fields `d` (the envelope) |
-//! | `{p}:fanout` | stream | every message of every room: `r` room, `e` epoch, `o` offset, `d` envelope |
+//! | `{p}:fanout` | stream | every message of every room: `r` room, `e` epoch, `o` offset, `d` envelope; and every presence change: `r` room, `j` joined (1/0), `u` user |
+//! | `{p}:room:{room}:pconn`, `:puser`, `:pcount` | hashes | presence: connections, users, counts (`scripts.rs`) |
+//! | `{p}:presence:nodes`, `{p}:presence:node:{node}` | zset, set | presence: each node's expiry, its rooms |
+//!
+//! Presence across the nodes is [`ClusterPresence`] (`presence.rs`).
 //!
 //! See docs/cluster.md for the guarantees, their limits and what is not clustered yet.
 
+mod presence;
 mod redis;
 mod replies;
 mod scripts;
 
+pub use self::presence::ClusterPresence;
 pub use self::redis::{RedisBroker, RedisLog};

@@ -16,13 +16,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actors::registry::{Deliver, LocalBroker, RoomRegistry};
-use crate::auth::UserInfo;
+use crate::actors::registry::{Deliver, DeliverPresence, LocalBroker, RoomRegistry};
 use crate::broker::local::answer;
 use crate::broker::{
     node_id, Backlog, Broker, Envelope, HistoryPage, HistoryView, JoinFuture, JoinRoom, Joined,
-    LeaveFuture, LeaveRoom, Position, PresenceView, PublishFuture, RoomInfo, SessionId, Tail,
-    ViewFuture,
+    LeaveFuture, LeaveRoom, Position, PublishFuture, SessionId, Tail, ViewFuture,
 };
 use crate::config::Settings;
 use crate::error_code::{ErrorCode, Refusal};
@@ -46,11 +44,11 @@ const READ_COUNT: usize = 1_000;
 pub struct RedisLog {
     client: Client,
     /// Publishes, backlogs and history reads, with their deadline.
-    link: Link,
-    prefix: String,
+    pub(super) link: Link,
+    pub(super) prefix: String,
     /// Messages kept per room stream (`SWITCHYARD_HISTORY_SIZE`).
     history_max: usize,
-    fanout_max: usize,
+    pub(super) fanout_max: usize,
     /// Lifetime of a room's keys after its last publish or open (at least a day, at least the
     /// history's age bound): an idle room's epoch and history then go, and its clients reload.
     ttl_secs: u64,
@@ -61,7 +59,7 @@ pub struct RedisLog {
 /// A connection with its deadline and the reachability it observed: cheap to clone into the
 /// futures that use it.
 #[derive(Clone)]
-struct Link {
+pub(super) struct Link {
     /// Reconnects by itself after an outage.
     conn: ConnectionManager,
     timeout: Duration,
@@ -89,7 +87,10 @@ impl Link {
     /// the second time): the first command after an outage fails while the connection manager
     /// reconnects, so a failed attempt is retried (twice, 100 ms apart) within the deadline.
     /// Publishes are never retried here: a lost answer is not a lost command.
-    async fn cmd<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> Result<T, Refusal> {
+    pub(super) async fn cmd<T: redis::FromRedisValue>(
+        &self,
+        cmd: redis::Cmd,
+    ) -> Result<T, Refusal> {
         let deadline = tokio::time::Instant::now() + self.timeout;
         let mut attempt = 0;
         loop {
@@ -107,7 +108,10 @@ impl Link {
     }
 
     /// Runs one pipeline (one round trip, in order) within the deadline.
-    async fn pipe<T: redis::FromRedisValue>(&self, pipe: redis::Pipeline) -> Result<T, Refusal> {
+    pub(super) async fn pipe<T: redis::FromRedisValue>(
+        &self,
+        pipe: redis::Pipeline,
+    ) -> Result<T, Refusal> {
         let mut conn = self.conn.clone();
         let r = tokio::time::timeout(self.timeout, pipe.query_async(&mut conn)).await;
         self.settle(r)
@@ -169,7 +173,7 @@ impl RedisLog {
         format!("{}:room:{room}:log", self.prefix)
     }
 
-    fn fanout_key(&self) -> String {
+    pub(super) fn fanout_key(&self) -> String {
         format!("{}:fanout", self.prefix)
     }
 
@@ -378,7 +382,10 @@ async fn read_loop(log: Arc<RedisLog>, registry: Addr<RoomRegistry>) {
                 Ok(v) => {
                     log.link.answered();
                     for (id, fields) in stream_entries(&v) {
-                        if let Some((room, ordered)) = entry_to_ordered(&fields) {
+                        // Presence changes share the stream: their place in the one order.
+                        if let Some((room, change)) = super::presence::change_of(&id, &fields) {
+                            registry.do_send(DeliverPresence { room, change });
+                        } else if let Some((room, ordered)) = entry_to_ordered(&fields) {
                             registry.do_send(Deliver { room, ordered });
                         } else {
                             log::warn!("redis: fan-out entry {id} is malformed; skipped");
@@ -626,14 +633,4 @@ impl HistoryView for RedisBroker {
     }
 }
 
-impl PresenceView for RedisBroker {
-    // Presence is this node's for now: a user is listed by each node they are connected to,
-    // and a room lists the members connected here (docs/cluster.md, "Not clustered yet").
-    fn presence(&self, room: String) -> ViewFuture<Result<Option<Vec<UserInfo>>, Refusal>> {
-        self.local.presence(room)
-    }
-
-    fn rooms(&self) -> ViewFuture<Result<Vec<RoomInfo>, Refusal>> {
-        self.local.rooms()
-    }
-}
+// Presence across the nodes is `super::presence::ClusterPresence`, its own view.
