@@ -33,14 +33,14 @@ use tokio::sync::mpsc;
 use crate::actors::registry::{LocalBroker, RoomRegistry};
 use crate::auth::UserInfo;
 use crate::broker::{
-    node_id, Backlog, Envelope, PresenceChange, PresenceSnapshot, PresenceView, RoomInfo,
-    SessionId, Tail, ViewFuture,
+    node_id, Backlog, Envelope, PresenceSnapshot, PresenceView, RoomInfo, SessionId, Tail,
+    ViewFuture,
 };
 use crate::config::Settings;
 use crate::error_code::{ErrorCode, Refusal};
 
 use super::redis::RedisLog;
-use super::replies::{array, bad_reply, bytes, field, text};
+use super::replies::{array, bad_reply, bytes, stream_id, text};
 use super::scripts::{
     PRESENCE_BURY, PRESENCE_CHANGE, PRESENCE_EXPIRED, PRESENCE_HEARTBEAT, PRESENCE_SNAPSHOT,
     PRESENCE_SWEEP,
@@ -133,35 +133,6 @@ impl ClusterPresence {
             .arg(self.log.fanout_max);
         cmd
     }
-}
-
-/// A fan-out entry that is a presence change (`r`, `j`, `u`; see `scripts.rs`), with its
-/// stream id as its position.
-pub(super) fn change_of(
-    id: &str,
-    fields: &[(String, Vec<u8>)],
-) -> Option<(String, PresenceChange)> {
-    let joined = match field(fields, "j")? {
-        b"1" => true,
-        b"0" => false,
-        _ => return None,
-    };
-    let room = String::from_utf8(field(fields, "r")?.to_vec()).ok()?;
-    let user: UserInfo = serde_json::from_slice(field(fields, "u")?).ok()?;
-    Some((
-        room,
-        PresenceChange {
-            at: stream_id(id)?,
-            user: Arc::new(user),
-            joined,
-        },
-    ))
-}
-
-/// A stream id `ms-seq` as a pair that orders like the ids.
-fn stream_id(id: &str) -> Option<(u64, u64)> {
-    let (ms, seq) = id.split_once('-')?;
-    Some((ms.parse().ok()?, seq.parse().ok()?))
 }
 
 fn users_of(v: &Value) -> Vec<Arc<UserInfo>> {

@@ -28,7 +28,7 @@ use crate::protocol::native;
 
 use super::replies::{
     array, bad_reply, entries_of, entry_to_ordered, envelope_of, first_id, int, offset_of_id,
-    position_of, stream_entries, text,
+    position_of, presence_change_of, stream_entries, text,
 };
 use super::scripts::{OPEN, PUBLISH};
 
@@ -383,7 +383,7 @@ async fn read_loop(log: Arc<RedisLog>, registry: Addr<RoomRegistry>) {
                     log.link.answered();
                     for (id, fields) in stream_entries(&v) {
                         // Presence changes share the stream: their place in the one order.
-                        if let Some((room, change)) = super::presence::change_of(&id, &fields) {
+                        if let Some((room, change)) = presence_change_of(&id, &fields) {
                             registry.do_send(DeliverPresence { room, change });
                         } else if let Some((room, ordered)) = entry_to_ordered(&fields) {
                             registry.do_send(Deliver { room, ordered });
