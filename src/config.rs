@@ -895,6 +895,15 @@ mod tests {
         ])
         .unwrap_err();
         assert_eq!(e.var, "SWITCHYARD_HEARTBEAT_TIMEOUT_MS");
+        // A cluster node's presence must outlive a late heartbeat.
+        let e = from(&[
+            ("SWITCHYARD_REDIS_PRESENCE_HEARTBEAT_MS", "4000"),
+            ("SWITCHYARD_REDIS_PRESENCE_TTL_MS", "6000"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "SWITCHYARD_REDIS_PRESENCE_TTL_MS");
+        let s = from(&[("SWITCHYARD_REDIS_PRESENCE_TTL_MS", "8000")]).expect("twice 4 s");
+        assert_eq!(s.redis_presence_ttl, Duration::from_millis(8_000));
     }
 
     #[test]

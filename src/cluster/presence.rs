@@ -408,13 +408,17 @@ impl Tracker {
                 return;
             }
         }
-        if !self.dirty.is_empty() {
+        // A batch of rooms per round trip, until none is left or Redis stops answering.
+        for _ in 0..=self.dirty.len() / BATCH {
+            if self.dirty.is_empty() || self.down || !self.registered {
+                break;
+            }
             self.sync().await;
         }
     }
 
-    /// Writes this node's whole membership of every dirty room (adding what is missing,
-    /// removing what is gone).
+    /// Writes this node's whole membership of up to [`BATCH`] dirty rooms (adding what is
+    /// missing, removing what is gone).
     async fn sync(&mut self) {
         let rooms: Vec<String> = self.dirty.iter().take(BATCH).cloned().collect();
         let mut pipe = redis::pipe();
