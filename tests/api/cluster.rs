@@ -621,6 +621,13 @@ async fn a_node_cut_off_from_redis_has_its_users_leave_once_and_return_when_it_i
     let after = presence_changes(&frames_until(&mut w, "sentinel").await);
     assert!(after.is_empty(), "no second departure: {after:?}");
     assert_eq!(rest_presence(&cluster.nodes[0], room).await, ["dave", "w"]);
+    // The cut-off node says it cannot tell rather than list what may be wrong.
+    let t = token("observer", &["*"], &[], None);
+    let (status, body) = cluster.nodes[2]
+        .get_auth(&format!("/api/rooms/{room}/presence"), &t)
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "unavailable", "{body}");
 
     // Back: the node finds it expired and announces its users again.
     proxy.restore();
