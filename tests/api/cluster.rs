@@ -737,3 +737,38 @@ where
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+/// A node that dies and comes back under the same node id (nodes in one process share it)
+/// leaves no ghost: the old instance's entries expire and are swept, the new instance's are its
+/// own, and once the user's last connection goes they are gone from every list.
+#[actix_web::test]
+async fn a_node_back_under_the_same_id_leaves_no_ghost() {
+    let proxy = Proxy::start().await;
+    let mut cluster = Cluster::start(1, format!("redis://{REDIS}"), quick_presence).await;
+    cluster.add_at(proxy.url(), &quick_presence).await;
+    let room = "project:ghost";
+    let mut w = member(&cluster.nodes[0], "w", room).await;
+    let _old = member(&cluster.nodes[1], "gina", room).await;
+    changes_until(&mut w, "+gina", WAIT).await;
+    // The node dies (nothing cleaned up); its successor starts under the same id, and gina
+    // reconnects to it before the old entries expire.
+    proxy.cut();
+    cluster.add(&quick_presence).await;
+    let again = member(&cluster.nodes[2], "gina", room).await;
+    eventually("the dead instance forgotten", || async {
+        presence_nodes(&cluster.prefix).await == 2
+    })
+    .await;
+    assert_eq!(rest_presence(&cluster.nodes[0], room).await, ["gina", "w"]);
+    // Her last connection goes: she leaves, once, and is listed nowhere.
+    again.close().await;
+    let seen = changes_until(&mut w, "-gina", WAIT).await;
+    assert_eq!(
+        seen,
+        ["-gina"],
+        "still present while reconnected, then gone once"
+    );
+    assert_eq!(rest_presence(&cluster.nodes[0], room).await, ["w"]);
+    assert_eq!(rest_presence(&cluster.nodes[2], room).await, ["w"]);
+    cluster.stop().await;
+}
