@@ -772,3 +772,26 @@ async fn a_node_back_under_the_same_id_leaves_no_ghost() {
     assert_eq!(rest_presence(&cluster.nodes[2], room).await, ["w"]);
     cluster.stop().await;
 }
+
+/// A node stopped gracefully writes its sessions' departures as they close: its users leave at
+/// once, not when its entries expire (12 s by default).
+#[actix_web::test]
+async fn a_node_stopped_gracefully_has_its_users_leave_at_once() {
+    let mut cluster = Cluster::start(2, format!("redis://{REDIS}"), |_| {}).await;
+    let room = "project:graceful";
+    let mut w = member(&cluster.nodes[0], "w", room).await;
+    let _hank = member(&cluster.nodes[1], "hank", room).await;
+    changes_until(&mut w, "+hank", WAIT).await;
+    let node = cluster.nodes.pop().expect("node 1");
+    let stopping = std::time::Instant::now();
+    node.shutdown().await;
+    let seen = changes_until(&mut w, "-hank", std::time::Duration::from_secs(20)).await;
+    assert_eq!(seen, ["-hank"]);
+    // By expiry it would take at least 8 s (12 s lifetime after a heartbeat at most 4 s old).
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(5),
+        "announced by the stopping node, not by expiry: {:?}",
+        stopping.elapsed()
+    );
+    cluster.stop().await;
+}
