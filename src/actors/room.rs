@@ -5,7 +5,10 @@
 //!
 //! In: [`Ordered`] (a message in its place in the room's order, from the broker's
 //! `RoomLog`), [`JoinRoom`], [`LeaveRoom`], [`GetRoomInfo`], [`GetPresence`], [`GetHistory`]
-//! (routed here by the registry), [`CloseRoom`].
+//! (routed here by the registry), [`CloseRoom`]; with a shared log, [`PresenceChange`] (who
+//! arrived or left across the nodes).
+//! Out (with a shared log): every member added or removed, to the log's presence
+//! (`Backlog::arrived` / `Backlog::departed`).
 //! Out: frames pushed into member outboxes; [`Evicted`] to sessions it drops;
 //! [`RoomIdle`] to the registry when it has neither members nor history.
 //!

@@ -405,7 +405,7 @@ async fn read_loop(log: Arc<RedisLog>, registry: Addr<RoomRegistry>) {
 /// The broker of a cluster node: Redis orders, this node's registry delivers.
 pub struct RedisBroker {
     log: Arc<RedisLog>,
-    /// This node's registry as the local broker routes to it: leaves and this node's presence.
+    /// This node's registry as the local broker routes to it: leaves.
     local: LocalBroker,
     /// To the writer: publishes and joins, in call order.
     queue: mpsc::UnboundedSender<Item>,
