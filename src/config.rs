@@ -263,6 +263,13 @@ pub struct Settings {
     /// stalled owner, without stopping the process). Never read from the environment.
     #[doc(hidden)]
     pub operation_heartbeat_paused: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+    /// How often a cluster node renews its presence entries and sweeps expired nodes
+    /// (`SWITCHYARD_REDIS_PRESENCE_HEARTBEAT_MS`).
+    pub redis_presence_heartbeat: Duration,
+    /// How long a node's presence entries outlive its last heartbeat
+    /// (`SWITCHYARD_REDIS_PRESENCE_TTL_MS`): a dead node's users are announced leaving within
+    /// this plus one heartbeat.
+    pub redis_presence_ttl: Duration,
 }
 
 impl Default for Settings {
@@ -280,6 +287,8 @@ impl Default for Settings {
             operation_lease: Duration::from_millis(10_000),
             operation_heartbeat: Duration::from_millis(2_000),
             operation_heartbeat_paused: None,
+            redis_presence_heartbeat: Duration::from_millis(4_000),
+            redis_presence_ttl: Duration::from_millis(12_000),
             db_pool_size: 8,
             db_timeout: Duration::from_millis(2_000),
             heartbeat_interval: Duration::from_millis(25_000),
@@ -436,6 +445,18 @@ impl Settings {
             "SWITCHYARD_OPERATION_HEARTBEAT_MS",
             50,
             &mut s.operation_heartbeat,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_REDIS_PRESENCE_HEARTBEAT_MS",
+            50,
+            &mut s.redis_presence_heartbeat,
+        )?;
+        millis(
+            &get,
+            "SWITCHYARD_REDIS_PRESENCE_TTL_MS",
+            100,
+            &mut s.redis_presence_ttl,
         )?;
         num(&get, "SWITCHYARD_DB_POOL_SIZE", 1, 256, &mut s.db_pool_size)?;
         millis(&get, "SWITCHYARD_DB_TIMEOUT_MS", 50, &mut s.db_timeout)?;
@@ -811,6 +832,14 @@ impl Settings {
                 "must be at most half of SWITCHYARD_OPERATION_LEASE_MS",
             ));
         }
+        // A live node must not expire because one heartbeat was late: at least two fit.
+        if s.redis_presence_ttl < s.redis_presence_heartbeat * 2 {
+            return Err(err(
+                "SWITCHYARD_REDIS_PRESENCE_TTL_MS",
+                &s.redis_presence_ttl.as_millis().to_string(),
+                "must be at least twice SWITCHYARD_REDIS_PRESENCE_HEARTBEAT_MS",
+            ));
+        }
         if s.heartbeat_timeout <= s.heartbeat_interval {
             return Err(err(
                 "SWITCHYARD_HEARTBEAT_TIMEOUT_MS",
@@ -995,6 +1024,19 @@ mod tests {
         ])
         .expect("half the lease is allowed");
         assert_eq!(s.operation_lease, Duration::from_millis(4000));
+    }
+
+    #[test]
+    fn a_presence_ttl_shorter_than_two_heartbeats_is_refused() {
+        // A cluster node's presence must outlive a late heartbeat.
+        let e = from(&[
+            ("SWITCHYARD_REDIS_PRESENCE_HEARTBEAT_MS", "4000"),
+            ("SWITCHYARD_REDIS_PRESENCE_TTL_MS", "6000"),
+        ])
+        .unwrap_err();
+        assert_eq!(e.var, "SWITCHYARD_REDIS_PRESENCE_TTL_MS");
+        let s = from(&[("SWITCHYARD_REDIS_PRESENCE_TTL_MS", "8000")]).expect("twice 4 s");
+        assert_eq!(s.redis_presence_ttl, Duration::from_millis(8_000));
     }
 
     #[test]

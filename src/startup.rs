@@ -28,7 +28,7 @@ use crate::actors::stats::StatsPublisher;
 use crate::actors::watcher::WatcherDeps;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, HistoryView, NodesView, OneNode, PresenceView};
-use crate::cluster::{RedisBroker, RedisLog, RedisPeers};
+use crate::cluster::{ClusterPresence, RedisBroker, RedisLog, RedisPeers};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::error::{self, AppError, ErrorCode};
@@ -140,13 +140,17 @@ impl Application {
             let log = RedisLog::connect(&settings).context("SWITCHYARD_REDIS_URL")?;
             nodes = Arc::new(log.clone());
             shared_log = Some(log.clone());
-            let registry = registry.with_shared_log(log.clone()).start();
+            // Presence across the nodes wraps the log as the rooms' backlog (rooms report
+            // their members to it) and is the presence view.
+            let presence = ClusterPresence::new(log.clone(), &settings);
+            let registry = registry.with_shared_log(presence.clone()).start();
             let redis = RedisBroker::start(log, registry.clone());
+            presence.start(registry.clone());
             log::info!(
                 "cluster mode: node {node}, rooms ordered by redis (prefix {})",
                 settings.redis_prefix
             );
-            (registry, redis.clone(), redis.clone(), redis)
+            (registry, redis.clone(), presence, redis)
         } else {
             let registry = registry.start();
             let local = Arc::new(LocalBroker::new(registry.clone()));

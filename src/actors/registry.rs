@@ -36,8 +36,8 @@ use super::{ServerShutdown, SessionId};
 use crate::auth::UserInfo;
 use crate::broker::local::{LocalLog, Ordered, RoomLog};
 use crate::broker::{
-    Backlog, Broker, Envelope, HistoryView, JoinFuture, LeaveFuture, Position, PresenceView,
-    PublishFuture, ViewFuture,
+    Backlog, Broker, Envelope, HistoryView, JoinFuture, LeaveFuture, Position, PresenceChange,
+    PresenceView, PublishFuture, ViewFuture,
 };
 use crate::error_code::{ErrorCode, Refusal};
 use crate::metrics::Metrics;
@@ -348,6 +348,26 @@ impl Handler<Deliver> for RoomRegistry {
                 routed: true,
                 ..msg.ordered
             });
+        }
+    }
+}
+
+/// Shared log's reader → Registry: a presence change (announced once across the nodes), for
+/// this node's room of that name if there is one (one that starts later reads who is present).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DeliverPresence {
+    pub room: String,
+    pub change: PresenceChange,
+}
+
+impl Handler<DeliverPresence> for RoomRegistry {
+    type Result = ();
+
+    fn handle(&mut self, msg: DeliverPresence, _ctx: &mut Context<Self>) {
+        if let Some(entry) = self.existing(&msg.room) {
+            entry.routed += 1;
+            entry.addr.do_send(msg.change);
         }
     }
 }

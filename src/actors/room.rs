@@ -5,7 +5,10 @@
 //!
 //! In: [`Ordered`] (a message in its place in the room's order, from the broker's
 //! `RoomLog`), [`JoinRoom`], [`LeaveRoom`], [`GetRoomInfo`], [`GetPresence`], [`GetHistory`]
-//! (routed here by the registry), [`CloseRoom`].
+//! (routed here by the registry), [`CloseRoom`]; with a shared log, [`PresenceChange`] (who
+//! arrived or left across the nodes).
+//! Out (with a shared log): every member added or removed, to the log's presence
+//! (`Backlog::arrived` / `Backlog::departed`).
 //! Out: frames pushed into member outboxes; [`Evicted`] to sessions it drops;
 //! [`RoomIdle`] to the registry when it has neither members nor history.
 //!
@@ -40,7 +43,7 @@ use self::retained::Retained;
 use super::{EvictReason, Evicted, Member, SessionId};
 use crate::auth::UserInfo;
 use crate::broker::local::Ordered;
-use crate::broker::{dedupe, Backlog, Envelope, Position, Retain, Tail};
+use crate::broker::{dedupe, Backlog, Envelope, Position, PresenceChange, Retain, Tail};
 // Membership and the views are the broker's vocabulary (defined there, so the broker never
 // names the actors); re-exported here, where the actors have always found them.
 pub use crate::broker::{HistoryPage, JoinRoom, Joined, LeaveRoom, RoomInfo};
@@ -240,7 +243,12 @@ impl Room {
             history_bytes: 0,
             retained: Retained::new(limits.retained_events_max),
             members: HashMap::new(),
-            presence: Presence::new(limits.presence_list_max),
+            // With a shared log, presence is the cluster's (`room/presence.rs`).
+            presence: if backlog.is_some() {
+                Presence::clustered(limits.presence_list_max)
+            } else {
+                Presence::new(limits.presence_list_max)
+            },
             routed_seen: 0,
             conflation_key,
             me: None,
@@ -553,6 +561,9 @@ impl Room {
             return false;
         };
         self.floors.remove(&id);
+        if let Some(b) = &self.backlog {
+            b.departed(&self.name, id);
+        }
         let flush = self.presence.depart(&m.user, Instant::now());
         self.on_presence(flush);
         true
@@ -605,6 +616,20 @@ impl Actor for Room {
                     .into_actor(self)
                     .map(|res, act, _| act.start_at(res)),
             );
+            // Then who is present across the nodes; changes after it come from the log.
+            ctx.wait(
+                backlog
+                    .presence(self.name.to_string())
+                    .into_actor(self)
+                    .map(|res, act, _| match res {
+                        Ok(Some(snapshot)) => act.presence.snapshot(snapshot),
+                        Ok(None) => {}
+                        Err(e) => log::warn!(
+                            "room {}: presence across the nodes unread ({e}); this node's members and later changes only",
+                            act.name
+                        ),
+                    }),
+            );
             return;
         }
         log::debug!(
@@ -655,6 +680,9 @@ impl Handler<JoinRoom> for Room {
 
         let newcomer = !self.members.contains_key(&session);
         if newcomer {
+            if let Some(b) = &self.backlog {
+                b.arrived(&self.name, session, &user);
+            }
             self.members.insert(session, member);
             let flush = self.presence.arrive(&user, Instant::now());
             self.on_presence(flush);
@@ -791,6 +819,17 @@ impl Handler<FlushPresence> for Room {
     fn handle(&mut self, _: FlushPresence, _ctx: &mut Context<Self>) {
         self.presence.timer_fired();
         self.flush_presence();
+    }
+}
+
+/// A presence change from the shared log (several nodes), in its place in the log's order.
+impl Handler<PresenceChange> for Room {
+    type Result = ();
+
+    fn handle(&mut self, change: PresenceChange, _ctx: &mut Context<Self>) {
+        self.routed_seen += 1;
+        let flush = self.presence.change(change, Instant::now());
+        self.on_presence(flush);
     }
 }
 

@@ -33,8 +33,8 @@ pub use member::{
     next_session_id, EvictReason, Evicted, JoinRoom, Joined, LeaveRoom, Member, SessionId,
 };
 pub use views::{
-    Backlog, HistoryPage, HistoryView, NodeStats, NodesView, OneNode, PresenceView, RoomInfo, Tail,
-    ViewFuture,
+    Backlog, HistoryPage, HistoryView, NodeStats, NodesView, OneNode, PresenceChange,
+    PresenceSnapshot, PresenceView, RoomInfo, Tail, ViewFuture,
 };
 
 use crate::error_code::Refusal;

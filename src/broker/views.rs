@@ -7,11 +7,12 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use super::{Envelope, Position};
+use super::{Envelope, Position, SessionId};
 use crate::auth::UserInfo;
 use crate::error_code::Refusal;
 
@@ -112,9 +113,34 @@ pub struct Tail {
     pub entries: Vec<(u64, Envelope)>,
 }
 
+/// Who is present in a room across every node, as a shared log read it at one point of its
+/// order: the users, and the position in the log after which presence changes are not in it.
+pub struct PresenceSnapshot {
+    /// The log's position when the snapshot was read (an opaque, increasing key): a change the
+    /// room is handed later with a key at or before it is already in `users`.
+    pub at: (u64, u64),
+    pub users: Vec<Arc<UserInfo>>,
+}
+
+/// A user's arrival in or departure from a room, announced once across the nodes (their first
+/// connection anywhere, their last one anywhere), in its place in the shared log's order.
+#[derive(Debug, Clone, actix::Message)]
+#[rtype(result = "()")]
+pub struct PresenceChange {
+    /// The change's position in the shared log (compared with [`PresenceSnapshot::at`]).
+    pub at: (u64, u64),
+    pub user: Arc<UserInfo>,
+    pub joined: bool,
+}
+
 /// What a room that starts on this node asks the broker before it delivers anything: where the
 /// room's order stands, and the recent messages, so a client resumes on any node. The local
 /// broker needs none (its log starts with the room); a shared log answers from its stream.
+///
+/// A shared log also keeps presence across nodes: the room reports every member it adds or
+/// removes ([`Backlog::arrived`], [`Backlog::departed`], in the room's own order, so nothing a
+/// room does to its members — a leave, an eviction, a dead outbox — escapes it), reads who is
+/// present when it starts ([`Backlog::presence`]), and then hears the changes from the log.
 pub trait Backlog: Send + Sync + 'static {
     /// The room's position and at most `max` of its last messages.
     fn tail(&self, room: String, max: usize) -> ViewFuture<Result<Tail, Refusal>>;
@@ -127,4 +153,15 @@ pub trait Backlog: Send + Sync + 'static {
         after: u64,
         until: u64,
     ) -> ViewFuture<Result<Vec<(u64, Envelope)>, Refusal>>;
+
+    /// Who is present in `room` across the nodes; `None` when this log keeps no shared presence.
+    fn presence(&self, _room: String) -> ViewFuture<Result<Option<PresenceSnapshot>, Refusal>> {
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// A member session of `user` joined `room` on this node. Must not block: queued.
+    fn arrived(&self, _room: &str, _session: SessionId, _user: &Arc<UserInfo>) {}
+
+    /// A member session left `room` on this node (left, evicted or gone). Must not block.
+    fn departed(&self, _room: &str, _session: SessionId) {}
 }

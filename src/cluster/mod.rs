@@ -18,9 +18,13 @@
 //! | --- | --- | --- |
 //! | `{p}:room:{room}:meta` | hash | `epoch`, `offset` (the last offset given) |
 //! | `{p}:room:{room}:log` | stream | the room's recent messages, id `{offset}-1`, fields `d` (the envelope) |
-//! | `{p}:fanout` | stream | every message of every room: `r` room, `e` epoch, `o` offset, `d` envelope |
+//! | `{p}:fanout` | stream | every message of every room: `r` room, `e` epoch, `o` offset, `d` envelope; and every presence change: `r` room, `j` joined (1/0), `u` user |
+//! | `{p}:room:{room}:pconn`, `:puser`, `:pcount` | hashes | presence: connections, users, counts (`scripts.rs`) |
+//! | `{p}:presence:nodes`, `{p}:presence:node:{node}` | zset, set | presence: each node's expiry, its rooms |
 //! | `{p}:nodes` | hash | node name -> its latest figures (`nodes.rs`), for the dashboard |
 //! | `{p}:rate:{user}` | hash | the user's publish budget across nodes (`rates.rs`) |
+//!
+//! Presence across the nodes is [`ClusterPresence`] (`presence.rs`).
 //!
 //! Operations across nodes: each is owned by one node under a lease on its row in PostgreSQL
 //! (`db::leases`, `actors::operation::Ownership`); a cancel or a worker report for an operation
@@ -31,11 +35,13 @@
 
 mod nodes;
 mod operations;
+mod presence;
 mod rates;
 mod redis;
 mod replies;
 mod scripts;
 
 pub use self::operations::RedisPeers;
+pub use self::presence::ClusterPresence;
 pub use self::rates::sync_user_rates;
 pub use self::redis::{RedisBroker, RedisLog};

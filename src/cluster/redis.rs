@@ -16,13 +16,11 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actors::registry::{Deliver, LocalBroker, RoomRegistry};
-use crate::auth::UserInfo;
+use crate::actors::registry::{Deliver, DeliverPresence, LocalBroker, RoomRegistry};
 use crate::broker::local::answer;
 use crate::broker::{
     node_id, Backlog, Broker, Envelope, HistoryPage, HistoryView, JoinFuture, JoinRoom, Joined,
-    LeaveFuture, LeaveRoom, Position, PresenceView, PublishFuture, RoomInfo, SessionId, Tail,
-    ViewFuture,
+    LeaveFuture, LeaveRoom, Position, PublishFuture, SessionId, Tail, ViewFuture,
 };
 use crate::config::Settings;
 use crate::error_code::{ErrorCode, Refusal};
@@ -30,7 +28,7 @@ use crate::protocol::native;
 
 use super::replies::{
     array, bad_reply, entries_of, entry_to_ordered, envelope_of, first_id, int, offset_of_id,
-    position_of, stream_entries, text,
+    position_of, presence_change_of, stream_entries, text,
 };
 use super::scripts::{OPEN, PUBLISH};
 
@@ -50,7 +48,7 @@ pub struct RedisLog {
     pub(super) prefix: String,
     /// Messages kept per room stream (`SWITCHYARD_HISTORY_SIZE`).
     history_max: usize,
-    fanout_max: usize,
+    pub(super) fanout_max: usize,
     /// Lifetime of a room's keys after its last publish or open (at least a day, at least the
     /// history's age bound): an idle room's epoch and history then go, and its clients reload.
     ttl_secs: u64,
@@ -175,7 +173,7 @@ impl RedisLog {
         format!("{}:room:{room}:log", self.prefix)
     }
 
-    fn fanout_key(&self) -> String {
+    pub(super) fn fanout_key(&self) -> String {
         format!("{}:fanout", self.prefix)
     }
 
@@ -384,7 +382,10 @@ async fn read_loop(log: Arc<RedisLog>, registry: Addr<RoomRegistry>) {
                 Ok(v) => {
                     log.link.answered();
                     for (id, fields) in stream_entries(&v) {
-                        if let Some((room, ordered)) = entry_to_ordered(&fields) {
+                        // Presence changes share the stream: their place in the one order.
+                        if let Some((room, change)) = presence_change_of(&id, &fields) {
+                            registry.do_send(DeliverPresence { room, change });
+                        } else if let Some((room, ordered)) = entry_to_ordered(&fields) {
                             registry.do_send(Deliver { room, ordered });
                         } else {
                             log::warn!("redis: fan-out entry {id} is malformed; skipped");
@@ -404,7 +405,7 @@ async fn read_loop(log: Arc<RedisLog>, registry: Addr<RoomRegistry>) {
 /// The broker of a cluster node: Redis orders, this node's registry delivers.
 pub struct RedisBroker {
     log: Arc<RedisLog>,
-    /// This node's registry as the local broker routes to it: leaves and this node's presence.
+    /// This node's registry as the local broker routes to it: leaves.
     local: LocalBroker,
     /// To the writer: publishes and joins, in call order.
     queue: mpsc::UnboundedSender<Item>,
@@ -635,14 +636,4 @@ impl HistoryView for RedisBroker {
     }
 }
 
-impl PresenceView for RedisBroker {
-    // Presence is this node's for now: a user is listed by each node they are connected to,
-    // and a room lists the members connected here (docs/cluster.md, "Not clustered yet").
-    fn presence(&self, room: String) -> ViewFuture<Result<Option<Vec<UserInfo>>, Refusal>> {
-        self.local.presence(room)
-    }
-
-    fn rooms(&self) -> ViewFuture<Result<Vec<RoomInfo>, Refusal>> {
-        self.local.rooms()
-    }
-}
+// Presence across the nodes is `super::presence::ClusterPresence`, its own view.

@@ -2,12 +2,14 @@
 //! apart without trusting them (a malformed entry is skipped and logged by the caller, never a
 //! panic).
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use redis::Value;
 
+use crate::auth::UserInfo;
 use crate::broker::local::Ordered;
-use crate::broker::{Envelope, Position};
+use crate::broker::{Envelope, Position, PresenceChange};
 use crate::error_code::{ErrorCode, Refusal};
 
 /// A stream entry: its id and its fields.
@@ -134,4 +136,33 @@ pub(super) fn entry_to_ordered(fields: &[(String, Vec<u8>)]) -> Option<(String, 
             reply: None,
         },
     ))
+}
+
+/// A fan-out entry that is a presence change (`r`, `j`, `u`; see `scripts.rs`), with its
+/// stream id as its position.
+pub(super) fn presence_change_of(
+    id: &str,
+    fields: &[(String, Vec<u8>)],
+) -> Option<(String, PresenceChange)> {
+    let joined = match field(fields, "j")? {
+        b"1" => true,
+        b"0" => false,
+        _ => return None,
+    };
+    let room = String::from_utf8(field(fields, "r")?.to_vec()).ok()?;
+    let user: UserInfo = serde_json::from_slice(field(fields, "u")?).ok()?;
+    Some((
+        room,
+        PresenceChange {
+            at: stream_id(id)?,
+            user: Arc::new(user),
+            joined,
+        },
+    ))
+}
+
+/// A stream id `ms-seq` as a pair that orders like the ids.
+pub(super) fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
 }

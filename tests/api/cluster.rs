@@ -657,3 +657,367 @@ async fn a_multi_room_message_reaches_a_member_of_both_rooms_on_another_node_onc
     assert_eq!(barrier["from"]["session"], publisher.welcome["session"]);
     cluster.stop().await;
 }
+
+// ---- presence across the nodes ---------------------------------------------------------------
+
+/// The presence changes in `frames`, flattened (a frame may batch several): `+user` for an
+/// arrival, `-user` for a departure.
+fn presence_changes(frames: &[Value]) -> Vec<String> {
+    let mut out = Vec::new();
+    for f in frames.iter().filter(|f| f["type"] == "presence") {
+        for (key, sign) in [("joined", "+"), ("left", "-")] {
+            for u in f[key].as_array().into_iter().flatten() {
+                out.push(format!("{sign}{}", u["user"].as_str().unwrap_or("?")));
+            }
+        }
+    }
+    out
+}
+
+/// Frames until the message with data `sentinel` (which is published into the room after
+/// everything the test waits for): what came before it, in order.
+async fn frames_until(ws: &mut WsClient, sentinel: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let f = ws.recv().await;
+        if f["type"] == "message" && f["data"] == sentinel {
+            return out;
+        }
+        out.push(f);
+    }
+}
+
+/// Presence frames until one holds `change` (`+user` / `-user`), within `wait`: every change
+/// seen, in order, ending with it.
+async fn changes_until(ws: &mut WsClient, change: &str, wait: std::time::Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        assert!(!left.is_zero(), "no {change} within {wait:?}; saw {seen:?}");
+        let f = ws.recv_within(left).await;
+        seen.extend(presence_changes(&[f]));
+        if seen.iter().any(|c| c == change) {
+            return seen;
+        }
+    }
+}
+
+fn user_ids(list: &Value) -> Vec<String> {
+    list.as_array()
+        .into_iter()
+        .flatten()
+        .map(|u| u["user"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// REST presence of `room` on `node`, as user ids.
+async fn rest_presence(node: &TestApp, room: &str) -> Vec<String> {
+    let t = token("observer", &["*"], &[], None);
+    let (status, body) = node
+        .get_auth(&format!("/api/rooms/{room}/presence"), &t)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    user_ids(&body["presence"])
+}
+
+/// Live presence entries of nodes in Redis under `prefix` (registered, not yet forgotten).
+async fn presence_nodes(prefix: &str) -> usize {
+    let client = redis::Client::open(format!("redis://{REDIS}")).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis reachable");
+    redis::cmd("ZCARD")
+        .arg(format!("{prefix}:presence:nodes"))
+        .query_async(&mut conn)
+        .await
+        .expect("ZCARD")
+}
+
+#[actix_web::test]
+async fn a_user_on_several_nodes_is_present_once_and_announced_once() {
+    let cluster = Cluster::start(3, format!("redis://{REDIS}"), |_| {}).await;
+    let room = "project:presence";
+    let mut watchers = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        watchers.push(member(node, &format!("w{i}"), room).await);
+    }
+    let mut seen: Vec<Vec<String>> = vec![Vec::new(); watchers.len()];
+    // Every watcher's arrival is in Redis (the first watcher saw the last one's).
+    seen[0].extend(changes_until(&mut watchers[0], "+w2", WAIT).await);
+    // Alice on node 1, then on node 2 as well: present once, listed once, announced once.
+    let alice1 = member(&cluster.nodes[1], "alice", room).await;
+    for (w, s) in watchers.iter_mut().zip(&mut seen) {
+        s.extend(changes_until(w, "+alice", WAIT).await);
+    }
+    let (alice2, answer) = joined(&cluster.nodes[2], "alice", room).await;
+    assert_eq!(
+        user_ids(&answer["presence"]),
+        ["alice", "w0", "w1", "w2"],
+        "the cluster's users, alice once: {answer}"
+    );
+    assert_eq!(answer["presence_count"], 4, "{answer}");
+    for node in &cluster.nodes {
+        assert_eq!(
+            rest_presence(node, room).await,
+            ["alice", "w0", "w1", "w2"],
+            "REST presence lists the cluster's users once, on every node"
+        );
+    }
+    // Bob arrives on node 0.
+    let mut bob = member(&cluster.nodes[0], "bob", room).await;
+    for (w, s) in watchers.iter_mut().zip(&mut seen) {
+        s.extend(changes_until(w, "+bob", WAIT).await);
+    }
+    // Alice's node-2 connection goes (she is still on node 1): no departure. Then the one on
+    // node 1: her departure, once.
+    alice2.close().await;
+    alice1.close().await;
+    for (w, s) in watchers.iter_mut().zip(&mut seen) {
+        s.extend(changes_until(w, "-alice", WAIT).await);
+    }
+    assert_eq!(
+        rest_presence(&cluster.nodes[1], room).await,
+        ["bob", "w0", "w1", "w2"]
+    );
+    // Nothing more after it (a second departure would come before this message).
+    bob.send(json!({"type": "publish", "room": room, "event": "m", "data": "sentinel"}))
+        .await;
+    for (w, s) in watchers.iter_mut().zip(&mut seen) {
+        s.extend(presence_changes(&frames_until(w, "sentinel").await));
+    }
+    for (i, s) in seen.iter().enumerate() {
+        let ours: Vec<&String> = s.iter().filter(|c| !c[1..].starts_with('w')).collect();
+        assert_eq!(
+            ours,
+            ["+alice", "+bob", "-alice"],
+            "watcher on node {i}: each change once, in one order on every node (all: {s:?})"
+        );
+    }
+    cluster.stop().await;
+}
+
+/// Short presence timers for the tests that wait for a node to expire.
+fn quick_presence(s: &mut Settings) {
+    // Not shorter: on a loaded two-core machine a live node must not miss its heartbeats.
+    s.redis_presence_heartbeat = std::time::Duration::from_millis(250);
+    s.redis_presence_ttl = std::time::Duration::from_millis(2_000);
+}
+
+/// A node cut off from Redis is, to the others, a dead node: its heartbeats stop, nothing of
+/// it is cleaned up. Its users leave within the bound, announced once (a user it shared with a
+/// live node stays). When it reaches Redis again its users are announced again: presence says
+/// what the cluster can see.
+#[actix_web::test]
+async fn a_node_cut_off_from_redis_has_its_users_leave_once_and_return_when_it_is_back() {
+    let proxy = Proxy::start().await;
+    let mut cluster = Cluster::start(2, format!("redis://{REDIS}"), quick_presence).await;
+    cluster.add_at(proxy.url(), &quick_presence).await;
+    let room = "project:cutoff";
+    let mut w = member(&cluster.nodes[0], "w", room).await;
+    let _carol = member(&cluster.nodes[2], "carol", room).await;
+    let _dave_far = member(&cluster.nodes[2], "dave", room).await;
+    let _dave_near = member(&cluster.nodes[1], "dave", room).await;
+    let mut before = changes_until(&mut w, "+carol", WAIT).await;
+    if !before.contains(&"+dave".to_string()) {
+        before.extend(changes_until(&mut w, "+dave", WAIT).await);
+    }
+    assert_eq!(presence_nodes(&cluster.prefix).await, 3);
+
+    proxy.cut();
+    let cut_at = std::time::Instant::now();
+    let gone = changes_until(&mut w, "-carol", std::time::Duration::from_secs(20)).await;
+    let took = cut_at.elapsed();
+    assert_eq!(
+        gone,
+        ["-carol"],
+        "only carol leaves (dave is still on node 1)"
+    );
+    // Heartbeat 250 ms, lifetime 2 s: gone within about 2.25 s (well within 20).
+    assert!(took < std::time::Duration::from_secs(10), "took {took:?}");
+    // Once the node is forgotten no sweep can announce anything of it again; a message after
+    // that shows nothing else came (a second departure would be before it).
+    eventually("the cut-off node forgotten", || async {
+        presence_nodes(&cluster.prefix).await == 2
+    })
+    .await;
+    w.send(json!({"type": "publish", "room": room, "event": "m", "data": "sentinel"}))
+        .await;
+    let after = presence_changes(&frames_until(&mut w, "sentinel").await);
+    assert!(after.is_empty(), "no second departure: {after:?}");
+    assert_eq!(rest_presence(&cluster.nodes[0], room).await, ["dave", "w"]);
+    // The cut-off node says it cannot tell rather than list what may be wrong.
+    let t = token("observer", &["*"], &[], None);
+    let (status, body) = cluster.nodes[2]
+        .get_auth(&format!("/api/rooms/{room}/presence"), &t)
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"], "unavailable", "{body}");
+
+    // Back: the node finds it expired and announces its users again.
+    proxy.restore();
+    changes_until(&mut w, "+carol", WAIT).await;
+    assert_eq!(
+        rest_presence(&cluster.nodes[1], room).await,
+        ["carol", "dave", "w"]
+    );
+    cluster.stop().await;
+}
+
+/// The real binary as a cluster node, killed with SIGKILL: its users leave within 20 s with the
+/// default timers (16 s at most: 12 s lifetime, 4 s heartbeat), once, seen on the other nodes.
+#[actix_web::test]
+async fn a_node_killed_with_sigkill_has_its_users_leave_within_20_s_once() {
+    let cluster = Cluster::start(2, format!("redis://{REDIS}"), |_| {}).await;
+    let room = "project:sigkill";
+    let database = match &cluster.db.url {
+        switchyard::config::DatabaseUrl::Postgres(url) => url.clone(),
+        other => panic!("cluster on {other:?}"),
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env("SWITCHYARD_PORT", "0")
+        .env("DATABASE_URL", database)
+        .env("SWITCHYARD_REDIS_URL", format!("redis://{REDIS}"))
+        .env("SWITCHYARD_REDIS_PREFIX", &cluster.prefix)
+        .env("SWITCHYARD_JWT_SECRET", SECRET)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn switchyard");
+    let port = listening_port(child.stderr.take().expect("stderr")).await;
+    let far = format!("ws://127.0.0.1:{port}/ws");
+    let connect = |user: &str| {
+        let t = token(user, &["*"], &["*"], None);
+        let url = far.clone();
+        async move { WsClient::connect(&url, Some(&t)).await }
+    };
+
+    let mut w = member(&cluster.nodes[0], "w", room).await;
+    let mut erin = connect("erin").await;
+    erin.join(room).await;
+    let mut frank_far = connect("frank").await;
+    frank_far.join(room).await;
+    let _frank_near = member(&cluster.nodes[1], "frank", room).await;
+    let mut seen = changes_until(&mut w, "+erin", WAIT).await;
+    if !seen.contains(&"+frank".to_string()) {
+        seen.extend(changes_until(&mut w, "+frank", WAIT).await);
+    }
+    assert_eq!(presence_nodes(&cluster.prefix).await, 3);
+
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("the binary ends");
+    let killed_at = std::time::Instant::now();
+    let gone = changes_until(&mut w, "-erin", std::time::Duration::from_secs(20)).await;
+    let took = killed_at.elapsed();
+    assert_eq!(gone, ["-erin"], "erin leaves, frank (also on node 1) stays");
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+    eventually_within(
+        "the killed node forgotten",
+        std::time::Duration::from_secs(10),
+        || async { presence_nodes(&cluster.prefix).await == 2 },
+    )
+    .await;
+    w.send(json!({"type": "publish", "room": room, "event": "m", "data": "sentinel"}))
+        .await;
+    let after = presence_changes(&frames_until(&mut w, "sentinel").await);
+    assert!(after.is_empty(), "announced once: {after:?}");
+    assert_eq!(rest_presence(&cluster.nodes[1], room).await, ["frank", "w"]);
+    drop((erin, frank_far));
+    cluster.stop().await;
+}
+
+/// Reads the binary's stderr until it says where it listens, then keeps draining it.
+async fn listening_port(stderr: tokio::process::ChildStderr) -> u16 {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    let found = tokio::time::timeout(WAIT, async {
+        while let Ok(Some(line)) = lines.next_line().await {
+            if let Some(rest) = line.split("listening on 127.0.0.1:").nth(1) {
+                if let Some(port) = rest.split_whitespace().next().and_then(|p| p.parse().ok()) {
+                    return Some(port);
+                }
+            }
+        }
+        None
+    })
+    .await
+    .expect("the binary started in time")
+    .expect("the binary said where it listens");
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    found
+}
+
+/// As `eventually`, with its own deadline.
+async fn eventually_within<F, Fut>(what: &str, wait: std::time::Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = std::time::Instant::now() + wait;
+    while !check().await {
+        assert!(std::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// A node that dies and comes back under the same node id (nodes in one process share it)
+/// leaves no ghost: the old instance's entries expire and are swept, the new instance's are its
+/// own, and once the user's last connection goes they are gone from every list.
+#[actix_web::test]
+async fn a_node_back_under_the_same_id_leaves_no_ghost() {
+    let proxy = Proxy::start().await;
+    let mut cluster = Cluster::start(1, format!("redis://{REDIS}"), quick_presence).await;
+    cluster.add_at(proxy.url(), &quick_presence).await;
+    let room = "project:ghost";
+    let mut w = member(&cluster.nodes[0], "w", room).await;
+    let _old = member(&cluster.nodes[1], "gina", room).await;
+    changes_until(&mut w, "+gina", WAIT).await;
+    // The node dies (nothing cleaned up); its successor starts under the same id, and gina
+    // reconnects to it before the old entries expire.
+    proxy.cut();
+    cluster.add(&quick_presence).await;
+    let again = member(&cluster.nodes[2], "gina", room).await;
+    eventually("the dead instance forgotten", || async {
+        presence_nodes(&cluster.prefix).await == 2
+    })
+    .await;
+    assert_eq!(rest_presence(&cluster.nodes[0], room).await, ["gina", "w"]);
+    // Her last connection goes: she leaves, once, and is listed nowhere.
+    again.close().await;
+    let seen = changes_until(&mut w, "-gina", WAIT).await;
+    assert_eq!(
+        seen,
+        ["-gina"],
+        "still present while reconnected, then gone once"
+    );
+    assert_eq!(rest_presence(&cluster.nodes[0], room).await, ["w"]);
+    assert_eq!(rest_presence(&cluster.nodes[2], room).await, ["w"]);
+    cluster.stop().await;
+}
+
+/// A node stopped gracefully writes its sessions' departures as they close: its users leave at
+/// once, not when its entries expire (12 s by default).
+#[actix_web::test]
+async fn a_node_stopped_gracefully_has_its_users_leave_at_once() {
+    let mut cluster = Cluster::start(2, format!("redis://{REDIS}"), |_| {}).await;
+    let room = "project:graceful";
+    let mut w = member(&cluster.nodes[0], "w", room).await;
+    let _hank = member(&cluster.nodes[1], "hank", room).await;
+    changes_until(&mut w, "+hank", WAIT).await;
+    let node = cluster.nodes.pop().expect("node 1");
+    let stopping = std::time::Instant::now();
+    node.shutdown().await;
+    let seen = changes_until(&mut w, "-hank", std::time::Duration::from_secs(20)).await;
+    assert_eq!(seen, ["-hank"]);
+    // By expiry it would take at least 8 s (12 s lifetime after a heartbeat at most 4 s old).
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(5),
+        "announced by the stopping node, not by expiry: {:?}",
+        stopping.elapsed()
+    );
+    cluster.stop().await;
+}

@@ -361,8 +361,14 @@ impl WsClient {
 
     /// The next JSON frame (pings are answered by the library and skipped).
     pub async fn recv(&mut self) -> Value {
+        self.recv_within(WAIT).await
+    }
+
+    /// The next JSON frame, which must arrive within `wait` of asking.
+    pub async fn recv_within(&mut self, wait: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let msg = tokio::time::timeout(WAIT, self.stream.next())
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
                 .await
                 .expect("a frame arrived in time")
                 .expect("stream open")

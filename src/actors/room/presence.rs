@@ -9,12 +9,20 @@
 //!   after a quiet spell goes out at once.
 //! * A room with more users than a join answer lists (`SWITCHYARD_PRESENCE_LIST_MAX`) is a
 //!   broadcast room: its arrivals and departures are counted, not announced.
+//!
+//! With a shared log (several nodes, [`Presence::clustered`]) the shared log decides: a user is
+//! present while they have a connection on any node, and their arrival and departure come from
+//! the log ([`Presence::change`], once across the nodes, in the log's order) on top of a
+//! snapshot read when the room started ([`Presence::snapshot`]). This node's own member
+//! sessions are still counted, and a user with one here is listed even before the log has told
+//! the room about them (their own join answer lists them, as on one node).
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::auth::UserInfo;
+use crate::broker::{PresenceChange, PresenceSnapshot};
 
 /// Presence changes within this long of the last announcement are batched into one frame per
 /// direction. A join flood into a room of n members would otherwise cost n² frames (10,000
@@ -49,6 +57,17 @@ pub struct Presence {
     /// `SWITCHYARD_PRESENCE_LIST_MAX`: with at least this many users, changes are not announced
     /// (announcing every arrival to everyone is n² user entries: 10,000 users, 2 GB of JSON).
     list_max: usize,
+    /// With a shared log: who is present across the nodes. `None` on one node, where `users`
+    /// is the whole truth.
+    cluster: Option<Cluster>,
+}
+
+/// Presence across the nodes, as the shared log told it.
+struct Cluster {
+    /// user id → user: present somewhere.
+    users: HashMap<String, Arc<UserInfo>>,
+    /// The log position of the snapshot: changes at or before it are already in `users`.
+    since: (u64, u64),
 }
 
 impl Presence {
@@ -59,18 +78,69 @@ impl Presence {
             sent_at: None,
             flush_armed: false,
             list_max,
+            cluster: None,
+        }
+    }
+
+    /// Presence decided by a shared log: local arrivals and departures are counted, not
+    /// announced; announcements come from [`Presence::change`].
+    pub fn clustered(list_max: usize) -> Self {
+        Self {
+            cluster: Some(Cluster {
+                users: HashMap::new(),
+                since: (0, 0),
+            }),
+            ..Self::new(list_max)
+        }
+    }
+
+    /// Who the shared log said was present when the room started (before any change is
+    /// applied: the room reads it before it handles anything else).
+    pub fn snapshot(&mut self, snapshot: PresenceSnapshot) {
+        if let Some(c) = &mut self.cluster {
+            c.since = snapshot.at;
+            c.users = snapshot
+                .users
+                .into_iter()
+                .map(|u| (u.id.clone(), u))
+                .collect();
+        }
+    }
+
+    /// A change from the shared log: announced unless the snapshot already had it (or it
+    /// changes nothing: a repeat).
+    pub fn change(&mut self, change: PresenceChange, now: Instant) -> Flush {
+        let before = self.len();
+        let Some(c) = &mut self.cluster else {
+            return Flush::Nothing;
+        };
+        if change.at <= c.since {
+            return Flush::Nothing;
+        }
+        let changed = if change.joined {
+            c.users
+                .insert(change.user.id.clone(), change.user.clone())
+                .is_none()
+        } else {
+            c.users.remove(&change.user.id).is_some()
+        };
+        if changed {
+            self.note(change.user, change.joined, before, now)
+        } else {
+            Flush::Nothing
         }
     }
 
     /// A member session of `user` joined. Announced only if it is the user's first one.
     pub fn arrive(&mut self, user: &Arc<UserInfo>, now: Instant) -> Flush {
+        let before = self.users.len();
         let entry = self
             .users
             .entry(user.id.clone())
             .or_insert_with(|| (user.clone(), 0));
         entry.1 += 1;
-        if entry.1 == 1 {
-            self.note(user.clone(), true, now)
+        if entry.1 == 1 && self.cluster.is_none() {
+            self.note(user.clone(), true, before, now)
         } else {
             Flush::Nothing
         }
@@ -78,6 +148,7 @@ impl Presence {
 
     /// A member session of `user` left. Announced only if it was the user's last one.
     pub fn depart(&mut self, user: &Arc<UserInfo>, now: Instant) -> Flush {
+        let before = self.users.len();
         let gone = match self.users.get_mut(&user.id) {
             Some((_, n)) if *n > 1 => {
                 *n -= 1;
@@ -89,8 +160,8 @@ impl Presence {
             }
             None => false,
         };
-        if gone {
-            self.note(user.clone(), false, now)
+        if gone && self.cluster.is_none() {
+            self.note(user.clone(), false, before, now)
         } else {
             Flush::Nothing
         }
@@ -98,10 +169,15 @@ impl Presence {
 
     /// Records that `user` arrived (their first session joined) or left (their last one left):
     /// announced at once after a quiet spell, else batched until the window ends.
-    fn note(&mut self, user: Arc<UserInfo>, joined: bool, now: Instant) -> Flush {
+    fn note(
+        &mut self,
+        user: Arc<UserInfo>,
+        joined: bool,
+        users_before: usize,
+        now: Instant,
+    ) -> Flush {
         // A room with more users than a join answer lists is a broadcast room: its arrivals and
         // departures are not announced. Batching cuts frames, not bytes.
-        let users_before = self.users.len() + usize::from(!joined) - usize::from(joined);
         if users_before >= self.list_max {
             return Flush::Nothing;
         }
@@ -141,14 +217,28 @@ impl Presence {
         self.flush_armed = false;
     }
 
-    /// Distinct users present.
+    /// Distinct users present (with a shared log: across the nodes, and this node's members).
     pub fn len(&self) -> usize {
-        self.users.len()
+        match &self.cluster {
+            None => self.users.len(),
+            Some(c) => {
+                c.users.len()
+                    + self
+                        .users
+                        .keys()
+                        .filter(|id| !c.users.contains_key(*id))
+                        .count()
+            }
+        }
     }
 
     /// Users present, by id, at most `limit` of them (the first ones by id).
     pub fn list(&self, limit: usize) -> Vec<&UserInfo> {
         let mut users: Vec<&UserInfo> = self.users.values().map(|(u, _)| u.as_ref()).collect();
+        if let Some(c) = &self.cluster {
+            users.retain(|u| !c.users.contains_key(&u.id));
+            users.extend(c.users.values().map(Arc::as_ref));
+        }
         if users.len() > limit {
             users.select_nth_unstable_by(limit, |a, b| a.id.cmp(&b.id));
             users.truncate(limit);
@@ -249,6 +339,49 @@ mod tests {
         // Announced again once the room had fewer users than the bound before the change.
         assert_eq!(p.depart(&user("b"), later), Flush::Nothing);
         assert_eq!(p.depart(&user("a"), later), Flush::Now);
+    }
+
+    fn change(at: u64, id: &str, joined: bool) -> PresenceChange {
+        PresenceChange {
+            at: (at, 0),
+            user: user(id),
+            joined,
+        }
+    }
+
+    #[test]
+    fn with_a_shared_log_the_log_announces_and_local_sessions_only_count() {
+        let t = Instant::now();
+        let mut p = Presence::clustered(100);
+        p.snapshot(PresenceSnapshot {
+            at: (10, 0),
+            users: vec![user("bob")],
+        });
+        // A local session is listed at once, but its arrival is the log's to announce.
+        assert_eq!(p.arrive(&user("alice"), t), Flush::Nothing);
+        assert_eq!(ids(&p, 10), ["alice", "bob"]);
+        assert_eq!(p.len(), 2);
+        // Changes the snapshot already holds are not announced again.
+        assert_eq!(p.change(change(9, "carol", true), t), Flush::Nothing);
+        assert_eq!(p.change(change(10, "bob", false), t), Flush::Nothing);
+        assert_eq!(ids(&p, 10), ["alice", "bob"]);
+        // Later ones are, once: alice counted once although local and in the log.
+        assert_eq!(p.change(change(11, "alice", true), t), Flush::Now);
+        assert_eq!(p.len(), 2);
+        assert_eq!(p.take_pending(t).len(), 1);
+        let later = t + PRESENCE_WINDOW;
+        assert_eq!(p.change(change(12, "alice", true), later), Flush::Nothing);
+        assert_eq!(p.depart(&user("alice"), later), Flush::Nothing);
+        assert_eq!(
+            ids(&p, 10),
+            ["alice", "bob"],
+            "until the log says alice left"
+        );
+        assert_eq!(p.change(change(13, "bob", false), later), Flush::Now);
+        let pending = p.take_pending(later);
+        assert_eq!(pending.len(), 1);
+        assert!(!pending[0].1, "a departure");
+        assert_eq!(ids(&p, 10), ["alice"]);
     }
 
     #[test]
