@@ -1,12 +1,13 @@
 //! An app profile's paths for the per-operation endpoints (docs/profiles.md, "Paths"): the
 //! same WebSocket, SSE stream and status as `/api/operations/{id}/…`, under the app's own
 //! paths and in its own status shape. Each alias is a resource of its own, registered at
-//! start-up with the shape it serves.
+//! start-up with the shape it serves. Each takes a watch ticket (`?ticket=`) as the originals
+//! do.
 
 use actix_web::{web, HttpRequest, HttpResponse};
 
 use super::operations::{events_shaped, socket_shaped, visible, EventsQuery};
-use super::Caller;
+use super::watch_caller;
 use crate::error::AppError;
 use crate::protocol::profile::{AliasKind, PathAlias, Shape};
 use crate::protocol::Shared;
@@ -30,33 +31,32 @@ pub fn configure(cfg: &mut web::ServiceConfig, aliases: &[PathAlias]) {
 }
 
 async fn socket(
-    caller: Caller,
     req: HttpRequest,
     id: web::Path<String>,
     shape: web::Data<AliasShape>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    socket_shaped(caller, req, &id, state, shape.0.clone()).await
+    socket_shaped(req, &id, state, shape.0.clone()).await
 }
 
 async fn events(
-    caller: Caller,
     req: HttpRequest,
     id: web::Path<String>,
     query: web::Query<EventsQuery>,
     shape: web::Data<AliasShape>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    events_shaped(caller, req, &id, query.after, state, shape.0.clone()).await
+    events_shaped(req, &id, query.after, state, shape.0.clone()).await
 }
 
 /// The status now, in the app's shape (`GET /api/operations/{id}` under the app's path).
 async fn status(
-    caller: Caller,
+    req: HttpRequest,
     id: web::Path<String>,
     shape: web::Data<AliasShape>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
+    let caller = watch_caller(&req, &id)?;
     let op = visible(&state, &caller.identity, &id).await?;
     Ok(match &shape.0 {
         None => HttpResponse::Ok().json(op),

@@ -28,4 +28,5 @@ mod resume;
 mod rooms;
 mod shutdown;
 mod socketio;
+mod tickets;
 mod transport;
