@@ -393,11 +393,11 @@ async fn a_ticket_expires_after_its_ttl() {
 #[tokio::test]
 async fn an_invalid_ticket_ttl_stops_start_up_naming_the_variable() {
     for bad in ["0", "3601", "soon"] {
-        let err = switchyard::config::Settings::from_lookup(|k| {
+        let Err(err) = switchyard::config::Settings::from_lookup(|k| {
             (k == "SWITCHYARD_WATCH_TICKET_TTL_SECS").then(|| bad.to_string())
-        })
-        .err()
-        .expect("refused");
+        }) else {
+            panic!("SWITCHYARD_WATCH_TICKET_TTL_SECS={bad} was accepted");
+        };
         assert!(
             err.to_string().contains("SWITCHYARD_WATCH_TICKET_TTL_SECS"),
             "{err}"
@@ -552,4 +552,50 @@ async fn tokens_and_tickets_never_reach_the_log_even_at_trace_level() {
         let signature = secret.rsplit('.').next().unwrap();
         assert!(!log.contains(signature), "{what} is in the log:\n{log}");
     }
+}
+
+/// Everything the browser run may take before the test fails.
+const BROWSER_RUN_LIMIT: Duration = Duration::from_secs(180);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_follows_an_operation_over_event_source_and_websocket_with_a_ticket() {
+    let dir = crate::dashboard::require_browser_tools();
+    let s = secured(|_| {}).await;
+    let run = tokio::process::Command::new("node")
+        .args([
+            "--test",
+            "--test-concurrency=1",
+            "--test-reporter=spec",
+            "tickets.test.mjs",
+        ])
+        .current_dir(&dir)
+        .env("SY_TICKET_URL", format!("http://127.0.0.1:{}", s.app.port))
+        .env("SY_TICKET_VIEWER", &s.viewer)
+        .env("SY_TICKET_SERVICE", &s.service)
+        .env("SY_CHROMIUM", crate::dashboard::chromium())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(BROWSER_RUN_LIMIT, run)
+        .await
+        .unwrap_or_else(|_| panic!("the browser tests did not finish in {BROWSER_RUN_LIMIT:?}"))
+        .expect("run node");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "the ticket browser tests failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    // A run that ran nothing must not pass.
+    let count = |what: &str| {
+        stdout
+            .lines()
+            .find_map(|l| l.trim_start_matches(['ℹ', ' ']).strip_prefix(what))
+            .and_then(|n| n.trim().parse::<u32>().ok())
+    };
+    assert!(
+        count("pass ") == Some(2) && count("fail ") == Some(0),
+        "the ticket browser tests did not report their results:\n{stdout}"
+    );
 }
