@@ -9,6 +9,12 @@
 //! nothing pushed after it was. So for each room, the client has the highest offset pushed up
 //! to that event, or, if none was, the position it joined at: that is where each room resumes.
 //!
+//! An operation's room joined by watching the operation starts with a backfill that has no
+//! place in the room's order; its frames carry their own tags (a stream of their own, numbered
+//! by the watcher's log offset). Until a live event of the room arrived, the client's place in
+//! such a room is the last backfill frame it got, and the room is restored by watching the
+//! operation again from that line ([`Restore::Watch`]).
+//!
 //! Records are kept in memory, next to what they point at: room history is in memory and a
 //! restart starts every room in a new epoch, so a record that outlived the process could only
 //! ever say `recovered: false`, which an unknown pid says too, at once. (With a shared log whose

@@ -3,9 +3,10 @@
 //! when its connection ends without the client asking, and a recovered socket's rooms joined
 //! again with what it missed.
 //!
-//! In: the join answers (`note_joined`), the session's end (`keep_for_recovery`), its start
-//! (`restore_rooms`). Out: a [`Record`] into the [`RecoveryStore`]; [`JoinRoom`]s with `since`
-//! to the broker.
+//! In: the join answers (`note_joined`; an operation's watch answers later, `WatchJoined`), the
+//! session's end (`keep_for_recovery`), its start (`restore_rooms`). Out: a [`Record`] into the
+//! [`RecoveryStore`]; [`JoinRoom`]s with `since` to the broker, or [`WatchOperation`]s for an
+//! operation's room the client got none of the live events of (`Restore::Watch`).
 //!
 //! [`RecoveryStore`]: crate::actors::recovery::RecoveryStore
 

@@ -2,7 +2,8 @@
 //! operation, which hands the broker its backfill ahead of live events), leave, the rooms a
 //! refreshed token no longer grants, and eviction by a room.
 //!
-//! In: `join` and `leave` requests, [`Evicted`] from a room. Out: [`JoinRoom`] and
+//! In: `join` and `leave` requests, [`Evicted`] from a room, [`WatchJoined`] (a watch's room
+//! position, with connection-state recovery). Out: [`JoinRoom`] and
 //! [`LeaveRoom`] to the broker, [`WatchOperation`] to the operation manager; `left` replies
 //! (the join's answer comes from the room itself, ahead of its live traffic).
 
