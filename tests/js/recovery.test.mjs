@@ -188,24 +188,36 @@ test("recovery: a watched operation's missed lines, progress and end, once and i
   }
 });
 
-test("recovery: an operation started and watched, dropped before any live event, is watched again without repeats", async () => {
+test("recovery: an operation watched through a start, dropped before any live event, is watched again without repeats", async () => {
+  // Already running, with two lines: a second `operation:start` with `watch` follows it (as a
+  // second wizard tab does), and its backfill brings the status and both lines.
+  const target = `s-${id()}`;
+  const res = await fetch(`${URL}/api/operations`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ kind: "convert", target }),
+  });
+  const body = await res.text();
+  assert.equal(res.status, 202, body);
+  const op = JSON.parse(body).id;
+  await report(op, "logs", { lines: ["a", "b"] });
   const socket = await connect("", { auth: { user: "starter" } });
   try {
     const got = followOperation(socket);
-    const started = await ack(socket, "operation:start", { kind: "convert", target: `s-${id()}`, watch: true });
-    const op = started.operation.id;
-    // The watch's backfill (its status) arrives; then the connection drops before anything
-    // else does.
-    await until(socket, got, (g) => g.length >= 1, "the watch's status");
+    const dup = await ack(socket, "operation:start", { kind: "convert", target, watch: true });
+    assert.equal(dup.error.code, "duplicate_operation", JSON.stringify(dup));
+    assert.equal(dup.operation.id, op);
+    await until(socket, got, (g) => g.includes("log:b"), "the watch's backfill");
+    // The connection drops before any live event of the operation arrived.
     await dropTransport(socket);
-    await report(op, "logs", { lines: ["a", "b"] });
     await report(op, "progress", { progress: 40 });
     await report(op, "logs", { lines: ["c"] });
     await next(socket, "connect");
     assert.equal(socket.recovered, true, "recovered");
-    await until(socket, got, (g) => g.includes("log:c"), "the missed lines");
+    await until(socket, got, (g) => g.includes("log:c"), "the missed line");
     await report(op, "complete", {});
     await until(socket, got, (g) => g.includes("completed"), "the end, live");
+    // Watched again from the last line it got: no line twice, none lost.
     assert.deepEqual(lines(got), ["log:a", "log:b", "log:c"]);
     assert.equal(got.filter((e) => e === "completed").length, 1);
     assert.ok(got.includes("progress:40"), got.join());
