@@ -5,9 +5,17 @@
 //! is in open mode: everything is allowed and identities are self-declared.
 //!
 //! Room patterns are globs: `*` matches any run of characters (including `:`), `?` one character.
+//!
+//! Watch tickets (docs/operations.md, "Browsers"): a browser cannot put a token in a header on
+//! a WebSocket or an `EventSource`, and a token in a URL ends up in histories and proxy logs. So
+//! a caller that may see an operation trades its token for a ticket (`POST
+//! /api/operations/{id}/ticket`): signed here, statelessly, so any node of a cluster accepts
+//! it; good for one operation, read-only, and only for `SWITCHYARD_WATCH_TICKET_TTL_SECS`.
 
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use hmac::{Hmac, Mac};
 use jsonwebtoken::{decode, encode, Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
 
@@ -123,6 +131,19 @@ impl Identity {
         }
     }
 
+    /// The identity a watch ticket gives: its holder, who may see `operation:<operation>` and
+    /// nothing else (no role, no publish rights: a ticket is read-only).
+    fn watching(user: UserInfo, operation: &str) -> Self {
+        Self {
+            user: Arc::new(user),
+            role: Role::User,
+            rooms: vec![format!("operation:{operation}")],
+            publish: Vec::new(),
+            open: false,
+            expires_at: None,
+        }
+    }
+
     pub fn is_open(&self) -> bool {
         self.open
     }
@@ -187,15 +208,83 @@ impl Identity {
     }
 }
 
-/// Verifies tokens. Cheap to clone.
+/// Verifies tokens, and signs and verifies watch tickets. Cheap to clone.
 #[derive(Clone)]
 pub struct Authenticator {
     inner: Option<Arc<Keys>>,
+    /// The watch tickets' key: derived from the JWT secret (every node of a cluster derives the
+    /// same), or random in open mode (where tickets are issued so clients need no special case,
+    /// and ignored, since everything is allowed anyway).
+    tickets: Arc<TicketKeys>,
 }
 
 struct Keys {
     decoding: DecodingKey,
     validation: Validation,
+}
+
+struct TicketKeys {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+}
+
+/// What a watch ticket says. `typ` keeps it apart from anything else signed with this key.
+#[derive(Debug, Serialize, Deserialize)]
+struct TicketClaims {
+    typ: String,
+    /// The one operation it opens.
+    op: String,
+    /// Who asked for it: the watcher's user in the room's member list.
+    sub: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// Expiry, seconds since the epoch (required).
+    exp: u64,
+}
+
+const TICKET_TYPE: &str = "watch";
+
+/// A ticket's key is not the JWT secret itself but an HMAC of it with this label, so a ticket
+/// never verifies as a token (nor a token as a ticket), whatever claims either carries.
+const TICKET_KEY_LABEL: &[u8] = b"switchyard watch ticket v1";
+
+fn ticket_keys(secret: Option<&str>) -> TicketKeys {
+    let key: Vec<u8> = match secret {
+        Some(s) => match Hmac::<sha2::Sha256>::new_from_slice(s.as_bytes()) {
+            Ok(mut mac) => {
+                mac.update(TICKET_KEY_LABEL);
+                mac.finalize().into_bytes().to_vec()
+            }
+            // HMAC takes a key of any length; kept total rather than unwrapped.
+            Err(_) => rand::random::<[u8; 32]>().to_vec(),
+        },
+        None => rand::random::<[u8; 32]>().to_vec(),
+    };
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.required_spec_claims = ["exp".to_string()].into_iter().collect();
+    // A ticket lives seconds: no leeway beyond its TTL (the issuing node's clock is the one
+    // that matters, and a cluster's nodes are assumed to agree to the second).
+    validation.leeway = 0;
+    TicketKeys {
+        encoding: EncodingKey::from_secret(&key),
+        decoding: DecodingKey::from_secret(&key),
+        validation,
+    }
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A watch ticket and when it stops opening streams (seconds since the epoch).
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub ticket: String,
+    pub expires_at: u64,
 }
 
 impl Authenticator {
@@ -213,7 +302,73 @@ impl Authenticator {
                 validation,
             })
         });
-        Self { inner }
+        Self {
+            inner,
+            tickets: Arc::new(ticket_keys(secret)),
+        }
+    }
+
+    /// A ticket for `identity` to watch `operation` for `ttl` (the route checked that it may).
+    pub fn issue_ticket(
+        &self,
+        identity: &Identity,
+        operation: &str,
+        ttl: Duration,
+    ) -> Result<Ticket, Refusal> {
+        let expires_at = now_secs() + ttl.as_secs().max(1);
+        let claims = TicketClaims {
+            typ: TICKET_TYPE.into(),
+            op: operation.to_string(),
+            sub: identity.user.id.clone(),
+            name: identity.user.name.clone(),
+            exp: expires_at,
+        };
+        encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &self.tickets.encoding,
+        )
+        .map(|ticket| Ticket { ticket, expires_at })
+        .map_err(|_| Refusal::new(ErrorCode::Internal, "could not sign a ticket"))
+    }
+
+    /// The identity a ticket gives for watching `operation`: refused `invalid_ticket` when it
+    /// does not verify, has expired, or is for another operation (the message never says
+    /// whether that one exists, nor echoes the ticket).
+    pub fn verify_ticket(&self, ticket: &str, operation: &str) -> Result<Identity, Refusal> {
+        let claims = match decode::<TicketClaims>(
+            ticket,
+            &self.tickets.decoding,
+            &self.tickets.validation,
+        ) {
+            Ok(data) => data.claims,
+            Err(e) => {
+                let message = match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                        "ticket has expired; ask for a new one"
+                    }
+                    _ => "ticket is not valid",
+                };
+                return Err(Refusal::new(ErrorCode::InvalidTicket, message));
+            }
+        };
+        if claims.typ != TICKET_TYPE || claims.sub.is_empty() {
+            return Err(Refusal::new(
+                ErrorCode::InvalidTicket,
+                "ticket is not valid",
+            ));
+        }
+        if claims.op != operation {
+            return Err(Refusal::new(
+                ErrorCode::InvalidTicket,
+                "ticket is for another operation",
+            ));
+        }
+        let user = UserInfo {
+            id: claims.sub,
+            name: claims.name,
+        };
+        Ok(Identity::watching(user, operation))
     }
 
     pub fn open_mode(&self) -> bool {
@@ -376,6 +531,78 @@ mod tests {
         let err = auth.verify(&forged).unwrap_err();
         assert_eq!(err.code, ErrorCode::InvalidToken);
         assert!(!err.message.contains(&forged));
+    }
+
+    #[test]
+    fn tickets_open_one_operation_until_they_expire_and_are_not_tokens() {
+        let auth = Authenticator::new(Some("k"));
+        let alice = auth
+            .verify(
+                &sign(
+                    "k",
+                    &Claims {
+                        sub: "alice".into(),
+                        rooms: vec!["project:*".into()],
+                        publish: vec!["project:*".into()],
+                        ..Default::default()
+                    },
+                )
+                .unwrap(),
+            )
+            .unwrap();
+        let t = auth
+            .issue_ticket(&alice, "op1", Duration::from_secs(60))
+            .unwrap();
+        assert!(t.expires_at >= now_secs() + 59);
+        let id = auth.verify_ticket(&t.ticket, "op1").unwrap();
+        assert_eq!(id.user.id, "alice");
+        assert!(id.may_watch("op1", None));
+        // Scoped and read-only: not the token's other rights.
+        assert!(!id.may_watch("op2", Some("1")));
+        assert!(!id.may_publish("operation:op1"));
+        assert!(!id.may_operate(None));
+        let other = auth.verify_ticket(&t.ticket, "op2").unwrap_err();
+        assert_eq!(other.code, ErrorCode::InvalidTicket);
+        // A ticket is no token, a token no ticket, and another secret's ticket nothing.
+        assert_eq!(
+            auth.verify(&t.ticket).unwrap_err().code,
+            ErrorCode::InvalidToken
+        );
+        let token = sign(
+            "k",
+            &Claims {
+                sub: "alice".into(),
+                exp: Some(now_secs() + 60),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            auth.verify_ticket(&token, "op1").unwrap_err().code,
+            ErrorCode::InvalidTicket
+        );
+        let elsewhere = Authenticator::new(Some("other"))
+            .issue_ticket(&alice, "op1", Duration::from_secs(60))
+            .unwrap();
+        let err = auth.verify_ticket(&elsewhere.ticket, "op1").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidTicket);
+        assert!(!err.message.contains(&elsewhere.ticket));
+        // Expired: signed with an `exp` in the past.
+        let old = encode(
+            &Header::new(Algorithm::HS256),
+            &TicketClaims {
+                typ: TICKET_TYPE.into(),
+                op: "op1".into(),
+                sub: "alice".into(),
+                name: None,
+                exp: now_secs() - 1,
+            },
+            &auth.tickets.encoding,
+        )
+        .unwrap();
+        let err = auth.verify_ticket(&old, "op1").unwrap_err();
+        assert_eq!(err.code, ErrorCode::InvalidTicket);
+        assert!(err.message.contains("expired"), "{}", err.message);
     }
 
     #[test]

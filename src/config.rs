@@ -118,6 +118,11 @@ pub struct Settings {
     pub hook_session_concurrency: usize,
     /// Time a browser session has to send its `auth` frame (`SWITCHYARD_AUTH_TIMEOUT_MS`).
     pub auth_timeout: Duration,
+    /// How long a watch ticket opens an operation's WebSocket, SSE stream or status
+    /// (`SWITCHYARD_WATCH_TICKET_TTL_SECS`): long enough for a page to open its stream and for
+    /// `EventSource` to reconnect through a short outage with the same URL; short enough that a
+    /// URL copied from a history or a proxy log opens nothing soon after.
+    pub watch_ticket_ttl: Duration,
     /// Interval of the `stats` event in the `system` room (`SWITCHYARD_STATS_INTERVAL_MS`).
     pub stats_interval: Duration,
     /// Largest WebSocket message accepted, after reassembly (`SWITCHYARD_MAX_FRAME_BYTES`).
@@ -308,6 +313,7 @@ impl Default for Settings {
             hook_concurrency: 256,
             hook_session_concurrency: 8,
             auth_timeout: Duration::from_millis(5_000),
+            watch_ticket_ttl: Duration::from_secs(60),
             stats_interval: Duration::from_millis(5_000),
             max_frame_bytes: 64 * 1024,
             max_unauthenticated_frame_bytes: 8 * 1024,
@@ -754,6 +760,15 @@ impl Settings {
             &mut s.sio_recovery_max_sockets,
         )?;
         millis(&get, "SWITCHYARD_AUTH_TIMEOUT_MS", 10, &mut s.auth_timeout)?;
+        let mut ticket_ttl = s.watch_ticket_ttl.as_secs();
+        num(
+            &get,
+            "SWITCHYARD_WATCH_TICKET_TTL_SECS",
+            1,
+            3_600,
+            &mut ticket_ttl,
+        )?;
+        s.watch_ticket_ttl = Duration::from_secs(ticket_ttl);
         millis(
             &get,
             "SWITCHYARD_STATS_INTERVAL_MS",

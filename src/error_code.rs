@@ -41,6 +41,7 @@ pub enum ErrorCode {
     Unavailable,
     NotImplemented,
     BackendUnavailable,
+    InvalidTicket,
     Internal,
 }
 
@@ -77,6 +78,7 @@ impl ErrorCode {
         Self::Unavailable,
         Self::NotImplemented,
         Self::BackendUnavailable,
+        Self::InvalidTicket,
         Self::Internal,
     ];
 
@@ -113,6 +115,7 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::NotImplemented => "not_implemented",
             Self::BackendUnavailable => "backend_unavailable",
+            Self::InvalidTicket => "invalid_ticket",
             Self::Internal => "internal",
         }
     }
@@ -132,9 +135,11 @@ impl ErrorCode {
             | Self::InvalidRoom
             | Self::BadRequest
             | Self::BinaryNotSupported => StatusCode::BAD_REQUEST,
-            Self::Unauthenticated | Self::InvalidToken | Self::TokenExpired | Self::AuthTimeout => {
-                StatusCode::UNAUTHORIZED
-            }
+            Self::Unauthenticated
+            | Self::InvalidToken
+            | Self::TokenExpired
+            | Self::AuthTimeout
+            | Self::InvalidTicket => StatusCode::UNAUTHORIZED,
             Self::Forbidden | Self::NotMember | Self::IdentityChange => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::DuplicateOperation | Self::OperationFinished => StatusCode::CONFLICT,

@@ -44,6 +44,7 @@ mod cluster;
 use self::cluster::settle_forward;
 pub use self::cluster::{CancelHere, ReportHere};
 use super::operation::peers::Forward;
+pub use super::operation::WatchJoined;
 use super::operation::{
     backfill_frames, Begin, Cancel, FlushNow, GetSnapshot, Interrupt, ManagerLink, OpContext,
     OperationActor, Report, Watch,
@@ -132,6 +133,9 @@ pub struct WatchOperation {
     pub member: Member,
     pub log_offset: u64,
     pub request_id: Option<RequestId>,
+    /// Who learns the join's position ([`WatchJoined`]): a Socket.IO session with
+    /// connection-state recovery; nobody else needs it.
+    pub joined_to: Option<Recipient<WatchJoined>>,
 }
 
 /// Application (graceful shutdown) → Manager: have every live operation write what it has not.
@@ -743,6 +747,7 @@ impl Handler<WatchOperation> for OperationManager {
                 member: msg.member.clone(),
                 log_offset: msg.log_offset,
                 request_id: msg.request_id.clone(),
+                joined_to: msg.joined_to.clone(),
             });
             return Box::pin(async move {
                 match fut.await {
@@ -783,9 +788,11 @@ async fn watch_stored(cx: Arc<OpContext>, msg: WatchOperation) -> Result<(), Ref
         logs.into_iter().map(LogRow::into_line).collect(),
         op.status.terminal_event(),
     );
-    cx.broker
+    let room = op.room();
+    let joined = cx
+        .broker
         .join(JoinRoom {
-            room: op.room(),
+            room: room.clone(),
             member: msg.member,
             since: None,
             request_id: msg.request_id,
@@ -793,8 +800,11 @@ async fn watch_stored(cx: Arc<OpContext>, msg: WatchOperation) -> Result<(), Ref
             backfill_complete: complete,
             after: None,
         })
-        .await
-        .map(|_| ())
+        .await?;
+    if let Some(to) = msg.joined_to {
+        to.do_send(WatchJoined { room, joined });
+    }
+    Ok(())
 }
 
 fn to_raw(op: &Operation) -> Box<RawValue> {

@@ -9,6 +9,12 @@
 //! nothing pushed after it was. So for each room, the client has the highest offset pushed up
 //! to that event, or, if none was, the position it joined at: that is where each room resumes.
 //!
+//! An operation's room joined by watching the operation starts with a backfill that has no
+//! place in the room's order; its frames carry their own tags (a stream of their own, numbered
+//! by the watcher's log offset). Until a live event of the room arrived, the client's place in
+//! such a room is the last backfill frame it got, and the room is restored by watching the
+//! operation again from that line ([`Restore::Watch`]).
+//!
 //! Records are kept in memory, next to what they point at: room history is in memory and a
 //! restart starts every room in a new epoch, so a record that outlived the process could only
 //! ever say `recovered: false`, which an unknown pid says too, at once. (With a shared log whose
@@ -23,7 +29,9 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::protocol::socketio::{parse_recovery_offset, recovery_stream};
+use crate::protocol::socketio::{
+    backfill_stream, parse_backfill_offset, parse_recovery_offset, recovery_stream,
+};
 use crate::protocol::Since;
 use crate::transport::outbox::Journal;
 
@@ -43,20 +51,41 @@ pub struct Record {
     /// received no room event from this socket (a client keeps its last offset across
     /// sockets, recovered or not).
     pub restored_from: Option<String>,
+    /// Of `rooms`, the operations' rooms joined by watching the operation, each with the log
+    /// offset the watch started after: their backfill has no place in the room's order, so
+    /// where the client stands in one is in the journal's backfill stream until a live event
+    /// of the room arrived.
+    pub watched: HashMap<String, u64>,
     /// When the socket disconnected.
     pub at: Instant,
 }
 
+/// How a recovered socket gets one of its rooms back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Restore {
+    /// Joined again from this position, with the room's history after it.
+    Since(Since),
+    /// An operation's room whose backfill the client did not get all of (nor any live event
+    /// after it): watched again, with a fresh status snapshot and the log lines after
+    /// `log_offset` (the last one it got), so that no line arrives twice or not at all.
+    Watch { log_offset: u64 },
+}
+
 impl Record {
-    /// Where each room resumes for a client whose last room event was `offset`; `None` when
+    /// How each room resumes for a client whose last room event was `offset`; `None` when
     /// that cannot be known (the offset is unknown or older than the journal).
-    pub fn resume(&self, offset: Option<&str>) -> Option<Vec<(String, Since)>> {
-        let parsed = offset.and_then(parse_recovery_offset);
+    pub fn resume(&self, offset: Option<&str>) -> Option<Vec<(String, Restore)>> {
+        let parsed = offset.and_then(|o| {
+            parse_recovery_offset(o)
+                .map(|(room, off)| (recovery_stream(&self.nsp, room), off))
+                .or_else(|| {
+                    parse_backfill_offset(o).map(|(room, n)| (backfill_stream(&self.nsp, room), n))
+                })
+        });
         // How many journal entries the client received (the first matching entry: if an
         // event was pushed twice, e.g. a retained message on a second join, the earlier cut
         // can only replay more, never lose anything).
-        let found = parsed.and_then(|(room, off)| {
-            let stream = recovery_stream(&self.nsp, room);
+        let found = parsed.and_then(|(stream, off)| {
             self.journal
                 .entries
                 .iter()
@@ -87,11 +116,24 @@ impl Record {
                 .iter()
                 .map(|(room, joined)| {
                     let got = received(recovery_stream(&self.nsp, room));
-                    let since = Since {
+                    let since = Restore::Since(Since {
                         epoch: joined.epoch.clone(),
                         offset: got.map_or(joined.offset, |o| o.max(joined.offset)),
+                    });
+                    let Some(asked) = self.watched.get(room).filter(|_| got.is_none()) else {
+                        // A live event of the room arrived: everything before it did too,
+                        // its backfill included.
+                        return (room.clone(), since);
                     };
-                    (room.clone(), since)
+                    // Twice the log offset of the last backfill frame received, plus one for
+                    // the terminal event (`socketio::backfill_recovery_offset`).
+                    let restore = match received(backfill_stream(&self.nsp, room)) {
+                        // All of it, to the end: nothing follows a terminal event.
+                        Some(n) if n % 2 == 1 => since,
+                        Some(n) => Restore::Watch { log_offset: n / 2 },
+                        None => Restore::Watch { log_offset: *asked },
+                    };
+                    (room.clone(), restore)
                 })
                 .collect(),
         )
@@ -187,12 +229,79 @@ mod tests {
             rooms: vec![("a".into(), since("e1", 3)), ("b".into(), since("e2", 10))],
             journal,
             restored_from: None,
+            watched: HashMap::new(),
             at: Instant::now(),
         }
     }
 
-    fn offsets(plan: Option<Vec<(String, Since)>>) -> Option<Vec<(String, u64)>> {
-        plan.map(|p| p.into_iter().map(|(r, s)| (r, s.offset)).collect())
+    fn offsets(plan: Option<Vec<(String, Restore)>>) -> Option<Vec<(String, u64)>> {
+        plan.map(|p| {
+            p.into_iter()
+                .map(|(r, s)| match s {
+                    Restore::Since(s) => (r, s.offset),
+                    Restore::Watch { log_offset } => (format!("watch {r}"), log_offset),
+                })
+                .collect()
+        })
+    }
+
+    #[test]
+    fn a_watched_operation_resumes_from_its_live_events_else_is_watched_again_from_its_backfill() {
+        let bf = |seq: u64, terminal: bool| {
+            (
+                backfill_stream("/", "operation:x"),
+                seq * 2 + u64::from(terminal),
+            )
+        };
+        let mut r = record(&[], &[]);
+        r.rooms.push(("operation:x".into(), since("e3", 7)));
+        r.watched.insert("operation:x".into(), 2);
+        // Pushed: a@4, the backfill (snapshot at log 2, lines 3 and 4), a@5, the room's live
+        // event 8, a@6.
+        for e in [
+            (recovery_stream("/", "a"), 4),
+            bf(2, false),
+            bf(3, false),
+            bf(4, false),
+            (recovery_stream("/", "a"), 5),
+            (recovery_stream("/", "operation:x"), 8),
+            (recovery_stream("/", "a"), 6),
+        ] {
+            r.journal.entries.push_back(e);
+        }
+        let x = |plan: Option<Vec<(String, u64)>>| {
+            plan.and_then(|p| p.into_iter().find(|(room, _)| room.contains("operation:x")))
+        };
+        // A live event of the room arrived: resumed after it from the room's history.
+        assert_eq!(
+            x(offsets(r.resume(Some("a@6")))),
+            Some(("operation:x".into(), 8))
+        );
+        // All of the backfill but no live event: watched again after line 4.
+        assert_eq!(
+            x(offsets(r.resume(Some("a@5")))),
+            Some(("watch operation:x".into(), 4))
+        );
+        // Part of it: after the last line it got.
+        assert_eq!(
+            x(offsets(r.resume(Some("operation:x@b6")))),
+            Some(("watch operation:x".into(), 3))
+        );
+        // None of it: from where the watch started.
+        assert_eq!(
+            x(offsets(r.resume(Some("a@4")))),
+            Some(("watch operation:x".into(), 2))
+        );
+        // A finished operation's backfill received to its terminal event: nothing is missing,
+        // the room resumes where it was joined.
+        r.journal.entries.push_back(bf(4, true));
+        r.journal
+            .entries
+            .retain(|(s, _)| *s != recovery_stream("/", "operation:x"));
+        assert_eq!(
+            x(offsets(r.resume(Some("operation:x@b9")))),
+            Some(("operation:x".into(), 7))
+        );
     }
 
     #[test]

@@ -129,6 +129,7 @@ impl Actor for Watcher {
                 member,
                 log_offset: self.log_offset,
                 request_id: None,
+                joined_to: None,
             })
             .into_actor(self)
             .map(|res, act, ctx| {

@@ -347,8 +347,14 @@ impl Wire {
                 };
                 Some(sse::event(&b.event, &data, b.seq))
             }
-            Wire::SocketIo(nsp, outgoing, _) => {
+            Wire::SocketIo(nsp, outgoing, recovery) => {
                 let (event, data) = renamed(outgoing, &b.event, &b.data, room);
+                // With connection-state recovery, an operation's backfill says where the
+                // watcher's log stands (`socketio::backfill_recovery_offset`): a socket dropped
+                // before it had all of it is watched again from there.
+                let tag = b.seq.filter(|_| *recovery).map(|seq| {
+                    socketio::backfill_recovery_offset(room, seq, is_terminal_event(&b.event))
+                });
                 Some(
                     sio::event(
                         nsp,
@@ -363,7 +369,7 @@ impl Wire {
                             message_id: None,
                         },
                         &[],
-                        None,
+                        tag.as_deref(),
                     )
                     .text,
                 )

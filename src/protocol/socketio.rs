@@ -211,6 +211,28 @@ pub fn parse_recovery_offset(s: &str) -> Option<(&str, u64)> {
     Some((room, offset.parse().ok()?))
 }
 
+/// Connection-state recovery of a watched operation: the offset string of a frame of the
+/// backfill a watch of `operation:<id>` delivers (its status snapshot, the log lines the watcher
+/// missed, a finished operation's terminal event), `<room>@b<n>`. They have no place in the
+/// room's order, so `n` says where the watcher's log stands: twice the log offset, plus one for
+/// the terminal event (so that the terminal event, which carries the last line's offset, is
+/// told apart from that line).
+pub fn backfill_recovery_offset(room: &str, seq: u64, terminal: bool) -> String {
+    format!("{room}@b{}", seq.saturating_mul(2) + u64::from(terminal))
+}
+
+/// The room and number of a backfill offset string ([`backfill_recovery_offset`]).
+pub fn parse_backfill_offset(s: &str) -> Option<(&str, u64)> {
+    let (room, n) = s.rsplit_once("@b")?;
+    parse_recovery_offset(&format!("{room}@{n}")).map(|(_, n)| (room, n))
+}
+
+/// The journal's name for the backfill frames of a watch of `room` (not a room name: no room
+/// name has an `@`, so it never meets a room's own stream).
+pub fn backfill_stream(nsp: &str, room: &str) -> u64 {
+    recovery_stream(nsp, &format!("{room}@b"))
+}
+
 /// The journal's name for a namespace's room (a hash: the journal keeps 16 bytes per event;
 /// a collision could only confuse the recovery of a socket in both rooms).
 pub fn recovery_stream(nsp: &str, room: &str) -> u64 {
@@ -252,8 +274,11 @@ pub fn recovery_tag(payload: &[u8]) -> Option<(u64, u64)> {
         return None;
     }
     let tag = std::str::from_utf8(&body[start..]).ok()?;
-    let (room, offset) = parse_recovery_offset(tag)?;
-    Some((recovery_stream(nsp, room), offset))
+    if let Some((room, offset)) = parse_recovery_offset(tag) {
+        return Some((recovery_stream(nsp, room), offset));
+    }
+    let (room, n) = parse_backfill_offset(tag)?;
+    Some((backfill_stream(nsp, room), n))
 }
 
 /// The verb a Socket.IO event names: the native names, with `operation:` for `operation.`.
@@ -403,6 +428,19 @@ mod tests {
         assert_eq!(
             tag(r#"451-/admin,["ev",{"_placeholder":true,"num":0},{},"r@3"]"#),
             Some((recovery_stream("/admin", "r"), 3))
+        );
+        // A watched operation's backfill: its own stream, twice the log offset (+1: terminal).
+        let bf = backfill_recovery_offset("operation:x", 4, true);
+        assert_eq!(bf, "operation:x@b9");
+        assert_eq!(parse_recovery_offset(&bf), None);
+        assert_eq!(parse_backfill_offset(&bf), Some(("operation:x", 9)));
+        assert_eq!(
+            tag(&format!(r#"42["operation.completed",{{}},{{}},"{bf}"]"#)),
+            Some((backfill_stream("/", "operation:x"), 9))
+        );
+        assert_ne!(
+            backfill_stream("/", "operation:x"),
+            recovery_stream("/", "operation:x")
         );
         // Untagged: other packets, and events whose last argument is not an offset.
         for untagged in [

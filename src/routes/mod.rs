@@ -83,6 +83,10 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                     web::resource("/operations/{id}/ws").route(web::get().to(operations::socket)),
                 )
                 .service(
+                    web::resource("/operations/{id}/ticket")
+                        .route(web::post().to(operations::ticket)),
+                )
+                .service(
                     web::resource("/activities")
                         .route(web::post().to(activities::create))
                         .route(web::get().to(activities::list)),
@@ -110,6 +114,33 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
         ready(caller(req))
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct TicketQuery {
+    ticket: Option<String>,
+}
+
+/// The caller of a read-only endpoint of one operation (its WebSocket, SSE stream and status,
+/// and an app profile's aliases of them): with `?ticket=` (a browser's way in, which cannot set
+/// a header on a WebSocket or an `EventSource`: docs/operations.md, "Browsers"), the ticket's
+/// holder, who may see this operation and nothing else; otherwise as [`Caller`]. In open mode a
+/// ticket is ignored: everything is allowed anyway.
+pub fn watch_caller(req: &HttpRequest, operation: &str) -> Result<Caller, AppError> {
+    let ticket = web::Query::<TicketQuery>::from_query(req.query_string())
+        .map_err(|_| AppError::new(ErrorCode::BadRequest, "the query string is malformed"))?
+        .into_inner()
+        .ticket;
+    let state = req
+        .app_data::<web::Data<AppState>>()
+        .ok_or_else(|| AppError::Internal(anyhow::anyhow!("application state missing")))?;
+    match ticket {
+        Some(t) if !state.auth.open_mode() => Ok(Caller {
+            identity: state.auth.verify_ticket(&t, operation)?,
+            anonymous: false,
+        }),
+        _ => caller(req),
     }
 }
 

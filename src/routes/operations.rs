@@ -13,7 +13,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{next_before, page_limit, require_allowed_origin, Caller};
+use super::{next_before, page_limit, require_allowed_origin, watch_caller, Caller};
 use crate::actors::operation_manager::{
     self as manager, CancelOperation, GetOperation, ReportOperation, ReportReply, StartError,
     StartOperation,
@@ -199,13 +199,49 @@ pub async fn list(
         .json(serde_json::json!({ "operations": ops, "next_before": next_before })))
 }
 
+/// `GET /api/operations/{id}`: with a token, or a watch ticket for this operation.
 pub async fn get(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let caller = watch_caller(&req, &path)?;
+    let op = visible(&state, &caller.identity, &path).await?;
+    Ok(HttpResponse::Ok().json(op))
+}
+
+#[derive(Serialize)]
+struct TicketBody {
+    ticket: String,
+    /// RFC 3339, as every other time in the API.
+    expires_at: String,
+}
+
+/// `POST /api/operations/{id}/ticket`: a watch ticket for a browser (docs/operations.md,
+/// "Browsers"): `?ticket=` on this operation's WebSocket, SSE stream and status (and an app
+/// profile's aliases of them) for `SWITCHYARD_WATCH_TICKET_TTL_SECS`. Only for a caller that
+/// may see the operation (otherwise 404, as for the operation itself).
+pub async fn ticket(
     caller: Caller,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     let op = visible(&state, &caller.identity, &path).await?;
-    Ok(HttpResponse::Ok().json(op))
+    let t = state
+        .auth
+        .issue_ticket(&caller.identity, &op.id, state.settings.watch_ticket_ttl)?;
+    log::info!(
+        "operation {}: watch ticket issued to user {} until {}",
+        op.id,
+        caller.identity.user.id,
+        t.expires_at
+    );
+    Ok(HttpResponse::Ok()
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .json(TicketBody {
+            ticket: t.ticket,
+            expires_at: crate::util::rfc3339_millis((t.expires_at as i64).saturating_mul(1000)),
+        }))
 }
 
 #[derive(Deserialize)]
@@ -415,12 +451,12 @@ pub struct EventsQuery {
 /// `EventSource` resumes exactly. Reconnecting after the end gets 204, which stops
 /// `EventSource` from retrying.
 pub async fn events(
-    caller: Caller,
     req: HttpRequest,
     path: web::Path<String>,
     query: web::Query<EventsQuery>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
+    let caller = watch_caller(&req, &path)?;
     events_shaped(caller, req, &path, query.after, state, None).await
 }
 
@@ -481,11 +517,11 @@ pub(super) async fn events_shaped(
 /// `GET /api/operations/{id}/ws`: the full status on connect and on every change; closes
 /// normally (1000) after the terminal status.
 pub async fn socket(
-    caller: Caller,
     req: HttpRequest,
     path: web::Path<String>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
+    let caller = watch_caller(&req, &path)?;
     socket_shaped(caller, req, &path, state, None).await
 }
 

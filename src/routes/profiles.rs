@@ -1,16 +1,17 @@
 //! An app profile's paths for the per-operation endpoints (docs/profiles.md, "Paths"): the
 //! same WebSocket, SSE stream and status as `/api/operations/{id}/…`, under the app's own
 //! paths and in its own status shape. Each alias is a resource of its own, registered at
-//! start-up with the shape it serves and its profile's `connect` hook, if any: a browser's
-//! WebSocket or EventSource cannot send `Authorization`, it sends the app's cookies, which the
-//! app's backend turns into an identity (docs/profiles.md, "Paths").
+//! start-up with the shape it serves and its profile's `connect` hook, if any. Each takes a
+//! watch ticket (`?ticket=`) as the originals do; without one or a token, a browser's
+//! WebSocket or EventSource sends the app's cookies, which the app's backend (the `connect`
+//! hook) turns into an identity (docs/profiles.md, "Paths").
 
 use std::sync::Arc;
 
 use actix_web::{http::header, web, HttpRequest, HttpResponse};
 
 use super::operations::{events_shaped, socket_shaped, visible, EventsQuery};
-use super::{require_allowed_origin, Caller};
+use super::{require_allowed_origin, watch_caller, Caller};
 use crate::error::AppError;
 use crate::hooks::{HookConfig, HookKind};
 use crate::protocol::profile::{AliasKind, PathAlias, Shape};
@@ -42,21 +43,26 @@ pub fn configure(cfg: &mut web::ServiceConfig, aliases: &[PathAlias]) {
     }
 }
 
-/// Who is asking: a `Authorization: Bearer` token wins (as on the endpoints aliased); without
-/// one, the profile's `connect` hook, given the request's forwarded cookies and headers,
+/// Who is asking: a watch ticket for the operation (`?ticket=`) or an `Authorization: Bearer`
+/// token wins (as on the endpoints aliased); without either, the profile's `connect` hook, given the request's forwarded cookies and headers,
 /// answers the identity (a refusal is `403 forbidden`, a backend down `502
 /// backend_unavailable`); without that hook, what the aliased endpoint would do (open mode, or
 /// `401`). The handler awaits the call; no actor does.
 async fn caller(
     req: &HttpRequest,
+    operation: &str,
     alias: &AliasShape,
     state: &AppState,
     transport: &str,
 ) -> Result<Caller, AppError> {
-    let with_token = req.headers().contains_key(header::AUTHORIZATION);
+    let with_ticket = req
+        .query_string()
+        .split('&')
+        .any(|kv| kv.starts_with("ticket="));
+    let with_token = with_ticket || req.headers().contains_key(header::AUTHORIZATION);
     let (false, Some(cfg), Some(hooks)) = (with_token, &alias.hooks, &state.session_deps.hooks)
     else {
-        return super::caller(req);
+        return watch_caller(req, operation);
     };
     let body = serde_json::json!({
         "hook": HookKind::Connect.as_str(),
@@ -88,7 +94,7 @@ async fn socket(
     // A page on another origin must not open this socket with the user's cookies (cross-site
     // WebSocket hijacking): the origin is checked before the backend is asked anything.
     require_allowed_origin(&req, &state)?;
-    let caller = caller(&req, &shape, &state, "websocket").await?;
+    let caller = caller(&req, &id, &shape, &state, "websocket").await?;
     socket_shaped(caller, req, &id, state, shape.shape.clone()).await
 }
 
@@ -99,7 +105,7 @@ async fn events(
     shape: web::Data<AliasShape>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = caller(&req, &shape, &state, "sse").await?;
+    let caller = caller(&req, &id, &shape, &state, "sse").await?;
     events_shaped(caller, req, &id, query.after, state, shape.shape.clone()).await
 }
 
@@ -110,7 +116,7 @@ async fn status(
     shape: web::Data<AliasShape>,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let caller = caller(&req, &shape, &state, "http").await?;
+    let caller = caller(&req, &id, &shape, &state, "http").await?;
     let op = visible(&state, &caller.identity, &id).await?;
     Ok(match &shape.shape {
         None => HttpResponse::Ok().json(op),

@@ -30,4 +30,5 @@ mod resume;
 mod rooms;
 mod shutdown;
 mod socketio;
+mod tickets;
 mod transport;

@@ -124,6 +124,108 @@ test("recovery: every missed message of every room, in order, once, after a tran
   }
 });
 
+// An external operation this script reports for, as its worker (open mode: no token).
+async function report(opId, what, body) {
+  const res = await fetch(`${URL}/api/operations/${opId}/${what}`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify(body),
+  });
+  assert.equal(res.status, 200, `${what} for ${opId}: ${await res.text()}`);
+}
+
+async function startOperation() {
+  const res = await fetch(`${URL}/api/operations`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ kind: "convert", target: `t-${id()}` }),
+  });
+  const body = await res.text();
+  assert.equal(res.status, 202, body);
+  return JSON.parse(body).id;
+}
+
+// Everything an operation's room delivers, in arrival order: log lines by text, progress by
+// percentage, terminal events by name.
+function followOperation(socket) {
+  const got = [];
+  socket.on("operation.log", (line) => got.push(`log:${line.line}`));
+  socket.on("operation.progress", (status) => got.push(`progress:${status.progress}`));
+  socket.on("operation.completed", () => got.push("completed"));
+  return got;
+}
+
+const lines = (got) => got.filter((e) => e.startsWith("log:"));
+
+test("recovery: a watched operation's missed lines, progress and end, once and in order", async () => {
+  const op = await startOperation();
+  await report(op, "logs", { lines: ["one"] });
+  const socket = await connect("", { auth: { user: "watcher" } });
+  try {
+    const got = followOperation(socket);
+    assert.equal((await ack(socket, "join", { room: `operation:${op}` })).ok, true);
+    await until(socket, got, (g) => g.includes("log:one"), "the backfill");
+    await report(op, "progress", { progress: 20 });
+    await report(op, "logs", { lines: ["two"] });
+    await until(socket, got, (g) => g.includes("log:two"), "the live events");
+
+    await dropTransport(socket);
+    await report(op, "progress", { progress: 50 });
+    await report(op, "logs", { lines: ["three", "four"] });
+    await report(op, "complete", { result: { ok: true } });
+    await next(socket, "connect");
+    assert.equal(socket.recovered, true, "recovered");
+    await until(socket, got, (g) => g.includes("completed"), "the missed end");
+    assert.deepEqual(lines(got), ["log:one", "log:two", "log:three", "log:four"]);
+    // The missed progress came, after what was seen before the drop, and the end once, last.
+    const at = (e) => got.indexOf(e);
+    assert.ok(at("progress:20") < at("log:two") && at("log:two") < at("progress:50"), got.join());
+    assert.ok(at("progress:50") < at("log:three"), got.join());
+    assert.equal(got.filter((e) => e === "completed").length, 1);
+    assert.equal(got.at(-1), "completed");
+  } finally {
+    socket.disconnect();
+  }
+});
+
+test("recovery: an operation watched through a start, dropped before any live event, is watched again without repeats", async () => {
+  // Already running, with two lines: a second `operation:start` with `watch` follows it (as a
+  // second wizard tab does), and its backfill brings the status and both lines.
+  const target = `s-${id()}`;
+  const res = await fetch(`${URL}/api/operations`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({ kind: "convert", target }),
+  });
+  const body = await res.text();
+  assert.equal(res.status, 202, body);
+  const op = JSON.parse(body).id;
+  await report(op, "logs", { lines: ["a", "b"] });
+  const socket = await connect("", { auth: { user: "starter" } });
+  try {
+    const got = followOperation(socket);
+    const dup = await ack(socket, "operation:start", { kind: "convert", target, watch: true });
+    assert.equal(dup.error.code, "duplicate_operation", JSON.stringify(dup));
+    assert.equal(dup.operation.id, op);
+    await until(socket, got, (g) => g.includes("log:b"), "the watch's backfill");
+    // The connection drops before any live event of the operation arrived.
+    await dropTransport(socket);
+    await report(op, "progress", { progress: 40 });
+    await report(op, "logs", { lines: ["c"] });
+    await next(socket, "connect");
+    assert.equal(socket.recovered, true, "recovered");
+    await until(socket, got, (g) => g.includes("log:c"), "the missed line");
+    await report(op, "complete", {});
+    await until(socket, got, (g) => g.includes("completed"), "the end, live");
+    // Watched again from the last line it got: no line twice, none lost.
+    assert.deepEqual(lines(got), ["log:a", "log:b", "log:c"]);
+    assert.equal(got.filter((e) => e === "completed").length, 1);
+    assert.ok(got.includes("progress:40"), got.join());
+  } finally {
+    socket.disconnect();
+  }
+});
+
 test("recovery: a drop before any message arrived resumes where the rooms were joined", async () => {
   const a = `room-quiet-${id()}`;
   const socket = await connect("", { auth: { user: "quiet" } });

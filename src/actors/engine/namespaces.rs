@@ -17,6 +17,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{EngineMode, EngineSession};
+use crate::actors::recovery::Restore;
 use crate::actors::session::{AppEvent, Disconnect, Inbound, Session, SocketEnded, SocketRecovery};
 use crate::auth::Identity;
 use crate::error::{ErrorCode, Refusal};
@@ -261,10 +262,19 @@ impl EngineSession {
         };
         let checks: Vec<_> = rooms
             .iter()
-            .map(|(room, since)| {
-                let page = self.deps.history.history(room.clone(), Some(since.offset));
-                let since = since.clone();
+            .map(|(room, restore)| {
+                // An operation watched again is checked by its watch (`session/recovery.rs`).
+                let since = match restore {
+                    Restore::Since(since) => Some(since.clone()),
+                    Restore::Watch { .. } => None,
+                };
+                let page = since
+                    .as_ref()
+                    .map(|s| self.deps.history.history(room.clone(), Some(s.offset)));
                 async move {
+                    let (Some(page), Some(since)) = (page, since) else {
+                        return true;
+                    };
                     match page.await {
                         Ok(Some(p)) => {
                             p.epoch == since.epoch && p.complete && since.offset <= p.offset

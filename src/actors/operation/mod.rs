@@ -151,6 +151,18 @@ pub struct Watch {
     pub member: Member,
     pub log_offset: u64,
     pub request_id: Option<RequestId>,
+    /// Who learns the join's answer (its room's position), once the broker gave it: a
+    /// Socket.IO session with connection-state recovery, which resumes the room from there.
+    pub joined_to: Option<Recipient<WatchJoined>>,
+}
+
+/// Operation (or Manager, for a finished one) → the watcher that asked: your watch of `room`
+/// was answered (the backfill is queued ahead of everything after `joined.position`).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct WatchJoined {
+    pub room: String,
+    pub joined: crate::broker::Joined,
 }
 
 // ---- the actor -----------------------------------------------------------------------------

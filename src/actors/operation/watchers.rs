@@ -92,8 +92,9 @@ impl OperationActor {
         };
         let backfill = backfill_frames(self.status_json(), after, lines, terminal);
         // Takes its place now, behind every event already published (the broker's contract).
+        let room = self.op.room();
         let join = self.cx.broker.join(JoinRoom {
-            room: self.op.room(),
+            room: room.clone(),
             member: w.member,
             since: None,
             request_id: w.request_id,
@@ -101,8 +102,11 @@ impl OperationActor {
             backfill_complete: complete,
             after: None,
         });
+        let joined_to = w.joined_to;
         actix::spawn(async move {
-            let _ = join.await;
+            if let (Ok(joined), Some(to)) = (join.await, joined_to) {
+                to.do_send(super::WatchJoined { room, joined });
+            }
         });
     }
 }

@@ -3,9 +3,10 @@
 //! when its connection ends without the client asking, and a recovered socket's rooms joined
 //! again with what it missed.
 //!
-//! In: the join answers (`note_joined`), the session's end (`keep_for_recovery`), its start
-//! (`restore_rooms`). Out: a [`Record`] into the [`RecoveryStore`]; [`JoinRoom`]s with `since`
-//! to the broker.
+//! In: the join answers (`note_joined`; an operation's watch answers later, `WatchJoined`), the
+//! session's end (`keep_for_recovery`), its start (`restore_rooms`). Out: a [`Record`] into the
+//! [`RecoveryStore`]; [`JoinRoom`]s with `since` to the broker, or [`WatchOperation`]s for an
+//! operation's room the client got none of the live events of (`Restore::Watch`).
 //!
 //! [`RecoveryStore`]: crate::actors::recovery::RecoveryStore
 
@@ -15,8 +16,10 @@ use actix::prelude::*;
 use actix_http::ws::CloseCode;
 
 use super::Session;
-use crate::actors::recovery::Record;
+use crate::actors::operation_manager::WatchOperation;
+use crate::actors::recovery::{Record, Restore};
 use crate::actors::room::{JoinRoom, Joined};
+use crate::error::Refusal;
 use crate::protocol::Since;
 
 /// A Socket.IO socket's part in connection-state recovery.
@@ -29,8 +32,9 @@ pub struct SocketRecovery {
     pub restored_from: Option<String>,
     /// The socket recovers a disconnected one (its CONNECT answered the client's pid).
     pub recovered: bool,
-    /// The rooms to join again as the socket starts, each from where the client stands.
-    pub restore: Vec<(String, Since)>,
+    /// The rooms to join again as the socket starts, each from where the client stands (an
+    /// operation's room maybe by watching it again).
+    pub restore: Vec<(String, Restore)>,
     /// Set by a [`super::Disconnect`] for a connection that ended without the client asking.
     pub recoverable: bool,
 }
@@ -86,33 +90,65 @@ impl Session {
             return false;
         };
         // Each join takes its place in the broker's order as it is called, so they are all
-        // handed over now and their answers awaited together.
-        let joins: Vec<_> = rooms
+        // handed over now and their answers awaited together. An operation's room watched
+        // again is answered twice: its watch now, its position later (`WatchJoined`).
+        type Answer = Result<Option<Joined>, Refusal>;
+        let joins: Vec<futures_util::future::BoxFuture<'static, Answer>> = rooms
             .iter()
-            .map(|(room, since)| {
-                self.deps.broker.join(JoinRoom {
-                    room: room.clone(),
-                    member: self.member(ctx, &identity),
-                    since: Some(since.clone()),
-                    request_id: None,
-                    backfill: None,
-                    backfill_complete: false,
-                    after: None,
-                })
+            .map(|(room, restore)| match restore {
+                Restore::Since(since) => {
+                    let join = self.deps.broker.join(JoinRoom {
+                        room: room.clone(),
+                        member: self.member(ctx, &identity),
+                        since: Some(since.clone()),
+                        request_id: None,
+                        backfill: None,
+                        backfill_complete: false,
+                        after: None,
+                    });
+                    Box::pin(async move { join.await.map(Some) }) as _
+                }
+                Restore::Watch { log_offset } => {
+                    let id = room.strip_prefix("operation:").unwrap_or(room).to_string();
+                    let watch = self.deps.operations.send(WatchOperation {
+                        id,
+                        member: self.member(ctx, &identity),
+                        log_offset: *log_offset,
+                        request_id: None,
+                        joined_to: Some(ctx.address().recipient()),
+                    });
+                    Box::pin(async move {
+                        match watch.await {
+                            Ok(answer) => answer.map(|()| None),
+                            Err(e) => Err(Refusal::unavailable("operations", e)),
+                        }
+                    }) as _
+                }
             })
             .collect();
         futures_util::future::join_all(joins)
             .into_actor(self)
             .map(move |answers, act, ctx| {
                 let mut broken = false;
-                for ((room, since), answer) in rooms.into_iter().zip(answers) {
-                    match answer {
-                        Ok(joined) => {
+                for ((room, restore), answer) in rooms.into_iter().zip(answers) {
+                    match (answer, restore) {
+                        (Ok(Some(joined)), Restore::Since(since)) => {
                             broken |= !joined.recovered;
                             act.note_joined(&room, Some(since), &joined);
                             act.rooms.insert(room, joined.lane);
                         }
-                        Err(refusal) => {
+                        (Ok(_), restore) => {
+                            // Watched again: its answer (`WatchJoined`) says whether every
+                            // line missed was there.
+                            let log_offset = match restore {
+                                Restore::Watch { log_offset } => log_offset,
+                                Restore::Since(s) => s.offset,
+                            };
+                            act.watched.insert(room.clone(), log_offset);
+                            act.restoring.insert(room.clone());
+                            act.rooms.insert(room, None);
+                        }
+                        (Err(refusal), _) => {
                             log::warn!(
                                 "socket.io socket {}: could not rejoin {room}: {}",
                                 act.key,
@@ -135,8 +171,8 @@ impl Session {
     }
 
     /// As the session ends: when the connection ended without the client asking, keeps what
-    /// its recovery needs. A socket in a room joined through its operation (whose position
-    /// this session does not learn) is not kept: its client starts afresh.
+    /// its recovery needs. A socket in a room whose join was not answered yet (an operation's
+    /// watch answers its position later: `WatchJoined`) is not kept: its client starts afresh.
     pub(super) fn keep_for_recovery(&mut self) {
         let Some(recovery) = &self.recovery else {
             return;
@@ -169,6 +205,7 @@ impl Session {
             rooms,
             journal,
             restored_from: recovery.restored_from.clone(),
+            watched: self.watched.clone(),
             at: Instant::now(),
         };
         if !store.keep(recovery.pid.clone(), record) {

@@ -2,7 +2,8 @@
 //! operation, which hands the broker its backfill ahead of live events), leave, the rooms a
 //! refreshed token no longer grants, and eviction by a room.
 //!
-//! In: `join` and `leave` requests, [`Evicted`] from a room. Out: [`JoinRoom`] and
+//! In: `join` and `leave` requests, [`Evicted`] from a room, [`WatchJoined`] (a watch's room
+//! position, with connection-state recovery). Out: [`JoinRoom`] and
 //! [`LeaveRoom`] to the broker, [`WatchOperation`] to the operation manager; `left` replies
 //! (the join's answer comes from the room itself, ahead of its live traffic).
 
@@ -10,7 +11,7 @@ use actix::prelude::*;
 use actix_http::ws::CloseCode;
 
 use super::Session;
-use crate::actors::operation_manager::WatchOperation;
+use crate::actors::operation_manager::{WatchJoined, WatchOperation};
 use crate::actors::room::{JoinRoom, LeaveRoom, CLOSE_SLOW_CONSUMER};
 use crate::actors::Evicted;
 use crate::auth::Identity;
@@ -72,6 +73,7 @@ impl Session {
     /// `leave`: refused for a room this session is not in; answered once the room let go.
     pub(super) fn leave(&mut self, id: Option<RequestId>, room: String, ctx: &mut Context<Self>) {
         self.joined_at.remove(&room);
+        self.watched.remove(&room);
         if self.rooms.remove(&room).is_none() {
             let r = Refusal::new(ErrorCode::NotMember, format!("not a member of {room}"));
             return self.refuse(ctx, id.as_deref(), r);
@@ -103,11 +105,19 @@ impl Session {
     ) {
         // Recorded before the join is sent, so a disconnect meanwhile still leaves the room.
         self.rooms.insert(room.clone(), None);
+        let log_offset = log_offset.unwrap_or(0);
+        // With connection-state recovery the session learns the room's position (`WatchJoined`)
+        // and remembers the watch, to resume the room after a drop (`recovery.rs`).
+        let joined_to = self.recovery.is_some().then(|| {
+            self.watched.insert(room.clone(), log_offset);
+            ctx.address().recipient()
+        });
         let msg = WatchOperation {
             id: op_id,
             member: self.member(ctx, identity),
-            log_offset: log_offset.unwrap_or(0),
+            log_offset,
             request_id: id.clone(),
+            joined_to,
         };
         self.deps
             .operations
@@ -123,6 +133,7 @@ impl Session {
                     ),
                 };
                 act.rooms.remove(&room);
+                act.watched.remove(&room);
                 act.refuse(ctx, id.as_deref(), refusal);
             })
             .wait(ctx);
@@ -141,6 +152,7 @@ impl Session {
         for room in revoked {
             self.rooms.remove(&room);
             self.joined_at.remove(&room);
+            self.watched.remove(&room);
             log::info!(
                 "session {}: left {room}: the refreshed token of {} does not grant it",
                 self.key,
@@ -154,12 +166,35 @@ impl Session {
     }
 }
 
+impl Handler<WatchJoined> for Session {
+    type Result = ();
+
+    /// A watch was answered: where the client stands in the operation's room, for recovery. A
+    /// recovered socket's watch that could not give every line it missed breaks the CONNECT's
+    /// promise: the connection is closed, as for any room that cannot resume (`recovery.rs`).
+    fn handle(&mut self, msg: WatchJoined, ctx: &mut Context<Self>) {
+        if !self.rooms.contains_key(&msg.room) {
+            return; // left (or refused) meanwhile
+        }
+        self.note_joined(&msg.room, None, &msg.joined);
+        if self.restoring.remove(&msg.room) && !msg.joined.recovered {
+            log::warn!(
+                "socket.io socket {}: {} could not give every line missed; closing",
+                self.key,
+                msg.room
+            );
+            self.close(ctx, CloseCode::Away, "connection state lost");
+        }
+    }
+}
+
 impl Handler<Evicted> for Session {
     type Result = ();
 
     fn handle(&mut self, msg: Evicted, ctx: &mut Context<Self>) {
         self.rooms.remove(&msg.room);
         self.joined_at.remove(&msg.room);
+        self.watched.remove(&msg.room);
         log::warn!(
             "session {}: evicted from {} ({:?})",
             self.key,
