@@ -877,24 +877,53 @@ impl Room {
                 return false;
             }
             log::warn!(
-                "room {}: gap in the order ({} after {}); history before it is dropped",
+                "room {}: gap in the order ({} after {}); history before it is dropped, members told",
                 self.name,
                 at.offset,
                 self.last_offset
             );
+            self.drop_everything();
+            self.announce_reset(at, "gap");
         } else {
-            if !self.epoch.is_empty() {
+            let had_one = !self.epoch.is_empty();
+            if had_one {
                 log::warn!(
-                    "room {}: new epoch {} (was {}); history of the old one is dropped",
+                    "room {}: new epoch {} (was {}); history of the old one is dropped, members told",
                     self.name,
                     at.epoch,
                     self.epoch
                 );
             }
             self.epoch = at.epoch.clone();
+            self.drop_everything();
+            if had_one {
+                self.announce_reset(at, "new_epoch");
+            }
         }
-        self.drop_everything();
         true
+    }
+
+    /// Tells every member that the order does not continue where they were: what came between
+    /// their last message and the one at `at` is lost (a `reset` frame, before that message),
+    /// so an app reloads what it shows instead of going on with a silent hole. The issue's
+    /// "never silently": a resume across it already says `recovered: false`.
+    fn announce_reset(&mut self, at: &Position, reason: &str) {
+        let before = at.offset.saturating_sub(1);
+        let mut cache = WireCache::default();
+        let (mut delivered, mut dropped) = (0usize, Vec::new());
+        for (id, m) in &self.members {
+            let Some(frame) =
+                cache.get(&m.wire, |w| w.reset(&self.name, &at.epoch, before, reason))
+            else {
+                continue;
+            };
+            match m.outbox.push_text(frame) {
+                Ok(()) => delivered += 1,
+                Err(PushError::Full) => dropped.push((*id, true)),
+                Err(PushError::Closed) => dropped.push((*id, false)),
+            }
+        }
+        self.settle(dropped, delivered);
     }
 }
 

@@ -405,6 +405,22 @@ impl Wire {
         }
     }
 
+    /// The room's order no longer continues where the member was: messages between its last
+    /// one and `offset` of `epoch` are lost (`reason`: `gap`, `new_epoch`). Members reload what
+    /// they show of the room; the next message is `offset + 1`.
+    pub fn reset(&self, room: &str, epoch: &str, offset: u64, reason: &str) -> Option<Bytes> {
+        match self {
+            Wire::Native => Some(native::reset(room, epoch, offset, reason)),
+            Wire::SocketIo(nsp, outgoing, _) => {
+                let body = serde_json::json!({
+                    "room": room, "epoch": epoch, "offset": offset, "reason": reason,
+                });
+                Some(sio::emit_as(nsp, outgoing, room, "reset", body))
+            }
+            _ => None,
+        }
+    }
+
     /// Encodes a reply to a request carrying `id`. Socket.IO answers only requests that asked
     /// for an ack; a refusal without one is emitted as an `error` event.
     pub fn reply(&self, id: Option<&RawValue>, r: Reply) -> Option<Bytes> {

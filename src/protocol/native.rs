@@ -392,6 +392,29 @@ pub fn presence(room: &str, users: &[&UserInfo], joined: bool) -> Bytes {
     })
 }
 
+/// Why a room's order did not continue where a member was (a `reset` frame).
+#[derive(Serialize)]
+struct Reset<'a> {
+    #[serde(rename = "type")]
+    t: &'static str,
+    room: &'a str,
+    epoch: &'a str,
+    offset: u64,
+    reason: &'a str,
+}
+
+/// The room's order continues at `epoch`, after `offset`, and what came between the member's
+/// last message and that point is lost (`reason`: `gap` or `new_epoch`).
+pub fn reset(room: &str, epoch: &str, offset: u64, reason: &str) -> Bytes {
+    encode(&Reset {
+        t: "reset",
+        room,
+        epoch,
+        offset,
+        reason,
+    })
+}
+
 #[derive(Serialize)]
 struct Simple<'a> {
     #[serde(rename = "type")]

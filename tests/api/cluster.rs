@@ -1021,3 +1021,124 @@ async fn a_node_stopped_gracefully_has_its_users_leave_at_once() {
     );
     cluster.stop().await;
 }
+
+// ---- members told when the order does not continue ------------------------------------------
+
+/// Frames until the room message with data `last`: every frame before it, and it.
+async fn frames_through(ws: &mut WsClient, last: Value) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let f = ws.recv().await;
+        let done = f["type"] == "message" && f["data"] == last;
+        out.push(f);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// A node that fell further behind than both the fan-out stream and the room's own stream keep
+/// cannot fill the gap: its members are told (one `reset`, reason `gap`, where the order
+/// continues), then get every message from there on, in order — never a silent hole.
+#[actix_web::test]
+async fn members_are_told_of_a_gap_that_cannot_be_filled() {
+    const N: i64 = 1_000;
+    let proxy = Proxy::start().await;
+    let tweak = |s: &mut Settings| {
+        s.redis_fanout_maxlen = 10;
+        s.history_size = 20;
+        s.publish_rate = 0;
+        s.user_publish_rate = 0;
+    };
+    let mut cluster = Cluster::start(1, format!("redis://{REDIS}"), tweak).await;
+    cluster.add_at(proxy.url(), &tweak).await;
+    let room = "project:lost";
+    let mut a = member(&cluster.nodes[1], "alice", room).await;
+    let mut b = member(&cluster.nodes[0], "bob", room).await;
+    let first = b.publish(room, "m", json!(0)).await;
+    assert_eq!(a.recv_message().await["data"], 0);
+
+    proxy.cut();
+    for i in 1..=N {
+        b.publish(room, "m", json!(i)).await;
+    }
+    proxy.restore();
+    let frames = frames_through(&mut a, json!(N)).await;
+    let resets: Vec<&Value> = frames.iter().filter(|f| f["type"] == "reset").collect();
+    assert_eq!(resets.len(), 1, "one reset, got {}", resets.len());
+    let reset = resets[0];
+    assert_eq!(reset["room"], room);
+    assert_eq!(reset["reason"], "gap");
+    let at = reset["offset"].as_u64().expect("offset");
+    let offsets_of = |frames: &mut dyn Iterator<Item = &Value>| -> Vec<u64> {
+        frames
+            .filter(|f| f["type"] == "message")
+            .map(|f| f["offset"].as_u64().expect("offset"))
+            .collect()
+    };
+    // What the reader got before the cut took hold, gap-free; then the reset past a real gap;
+    // then everything from where it says, gap-free, to the end.
+    let before = offsets_of(&mut frames.iter().take_while(|f| f["type"] != "reset"));
+    let last_before = before.last().copied().unwrap_or(first);
+    assert_eq!(before, (first + 1..=last_before).collect::<Vec<_>>());
+    assert!(at > last_before + 1, "a real gap: {last_before} then {at}");
+    let after = offsets_of(&mut frames.iter().skip_while(|f| f["type"] != "reset"));
+    let last = first + N as u64;
+    assert_eq!(
+        after,
+        (at + 1..=last).collect::<Vec<_>>(),
+        "gap-free after it"
+    );
+    cluster.stop().await;
+}
+
+/// Redis loses a room's data (a restart without persistence, a flush): the next publish mints
+/// a new epoch, and every member, on every node, is told (`reset`, reason `new_epoch`) before
+/// the new epoch's first message.
+#[actix_web::test]
+async fn members_are_told_when_redis_lost_the_room_and_a_new_epoch_starts() {
+    let cluster = Cluster::start(2, format!("redis://{REDIS}"), |_| {}).await;
+    let room = "project:flushed";
+    let (mut a, joined_a) = joined(&cluster.nodes[0], "alice", room).await;
+    let old_epoch = joined_a["epoch"].clone();
+    assert!(old_epoch.is_string(), "{joined_a}");
+    let mut b = member(&cluster.nodes[1], "bob", room).await;
+    // A publisher of its own: a request's answer is read past the frames before it.
+    let mut p = member(&cluster.nodes[0], "pub", room).await;
+    p.publish(room, "m", json!("before")).await;
+    let old = b.recv_message().await;
+    assert_eq!(old["data"], "before");
+    assert_eq!(a.recv_message().await["data"], "before");
+
+    // What a Redis restart without persistence does to this room.
+    let client = redis::Client::open(format!("redis://{REDIS}")).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis");
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{}:room:{room}:meta", cluster.prefix))
+        .arg(format!("{}:room:{room}:log", cluster.prefix))
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+
+    p.publish(room, "m", json!("after")).await;
+    for ws in [&mut a, &mut b] {
+        let frames = frames_through(ws, json!("after")).await;
+        let kinds: Vec<&str> = frames
+            .iter()
+            .filter_map(|f| f["type"].as_str())
+            .filter(|t| *t == "reset" || *t == "message")
+            .collect();
+        assert_eq!(kinds, ["reset", "message"]);
+        let reset = frames.iter().find(|f| f["type"] == "reset").expect("reset");
+        assert_eq!(reset["reason"], "new_epoch");
+        assert_eq!(reset["offset"], 0);
+        let message = frames.last().expect("message");
+        assert_eq!(message["offset"], 1);
+        assert!(reset["epoch"].is_string());
+        assert_ne!(reset["epoch"], old_epoch, "a new epoch");
+    }
+    cluster.stop().await;
+}
