@@ -1142,3 +1142,170 @@ async fn members_are_told_when_redis_lost_the_room_and_a_new_epoch_starts() {
     }
     cluster.stop().await;
 }
+
+// ---- three real processes --------------------------------------------------------------------
+
+/// One node as its own OS process (the binary of this build), on the cluster's
+/// database and key prefix, reaching Redis at `redis_url`.
+async fn node_process(
+    cluster: &Cluster,
+    redis_url: &str,
+    name: &str,
+) -> (tokio::process::Child, u16) {
+    let database = match &cluster.db.url {
+        switchyard::config::DatabaseUrl::Postgres(url) => url.clone(),
+        other => panic!("cluster on {other:?}"),
+    };
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .env("SWITCHYARD_PORT", "0")
+        .env("SWITCHYARD_NODE_ID", name)
+        .env("DATABASE_URL", database)
+        .env("SWITCHYARD_REDIS_URL", redis_url)
+        .env("SWITCHYARD_REDIS_PREFIX", &cluster.prefix)
+        .env("SWITCHYARD_JWT_SECRET", SECRET)
+        .env("SWITCHYARD_PUBLISH_RATE", "0")
+        .env("SWITCHYARD_USER_PUBLISH_RATE", "0")
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn switchyard");
+    let port = listening_port(child.stderr.take().expect("stderr")).await;
+    (child, port)
+}
+
+/// The suite with three Switchyard processes (not nodes in one process): publishers on
+/// two of them at once, one gap-free order seen identically by a member on each; then Redis
+/// cut behind the proxy: publishes refused `unavailable` within the deadline, `/health`
+/// degraded, no session dropped, and after Redis is back the order goes on without a gap.
+#[actix_web::test]
+async fn three_processes_share_one_order_and_ride_out_a_redis_cut() {
+    const EACH: usize = 30;
+    let proxy = Proxy::start().await;
+    let cluster = Cluster::start(0, proxy.url(), |_| {}).await;
+    let mut nodes = Vec::new();
+    for name in ["p1", "p2", "p3"] {
+        nodes.push(node_process(&cluster, &proxy.url(), name).await);
+    }
+    let ws = |port: u16| format!("ws://127.0.0.1:{port}/ws");
+    let http = reqwest::Client::new();
+    let room = "project:processes";
+    let join = |port: u16, user: &'static str| {
+        let url = ws(port);
+        async move {
+            let mut c = WsClient::connect(&url, Some(&token(user, &["*"], &["*"], None))).await;
+            c.join(room).await;
+            c
+        }
+    };
+    let mut members = Vec::new();
+    for (i, (_, port)) in nodes.iter().enumerate() {
+        members.push(join(*port, ["m1", "m2", "m3"][i]).await);
+    }
+    let mut pub1 = join(nodes[0].1, "pub1").await;
+    let mut pub2 = join(nodes[1].1, "pub2").await;
+    // Sent without waiting for each answer: the two publishers interleave on Redis.
+    async fn publish_all(c: &mut WsClient, room: &str, tag: &str, n: usize) {
+        for i in 0..n {
+            c.send(
+                json!({"type": "publish", "room": room, "event": "m", "data": format!("{tag}{i}")}),
+            )
+            .await;
+        }
+    }
+    tokio::join!(
+        publish_all(&mut pub1, room, "a", EACH),
+        publish_all(&mut pub2, room, "b", EACH)
+    );
+    let mut orders = Vec::new();
+    let mut last_seen = Vec::new();
+    for m in &mut members {
+        let got = messages(m, 2 * EACH).await;
+        let offs = offsets(&got);
+        last_seen.push(*offs.last().expect("messages"));
+        assert_eq!(
+            offs,
+            (offs[0]..offs[0] + 2 * EACH as u64).collect::<Vec<_>>(),
+            "gap-free"
+        );
+        orders.push(got.iter().map(|g| g["data"].clone()).collect::<Vec<_>>());
+    }
+    assert_eq!(orders[0], orders[1], "one order on p1 and p2");
+    assert_eq!(orders[0], orders[2], "one order on p1 and p3");
+    for tag in ["a", "b"] {
+        let mine: Vec<&Value> = orders[0]
+            .iter()
+            .filter(|d| d.as_str().is_some_and(|s| s.starts_with(tag)))
+            .collect();
+        let sent: Vec<Value> = (0..EACH).map(|i| json!(format!("{tag}{i}"))).collect();
+        assert_eq!(
+            mine,
+            sent.iter().collect::<Vec<_>>(),
+            "each publisher's own order"
+        );
+    }
+
+    proxy.cut();
+    let mut p3 = join(nodes[2].1, "pub3").await;
+    let t0 = std::time::Instant::now();
+    let refused = loop {
+        let r = p3
+            .request(json!({"type": "publish", "room": room, "event": "m", "data": "during"}))
+            .await;
+        if r["type"] == "error" {
+            break r;
+        }
+        assert!(t0.elapsed() < WAIT, "never refused");
+    };
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    let t1 = std::time::Instant::now();
+    let r = p3
+        .request(json!({"type": "publish", "room": room, "event": "m", "data": "during"}))
+        .await;
+    assert_eq!(r["code"], "unavailable", "{r}");
+    assert!(
+        t1.elapsed() < std::time::Duration::from_millis(1_500),
+        "{:?}",
+        t1.elapsed()
+    );
+    let res = http
+        .get(format!("http://127.0.0.1:{}/health", nodes[2].1))
+        .send()
+        .await
+        .expect("health");
+    assert_eq!(res.status().as_u16(), 503);
+
+    proxy.restore();
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = p3
+            .request(json!({"type": "publish", "room": room, "event": "m", "data": "after"}))
+            .await;
+        if r["type"] == "published" {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "still refused: {r}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // Every member, still connected to its process, goes on without a gap up to "after"
+    // (publishes that reached Redis as the cut began are delivered in their place).
+    for (m, last) in members.iter_mut().zip(last_seen) {
+        let mut prev = last;
+        loop {
+            let got = m.recv_message().await;
+            let off = got["offset"].as_u64().expect("offset");
+            assert_eq!(off, prev + 1, "no gap");
+            prev = off;
+            if got["data"] == "after" {
+                break;
+            }
+        }
+    }
+    for (mut child, _) in nodes {
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    cluster.stop().await;
+}
