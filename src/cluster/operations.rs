@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use actix::prelude::*;
 use futures_util::StreamExt;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
@@ -133,18 +133,7 @@ impl RedisPeers {
         node: &str,
         manager: Addr<OperationManager>,
     ) -> anyhow::Result<Arc<Self>> {
-        let url = settings
-            .redis_url
-            .as_deref()
-            .ok_or_else(|| anyhow::anyhow!("cluster mode needs SWITCHYARD_REDIS_URL"))?;
-        let client = redis::Client::open(url)?;
-        let conn = client.get_connection_manager_lazy(
-            ConnectionManagerConfig::new()
-                .set_response_timeout(Some(settings.redis_timeout))
-                .set_connection_timeout(Some(settings.redis_timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_millis(500)),
-        )?;
+        let (client, conn) = super::redis::connection(settings)?;
         let (out, rx) = mpsc::unbounded_channel();
         let prefix = &settings.redis_prefix;
         let peers = Arc::new(Self {

@@ -134,22 +134,30 @@ impl Link {
     }
 }
 
+/// The client for `SWITCHYARD_REDIS_URL` and a lazily connecting, self-reconnecting
+/// connection with the node's deadline: what every part of the cluster that talks to Redis
+/// starts from (a node starts while Redis is away, and catches up when it is back).
+pub(super) fn connection(settings: &Settings) -> anyhow::Result<(Client, ConnectionManager)> {
+    let url = settings
+        .redis_url
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("cluster mode needs SWITCHYARD_REDIS_URL"))?;
+    let client = Client::open(url)?;
+    let conn = client.get_connection_manager_lazy(
+        ConnectionManagerConfig::new()
+            .set_response_timeout(Some(settings.redis_timeout))
+            .set_connection_timeout(Some(settings.redis_timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500)),
+    )?;
+    Ok((client, conn))
+}
+
 impl RedisLog {
     /// Connects lazily: a node starts while Redis is away, says so on `/health`, refuses
     /// publishes with `unavailable`, and catches up when Redis is back.
     pub fn connect(settings: &Settings) -> anyhow::Result<Arc<Self>> {
-        let url = settings
-            .redis_url
-            .as_deref()
-            .ok_or_else(|| anyhow::anyhow!("cluster mode needs SWITCHYARD_REDIS_URL"))?;
-        let client = Client::open(url)?;
-        let conn = client.get_connection_manager_lazy(
-            ConnectionManagerConfig::new()
-                .set_response_timeout(Some(settings.redis_timeout))
-                .set_connection_timeout(Some(settings.redis_timeout))
-                .set_number_of_retries(1)
-                .set_max_delay(Duration::from_millis(500)),
-        )?;
+        let (client, conn) = connection(settings)?;
         Ok(Arc::new(Self {
             client,
             link: Link {
