@@ -241,6 +241,9 @@ pub struct Settings {
     pub redis_url: Option<String>,
     /// Prefix of every Redis key (`SWITCHYARD_REDIS_PREFIX`), so clusters can share a Redis.
     pub redis_prefix: String,
+    /// Reverse proxies whose `X-Forwarded-For` names the client (`SWITCHYARD_TRUSTED_PROXIES`):
+    /// the per-address limits then count the real clients, not the proxy.
+    pub trusted_proxies: crate::client_addr::TrustedProxies,
     /// This node's name (`SWITCHYARD_NODE_ID`): the `node` label of `/metrics`, the prefix of
     /// its Engine.IO session ids (so a proxy can route a long-polling request to the node that
     /// holds its session), the dashboard's node list. Unset: a random id per process.
@@ -286,6 +289,7 @@ impl Default for Settings {
             redis_url: None,
             redis_prefix: "switchyard".into(),
             node_id: None,
+            trusted_proxies: Default::default(),
             redis_timeout: Duration::from_millis(1_000),
             redis_fanout_maxlen: 100_000,
             redis_rate_sync: Duration::from_millis(100),
@@ -405,6 +409,10 @@ impl Settings {
         }
         if let Some(v) = get("SWITCHYARD_REDIS_PREFIX") {
             s.redis_prefix = v;
+        }
+        if let Some(v) = get("SWITCHYARD_TRUSTED_PROXIES") {
+            s.trusted_proxies = crate::client_addr::TrustedProxies::parse(&v)
+                .map_err(|why| err("SWITCHYARD_TRUSTED_PROXIES", &v, &why))?;
         }
         if let Some(v) = get("SWITCHYARD_NODE_ID") {
             // It appears in session ids (query strings), metric labels and proxy rules: keep

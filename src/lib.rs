@@ -34,6 +34,7 @@
 pub mod actors;
 pub mod auth;
 pub mod broker;
+pub mod client_addr;
 pub mod cluster;
 pub mod config;
 pub mod db;

@@ -67,6 +67,18 @@ impl AppState {
         })
     }
 
+    /// The client's address: the peer's, or behind a trusted proxy the one it forwarded
+    /// (`SWITCHYARD_TRUSTED_PROXIES`, `client_addr`).
+    pub fn client_ip(&self, req: &actix_web::HttpRequest) -> Option<std::net::IpAddr> {
+        let forwarded = req
+            .headers()
+            .get_all("x-forwarded-for")
+            .filter_map(|v| v.to_str().ok());
+        self.settings
+            .trusted_proxies
+            .client(req.peer_addr().map(|a| a.ip()), forwarded)
+    }
+
     /// Admits a new connection from this request's address, or refuses it. (A refusal returned
     /// as an HTTP error is counted by the middleware; other callers count it themselves.)
     pub fn admit(
@@ -74,16 +86,12 @@ impl AppState {
         req: &actix_web::HttpRequest,
     ) -> Result<ConnectionSlot, crate::error_code::Refusal> {
         use crate::error_code::{ErrorCode, Refusal};
-        self.gate
-            .admit(req.peer_addr().map(|a| a.ip()))
-            .map_err(|why| {
-                let message = match why {
-                    GateRefusal::TooMany => "too many open connections from this address",
-                    GateRefusal::TooFast => {
-                        "too many new connections from this address; retry shortly"
-                    }
-                };
-                Refusal::new(ErrorCode::TooManyConnections, message)
-            })
+        self.gate.admit(self.client_ip(req)).map_err(|why| {
+            let message = match why {
+                GateRefusal::TooMany => "too many open connections from this address",
+                GateRefusal::TooFast => "too many new connections from this address; retry shortly",
+            };
+            Refusal::new(ErrorCode::TooManyConnections, message)
+        })
     }
 }

@@ -26,7 +26,7 @@ const ALLOWED_CYCLE_EDGES: &[(&str, &str)] = &[];
 /// docs STYLE). A new top-level module must be placed here.
 const LAYERS: &[&[&str]] = &[
     // What everything may import: no dependencies on the rest of the crate.
-    &["error_code", "names", "util", "config"],
+    &["error_code", "names", "util", "client_addr", "config"],
     &["auth", "metrics", "limits", "hooks"],
     // The operation model, then its storage, then the HTTP edge's error (it wraps `DbError`).
     &["operations"],

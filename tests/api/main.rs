@@ -14,6 +14,7 @@ mod cors;
 mod crash;
 mod dashboard;
 mod delivery;
+mod deploying;
 mod hardening;
 mod health;
 mod helpers;
