@@ -70,6 +70,7 @@ async fn run_node_env(
             "--import",
             "./apps/resolve.mjs",
             "--test",
+            "--test-force-exit",
             "--test-reporter=spec",
             file,
         ])

@@ -30,6 +30,7 @@ fn node(pattern: &str, port: u16) -> tokio::process::Command {
     let mut cmd = tokio::process::Command::new("node");
     cmd.args([
         "--test",
+        "--test-force-exit",
         "--test-reporter=spec",
         "--test-name-pattern",
         pattern,

@@ -22,7 +22,12 @@ async fn socket_io_client_v4_works_against_switchyard() {
     .await;
     let secure = spawn_app_with(Backend::Sqlite, |s| s.jwt_secret = Some(SECRET.into())).await;
     let run = tokio::process::Command::new("node")
-        .args(["--test", "--test-reporter=spec", "socketio.test.mjs"])
+        .args([
+            "--test",
+            "--test-force-exit",
+            "--test-reporter=spec",
+            "socketio.test.mjs",
+        ])
         .current_dir(&js)
         .env("SY_URL", format!("http://127.0.0.1:{}", open.port))
         .env("SY_SECURE_URL", format!("http://127.0.0.1:{}", secure.port))
