@@ -244,6 +244,10 @@ pub struct Settings {
     /// Reverse proxies whose `X-Forwarded-For` names the client (`SWITCHYARD_TRUSTED_PROXIES`):
     /// the per-address limits then count the real clients, not the proxy.
     pub trusted_proxies: crate::client_addr::TrustedProxies,
+    /// Active operations (queued, running, cancelling) one user may have started on this node at
+    /// once (`SWITCHYARD_MAX_ACTIVE_OPERATIONS_PER_USER`, 0: no limit): each is an actor, rows
+    /// and for commands a process, whoever holds a token.
+    pub max_active_operations_per_user: usize,
     /// This node's name (`SWITCHYARD_NODE_ID`): the `node` label of `/metrics`, the prefix of
     /// its Engine.IO session ids (so a proxy can route a long-polling request to the node that
     /// holds its session), the dashboard's node list. Unset: a random id per process.
@@ -289,6 +293,7 @@ impl Default for Settings {
             redis_url: None,
             redis_prefix: "switchyard".into(),
             node_id: None,
+            max_active_operations_per_user: 1_000,
             trusted_proxies: Default::default(),
             redis_timeout: Duration::from_millis(1_000),
             redis_fanout_maxlen: 100_000,
@@ -471,6 +476,13 @@ impl Settings {
             "SWITCHYARD_REDIS_PRESENCE_TTL_MS",
             100,
             &mut s.redis_presence_ttl,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_MAX_ACTIVE_OPERATIONS_PER_USER",
+            0,
+            10_000_000,
+            &mut s.max_active_operations_per_user,
         )?;
         num(&get, "SWITCHYARD_DB_POOL_SIZE", 1, 256, &mut s.db_pool_size)?;
         millis(&get, "SWITCHYARD_DB_TIMEOUT_MS", 50, &mut s.db_timeout)?;

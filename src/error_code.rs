@@ -33,6 +33,7 @@ pub enum ErrorCode {
     TooManyRooms,
     RateLimited,
     TooManyConnections,
+    TooManyOperations,
     NotFound,
     BadRequest,
     PayloadTooLarge,
@@ -70,6 +71,7 @@ impl ErrorCode {
         Self::TooManyRooms,
         Self::RateLimited,
         Self::TooManyConnections,
+        Self::TooManyOperations,
         Self::NotFound,
         Self::BadRequest,
         Self::PayloadTooLarge,
@@ -107,6 +109,7 @@ impl ErrorCode {
             Self::TooManyRooms => "too_many_rooms",
             Self::RateLimited => "rate_limited",
             Self::TooManyConnections => "too_many_connections",
+            Self::TooManyOperations => "too_many_operations",
             Self::NotFound => "not_found",
             Self::BadRequest => "bad_request",
             Self::PayloadTooLarge => "payload_too_large",
@@ -150,7 +153,8 @@ impl ErrorCode {
             | Self::SlowConsumer
             | Self::TooManyRooms
             | Self::RateLimited
-            | Self::TooManyConnections => StatusCode::TOO_MANY_REQUESTS,
+            | Self::TooManyConnections
+            | Self::TooManyOperations => StatusCode::TOO_MANY_REQUESTS,
             Self::DatabaseUnavailable | Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotImplemented => StatusCode::NOT_IMPLEMENTED,
             Self::BackendUnavailable => StatusCode::BAD_GATEWAY,

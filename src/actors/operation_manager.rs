@@ -177,6 +177,10 @@ pub struct OperationManager {
     claiming: HashSet<String>,
     /// Its own address (set when started): cluster mode's slot claims are messages to itself.
     me: Option<Addr<OperationManager>>,
+    /// Live operations and starts in flight per user who started them
+    /// (`SWITCHYARD_MAX_ACTIVE_OPERATIONS_PER_USER`), and whose each live one is.
+    per_user: HashMap<String, usize>,
+    user_of: HashMap<String, String>,
 }
 
 fn not_found(id: &str) -> Refusal {
@@ -220,6 +224,8 @@ impl OperationManager {
             beating: false,
             claiming: HashSet::new(),
             me: None,
+            per_user: HashMap::new(),
+            user_of: HashMap::new(),
         }
     }
 
@@ -234,10 +240,12 @@ impl OperationManager {
         let kind = self.cx.kinds.get(&op.kind)?;
         let id = op.id.clone();
         let kind_name = op.kind.clone();
+        let user = op.created_by.clone();
         let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), announce)
             .with_fence(fence)
             .start_unbounded();
         self.live.insert(id.clone(), addr.clone());
+        self.count_in(&id, user);
         self.waiting
             .entry(kind_name.clone())
             .or_default()
@@ -278,12 +286,34 @@ impl OperationManager {
             return self.release_slot(&op.kind);
         };
         let id = op.id.clone();
+        let user = op.created_by.clone();
         let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), true)
             .with_fence(fence)
             .start_unbounded();
         self.live.insert(id.clone(), addr.clone());
+        self.count_in(&id, user);
         self.begun.insert(id);
         addr.do_send(Begin);
+    }
+
+    /// Counts a live operation toward its starter's bound.
+    fn count_in(&mut self, id: &str, user: Option<String>) {
+        if let Some(user) = user {
+            if self.user_of.insert(id.to_string(), user.clone()).is_none() {
+                *self.per_user.entry(user).or_default() += 1;
+            }
+        }
+    }
+
+    /// One fewer active operation for `user` (one ended or retired, or a start's reservation
+    /// ended).
+    fn count_out_user(&mut self, user: &str) {
+        if let Some(n) = self.per_user.get_mut(user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_user.remove(user);
+            }
+        }
     }
 
     /// Begins waiting operations of `kind` while its concurrency allows.
@@ -359,17 +389,20 @@ impl OperationManager {
             return;
         };
         let interrupted = runner != RunnerKind::External && status != Status::Queued;
+        let user = op.created_by.clone();
         if interrupted {
             let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), false)
                 .with_fence(fence)
                 .start_unbounded();
-            self.live.insert(id, addr.clone());
+            self.live.insert(id.clone(), addr.clone());
+            self.count_in(&id, user);
             addr.do_send(Interrupt);
         } else if holds_slot {
             let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), false)
                 .with_fence(fence)
                 .start_unbounded();
             self.live.insert(id.clone(), addr.clone());
+            self.count_in(&id, user);
             self.begun.insert(id);
             addr.do_send(Begin);
             if status == Status::Cancelling {
@@ -454,6 +487,22 @@ impl Handler<StartOperation> for OperationManager {
         if let Some(Err(r)) = msg.project.as_deref().map(crate::names::project_room) {
             return Box::pin(fut::ready(Err(StartError::Refused(r))));
         }
+        // One user's active operations are bounded: each is an actor and rows, and a command
+        // a process, whoever holds a token. Counted here (the manager is the one place starts
+        // pass), starts in flight included; per node.
+        let limit = settings.max_active_operations_per_user;
+        let reserved_user = msg.created_by.clone().filter(|_| limit > 0);
+        if let Some(user) = &reserved_user {
+            let active = self.per_user.get(user).copied().unwrap_or(0);
+            if active >= limit {
+                log::info!("operations: user {user} refused a start: {active} active");
+                return Box::pin(fut::ready(Err(StartError::Refused(Refusal::new(
+                    ErrorCode::TooManyOperations,
+                    format!("at most {limit} active operations per user; wait for one to finish"),
+                )))));
+            }
+            *self.per_user.entry(user.clone()).or_default() += 1;
+        }
         // A command or demo operation with a free slot is inserted as `running`: its start is
         // written (with its start time) before the runner starts and before the 202.
         let begin_now =
@@ -526,6 +575,10 @@ impl Handler<StartOperation> for OperationManager {
             .into_actor(self)
             .map(move |res, act, ctx| {
                 act.inserting.remove(&op.id);
+                // The reservation ends here: a started operation counts as live from its spawn.
+                if let Some(user) = &reserved_user {
+                    act.count_out_user(user);
+                }
                 match res {
                     Ok(Ok(fence)) => {
                         log::info!(
@@ -818,6 +871,10 @@ impl Handler<Finished> for OperationManager {
     type Result = ();
 
     fn handle(&mut self, msg: Finished, _ctx: &mut Context<Self>) {
+        // Ended: no longer one of its starter's active operations (its actor may linger).
+        if let Some(user) = self.user_of.remove(&msg.id) {
+            self.count_out_user(&user);
+        }
         if self.begun.remove(&msg.id) {
             if let Some(n) = self.running.get_mut(&msg.kind) {
                 *n = n.saturating_sub(1);
@@ -849,6 +906,9 @@ impl Handler<Retired> for OperationManager {
     fn handle(&mut self, msg: Retired, _ctx: &mut Context<Self>) {
         self.live.remove(&msg.id);
         self.verified_tokens.remove(&msg.id);
+        if let Some(user) = self.user_of.remove(&msg.id) {
+            self.count_out_user(&user);
+        }
     }
 }
 

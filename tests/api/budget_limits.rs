@@ -513,3 +513,59 @@ async fn a_connected_socket_io_session_holds_at_most_max_payload_of_attachments(
         }
     }
 }
+
+/// The attack: one token holder starts operations without end (each an actor, rows and, for
+/// commands, a process). At most `SWITCHYARD_MAX_ACTIVE_OPERATIONS_PER_USER` active at once
+/// per user: the next is refused 429 `too_many_operations`; another user is not affected; once
+/// one ends, the user may start again.
+#[tokio::test]
+async fn one_users_active_operations_are_bounded() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.jwt_secret = Some(SECRET.into());
+        s.max_active_operations_per_user = 3;
+    })
+    .await;
+    let mallory = token("mallory", &["*"], &["*"], None);
+    let start = |t: String, target: String| {
+        let app = &app;
+        async move {
+            app.post_auth(
+                "/api/operations",
+                &t,
+                json!({"kind": "demo", "target": target, "params": {"step_ms": 10_000}}),
+            )
+            .await
+        }
+    };
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let (status, body) = start(mallory.clone(), format!("box-{i}")).await;
+        assert_eq!(status, 202, "{body}");
+        ids.push(body["id"].as_str().expect("id").to_string());
+    }
+    let (status, body) = start(mallory.clone(), "box-3".into()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (429, Some("too_many_operations")),
+        "{body}"
+    );
+    let (status, body) = start(token("alice", &["*"], &["*"], None), "box-a".into()).await;
+    assert_eq!(status, 202, "another user: {body}");
+    let (status, body) = app
+        .post_auth(
+            &format!("/api/operations/{}/cancel", ids[0]),
+            &mallory,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, 202, "{body}");
+    eventually("a slot back once one ended", || async {
+        start(
+            mallory.clone(),
+            format!("box-4-{}", uuid::Uuid::new_v4().simple()),
+        )
+        .await
+        .0 == 202
+    })
+    .await;
+}
