@@ -247,6 +247,102 @@ pub async fn member(
     Ok(ws)
 }
 
+/// A member the way a browser's socket.io-client arrives (its default transports): an
+/// Engine.IO session opened over HTTP long-polling, the Socket.IO CONNECT over polling, then the
+/// upgrade to a WebSocket (probe, upgrade packet) while a poll is pending, then the join over
+/// the WebSocket. What the server holds afterwards is what the idle scenario's
+/// `--via-polling` measures.
+pub async fn member_via_polling(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    user: Option<&str>,
+    room: &str,
+    within: Duration,
+) -> Result<Ws, String> {
+    let fut = async {
+        let base = "/socket.io/?EIO=4&transport=polling";
+        let open = http(addr, source, "GET", base, "").await?;
+        let sid = open
+            .split("\"sid\":\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .ok_or_else(|| format!("no sid in the open packet: {open}"))?
+            .to_string();
+        let path = format!("{base}&sid={sid}");
+        let connect = match user {
+            Some(user) => format!(r#"40{{"user":"{user}","name":"{user}"}}"#),
+            None => "40".to_string(),
+        };
+        http(addr, source, "POST", &path, &connect).await?;
+        let answer = http(addr, source, "GET", &path, "").await?;
+        if !answer.contains("40{") {
+            return Err(format!("CONNECT over polling answered {answer}"));
+        }
+        // The client keeps a poll open while it probes the WebSocket; the server ends it (a
+        // noop) once the upgrade completes.
+        let pending = tokio::spawn({
+            let path = path.clone();
+            async move { http(addr, source, "GET", &path, "").await }
+        });
+        let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+        socket
+            .bind(SocketAddr::from((source, 0)))
+            .map_err(|e| format!("bind {source}: {e}"))?;
+        let stream = socket.connect(addr).await.map_err(err)?;
+        stream.set_nodelay(true).map_err(err)?;
+        let config = WebSocketConfig::default()
+            .read_buffer_size(16 * 1024)
+            .write_buffer_size(0);
+        let url = format!("ws://{addr}/socket.io/?EIO=4&transport=websocket&sid={sid}");
+        let (mut ws, _) = tokio_tungstenite::client_async_with_config(url, stream, Some(config))
+            .await
+            .map_err(|e| format!("upgrade: {e}"))?;
+        ws.send(Message::text("2probe")).await.map_err(err)?;
+        wait_for(&mut ws, within, "3probe", |t| {
+            (t == "3probe").then_some(Ok(()))
+        })
+        .await?;
+        ws.send(Message::text("5")).await.map_err(err)?;
+        pending.await.map_err(err)??;
+        join(&mut ws, Protocol::Sio, room, within).await?;
+        Ok(ws)
+    };
+    tokio::time::timeout(within, fut)
+        .await
+        .map_err(|_| format!("connect via polling took over {within:?}"))?
+}
+
+/// One HTTP/1.1 request on a connection of its own from `source`: the body of a 200.
+async fn http(
+    addr: SocketAddr,
+    source: Ipv4Addr,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    let mut stream = socket.connect(addr).await.map_err(err)?;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(req.as_bytes()).await.map_err(err)?;
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.map_err(err)?;
+    let text = String::from_utf8_lossy(&out);
+    let (head, rest) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| format!("no HTTP head: {text}"))?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return Err(format!("{method} {path}: {head}"));
+    }
+    Ok(rest.to_string())
+}
+
 /// A publish of event `tick` to `room` whose data is `{"t":…,"p":…,"i":…,"pad":"…"}`: the send
 /// time in µs, the stream (sender) and its sequence number. No ack is asked for: members
 /// (the sender too) get the message, which is what is measured.

@@ -32,6 +32,9 @@ pub struct IdleConfig {
     pub server_pid: Option<u32>,
     /// Pause between the last connection and the RSS reading.
     pub settle_s: f64,
+    /// Socket.IO only: arrive as a browser does, long-polling first, then the upgrade.
+    #[serde(default)]
+    pub via_polling: bool,
 }
 
 impl IdleConfig {
@@ -47,6 +50,7 @@ impl IdleConfig {
             concurrency: 200,
             server_pid: None,
             settle_s: 2.0,
+            via_polling: false,
         }
     }
 }
@@ -59,6 +63,9 @@ pub struct IdleReport {
     pub conns: usize,
     pub procs: usize,
     pub rooms: usize,
+    /// Socket.IO: long-polling first, then the upgrade (a browser's path).
+    #[serde(default)]
+    pub via_polling: bool,
     pub connect_s: f64,
     pub connect_server_cpu_s: Option<f64>,
     pub rss_before_kib: Option<u64>,
@@ -81,6 +88,8 @@ pub struct HoldConfig {
     pub first_source: usize,
     pub sources: usize,
     pub concurrency: usize,
+    #[serde(default)]
+    pub via_polling: bool,
 }
 
 /// What a worker prints: `ready` once connected, then `done` when told to stop.
@@ -111,15 +120,12 @@ pub async fn hold(
             let room = format!("idle-{}", n % cfg.rooms.max(1));
             let src = client::source(cfg.first_source - 1 + i % cfg.sources.max(1), 250);
             async move {
-                client::member(
-                    addr,
-                    cfg.protocol,
-                    src,
-                    None,
-                    &room,
-                    Duration::from_secs(60),
-                )
-                .await
+                let within = Duration::from_secs(60);
+                if cfg.via_polling && cfg.protocol == Protocol::Sio {
+                    client::member_via_polling(addr, src, None, &room, within).await
+                } else {
+                    client::member(addr, cfg.protocol, src, None, &room, within).await
+                }
                 .map_err(|e| format!("connection {n}: {e}"))
             }
         })
@@ -214,6 +220,7 @@ pub async fn idle(cfg: &IdleConfig, exe: &Path) -> Result<IdleReport, String> {
             ])
             .args(["--sources", &cfg.sources_per_proc.to_string()])
             .args(["--concurrency", &cfg.concurrency.to_string()])
+            .args(["--via-polling", &cfg.via_polling.to_string()])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -266,6 +273,7 @@ pub async fn idle(cfg: &IdleConfig, exe: &Path) -> Result<IdleReport, String> {
         conns: cfg.conns,
         procs: workers.len(),
         rooms: cfg.rooms,
+        via_polling: cfg.via_polling,
         connect_s,
         connect_server_cpu_s,
         rss_before_kib: rss_before,

@@ -7,7 +7,8 @@
 //!     [--others http://127.0.0.1:8081,…]     # a cluster: members on the other nodes
 //! switchyard-bench rooms --url … --server … --protocol … [--rooms 4000] [--size 4] [--rate 4000] \
 //!     [--duration 15] [--pid …]
-//! switchyard-bench idle --url … --server … --protocol … --conns 10000 [--procs N] [--pid …]
+//! switchyard-bench idle --url … --server … --protocol … --conns 10000 [--procs N] [--pid …] \
+//!     [--via-polling true]                   # Socket.IO as a browser arrives: polling, then upgrade
 //! switchyard-bench operations --url … [--kind bench] [--operations 1000] [--workers 20] \
 //!     [--rate 10] [--duration 15] [--pid …]
 //! switchyard-bench floor-server --port 18482      # the floor target (see floor.rs)
@@ -147,6 +148,7 @@ async fn run(cmd: &str, a: &Args) -> Result<bool, String> {
                 sources_per_proc: a.get("sources", d.sources_per_proc)?,
                 concurrency: a.get("concurrency", d.concurrency)?,
                 settle_s: a.get("settle", d.settle_s)?,
+                via_polling: a.get("via-polling", d.via_polling)?,
                 server_pid: pid,
                 ..d
             };
@@ -165,6 +167,7 @@ async fn run(cmd: &str, a: &Args) -> Result<bool, String> {
                 first_source: a.get("first-source", 1)?,
                 sources: a.get("sources", 4)?,
                 concurrency: a.get("concurrency", 200)?,
+                via_polling: a.get("via-polling", false)?,
             };
             let until = async {
                 // Held until stdin closes (the coordinator's signal) or SIGTERM.
