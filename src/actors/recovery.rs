@@ -15,17 +15,21 @@
 //! such a room is the last backfill frame it got, and the room is restored by watching the
 //! operation again from that line ([`Restore::Watch`]).
 //!
-//! Records are kept in memory, next to what they point at: room history is in memory and a
-//! restart starts every room in a new epoch, so a record that outlived the process could only
-//! ever say `recovered: false`, which an unknown pid says too, at once. (With a shared log whose
-//! history survives a restart, the records would have to move to a shared store as well.)
+//! Records are kept next to what they point at, behind [`RecoveryRecords`]: on one node in
+//! memory ([`RecoveryStore`]): room history is in memory and a restart starts every room in a
+//! new epoch, so a record that outlived the process could only ever say `recovered: false`,
+//! which an unknown pid says too, at once. In cluster mode room history lives in Redis and
+//! survives the nodes, so the records do too (`cluster::RedisRecords`): a client may reconnect
+//! to any node, or to its node restarted.
 //!
-//! In: [`RecoveryStore::keep`] from a Socket.IO session that ends without the client asking,
-//! [`RecoveryStore::take`] from a CONNECT carrying a pid. Bounds: `SWITCHYARD_SOCKETIO_RECOVERY_SECS`
+//! In: [`RecoveryRecords::keep`] from a Socket.IO session that ends without the client asking,
+//! [`RecoveryRecords::take`] from a CONNECT carrying a pid. Bounds: `SWITCHYARD_SOCKETIO_RECOVERY_SECS`
 //! (age), `SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS` (count), `SWITCHYARD_SOCKETIO_RECOVERY_WINDOW`
 //! (journal entries per record).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -140,7 +144,45 @@ impl Record {
     }
 }
 
-/// The records of disconnected sockets, by pid.
+/// What [`RecoveryRecords::take`] answers, later.
+pub type TakeFuture = Pin<Box<dyn Future<Output = Option<Record>> + Send>>;
+
+/// Where disconnected sockets' records wait for their clients: in this process
+/// ([`RecoveryStore`]), or shared by the nodes of a cluster (`cluster::RedisRecords`).
+pub trait RecoveryRecords: Send + Sync {
+    /// Keeps a disconnected socket's record under its pid, for at most
+    /// `SWITCHYARD_SOCKETIO_RECOVERY_SECS`. Not waited for: a record that cannot be kept (the
+    /// store is full, or unreachable) is logged, and its client starts afresh.
+    fn keep(&self, pid: String, record: Record);
+
+    /// Takes the record of `pid` (a pid recovers once) if it belongs to `user` in `nsp` and has
+    /// not expired. A pid is not a credential: a record stays where it is for anyone else.
+    fn take(&self, pid: &str, nsp: &str, user: &str) -> TakeFuture;
+
+    /// Resolves once every record handed to `keep` so far is kept (or failed): a node that
+    /// shuts down waits for it, so its sockets can recover on another node or after the restart.
+    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+impl RecoveryRecords for RecoveryStore {
+    fn keep(&self, pid: String, record: Record) {
+        if !RecoveryStore::keep(self, pid.clone(), record) {
+            log::warn!(
+                "socket.io pid {pid}: not kept for recovery: SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS reached"
+            );
+        }
+    }
+
+    fn take(&self, pid: &str, nsp: &str, user: &str) -> TakeFuture {
+        Box::pin(std::future::ready(RecoveryStore::take(
+            self, pid, nsp, user,
+        )))
+    }
+}
+
+/// The records of disconnected sockets, by pid, in this process.
 pub struct RecoveryStore {
     records: Mutex<HashMap<String, Record>>,
     /// How long a record may be recovered (`SWITCHYARD_SOCKETIO_RECOVERY_SECS`).

@@ -5,10 +5,10 @@
 //!
 //! In: the join answers (`note_joined`; an operation's watch answers later, `WatchJoined`), the
 //! session's end (`keep_for_recovery`), its start (`restore_rooms`). Out: a [`Record`] into the
-//! [`RecoveryStore`]; [`JoinRoom`]s with `since` to the broker, or [`WatchOperation`]s for an
+//! [`RecoveryRecords`] store; [`JoinRoom`]s with `since` to the broker, or [`WatchOperation`]s for an
 //! operation's room the client got none of the live events of (`Restore::Watch`).
 //!
-//! [`RecoveryStore`]: crate::actors::recovery::RecoveryStore
+//! [`RecoveryRecords`]: crate::actors::recovery::RecoveryRecords
 
 use std::time::Instant;
 
@@ -208,11 +208,11 @@ impl Session {
             watched: self.watched.clone(),
             at: Instant::now(),
         };
-        if !store.keep(recovery.pid.clone(), record) {
-            log::warn!(
-                "socket.io socket {}: not kept for recovery: SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS reached",
-                self.key
-            );
-        }
+        log::debug!(
+            "socket.io socket {}: kept for recovery under pid {}",
+            self.key,
+            recovery.pid
+        );
+        store.keep(recovery.pid.clone(), record);
     }
 }
