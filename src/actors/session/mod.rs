@@ -582,6 +582,11 @@ impl Handler<ServerShutdown> for Session {
     type Result = ();
 
     fn handle(&mut self, _: ServerShutdown, ctx: &mut Context<Self>) {
+        // The client did not ask: a Socket.IO socket is kept for recovery, which in cluster
+        // mode lets it recover on another node or on this one restarted (docs/cluster.md).
+        if let Some(r) = &mut self.recovery {
+            r.recoverable = true;
+        }
         self.close(ctx, CloseCode::Away, "server shutting down");
     }
 }
