@@ -3,7 +3,7 @@
 //! socket dropped on one node recovers on another and on its own node restarted. Two nodes in
 //! this process on the machine's PostgreSQL and Redis, under a key prefix of their own.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -61,7 +61,7 @@ fn node(pattern: &str, pair: &Pair) -> tokio::process::Command {
         pattern,
         "cluster-recovery.test.mjs",
     ])
-    .current_dir(PathBuf::from(js))
+    .current_dir(js)
     .env("SY_URL_A", url(&pair.a))
     .env("SY_URL_B", url(&pair.b))
     .env("SY_TOKEN", token("reader", &["cr-*"], &[], None))
