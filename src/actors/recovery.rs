@@ -60,6 +60,10 @@ pub struct Record {
     /// where the client stands in one is in the journal's backfill stream until a live event
     /// of the room arrived.
     pub watched: HashMap<String, u64>,
+    /// Of `watched`, the rooms whose watch was not answered yet when the socket disconnected
+    /// (the operation's actor had sent the backfill, or part of it, but the room's position
+    /// had not reached the session): not in `rooms`, restored by watching again.
+    pub unanswered: Vec<String>,
     /// When the socket disconnected.
     pub at: Instant,
 }
@@ -115,32 +119,47 @@ impl Record {
                 .map(|(_, o)| *o);
             before.copied().into_iter().chain(within).max()
         };
-        Some(
-            self.rooms
-                .iter()
-                .map(|(room, joined)| {
-                    let got = received(recovery_stream(&self.nsp, room));
-                    let since = Restore::Since(Since {
-                        epoch: joined.epoch.clone(),
-                        offset: got.map_or(joined.offset, |o| o.max(joined.offset)),
-                    });
-                    let Some(asked) = self.watched.get(room).filter(|_| got.is_none()) else {
-                        // A live event of the room arrived: everything before it did too,
-                        // its backfill included.
-                        return (room.clone(), since);
-                    };
-                    // Twice the log offset of the last backfill frame received, plus one for
-                    // the terminal event (`socketio::backfill_recovery_offset`).
-                    let restore = match received(backfill_stream(&self.nsp, room)) {
-                        // All of it, to the end: nothing follows a terminal event.
-                        Some(n) if n % 2 == 1 => since,
-                        Some(n) => Restore::Watch { log_offset: n / 2 },
-                        None => Restore::Watch { log_offset: *asked },
-                    };
-                    (room.clone(), restore)
-                })
-                .collect(),
-        )
+        let mut plan: Vec<(String, Restore)> = self
+            .rooms
+            .iter()
+            .map(|(room, joined)| {
+                let got = received(recovery_stream(&self.nsp, room));
+                let since = Restore::Since(Since {
+                    epoch: joined.epoch.clone(),
+                    offset: got.map_or(joined.offset, |o| o.max(joined.offset)),
+                });
+                let Some(asked) = self.watched.get(room).filter(|_| got.is_none()) else {
+                    // A live event of the room arrived: everything before it did too,
+                    // its backfill included.
+                    return (room.clone(), since);
+                };
+                // Twice the log offset of the last backfill frame received, plus one for
+                // the terminal event (`socketio::backfill_recovery_offset`).
+                let restore = match received(backfill_stream(&self.nsp, room)) {
+                    // All of it, to the end: nothing follows a terminal event.
+                    Some(n) if n % 2 == 1 => since,
+                    Some(n) => Restore::Watch { log_offset: n / 2 },
+                    None => Restore::Watch { log_offset: *asked },
+                };
+                (room.clone(), restore)
+            })
+            .collect();
+        for room in &self.unanswered {
+            // Its position never came, so only a watch again restores it, from the backfill the
+            // client got. A live event of the room, or the whole backfill to its terminal
+            // event, would need that position: such a socket starts afresh.
+            if received(recovery_stream(&self.nsp, room)).is_some() {
+                return None;
+            }
+            let asked = self.watched.get(room)?;
+            let restore = match received(backfill_stream(&self.nsp, room)) {
+                Some(n) if n % 2 == 1 => return None,
+                Some(n) => Restore::Watch { log_offset: n / 2 },
+                None => Restore::Watch { log_offset: *asked },
+            };
+            plan.push((room.clone(), restore));
+        }
+        Some(plan)
     }
 }
 
@@ -272,6 +291,7 @@ mod tests {
             journal,
             restored_from: None,
             watched: HashMap::new(),
+            unanswered: Vec::new(),
             at: Instant::now(),
         }
     }
@@ -344,6 +364,42 @@ mod tests {
             x(offsets(r.resume(Some("operation:x@b9")))),
             Some(("operation:x".into(), 7))
         );
+    }
+
+    #[test]
+    fn a_watch_dropped_before_its_answer_is_watched_again_from_the_backfill_the_client_got() {
+        let bf = |n: u64| (backfill_stream("/", "operation:y"), n);
+        let mut r = record(&[], &[]);
+        r.watched.insert("operation:y".into(), 1);
+        r.unanswered.push("operation:y".into());
+        for e in [(recovery_stream("/", "a"), 4), bf(2), bf(4)] {
+            r.journal.entries.push_back(e);
+        }
+        let y = |plan: Option<Vec<(String, u64)>>| {
+            plan.map(|p| {
+                p.into_iter()
+                    .filter(|(room, _)| room.contains("operation:y"))
+                    .collect::<Vec<_>>()
+            })
+        };
+        // Up to line 2 (n = 4): watched again after it.
+        assert_eq!(
+            y(offsets(r.resume(Some("operation:y@b4")))),
+            Some(vec![("watch operation:y".into(), 2)])
+        );
+        // None of the backfill: from where the watch started.
+        assert_eq!(
+            y(offsets(r.resume(Some("a@4")))),
+            Some(vec![("watch operation:y".into(), 1)])
+        );
+        // A live event of the room, or the whole backfill to its end, needs the position that
+        // never came: afresh.
+        r.journal.entries.push_back(bf(5));
+        assert_eq!(r.resume(Some("operation:y@b5")), None);
+        r.journal
+            .entries
+            .push_back((recovery_stream("/", "operation:y"), 9));
+        assert_eq!(r.resume(Some("operation:y@9")), None);
     }
 
     #[test]

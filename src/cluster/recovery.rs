@@ -74,6 +74,8 @@ struct Stored {
     base_lost: bool,
     restored_from: Option<String>,
     watched: Vec<(String, u64)>,
+    #[serde(default)]
+    unanswered: Vec<String>,
 }
 
 const VERSION: u8 = 1;
@@ -88,6 +90,7 @@ impl Stored {
             base_lost: r.journal.base_lost,
             restored_from: r.restored_from.clone(),
             watched: r.watched.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+            unanswered: r.unanswered.clone(),
         }
     }
 
@@ -106,6 +109,7 @@ impl Stored {
             journal,
             restored_from: self.restored_from,
             watched: self.watched.into_iter().collect(),
+            unanswered: self.unanswered,
             // The key's lifetime bounds its age: what Redis still has is young enough.
             at: std::time::Instant::now(),
         })
@@ -265,6 +269,7 @@ mod tests {
             journal,
             restored_from: Some("a@2".into()),
             watched: [("operation:x".to_string(), 5)].into_iter().collect(),
+            unanswered: vec!["operation:x".into()],
             at: std::time::Instant::now(),
         };
         let json = serde_json::to_string(&Stored::of(&r)).expect("encodes");
@@ -277,6 +282,7 @@ mod tests {
         assert_eq!(back.journal.base, r.journal.base);
         assert_eq!(back.restored_from, r.restored_from);
         assert_eq!(back.watched, r.watched);
+        assert_eq!(back.unanswered, r.unanswered);
         assert_eq!(back.resume(Some("a@3")), r.resume(Some("a@3")));
     }
 }

@@ -171,8 +171,9 @@ impl Session {
     }
 
     /// As the session ends: when the connection ended without the client asking, keeps what
-    /// its recovery needs. A socket in a room whose join was not answered yet (an operation's
-    /// watch answers its position later: `WatchJoined`) is not kept: its client starts afresh.
+    /// its recovery needs. An operation's room whose watch was not answered yet (its position
+    /// comes later: `WatchJoined`) is kept as such and restored by watching again; a socket in
+    /// another room whose join was not answered yet is not kept: its client starts afresh.
     pub(super) fn keep_for_recovery(&mut self) {
         let Some(recovery) = &self.recovery else {
             return;
@@ -190,9 +191,13 @@ impl Session {
             return;
         };
         let mut rooms = Vec::with_capacity(self.rooms.len());
+        let mut unanswered = Vec::new();
         for room in self.rooms.keys() {
             match self.joined_at.get(room) {
                 Some(at) => rooms.push((room.clone(), at.clone())),
+                // A watch whose position has not arrived yet: where the client stands is in
+                // the backfill frames it got (`Record::resume`).
+                None if self.watched.contains_key(room) => unanswered.push(room.clone()),
                 None => return,
             }
         }
@@ -206,6 +211,7 @@ impl Session {
             journal,
             restored_from: recovery.restored_from.clone(),
             watched: self.watched.clone(),
+            unanswered,
             at: Instant::now(),
         };
         log::debug!(
