@@ -224,6 +224,9 @@ pub struct Settings {
     /// Disconnected Socket.IO sockets kept for recovery at once
     /// (`SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS`).
     pub sio_recovery_max_sockets: usize,
+    /// In cluster mode, the largest record a disconnected Socket.IO socket may leave in Redis
+    /// (`SWITCHYARD_SOCKETIO_RECOVERY_MAX_RECORD_BYTES`); a larger one is not kept.
+    pub sio_recovery_max_record_bytes: usize,
     /// Serve the official protocol test suites' fixtures instead (`switchyard conformance`).
     pub conformance: bool,
     /// Rooms one connection may be in (`SWITCHYARD_MAX_ROOMS_PER_CONNECTION`, 0: no limit).
@@ -359,6 +362,7 @@ impl Default for Settings {
             sio_recovery: Duration::ZERO,
             sio_recovery_window: 256,
             sio_recovery_max_sockets: 10_000,
+            sio_recovery_max_record_bytes: 65_536,
             conformance: false,
             max_rooms_per_connection: 100,
             publish_rate: 100,
@@ -778,6 +782,13 @@ impl Settings {
             1,
             10_000_000,
             &mut s.sio_recovery_max_sockets,
+        )?;
+        num(
+            &get,
+            "SWITCHYARD_SOCKETIO_RECOVERY_MAX_RECORD_BYTES",
+            1_024,
+            16 << 20,
+            &mut s.sio_recovery_max_record_bytes,
         )?;
         millis(&get, "SWITCHYARD_AUTH_TIMEOUT_MS", 10, &mut s.auth_timeout)?;
         let mut ticket_ttl = s.watch_ticket_ttl.as_secs();

@@ -20,6 +20,7 @@ use anyhow::Context as _;
 use crate::actors::engine::{EngineConfig, EngineMode, EngineSessions};
 use crate::actors::operation::OpContext;
 use crate::actors::operation_manager::{FlushAll, OperationManager};
+use crate::actors::recovery::{RecoveryRecords, RecoveryStore};
 use crate::actors::registry::LocalBroker;
 use crate::actors::registry::{RoomRegistry, ShutdownSessions};
 use crate::actors::room::RoomLimits;
@@ -28,7 +29,7 @@ use crate::actors::stats::StatsPublisher;
 use crate::actors::watcher::WatcherDeps;
 use crate::auth::Authenticator;
 use crate::broker::{Broker, HistoryView, NodesView, OneNode, PresenceView};
-use crate::cluster::{ClusterPresence, RedisBroker, RedisLog, RedisPeers};
+use crate::cluster::{ClusterPresence, RedisBroker, RedisLog, RedisPeers, RedisRecords};
 use crate::config::Settings;
 use crate::db::Database;
 use crate::error::{self, AppError, ErrorCode};
@@ -67,6 +68,10 @@ pub struct ShutdownHandle {
     server: ServerHandle,
     metrics: Arc<Metrics>,
     timeout: Duration,
+    /// Where the closing sockets' recovery records go: in cluster mode they are written to
+    /// Redis, and the shutdown waits for them (the clients recover on another node or here
+    /// after the restart).
+    recovery: Option<Arc<dyn RecoveryRecords>>,
 }
 
 impl ShutdownHandle {
@@ -87,6 +92,13 @@ impl ShutdownHandle {
             && started.elapsed() < self.timeout
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        // Closed sockets' recovery records are written (cluster mode: to Redis).
+        if let Some(recovery) = &self.recovery {
+            let left = self.timeout.saturating_sub(started.elapsed());
+            if tokio::time::timeout(left, recovery.flush()).await.is_err() {
+                log::error!("shutting down: socket.io recovery records not all written in time");
+            }
         }
         // Operations write what they have not written yet (log lines are written in batches).
         let left = self.timeout.saturating_sub(started.elapsed());
@@ -303,6 +315,17 @@ impl Application {
                 limit
             }
         };
+        // Socket.IO connection-state recovery: records next to the history they point at, in
+        // this process on one node, in Redis (shared, surviving a restart) in cluster mode.
+        let recovery: Option<Arc<dyn RecoveryRecords>> =
+            match (settings.sio_recovery.is_zero(), &shared_log) {
+                (true, _) => None,
+                (false, None) => Some(Arc::new(RecoveryStore::new(
+                    settings.sio_recovery,
+                    settings.sio_recovery_max_sockets,
+                ))),
+                (false, Some(log)) => Some(RedisRecords::new(log.clone(), &settings)),
+            };
         // The actors' narrow dependencies, composed from the same services as the handlers'.
         let session_deps = Arc::new(SessionDeps {
             settings: settings.clone(),
@@ -313,12 +336,7 @@ impl Application {
             operations: operations.clone(),
             user_publishes: user_publishes.clone(),
             hooks: hooks.clone(),
-            recovery: (!settings.sio_recovery.is_zero()).then(|| {
-                Arc::new(crate::actors::recovery::RecoveryStore::new(
-                    settings.sio_recovery,
-                    settings.sio_recovery_max_sockets,
-                ))
-            }),
+            recovery: recovery.clone(),
             history: history.clone(),
         });
         let watcher_deps = Arc::new(WatcherDeps {
@@ -470,6 +488,7 @@ impl Application {
             server: server.handle(),
             metrics,
             timeout: settings.shutdown_timeout,
+            recovery,
         };
         Ok(Self {
             port,

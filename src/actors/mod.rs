@@ -17,8 +17,9 @@
 //! * [`room::Room`] — one per room, spread over a pool of threads; delivers what the broker
 //!   ordered: keeps history and presence, and fans each message out by pushing one shared buffer
 //!   into every member's outbox.
-//! * [`recovery::RecoveryStore`] — not an actor: what disconnected Socket.IO sockets leave for
-//!   connection-state recovery, shared by the Engine.IO sessions.
+//! * [`recovery::RecoveryRecords`] — not an actor: where disconnected Socket.IO sockets leave
+//!   what connection-state recovery needs, shared by the Engine.IO sessions (in memory,
+//!   [`recovery::RecoveryStore`]; in cluster mode in Redis, `cluster::RedisRecords`).
 //! * [`stats::StatsPublisher`] — publishes `stats` into `system` on an interval.
 
 pub mod engine;

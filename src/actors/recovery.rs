@@ -15,17 +15,21 @@
 //! such a room is the last backfill frame it got, and the room is restored by watching the
 //! operation again from that line ([`Restore::Watch`]).
 //!
-//! Records are kept in memory, next to what they point at: room history is in memory and a
-//! restart starts every room in a new epoch, so a record that outlived the process could only
-//! ever say `recovered: false`, which an unknown pid says too, at once. (With a shared log whose
-//! history survives a restart, the records would have to move to a shared store as well.)
+//! Records are kept next to what they point at, behind [`RecoveryRecords`]: on one node in
+//! memory ([`RecoveryStore`]): room history is in memory and a restart starts every room in a
+//! new epoch, so a record that outlived the process could only ever say `recovered: false`,
+//! which an unknown pid says too, at once. In cluster mode room history lives in Redis and
+//! survives the nodes, so the records do too (`cluster::RedisRecords`): a client may reconnect
+//! to any node, or to its node restarted.
 //!
-//! In: [`RecoveryStore::keep`] from a Socket.IO session that ends without the client asking,
-//! [`RecoveryStore::take`] from a CONNECT carrying a pid. Bounds: `SWITCHYARD_SOCKETIO_RECOVERY_SECS`
+//! In: [`RecoveryRecords::keep`] from a Socket.IO session that ends without the client asking,
+//! [`RecoveryRecords::take`] from a CONNECT carrying a pid. Bounds: `SWITCHYARD_SOCKETIO_RECOVERY_SECS`
 //! (age), `SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS` (count), `SWITCHYARD_SOCKETIO_RECOVERY_WINDOW`
 //! (journal entries per record).
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -56,6 +60,10 @@ pub struct Record {
     /// where the client stands in one is in the journal's backfill stream until a live event
     /// of the room arrived.
     pub watched: HashMap<String, u64>,
+    /// Of `watched`, the rooms whose watch was not answered yet when the socket disconnected
+    /// (the operation's actor had sent the backfill, or part of it, but the room's position
+    /// had not reached the session): not in `rooms`, restored by watching again.
+    pub unanswered: Vec<String>,
     /// When the socket disconnected.
     pub at: Instant,
 }
@@ -111,36 +119,89 @@ impl Record {
                 .map(|(_, o)| *o);
             before.copied().into_iter().chain(within).max()
         };
-        Some(
-            self.rooms
-                .iter()
-                .map(|(room, joined)| {
-                    let got = received(recovery_stream(&self.nsp, room));
-                    let since = Restore::Since(Since {
-                        epoch: joined.epoch.clone(),
-                        offset: got.map_or(joined.offset, |o| o.max(joined.offset)),
-                    });
-                    let Some(asked) = self.watched.get(room).filter(|_| got.is_none()) else {
-                        // A live event of the room arrived: everything before it did too,
-                        // its backfill included.
-                        return (room.clone(), since);
-                    };
-                    // Twice the log offset of the last backfill frame received, plus one for
-                    // the terminal event (`socketio::backfill_recovery_offset`).
-                    let restore = match received(backfill_stream(&self.nsp, room)) {
-                        // All of it, to the end: nothing follows a terminal event.
-                        Some(n) if n % 2 == 1 => since,
-                        Some(n) => Restore::Watch { log_offset: n / 2 },
-                        None => Restore::Watch { log_offset: *asked },
-                    };
-                    (room.clone(), restore)
-                })
-                .collect(),
-        )
+        let mut plan: Vec<(String, Restore)> = self
+            .rooms
+            .iter()
+            .map(|(room, joined)| {
+                let got = received(recovery_stream(&self.nsp, room));
+                let since = Restore::Since(Since {
+                    epoch: joined.epoch.clone(),
+                    offset: got.map_or(joined.offset, |o| o.max(joined.offset)),
+                });
+                let Some(asked) = self.watched.get(room).filter(|_| got.is_none()) else {
+                    // A live event of the room arrived: everything before it did too,
+                    // its backfill included.
+                    return (room.clone(), since);
+                };
+                // Twice the log offset of the last backfill frame received, plus one for
+                // the terminal event (`socketio::backfill_recovery_offset`).
+                let restore = match received(backfill_stream(&self.nsp, room)) {
+                    // All of it, to the end: nothing follows a terminal event.
+                    Some(n) if n % 2 == 1 => since,
+                    Some(n) => Restore::Watch { log_offset: n / 2 },
+                    None => Restore::Watch { log_offset: *asked },
+                };
+                (room.clone(), restore)
+            })
+            .collect();
+        for room in &self.unanswered {
+            // Its position never came, so only a watch again restores it, from the backfill the
+            // client got. A live event of the room, or the whole backfill to its terminal
+            // event, would need that position: such a socket starts afresh.
+            if received(recovery_stream(&self.nsp, room)).is_some() {
+                return None;
+            }
+            let asked = self.watched.get(room)?;
+            let restore = match received(backfill_stream(&self.nsp, room)) {
+                Some(n) if n % 2 == 1 => return None,
+                Some(n) => Restore::Watch { log_offset: n / 2 },
+                None => Restore::Watch { log_offset: *asked },
+            };
+            plan.push((room.clone(), restore));
+        }
+        Some(plan)
     }
 }
 
-/// The records of disconnected sockets, by pid.
+/// What [`RecoveryRecords::take`] answers, later.
+pub type TakeFuture = Pin<Box<dyn Future<Output = Option<Record>> + Send>>;
+
+/// Where disconnected sockets' records wait for their clients: in this process
+/// ([`RecoveryStore`]), or shared by the nodes of a cluster (`cluster::RedisRecords`).
+pub trait RecoveryRecords: Send + Sync {
+    /// Keeps a disconnected socket's record under its pid, for at most
+    /// `SWITCHYARD_SOCKETIO_RECOVERY_SECS`. Not waited for: a record that cannot be kept (the
+    /// store is full, or unreachable) is logged, and its client starts afresh.
+    fn keep(&self, pid: String, record: Record);
+
+    /// Takes the record of `pid` (a pid recovers once) if it belongs to `user` in `nsp` and has
+    /// not expired. A pid is not a credential: a record stays where it is for anyone else.
+    fn take(&self, pid: &str, nsp: &str, user: &str) -> TakeFuture;
+
+    /// Resolves once every record handed to `keep` so far is kept (or failed): a node that
+    /// shuts down waits for it, so its sockets can recover on another node or after the restart.
+    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(std::future::ready(()))
+    }
+}
+
+impl RecoveryRecords for RecoveryStore {
+    fn keep(&self, pid: String, record: Record) {
+        if !RecoveryStore::keep(self, pid.clone(), record) {
+            log::warn!(
+                "socket.io pid {pid}: not kept for recovery: SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS reached"
+            );
+        }
+    }
+
+    fn take(&self, pid: &str, nsp: &str, user: &str) -> TakeFuture {
+        Box::pin(std::future::ready(RecoveryStore::take(
+            self, pid, nsp, user,
+        )))
+    }
+}
+
+/// The records of disconnected sockets, by pid, in this process.
 pub struct RecoveryStore {
     records: Mutex<HashMap<String, Record>>,
     /// How long a record may be recovered (`SWITCHYARD_SOCKETIO_RECOVERY_SECS`).
@@ -230,6 +291,7 @@ mod tests {
             journal,
             restored_from: None,
             watched: HashMap::new(),
+            unanswered: Vec::new(),
             at: Instant::now(),
         }
     }
@@ -302,6 +364,42 @@ mod tests {
             x(offsets(r.resume(Some("operation:x@b9")))),
             Some(("operation:x".into(), 7))
         );
+    }
+
+    #[test]
+    fn a_watch_dropped_before_its_answer_is_watched_again_from_the_backfill_the_client_got() {
+        let bf = |n: u64| (backfill_stream("/", "operation:y"), n);
+        let mut r = record(&[], &[]);
+        r.watched.insert("operation:y".into(), 1);
+        r.unanswered.push("operation:y".into());
+        for e in [(recovery_stream("/", "a"), 4), bf(2), bf(4)] {
+            r.journal.entries.push_back(e);
+        }
+        let y = |plan: Option<Vec<(String, u64)>>| {
+            plan.map(|p| {
+                p.into_iter()
+                    .filter(|(room, _)| room.contains("operation:y"))
+                    .collect::<Vec<_>>()
+            })
+        };
+        // Up to line 2 (n = 4): watched again after it.
+        assert_eq!(
+            y(offsets(r.resume(Some("operation:y@b4")))),
+            Some(vec![("watch operation:y".into(), 2)])
+        );
+        // None of the backfill: from where the watch started.
+        assert_eq!(
+            y(offsets(r.resume(Some("a@4")))),
+            Some(vec![("watch operation:y".into(), 1)])
+        );
+        // A live event of the room, or the whole backfill to its end, needs the position that
+        // never came: afresh.
+        r.journal.entries.push_back(bf(5));
+        assert_eq!(r.resume(Some("operation:y@b5")), None);
+        r.journal
+            .entries
+            .push_back((recovery_stream("/", "operation:y"), 9));
+        assert_eq!(r.resume(Some("operation:y@9")), None);
     }
 
     #[test]

@@ -23,6 +23,7 @@
 //! | `{p}:presence:nodes`, `{p}:presence:node:{node}` | zset, set | presence: each node's expiry, its rooms |
 //! | `{p}:nodes` | hash | node name -> its latest figures (`nodes.rs`), for the dashboard |
 //! | `{p}:rate:{user}` | hash | the user's publish budget across nodes (`rates.rs`) |
+//! | `{p}:sio:{pid}`, `{p}:sio:node:{node}` | hash, zset | Socket.IO connection-state recovery: a disconnected socket's record, each node's count of them ([`RedisRecords`], `recovery.rs`) |
 //!
 //! Presence across the nodes is [`ClusterPresence`] (`presence.rs`).
 //!
@@ -37,6 +38,7 @@ mod nodes;
 mod operations;
 mod presence;
 mod rates;
+mod recovery;
 mod redis;
 mod replies;
 mod scripts;
@@ -44,4 +46,5 @@ mod scripts;
 pub use self::operations::RedisPeers;
 pub use self::presence::ClusterPresence;
 pub use self::rates::sync_user_rates;
+pub use self::recovery::RedisRecords;
 pub use self::redis::{RedisBroker, RedisLog};

@@ -10,6 +10,7 @@ mod budget_limits;
 mod chaos;
 mod cluster;
 mod cluster_operations;
+mod cluster_recovery;
 mod cors;
 mod crash;
 mod dashboard;

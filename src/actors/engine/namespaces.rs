@@ -241,13 +241,35 @@ impl EngineSession {
     ) {
         let field = |name: &str| auth.and_then(|a| a.get(name)).and_then(Value::as_str);
         let offset = field("offset").map(str::to_string);
-        let record = field("pid")
-            .zip(self.deps.recovery.as_ref())
-            .and_then(|(pid, store)| {
-                store
-                    .take(pid, &nsp, &identity.user.id)
-                    .map(|r| (pid.to_string(), r))
-            });
+        let (Some(pid), Some(store)) = (field("pid"), self.deps.recovery.as_ref()) else {
+            let fresh = SocketRecovery::fresh(offset);
+            return self.open_socket(nsp, identity, Some(fresh), ctx);
+        };
+        // The store checks the user and namespace before it gives the record up: in cluster
+        // mode it is in Redis, so the take is a round trip (`wait`: nothing else of this
+        // connection is handled until the CONNECT is answered).
+        let pid = pid.to_string();
+        let take = store.take(&pid, &nsp, &identity.user.id);
+        take.into_actor(self)
+            .map(move |record, act, ctx| {
+                if act.closed || act.sockets.contains_key(&nsp) {
+                    return;
+                }
+                let record = record.map(|r| (pid, r));
+                act.check_recovery(nsp, offset, identity, record, ctx);
+            })
+            .wait(ctx);
+    }
+
+    /// The second half of [`Self::connect_recovering`], with the pid's record if it was taken.
+    fn check_recovery(
+        &mut self,
+        nsp: Arc<str>,
+        offset: Option<String>,
+        identity: Identity,
+        record: Option<(String, crate::actors::recovery::Record)>,
+        ctx: &mut Context<Self>,
+    ) {
         let plan = record.and_then(|(pid, record)| {
             let rooms = record.resume(offset.as_deref())?;
             // A token refreshed meanwhile may grant fewer rooms.

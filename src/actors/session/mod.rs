@@ -188,8 +188,9 @@ pub struct SessionDeps {
     /// The backend hooks' client (`None` when no profile declares hooks).
     pub hooks: Option<Arc<crate::hooks::Hooks>>,
     /// What disconnected Socket.IO sockets leave for connection-state recovery; `None` when it
-    /// is off (`SWITCHYARD_SOCKETIO_RECOVERY_SECS` 0).
-    pub recovery: Option<Arc<crate::actors::recovery::RecoveryStore>>,
+    /// is off (`SWITCHYARD_SOCKETIO_RECOVERY_SECS` 0). In memory on one node, in Redis in
+    /// cluster mode.
+    pub recovery: Option<Arc<dyn crate::actors::recovery::RecoveryRecords>>,
     /// What rooms have kept: a recovering socket's rooms are checked against it before its
     /// CONNECT is answered.
     pub history: Arc<dyn crate::broker::HistoryView>,
@@ -581,6 +582,11 @@ impl Handler<ServerShutdown> for Session {
     type Result = ();
 
     fn handle(&mut self, _: ServerShutdown, ctx: &mut Context<Self>) {
+        // The client did not ask: a Socket.IO socket is kept for recovery, which in cluster
+        // mode lets it recover on another node or on this one restarted (docs/cluster.md).
+        if let Some(r) = &mut self.recovery {
+            r.recoverable = true;
+        }
         self.close(ctx, CloseCode::Away, "server shutting down");
     }
 }

@@ -5,10 +5,10 @@
 //!
 //! In: the join answers (`note_joined`; an operation's watch answers later, `WatchJoined`), the
 //! session's end (`keep_for_recovery`), its start (`restore_rooms`). Out: a [`Record`] into the
-//! [`RecoveryStore`]; [`JoinRoom`]s with `since` to the broker, or [`WatchOperation`]s for an
+//! [`RecoveryRecords`] store; [`JoinRoom`]s with `since` to the broker, or [`WatchOperation`]s for an
 //! operation's room the client got none of the live events of (`Restore::Watch`).
 //!
-//! [`RecoveryStore`]: crate::actors::recovery::RecoveryStore
+//! [`RecoveryRecords`]: crate::actors::recovery::RecoveryRecords
 
 use std::time::Instant;
 
@@ -171,8 +171,9 @@ impl Session {
     }
 
     /// As the session ends: when the connection ended without the client asking, keeps what
-    /// its recovery needs. A socket in a room whose join was not answered yet (an operation's
-    /// watch answers its position later: `WatchJoined`) is not kept: its client starts afresh.
+    /// its recovery needs. An operation's room whose watch was not answered yet (its position
+    /// comes later: `WatchJoined`) is kept as such and restored by watching again; a socket in
+    /// another room whose join was not answered yet is not kept: its client starts afresh.
     pub(super) fn keep_for_recovery(&mut self) {
         let Some(recovery) = &self.recovery else {
             return;
@@ -190,9 +191,13 @@ impl Session {
             return;
         };
         let mut rooms = Vec::with_capacity(self.rooms.len());
+        let mut unanswered = Vec::new();
         for room in self.rooms.keys() {
             match self.joined_at.get(room) {
                 Some(at) => rooms.push((room.clone(), at.clone())),
+                // A watch whose position has not arrived yet: where the client stands is in
+                // the backfill frames it got (`Record::resume`).
+                None if self.watched.contains_key(room) => unanswered.push(room.clone()),
                 None => return,
             }
         }
@@ -206,13 +211,14 @@ impl Session {
             journal,
             restored_from: recovery.restored_from.clone(),
             watched: self.watched.clone(),
+            unanswered,
             at: Instant::now(),
         };
-        if !store.keep(recovery.pid.clone(), record) {
-            log::warn!(
-                "socket.io socket {}: not kept for recovery: SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS reached",
-                self.key
-            );
-        }
+        log::debug!(
+            "socket.io socket {}: kept for recovery under pid {}",
+            self.key,
+            recovery.pid
+        );
+        store.keep(recovery.pid.clone(), record);
     }
 }
