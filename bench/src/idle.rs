@@ -267,7 +267,13 @@ pub async fn idle(cfg: &IdleConfig, exe: &Path) -> Result<IdleReport, String> {
         _ => None,
     };
     Ok(IdleReport {
-        scenario: "idle".into(),
+        // Its own scenario name, so reports keep the two paths apart.
+        scenario: if cfg.via_polling {
+            "idle-polling"
+        } else {
+            "idle"
+        }
+        .into(),
         server: cfg.server.clone(),
         protocol: cfg.protocol,
         conns: cfg.conns,

@@ -317,6 +317,22 @@ pub fn report(input: &str, out_dir: &str) -> Result<(), String> {
             ),
         ],
     );
+    let polling = grouped(&lines, "idle-polling", |v| v["conns"].as_u64());
+    if !polling.is_empty() {
+        let groups: Vec<(String, [Option<&Value>; NT])> = polling
+            .iter()
+            .map(|(n, g)| (format!("{n} connections"), *g))
+            .collect();
+        table(
+            &mut md,
+            "Idle connections on a browser's path (Socket.IO long-polling, then the upgrade): server memory",
+            &groups,
+            &[
+                m("kib_per_conn", "RSS per connection (KiB)", Better::Lower),
+                m("connect_s", "connect + join all (s)", Better::Lower),
+            ],
+        );
+    }
 
     if let Some(op) = lines.iter().find(|v| s(v, "scenario") == "operations") {
         let _ = writeln!(

@@ -32,7 +32,7 @@
 //! that runs elsewhere is handed to its owner by [`RedisPeers`] (channels `{p}:ops`,
 //! `{p}:ops:reply:{node}`).
 //!
-//! See docs/cluster.md for the guarantees, their limits and what is not clustered yet.
+//! See docs/cluster.md for the guarantees, their limits and what stays per node.
 
 mod nodes;
 mod operations;
