@@ -240,12 +240,7 @@ impl OperationManager {
         let kind = self.cx.kinds.get(&op.kind)?;
         let id = op.id.clone();
         let kind_name = op.kind.clone();
-        let user = op.created_by.clone();
-        let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), announce)
-            .with_fence(fence)
-            .start_unbounded();
-        self.live.insert(id.clone(), addr.clone());
-        self.count_in(&id, user);
+        let addr = self.start_actor(op, kind, announce, fence, ctx);
         self.waiting
             .entry(kind_name.clone())
             .or_default()
@@ -286,14 +281,28 @@ impl OperationManager {
             return self.release_slot(&op.kind);
         };
         let id = op.id.clone();
-        let user = op.created_by.clone();
-        let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), true)
+        let addr = self.start_actor(op, kind, true, fence, ctx);
+        self.begun.insert(id);
+        addr.do_send(Begin);
+    }
+
+    /// Starts the actor of `op` and makes it live: routed to by its id, counted toward its
+    /// starter's bound.
+    fn start_actor(
+        &mut self,
+        op: Operation,
+        kind: Arc<crate::operations::config::Kind>,
+        announce: bool,
+        fence: Option<i64>,
+        ctx: &mut Context<Self>,
+    ) -> Addr<OperationActor> {
+        let (id, user) = (op.id.clone(), op.created_by.clone());
+        let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), announce)
             .with_fence(fence)
             .start_unbounded();
         self.live.insert(id.clone(), addr.clone());
         self.count_in(&id, user);
-        self.begun.insert(id);
-        addr.do_send(Begin);
+        addr
     }
 
     /// Counts a live operation toward its starter's bound.
@@ -389,20 +398,11 @@ impl OperationManager {
             return;
         };
         let interrupted = runner != RunnerKind::External && status != Status::Queued;
-        let user = op.created_by.clone();
         if interrupted {
-            let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), false)
-                .with_fence(fence)
-                .start_unbounded();
-            self.live.insert(id.clone(), addr.clone());
-            self.count_in(&id, user);
+            let addr = self.start_actor(op, kind, false, fence, ctx);
             addr.do_send(Interrupt);
         } else if holds_slot {
-            let addr = OperationActor::new(op, kind, self.cx.clone(), Self::link(ctx), false)
-                .with_fence(fence)
-                .start_unbounded();
-            self.live.insert(id.clone(), addr.clone());
-            self.count_in(&id, user);
+            let addr = self.start_actor(op, kind, false, fence, ctx);
             self.begun.insert(id);
             addr.do_send(Begin);
             if status == Status::Cancelling {
