@@ -165,16 +165,6 @@ for t in "${TARGETS[@]}"; do
     gen "idle $server/$proto $n connections" idle --url "$url" --server "$server" --protocol "$proto" \
       --conns "$n" --procs $(( (n + 4999) / 5000 ))
   done
-  # Socket.IO as every browser arrives (socket.io-client's default): long-polling first, then
-  # the upgrade — what the seed apps do (#18's idle-memory target).
-  if [ "$proto" = sio ]; then
-    for n in $IDLE_SIZES; do
-      $starter
-      gen "idle (polling, then upgrade) $server/$proto $n connections" idle --url "$url" \
-        --server "$server" --protocol "$proto" --conns "$n" --procs $(( (n + 4999) / 5000 )) \
-        --via-polling true
-    done
-  fi
 done
 
 # Operations: Switchyard only (the reference has none); SQLite persistence on (the default).

@@ -251,7 +251,9 @@ pub async fn member(
 /// Engine.IO session opened over HTTP long-polling, the Socket.IO CONNECT over polling, then the
 /// upgrade to a WebSocket (probe, upgrade packet) while a poll is pending, then the join over
 /// the WebSocket. What the server holds afterwards is what the idle scenario's
-/// `--via-polling` measures.
+/// `--via-polling` measures. Work in progress (#18): a run of 1,000 connections stalls after
+/// the upgrade (cause not found yet; the same sequence by hand completes in ~100 ms), so
+/// `bench/run.sh` does not use it yet.
 pub async fn member_via_polling(
     addr: SocketAddr,
     source: Ipv4Addr,
@@ -303,7 +305,10 @@ pub async fn member_via_polling(
         })
         .await?;
         ws.send(Message::text("5")).await.map_err(err)?;
-        pending.await.map_err(err)??;
+        // The old transport's last poll ends with a noop, or, if it reached the server after
+        // the upgrade, with a 400 the client ignores (socket.io-client discards the polling
+        // transport once upgraded): either way it is over.
+        let _ = pending.await;
         join(&mut ws, Protocol::Sio, room, within).await?;
         Ok(ws)
     };
