@@ -158,6 +158,45 @@ async fn joined(node: &TestApp, user: &str, room: &str) -> (WsClient, Value) {
     (ws, answer)
 }
 
+/// With Redis cut: `ws`'s publishes are refused `unavailable` (one that reached Redis as the
+/// cut began may still pass), and once they are, each within 1.5 s of asking (deadline 1 s).
+async fn refused_while_redis_is_cut(ws: &mut WsClient, room: &str) {
+    let publish = json!({"type": "publish", "room": room, "event": "m", "data": "during"});
+    let started = std::time::Instant::now();
+    let refused = loop {
+        let r = ws.request(publish.clone()).await;
+        if r["type"] == "error" {
+            break r;
+        }
+        assert!(started.elapsed() < WAIT, "never refused");
+    };
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    let t0 = std::time::Instant::now();
+    let r = ws.request(publish).await;
+    assert_eq!(r["code"], "unavailable", "{r}");
+    assert!(
+        t0.elapsed() < std::time::Duration::from_millis(1_500),
+        "refused in {:?}",
+        t0.elapsed()
+    );
+}
+
+/// Redis back: `ws` publishes "after" as soon as its node accepts again (polled: the node's
+/// Redis connection comes back on its own schedule, within `WAIT`); its offset.
+async fn published_once_redis_is_back(ws: &mut WsClient, room: &str) -> Option<u64> {
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let r = ws
+            .request(json!({"type": "publish", "room": room, "event": "m", "data": "after"}))
+            .await;
+        if r["type"] == "published" {
+            return r["offset"].as_u64();
+        }
+        assert!(std::time::Instant::now() < deadline, "still refused: {r}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
+
 /// The next `n` room messages, skipping everything else.
 async fn messages(ws: &mut WsClient, n: usize) -> Vec<Value> {
     let mut out = Vec::with_capacity(n);
@@ -318,29 +357,7 @@ async fn with_redis_cut_publishes_are_refused_at_once_and_nothing_is_lost_after(
     assert_eq!(a.recv_message().await["data"], "before");
 
     proxy.cut();
-    // Refused, within a second and a half of asking (the deadline is 1 s).
-    let started = std::time::Instant::now();
-    let refused = loop {
-        let r = b
-            .request(json!({"type": "publish", "room": room, "event": "m", "data": "during"}))
-            .await;
-        if r["type"] == "error" {
-            break r;
-        }
-        // A publish that reached Redis before the cut is fine; the next ones are not.
-        assert!(started.elapsed() < WAIT, "never refused");
-    };
-    assert_eq!(refused["code"], "unavailable", "{refused}");
-    let t0 = std::time::Instant::now();
-    let r = b
-        .request(json!({"type": "publish", "room": room, "event": "m", "data": "during"}))
-        .await;
-    assert_eq!(r["code"], "unavailable", "{r}");
-    assert!(
-        t0.elapsed() < std::time::Duration::from_millis(1_500),
-        "refused in {:?}",
-        t0.elapsed()
-    );
+    refused_while_redis_is_cut(&mut b, room).await;
     let (status, health) = cluster.nodes[0].get("/health").await;
     assert_eq!(status, 503, "{health}");
     assert_eq!(health["broker"]["status"], "unreachable", "{health}");
@@ -350,18 +367,7 @@ async fn with_redis_cut_publishes_are_refused_at_once_and_nothing_is_lost_after(
     proxy.restore();
     // Back: the first accepted publish comes right after the last one before the cut (nothing
     // refused took an offset), and both members are still connected and get it.
-    // Polled (the node's Redis connection comes back on its own schedule), with a deadline.
-    let deadline = std::time::Instant::now() + WAIT;
-    let after = loop {
-        let r = b
-            .request(json!({"type": "publish", "room": room, "event": "m", "data": "after"}))
-            .await;
-        if r["type"] == "published" {
-            break r["offset"].as_u64();
-        }
-        assert!(std::time::Instant::now() < deadline, "still refused: {r}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    };
+    let after = published_once_redis_is_back(&mut b, room).await;
     // Alice, still connected, gets everything from the last message before the cut on, with no
     // gap: publishes that reached Redis as the cut began (acknowledged or not) in their place,
     // then "after".
@@ -1249,27 +1255,7 @@ async fn three_processes_share_one_order_and_ride_out_a_redis_cut() {
 
     proxy.cut();
     let mut p3 = join(nodes[2].1, "pub3").await;
-    let t0 = std::time::Instant::now();
-    let refused = loop {
-        let r = p3
-            .request(json!({"type": "publish", "room": room, "event": "m", "data": "during"}))
-            .await;
-        if r["type"] == "error" {
-            break r;
-        }
-        assert!(t0.elapsed() < WAIT, "never refused");
-    };
-    assert_eq!(refused["code"], "unavailable", "{refused}");
-    let t1 = std::time::Instant::now();
-    let r = p3
-        .request(json!({"type": "publish", "room": room, "event": "m", "data": "during"}))
-        .await;
-    assert_eq!(r["code"], "unavailable", "{r}");
-    assert!(
-        t1.elapsed() < std::time::Duration::from_millis(1_500),
-        "{:?}",
-        t1.elapsed()
-    );
+    refused_while_redis_is_cut(&mut p3, room).await;
     let res = http
         .get(format!("http://127.0.0.1:{}/health", nodes[2].1))
         .send()
@@ -1278,17 +1264,7 @@ async fn three_processes_share_one_order_and_ride_out_a_redis_cut() {
     assert_eq!(res.status().as_u16(), 503);
 
     proxy.restore();
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let r = p3
-            .request(json!({"type": "publish", "room": room, "event": "m", "data": "after"}))
-            .await;
-        if r["type"] == "published" {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "still refused: {r}");
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    published_once_redis_is_back(&mut p3, room).await;
     // Every member, still connected to its process, goes on without a gap up to "after"
     // (publishes that reached Redis as the cut began are delivered in their place).
     for (m, last) in members.iter_mut().zip(last_seen) {
