@@ -251,9 +251,10 @@ pub async fn member(
 /// Engine.IO session opened over HTTP long-polling, the Socket.IO CONNECT over polling, then the
 /// upgrade to a WebSocket (probe, upgrade packet) while a poll is pending, then the join over
 /// the WebSocket. What the server holds afterwards is what the idle scenario's
-/// `--via-polling` measures. Work in progress (#18): a run of 1,000 connections stalls after
-/// the upgrade (cause not found yet; the same sequence by hand completes in ~100 ms), so
-/// `bench/run.sh` does not use it yet.
+/// `--via-polling` measures. Work in progress (#18), not used by `bench/run.sh` yet: the
+/// pending poll below can reach the server after the upgrade packet (socket.io-client pauses
+/// polling before sending `5`; this does not wait), and the server then parks that late poll
+/// instead of refusing it, so the session dies at its ping timeout. Both sides need fixing.
 pub async fn member_via_polling(
     addr: SocketAddr,
     source: Ipv4Addr,
