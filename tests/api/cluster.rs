@@ -388,31 +388,39 @@ async fn with_redis_cut_publishes_are_refused_at_once_and_nothing_is_lost_after(
     cluster.stop().await;
 }
 
-/// A node cut off from Redis longer than the fan-out stream keeps (10 entries here, 300
-/// published meanwhile) reads on from where it stopped, finds a gap in the room's offsets, and
-/// fills it from the room's own stream: its member gets every message, in order.
-#[actix_web::test]
-async fn a_node_that_fell_behind_the_fanout_stream_fills_the_gap_from_the_rooms_log() {
+/// Two nodes; `alice` on the second, which reaches Redis through a proxy, and `bob` on the
+/// first. After one message both got, the second node is cut off from Redis while bob
+/// publishes `n` more (the fan-out stream keeps about 10, the room's own stream `history`),
+/// then it is back. Returns the cluster, alice, and the offset of the message before the cut.
+async fn fallen_behind(room: &str, history: usize, n: i64) -> (Cluster, WsClient, u64) {
     let proxy = Proxy::start().await;
-    let tweak = |s: &mut Settings| {
+    let tweak = move |s: &mut Settings| {
         s.redis_fanout_maxlen = 10;
-        s.history_size = 1_000;
+        s.history_size = history;
         s.publish_rate = 0;
         s.user_publish_rate = 0;
     };
     let mut cluster = Cluster::start(1, format!("redis://{REDIS}"), tweak).await;
     cluster.add_at(proxy.url(), &tweak).await;
-    let room = "project:gap";
     let mut a = member(&cluster.nodes[1], "alice", room).await;
     let mut b = member(&cluster.nodes[0], "bob", room).await;
     let first = b.publish(room, "m", json!(0)).await;
     assert_eq!(a.recv_message().await["data"], 0);
-
     proxy.cut();
-    for i in 1..=300 {
+    for i in 1..=n {
         b.publish(room, "m", json!(i)).await;
     }
     proxy.restore();
+    (cluster, a, first)
+}
+
+/// A node cut off from Redis longer than the fan-out stream keeps (10 entries here, 300
+/// published meanwhile) reads on from where it stopped, finds a gap in the room's offsets, and
+/// fills it from the room's own stream: its member gets every message, in order.
+#[actix_web::test]
+async fn a_node_that_fell_behind_the_fanout_stream_fills_the_gap_from_the_rooms_log() {
+    let room = "project:gap";
+    let (cluster, mut a, first) = fallen_behind(room, 1_000, 300).await;
     let got = messages(&mut a, 300).await;
     assert_eq!(
         offsets(&got),
@@ -1049,26 +1057,8 @@ async fn frames_through(ws: &mut WsClient, last: Value) -> Vec<Value> {
 #[actix_web::test]
 async fn members_are_told_of_a_gap_that_cannot_be_filled() {
     const N: i64 = 1_000;
-    let proxy = Proxy::start().await;
-    let tweak = |s: &mut Settings| {
-        s.redis_fanout_maxlen = 10;
-        s.history_size = 20;
-        s.publish_rate = 0;
-        s.user_publish_rate = 0;
-    };
-    let mut cluster = Cluster::start(1, format!("redis://{REDIS}"), tweak).await;
-    cluster.add_at(proxy.url(), &tweak).await;
     let room = "project:lost";
-    let mut a = member(&cluster.nodes[1], "alice", room).await;
-    let mut b = member(&cluster.nodes[0], "bob", room).await;
-    let first = b.publish(room, "m", json!(0)).await;
-    assert_eq!(a.recv_message().await["data"], 0);
-
-    proxy.cut();
-    for i in 1..=N {
-        b.publish(room, "m", json!(i)).await;
-    }
-    proxy.restore();
+    let (cluster, mut a, first) = fallen_behind(room, 20, N).await;
     let frames = frames_through(&mut a, json!(N)).await;
     let resets: Vec<&Value> = frames.iter().filter(|f| f["type"] == "reset").collect();
     assert_eq!(resets.len(), 1, "one reset, got {}", resets.len());
