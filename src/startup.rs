@@ -3,7 +3,6 @@
 
 use std::net::TcpListener;
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -87,8 +86,7 @@ impl ShutdownHandle {
         log::info!("shutting down: closing {notified} sessions");
         // Sessions uncount themselves as they stop, and their sockets once the close frame is
         // written; give them until the deadline.
-        while (self.metrics.connections.load(Relaxed) > 0
-            || self.metrics.websockets.load(Relaxed) > 0)
+        while (self.metrics.connections.get() > 0 || self.metrics.websockets.get() > 0)
             && started.elapsed() < self.timeout
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -119,7 +117,7 @@ impl Application {
             .check_safe_to_serve()
             .map_err(|e| anyhow::anyhow!(e))?;
         let settings = Arc::new(settings);
-        let metrics = Arc::new(Metrics::new());
+        let metrics = Arc::new(Metrics::for_node(settings.node_id.as_deref()));
         let db = Database::connect(
             &settings.database,
             settings.db_pool_size,

@@ -21,7 +21,6 @@
 //! resume.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -228,7 +227,7 @@ impl RoomRegistry {
                     let room = Room::new(owned, room_id, start, limits, registry, metrics, backlog);
                     actix::spawn(ctx.into_future(room));
                 });
-                self.metrics.rooms.fetch_add(1, Relaxed);
+                self.metrics.rooms.inc();
                 slot.insert(Entry {
                     addr,
                     log,
@@ -470,7 +469,7 @@ impl Handler<RoomIdle> for RoomRegistry {
         }
         if let Some(entry) = self.rooms.remove(&msg.name) {
             entry.addr.do_send(CloseRoom);
-            self.metrics.rooms.fetch_sub(1, Relaxed);
+            self.metrics.rooms.dec();
             if let Some(log) = &entry.log {
                 self.log.retire(msg.name, log);
             }

@@ -265,17 +265,13 @@ impl Room {
     /// Counts a message the room now holds (in history or retained) against the bounds.
     fn charge(&mut self, bytes: usize) {
         self.history_bytes += bytes;
-        self.metrics
-            .history_bytes
-            .fetch_add(bytes as i64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.history_bytes.inc_by(bytes as i64);
     }
 
     /// Gives back what a message the room holds no more counted.
     fn refund(&mut self, bytes: usize) {
         self.history_bytes -= bytes;
-        self.metrics
-            .history_bytes
-            .fetch_sub(bytes as i64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.history_bytes.dec_by(bytes as i64);
     }
 
     /// Whether the message at `offset` is in history (offsets there only increase).
@@ -287,9 +283,8 @@ impl Room {
 
     /// Keeps the room's newest message in history (a new message: nothing holds it yet).
     fn keep(&mut self, m: Arc<Stored>) {
-        use std::sync::atomic::Ordering::Relaxed;
         if self.history.is_empty() {
-            self.metrics.history_rooms.fetch_add(1, Relaxed);
+            self.metrics.history_rooms.inc();
         }
         if !self.retained.holds(m.offset) {
             self.charge(m.bytes);
@@ -299,7 +294,6 @@ impl Room {
 
     /// Drops the oldest message of history; false when there was none.
     fn drop_oldest(&mut self) -> bool {
-        use std::sync::atomic::Ordering::Relaxed;
         let Some(m) = self.history.pop_front() else {
             return false;
         };
@@ -307,7 +301,7 @@ impl Room {
             self.refund(m.bytes);
         }
         if self.history.is_empty() {
-            self.metrics.history_rooms.fetch_sub(1, Relaxed);
+            self.metrics.history_rooms.dec();
         }
         true
     }
@@ -341,21 +335,14 @@ impl Room {
 
     /// Bytes of history kept by all rooms together.
     fn total_history_bytes(&self) -> usize {
-        let total = self
-            .metrics
-            .history_bytes
-            .load(std::sync::atomic::Ordering::Relaxed);
+        let total = self.metrics.history_bytes.get();
         usize::try_from(total).unwrap_or(0)
     }
 
     /// Half of an even share of the total bound: what a room keeps under pressure, so that
     /// rooms which had to give up their history find room again.
     fn pressed_share(&self) -> usize {
-        let rooms = self
-            .metrics
-            .history_rooms
-            .load(std::sync::atomic::Ordering::Relaxed)
-            .max(1) as usize;
+        let rooms = self.metrics.history_rooms.get().max(1) as usize;
         self.limits.history_total_max_bytes / 2 / rooms
     }
 
@@ -528,9 +515,7 @@ impl Room {
                 self.remove_member(id);
             }
         }
-        self.metrics
-            .messages_out
-            .fetch_add(delivered as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.messages_out.inc_by(delivered as u64);
         delivered
     }
 
@@ -549,9 +534,7 @@ impl Room {
                 room: self.name.to_string(),
                 reason,
             });
-            self.metrics
-                .slow_consumers
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            self.metrics.slow_consumers.inc();
             self.metrics.refused(ErrorCode::SlowConsumer);
         }
         self.remove_member(id);

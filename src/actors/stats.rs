@@ -5,7 +5,6 @@
 //! The same figures go to the node table ([`NodesView`]): on a cluster every node publishes its
 //! own `stats` (each names its node) and the dashboard lists the nodes from the table.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -38,8 +37,8 @@ impl StatsPublisher {
     ) -> Self {
         let last = (
             Instant::now(),
-            metrics.messages_in.load(Relaxed),
-            metrics.messages_out.load(Relaxed),
+            metrics.messages_in.get(),
+            metrics.messages_out.get(),
         );
         Self {
             interval,
@@ -54,15 +53,15 @@ impl StatsPublisher {
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Instant::now();
         let (inn, out) = (
-            self.metrics.messages_in.load(Relaxed),
-            self.metrics.messages_out.load(Relaxed),
+            self.metrics.messages_in.get(),
+            self.metrics.messages_out.get(),
         );
         let secs = now.duration_since(self.last.0).as_secs_f64().max(0.001);
         let stats = NodeStats {
             node: self.node.to_string(),
-            connections: self.metrics.connections.load(Relaxed),
-            rooms: self.metrics.rooms.load(Relaxed),
-            operations: self.metrics.operations.load(Relaxed),
+            connections: self.metrics.connections.get(),
+            rooms: self.metrics.rooms.get(),
+            operations: self.metrics.operations.get(),
             messages_in_per_sec: round2((inn - self.last.1) as f64 / secs),
             messages_out_per_sec: round2((out - self.last.2) as f64 / secs),
             uptime_seconds: self.metrics.uptime().as_secs(),

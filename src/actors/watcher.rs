@@ -10,7 +10,6 @@
 //! operation's actor (`actors/operation/watchers.rs`) or, for a finished operation, by the
 //! manager from the database.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,7 +106,7 @@ impl Actor for Watcher {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        self.deps.metrics.connections.fetch_add(1, Relaxed);
+        self.deps.metrics.connections.inc();
         self.deps.registry.do_send(SessionOpened {
             session: self.id,
             addr: ctx.address().recipient(),
@@ -165,7 +164,7 @@ impl Actor for Watcher {
         self.deps
             .registry
             .do_send(SessionClosed { session: self.id });
-        self.deps.metrics.connections.fetch_sub(1, Relaxed);
+        self.deps.metrics.connections.dec();
         self.outbox.close(CloseCode::Normal, "");
     }
 }

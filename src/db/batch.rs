@@ -20,7 +20,6 @@
 //! carry live events (a transaction of a few milliseconds would otherwise sit in front of
 //! every event queued behind it). The core only decides the order; nothing waits on a timer.
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use diesel::connection::{AnsiTransactionManager, TransactionManager};
@@ -137,7 +136,8 @@ fn writer(db: Database, metrics: Arc<Metrics>, mut rx: mpsc::UnboundedReceiver<B
                 Err(_) => break,
             }
         }
-        metrics.operation_write_transactions.fetch_add(1, Relaxed);
+        metrics.operation_write_transactions.inc();
+        metrics.observe_write_batch(jobs.len());
         let mut failed: Vec<Option<diesel::result::Error>> = jobs.iter().map(|_| None).collect();
         let result = db.run_here(|c| {
             begin(c)?;
@@ -294,7 +294,7 @@ mod tests {
         for r in futures_util::future::join_all(saves).await {
             r.unwrap();
         }
-        let transactions = metrics.operation_write_transactions.load(Relaxed);
+        let transactions = metrics.operation_write_transactions.get();
         assert!(
             transactions <= 2,
             "20 saves took {transactions} transactions"
@@ -302,7 +302,7 @@ mod tests {
 
         // A save that cannot be written (its operation does not exist) fails on its own, in its
         // savepoint; the others in its transaction are written, and nothing is written twice.
-        let before = metrics.operation_write_transactions.load(Relaxed);
+        let before = metrics.operation_write_transactions.get();
         let good = writer.save(row("op1"), vec![line("op1", 3)]);
         let bad = writer.save(row("ghost"), vec![line("ghost", 1)]);
         let good2 = writer.save(row("op2"), vec![line("op2", 3)]);
@@ -311,7 +311,7 @@ mod tests {
         good2.unwrap();
         assert!(bad.is_err());
         // One shared transaction at most (the three may also have been taken one by one).
-        assert!(metrics.operation_write_transactions.load(Relaxed) - before <= 3);
+        assert!(metrics.operation_write_transactions.get() - before <= 3);
         let n = db
             .run(|c| store::logs_after(c, "op1", 0, 100))
             .await

@@ -17,7 +17,6 @@ pub mod leases;
 pub mod operations;
 pub mod schema;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -205,7 +204,7 @@ impl Database {
             .get()
             .and_then(|mut conn| f(&mut conn).map_err(DbError::from));
         if result.is_err() {
-            self.metrics.database_errors.fetch_add(1, Relaxed);
+            self.metrics.database_errors.inc();
         }
         result
     }

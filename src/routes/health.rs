@@ -1,7 +1,5 @@
 //! `GET /health` and `GET /metrics`.
 
-use std::sync::atomic::Ordering::Relaxed;
-
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
@@ -40,9 +38,9 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
         "uptime_seconds": state.metrics.uptime().as_secs(),
         "websocket": {
             "status": "active",
-            "connections": state.metrics.connections.load(Relaxed),
+            "connections": state.metrics.connections.get(),
         },
-        "rooms": state.metrics.rooms.load(Relaxed),
+        "rooms": state.metrics.rooms.get(),
         "broker": match &broker {
             Ok(()) => json!({ "status": "ok", "kind": state.broker.name() }),
             Err(e) => json!({ "status": "unreachable", "kind": state.broker.name(), "error": e }),
@@ -62,8 +60,8 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
 
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
-        .content_type("text/plain; version=0.0.4; charset=utf-8")
-        .body(state.metrics.render(state.settings.node_id.as_deref()))
+        .content_type(crate::metrics::CONTENT_TYPE)
+        .body(state.metrics.render())
 }
 
 /// `GET /api/nodes`: the nodes serving this Switchyard with their latest figures (one on a

@@ -412,14 +412,14 @@ struct WaitingPoll {
 
 impl WaitingPoll {
     fn new(session: actix::Addr<EngineSession>, metrics: Arc<crate::metrics::Metrics>) -> Self {
-        metrics.polls_waiting.fetch_add(1, Ordering::Relaxed);
+        metrics.polls_waiting.inc();
         Self { session, metrics }
     }
 }
 
 impl Drop for WaitingPoll {
     fn drop(&mut self) {
-        self.metrics.polls_waiting.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.polls_waiting.dec();
         self.session.do_send(EndPoll);
     }
 }

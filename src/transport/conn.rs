@@ -6,7 +6,6 @@
 //! and the outbox's chunks go straight from the [`Body`] to the socket.
 
 use std::rc::Rc;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,9 +97,8 @@ where
     ));
     let open = OpenSocket::new(metrics);
     actix_web::rt::spawn(async move {
-        let _open = open;
         let delivered = tokio::select! {
-            () = write_body(write, takeover.body, ending.clone()) => true,
+            () = write_body(write, takeover.body, ending.clone(), &open.0) => true,
             () = async {
                 ending.reader_gone.raised().await;
                 // Boxed: the timer is only needed at the end, so it does not size the task.
@@ -114,6 +112,7 @@ where
             // Boxed for the same reason.
             Box::pin(lingering_close(&ending, linger)).await;
         }
+        drop(open);
     });
     Ok(())
 }
@@ -123,20 +122,27 @@ struct OpenSocket(Arc<Metrics>);
 
 impl OpenSocket {
     fn new(metrics: Arc<Metrics>) -> Self {
-        metrics.websockets.fetch_add(1, Relaxed);
+        metrics.websockets.inc();
         Self(metrics)
     }
 }
 
 impl Drop for OpenSocket {
     fn drop(&mut self) {
-        self.0.websockets.fetch_sub(1, Relaxed);
+        self.0.websockets.dec();
     }
 }
 
 /// Writes every chunk of `body` as it comes, then shuts the socket's write side. Ends the
 /// reader whichever way it finishes (the body ended, the socket failed, or it was dropped).
-async fn write_body(mut socket: OwnedWriteHalf, mut body: Body, ending: Arc<Ending>) {
+/// Each chunk is what the connection's outbox held when it was drained, so its size is that
+/// queue's depth in bytes (`switchyard_outbox_depth_bytes`).
+async fn write_body(
+    mut socket: OwnedWriteHalf,
+    mut body: Body,
+    ending: Arc<Ending>,
+    metrics: &Metrics,
+) {
     struct EndOnDrop(Arc<Ending>);
     impl Drop for EndOnDrop {
         fn drop(&mut self) {
@@ -145,6 +151,7 @@ async fn write_body(mut socket: OwnedWriteHalf, mut body: Body, ending: Arc<Endi
     }
     let _end = EndOnDrop(ending);
     while let Some(Ok(chunk)) = body.next().await {
+        metrics.observe_outbox_depth(chunk.len());
         if let Err(e) = socket.write_all(&chunk).await {
             log::debug!("WebSocket write failed: {e}");
             return;

@@ -111,6 +111,56 @@ async fn metrics_are_prometheus_text_and_count_traffic() {
     assert!(app.metric("switchyard_publishes_total").await >= 1);
 }
 
+/// The histograms of #17: an operation's duration by kind and outcome, the bytes a WebSocket
+/// wrote per drain of its queue, and the operation writes per database transaction.
+#[tokio::test]
+async fn operation_durations_queue_depths_and_write_batches_are_histograms() {
+    let app = spawn_app().await;
+    let mut c = app.ws_as("m").await;
+    c.join("r").await;
+    c.publish("r", "e", json!(1)).await;
+    let (s, op) = app
+        .post(
+            "/api/operations",
+            json!({"kind": "demo", "target": "t", "params": {"step_ms": 1, "fail_at": "build"}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{op}");
+    let started = |text: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix("switchyard_operations_started_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    eventually("the failed demo's duration is observed", || async {
+        let text = app.metrics_text().await;
+        text.contains(
+            "switchyard_operation_duration_seconds_count{kind=\"demo\",outcome=\"failed\"} 1",
+        ) && started(&text) == 1
+    })
+    .await;
+    let text = app.metrics_text().await;
+    for name in [
+        "# TYPE switchyard_operation_duration_seconds histogram",
+        "# TYPE switchyard_outbox_depth_bytes histogram",
+        "# TYPE switchyard_operation_write_batch histogram",
+    ] {
+        assert!(text.contains(name), "metrics contain {name}:\n{text}");
+    }
+    let count = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // The welcome, the join's answer and the publish's ack were written at least.
+    assert!(count("switchyard_outbox_depth_bytes_count") >= 1, "{text}");
+    assert!(
+        count("switchyard_operation_write_batch_count") >= 1,
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn rest_refusals_are_counted_by_code_exactly_once() {
     let app = spawn_app().await;

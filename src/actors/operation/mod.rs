@@ -53,7 +53,6 @@ pub use lease::{CheckLease, Ownership, Refenced};
 pub use messages::ManagerLink;
 pub use watchers::backfill_frames;
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -295,6 +294,9 @@ impl OperationActor {
     /// Announces a status change. `lifecycle` names the event for the project room and, with
     /// stage changes, what goes to `operations` at once; pure progress there is throttled.
     fn announce(&mut self, lifecycle: Option<&str>, stage_changed: bool) {
+        if lifecycle == Some("operation.started") {
+            self.cx.metrics.operations_started.inc();
+        }
         let json = self.status_json();
         // Stage and status changes are never conflated; pure progress may be, for a slow watcher.
         let pure_progress = lifecycle.is_none() && !stage_changed;
@@ -392,11 +394,7 @@ impl OperationActor {
         self.op.log_offset = offset;
         self.publish(self.op.room(), "operation.log", data, Some(offset));
         for lost in dropped {
-            let total = self
-                .cx
-                .metrics
-                .operation_log_lines_lost
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let total = self.cx.metrics.operation_log_lines_lost.inc();
             if total % 10_000 == 0 {
                 log::error!(
                     "operation {}: database unreachable for too long, dropping unwritten log line {} (and counting)",
@@ -452,6 +450,13 @@ impl OperationActor {
         let Some(event) = self.op.status.terminal_event() else {
             return;
         };
+        if let Some(end) = self.op.finished_at {
+            let from = self.op.started_at.unwrap_or(self.op.created_at);
+            let took = Duration::from_millis(end.0.saturating_sub(from.0).max(0) as u64);
+            self.cx
+                .metrics
+                .observe_operation(&self.op.kind, self.op.status.as_str(), took);
+        }
         let json = self.status_json();
         self.publish(
             self.op.room(),
@@ -516,7 +521,7 @@ impl Actor for OperationActor {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(0);
-        self.cx.metrics.operations.fetch_add(1, Relaxed);
+        self.cx.metrics.operations.inc();
         if self.announce_created {
             let json = self.status_json();
             self.publish(self.op.room(), "operation.progress", json.clone(), Some(0));
@@ -543,7 +548,7 @@ impl Actor for OperationActor {
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
-        self.cx.metrics.operations.fetch_sub(1, Relaxed);
+        self.cx.metrics.operations.dec();
         self.runner.abandon();
         self.manager.retired.do_send(Retired {
             id: self.op.id.clone(),

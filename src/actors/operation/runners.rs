@@ -316,10 +316,7 @@ impl OperationActor {
             ));
         }
         self.runner.last_report = Instant::now();
-        self.cx
-            .metrics
-            .operation_reports
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.cx.metrics.operation_reports.inc();
         match report {
             WorkerReport::Progress(u) => self.apply(&u)?,
             WorkerReport::Logs(lines) => {

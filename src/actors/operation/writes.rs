@@ -32,10 +32,7 @@ impl OperationActor {
         let Some(write) = self.journal.start_write(Instant::now()) else {
             return;
         };
-        self.cx
-            .metrics
-            .operation_writes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.cx.metrics.operation_writes.inc();
         let row = OperationRow::from(&self.op);
         let logs: Vec<LogRow> = self
             .journal

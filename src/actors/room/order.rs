@@ -161,9 +161,7 @@ impl Room {
         if !self.floors.is_empty() {
             self.floors.retain(|_, f| *f > at.offset);
         }
-        self.metrics
-            .publishes
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.publishes.inc();
         self.metrics.observe_publish_latency(received_at.elapsed());
     }
 

@@ -5,7 +5,6 @@
 //! In: [`AppEvent`] from the Engine.IO session. Out: whatever the mapped requests do.
 
 use std::collections::HashMap;
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -40,7 +39,7 @@ impl Handler<AppEvent> for Session {
 
     fn handle(&mut self, msg: AppEvent, ctx: &mut Context<Self>) {
         self.last_seen = Instant::now();
-        self.deps.metrics.messages_in.fetch_add(1, Relaxed);
+        self.deps.metrics.messages_in.inc();
         let Some(profile) = self.profile.clone() else {
             return;
         };

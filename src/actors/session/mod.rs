@@ -49,7 +49,6 @@ mod rooms;
 pub use recovery::SocketRecovery;
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -464,7 +463,7 @@ impl Actor for Session {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         let deps = &self.deps;
-        deps.metrics.connections.fetch_add(1, Relaxed);
+        deps.metrics.connections.inc();
         deps.registry.do_send(SessionOpened {
             session: self.id,
             addr: ctx.address().recipient(),
@@ -494,7 +493,7 @@ impl Actor for Session {
         deps.registry.do_send(SessionClosed { session: self.id });
         // Its window of multi-room messages, if one ever reached it.
         crate::broker::dedupe::forget(self.id);
-        deps.metrics.connections.fetch_sub(1, Relaxed);
+        deps.metrics.connections.dec();
         if let FrontEnd::Native { .. } = self.front {
             self.outbox.close(CloseCode::Normal, "");
         }
@@ -540,7 +539,7 @@ impl Handler<Inbound> for Session {
 
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
         self.last_seen = Instant::now();
-        self.deps.metrics.messages_in.fetch_add(1, Relaxed);
+        self.deps.metrics.messages_in.inc();
         match msg.request {
             Ok(request) => {
                 let identity = self.identity.clone();

@@ -5,7 +5,6 @@
 //! In: whole WebSocket messages from the connection's reader (a stream). Out: `welcome`, pings,
 //! and requests on to [`Session::dispatch`].
 
-use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -91,7 +90,7 @@ impl StreamHandler<Result<WsMessage, ReadError>> for Session {
         self.last_seen = Instant::now();
         match item {
             Ok(WsMessage::Text(bytes)) => {
-                self.deps.metrics.messages_in.fetch_add(1, Relaxed);
+                self.deps.metrics.messages_in.inc();
                 match std::str::from_utf8(&bytes) {
                     Ok(text) => self.on_text(text, ctx),
                     Err(_) => {
