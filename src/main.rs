@@ -16,6 +16,7 @@ struct Cli {
 enum Command {
     /// Serve (the default). Every setting is an environment variable (the usual way) and a flag;
     /// a flag wins over its variable, a variable over the default.
+    #[command(after_help = "The log filter is RUST_LOG (env_logger syntax; default: info).")]
     Serve(Box<ServeArgs>),
     /// Serve what the official Engine.IO and Socket.IO protocol test suites expect: an Engine.IO
     /// echo at /engine.io/ and their fixture at /socket.io/ (pingInterval 300, pingTimeout 200,
