@@ -1033,12 +1033,30 @@ mod tests {
 
     #[test]
     fn the_lookup_is_the_only_environment() {
-        // clap reads an argument's variable from the process; `from_lookup` must not. No
-        // other test reads this variable from the process.
-        std::env::set_var("SWITCHYARD_PRESENCE_LIST_MAX", "7");
-        let s = from(&[]);
-        std::env::remove_var("SWITCHYARD_PRESENCE_LIST_MAX");
-        assert_eq!(s.unwrap().presence_list_max, 1000);
+        // clap reads an argument's variable from the process; `from_lookup` must not. The
+        // variable is set in a child run of this very test rather than here: setting one in a
+        // process whose other tests read the environment on other threads is a race.
+        const CHILD: &str = "SWITCHYARD_CONFIG_TEST_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            assert_eq!(from(&[]).unwrap().presence_list_max, 1000);
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = std::process::Command::new(exe)
+            .args([
+                "config::tests::the_lookup_is_the_only_environment",
+                "--exact",
+            ])
+            .env(CHILD, "1")
+            .env("SWITCHYARD_PRESENCE_LIST_MAX", "7")
+            .output()
+            .expect("the test binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]
