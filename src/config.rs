@@ -1,14 +1,19 @@
-//! Settings: one struct, read from the environment, with defaults.
+//! Settings: one struct, read from the environment (or `serve`'s flags), with defaults.
 //!
-//! Every variable is listed in the README's settings table. An invalid value stops start-up with
-//! a message that names the variable; tests build `Settings` directly (port 0, short heartbeats,
-//! a temporary database) instead of going through the environment.
+//! [`ServeArgs`] declares every setting once — flag, environment variable, default, range and
+//! help line — through clap, so `switchyard serve --help` lists them all and the README's table
+//! is checked against that list (`tests/api/settings.rs`). An invalid value stops start-up with
+//! a message that names the variable. [`Settings`] is what the server uses (durations as
+//! `Duration`, lists parsed); tests build it directly (port 0, short heartbeats, a temporary
+//! database) instead of going through the environment.
 //!
-//! Why this file is one piece (about 740 lines, a tenth of them tests): one struct with a line
-//! per setting and one parse step per variable; it grows by two short entries per setting, and
-//! reading it top to bottom is how one checks it against the README's table.
+//! Why this file is one piece (about 1,100 lines, a sixth of them tests): the declaration, the
+//! struct and the conversion between them have a line each per setting; reading it top to
+//! bottom is how one checks a new setting end to end.
 
+use clap::{Args, FromArgMatches};
 use std::net::IpAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// The most `SWITCHYARD_OPERATION_MAX_PARAMS_BYTES` may be: a command's params travel in the
@@ -55,6 +60,267 @@ impl DatabaseUrl {
             Self::Postgres(_) => "postgres",
         }
     }
+}
+
+/// Every setting of `switchyard serve`, declared once: its flag, its environment variable (the
+/// primary way to set it), its default and the line `--help` shows. Flags win over variables,
+/// variables over defaults. Each value is checked by its parser here (a bad one names its
+/// variable, see [`ConfigError::from_clap`]); checks that involve two settings are in
+/// [`Settings::from_args`]. A flag is the variable's name without `SWITCHYARD_`, in kebab case
+/// (a unit test keeps it so); durations are whole milliseconds (`_MS`) or seconds (`_SECS`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServeArgs {
+    /// Interface to bind
+    #[arg(long, env = "SWITCHYARD_HOST", default_value = "127.0.0.1", value_parser = ip)]
+    pub host: IpAddr,
+    /// Port (0 picks a free one)
+    #[arg(long, env = "SWITCHYARD_PORT", default_value = "8080", value_parser = port)]
+    pub port: u16,
+    /// A SQLite file path (`sqlite://path` also accepted) or `postgres://…`
+    #[arg(long, env = "DATABASE_URL", default_value = "switchyard.db", hide_env_values = true,
+          value_parser = database_url)]
+    pub database_url: DatabaseUrl,
+    /// Pooled database connections
+    #[arg(long, env = "SWITCHYARD_DB_POOL_SIZE", default_value = "8", value_parser = whole(1u32, 256))]
+    pub db_pool_size: u32,
+    /// Wait for a connection before the database counts as unreachable
+    #[arg(long, env = "SWITCHYARD_DB_TIMEOUT_MS", default_value = "2000", value_parser = millis(50))]
+    pub db_timeout_ms: u64,
+    /// `redis://host:port[/db]`: cluster mode, nodes sharing this Redis and one PostgreSQL
+    #[arg(long, env = "SWITCHYARD_REDIS_URL", hide_env_values = true, value_parser = redis_url)]
+    pub redis_url: Option<String>,
+    /// Prefix of every Redis key (clusters sharing one Redis use different ones)
+    #[arg(long, env = "SWITCHYARD_REDIS_PREFIX", default_value = "switchyard")]
+    pub redis_prefix: String,
+    /// How often a node charges its users' publishes to their budget across the cluster
+    #[arg(long, env = "SWITCHYARD_REDIS_RATE_SYNC_MS", default_value = "100", value_parser = millis(10))]
+    pub redis_rate_sync_ms: u64,
+    /// Reverse proxies (addresses and CIDR networks, comma-separated) whose X-Forwarded-For names the client
+    #[arg(long, env = "SWITCHYARD_TRUSTED_PROXIES", value_parser = trusted_proxies)]
+    pub trusted_proxies: Option<crate::client_addr::TrustedProxies>,
+    /// This node's name (1-32 of A-Z a-z 0-9 - _); unset: random per process
+    #[arg(long, env = "SWITCHYARD_NODE_ID", value_parser = node_id)]
+    pub node_id: Option<String>,
+    /// A Redis command taking longer refuses its publish `unavailable`
+    #[arg(long, env = "SWITCHYARD_REDIS_TIMEOUT_MS", default_value = "1000", value_parser = millis(50))]
+    pub redis_timeout_ms: u64,
+    /// Cluster mode: how long a node owns an operation without renewing its lease
+    #[arg(long, env = "SWITCHYARD_OPERATION_LEASE_MS", default_value = "10000", value_parser = millis(200))]
+    pub operation_lease_ms: u64,
+    /// Cluster mode: how often a node renews its operations' leases; at most half the lease
+    #[arg(long, env = "SWITCHYARD_OPERATION_HEARTBEAT_MS", default_value = "2000", value_parser = millis(50))]
+    pub operation_heartbeat_ms: u64,
+    /// Messages kept in the cluster's fan-out stream: how far a node may fall behind and catch up
+    #[arg(long, env = "SWITCHYARD_REDIS_FANOUT_MAXLEN", default_value = "100000",
+          value_parser = whole(1_000usize, 100_000_000))]
+    pub redis_fanout_maxlen: usize,
+    /// How often a cluster node renews its presence entries in Redis and sweeps expired nodes
+    #[arg(long, env = "SWITCHYARD_REDIS_PRESENCE_HEARTBEAT_MS", default_value = "4000", value_parser = millis(50))]
+    pub redis_presence_heartbeat_ms: u64,
+    /// How long a node's presence entries outlive its last heartbeat (at least twice the heartbeat)
+    #[arg(long, env = "SWITCHYARD_REDIS_PRESENCE_TTL_MS", default_value = "12000", value_parser = millis(100))]
+    pub redis_presence_ttl_ms: u64,
+    /// Server ping interval
+    #[arg(long, env = "SWITCHYARD_HEARTBEAT_INTERVAL_MS", default_value = "25000", value_parser = millis(10))]
+    pub heartbeat_interval_ms: u64,
+    /// A session silent this long is dropped (must exceed the interval)
+    #[arg(long, env = "SWITCHYARD_HEARTBEAT_TIMEOUT_MS", default_value = "60000", value_parser = millis(10))]
+    pub heartbeat_timeout_ms: u64,
+    /// Messages each room keeps for resume
+    #[arg(long, env = "SWITCHYARD_HISTORY_SIZE", default_value = "100", value_parser = whole(0usize, 1_000_000))]
+    pub history_size: usize,
+    /// Most users listed in a join answer (`presence_count` has the total)
+    #[arg(long, env = "SWITCHYARD_PRESENCE_LIST_MAX", default_value = "1000", value_parser = whole(0usize, 1_000_000))]
+    pub presence_list_max: usize,
+    /// How long a room keeps a message for resume
+    #[arg(long, env = "SWITCHYARD_HISTORY_TTL_SECS", default_value = "300", value_parser = whole(0u64, 86_400 * 30))]
+    pub history_ttl_secs: u64,
+    /// Bytes of history one room keeps for resume (oldest dropped first)
+    #[arg(long, env = "SWITCHYARD_HISTORY_MAX_BYTES", default_value = "1048576", value_parser = whole(0usize, 1 << 30))]
+    pub history_max_bytes: usize,
+    /// Event names whose last `retain: "event"` message one room keeps for joiners
+    #[arg(long, env = "SWITCHYARD_RETAINED_EVENTS_MAX", default_value = "32", value_parser = whole(1usize, 10_000))]
+    pub retained_events_max: usize,
+    /// Ids of multi-room messages one connection remembers so that it gets each once
+    #[arg(long, env = "SWITCHYARD_DEDUPE_WINDOW", default_value = "32", value_parser = whole(1usize, 4_096))]
+    pub dedupe_window: usize,
+    /// Rooms one `POST /api/rooms/publish` may name
+    #[arg(long, env = "SWITCHYARD_PUBLISH_MAX_ROOMS", default_value = "16", value_parser = whole(1usize, 1_000))]
+    pub publish_max_rooms: usize,
+    /// Bytes of history all rooms keep together; over it rooms drop their oldest messages
+    #[arg(long, env = "SWITCHYARD_HISTORY_TOTAL_MAX_BYTES", default_value = "268435456",
+          value_parser = whole(0usize, 1 << 40))]
+    pub history_total_max_bytes: usize,
+    /// HS256 secret for tokens; unset: open mode
+    #[arg(long, env = "SWITCHYARD_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// 1 allows open mode on a non-loopback address
+    #[arg(long, env = "SWITCHYARD_ALLOW_INSECURE", default_value = "0", value_parser = switch,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "1", value_name = "0|1")]
+    pub allow_insecure: bool,
+    /// Time to send the `auth` frame when a secret is set
+    #[arg(long, env = "SWITCHYARD_AUTH_TIMEOUT_MS", default_value = "5000", value_parser = millis(10))]
+    pub auth_timeout_ms: u64,
+    /// How long a watch ticket opens its operation's status, SSE stream and WebSocket
+    #[arg(long, env = "SWITCHYARD_WATCH_TICKET_TTL_SECS", default_value = "60", value_parser = whole(1u64, 3_600))]
+    pub watch_ticket_ttl_secs: u64,
+    /// Interval of the `stats` event in `system`
+    #[arg(long, env = "SWITCHYARD_STATS_INTERVAL_MS", default_value = "5000", value_parser = millis(10))]
+    pub stats_interval_ms: u64,
+    /// Largest WebSocket message (after reassembly); larger closes with 1009
+    #[arg(long, env = "SWITCHYARD_MAX_FRAME_BYTES", default_value = "65536", value_parser = whole(128usize, 64 << 20))]
+    pub max_frame_bytes: usize,
+    /// Largest WebSocket message before the client authenticated
+    #[arg(long, env = "SWITCHYARD_MAX_UNAUTHENTICATED_FRAME_BYTES", default_value = "8192",
+          value_parser = whole(128usize, 64 << 20))]
+    pub max_unauthenticated_frame_bytes: usize,
+    /// Largest HTTP request body; larger gets 413
+    #[arg(long, env = "SWITCHYARD_MAX_BODY_BYTES", default_value = "262144", value_parser = whole(128usize, 64 << 20))]
+    pub max_body_bytes: usize,
+    /// Time an HTTP request's body has to arrive after its head; later gets 408
+    #[arg(long, env = "SWITCHYARD_REQUEST_TIMEOUT_MS", default_value = "30000", value_parser = millis(10))]
+    pub request_timeout_ms: u64,
+    /// Per-session outbound queue bound, in messages
+    #[arg(long, env = "SWITCHYARD_OUTBOX_MAX_MESSAGES", default_value = "1024", value_parser = whole(1usize, 1 << 20))]
+    pub outbox_max_messages: usize,
+    /// Per-session outbound queue bound, in bytes
+    #[arg(long, env = "SWITCHYARD_OUTBOX_MAX_BYTES", default_value = "1048576", value_parser = whole(1024usize, 1 << 30))]
+    pub outbox_max_bytes: usize,
+    /// Refused frames per 10 s before a session is closed (1008)
+    #[arg(long, env = "SWITCHYARD_ERROR_LIMIT", default_value = "20", value_parser = whole(1u32, 1_000_000))]
+    pub error_limit: u32,
+    /// Bound on graceful shutdown
+    #[arg(long, env = "SWITCHYARD_SHUTDOWN_TIMEOUT_MS", default_value = "5000", value_parser = millis(0))]
+    pub shutdown_timeout_ms: u64,
+    /// After a WebSocket session ends, how long its connection may still take to deliver what is queued
+    #[arg(long, env = "SWITCHYARD_CLOSE_LINGER_MS", default_value = "10000", value_parser = millis(0))]
+    pub close_linger_ms: u64,
+    /// HTTP/WebSocket worker threads; 0: one per core
+    #[arg(long, env = "SWITCHYARD_WORKERS", default_value = "0", value_parser = whole(0usize, 1_024))]
+    pub workers: usize,
+    /// Rooms run on N dedicated threads; 0: on the HTTP worker threads; unset: one per core
+    #[arg(long, env = "SWITCHYARD_ROOM_THREADS", value_parser = whole(0usize, 1_024))]
+    pub room_threads: Option<usize>,
+    /// The configuration file (TOML): operation kinds and app profiles
+    #[arg(long, env = "SWITCHYARD_CONFIG_FILE", value_parser = existing_file)]
+    pub config_file: Option<PathBuf>,
+    /// The key backend hook calls are signed with (required when a profile declares hooks)
+    #[arg(long, env = "SWITCHYARD_HOOK_SECRET", hide_env_values = true)]
+    pub hook_secret: Option<String>,
+    /// Backend hook calls in flight on this node; one more is refused `backend_unavailable`
+    #[arg(long, env = "SWITCHYARD_HOOK_CONCURRENCY", default_value = "256", value_parser = whole(1usize, 1_000_000))]
+    pub hook_concurrency: usize,
+    /// Backend hook calls one socket may have in flight; one more is refused `rate_limited`
+    #[arg(long, env = "SWITCHYARD_HOOK_SESSION_CONCURRENCY", default_value = "8",
+          value_parser = whole(1usize, 1_000_000))]
+    pub hook_session_concurrency: usize,
+    /// TOML file declaring operation kinds only; works beside SWITCHYARD_CONFIG_FILE
+    #[arg(long, env = "SWITCHYARD_OPERATIONS_FILE", value_parser = existing_file)]
+    pub operations_file: Option<PathBuf>,
+    /// Offer the built-in `demo` operation kind
+    #[arg(long, env = "SWITCHYARD_DEMO", default_value = "1", value_parser = switch,
+          action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "1", value_name = "0|1")]
+    pub demo: bool,
+    /// At most one database write per operation per interval, unless a report waits for its answer
+    #[arg(long, env = "SWITCHYARD_OPERATION_FLUSH_MS", default_value = "250", value_parser = millis(10))]
+    pub operation_flush_ms: u64,
+    /// How long a finished operation stays in memory
+    #[arg(long, env = "SWITCHYARD_OPERATION_RETENTION_SECS", default_value = "300",
+          value_parser = whole(0u64, 86_400 * 7))]
+    pub operation_retention_secs: u64,
+    /// Finished operations older than this are deleted
+    #[arg(long, env = "SWITCHYARD_OPERATION_PRUNE_DAYS", default_value = "30", value_parser = whole(1u64, 36_500))]
+    pub operation_prune_days: u64,
+    /// Stages a status object lists at most (declared ones included)
+    #[arg(long, env = "SWITCHYARD_OPERATION_MAX_STAGES", default_value = "32", value_parser = whole(1usize, 10_000))]
+    pub operation_max_stages: usize,
+    /// Largest `result` an operation completes with, as JSON (413 beyond)
+    #[arg(long, env = "SWITCHYARD_OPERATION_MAX_RESULT_BYTES", default_value = "65536",
+          value_parser = whole(2usize, 64 << 20))]
+    pub operation_max_result_bytes: usize,
+    /// Largest `details` a worker's progress report may set, as JSON (413 beyond)
+    #[arg(long, env = "SWITCHYARD_OPERATION_MAX_DETAILS_BYTES", default_value = "16384",
+          value_parser = whole(2usize, 64 << 20))]
+    pub operation_max_details_bytes: usize,
+    /// Largest `params` an operation is started with, as JSON (413 beyond); a command gets them in
+    /// the environment, so at most 131008
+    // `SWITCHYARD_PARAMS=` + the JSON + NUL must fit the kernel's 128 KiB per string.
+    #[arg(long, env = "SWITCHYARD_OPERATION_MAX_PARAMS_BYTES", default_value = "65536",
+          value_parser = whole(2usize, MAX_PARAMS_ENV_BYTES))]
+    pub operation_max_params_bytes: usize,
+    /// Deepest nesting of start `params` and of `details`
+    #[arg(long, env = "SWITCHYARD_OPERATION_MAX_JSON_DEPTH", default_value = "16", value_parser = whole(1usize, 100))]
+    pub operation_max_json_depth: usize,
+    /// Bytes of recent log lines one operation keeps in memory for watchers that rejoin
+    #[arg(long, env = "SWITCHYARD_OPERATION_LOG_MEMORY_BYTES", default_value = "1048576",
+          value_parser = whole(64usize << 10, 1 << 30))]
+    pub operation_log_memory_bytes: usize,
+    /// Bytes of unwritten log lines one operation keeps while the database is unreachable
+    #[arg(long, env = "SWITCHYARD_OPERATION_UNWRITTEN_MAX_BYTES", default_value = "16777216",
+          value_parser = whole(64usize << 10, 4 << 30))]
+    pub operation_unwritten_max_bytes: usize,
+    /// Worker reports a second per operation, burst twice that; 0: no limit
+    #[arg(long, env = "SWITCHYARD_OPERATION_REPORT_RATE", default_value = "1000",
+          value_parser = whole(0u32, 10_000_000))]
+    pub operation_report_rate: u32,
+    /// Log lines backfilled to a joining watcher (more: page over REST)
+    #[arg(long, env = "SWITCHYARD_LOG_REPLAY_MAX", default_value = "1000", value_parser = whole(0usize, 1_000_000))]
+    pub log_replay_max: usize,
+    /// Rooms one connection may be in; 0: no limit
+    #[arg(long, env = "SWITCHYARD_MAX_ROOMS_PER_CONNECTION", default_value = "100",
+          value_parser = whole(0usize, 1_000_000))]
+    pub max_rooms_per_connection: usize,
+    /// Publishes a second per connection, burst twice that; 0: no limit
+    #[arg(long, env = "SWITCHYARD_PUBLISH_RATE", default_value = "100", value_parser = whole(0u32, 10_000_000))]
+    pub publish_rate: u32,
+    /// Publishes a second per user across its connections and REST calls, burst twice that; 0: no limit
+    #[arg(long, env = "SWITCHYARD_USER_PUBLISH_RATE", default_value = "200", value_parser = whole(0u32, 10_000_000))]
+    pub user_publish_rate: u32,
+    /// Open connections per client address; 0: no limit
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS_PER_IP", default_value = "2000",
+          value_parser = whole(0usize, 10_000_000))]
+    pub max_connections_per_ip: usize,
+    /// Operations (queued, running, cancelling) one user may have started and not ended, per node; 0: no limit
+    #[arg(long, env = "SWITCHYARD_MAX_ACTIVE_OPERATIONS_PER_USER", default_value = "1000",
+          value_parser = whole(0usize, 10_000_000))]
+    pub max_active_operations_per_user: usize,
+    /// New connections a second per client address, burst twice that; 0: no limit
+    #[arg(long, env = "SWITCHYARD_NEW_CONNECTIONS_PER_IP", default_value = "200",
+          value_parser = whole(0u32, 10_000_000))]
+    pub new_connections_per_ip: u32,
+    /// Comma-separated origins (https://app.example) whose pages may connect and call the API; unset: any
+    #[arg(long, env = "SWITCHYARD_ALLOWED_ORIGINS", value_parser = origins)]
+    pub allowed_origins: Option<List>,
+    /// Engine.IO ping interval
+    #[arg(long, env = "SWITCHYARD_SOCKETIO_PING_INTERVAL_MS", default_value = "25000", value_parser = millis(10))]
+    pub socketio_ping_interval_ms: u64,
+    /// Engine.IO pong deadline
+    #[arg(long, env = "SWITCHYARD_SOCKETIO_PING_TIMEOUT_MS", default_value = "20000", value_parser = millis(10))]
+    pub socketio_ping_timeout_ms: u64,
+    /// Engine.IO `maxPayload` (polling body / WebSocket message / a binary packet's attachments)
+    #[arg(long, env = "SWITCHYARD_SOCKETIO_MAX_PAYLOAD", default_value = "1000000",
+          value_parser = whole(1024usize, 64 << 20))]
+    pub socketio_max_payload: usize,
+    /// Time to send the first Socket.IO CONNECT
+    #[arg(long, env = "SWITCHYARD_SOCKETIO_CONNECT_TIMEOUT_MS", default_value = "45000", value_parser = millis(10))]
+    pub socketio_connect_timeout_ms: u64,
+    /// Socket.IO namespaces besides `/`, comma-separated, e.g. /admin,/ops
+    #[arg(long, env = "SWITCHYARD_SOCKETIO_NAMESPACES", value_parser = namespaces)]
+    pub socketio_namespaces: Option<List>,
+    /// Socket.IO connection-state recovery: how long a dropped socket can be recovered; 0: off
+    #[arg(long, env = "SWITCHYARD_SOCKETIO_RECOVERY_SECS", default_value = "0", value_parser = whole(0u64, 86_400))]
+    pub socketio_recovery_secs: u64,
+    /// Room events whose order a Socket.IO connection remembers for recovery
+    #[arg(long, env = "SWITCHYARD_SOCKETIO_RECOVERY_WINDOW", default_value = "256", value_parser = whole(1usize, 65_536))]
+    pub socketio_recovery_window: usize,
+    /// Dropped Socket.IO sockets kept for recovery at once
+    #[arg(long, env = "SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS", default_value = "10000",
+          value_parser = whole(1usize, 10_000_000))]
+    pub socketio_recovery_max_sockets: usize,
+    /// Cluster mode: the largest recovery record a dropped Socket.IO socket may leave in Redis
+    #[arg(long, env = "SWITCHYARD_SOCKETIO_RECOVERY_MAX_RECORD_BYTES", default_value = "65536",
+          value_parser = whole(1_024usize, 16 << 20))]
+    pub socketio_recovery_max_record_bytes: usize,
 }
 
 /// All server settings. `Settings::default()` is what a bare `switchyard` runs with.
@@ -288,88 +554,12 @@ pub struct Settings {
 }
 
 impl Default for Settings {
+    /// What a bare `switchyard` runs with: the declared defaults of [`ServeArgs`], parsed without
+    /// any flag or variable, so each default is written once.
     fn default() -> Self {
-        Self {
-            host: IpAddr::from([127, 0, 0, 1]),
-            port: 8080,
-            database: DatabaseUrl::Sqlite("switchyard.db".into()),
-            redis_url: None,
-            redis_prefix: "switchyard".into(),
-            node_id: None,
-            max_active_operations_per_user: 1_000,
-            trusted_proxies: Default::default(),
-            redis_timeout: Duration::from_millis(1_000),
-            redis_fanout_maxlen: 100_000,
-            redis_rate_sync: Duration::from_millis(100),
-            operation_lease: Duration::from_millis(10_000),
-            operation_heartbeat: Duration::from_millis(2_000),
-            operation_heartbeat_paused: None,
-            redis_presence_heartbeat: Duration::from_millis(4_000),
-            redis_presence_ttl: Duration::from_millis(12_000),
-            db_pool_size: 8,
-            db_timeout: Duration::from_millis(2_000),
-            heartbeat_interval: Duration::from_millis(25_000),
-            heartbeat_timeout: Duration::from_millis(60_000),
-            history_size: 100,
-            history_ttl: Duration::from_secs(300),
-            history_max_bytes: 1 << 20,
-            history_total_max_bytes: 256 << 20,
-            presence_list_max: 1000,
-            retained_events_max: 32,
-            dedupe_window: 32,
-            publish_max_rooms: 16,
-            jwt_secret: None,
-            allow_insecure: false,
-            hook_secret: None,
-            config_vars: std::collections::HashMap::new(),
-            hook_concurrency: 256,
-            hook_session_concurrency: 8,
-            auth_timeout: Duration::from_millis(5_000),
-            watch_ticket_ttl: Duration::from_secs(60),
-            stats_interval: Duration::from_millis(5_000),
-            max_frame_bytes: 64 * 1024,
-            max_unauthenticated_frame_bytes: 8 * 1024,
-            request_timeout: Duration::from_millis(30_000),
-            max_body_bytes: 256 * 1024,
-            outbox_max_messages: 1_024,
-            outbox_max_bytes: 1024 * 1024,
-            error_limit: 20,
-            shutdown_timeout: Duration::from_millis(5_000),
-            close_linger: Duration::from_millis(10_000),
-            workers: 0,
-            room_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            operations_file: None,
-            config_file: None,
-            demo: true,
-            operation_retention: Duration::from_secs(300),
-            operation_prune_days: 30,
-            operation_flush_interval: Duration::from_millis(250),
-            operation_max_stages: 32,
-            operation_max_result_bytes: 64 * 1024,
-            operation_max_details_bytes: 16 * 1024,
-            operation_max_params_bytes: 64 * 1024,
-            operation_max_json_depth: 16,
-            operation_log_memory_bytes: 1 << 20,
-            operation_unwritten_max_bytes: 16 << 20,
-            operation_report_rate: 1_000,
-            log_replay_max: 1_000,
-            allowed_origins: Vec::new(),
-            sio_ping_interval: Duration::from_millis(25_000),
-            sio_ping_timeout: Duration::from_millis(20_000),
-            sio_max_payload: 1_000_000,
-            sio_connect_timeout: Duration::from_millis(45_000),
-            sio_namespaces: Vec::new(),
-            sio_recovery: Duration::ZERO,
-            sio_recovery_window: 256,
-            sio_recovery_max_sockets: 10_000,
-            sio_recovery_max_record_bytes: 65_536,
-            conformance: false,
-            max_rooms_per_connection: 100,
-            publish_rate: 100,
-            user_publish_rate: 200,
-            max_connections_per_ip: 2_000,
-            new_connections_per_ip: 200,
-        }
+        // Cannot fail unless a declared default breaks its own parser or a cross-field check,
+        // which `defaults_serve_on_loopback_8080_with_sqlite` would show first.
+        Settings::from_lookup(|_| None).expect("the defaults declared in ServeArgs are valid")
     }
 }
 
@@ -377,498 +567,182 @@ impl Default for Settings {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid value for {var}: {value:?} ({reason})")]
 pub struct ConfigError {
-    pub var: &'static str,
+    /// The environment variable (the flag is its name in kebab case, without `SWITCHYARD_`).
+    pub var: String,
     pub value: String,
     pub reason: String,
 }
 
+impl ConfigError {
+    /// The setting a clap error refused, when one of the parsers below refused it; `None` for
+    /// any other clap error (an unknown flag, `--help`), which clap reports itself. The refusal
+    /// is recognised by its source type ([`Refused`]), not by the flag's name, so that another
+    /// subcommand's `--port` is not mistaken for `SWITCHYARD_PORT`.
+    pub fn from_clap(e: &clap::Error) -> Option<Self> {
+        use clap::error::{ContextKind, ContextValue};
+        use std::error::Error as _;
+        let reason = e.source()?.downcast_ref::<Refused>()?;
+        let text = |kind| match e.get(kind) {
+            Some(ContextValue::String(s)) => Some(s.clone()),
+            _ => None,
+        };
+        // clap names the argument as it displays it (`--port <PORT>`): find the one that
+        // displays so, and take its variable.
+        let shown = text(ContextKind::InvalidArg)?;
+        // Built as for parsing: an argument displays its number of values only then.
+        let mut cmd = serve_command();
+        cmd.build();
+        let var = cmd
+            .get_arguments()
+            .find(|a| a.to_string() == shown)?
+            .get_env()?
+            .to_string_lossy()
+            .into_owned();
+        Some(ConfigError {
+            var,
+            value: text(ContextKind::InvalidValue).unwrap_or_default(),
+            reason: reason.0.clone(),
+        })
+    }
+}
+
+/// `serve`'s arguments alone, as `switchyard serve` has them.
+pub fn serve_command() -> clap::Command {
+    ServeArgs::augment_args(clap::Command::new("serve"))
+}
+
+/// `serve`'s arguments with every variable that is set but empty counted as unset, as it always
+/// was (a deployment template that writes `SWITCHYARD_JWT_SECRET=` means no secret): clap would
+/// hand the empty string to the parser. Such an argument loses its `[env: …]` line in `--help`.
+pub fn empty_env_is_unset(cmd: clap::Command) -> clap::Command {
+    cmd.mut_args(|a| {
+        let empty = a
+            .get_env()
+            .and_then(std::env::var_os)
+            .is_some_and(|v| v.is_empty());
+        if empty {
+            a.env(None::<&'static str>)
+        } else {
+            a
+        }
+    })
+}
+
 impl Settings {
-    /// Reads the process environment.
+    /// Reads the process environment (what `switchyard` without a subcommand does).
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|k| std::env::var(k).ok())
+        let cmd = empty_env_is_unset(serve_command());
+        Self::from_args(parse_args(cmd, ["serve"])?)
     }
 
     /// Reads settings through `lookup`, so tests can supply a map instead of the environment.
+    ///
+    /// clap reads an argument's variable from the process environment when the argument is
+    /// built, and that environment is shared by every test in the process. So here every
+    /// argument's variable is dropped and what `lookup` has for it is passed as its flag
+    /// (`--port=8080`) instead: the same parsers and checks, nothing from the process.
     pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let mut s = Settings::default();
-        let get = |var: &'static str| lookup(var).filter(|v| !v.is_empty());
+        let cmd = serve_command();
+        let mut argv = vec![std::ffi::OsString::from("serve")];
+        for arg in cmd.get_arguments() {
+            let (Some(var), Some(long)) = (arg.get_env().and_then(|v| v.to_str()), arg.get_long())
+            else {
+                continue;
+            };
+            if let Some(v) = lookup(var).filter(|v| !v.is_empty()) {
+                argv.push(format!("--{long}={v}").into());
+            }
+        }
+        let cmd = cmd.mut_args(|a| a.env(None::<&'static str>));
+        Self::from_args(parse_args(cmd, argv)?)
+    }
 
-        if let Some(v) = get("SWITCHYARD_HOST") {
-            s.host = v
-                .parse()
-                .map_err(|_| err("SWITCHYARD_HOST", &v, "expected an IP address"))?;
-        }
-        if let Some(v) = get("SWITCHYARD_PORT") {
-            s.port = v
-                .parse()
-                .map_err(|_| err("SWITCHYARD_PORT", &v, "expected a port number 0-65535"))?;
-        }
-        if let Some(v) = get("DATABASE_URL") {
-            s.database = DatabaseUrl::parse(&v).map_err(|r| err("DATABASE_URL", &v, &r))?;
-        }
-        if let Some(v) = get("SWITCHYARD_REDIS_URL") {
-            if !v.starts_with("redis://") && !v.starts_with("rediss://") {
-                return Err(err(
-                    "SWITCHYARD_REDIS_URL",
-                    &v,
-                    "expected redis://host:port[/db]",
-                ));
-            }
-            s.redis_url = Some(v);
-        }
-        if let Some(v) = get("SWITCHYARD_REDIS_PREFIX") {
-            s.redis_prefix = v;
-        }
-        if let Some(v) = get("SWITCHYARD_TRUSTED_PROXIES") {
-            s.trusted_proxies = crate::client_addr::TrustedProxies::parse(&v)
-                .map_err(|why| err("SWITCHYARD_TRUSTED_PROXIES", &v, &why))?;
-        }
-        if let Some(v) = get("SWITCHYARD_NODE_ID") {
-            // It appears in session ids (query strings), metric labels and proxy rules: keep
-            // it to characters none of them needs to escape.
-            let ok = v.len() <= 32
-                && v.bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
-            if !ok {
-                return Err(err(
-                    "SWITCHYARD_NODE_ID",
-                    &v,
-                    "expected 1-32 characters of letters, digits, '-' and '_'",
-                ));
-            }
-            s.node_id = Some(v);
-        }
-        millis(
-            &get,
-            "SWITCHYARD_REDIS_TIMEOUT_MS",
-            50,
-            &mut s.redis_timeout,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_REDIS_FANOUT_MAXLEN",
-            1_000,
-            100_000_000,
-            &mut s.redis_fanout_maxlen,
-        )?;
-        millis(
-            &get,
-            "SWITCHYARD_REDIS_RATE_SYNC_MS",
-            10,
-            &mut s.redis_rate_sync,
-        )?;
-        millis(
-            &get,
-            "SWITCHYARD_OPERATION_LEASE_MS",
-            200,
-            &mut s.operation_lease,
-        )?;
-        millis(
-            &get,
-            "SWITCHYARD_OPERATION_HEARTBEAT_MS",
-            50,
-            &mut s.operation_heartbeat,
-        )?;
-        millis(
-            &get,
-            "SWITCHYARD_REDIS_PRESENCE_HEARTBEAT_MS",
-            50,
-            &mut s.redis_presence_heartbeat,
-        )?;
-        millis(
-            &get,
-            "SWITCHYARD_REDIS_PRESENCE_TTL_MS",
-            100,
-            &mut s.redis_presence_ttl,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_MAX_ACTIVE_OPERATIONS_PER_USER",
-            0,
-            10_000_000,
-            &mut s.max_active_operations_per_user,
-        )?;
-        num(&get, "SWITCHYARD_DB_POOL_SIZE", 1, 256, &mut s.db_pool_size)?;
-        millis(&get, "SWITCHYARD_DB_TIMEOUT_MS", 50, &mut s.db_timeout)?;
-        millis(
-            &get,
-            "SWITCHYARD_HEARTBEAT_INTERVAL_MS",
-            10,
-            &mut s.heartbeat_interval,
-        )?;
-        millis(
-            &get,
-            "SWITCHYARD_HEARTBEAT_TIMEOUT_MS",
-            10,
-            &mut s.heartbeat_timeout,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_HISTORY_SIZE",
-            0,
-            1_000_000,
-            &mut s.history_size,
-        )?;
-        let mut ttl = s.history_ttl.as_secs();
-        num(
-            &get,
-            "SWITCHYARD_HISTORY_TTL_SECS",
-            0,
-            86_400 * 30,
-            &mut ttl,
-        )?;
-        s.history_ttl = Duration::from_secs(ttl);
-        num(
-            &get,
-            "SWITCHYARD_HISTORY_MAX_BYTES",
-            0,
-            1 << 30,
-            &mut s.history_max_bytes,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_HISTORY_TOTAL_MAX_BYTES",
-            0,
-            1 << 40,
-            &mut s.history_total_max_bytes,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_PRESENCE_LIST_MAX",
-            0,
-            1_000_000,
-            &mut s.presence_list_max,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_RETAINED_EVENTS_MAX",
-            1,
-            10_000,
-            &mut s.retained_events_max,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_DEDUPE_WINDOW",
-            1,
-            4_096,
-            &mut s.dedupe_window,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_PUBLISH_MAX_ROOMS",
-            1,
-            1_000,
-            &mut s.publish_max_rooms,
-        )?;
-        s.jwt_secret = get("SWITCHYARD_JWT_SECRET");
-        s.hook_secret = get("SWITCHYARD_HOOK_SECRET");
-        num(
-            &get,
-            "SWITCHYARD_HOOK_CONCURRENCY",
-            1,
-            1_000_000,
-            &mut s.hook_concurrency,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_HOOK_SESSION_CONCURRENCY",
-            1,
-            1_000_000,
-            &mut s.hook_session_concurrency,
-        )?;
-        flag(&get, "SWITCHYARD_ALLOW_INSECURE", &mut s.allow_insecure)?;
-        flag(&get, "SWITCHYARD_DEMO", &mut s.demo)?;
-        if let Some(v) = get("SWITCHYARD_OPERATIONS_FILE") {
-            let path = std::path::PathBuf::from(&v);
-            if !path.is_file() {
-                return Err(err("SWITCHYARD_OPERATIONS_FILE", &v, "no such file"));
-            }
-            s.operations_file = Some(path);
-        }
-        if let Some(v) = get("SWITCHYARD_CONFIG_FILE") {
-            let path = std::path::PathBuf::from(&v);
-            if !path.is_file() {
-                return Err(err("SWITCHYARD_CONFIG_FILE", &v, "no such file"));
-            }
-            s.config_file = Some(path);
-        }
-        let mut retention = s.operation_retention.as_secs();
-        num(
-            &get,
-            "SWITCHYARD_OPERATION_RETENTION_SECS",
-            0,
-            86_400 * 7,
-            &mut retention,
-        )?;
-        s.operation_retention = Duration::from_secs(retention);
-        num(
-            &get,
-            "SWITCHYARD_OPERATION_PRUNE_DAYS",
-            1,
-            36_500,
-            &mut s.operation_prune_days,
-        )?;
-        millis(
-            &get,
-            "SWITCHYARD_OPERATION_FLUSH_MS",
-            10,
-            &mut s.operation_flush_interval,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_OPERATION_MAX_STAGES",
-            1,
-            10_000,
-            &mut s.operation_max_stages,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_OPERATION_MAX_RESULT_BYTES",
-            2,
-            64 << 20,
-            &mut s.operation_max_result_bytes,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_OPERATION_MAX_DETAILS_BYTES",
-            2,
-            64 << 20,
-            &mut s.operation_max_details_bytes,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_OPERATION_MAX_PARAMS_BYTES",
-            2,
-            // `SWITCHYARD_PARAMS=` + the JSON + NUL must fit the kernel's 128 KiB per string.
-            MAX_PARAMS_ENV_BYTES,
-            &mut s.operation_max_params_bytes,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_OPERATION_MAX_JSON_DEPTH",
-            1,
-            100,
-            &mut s.operation_max_json_depth,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_OPERATION_LOG_MEMORY_BYTES",
-            64 << 10,
-            1 << 30,
-            &mut s.operation_log_memory_bytes,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_OPERATION_UNWRITTEN_MAX_BYTES",
-            64 << 10,
-            4 << 30,
-            &mut s.operation_unwritten_max_bytes,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_OPERATION_REPORT_RATE",
-            0,
-            10_000_000,
-            &mut s.operation_report_rate,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_LOG_REPLAY_MAX",
-            0,
-            1_000_000,
-            &mut s.log_replay_max,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_MAX_ROOMS_PER_CONNECTION",
-            0,
-            1_000_000,
-            &mut s.max_rooms_per_connection,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_PUBLISH_RATE",
-            0,
-            10_000_000,
-            &mut s.publish_rate,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_USER_PUBLISH_RATE",
-            0,
-            10_000_000,
-            &mut s.user_publish_rate,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_MAX_CONNECTIONS_PER_IP",
-            0,
-            10_000_000,
-            &mut s.max_connections_per_ip,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_NEW_CONNECTIONS_PER_IP",
-            0,
-            10_000_000,
-            &mut s.new_connections_per_ip,
-        )?;
-        if let Some(v) = get("SWITCHYARD_ALLOWED_ORIGINS") {
-            s.allowed_origins = list(&v);
-            let bad = s
-                .allowed_origins
-                .iter()
-                .find(|o| !(o.starts_with("http://") || o.starts_with("https://")));
-            if let Some(bad) = bad {
-                let reason = format!("{bad:?} is not an http(s) origin");
-                return Err(err("SWITCHYARD_ALLOWED_ORIGINS", &v, &reason));
-            }
-        }
-        millis(
-            &get,
-            "SWITCHYARD_SOCKETIO_PING_INTERVAL_MS",
-            10,
-            &mut s.sio_ping_interval,
-        )?;
-        millis(
-            &get,
-            "SWITCHYARD_SOCKETIO_PING_TIMEOUT_MS",
-            10,
-            &mut s.sio_ping_timeout,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_SOCKETIO_MAX_PAYLOAD",
-            1024,
-            64 << 20,
-            &mut s.sio_max_payload,
-        )?;
-        millis(
-            &get,
-            "SWITCHYARD_SOCKETIO_CONNECT_TIMEOUT_MS",
-            10,
-            &mut s.sio_connect_timeout,
-        )?;
-        if let Some(v) = get("SWITCHYARD_SOCKETIO_NAMESPACES") {
-            s.sio_namespaces = list(&v);
-            let bad = s
-                .sio_namespaces
-                .iter()
-                .find(|n| !n.starts_with('/') || n.len() > 128 || n.contains(','));
-            if let Some(bad) = bad {
-                let reason = format!("{bad:?} must start with /");
-                return Err(err("SWITCHYARD_SOCKETIO_NAMESPACES", &v, &reason));
-            }
-        }
-        let mut recovery = s.sio_recovery.as_secs();
-        num(
-            &get,
-            "SWITCHYARD_SOCKETIO_RECOVERY_SECS",
-            0,
-            86_400,
-            &mut recovery,
-        )?;
-        s.sio_recovery = Duration::from_secs(recovery);
-        num(
-            &get,
-            "SWITCHYARD_SOCKETIO_RECOVERY_WINDOW",
-            1,
-            65_536,
-            &mut s.sio_recovery_window,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_SOCKETIO_RECOVERY_MAX_SOCKETS",
-            1,
-            10_000_000,
-            &mut s.sio_recovery_max_sockets,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_SOCKETIO_RECOVERY_MAX_RECORD_BYTES",
-            1_024,
-            16 << 20,
-            &mut s.sio_recovery_max_record_bytes,
-        )?;
-        millis(&get, "SWITCHYARD_AUTH_TIMEOUT_MS", 10, &mut s.auth_timeout)?;
-        let mut ticket_ttl = s.watch_ticket_ttl.as_secs();
-        num(
-            &get,
-            "SWITCHYARD_WATCH_TICKET_TTL_SECS",
-            1,
-            3_600,
-            &mut ticket_ttl,
-        )?;
-        s.watch_ticket_ttl = Duration::from_secs(ticket_ttl);
-        millis(
-            &get,
-            "SWITCHYARD_STATS_INTERVAL_MS",
-            10,
-            &mut s.stats_interval,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_MAX_FRAME_BYTES",
-            128,
-            64 << 20,
-            &mut s.max_frame_bytes,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_MAX_UNAUTHENTICATED_FRAME_BYTES",
-            128,
-            64 << 20,
-            &mut s.max_unauthenticated_frame_bytes,
-        )?;
-        millis(
-            &get,
-            "SWITCHYARD_REQUEST_TIMEOUT_MS",
-            10,
-            &mut s.request_timeout,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_MAX_BODY_BYTES",
-            128,
-            64 << 20,
-            &mut s.max_body_bytes,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_OUTBOX_MAX_MESSAGES",
-            1,
-            1 << 20,
-            &mut s.outbox_max_messages,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_OUTBOX_MAX_BYTES",
-            1024,
-            1 << 30,
-            &mut s.outbox_max_bytes,
-        )?;
-        num(
-            &get,
-            "SWITCHYARD_ERROR_LIMIT",
-            1,
-            1_000_000,
-            &mut s.error_limit,
-        )?;
-        millis(
-            &get,
-            "SWITCHYARD_SHUTDOWN_TIMEOUT_MS",
-            0,
-            &mut s.shutdown_timeout,
-        )?;
-        millis(&get, "SWITCHYARD_CLOSE_LINGER_MS", 0, &mut s.close_linger)?;
-        num(&get, "SWITCHYARD_WORKERS", 0, 1024, &mut s.workers)?;
-        num(
-            &get,
-            "SWITCHYARD_ROOM_THREADS",
-            0,
-            1024,
-            &mut s.room_threads,
-        )?;
+    /// Turns parsed arguments into settings, with the checks that involve two settings (each
+    /// value alone was checked by its parser).
+    pub fn from_args(a: ServeArgs) -> Result<Self, ConfigError> {
+        let ms = Duration::from_millis;
+        let secs = Duration::from_secs;
+        let s = Settings {
+            host: a.host,
+            port: a.port,
+            database: a.database_url,
+            db_pool_size: a.db_pool_size,
+            db_timeout: ms(a.db_timeout_ms),
+            redis_url: a.redis_url,
+            redis_prefix: a.redis_prefix,
+            redis_rate_sync: ms(a.redis_rate_sync_ms),
+            trusted_proxies: a.trusted_proxies.unwrap_or_default(),
+            node_id: a.node_id,
+            redis_timeout: ms(a.redis_timeout_ms),
+            operation_lease: ms(a.operation_lease_ms),
+            operation_heartbeat: ms(a.operation_heartbeat_ms),
+            operation_heartbeat_paused: None,
+            redis_fanout_maxlen: a.redis_fanout_maxlen,
+            redis_presence_heartbeat: ms(a.redis_presence_heartbeat_ms),
+            redis_presence_ttl: ms(a.redis_presence_ttl_ms),
+            heartbeat_interval: ms(a.heartbeat_interval_ms),
+            heartbeat_timeout: ms(a.heartbeat_timeout_ms),
+            history_size: a.history_size,
+            presence_list_max: a.presence_list_max,
+            history_ttl: secs(a.history_ttl_secs),
+            history_max_bytes: a.history_max_bytes,
+            retained_events_max: a.retained_events_max,
+            dedupe_window: a.dedupe_window,
+            publish_max_rooms: a.publish_max_rooms,
+            history_total_max_bytes: a.history_total_max_bytes,
+            jwt_secret: a.jwt_secret,
+            allow_insecure: a.allow_insecure,
+            auth_timeout: ms(a.auth_timeout_ms),
+            watch_ticket_ttl: secs(a.watch_ticket_ttl_secs),
+            stats_interval: ms(a.stats_interval_ms),
+            max_frame_bytes: a.max_frame_bytes,
+            max_unauthenticated_frame_bytes: a.max_unauthenticated_frame_bytes,
+            max_body_bytes: a.max_body_bytes,
+            request_timeout: ms(a.request_timeout_ms),
+            outbox_max_messages: a.outbox_max_messages,
+            outbox_max_bytes: a.outbox_max_bytes,
+            error_limit: a.error_limit,
+            shutdown_timeout: ms(a.shutdown_timeout_ms),
+            close_linger: ms(a.close_linger_ms),
+            workers: a.workers,
+            room_threads: a.room_threads.unwrap_or_else(|| resolve_threads(0)),
+            config_file: a.config_file,
+            hook_secret: a.hook_secret,
+            config_vars: std::collections::HashMap::new(),
+            hook_concurrency: a.hook_concurrency,
+            hook_session_concurrency: a.hook_session_concurrency,
+            operations_file: a.operations_file,
+            demo: a.demo,
+            operation_flush_interval: ms(a.operation_flush_ms),
+            operation_retention: secs(a.operation_retention_secs),
+            operation_prune_days: a.operation_prune_days,
+            operation_max_stages: a.operation_max_stages,
+            operation_max_result_bytes: a.operation_max_result_bytes,
+            operation_max_details_bytes: a.operation_max_details_bytes,
+            operation_max_params_bytes: a.operation_max_params_bytes,
+            operation_max_json_depth: a.operation_max_json_depth,
+            operation_log_memory_bytes: a.operation_log_memory_bytes,
+            operation_unwritten_max_bytes: a.operation_unwritten_max_bytes,
+            operation_report_rate: a.operation_report_rate,
+            log_replay_max: a.log_replay_max,
+            max_rooms_per_connection: a.max_rooms_per_connection,
+            publish_rate: a.publish_rate,
+            user_publish_rate: a.user_publish_rate,
+            max_connections_per_ip: a.max_connections_per_ip,
+            max_active_operations_per_user: a.max_active_operations_per_user,
+            new_connections_per_ip: a.new_connections_per_ip,
+            allowed_origins: a.allowed_origins.unwrap_or_default(),
+            sio_ping_interval: ms(a.socketio_ping_interval_ms),
+            sio_ping_timeout: ms(a.socketio_ping_timeout_ms),
+            sio_max_payload: a.socketio_max_payload,
+            sio_connect_timeout: ms(a.socketio_connect_timeout_ms),
+            sio_namespaces: a.socketio_namespaces.unwrap_or_default(),
+            sio_recovery: secs(a.socketio_recovery_secs),
+            sio_recovery_window: a.socketio_recovery_window,
+            sio_recovery_max_sockets: a.socketio_recovery_max_sockets,
+            sio_recovery_max_record_bytes: a.socketio_recovery_max_record_bytes,
+            conformance: false,
+        };
 
         // A lease renewed at most every half lease survives one late or failed renewal.
         if s.operation_heartbeat * 2 > s.operation_lease {
@@ -938,76 +812,152 @@ fn resolve_threads(n: usize) -> usize {
     }
 }
 
-fn err(var: &'static str, value: &str, reason: &str) -> ConfigError {
+/// Parses `argv` with `cmd` (`serve`'s arguments) into [`ServeArgs`].
+fn parse_args<I, T>(cmd: clap::Command, argv: I) -> Result<ServeArgs, ConfigError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    cmd.try_get_matches_from(argv)
+        .and_then(|m| ServeArgs::from_arg_matches(&m))
+        .map_err(|e| {
+            ConfigError::from_clap(&e).unwrap_or_else(|| ConfigError {
+                // Only flags this module wrote are parsed here, so this is a bug in it.
+                var: "serve".into(),
+                value: String::new(),
+                reason: e.to_string().trim().to_string(),
+            })
+        })
+}
+
+fn err(var: &str, value: &str, reason: &str) -> ConfigError {
     ConfigError {
-        var,
+        var: var.to_string(),
         value: value.to_string(),
         reason: reason.to_string(),
     }
 }
 
-fn num<T>(
-    get: &impl Fn(&'static str) -> Option<String>,
-    var: &'static str,
-    min: T,
-    max: T,
-    out: &mut T,
-) -> Result<(), ConfigError>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
-{
-    if let Some(v) = get(var) {
-        let parsed: T = v.trim().parse().map_err(|_| {
-            err(
-                var,
-                &v,
-                &format!("expected a whole number from {min} to {max}"),
-            )
-        })?;
-        if parsed < min || parsed > max {
-            return Err(err(
-                var,
-                &v,
-                &format!("expected a whole number from {min} to {max}"),
-            ));
-        }
-        *out = parsed;
+/// Why a parser below refused a value: the source of clap's error, by which
+/// [`ConfigError::from_clap`] knows that a setting was refused.
+#[derive(Debug)]
+pub struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
     }
-    Ok(())
 }
 
-fn list(v: &str) -> Vec<String> {
+impl std::error::Error for Refused {}
+
+/// A comma-separated list as one value (a type of its own name so that clap's derive, which
+/// goes by the written type, does not take `Vec` for a repeatable flag).
+pub type List = Vec<String>;
+
+/// A whole number from `min` to `max`.
+fn whole<T>(min: T, max: T) -> impl Fn(&str) -> Result<T, Refused> + Clone + Send + Sync + 'static
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy + Send + Sync + 'static,
+{
+    move |v| {
+        v.trim()
+            .parse::<T>()
+            .ok()
+            .filter(|n| *n >= min && *n <= max)
+            .ok_or_else(|| Refused(format!("expected a whole number from {min} to {max}")))
+    }
+}
+
+/// Whole milliseconds from `min` to 30 days.
+fn millis(min: u64) -> impl Fn(&str) -> Result<u64, Refused> + Clone + Send + Sync + 'static {
+    whole(min, 86_400_000 * 30)
+}
+
+fn ip(v: &str) -> Result<IpAddr, Refused> {
+    v.parse()
+        .map_err(|_| Refused("expected an IP address".into()))
+}
+
+fn port(v: &str) -> Result<u16, Refused> {
+    v.parse()
+        .map_err(|_| Refused("expected a port number 0-65535".into()))
+}
+
+fn database_url(v: &str) -> Result<DatabaseUrl, Refused> {
+    DatabaseUrl::parse(v).map_err(Refused)
+}
+
+fn redis_url(v: &str) -> Result<String, Refused> {
+    if !v.starts_with("redis://") && !v.starts_with("rediss://") {
+        return Err(Refused("expected redis://host:port[/db]".into()));
+    }
+    Ok(v.to_string())
+}
+
+fn trusted_proxies(v: &str) -> Result<crate::client_addr::TrustedProxies, Refused> {
+    crate::client_addr::TrustedProxies::parse(v).map_err(Refused)
+}
+
+fn node_id(v: &str) -> Result<String, Refused> {
+    // It appears in session ids (query strings), metric labels and proxy rules: keep it to
+    // characters none of them needs to escape.
+    let ok = !v.is_empty()
+        && v.len() <= 32
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if !ok {
+        return Err(Refused(
+            "expected 1-32 characters of letters, digits, '-' and '_'".into(),
+        ));
+    }
+    Ok(v.to_string())
+}
+
+fn existing_file(v: &str) -> Result<PathBuf, Refused> {
+    let path = PathBuf::from(v);
+    if !path.is_file() {
+        return Err(Refused("no such file".into()));
+    }
+    Ok(path)
+}
+
+/// `1`/`true`/`yes` or `0`/`false`/`no`.
+fn switch(v: &str) -> Result<bool, Refused> {
+    match v {
+        "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(Refused("expected 1 or 0".into())),
+    }
+}
+
+fn list(v: &str) -> List {
     v.split(',')
         .map(|s| s.trim().trim_end_matches('/').to_string())
         .filter(|s| !s.is_empty())
         .collect()
 }
 
-fn flag(
-    get: &impl Fn(&'static str) -> Option<String>,
-    var: &'static str,
-    out: &mut bool,
-) -> Result<(), ConfigError> {
-    if let Some(v) = get(var) {
-        *out = match v.as_str() {
-            "1" | "true" | "yes" => true,
-            "0" | "false" | "no" => false,
-            _ => return Err(err(var, &v, "expected 1 or 0")),
-        };
+fn origins(v: &str) -> Result<List, Refused> {
+    let origins = list(v);
+    match origins
+        .iter()
+        .find(|o| !(o.starts_with("http://") || o.starts_with("https://")))
+    {
+        Some(bad) => Err(Refused(format!("{bad:?} is not an http(s) origin"))),
+        None => Ok(origins),
     }
-    Ok(())
 }
 
-fn millis(
-    get: &impl Fn(&'static str) -> Option<String>,
-    var: &'static str,
-    min: u64,
-    out: &mut Duration,
-) -> Result<(), ConfigError> {
-    let mut ms = out.as_millis() as u64;
-    num(get, var, min, 86_400_000 * 30, &mut ms)?;
-    *out = Duration::from_millis(ms);
-    Ok(())
+fn namespaces(v: &str) -> Result<List, Refused> {
+    let names = list(v);
+    match names
+        .iter()
+        .find(|n| !n.starts_with('/') || n.len() > 128 || n.contains(','))
+    {
+        Some(bad) => Err(Refused(format!("{bad:?} must start with /"))),
+        None => Ok(names),
+    }
 }
 
 #[cfg(test)]
@@ -1054,6 +1004,85 @@ mod tests {
         }
         let s = from(&[("SWITCHYARD_NODE_ID", "eu-1_a")]).unwrap();
         assert_eq!(s.node_id.as_deref(), Some("eu-1_a"));
+    }
+
+    #[test]
+    fn every_flag_is_its_variable_in_kebab_case() {
+        let cmd = serve_command();
+        let args: Vec<_> = cmd.get_arguments().collect();
+        assert!(args.len() >= 70, "only {} settings", args.len());
+        for arg in args {
+            let var = arg
+                .get_env()
+                .and_then(|v| v.to_str())
+                .unwrap_or_else(|| panic!("--{:?} has no environment variable", arg.get_long()));
+            let flag = var
+                .strip_prefix("SWITCHYARD_")
+                .unwrap_or(var)
+                .to_lowercase()
+                .replace('_', "-");
+            assert_eq!(arg.get_long(), Some(flag.as_str()), "{var}");
+        }
+    }
+
+    #[test]
+    fn an_empty_value_counts_as_unset() {
+        let s = from(&[("SWITCHYARD_PORT", ""), ("SWITCHYARD_NODE_ID", "")]).unwrap();
+        assert_eq!((s.port, s.node_id), (8080, None));
+    }
+
+    #[test]
+    fn the_lookup_is_the_only_environment() {
+        // clap reads an argument's variable from the process; `from_lookup` must not. The
+        // variable is set in a child run of this very test rather than here: setting one in a
+        // process whose other tests read the environment on other threads is a race.
+        const CHILD: &str = "SWITCHYARD_CONFIG_TEST_CHILD";
+        if std::env::var_os(CHILD).is_some() {
+            assert_eq!(from(&[]).unwrap().presence_list_max, 1000);
+            return;
+        }
+        let exe = std::env::current_exe().expect("the test binary");
+        let out = std::process::Command::new(exe)
+            .args([
+                "config::tests::the_lookup_is_the_only_environment",
+                "--exact",
+            ])
+            .env(CHILD, "1")
+            .env("SWITCHYARD_PRESENCE_LIST_MAX", "7")
+            .output()
+            .expect("the test binary runs");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "{stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn lists_and_switches_parse_as_they_always_did() {
+        let s = from(&[
+            (
+                "SWITCHYARD_ALLOWED_ORIGINS",
+                "https://a.example/, http://b.example",
+            ),
+            ("SWITCHYARD_SOCKETIO_NAMESPACES", "/admin,/ops"),
+            ("SWITCHYARD_DEMO", "no"),
+            ("SWITCHYARD_HISTORY_TTL_SECS", "7"),
+        ])
+        .unwrap();
+        assert_eq!(s.allowed_origins, ["https://a.example", "http://b.example"]);
+        assert_eq!(s.sio_namespaces, ["/admin", "/ops"]);
+        assert!(!s.demo);
+        assert_eq!(s.history_ttl, Duration::from_secs(7));
+        let e = from(&[("SWITCHYARD_ALLOWED_ORIGINS", "a.example")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "invalid value for SWITCHYARD_ALLOWED_ORIGINS: \"a.example\" \
+             (\"a.example\" is not an http(s) origin)"
+        );
+        let e = from(&[("SWITCHYARD_DEMO", "maybe")]).unwrap_err();
+        assert_eq!(e.var, "SWITCHYARD_DEMO");
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! The `switchyard` binary: serve (the default), or sign a token.
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 use switchyard::auth::{sign, Claims};
-use switchyard::config::Settings;
+use switchyard::config::{ConfigError, ServeArgs, Settings};
 use switchyard::startup::Application;
 
 #[derive(Parser)]
@@ -14,8 +14,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Serve (the default). Settings come from the environment; see the README.
-    Serve,
+    /// Serve (the default). Every setting is an environment variable (the usual way) and a flag;
+    /// a flag wins over its variable, a variable over the default.
+    #[command(after_help = "The log filter is RUST_LOG (env_logger syntax; default: info).")]
+    Serve(Box<ServeArgs>),
     /// Serve what the official Engine.IO and Socket.IO protocol test suites expect: an Engine.IO
     /// echo at /engine.io/ and their fixture at /socket.io/ (pingInterval 300, pingTimeout 200,
     /// maxPayload 1000000, connectTimeout 1000), with a throwaway database.
@@ -49,18 +51,31 @@ enum Command {
 
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let cli = Cli::parse();
-    match cli.command.unwrap_or(Command::Serve) {
-        Command::Serve => serve(None),
-        Command::Conformance { port } => serve(Some(port)),
-        Command::Token {
+    // A variable set to the empty string counts as unset, as it always has.
+    let cmd = Cli::command().mut_subcommand("serve", switchyard::config::empty_env_is_unset);
+    let cli = match cmd
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m))
+    {
+        Ok(cli) => cli,
+        // A refused setting is reported like every start-up error, naming its variable.
+        Err(e) => match ConfigError::from_clap(&e) {
+            Some(bad) => return settings_error(&bad),
+            None => e.exit(),
+        },
+    };
+    match cli.command {
+        None => serve(Settings::from_env(), None),
+        Some(Command::Serve(args)) => serve(Settings::from_args(*args), None),
+        Some(Command::Conformance { port }) => serve(Settings::from_env(), Some(port)),
+        Some(Command::Token {
             sub,
             name,
             rooms,
             publish,
             role,
             ttl,
-        } => {
+        }) => {
             let Some(secret) = std::env::var("SWITCHYARD_JWT_SECRET")
                 .ok()
                 .filter(|s| !s.is_empty())
@@ -104,13 +119,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn serve(conformance_port: Option<u16>) -> std::process::ExitCode {
-    let mut settings = match Settings::from_env() {
+fn settings_error(e: &ConfigError) -> std::process::ExitCode {
+    eprintln!("error: {e}");
+    std::process::ExitCode::from(2)
+}
+
+fn serve(
+    settings: Result<Settings, ConfigError>,
+    conformance_port: Option<u16>,
+) -> std::process::ExitCode {
+    let mut settings = match settings {
         Ok(s) => s,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return std::process::ExitCode::from(2);
-        }
+        Err(e) => return settings_error(&e),
     };
     if let Some(port) = conformance_port {
         use std::time::Duration;

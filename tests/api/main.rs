@@ -30,6 +30,7 @@ mod protocol;
 mod recovery;
 mod resume;
 mod rooms;
+mod settings;
 mod shutdown;
 mod socketio;
 mod tickets;
