@@ -569,7 +569,8 @@ export class Switchyard {
     if (this._subs.get(sub.room) !== sub) return;
     this._subs.delete(sub.room);
     sub._stop();
-    if (this._authed) this._send({ type: 'leave', room: sub.room });
+    // With an id, so its answer is not taken for the server removing a later join of the room.
+    if (this._authed) this._request({ type: 'leave', room: sub.room }).catch(() => {});
     this._checkReady();
   }
 
@@ -855,7 +856,17 @@ class Subscription {
   }
 
   _startFallback() {
-    if (this._stopped || this.opts.poll === false) return;
+    if (this._stopped) return;
+    // Publishes waiting for the socket go over REST now.
+    const queue = this._queue;
+    this._queue = [];
+    for (const item of queue) {
+      clearTimeout(item.timer);
+      const { event, data, retain } = item.frame;
+      const body = retain === undefined ? { event, data } : { event, data, retain };
+      this.sy.fetchJson(`/api/rooms/${encodeURIComponent(this.room)}/publish`, { method: 'POST', body }).then(item.resolve, item.reject);
+    }
+    if (this.opts.poll === false) return;
     this._polling = true;
     if (this.opts._fallback) this.opts._fallback.start();
   }
