@@ -185,13 +185,14 @@ test('a server restart: the client reconnects, resets the room whose history is 
   console.assertClean();
 });
 
-test('WebSockets refused: the client falls back to SSE and polling, data keeps flowing, and it goes back to the socket', async () => {
-  const room = `client-fallback-${Date.now()}`;
-  const opId = await startDemo('client-fallback', 300);
+/** WebSockets refused, then allowed again; the operation over `link` (sse or poll) meanwhile. */
+async function fallbackAndBack(link) {
+  const room = `client-fallback-${link}-${Date.now()}`;
+  const opId = await startDemo(`client-fallback-${link}`, 300);
   const { page, console } = await appPage();
   await follow(page, {
     room, opId,
-    options: { backoff: { baseMs: 200, maxMs: 1500 }, fallbackAfter: 2, pollMs: 300 },
+    options: { backoff: { baseMs: 200, maxMs: 1500 }, fallbackAfter: 2, pollMs: 300, sse: link === 'sse' },
   });
   await waitFor(page, 'connected with log lines', () => window.sy.state === 'connected' && window.rec.lines.length >= 2);
   for (const n of range(1, 3)) await page.evaluate((n) => window.room.publish('n', { n }), n);
@@ -206,7 +207,7 @@ test('WebSockets refused: the client falls back to SSE and polling, data keeps f
   const ack = await page.evaluate(() => window.room.publish('n', { n: 8 }));
   assert.equal(ack.offset, 8);
   await waitFor(page, 'messages while polling', () => window.rec.messages.length === 8);
-  await waitFor(page, 'log lines over SSE', (n) => window.watch.transport === 'sse' && window.rec.lines.length >= n + 2, linesAtFallback);
+  await waitFor(page, `log lines over ${link}`, ([link, n]) => window.watch.transport === link && window.rec.lines.length >= n + 2, [link, linesAtFallback]);
   assert.equal(await page.evaluate(() => window.sy.state), 'polling');
 
   proxy.restore();
@@ -219,10 +220,18 @@ test('WebSockets refused: the client falls back to SSE and polling, data keeps f
   const r = await rec(page);
   assert.deepEqual(r.messages, range(1, 10).map((n) => [n, n]), 'every room message once, in order');
   assert.deepEqual(r.resets, []);
-  assert.deepEqual(r.lines, await storedLines(opId), 'every log line once, in order, across the socket, SSE and the socket again');
+  assert.deepEqual(r.lines, await storedLines(opId), `every log line once, in order, across the socket, ${link} and the socket again`);
   assert.deepEqual(r.done, ['completed']);
   assert.deepEqual(r.states, ['connecting', 'connected', 'reconnecting', 'polling', 'connected']);
   console.assertClean();
+}
+
+test('WebSockets refused: the client falls back to SSE and history polls, data keeps flowing, and it goes back to the socket', async () => {
+  await fallbackAndBack('sse');
+});
+
+test('WebSockets refused and SSE off: the operation is polled over REST, and the client goes back to the socket', async () => {
+  await fallbackAndBack('poll');
 });
 
 test('an operation watched after a reload resumes from the persisted offset: no line twice', async () => {
