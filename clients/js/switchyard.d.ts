@@ -177,7 +177,10 @@ export interface LogLine {
 export interface WatchOptions {
   /** The last log line the caller has already: lines after it are delivered. Default 0. */
   after?: number;
-  /** Keep the log offset (and the last status) in `storage` under this key prefix (`true`: `switchyard:op:`). */
+  /**
+   * Keep the log offset and the last status in `storage` under this key prefix (`true`:
+   * `switchyard:op:`): a reloaded page gets the last status at once and no line twice.
+   */
   persist?: boolean | string;
   /** Every new status object (the snapshot first). */
   onProgress?: (status: OperationStatus) => void;

@@ -926,6 +926,8 @@ class OperationWatch {
     const stored = this._persistKey ? readStored(sy.storage, this._persistKey) : null;
     /** The last log line delivered: every line up to it was given to onLog, once. */
     this.logOffset = Math.max(Number(opts.after) || 0, (stored && Number(stored.log_offset)) || 0);
+    /** The status a reloaded page had: shown at once, before the server's snapshot. */
+    this._storedStatus = stored && stored.status && stored.status.id === id ? stored.status : null;
     /** Lines that arrived past a gap, waiting for the gap to be filled over REST. */
     this._ahead = new Map();
     this._filling = false;
@@ -971,6 +973,8 @@ class OperationWatch {
         poll: () => w._poll(),
       },
     });
+    const last = this._storedStatus;
+    if (last) queueMicrotask(() => this._status(last, 'stored'));
   }
 
   _onEvent(name, data) {

@@ -238,10 +238,11 @@ test('an operation watched after a reload resumes from the persisted offset: no 
   const opId = await startDemo('client-reload', 300);
   const { page, console } = await appPage();
   const watch = (id) => page.evaluate((id) => {
-    window.rec = { lines: [], done: [] };
+    window.rec = { lines: [], done: [], progress: [] };
     window.sy = new window.Switchyard();
     window.watch = window.sy.watchOperation(id, {
       persist: true,
+      onProgress: (s) => window.rec.progress.push([window.sy.state, s.updated_at]),
       onLog: (l) => window.rec.lines.push(l.offset),
       onDone: (s) => window.rec.done.push(s.status),
     });
@@ -250,9 +251,12 @@ test('an operation watched after a reload resumes from the persisted offset: no 
   await waitFor(page, 'a few lines', () => window.rec.lines.length >= 3);
   await page.reload();
   await loadClient(page);
-  const before = await page.evaluate((id) => JSON.parse(sessionStorage.getItem(`switchyard:op:${id}`)).log_offset, opId);
+  const kept = await page.evaluate((id) => JSON.parse(sessionStorage.getItem(`switchyard:op:${id}`)), opId);
+  const before = kept.log_offset;
   assert.ok(before >= 3, `the offset was kept: ${before}`);
   await watch(opId);
+  // The progress the page had is back at once, before the connection is.
+  assert.deepEqual((await rec(page)).progress[0], ['connecting', kept.status.updated_at]);
   await waitFor(page, 'the end', () => window.rec.done.length > 0, null, 30000);
   const { lines } = await rec(page);
   const stored = (await rest.logs(opId)).map((l) => l.offset);
