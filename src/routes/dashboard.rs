@@ -7,6 +7,12 @@
 //! whether the server asks for a token (`data-auth` on `<body>`), so the page can ask for one
 //! before its first request instead of collecting a 401.
 //!
+//! The Switchyard client library (`clients/js/`, an ES module apps import) is served at
+//! `/client.js` with its types at `/client.d.ts`; the dashboard's own script imports it, so
+//! there is one client. Pages on other origins load it too (`<script type="module">` is a CORS
+//! request), so it carries `Access-Control-Allow-Origin: *`: it is public and sent without
+//! credentials.
+//!
 //! Caching: pages are `no-cache` (always revalidated, so a new binary shows at once). Assets are
 //! linked as `/assets/<name>?v=<content hash>`; a request carrying the current hash is
 //! `immutable` for a year, anything else is `no-cache`. Every response has a strong `ETag`
@@ -95,6 +101,20 @@ const ASSETS: &[Asset] = &[
     },
 ];
 
+/// The client library, `GET /client.js` and `GET /client.d.ts` (from `clients/js/`).
+const CLIENT: &[Asset] = &[
+    Asset {
+        name: "js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../clients/js/switchyard.js"),
+    },
+    Asset {
+        name: "d.ts",
+        content_type: "application/typescript; charset=utf-8",
+        body: include_bytes!("../../clients/js/switchyard.d.ts"),
+    },
+];
+
 /// Scripts, styles and connections from this origin only; no inline code, no framing.
 /// (`connect-src 'self'` covers `ws:`/`wss:` to the same host in CSP Level 3.)
 const CSP: &str = "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
@@ -117,7 +137,8 @@ fn fnv1a(parts: &[&[u8]]) -> u64 {
 fn asset_version() -> &'static str {
     static VERSION: OnceLock<String> = OnceLock::new();
     VERSION.get_or_init(|| {
-        let bodies: Vec<&[u8]> = ASSETS.iter().map(|a| a.body).collect();
+        // The dashboard's script imports the client library: a new library is a new version.
+        let bodies: Vec<&[u8]> = ASSETS.iter().chain(CLIENT).map(|a| a.body).collect();
         format!("{:012x}", fnv1a(&bodies) & 0xffff_ffff_ffff)
     })
 }
@@ -244,7 +265,7 @@ pub struct AssetQuery {
     v: Option<String>,
 }
 
-/// `GET /assets/{name}`: the client script, the stylesheet and the icon.
+/// `GET /assets/{name}`: the dashboard's script, the stylesheet and the icon.
 pub async fn asset(
     req: HttpRequest,
     path: web::Path<String>,
@@ -255,13 +276,53 @@ pub async fn asset(
         .iter()
         .find(|a| a.name == name)
         .ok_or_else(|| AppError::new(ErrorCode::NotFound, format!("no asset {name:?}")))?;
-    let etag = format!("\"a{:016x}\"", fnv1a(&[asset.body]));
-    let cache = if query.v.as_deref() == Some(asset_version()) {
+    Ok(serve(&req, asset, query.v.as_deref()).finish_with(asset))
+}
+
+/// `GET /client.js` and `GET /client.d.ts`: the client library and its types, for any origin.
+pub async fn client(
+    req: HttpRequest,
+    path: web::Path<String>,
+    query: web::Query<AssetQuery>,
+) -> Result<HttpResponse, AppError> {
+    let ext = path.into_inner();
+    let file = CLIENT
+        .iter()
+        .find(|a| a.name == ext)
+        .ok_or_else(|| AppError::new(ErrorCode::NotFound, format!("no client.{ext}")))?;
+    let mut res = serve(&req, file, query.v.as_deref());
+    res.0
+        .insert_header((header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"));
+    Ok(res.finish_with(file))
+}
+
+/// A response being built for a static file, and whether it is a 304.
+struct Static(actix_web::HttpResponseBuilder, bool);
+
+impl Static {
+    fn finish_with(mut self, file: &Asset) -> HttpResponse {
+        if self.1 {
+            return self.0.finish();
+        }
+        self.0
+            .insert_header((
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(file.content_type),
+            ))
+            .body(file.body)
+    }
+}
+
+/// The caching headers of a static file: `immutable` when linked with the current `?v=` hash,
+/// else `no-cache`; a strong `ETag` answering `If-None-Match` with 304.
+fn serve(req: &HttpRequest, file: &Asset, version: Option<&str>) -> Static {
+    let etag = format!("\"a{:016x}\"", fnv1a(&[file.body]));
+    let cache = if version == Some(asset_version()) {
         "public, max-age=31536000, immutable"
     } else {
         "no-cache"
     };
-    let unchanged = not_modified(&req, &etag);
+    let unchanged = not_modified(req, &etag);
     let mut res = if unchanged {
         HttpResponse::NotModified()
     } else {
@@ -270,15 +331,7 @@ pub async fn asset(
     res.insert_header((header::CACHE_CONTROL, cache))
         .insert_header((header::ETAG, etag))
         .insert_header((header::X_CONTENT_TYPE_OPTIONS, "nosniff"));
-    if unchanged {
-        return Ok(res.finish());
-    }
-    Ok(res
-        .insert_header((
-            header::CONTENT_TYPE,
-            HeaderValue::from_static(asset.content_type),
-        ))
-        .body(asset.body))
+    Static(res, unchanged)
 }
 
 #[cfg(test)]
@@ -310,6 +363,7 @@ mod tests {
         let sources = PAGES.iter().map(|p| p.body).chain([LAYOUT]).chain(
             ASSETS
                 .iter()
+                .chain(CLIENT)
                 .filter_map(|a| std::str::from_utf8(a.body).ok()),
         );
         for text in sources {

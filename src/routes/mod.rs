@@ -27,6 +27,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/activity").route(web::get().to(dashboard::activity)))
         .service(web::resource("/rooms").route(web::get().to(dashboard::rooms)))
         .service(web::resource("/assets/{name}").route(web::get().to(dashboard::asset)))
+        .service(web::resource("/client.{ext:js|d\\.ts}").route(web::get().to(dashboard::client)))
         .service(web::resource("/ws").route(web::get().to(ws::connect)))
         .service(web::resource("/socket.io/").route(web::to(socketio::socket_io)))
         .service(web::resource("/engine.io/").route(web::to(socketio::engine_io)))

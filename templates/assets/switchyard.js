@@ -4,7 +4,8 @@
 //   util        small DOM and formatting helpers
 //   Auth        the token (asked once, kept in sessionStorage) when the server has a secret
 //   api         REST calls with the token; NetworkError vs ApiError
-//   Connection  the /ws socket: backoff with jitter, rejoin with offsets, polling fallback, badge
+//   Connection  the badge over the client library's connection (/client.js: backoff with jitter,
+//               rejoin with offsets, polling fallback)
 //   OpStore     operations by id, newest status wins; toasts on terminal states
 //   pages       one controller per page, picked by <body data-page>
 //
@@ -12,8 +13,10 @@
 // Connection joins them again: plain rooms with `since` {epoch, offset} (the server replays what
 // was missed, or says `recovered: false` and the page reloads over REST), operation rooms with
 // `log_offset` (the server sends exactly the log lines after it). After repeated failures the
-// page polls the REST API until the socket is back; the badge says which.
-'use strict';
+// page polls the REST API until the socket is back; the badge says which. The connection itself
+// is the Switchyard client library (/client.js, clients/js/): one client for apps and dashboard.
+
+import { Switchyard } from '/client.js';
 
 (() => {
   const CONFIG = {
@@ -251,6 +254,11 @@
 
   // ---- Connection ---------------------------------------------------------------------------
 
+  // The live connection is the Switchyard client library (clients/js/, served at /client.js),
+  // the same one apps use: backoff with jitter, rejoin with offsets, the polling fallback and
+  // the connection state all live there. This adapter keeps the page controllers' vocabulary
+  // (subscribe, onPoll, onReady) and shows the state in the badge.
+
   const BADGE_TEXT = {
     connecting: ['Connecting…', 'Opening the live connection'],
     connected: ['Connected', 'Live updates over WebSocket'],
@@ -261,37 +269,42 @@
 
   class Connection {
     constructor() {
-      this.ws = null;
-      this.opening = false;
-      /** room name → subscription; joined again on every connect. */
-      this.subs = new Map();
-      /** join request id → room, to match error replies. */
-      this.joinIds = new Map();
-      this.nextId = 1;
-      /** Consecutive failed attempts; reset when every room is joined. */
-      this.failures = 0;
-      this.authed = false;
-      this.ready = false;
-      this.everReady = false;
-      this.polling = false;
-      this.pollTimer = 0;
-      this.retryTimer = 0;
-      this.pollers = [];
-      this.readyListeners = [];
-      this.lastFrameAt = 0;
-      this.authProblem = null;
-      this.state = null;
-      this.setState('connecting');
+      /** The token last handed to the client, so a refusal drops that one and not a newer one. */
+      this.token = null;
+      this.sy = new Switchyard({
+        url: location.origin,
+        autoConnect: false,
+        // Open mode: declare who we are so presence lists read well.
+        user: { user: 'dashboard', name: 'Dashboard' },
+        getToken: async ({ refused }) => {
+          if (refused) Auth.drop(this.token);
+          this.token = await Auth.token(refused);
+          return this.token;
+        },
+        backoff: { baseMs: CONFIG.backoffBaseMs, maxMs: CONFIG.backoffMaxMs, factor: 2, jitter: 0.5 },
+        fallbackAfter: CONFIG.failuresBeforePolling,
+        pollMs: CONFIG.pollMs,
+        pingMs: CONFIG.pingMs,
+        silenceMs: CONFIG.silenceMs,
+      });
+      // A server that wants a token although the page said it would not: ask from now on.
+      this.sy.on('welcome', (f) => {
+        if (f.auth === 'required') Auth.required = true;
+      });
+      this.sy.on('state', (state) => this.show(state));
+      this.show('connecting');
     }
 
-    setState(state) {
-      if (this.state === state) return;
-      this.state = state;
+    get state() {
+      return this.sy.state;
+    }
+
+    show(state) {
+      const [text, title] = BADGE_TEXT[state] || BADGE_TEXT[state === 'closed' ? 'offline' : 'connecting'];
       const badge = $('#conn');
       const label = $('#conn-label');
-      const [text, title] = BADGE_TEXT[state];
       if (badge) {
-        badge.dataset.state = state;
+        badge.dataset.state = BADGE_TEXT[state] ? state : state === 'closed' ? 'offline' : 'connecting';
         badge.title = title;
       }
       if (label) label.textContent = text;
@@ -299,268 +312,43 @@
 
     /**
      * Keeps `room` joined. handlers: event(name, data, frame), joined(frame, info), reset(),
-     * presence(frame), error(frame). `logOffset({behind})` (may be async) makes it an operation
+     * presence(change), error(frame). `logOffset({behind})` (may be async) makes it an operation
      * room joined with `log_offset` instead of `since`; `behind` says the server dropped us as a
      * slow consumer, so the missed lines are better paged over REST than backfilled.
      */
     subscribe(room, handlers, { logOffset } = {}) {
-      const sub = { room, handlers, logOffset, since: null, answered: false };
-      this.subs.set(room, sub);
-      if (this.authed) this.sendJoin(sub);
-      return sub;
+      return this.sy.join(room, {
+        logOffset,
+        // Pages refresh themselves over REST while polling (onPoll): no history polls.
+        poll: false,
+        onMessage: (m) => handlers.event?.(m.event, m.data, m.frame),
+        onPresence: (p) => handlers.presence?.(p),
+        onReset: () => handlers.reset?.(),
+        onJoined: (f, info) => handlers.joined?.(f, info),
+        onError: (e) => handlers.error?.(e.frame || { code: e.code, message: e.message }),
+      });
     }
 
     /** `fn` refreshes the page over REST while the socket is down (may throw). */
     onPoll(fn) {
-      this.pollers.push(fn);
+      this.sy.onPoll(async () => {
+        try {
+          await fn();
+        } catch (e) {
+          // The client shows `offline` for an unreachable server, `polling` otherwise.
+          if (e instanceof NetworkError) e.code = 'network';
+          throw e;
+        }
+      });
     }
 
     /** `fn` runs each time every room is joined (first connect and every reconnect). */
     onReady(fn) {
-      this.readyListeners.push(fn);
+      this.sy.on('ready', fn);
     }
 
     start() {
-      this.connect();
-      setInterval(() => this.keepAlive(), CONFIG.pingMs);
-      window.addEventListener('online', () => this.retryNow());
-      window.addEventListener('offline', () => {
-        if (!this.ready) this.setState('offline');
-      });
-      document.addEventListener('visibilitychange', () => {
-        if (!document.hidden) this.retryNow();
-      });
-    }
-
-    url() {
-      return `${location.protocol === 'https:' ? 'wss' : 'ws'}://${location.host}/ws`;
-    }
-
-    async connect() {
-      clearTimeout(this.retryTimer);
-      this.retryTimer = 0;
-      if (this.ws || this.opening) return;
-      this.opening = true;
-      try {
-        if (Auth.required) await Auth.token(this.authProblem);
-      } finally {
-        this.opening = false;
-      }
-      if (this.ws) return;
-      if (!this.polling) this.setState(this.everReady ? 'reconnecting' : 'connecting');
-      let ws;
-      try {
-        ws = new WebSocket(this.url());
-      } catch {
-        this.lost(null);
-        return;
-      }
-      this.ws = ws;
-      this.openedAt = Date.now();
-      this.authed = false;
-      this.sentToken = null;
-      ws.onmessage = (ev) => {
-        if (this.ws === ws) this.onFrame(ev.data);
-      };
-      ws.onclose = (ev) => {
-        if (this.ws === ws) this.lost(ev);
-      };
-    }
-
-    retryNow() {
-      if (this.ws || this.opening) return;
-      this.connect();
-    }
-
-    /** Gives up on a socket that stopped answering without waiting for a close handshake. */
-    drop() {
-      const ws = this.ws;
-      if (!ws) return;
-      ws.onclose = null;
-      ws.onmessage = null;
-      try { ws.close(4000, 'no answer'); } catch { /* already closing */ }
-      this.lost({ code: 4000 });
-    }
-
-    lost(ev) {
-      const wasReady = this.ready;
-      this.ws = null;
-      this.ready = false;
-      this.authed = false;
-      this.joinIds.clear();
-      for (const sub of this.subs.values()) sub.answered = false;
-      // 4008: evicted as a slow consumer. Rejoin without a big backfill (see subscribe).
-      if (ev && ev.code === 4008) this.behind = true;
-      this.failures = wasReady ? 1 : this.failures + 1;
-      if (this.failures >= CONFIG.failuresBeforePolling) this.startPolling();
-      else if (!this.polling) this.setState('reconnecting');
-      // Exponential backoff with jitter: half the step fixed, half random.
-      const step = Math.min(CONFIG.backoffMaxMs, CONFIG.backoffBaseMs * 2 ** (this.failures - 1));
-      const delay = Math.round(step / 2 + (Math.random() * step) / 2);
-      this.retryTimer = setTimeout(() => this.connect(), delay);
-    }
-
-    send(frame) {
-      if (this.ws && this.ws.readyState === WebSocket.OPEN) {
-        this.ws.send(JSON.stringify(frame));
-        return true;
-      }
-      return false;
-    }
-
-    keepAlive() {
-      if (!this.ws) return;
-      // A connect that hangs (no answer at all) is given up too.
-      if (this.ws.readyState === WebSocket.CONNECTING && Date.now() - this.openedAt > CONFIG.silenceMs / 2) {
-        this.drop();
-        return;
-      }
-      if (this.ws.readyState !== WebSocket.OPEN) return;
-      if (Date.now() - Math.max(this.lastFrameAt, this.openedAt) > CONFIG.silenceMs) {
-        this.drop();
-        return;
-      }
-      this.send({ type: 'ping' });
-    }
-
-    onFrame(text) {
-      this.lastFrameAt = Date.now();
-      let f;
-      try { f = JSON.parse(text); } catch { return; }
-      switch (f.type) {
-        case 'welcome': this.onWelcome(f); break;
-        case 'authenticated':
-          this.authed = true;
-          this.authProblem = null;
-          this.joinAll();
-          break;
-        case 'joined': this.onJoined(f); break;
-        case 'message':
-        case 'backfill': this.onEvent(f); break;
-        case 'presence': this.subs.get(f.room)?.handlers.presence?.(f); break;
-        case 'error': this.onError(f); break;
-        default: break;
-      }
-    }
-
-    async onWelcome(f) {
-      if (f.auth === 'required') {
-        Auth.required = true;
-        const token = await Auth.token(this.authProblem);
-        this.sentToken = token;
-        this.send({ type: 'auth', token });
-      } else if (f.auth === 'open') {
-        // Open mode: declare who we are so presence lists read well.
-        this.send({ type: 'auth', user: 'dashboard', name: 'Dashboard' });
-      } else {
-        this.authed = true;
-        this.joinAll();
-      }
-    }
-
-    joinAll() {
-      const behind = Boolean(this.behind);
-      this.behind = false;
-      for (const sub of this.subs.values()) this.sendJoin(sub, { behind });
-      this.checkReady();
-    }
-
-    async sendJoin(sub, opts = {}) {
-      const ws = this.ws;
-      const id = this.nextId++;
-      this.joinIds.set(id, sub.room);
-      sub.answered = false;
-      const frame = { type: 'join', room: sub.room, id };
-      if (sub.logOffset) {
-        frame.log_offset = await sub.logOffset(opts);
-        // The connection changed meanwhile: the next one joins again.
-        if (this.ws !== ws) return;
-      } else if (sub.since) {
-        frame.since = sub.since;
-      }
-      this.send(frame);
-    }
-
-    onJoined(f) {
-      this.joinIds.delete(f.id);
-      const sub = this.subs.get(f.room);
-      if (!sub) return;
-      const resumed = Boolean(sub.since);
-      const recovered = resumed && f.recovered === true && sub.since.epoch === f.epoch;
-      if (!sub.logOffset && !recovered) {
-        // Fresh join, or the room could not replay what we missed: start from here and let
-        // the page reload its state over REST.
-        sub.since = { epoch: f.epoch, offset: f.offset };
-        if (resumed) sub.handlers.reset?.();
-      }
-      sub.answered = true;
-      sub.handlers.joined?.(f, { resumed, recovered });
-      this.checkReady();
-    }
-
-    onEvent(f) {
-      const sub = this.subs.get(f.room);
-      if (!sub) return;
-      if (f.type === 'message' && sub.since && typeof f.offset === 'number' && f.offset > sub.since.offset) {
-        sub.since.offset = f.offset;
-      }
-      sub.handlers.event?.(f.event, f.data, f);
-    }
-
-    onError(f) {
-      if (f.code === 'invalid_token' || f.code === 'token_expired') {
-        // The server closes the session next; the reconnect asks for a new token.
-        this.authProblem = f.message || 'The server refused the token.';
-        Auth.drop(this.sentToken);
-        return;
-      }
-      const room = this.joinIds.get(f.id);
-      if (room !== undefined) {
-        this.joinIds.delete(f.id);
-        const sub = this.subs.get(room);
-        if (sub) {
-          sub.answered = true;
-          sub.handlers.error?.(f);
-        }
-        this.checkReady();
-      }
-    }
-
-    checkReady() {
-      if (this.ready || !this.ws) return;
-      for (const sub of this.subs.values()) if (!sub.answered) return;
-      this.ready = true;
-      this.everReady = true;
-      this.failures = 0;
-      this.stopPolling();
-      this.setState('connected');
-      for (const fn of this.readyListeners) fn();
-    }
-
-    startPolling() {
-      if (this.polling) return;
-      this.polling = true;
-      this.setState('polling');
-      this.pollOnce();
-    }
-
-    async pollOnce() {
-      if (!this.polling) return;
-      try {
-        for (const fn of this.pollers) {
-          if (!this.polling) return;
-          await fn();
-        }
-        if (this.polling) this.setState(navigator.onLine === false ? 'offline' : 'polling');
-      } catch (e) {
-        if (this.polling) this.setState(e instanceof NetworkError ? 'offline' : 'polling');
-      }
-      if (this.polling) this.pollTimer = setTimeout(() => this.pollOnce(), CONFIG.pollMs);
-    }
-
-    stopPolling() {
-      this.polling = false;
-      clearTimeout(this.pollTimer);
+      this.sy.connect();
     }
   }
 

@@ -145,6 +145,7 @@ async fn the_dashboard_works_in_headless_chromium() {
         "dashboard.test.mjs",
         "perf.test.mjs",
         "auth.test.mjs",
+        "client.test.mjs",
     ])
     .current_dir(&dir)
     .env("SY_URL", &open_url)
@@ -272,7 +273,12 @@ async fn assets_linked_with_their_hash_are_immutable_and_others_revalidate() {
         "public, max-age=31536000, immutable"
     );
     let etag = header(&res, "etag").to_string();
-    assert!(res.text().await.expect("body").contains("class Connection"));
+    // The dashboard's connection is the client library's.
+    assert!(res
+        .text()
+        .await
+        .expect("body")
+        .contains("import { Switchyard } from '/client.js';"));
 
     let unversioned = get(&app.url("/assets/switchyard.js"), &[]).await;
     assert_eq!(header(&unversioned, "cache-control"), "no-cache");
@@ -300,4 +306,40 @@ async fn unknown_assets_and_implausible_operation_ids_are_not_found() {
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
     let (status, _) = app.get("/operations/not%20an%20id").await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn the_client_library_is_served_as_it_is_in_clients_js_to_any_origin() {
+    let app = spawn_app().await;
+    for (path, file, content_type) in [
+        (
+            "/client.js",
+            "clients/js/switchyard.js",
+            "text/javascript; charset=utf-8",
+        ),
+        (
+            "/client.d.ts",
+            "clients/js/switchyard.d.ts",
+            "application/typescript; charset=utf-8",
+        ),
+    ] {
+        let res = get(&app.url(path), &[("origin", "http://app.example")]).await;
+        assert_eq!(res.status(), 200, "{path}");
+        assert_eq!(header(&res, "content-type"), content_type, "{path}");
+        // A stable URL apps link to: revalidated, never stale.
+        assert_eq!(header(&res, "cache-control"), "no-cache", "{path}");
+        // Pages on other origins import it (a module script is a CORS request).
+        assert_eq!(header(&res, "access-control-allow-origin"), "*", "{path}");
+        let etag = header(&res, "etag").to_string();
+        let body = res.bytes().await.expect("body");
+        let on_disk = std::fs::read(repo_root().join(file)).expect("read the library");
+        assert!(
+            body == on_disk,
+            "{path} is not {file} as it is in the repository"
+        );
+        let again = get(&app.url(path), &[("if-none-match", &etag)]).await;
+        assert_eq!(again.status(), 304, "{path}");
+    }
+    let (status, body) = app.get("/client.ts").await;
+    assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
 }
