@@ -84,6 +84,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../templates/assets/switchyard.js"),
     },
     Asset {
+        name: "charts.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../templates/assets/charts.js"),
+    },
+    Asset {
         name: "switchyard.css",
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../templates/assets/switchyard.css"),
@@ -244,7 +249,7 @@ pub struct AssetQuery {
     v: Option<String>,
 }
 
-/// `GET /assets/{name}`: the client script, the stylesheet and the icon.
+/// `GET /assets/{name}`: the client scripts, the stylesheet and the icon.
 pub async fn asset(
     req: HttpRequest,
     path: web::Path<String>,

@@ -452,6 +452,11 @@ impl OperationActor {
         let Some(event) = self.op.status.terminal_event() else {
             return;
         };
+        // Counted here, where the end is announced exactly once (the dashboard's charts).
+        self.cx.metrics.operations_finished.fetch_add(1, Relaxed);
+        if self.op.status == Status::Failed {
+            self.cx.metrics.operations_failed.fetch_add(1, Relaxed);
+        }
         let json = self.status_json();
         self.publish(
             self.op.room(),
@@ -518,6 +523,7 @@ impl Actor for OperationActor {
         ctx.set_mailbox_capacity(0);
         self.cx.metrics.operations.fetch_add(1, Relaxed);
         if self.announce_created {
+            self.cx.metrics.operations_started.fetch_add(1, Relaxed);
             let json = self.status_json();
             self.publish(self.op.room(), "operation.progress", json.clone(), Some(0));
             self.publish("operations".into(), "operation.created", json.clone(), None);
