@@ -377,6 +377,37 @@ async fn recent_stats_count_operations_started_finished_and_failed_per_tick() {
 }
 
 #[tokio::test]
+async fn recent_stats_count_a_slow_consumer_eviction() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.outbox_max_messages = 64;
+        s.outbox_max_bytes = 64 * 1024;
+        // REST publishes count against the publisher's rate; this floods on purpose.
+        s.user_publish_rate = 0;
+    })
+    .await;
+    let mut slow = app.ws_as("slow").await;
+    slow.join("busy").await;
+    // The slow member never reads: ~8 MB is far more than the socket buffers and its outbox
+    // hold, so it is evicted along the way.
+    let payload = "x".repeat(4000);
+    for i in 0..2_000u64 {
+        let (status, body) = app
+            .post(
+                "/api/rooms/busy/publish",
+                serde_json::json!({"event": "tick", "data": {"i": i, "pad": payload}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(slow.closed().await.code, Some(4008));
+    crate::helpers::eventually("the eviction in the samples", || async {
+        let (_, body) = app.get("/api/stats/recent").await;
+        sum_of(&body, "slow_consumer_evictions") == 1
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn recent_stats_are_for_those_who_may_see_the_system_room() {
     let app = spawn_app_with(Backend::Sqlite, |s| s.jwt_secret = Some(SECRET.into())).await;
     let (status, _) = app.get("/api/stats/recent").await;
