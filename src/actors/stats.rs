@@ -74,6 +74,10 @@ pub struct StatsPublisher {
     node: Arc<str>,
     /// The counters at the previous tick.
     last: Counters,
+    /// `at_ms` of the previous sample.
+    last_at_ms: u64,
+    /// The first figures are out (they go at start, whatever the interval).
+    published: bool,
 }
 
 impl StatsPublisher {
@@ -92,19 +96,31 @@ impl StatsPublisher {
             nodes,
             node,
             last,
+            last_at_ms: 0,
+            published: false,
         }
     }
 
     fn tick(&mut self, ctx: &mut Context<Self>) {
         let now = Counters::read(&self.metrics);
+        let elapsed = now.at.duration_since(self.last.at);
+        // A timer that fell behind (a busy thread) fires its missed ticks back to back: those
+        // would be samples of a few microseconds (rates multiplied a thousandfold, the same
+        // millisecond twice). Their counts go into the next full tick instead.
+        if self.published && elapsed < self.interval / 2 {
+            return;
+        }
+        self.published = true;
         let last = std::mem::replace(&mut self.last, now);
-        let elapsed = now.at.duration_since(last.at);
         let secs = elapsed.as_secs_f64().max(0.001);
         // Counters only grow; `saturating_sub` keeps a reordered load from wrapping.
         let per_sec = |now: u64, then: u64| round2(now.saturating_sub(then) as f64 / secs);
+        // Strictly increasing, even if the wall clock steps back: the samples are keyed by it.
         let at_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+            .map_or(0, |d| d.as_millis() as u64)
+            .max(self.last_at_ms + 1);
+        self.last_at_ms = at_ms;
         let stats = NodeStats {
             node: self.node.to_string(),
             connections: self.metrics.connections.load(Relaxed),
