@@ -1,4 +1,5 @@
-//! Process-wide metrics, read by `/metrics` (Prometheus text), `/health` and the `stats` event.
+//! Process-wide metrics, read by `/metrics` (Prometheus text), `/health` and the `stats` event,
+//! and the last 15 minutes of `stats` samples ([`RecentStats`], `GET /api/stats/recent`).
 //!
 //! The values are `prometheus-client` counters, gauges and histograms registered once in one
 //! [`Registry`], which renders the exposition format (names, `_total`, `HELP`/`TYPE`, label
@@ -7,9 +8,12 @@
 //! fan-out to N members adds N at once), never once per member inside a lock. A histogram takes
 //! a short lock per observation, so only what happens at most once per broadcast, per write or
 //! per operation is observed (docs/benchmarks.md, "Metrics through prometheus-client", has the
-//! back-to-back run that kept it).
+//! back-to-back run that kept it). The samples are written once per stats tick, behind a lock
+//! nobody holds for longer than a copy.
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prometheus_client::encoding::prometheus_text;
@@ -96,8 +100,17 @@ pub struct Metrics {
     pub operation_reports: Counter,
     /// Log lines dropped unwritten during a long database outage.
     pub operation_log_lines_lost: Counter,
-    /// Operations that started running on this node.
+    /// Operations created on this node (counted when their actor announces them; not those
+    /// recovered at start-up).
     pub operations_started: Counter,
+    /// Operations that reached a terminal state here (completed, failed or cancelled), counted
+    /// when the terminal event is published (once per operation).
+    pub operations_finished: Counter,
+    /// Of those, the ones that failed.
+    pub operations_failed: Counter,
+    /// The dashboard's charts: the last 15 minutes of `stats` samples, written by the stats
+    /// actor on its tick.
+    pub recent: RecentStats,
     /// Refusals by error code (index = `ErrorCode::index`): the family's counters, kept here so
     /// counting one is an atomic add, not a label lookup.
     refusals: Vec<Counter>,
@@ -154,6 +167,9 @@ impl Metrics {
             operation_reports: Counter::default(),
             operation_log_lines_lost: Counter::default(),
             operations_started: Counter::default(),
+            operations_finished: Counter::default(),
+            operations_failed: Counter::default(),
+            recent: RecentStats::default(),
             refusals: Vec::new(),
             publish_latency: Histogram::new(LATENCY_BUCKETS),
             operation_durations: Family::new_with_constructor(operation_histogram),
@@ -257,8 +273,20 @@ impl Metrics {
         counter(
             r,
             "switchyard_operations_started",
-            "Operations that started running on this node",
+            "Operations created on this node",
             &m.operations_started,
+        );
+        counter(
+            r,
+            "switchyard_operations_finished",
+            "Operations that reached a terminal state on this node (completed, failed or cancelled)",
+            &m.operations_finished,
+        );
+        counter(
+            r,
+            "switchyard_operations_failed",
+            "Operations that failed on this node",
+            &m.operations_failed,
         );
         let refusals = Family::<[(&'static str, &'static str); 1], Counter>::default();
         let per_code = ErrorCode::ALL
@@ -356,6 +384,59 @@ impl Metrics {
     }
 }
 
+/// How far back [`RecentStats`] reaches: the dashboard charts 15 minutes.
+pub const RECENT_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// At most this many samples are kept, whatever the interval: 15 minutes at 500 ms (a stats
+/// interval shorter than that keeps a shorter window). About 100 bytes each.
+pub const RECENT_MAX_SAMPLES: usize = 1_800;
+
+/// One stats tick as the dashboard charts it: gauges as they were, rates and counts over the
+/// tick (the interval that ended at `at_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct StatsSample {
+    /// When the tick ended, milliseconds since the Unix epoch.
+    pub at_ms: u64,
+    /// Length of the tick these counts cover.
+    pub interval_ms: u64,
+    pub connections: i64,
+    pub messages_in_per_sec: f64,
+    pub messages_out_per_sec: f64,
+    pub operations_started: u64,
+    pub operations_finished: u64,
+    pub operations_failed: u64,
+    /// Sessions closed as slow consumers during the tick.
+    pub slow_consumer_evictions: u64,
+}
+
+/// The last [`RECENT_WINDOW`] of samples, oldest first, at most [`RECENT_MAX_SAMPLES`]: what a
+/// dashboard opened now draws before the next tick (a reload or a new tab is not empty).
+#[derive(Default)]
+pub struct RecentStats(Mutex<VecDeque<StatsSample>>);
+
+impl RecentStats {
+    /// Adds the newest sample and forgets those older than the window.
+    pub fn push(&self, sample: StatsSample) {
+        let mut ring = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let oldest = sample
+            .at_ms
+            .saturating_sub(RECENT_WINDOW.as_millis() as u64);
+        while ring
+            .front()
+            .is_some_and(|s| s.at_ms < oldest || ring.len() >= RECENT_MAX_SAMPLES)
+        {
+            ring.pop_front();
+        }
+        ring.push_back(sample);
+    }
+
+    /// A copy of the samples, oldest first.
+    pub fn samples(&self) -> Vec<StatsSample> {
+        let ring = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        ring.iter().copied().collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -419,6 +500,46 @@ mod tests {
         assert!(
             text.contains("# TYPE switchyard_messages_in_total counter"),
             "{text}"
+        );
+    }
+
+    fn sample(at_ms: u64) -> StatsSample {
+        StatsSample {
+            at_ms,
+            interval_ms: 5_000,
+            connections: 1,
+            messages_in_per_sec: 0.0,
+            messages_out_per_sec: 0.0,
+            operations_started: 0,
+            operations_finished: 0,
+            operations_failed: 0,
+            slow_consumer_evictions: 0,
+        }
+    }
+
+    #[test]
+    fn recent_stats_keep_fifteen_minutes_and_a_bounded_count() {
+        let recent = RecentStats::default();
+        let start = 1_000_000_000;
+        for i in 0..=200 {
+            recent.push(sample(start + i * 5_000));
+        }
+        let kept = recent.samples();
+        let newest = start + 200 * 5_000;
+        // 15 minutes at 5 s: 180 intervals, so 181 samples with both ends.
+        assert_eq!(kept.len(), 181);
+        assert_eq!(kept[0].at_ms, newest - 900_000);
+        assert_eq!(kept.last().map(|s| s.at_ms), Some(newest));
+
+        let dense = RecentStats::default();
+        for i in 0..(RECENT_MAX_SAMPLES as u64 + 50) {
+            dense.push(sample(start + i * 100));
+        }
+        let kept = dense.samples();
+        assert_eq!(kept.len(), RECENT_MAX_SAMPLES);
+        assert_eq!(
+            kept.last().map(|s| s.at_ms),
+            Some(start + (RECENT_MAX_SAMPLES as u64 + 49) * 100)
         );
     }
 }

@@ -90,6 +90,11 @@ const ASSETS: &[Asset] = &[
         body: include_bytes!("../../templates/assets/switchyard.js"),
     },
     Asset {
+        name: "charts.js",
+        content_type: "text/javascript; charset=utf-8",
+        body: include_bytes!("../../templates/assets/charts.js"),
+    },
+    Asset {
         name: "switchyard.css",
         content_type: "text/css; charset=utf-8",
         body: include_bytes!("../../templates/assets/switchyard.css"),
@@ -265,7 +270,7 @@ pub struct AssetQuery {
     v: Option<String>,
 }
 
-/// `GET /assets/{name}`: the dashboard's script, the stylesheet and the icon.
+/// `GET /assets/{name}`: the client scripts, the stylesheet and the icon.
 pub async fn asset(
     req: HttpRequest,
     path: web::Path<String>,

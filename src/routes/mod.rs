@@ -9,6 +9,7 @@ pub mod operations;
 pub mod profiles;
 pub mod rooms;
 pub mod socketio;
+pub mod stats;
 pub mod ws;
 
 use std::future::{ready, Ready};
@@ -40,6 +41,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
                 .wrap_fn(cors::api)
                 .service(web::resource("/rooms").route(web::get().to(rooms::list)))
                 .service(web::resource("/nodes").route(web::get().to(health::nodes)))
+                .service(web::resource("/stats/recent").route(web::get().to(stats::recent)))
                 .service(web::resource("/rooms/publish").route(web::post().to(rooms::publish_many)))
                 .service(
                     web::resource("/rooms/{room}/publish").route(web::post().to(rooms::publish)),

@@ -551,9 +551,16 @@ import { Switchyard } from '/client.js';
     loadNodes().catch(() => {});
     conn.onReady(() => loadNodes().catch(() => {}));
     setInterval(renderNodes, 1000);
+    // Charts of the last 15 minutes (charts.js): the server's recent samples on load and after
+    // every reconnect (what the page missed), then a point per `stats` tick.
+    const charts = window.SwitchyardCharts?.overviewCharts($('#charts'), { api });
+    const backfill = () => charts?.backfill().catch(() => {});
+    backfill();
+    conn.onReady(backfill);
     conn.subscribe('system', {
       event(name, data) {
         if (name !== 'stats' || !data) return;
+        charts?.add(data);
         // Figures from a server that names no node: show them as they are.
         if (!nodeStats(data)) return showStats(data);
         renderNodes();
@@ -676,6 +683,7 @@ import { Switchyard } from '/client.js';
       const h = await loadHealth();
       showStats({ connections: h.websocket && h.websocket.connections, rooms: h.rooms, uptime_seconds: h.uptime_seconds });
       await loadActive(true);
+      await backfill();
     });
   }
 
@@ -1454,12 +1462,51 @@ import { Switchyard } from '/client.js';
     conn.onPoll(loadFirst);
   }
 
-  // Rooms: members, users and presence, refreshed with each stats tick.
-  function roomsPage(conn) {
+  // Rooms: members, users and presence, refreshed with each stats tick; one room's recent
+  // messages and, for admins, a publish console (charts.js's roomPanel).
+  function roomsPage(conn, store) {
     const body = $('#rooms-body');
     const error = $('#rooms-error');
     let busy = false;
     let again = false;
+
+    // One subscription per room, shared by the page and the room panel (the connection keeps
+    // one per room). A room stays joined once watched; events nobody watches are dropped.
+    const watchers = new Map();
+    function watch(room, handlers) {
+      let set = watchers.get(room);
+      if (!set) {
+        set = new Set();
+        watchers.set(room, set);
+        const each = (k) => (...args) => { for (const h of set) h[k]?.(...args); };
+        conn.subscribe(room, { event: each('event'), joined: each('joined'), reset: each('reset'), presence: each('presence'), error: each('error') });
+      }
+      set.add(handlers);
+      return () => set.delete(handlers);
+    }
+    watch('operations', operationsRoom(store, () => {}));
+    const panelRoot = $('#room-panel');
+    const panel = panelRoot && window.SwitchyardCharts?.roomPanel(panelRoot, { api, watch, ApiError });
+    // The room shown is in the URL (`/rooms#room=<name>`): a link to it, and a way in for a
+    // token that may see a room but not list them all.
+    function show(room) {
+      if (!panel || !room) return;
+      panel.open(room);
+      history.replaceState(null, '', `#room=${encodeURIComponent(room)}`);
+      for (const tr of body.querySelectorAll('tr[aria-current]')) tr.removeAttribute('aria-current');
+      body.querySelector(`tr[data-room="${CSS.escape(room)}"]`)?.setAttribute('aria-current', 'true');
+    }
+    body.addEventListener('click', (ev) => {
+      const b = ev.target.closest('button[data-open-room]');
+      if (b) {
+        show(b.dataset.openRoom);
+        panelRoot.scrollIntoView({ block: 'nearest' });
+      }
+    });
+    const linked = /^#room=(.+)$/.exec(location.hash);
+    if (linked) {
+      try { show(decodeURIComponent(linked[1])); } catch { /* a malformed link opens nothing */ }
+    }
 
     async function refresh() {
       if (busy) {
@@ -1483,21 +1530,27 @@ import { Switchyard } from '/client.js';
         for (const r of shown) {
           const users = present.get(r.name);
           const who = users ? users.map((u) => u.name || u.user).join(', ') || 'nobody' : r.users ? '…' : 'nobody';
-          frag.append(el('tr', { 'data-room': r.name },
-            el('td', { 'data-label': 'Room' }, el('code', null, r.name)),
+          frag.append(el('tr', { 'data-room': r.name, 'aria-current': panel?.room === r.name ? 'true' : null },
+            el('td', { 'data-label': 'Room' }, el('button', { type: 'button', class: 'link', 'data-open-room': r.name, title: `Show ${r.name}` }, el('code', null, r.name))),
             el('td', { class: 'num', 'data-label': 'Connections' }, fmtNum(r.members)),
             el('td', { class: 'num', 'data-label': 'Users' }, fmtNum(r.users)),
             el('td', { class: 'num', 'data-label': 'Last offset' }, fmtNum(r.offset)),
             el('td', { class: 'present', 'data-label': 'Present' }, who)));
         }
+        // Keyboard focus on a room's button survives the refresh.
+        const focused = document.activeElement?.closest?.('#rooms-body [data-open-room]')?.dataset.openRoom;
         body.textContent = '';
         body.append(frag);
+        if (focused !== undefined) body.querySelector(`[data-open-room="${CSS.escape(focused)}"]`)?.focus();
+        // Listing rooms needs the admin role (or open mode): so does the console.
+        panel?.setAdmin(true);
         $('#rooms-empty').hidden = rooms.length > 0;
         $('#rooms-summary').textContent = `${fmtNum(rooms.length)} room${rooms.length === 1 ? '' : 's'}${rooms.length > shown.length ? `, the ${fmtNum(shown.length)} busiest shown` : ''} · updated ${timeFormat.format(new Date())}`;
       } catch (e) {
         if (e instanceof ApiError && e.status === 403) {
+          panel?.setAdmin(false);
           error.hidden = false;
-          error.textContent = 'This token may not list rooms: that needs the role service or admin.';
+          error.textContent = 'This token may not list rooms: that needs the role admin.';
         } else {
           throw e;
         }
@@ -1511,7 +1564,7 @@ import { Switchyard } from '/client.js';
     }
 
     $('#rooms-refresh').addEventListener('click', () => refresh().catch((e) => toast('error', 'Could not load rooms', e.message)));
-    conn.subscribe('system', {
+    watch('system', {
       event(name) {
         if (name === 'stats') refresh().catch(() => {});
       },
@@ -1532,10 +1585,7 @@ import { Switchyard } from '/client.js';
       c.subscribe('operations', operationsRoom(s, () => {}));
       activityPage(c, s);
     },
-    rooms: (c, s) => {
-      c.subscribe('operations', operationsRoom(s, () => {}));
-      roomsPage(c, s);
-    },
+    rooms: roomsPage,
   };
   const page = pages[document.body.dataset.page];
   if (page) page(conn, store);

@@ -136,6 +136,9 @@ async fn the_dashboard_works_in_headless_chromium() {
     })
     .await;
     let admin = token("admin", &[], &[], Some("admin"));
+    // A user who may see every room but not manage them (no role): the rooms page shows such a
+    // token a room's messages and no publish console.
+    let viewer = token("viewer", &["*"], &[], None);
 
     let mut cmd = tokio::process::Command::new("node");
     cmd.args([
@@ -146,6 +149,7 @@ async fn the_dashboard_works_in_headless_chromium() {
         "perf.test.mjs",
         "auth.test.mjs",
         "client.test.mjs",
+        "charts.test.mjs",
     ])
     .current_dir(&dir)
     .env("SY_URL", &open_url)
@@ -153,6 +157,7 @@ async fn the_dashboard_works_in_headless_chromium() {
     .env("SY_PERF_URL", perf.url(""))
     .env("SY_AUTH_URL", secured.url(""))
     .env("SY_AUTH_TOKEN", &admin)
+    .env("SY_AUTH_VIEWER_TOKEN", &viewer)
     .env("SY_CHROMIUM", chromium())
     .kill_on_drop(true);
     if let Some(shots) = std::env::var_os("SWITCHYARD_SCREENSHOTS") {
@@ -342,4 +347,119 @@ async fn the_client_library_is_served_as_it_is_in_clients_js_to_any_origin() {
     }
     let (status, body) = app.get("/client.ts").await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
+
+}
+
+// ---- the charts' data: the last 15 minutes of stats ------------------------------------------
+
+/// The sum of `field` over the samples `GET /api/stats/recent` returns.
+fn sum_of(body: &serde_json::Value, field: &str) -> u64 {
+    body["samples"]
+        .as_array()
+        .map(|s| s.iter().filter_map(|x| x[field].as_u64()).sum())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn recent_stats_count_operations_started_finished_and_failed_per_tick() {
+    let app = spawn_app().await;
+    let (status, ok) = app
+        .post(
+            "/api/operations",
+            serde_json::json!({"kind": "demo", "target": "chart-ok", "params": {"step_ms": 1}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{ok}");
+    let (status, bad) = app
+        .post(
+            "/api/operations",
+            serde_json::json!({"kind": "demo", "target": "chart-bad",
+                "params": {"step_ms": 1, "fail_at": "pull"}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{bad}");
+
+    crate::helpers::eventually(
+        "two operations ended, one failed, in the samples",
+        || async {
+            let (status, body) = app.get("/api/stats/recent").await;
+            status == 200
+                && sum_of(&body, "operations_started") == 2
+                && sum_of(&body, "operations_finished") == 2
+                && sum_of(&body, "operations_failed") == 1
+        },
+    )
+    .await;
+    let (_, body) = app.get("/api/stats/recent").await;
+    assert_eq!(body["window_seconds"], 900);
+    assert_eq!(body["interval_ms"], 500);
+    let samples = body["samples"].as_array().expect("samples");
+    assert!(samples
+        .windows(2)
+        .all(|w| w[0]["at_ms"].as_u64() < w[1]["at_ms"].as_u64()));
+    // The same counts on /metrics, cumulative.
+    assert_eq!(app.metric("switchyard_operations_started_total").await, 2);
+    assert_eq!(app.metric("switchyard_operations_finished_total").await, 2);
+    assert_eq!(app.metric("switchyard_operations_failed_total").await, 1);
+
+    // The live event carries them too (the page adds a point per event).
+    let mut ws = app.ws().await;
+    ws.join("system").await;
+    let stats = ws
+        .recv_where(|f| f["type"] == "message" && f["event"] == "stats")
+        .await;
+    for field in [
+        "interval_ms",
+        "operations_started",
+        "operations_finished",
+        "operations_failed",
+        "slow_consumer_evictions",
+    ] {
+        assert!(stats["data"][field].is_u64(), "{field} in {stats}");
+    }
+}
+
+#[tokio::test]
+async fn recent_stats_count_a_slow_consumer_eviction() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.outbox_max_messages = 64;
+        s.outbox_max_bytes = 64 * 1024;
+        // REST publishes count against the publisher's rate; this floods on purpose.
+        s.user_publish_rate = 0;
+    })
+    .await;
+    let mut slow = app.ws_as("slow").await;
+    slow.join("busy").await;
+    // The slow member never reads: ~8 MB is far more than the socket buffers and its outbox
+    // hold, so it is evicted along the way.
+    let payload = "x".repeat(4000);
+    for i in 0..2_000u64 {
+        let (status, body) = app
+            .post(
+                "/api/rooms/busy/publish",
+                serde_json::json!({"event": "tick", "data": {"i": i, "pad": payload}}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(slow.closed().await.code, Some(4008));
+    crate::helpers::eventually("the eviction in the samples", || async {
+        let (_, body) = app.get("/api/stats/recent").await;
+        sum_of(&body, "slow_consumer_evictions") == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn recent_stats_are_for_those_who_may_see_the_system_room() {
+    let app = spawn_app_with(Backend::Sqlite, |s| s.jwt_secret = Some(SECRET.into())).await;
+    let (status, _) = app.get("/api/stats/recent").await;
+    assert_eq!(status, 401);
+    let outsider = token("outsider", &["project:*"], &[], None);
+    let (status, body) = app.get_auth("/api/stats/recent", &outsider).await;
+    assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
+    let watcher = token("watcher", &["system"], &[], None);
+    let (status, body) = app.get_auth("/api/stats/recent", &watcher).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["samples"].as_array().is_some_and(|s| !s.is_empty()));
 }

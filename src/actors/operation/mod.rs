@@ -294,9 +294,6 @@ impl OperationActor {
     /// Announces a status change. `lifecycle` names the event for the project room and, with
     /// stage changes, what goes to `operations` at once; pure progress there is throttled.
     fn announce(&mut self, lifecycle: Option<&str>, stage_changed: bool) {
-        if lifecycle == Some("operation.started") {
-            self.cx.metrics.operations_started.inc();
-        }
         let json = self.status_json();
         // Stage and status changes are never conflated; pure progress may be, for a slow watcher.
         let pure_progress = lifecycle.is_none() && !stage_changed;
@@ -457,6 +454,11 @@ impl OperationActor {
                 .metrics
                 .observe_operation(&self.op.kind, self.op.status.as_str(), took);
         }
+        // Counted here, where the end is announced exactly once (the dashboard's charts).
+        self.cx.metrics.operations_finished.inc();
+        if self.op.status == Status::Failed {
+            self.cx.metrics.operations_failed.inc();
+        }
         let json = self.status_json();
         self.publish(
             self.op.room(),
@@ -523,6 +525,7 @@ impl Actor for OperationActor {
         ctx.set_mailbox_capacity(0);
         self.cx.metrics.operations.inc();
         if self.announce_created {
+            self.cx.metrics.operations_started.inc();
             let json = self.status_json();
             self.publish(self.op.room(), "operation.progress", json.clone(), Some(0));
             self.publish("operations".into(), "operation.created", json.clone(), None);
