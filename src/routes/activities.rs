@@ -49,6 +49,7 @@ fn project_room(project: &str) -> Result<String, AppError> {
 #[utoipa::path(
     post,
     path = "/api/activities",
+    operation_id = "create_activity",
     tag = "activities",
     description = "Stores the activity (committed before the answer: a 201 survives a crash), \
         then publishes it as `activity.created` into the `activity` room and, with a project, \
@@ -163,6 +164,7 @@ struct ActivityPage {
 #[utoipa::path(
     get,
     path = "/api/activities",
+    operation_id = "list_activities",
     tag = "activities",
     description = "A page of the global feed or of one project's, newest first. Auth: a token \
         whose `rooms` patterns match `activity` (or `project:<project>`), or role `admin`.",

@@ -97,6 +97,7 @@ struct Duplicate<'a> {
 #[utoipa::path(
     post,
     path = "/api/operations",
+    operation_id = "start_operation",
     tag = "operations",
     description = "Starts an operation of a declared kind on a target (docs/operations.md). \
         Its events go to `operation:<id>`, `operations` and, with a project, \
@@ -208,6 +209,7 @@ struct OperationPage {
 #[utoipa::path(
     get,
     path = "/api/operations",
+    operation_id = "list_operations",
     tag = "operations",
     description = "A page of operations, newest first, filtered. Auth: a caller who may join \
         `operations` (or role `service` or `admin`); with `project`, also one who may join \
@@ -300,6 +302,7 @@ pub async fn list(
 #[utoipa::path(
     get,
     path = "/api/operations/{id}",
+    operation_id = "get_operation",
     tag = "operations",
     summary = "An operation's status",
     description = "The operation's status now. Auth: a caller who may see it (may join \

@@ -232,6 +232,7 @@ struct RoomList {
 #[utoipa::path(
     get,
     path = "/api/rooms",
+    operation_id = "list_rooms",
     tag = "rooms",
     description = "Every room with its members, users and position, sorted by name. Auth: role \
         `admin`.",

@@ -104,6 +104,17 @@ async fn the_openapi_document_describes_exactly_the_registered_routes() {
         "registered but not in the document: {missing:?}; in the document but not registered: \
          {extra:?} (a handler's #[utoipa::path] names the route it is registered at)"
     );
+    // Clients generated from the document name a method after its operationId.
+    let ids: Vec<&str> = operations(&doc)
+        .iter()
+        .map(|(m, p, op)| {
+            op["operationId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{m} {p} has an operationId"))
+        })
+        .collect();
+    let unique: BTreeSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "operationIds are unique: {ids:?}");
     // The real-time protocols are not REST: named in the description, not in `paths`.
     let description = doc["info"]["description"].as_str().unwrap_or("");
     assert!(description.contains("docs/protocol.md"), "{description}");
