@@ -47,6 +47,7 @@ macro_rules! documented_routes {
         $routes:ident, $register:ident($target:ty), $paths:ident, $prefix:literal;
         $( $path:literal => [ $( $method:ident => $module:ident :: $handler:ident ),+ $(,)? ] ),* $(,)?
     ) => {
+        /// Every `(METHOD, path)` this list registers.
         pub const $routes: &[(&str, &str)] = &[
             $( $( (documented_routes!(@method $method), concat!($prefix, $path)) ),+ ),*
         ];
@@ -59,6 +60,8 @@ macro_rules! documented_routes {
         #[openapi(paths( $( $( $module::$handler ),+ ),* ))]
         pub(crate) struct $paths;
     };
+    // A route with another method adds its line here (and to `cors::API_METHODS`, which a unit
+    // test keeps equal to the methods of `API_ROUTES`).
     (@method get) => { "GET" };
     (@method post) => { "POST" };
 }
