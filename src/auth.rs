@@ -59,7 +59,7 @@ pub enum Role {
 }
 
 /// Who a user is, as other members see it in presence lists and `from` fields.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct UserInfo {
     #[serde(rename = "user")]
     pub id: String,

@@ -393,7 +393,7 @@ pub const RECENT_MAX_SAMPLES: usize = 1_800;
 
 /// One stats tick as the dashboard charts it: gauges as they were, rates and counts over the
 /// tick (the interval that ended at `at_ms`).
-#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct StatsSample {
     /// When the tick ended, milliseconds since the Unix epoch.
     pub at_ms: u64,

@@ -19,7 +19,7 @@ use crate::error_code::Refusal;
 pub type ViewFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// One room, as listed on the REST API and the dashboard.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RoomInfo {
     pub name: String,
     pub members: usize,
@@ -30,7 +30,7 @@ pub struct RoomInfo {
 
 /// One node as the dashboard shows it: its figures at its last stats tick. The same object is
 /// the `stats` event the node publishes into the `system` room.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct NodeStats {
     /// `SWITCHYARD_NODE_ID`, or the process's random id.
     pub node: String,

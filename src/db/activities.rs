@@ -34,13 +34,15 @@ pub struct NewActivity {
 }
 
 /// The API shape, shared by HTTP responses and the `activity.created` event.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Activity {
     pub id: i64,
     pub project: Option<String>,
     pub actor: String,
     pub verb: String,
     pub object: Option<String>,
+    /// Any JSON value the poster gave.
+    #[schema(value_type = Option<Value>)]
     pub data: Option<Box<RawValue>>,
     /// RFC 3339, UTC, milliseconds.
     pub created_at: String,

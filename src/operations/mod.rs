@@ -30,7 +30,7 @@ impl Serialize for Timestamp {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
     Queued,
@@ -82,7 +82,7 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StageState {
     Pending,
@@ -92,7 +92,7 @@ pub enum StageState {
     Cancelled,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stage {
     pub name: String,
     pub state: StageState,
@@ -101,7 +101,7 @@ pub struct Stage {
 }
 
 /// Why an operation failed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OpError {
     pub code: String,
     pub message: String,
@@ -110,7 +110,7 @@ pub struct OpError {
 }
 
 /// Which runner does the work.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RunnerKind {
     Command,
@@ -138,7 +138,7 @@ impl RunnerKind {
 }
 
 /// The status object: what REST returns and every `operation.*` status event carries.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct Operation {
     pub id: String,
     pub kind: String,
@@ -161,16 +161,20 @@ pub struct Operation {
     pub error: Option<OpError>,
     pub params: Value,
     pub created_by: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub started_at: Option<Timestamp>,
+    #[schema(value_type = String, format = DateTime)]
     pub updated_at: Timestamp,
+    #[schema(value_type = Option<String>, format = DateTime)]
     pub finished_at: Option<Timestamp>,
     /// Offset of the last log line (0: none yet). Log offsets start at 1 and have no gaps.
     pub log_offset: u64,
 }
 
 /// A progress report (from a worker, a command's JSON line or the demo script).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Update {
     pub progress: Option<f64>,
     pub stage: Option<String>,
@@ -667,7 +671,7 @@ pub fn token_sha256(token: &str) -> String {
 }
 
 /// One log line, as stored and as carried by `operation.log`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogLine {
     pub offset: u64,
     pub stream: String,

@@ -65,6 +65,27 @@ impl Serialize for Retain {
     }
 }
 
+/// On the wire `true`, `false` or `"event"`, which a derive cannot say.
+impl utoipa::PartialSchema for Retain {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(ObjectBuilder::new().schema_type(Type::Boolean))
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["event"])),
+            )
+            .description(Some(
+                "What joiners get first: `true` keeps the message as the room's retained one, \
+                 `\"event\"` as the last one of its event name, `false` (the default) nothing.",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for Retain {}
+
 impl<'de> Deserialize<'de> for Retain {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]

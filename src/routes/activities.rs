@@ -1,9 +1,11 @@
 //! The activity feed: `POST /api/activities` stores and broadcasts, `GET` pages backwards.
 
 use actix_web::{http::header, web, HttpResponse};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use utoipa::{IntoParams, ToSchema};
 
+use super::openapi::{ErrorBody, E401, E413, E429_PUBLISH, E503};
 use super::{next_before, page_limit, Caller};
 use crate::broker::{new_message_id, Envelope};
 use crate::db::activities::{self, Activity, NewActivity};
@@ -13,12 +15,19 @@ use crate::state::AppState;
 /// The global feed's room.
 pub const ACTIVITY_ROOM: &str = "activity";
 
-#[derive(Deserialize)]
+/// A new activity: "`actor` `verb` `object`", in a project or not.
+#[derive(Deserialize, ToSchema)]
 pub struct NewActivityBody {
+    /// The project it belongs to (also published into `project:<project>`).
     project: Option<String>,
+    /// 1-256 characters.
     actor: String,
+    /// 1-128 characters.
     verb: String,
+    /// 1-1024 characters.
     object: Option<String>,
+    /// Any JSON value, nested at most 64 levels deep.
+    #[schema(value_type = Option<Value>)]
     data: Option<Box<RawValue>>,
 }
 
@@ -36,6 +45,32 @@ fn project_room(project: &str) -> Result<String, AppError> {
     Ok(crate::names::project_room(project)?)
 }
 
+/// Post an activity.
+#[utoipa::path(
+    post,
+    path = "/api/activities",
+    operation_id = "create_activity",
+    tag = "activities",
+    description = "Stores the activity (committed before the answer: a 201 survives a crash), \
+        then publishes it as `activity.created` into the `activity` room and, with a project, \
+        `project:<project>` (a socket in both gets it once). One publish of the per-user \
+        budget. Auth: role `service` or `admin`.",
+    request_body = NewActivityBody,
+    responses(
+        (status = 201, description = "Stored.", body = Activity,
+            headers(("Location" = String, description = "A page of the feed starting with it."))),
+        (status = 400, description = "`invalid_field` (a field's length, the project name, \
+            `data` nested too deep), `invalid_json` or `bad_request`.", body = ErrorBody),
+        (status = 401, description = E401, body = ErrorBody),
+        (status = 403, description = "`forbidden`: not a service or an admin; or the `Origin` \
+            is not allowed.", body = ErrorBody),
+        (status = 413, description = E413, body = ErrorBody),
+        (status = 429, description = E429_PUBLISH, body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait."))),
+        (status = 503, description = E503, body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn create(
     caller: Caller,
     body: web::Json<NewActivityBody>,
@@ -106,13 +141,45 @@ pub async fn create(
         .body(json))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// One project's feed (absent: the global feed).
     project: Option<String>,
+    /// Only activities with a smaller id: the previous page's `next_before`.
     before: Option<i64>,
+    /// Page size, 1-500 (default 50).
     limit: Option<i64>,
 }
 
+/// A page of the feed, newest first.
+#[derive(Serialize, ToSchema)]
+struct ActivityPage {
+    activities: Vec<Activity>,
+    /// `before` for the next (older) page; null on the last page.
+    next_before: Option<i64>,
+}
+
+/// Read the activity feed.
+#[utoipa::path(
+    get,
+    path = "/api/activities",
+    operation_id = "list_activities",
+    tag = "activities",
+    description = "A page of the global feed or of one project's, newest first. Auth: a token \
+        whose `rooms` patterns match `activity` (or `project:<project>`), or role `admin`.",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page.", body = ActivityPage),
+        (status = 400, description = "`invalid_field` (`limit`, the project name) or \
+            `bad_request` (a malformed query).", body = ErrorBody),
+        (status = 401, description = E401, body = ErrorBody),
+        (status = 403, description = "`forbidden`: the caller may not read this feed; or the \
+            `Origin` is not allowed.", body = ErrorBody),
+        (status = 503, description = E503, body = ErrorBody),
+    ),
+    security(("bearer" = [])),
+)]
 pub async fn list(
     caller: Caller,
     query: web::Query<ListQuery>,
@@ -134,8 +201,8 @@ pub async fn list(
         .await?;
     let next_before = next_before(&rows, limit, |r| r.id);
     let items: Vec<Activity> = rows.into_iter().map(Activity::from).collect();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "activities": items,
-        "next_before": next_before,
-    })))
+    Ok(HttpResponse::Ok().json(ActivityPage {
+        activities: items,
+        next_before,
+    }))
 }

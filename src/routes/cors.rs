@@ -44,7 +44,7 @@ use crate::state::AppState;
 pub const ENGINE_IO_METHODS: &str = "GET,HEAD,PUT,PATCH,POST,DELETE";
 
 /// The methods a preflight to `/api` allows: every method a route under `/api` serves
-/// (`routes::configure`); a route with another method adds it here.
+/// (`routes::API_ROUTES`; a unit test below keeps the two equal).
 pub const API_METHODS: &str = "GET,POST";
 
 /// The response headers a page may read from `/api` besides the CORS-safelisted ones: where a
@@ -210,5 +210,22 @@ impl ResponseError for WithCors {
         let mut res = self.error.error_response();
         apply(res.headers_mut(), self.origin.as_ref(), Some(API_EXPOSED));
         res
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::API_METHODS;
+
+    #[test]
+    fn a_preflight_allows_exactly_the_methods_of_the_api_routes() {
+        let served: BTreeSet<&str> = crate::routes::API_ROUTES.iter().map(|r| r.0).collect();
+        let allowed: BTreeSet<&str> = API_METHODS.split(',').collect();
+        assert_eq!(
+            allowed, served,
+            "cors::API_METHODS against routes::API_ROUTES"
+        );
     }
 }

@@ -5,6 +5,7 @@ pub mod activities;
 pub mod cors;
 pub mod dashboard;
 pub mod health;
+pub mod openapi;
 pub mod operations;
 pub mod profiles;
 pub mod rooms;
@@ -32,69 +33,69 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         .service(web::resource("/ws").route(web::get().to(ws::connect)))
         .service(web::resource("/socket.io/").route(web::to(socketio::socket_io)))
         .service(web::resource("/engine.io/").route(web::to(socketio::engine_io)))
-        .service(web::resource("/health").route(web::get().to(health::health)))
-        .service(web::resource("/metrics").route(web::get().to(health::metrics)))
-        .service(
-            web::scope("/api")
-                // CORS for pages on other origins, on every answer of the scope (its default
-                // service's 404 too). A method added below goes into `cors::API_METHODS`.
-                .wrap_fn(cors::api)
-                .service(web::resource("/rooms").route(web::get().to(rooms::list)))
-                .service(web::resource("/nodes").route(web::get().to(health::nodes)))
-                .service(web::resource("/stats/recent").route(web::get().to(stats::recent)))
-                .service(web::resource("/rooms/publish").route(web::post().to(rooms::publish_many)))
-                .service(
-                    web::resource("/rooms/{room}/publish").route(web::post().to(rooms::publish)),
-                )
-                .service(
-                    web::resource("/rooms/{room}/presence").route(web::get().to(rooms::presence)),
-                )
-                .service(
-                    web::resource("/rooms/{room}/history").route(web::get().to(rooms::history)),
-                )
-                .service(
-                    web::resource("/operations")
-                        .route(web::post().to(operations::start))
-                        .route(web::get().to(operations::list)),
-                )
-                .service(web::resource("/operations/{id}").route(web::get().to(operations::get)))
-                .service(
-                    web::resource("/operations/{id}/logs")
-                        .route(web::get().to(operations::logs))
-                        .route(web::post().to(operations::append_logs)),
-                )
-                .service(
-                    web::resource("/operations/{id}/cancel")
-                        .route(web::post().to(operations::cancel)),
-                )
-                .service(
-                    web::resource("/operations/{id}/progress")
-                        .route(web::post().to(operations::progress)),
-                )
-                .service(
-                    web::resource("/operations/{id}/complete")
-                        .route(web::post().to(operations::complete)),
-                )
-                .service(
-                    web::resource("/operations/{id}/fail").route(web::post().to(operations::fail)),
-                )
-                .service(
-                    web::resource("/operations/{id}/events")
-                        .route(web::get().to(operations::events)),
-                )
-                .service(
-                    web::resource("/operations/{id}/ws").route(web::get().to(operations::socket)),
-                )
-                .service(
-                    web::resource("/operations/{id}/ticket")
-                        .route(web::post().to(operations::ticket)),
-                )
-                .service(
-                    web::resource("/activities")
-                        .route(web::post().to(activities::create))
-                        .route(web::get().to(activities::list)),
-                ),
-        );
+        // CORS for pages on other origins, on every answer of the scope (its default service's
+        // 404 too). A method added to `API_ROUTES` goes into `cors::API_METHODS`.
+        .service(api_scope(web::scope("/api")).wrap_fn(cors::api));
+    root_resources(cfg);
+}
+
+/// Declares documented REST routes once: `$routes` (every `(METHOD, path)`, read by the
+/// OpenAPI test), `$register` (registers them, grouped by path so that another method on a known
+/// path is still answered 405), and `$paths` (their OpenAPI operations, from each handler's
+/// `#[utoipa::path]`). A route registered here without that annotation does not compile; one
+/// whose annotation names another path or method fails `tests/api/openapi.rs`.
+macro_rules! documented_routes {
+    (
+        $routes:ident, $register:ident($target:ty), $paths:ident, $prefix:literal;
+        $( $path:literal => [ $( $method:ident => $module:ident :: $handler:ident ),+ $(,)? ] ),* $(,)?
+    ) => {
+        /// Every `(METHOD, path)` this list registers.
+        pub const $routes: &[(&str, &str)] = &[
+            $( $( (documented_routes!(@method $method), concat!($prefix, $path)) ),+ ),*
+        ];
+
+        fn $register(target: $target) -> $target {
+            target $( .service(web::resource($path) $( .route(web::$method().to($module::$handler)) )+ ) )*
+        }
+
+        #[derive(utoipa::OpenApi)]
+        #[openapi(paths( $( $( $module::$handler ),+ ),* ))]
+        pub(crate) struct $paths;
+    };
+    // A route with another method adds its line here (and to `cors::API_METHODS`, which a unit
+    // test keeps equal to the methods of `API_ROUTES`).
+    (@method get) => { "GET" };
+    (@method post) => { "POST" };
+}
+
+documented_routes! {
+    ROOT_ROUTES, root_resources(&mut web::ServiceConfig), RootPaths, "";
+    "/health" => [get => health::health],
+    "/metrics" => [get => health::metrics],
+}
+
+// Every route under `/api`, one line per path. This list is the only place they are registered.
+documented_routes! {
+    API_ROUTES, api_scope(actix_web::Scope), ApiPaths, "/api";
+    "/openapi.json" => [get => openapi::document],
+    "/rooms" => [get => rooms::list],
+    "/nodes" => [get => health::nodes],
+    "/stats/recent" => [get => stats::recent],
+    "/rooms/publish" => [post => rooms::publish_many],
+    "/rooms/{room}/publish" => [post => rooms::publish],
+    "/rooms/{room}/presence" => [get => rooms::presence],
+    "/rooms/{room}/history" => [get => rooms::history],
+    "/operations" => [post => operations::start, get => operations::list],
+    "/operations/{id}" => [get => operations::get],
+    "/operations/{id}/logs" => [get => operations::logs, post => operations::append_logs],
+    "/operations/{id}/cancel" => [post => operations::cancel],
+    "/operations/{id}/progress" => [post => operations::progress],
+    "/operations/{id}/complete" => [post => operations::complete],
+    "/operations/{id}/fail" => [post => operations::fail],
+    "/operations/{id}/events" => [get => operations::events],
+    "/operations/{id}/ws" => [get => operations::socket],
+    "/operations/{id}/ticket" => [post => operations::ticket],
+    "/activities" => [post => activities::create, get => activities::list],
 }
 
 /// The caller of a REST endpoint. With a secret, a valid `Authorization: Bearer` token is

@@ -21,6 +21,7 @@ mod health;
 mod helpers;
 mod hooks;
 mod limits;
+mod openapi;
 mod operation_primitives;
 mod operations;
 mod presence;
