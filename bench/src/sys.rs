@@ -90,3 +90,48 @@ pub fn core_busy(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
         })
         .collect()
 }
+
+/// CPU seconds of every process whose command line contains `pattern`, by pid. A PostgreSQL
+/// backend's command line names its database (`postgres: 15/main: postgres switchyard_bench
+/// 127.0.0.1(40312) idle`), so the database name picks the backends serving one database.
+pub fn cpu_of_matching(pattern: &str) -> std::collections::HashMap<u32, f64> {
+    let mut found = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        // Arguments are NUL-separated; a process that vanished meanwhile reads as empty.
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(pattern) {
+            if let Some(cpu) = cpu_seconds(pid) {
+                found.insert(pid, cpu);
+            }
+        }
+    }
+    found
+}
+
+/// CPU seconds the processes of two [`cpu_of_matching`] readings spent between them: a process
+/// that started meanwhile counts whole; one that ended meanwhile is lost (its last seconds).
+pub fn cpu_delta_of(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    let spent: f64 = after
+        .iter()
+        .map(|(pid, b)| (b - before.get(pid).copied().unwrap_or(0.0)).max(0.0))
+        .sum();
+    crate::round3(spent)
+}
