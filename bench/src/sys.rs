@@ -91,9 +91,11 @@ pub fn core_busy(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
         .collect()
 }
 
-/// CPU seconds of every process whose command line contains `pattern`, by pid. A PostgreSQL
-/// backend's command line names its database (`postgres: 15/main: postgres switchyard_bench
-/// 127.0.0.1(40312) idle`), so the database name picks the backends serving one database.
+/// CPU seconds of every process whose title (the first argument of its command line) contains
+/// `pattern`, by pid. A PostgreSQL backend's title names its database (`postgres: 15/main:
+/// postgres switchyard_bench 127.0.0.1(40312) idle`), so the database name picks the backends
+/// serving one database. Only the first argument: the pattern itself is an argument of the
+/// generator and of `timeout`/`taskset` above it.
 pub fn cpu_of_matching(pattern: &str) -> std::collections::HashMap<u32, f64> {
     let mut found = std::collections::HashMap::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -114,7 +116,8 @@ pub fn cpu_of_matching(pattern: &str) -> std::collections::HashMap<u32, f64> {
         let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
             continue;
         };
-        if String::from_utf8_lossy(&cmdline).contains(pattern) {
+        let title = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+        if String::from_utf8_lossy(title).contains(pattern) {
             if let Some(cpu) = cpu_seconds(pid) {
                 found.insert(pid, cpu);
             }
