@@ -97,6 +97,9 @@ pub struct ConnectReport {
     pub presence_checked: bool,
     /// Presence events (`presence` frames) the members received.
     pub presence_events: u64,
+    /// Connection attempts the kernel dropped because a listener's accept queue was full, over
+    /// the run (machine-wide; each costs its connection a one-second SYN retry).
+    pub listen_overflows: Option<u64>,
     pub first_problem: Option<String>,
     pub ok: bool,
 }
@@ -235,6 +238,7 @@ pub async fn connect(cfg: &ConnectConfig) -> Result<ConnectReport, String> {
     let cpu0 = cfg.server_pid.and_then(sys::cpu_seconds);
     let gen0 = sys::own_cpu_seconds();
     let cores0 = sys::core_times();
+    let overflows0 = sys::listen_overflows();
     let started = Instant::now();
     let mut holders = Vec::with_capacity(cfg.conns);
     let mut connects = futures_util::stream::iter(0..cfg.conns)
@@ -325,6 +329,9 @@ pub async fn connect(cfg: &ConnectConfig) -> Result<ConnectReport, String> {
     let server_cpu_s = sys::cpu_delta(cpu0, cfg.server_pid.and_then(sys::cpu_seconds));
     let generator_cpu_s = crate::round3(sys::own_cpu_seconds() - gen0);
     let core_busy = sys::core_busy(&cores0, &sys::core_times());
+    let listen_overflows = overflows0
+        .zip(sys::listen_overflows())
+        .map(|(a, b)| b.saturating_sub(a));
     for h in &holders {
         h.abort();
     }
@@ -356,6 +363,7 @@ pub async fn connect(cfg: &ConnectConfig) -> Result<ConnectReport, String> {
         setup: hist.latency(),
         presence_checked: cfg.presence,
         presence_events: shared.presence_events.load(Relaxed),
+        listen_overflows,
         ok: problem.is_none() && failed == 0 && joined == cfg.conns,
         first_problem: problem,
     })

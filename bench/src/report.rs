@@ -400,11 +400,11 @@ fn connect_table(md: &mut String, conns: u64, g: &[Option<&Value>; NT]) {
     );
     let _ = writeln!(
         md,
-        "| target | connections/s | vs floor | server CPU s per 1,000 | vs floor | set-up p50 (ms) | set-up p99 (ms) | presence events | generator core busy |"
+        "| target | connections/s | vs floor | server CPU s per 1,000 | vs floor | set-up p50 (ms) | set-up p99 (ms) | accept-queue overflows | presence events | generator core busy |"
     );
     let _ = writeln!(
         md,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let floor = g[NT - 1];
     let of_floor = |v: &Value, key: &str| -> String {
@@ -421,13 +421,14 @@ fn connect_table(md: &mut String, conns: u64, g: &[Option<&Value>; NT]) {
             .and_then(Value::as_f64);
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             num(f(v, "conns_per_s")),
             of_floor(v, "conns_per_s"),
             num(f(v, "cpu_s_per_1k")),
             of_floor(v, "cpu_s_per_1k"),
             num(f(v, "p50_ms")),
             num(f(v, "p99_ms")),
+            num(f(v, "listen_overflows")),
             num(f(v, "presence_events")),
             num(busy),
         );

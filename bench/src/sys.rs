@@ -138,3 +138,16 @@ pub fn cpu_delta_of(
         .sum();
     crate::round3(spent)
 }
+
+/// The kernel's count of connections dropped because a listening socket's accept queue was full
+/// (`TcpExt: ListenOverflows` in /proc/net/netstat, the whole machine). A dropped SYN is sent
+/// again by the client after a second, so a few of them show as one-second set-up times.
+pub fn listen_overflows() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut tcp_ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (tcp_ext.next()?, tcp_ext.next()?);
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}

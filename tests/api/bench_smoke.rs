@@ -69,6 +69,10 @@ async fn connect_checks(url: &str, server: &str, protocol: Protocol) {
     assert!(r.ok, "{server} {protocol} connect: {json}");
     assert_eq!((r.joined, r.rooms), (40, 10), "{json}");
     assert!(r.conns_per_s > 0.0, "{json}");
+    assert!(
+        r.listen_overflows.is_some(),
+        "read from /proc/net/netstat: {json}"
+    );
     assert_eq!(r.presence_checked, server == "switchyard", "{json}");
     if r.presence_checked {
         // Each room of four announces its 2nd, 3rd and 4th arrival to those before (batched
