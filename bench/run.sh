@@ -2,7 +2,7 @@
 # The benchmark of docs/benchmarks.md (issue #7): Switchyard (native /ws and Socket.IO) against
 # the Node socket.io@4 reference server (bench/node), in one run, on this machine, over loopback.
 #
-#   bash bench/run.sh            # the full run (~7.5 minutes on 2 cores, plus the first build)
+#   bash bench/run.sh            # the full run (~8.5 minutes on 2 cores, plus the first build)
 #   BENCH_QUICK=1 bash bench/run.sh   # tiny sizes, ~1.5 minutes: checks the script itself
 #
 # Knobs (environment): CARGO_TARGET_DIR, BENCH_SKIP_BUILD=1 (use the built binaries),
