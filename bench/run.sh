@@ -2,14 +2,17 @@
 # The benchmark of docs/benchmarks.md (issue #7): Switchyard (native /ws and Socket.IO) against
 # the Node socket.io@4 reference server (bench/node), in one run, on this machine, over loopback.
 #
-#   bash bench/run.sh            # the full run (~7.5 minutes on 2 cores, plus the first build)
+#   bash bench/run.sh            # the full run (~8.5 minutes on 2 cores, plus the first build)
 #   BENCH_QUICK=1 bash bench/run.sh   # tiny sizes, ~1.5 minutes: checks the script itself
 #
 # Knobs (environment): CARGO_TARGET_DIR, BENCH_SKIP_BUILD=1 (use the built binaries),
 # BENCH_SWITCHYARD_BIN (another server binary), BENCH_OUT, BENCH_PLOTS, BENCH_FANOUT_SIZES,
-# BENCH_IDLE_SIZES, BENCH_FANOUT_RATE, BENCH_WINDOW, BENCH_SERVER_CORE, BENCH_GEN_CORE, the
-# ports BENCH_SWITCHYARD_PORT / BENCH_NODE_PORT / BENCH_FLOOR_PORT, and SWITCHYARD_WORKERS / _ROOM_THREADS /
-# _OUTBOX_MAX_MESSAGES / _OUTBOX_MAX_BYTES for the server (defaults: 1, 1, 8192, 8 MiB).
+# BENCH_IDLE_SIZES, BENCH_CONNECT_CONNS, BENCH_FANOUT_RATE, BENCH_WINDOW, BENCH_SERVER_CORE,
+# BENCH_GEN_CORE, the ports BENCH_SWITCHYARD_PORT / BENCH_NODE_PORT / BENCH_FLOOR_PORT, and
+# SWITCHYARD_WORKERS / _ROOM_THREADS / _OUTBOX_MAX_MESSAGES / _OUTBOX_MAX_BYTES for the server
+# (defaults: 1, 1, 8192, 8 MiB). The operations scenario runs a second time on PostgreSQL:
+# BENCH_PG_ADMIN_URL (postgres://postgres@127.0.0.1:5432/postgres) is where the script drops and
+# creates BENCH_PG_DB (switchyard_bench) with psql before that run; BENCH_PG=0 skips it.
 #
 # Every server runs pinned to core BENCH_SERVER_CORE (0) and is started fresh for each scenario;
 # every load generator is pinned to BENCH_GEN_CORE (1). Results: one JSON line per measurement
@@ -32,13 +35,18 @@ if [ "$QUICK" = 1 ]; then
   FANOUT_SIZES=${BENCH_FANOUT_SIZES:-"50 200"}
   PHASE_S=2; ROOMS=100; ROOMS_RATE=400; ROOMS_S=2
   IDLE_SIZES=${BENCH_IDLE_SIZES:-"1000 2000"}; OPS=50; OPS_S=2
+  CONNECT_CONNS=${BENCH_CONNECT_CONNS:-500}
 else
   OUT=${BENCH_OUT:-bench/results/latest.jsonl}
   PLOTS=${BENCH_PLOTS:-docs/benchmarks}
   FANOUT_SIZES=${BENCH_FANOUT_SIZES:-"100 1000 10000"}
   PHASE_S=10; ROOMS=4000; ROOMS_RATE=4000; ROOMS_S=20
   IDLE_SIZES=${BENCH_IDLE_SIZES:-"10000 19000"}; OPS=1000; OPS_S=20
+  CONNECT_CONNS=${BENCH_CONNECT_CONNS:-5000}
 fi
+PG=${BENCH_PG:-1}
+PG_ADMIN_URL=${BENCH_PG_ADMIN_URL:-postgres://postgres@127.0.0.1:5432/postgres}
+PG_DB=${BENCH_PG_DB:-switchyard_bench}
 # Light fanout rate (publishes/s): low enough that Node keeps up with 10,000 members.
 FANOUT_RATE=${BENCH_FANOUT_RATE:-2}
 # Max-rate phase: messages per member in flight (published, not yet received everywhere).
@@ -109,7 +117,8 @@ start_node() {
   serve_pinned "$NODE_PORT" BENCH_NODE_PORT PORT="$NODE_PORT" node bench/node/server.mjs
 }
 
-# The floor: a bare epoll loop in the bench tool (bench/src/floor.rs), fan-out and rooms only.
+# The floor: a bare epoll loop in the bench tool (bench/src/floor.rs): fan-out, rooms and
+# connection set-up.
 start_floor() {
   serve_pinned "$FLOOR_PORT" BENCH_FLOOR_PORT "$BENCH" floor-server --port "$FLOOR_PORT"
 }
@@ -155,6 +164,10 @@ for t in "${TARGETS[@]}"; do
     gen "fanout $server/$proto $n members" fanout --url "$url" --server "$server" --protocol "$proto" \
       --members "$n" --rate "$FANOUT_RATE" --max true --window "$WINDOW" --duration "$PHASE_S" --user bench
   done
+  # Distinct users (presence on), rooms of four: connections accepted and joined a second.
+  $starter
+  gen "connect $server/$proto $CONNECT_CONNS users" connect --url "$url" --server "$server" \
+    --protocol "$proto" --conns "$CONNECT_CONNS" --size 4
   $starter
   gen "rooms $server/$proto $ROOMS x 4" rooms --url "$url" --server "$server" --protocol "$proto" \
     --rooms "$ROOMS" --size 4 --rate "$ROOMS_RATE" --duration "$ROOMS_S"
@@ -167,12 +180,31 @@ for t in "${TARGETS[@]}"; do
   done
 done
 
-# Operations: Switchyard only (the reference has none); SQLite persistence on (the default).
+# Operations: Switchyard only (the reference has none); on SQLite (the default), then on
+# PostgreSQL, a fresh database each run (the server migrates it at start). PostgreSQL's processes
+# are not pinned (a shared service): their CPU is summed apart, from the backends of $PG_DB.
 printf '[kinds.bench]\nrunner = "external"\nstall_timeout_secs = 600\n' >"$WORK/operations.toml"
 start_switchyard SWITCHYARD_OPERATIONS_FILE="$WORK/operations.toml"
-gen "operations switchyard $OPS" operations --url "http://127.0.0.1:$SY_PORT" --kind bench \
-  --operations "$OPS" --workers 20 --rate 10 --duration "$OPS_S"
+gen "operations switchyard $OPS on SQLite" operations --url "http://127.0.0.1:$SY_PORT" --kind bench \
+  --operations "$OPS" --workers 20 --rate 10 --duration "$OPS_S" --database sqlite
 stop_server
+if [ "$PG" = 1 ]; then
+  if ! command -v psql >/dev/null; then
+    FAILED=$((FAILED + 1)); log "FAILED: operations on PostgreSQL: psql is needed (or BENCH_PG=0)"
+  elif ! psql -q "$PG_ADMIN_URL" -v ON_ERROR_STOP=1 -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" \
+    -c "CREATE DATABASE $PG_DB" >"$WORK/psql.log" 2>&1; then
+    FAILED=$((FAILED + 1)); log "FAILED: operations on PostgreSQL: $(tail -2 "$WORK/psql.log")"
+  else
+    # After the SQLite URL start_switchyard sets: the later assignment wins (env(1)).
+    start_switchyard SWITCHYARD_OPERATIONS_FILE="$WORK/operations.toml" \
+      DATABASE_URL="${PG_ADMIN_URL%/*}/$PG_DB"
+    gen "operations switchyard $OPS on PostgreSQL" operations --url "http://127.0.0.1:$SY_PORT" \
+      --kind bench --operations "$OPS" --workers 20 --rate 10 --duration "$OPS_S" \
+      --database postgres --db-processes " $PG_DB "
+    stop_server
+    psql -q "$PG_ADMIN_URL" -c "DROP DATABASE IF EXISTS $PG_DB WITH (FORCE)" >/dev/null 2>&1 || true
+  fi
+fi
 
 log "measured in $(( $(date +%s) - measure_started )) s ($(( $(date +%s) - started )) s with the build)"
 mkdir -p "$PLOTS"

@@ -7,10 +7,14 @@
 //! - [`fanout`](mod@fanout): one room of N members, a light fixed-rate phase and a max-rate phase.
 //! - [`rooms`](mod@rooms): 4,000 rooms of 4, every member publishing, a fixed total rate.
 //! - [`idle`]: held connections, the server's RSS per connection (several processes).
+//! - [`connect`](mod@connect): connections set up and joined a second, distinct users in rooms
+//!   of four (presence on), and the server's CPU per 1,000 of them.
 //! - [`floor`]: the bare epoll loop that the fan-out and rooms results are measured against.
-//! - [`operations`](mod@operations): external operations reported by workers, one watcher each (Switchyard only).
+//! - [`operations`](mod@operations): external operations reported by workers, one watcher each
+//!   (Switchyard only; on SQLite or PostgreSQL).
 
 pub mod client;
+pub mod connect;
 pub mod fanout;
 pub mod floor;
 pub mod hist;
@@ -21,6 +25,7 @@ pub mod rooms;
 pub mod sys;
 
 pub use client::Protocol;
+pub use connect::{connect, ConnectConfig, ConnectReport};
 pub use fanout::{fanout, FanoutConfig, FanoutReport};
 pub use idle::{IdleConfig, IdleReport};
 pub use operations::{operations, OperationsConfig, OperationsReport};

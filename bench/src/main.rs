@@ -9,8 +9,11 @@
 //!     [--duration 15] [--pid …]
 //! switchyard-bench idle --url … --server … --protocol … --conns 10000 [--procs N] [--pid …] \
 //!     [--via-polling true]                   # Socket.IO as a browser arrives: polling, then upgrade
+//! switchyard-bench connect --url … --server … --protocol … [--conns 5000] [--size 4] \
+//!     [--concurrency 200] [--sources 16] [--presence true|false] [--pid …]
 //! switchyard-bench operations --url … [--kind bench] [--operations 1000] [--workers 20] \
-//!     [--rate 10] [--duration 15] [--pid …]
+//!     [--rate 10] [--duration 15] [--pid …] [--database sqlite|postgres] \
+//!     [--db-processes switchyard_bench]      # also sum the CPU of the database's backends
 //! switchyard-bench floor-server --port 18482      # the floor target (see floor.rs)
 //! switchyard-bench machine [--node-dir bench/node]
 //! switchyard-bench report bench/results/latest.jsonl [--out docs/benchmarks]
@@ -25,7 +28,9 @@ use std::io::Write;
 use std::str::FromStr;
 
 use switchyard_bench::idle::{self, HoldConfig};
-use switchyard_bench::{FanoutConfig, IdleConfig, OperationsConfig, Protocol, RoomsConfig};
+use switchyard_bench::{
+    ConnectConfig, FanoutConfig, IdleConfig, OperationsConfig, Protocol, RoomsConfig,
+};
 
 struct Args(HashMap<String, String>, Vec<String>);
 
@@ -195,6 +200,21 @@ async fn run(cmd: &str, a: &Args) -> Result<bool, String> {
             line(&done)?;
             Ok(done.failed == 0)
         }
+        "connect" => {
+            let d = ConnectConfig::new(&url, &server, protocol, a.get("conns", 5000)?);
+            let cfg = ConnectConfig {
+                size: a.get("size", d.size)?,
+                sources: a.get("sources", d.sources)?,
+                concurrency: a.get("concurrency", d.concurrency)?,
+                presence: a.get("presence", d.presence)?,
+                settle_timeout: a.get("settle-timeout", d.settle_timeout)?,
+                server_pid: pid,
+                ..d
+            };
+            let r = switchyard_bench::connect(&cfg).await?;
+            line(&r)?;
+            Ok(r.ok)
+        }
         "operations" => {
             let d =
                 OperationsConfig::new(&url, &a.str("kind", "bench"), a.get("operations", 1000)?);
@@ -207,6 +227,8 @@ async fn run(cmd: &str, a: &Args) -> Result<bool, String> {
                 concurrency: a.get("concurrency", d.concurrency)?,
                 stall_timeout: a.get("stall-timeout", d.stall_timeout)?,
                 server_pid: pid,
+                database: a.str("database", &d.database),
+                db_processes: a.opt("db-processes")?,
                 ..d
             };
             let r = switchyard_bench::operations(&cfg).await?;
@@ -226,7 +248,7 @@ async fn run(cmd: &str, a: &Args) -> Result<bool, String> {
             Ok(true)
         }
         other => Err(format!(
-            "unknown command {other:?}: fanout, rooms, idle, operations, machine or report"
+            "unknown command {other:?}: fanout, rooms, idle, connect, operations, machine or report"
         )),
     }
 }
@@ -235,7 +257,7 @@ fn main() {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = argv.first().cloned() else {
         eprintln!(
-            "usage: switchyard-bench fanout|rooms|idle|operations|floor-server|machine|report --key value …"
+            "usage: switchyard-bench fanout|rooms|idle|connect|operations|floor-server|machine|report --key value …"
         );
         std::process::exit(2);
     };

@@ -2,7 +2,10 @@
 //! operations, each reported `rate` times a second by worker connections over `/ws` (one
 //! `operation.progress` and one `operation.log` frame per report, each carrying `@@<µs>:<seq>`),
 //! one watcher per operation joined to `operation:<id>`. Reports report-to-watcher latency,
-//! database writes a second (`switchyard_operation_writes_total` from `/metrics`) and server CPU.
+//! database writes and transactions a second (`switchyard_operation_writes_total` and
+//! `switchyard_operation_write_transactions_total` from `/metrics`) and server CPU; on
+//! PostgreSQL (`database: postgres`) also the CPU of the database's backends, which run outside
+//! the server process.
 //!
 //! Checks: every watcher gets every log line exactly once and in order; progress events are in
 //! order without duplicates and end with the last report (pure progress may be conflated for a
@@ -38,6 +41,19 @@ pub struct OperationsConfig {
     pub concurrency: usize,
     pub server_pid: Option<u32>,
     pub stall_timeout: f64,
+    /// What the server stores operations in, as the report names it: `sqlite` or `postgres`
+    /// (the generator cannot tell; the script that started the server says).
+    #[serde(default = "sqlite")]
+    pub database: String,
+    /// A PostgreSQL database's processes run outside the server process, so its CPU figure
+    /// misses them: the CPU of every process whose command line holds this (the database name
+    /// picks its backends) is summed over the phase too.
+    #[serde(default)]
+    pub db_processes: Option<String>,
+}
+
+fn sqlite() -> String {
+    "sqlite".into()
 }
 
 impl OperationsConfig {
@@ -54,6 +70,8 @@ impl OperationsConfig {
             concurrency: 100,
             server_pid: None,
             stall_timeout: 15.0,
+            database: sqlite(),
+            db_processes: None,
         }
     }
 }
@@ -63,6 +81,9 @@ pub struct OperationsReport {
     pub scenario: String,
     pub server: String,
     pub protocol: Protocol,
+    /// `sqlite` or `postgres`.
+    #[serde(default = "sqlite")]
+    pub database: String,
     pub operations: usize,
     pub workers: usize,
     pub rate: f64,
@@ -78,6 +99,15 @@ pub struct OperationsReport {
     pub latency: Latency,
     pub db_writes: Option<u64>,
     pub db_writes_per_s: Option<f64>,
+    /// Database transactions that wrote operation state (several writes each: group commit).
+    #[serde(default)]
+    pub db_transactions: Option<u64>,
+    #[serde(default)]
+    pub db_transactions_per_s: Option<f64>,
+    /// CPU seconds of the database's own processes over the phase (`db_processes`): None for
+    /// SQLite, which runs inside the server and is in `server_cpu_s`.
+    #[serde(default)]
+    pub db_cpu_s: Option<f64>,
     pub server_reports: Option<u64>,
     pub server_cpu_s: Option<f64>,
     pub generator_cpu_s: f64,
@@ -300,6 +330,10 @@ pub async fn operations(cfg: &OperationsConfig) -> Result<OperationsReport, Stri
     let reports0 = metric(addr, "switchyard_operation_reports_total")
         .await
         .ok();
+    let transactions0 = metric(addr, "switchyard_operation_write_transactions_total")
+        .await
+        .ok();
+    let db_cpu0 = cfg.db_processes.as_deref().map(sys::cpu_of_matching);
     let cpu0 = cfg.server_pid.and_then(sys::cpu_seconds);
     let gen0 = sys::own_cpu_seconds();
     let start = Instant::now();
@@ -406,6 +440,13 @@ pub async fn operations(cfg: &OperationsConfig) -> Result<OperationsReport, Stri
     let wall_s = start.elapsed().as_secs_f64();
     let server_cpu_s = sys::cpu_delta(cpu0, cfg.server_pid.and_then(sys::cpu_seconds));
     let generator_cpu_s = crate::round3(sys::own_cpu_seconds() - gen0);
+    let db_cpu_s = db_cpu0
+        .zip(cfg.db_processes.as_deref())
+        .map(|(before, pattern)| sys::cpu_delta_of(&before, &sys::cpu_of_matching(pattern)));
+    let transactions1 = metric(addr, "switchyard_operation_write_transactions_total")
+        .await
+        .ok();
+    let db_transactions = transactions0.zip(transactions1).map(|(a, b)| b - a);
     let writes1 = metric(addr, "switchyard_operation_writes_total").await.ok();
     let reports1 = metric(addr, "switchyard_operation_reports_total")
         .await
@@ -452,6 +493,7 @@ pub async fn operations(cfg: &OperationsConfig) -> Result<OperationsReport, Stri
     Ok(OperationsReport {
         scenario: "operations".into(),
         server: cfg.server.clone(),
+        database: cfg.database.clone(),
         protocol: Protocol::Native,
         operations: ops.len(),
         workers,
@@ -466,6 +508,9 @@ pub async fn operations(cfg: &OperationsConfig) -> Result<OperationsReport, Stri
         latency: shared.hist.latency(),
         db_writes,
         db_writes_per_s: db_writes.map(|w| crate::round3(w as f64 / wall_s.max(1e-9))),
+        db_transactions,
+        db_transactions_per_s: db_transactions.map(|t| crate::round3(t as f64 / wall_s.max(1e-9))),
+        db_cpu_s,
         server_reports: reports0.zip(reports1).map(|(a, b)| b - a),
         server_cpu_s,
         generator_cpu_s,

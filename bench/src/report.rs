@@ -334,25 +334,11 @@ pub fn report(input: &str, out_dir: &str) -> Result<(), String> {
         );
     }
 
-    if let Some(op) = lines.iter().find(|v| s(v, "scenario") == "operations") {
-        let _ = writeln!(
-            md,
-            "\n#### Operations (Switchyard only: the reference has no operations)\n\n| metric | value |\n| --- | ---: |"
-        );
-        for (k, label) in [
-            ("operations", "concurrent external operations"),
-            ("reports_per_s", "reports/s (each: progress + log line)"),
-            ("p50_ms", "report → watcher p50 (ms)"),
-            ("p99_ms", "report → watcher p99 (ms)"),
-            ("max_ms", "report → watcher max (ms)"),
-            ("db_writes_per_s", "database writes/s (coalesced)"),
-            ("progress_conflated", "progress events conflated (allowed)"),
-            ("server_cpu_s", "server CPU s"),
-            ("duration_s", "duration (s)"),
-        ] {
-            let _ = writeln!(md, "| {label} | {} |", num(f(op, k)));
-        }
+    let connect = grouped(&lines, "connect", |v| v["conns"].as_u64());
+    for (n, g) in &connect {
+        connect_table(&mut md, *n, g);
     }
+    operations_table(&mut md, &lines);
 
     // Every check, so a table never hides a failed run.
     let failed: Vec<&Value> = lines
@@ -397,6 +383,102 @@ pub fn report(input: &str, out_dir: &str) -> Result<(), String> {
     }
     print!("{md}");
     Ok(())
+}
+
+/// Connection set-up: a row per target, the floor the yardstick (issue #18: at least the
+/// floor's rate within 20 %).
+fn connect_table(md: &mut String, conns: u64, g: &[Option<&Value>; NT]) {
+    let size = g
+        .iter()
+        .flatten()
+        .find_map(|v| v["size"].as_u64())
+        .unwrap_or(0);
+    let _ = writeln!(
+        md,
+        "\n#### Connection set-up: {} distinct users connecting and joining rooms of {size} (presence on)\n",
+        num(Some(conns as f64))
+    );
+    let _ = writeln!(
+        md,
+        "| target | connections/s | vs floor | server CPU s per 1,000 | vs floor | set-up p50 (ms) | set-up p99 (ms) | accept-queue overflows | presence events | generator core busy |"
+    );
+    let _ = writeln!(
+        md,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    );
+    let floor = g[NT - 1];
+    let of_floor = |v: &Value, key: &str| -> String {
+        match (f(v, key), floor.and_then(|fl| f(fl, key))) {
+            (Some(a), Some(b)) if b > 0.0 => format!("{:.0} %", a / b * 100.0),
+            _ => "–".into(),
+        }
+    };
+    for (t, (_, _, label)) in TARGETS.iter().enumerate() {
+        let Some(v) = g[t] else { continue };
+        let busy = v["core_busy"]
+            .as_array()
+            .and_then(|c| c.get(1))
+            .and_then(Value::as_f64);
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            num(f(v, "conns_per_s")),
+            of_floor(v, "conns_per_s"),
+            num(f(v, "cpu_s_per_1k")),
+            of_floor(v, "cpu_s_per_1k"),
+            num(f(v, "p50_ms")),
+            num(f(v, "p99_ms")),
+            num(f(v, "listen_overflows")),
+            num(f(v, "presence_events")),
+            num(busy),
+        );
+    }
+}
+
+/// Operations on each database, side by side (lines without `database` are SQLite runs).
+fn operations_table(md: &mut String, lines: &[Value]) {
+    const DBS: [(&str, &str); 2] = [("sqlite", "SQLite"), ("postgres", "PostgreSQL")];
+    let mut by_db: [Option<&Value>; 2] = [None; 2];
+    for v in lines.iter().filter(|v| s(v, "scenario") == "operations") {
+        let db = v
+            .get("database")
+            .and_then(Value::as_str)
+            .unwrap_or("sqlite");
+        if let Some(k) = DBS.iter().position(|(name, _)| *name == db) {
+            by_db[k] = Some(v);
+        }
+    }
+    if by_db.iter().all(Option::is_none) {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\n#### Operations (Switchyard only: the reference has none), on SQLite and on PostgreSQL\n\n| metric | {} | {} |\n| --- | ---: | ---: |",
+        DBS[0].1, DBS[1].1
+    );
+    for (k, label) in [
+        ("operations", "concurrent external operations"),
+        ("reports_per_s", "reports/s (each: progress + log line)"),
+        ("p50_ms", "report → watcher p50 (ms)"),
+        ("p99_ms", "report → watcher p99 (ms)"),
+        ("max_ms", "report → watcher max (ms)"),
+        ("db_writes_per_s", "database writes/s (coalesced)"),
+        ("db_transactions_per_s", "database transactions/s"),
+        ("progress_conflated", "progress events conflated (allowed)"),
+        ("server_cpu_s", "server CPU s"),
+        (
+            "db_cpu_s",
+            "database backends' CPU s (outside the server; SQLite's is in the server's)",
+        ),
+        ("duration_s", "duration (s)"),
+    ] {
+        let _ = writeln!(
+            md,
+            "| {label} | {} | {} |",
+            num(by_db[0].and_then(|v| f(v, k))),
+            num(by_db[1].and_then(|v| f(v, k)))
+        );
+    }
 }
 
 const COLORS: [RGBColor; NT] = [

@@ -90,3 +90,64 @@ pub fn core_busy(before: &[(u64, u64)], after: &[(u64, u64)]) -> Vec<f64> {
         })
         .collect()
 }
+
+/// CPU seconds of every process whose title (the first argument of its command line) contains
+/// `pattern`, by pid. A PostgreSQL backend's title names its database (`postgres: 15/main:
+/// postgres switchyard_bench 127.0.0.1(40312) idle`), so the database name picks the backends
+/// serving one database. Only the first argument: the pattern itself is an argument of the
+/// generator and of `timeout`/`taskset` above it.
+pub fn cpu_of_matching(pattern: &str) -> std::collections::HashMap<u32, f64> {
+    let mut found = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        // Arguments are NUL-separated; a process that vanished meanwhile reads as empty.
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let title = cmdline.split(|&b| b == 0).next().unwrap_or_default();
+        if String::from_utf8_lossy(title).contains(pattern) {
+            if let Some(cpu) = cpu_seconds(pid) {
+                found.insert(pid, cpu);
+            }
+        }
+    }
+    found
+}
+
+/// CPU seconds the processes of two [`cpu_of_matching`] readings spent between them: a process
+/// that started meanwhile counts whole; one that ended meanwhile is lost (its last seconds).
+pub fn cpu_delta_of(
+    before: &std::collections::HashMap<u32, f64>,
+    after: &std::collections::HashMap<u32, f64>,
+) -> f64 {
+    let spent: f64 = after
+        .iter()
+        .map(|(pid, b)| (b - before.get(pid).copied().unwrap_or(0.0)).max(0.0))
+        .sum();
+    crate::round3(spent)
+}
+
+/// The kernel's count of connections dropped because a listening socket's accept queue was full
+/// (`TcpExt: ListenOverflows` in /proc/net/netstat, the whole machine). A dropped SYN is sent
+/// again by the client after a second, so a few of them show as one-second set-up times.
+pub fn listen_overflows() -> Option<u64> {
+    let netstat = std::fs::read_to_string("/proc/net/netstat").ok()?;
+    let mut tcp_ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (names, values) = (tcp_ext.next()?, tcp_ext.next()?);
+    let at = names
+        .split_whitespace()
+        .position(|n| n == "ListenOverflows")?;
+    values.split_whitespace().nth(at)?.parse().ok()
+}

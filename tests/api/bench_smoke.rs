@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use switchyard::config::Settings;
-use switchyard_bench::{FanoutConfig, OperationsConfig, Protocol, RoomsConfig};
+use switchyard_bench::{ConnectConfig, FanoutConfig, OperationsConfig, Protocol, RoomsConfig};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crate::helpers::*;
@@ -48,6 +48,36 @@ fn small_rooms(url: &str, server: &str, protocol: Protocol) -> RoomsConfig {
         duration: 0.5,
         stall_timeout: 20.0,
         ..RoomsConfig::new(url, server, protocol)
+    }
+}
+
+fn small_connect(url: &str, server: &str, protocol: Protocol) -> ConnectConfig {
+    ConnectConfig {
+        concurrency: 20,
+        settle_timeout: 20.0,
+        ..ConnectConfig::new(url, server, protocol, 40)
+    }
+}
+
+/// 40 distinct users joining rooms of four: all set up; on Switchyard each learns its room-mates.
+async fn connect_checks(url: &str, server: &str, protocol: Protocol) {
+    let cfg = small_connect(url, server, protocol);
+    let r = within("connect", switchyard_bench::connect(&cfg))
+        .await
+        .unwrap_or_else(|e| panic!("{server} {protocol} connect: {e}"));
+    let json = serde_json::to_string(&r).expect("report serialises");
+    assert!(r.ok, "{server} {protocol} connect: {json}");
+    assert_eq!((r.joined, r.rooms), (40, 10), "{json}");
+    assert!(r.conns_per_s > 0.0, "{json}");
+    assert!(
+        r.listen_overflows.is_some(),
+        "read from /proc/net/netstat: {json}"
+    );
+    assert_eq!(r.presence_checked, server == "switchyard", "{json}");
+    if r.presence_checked {
+        // Each room of four announces its 2nd, 3rd and 4th arrival to those before (batched
+        // announcements may merge some): at least one event per room.
+        assert!(r.presence_events >= 10, "{json}");
     }
 }
 
@@ -98,6 +128,14 @@ async fn fanout_reaches_every_member_exactly_once_in_order_over_both_protocols()
 }
 
 #[tokio::test]
+async fn connecting_users_are_set_up_and_learn_their_room_mates_over_both_protocols() {
+    let app = spawn_app_with(Backend::Sqlite, unlimited).await;
+    connect_checks(&app.url(""), "switchyard", Protocol::Native).await;
+    connect_checks(&app.url(""), "switchyard", Protocol::Sio).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn rooms_deliver_every_senders_messages_exactly_once_in_order() {
     let app = spawn_app_with(Backend::Sqlite, unlimited).await;
     for protocol in [Protocol::Native, Protocol::Sio] {
@@ -138,6 +176,44 @@ async fn operations_reach_their_watchers_in_order() {
     assert!(r.ok, "{json}");
     assert!(r.reports_sent >= 20, "{json}");
     assert_eq!(r.log_lines_received, r.reports_sent, "{json}");
+    assert_eq!(r.database, "sqlite", "{json}");
+    assert!(r.db_writes.is_some_and(|w| w > 0), "{json}");
+    assert!(r.db_transactions.is_some_and(|t| t > 0), "{json}");
+    assert_eq!(r.db_cpu_s, None, "SQLite runs inside the server: {json}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn operations_reach_their_watchers_in_order_on_postgres() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let kinds = dir.path().join("operations.toml");
+    std::fs::write(&kinds, "[kinds.bench]\nrunner = \"external\"\n").expect("kinds file");
+    let app = spawn_app_with(Backend::Postgres, |s| {
+        unlimited(s);
+        s.operations_file = Some(kinds.clone());
+    })
+    .await;
+    let name = app.db.pg_name.clone().expect("a PostgreSQL test database");
+    let cfg = OperationsConfig {
+        workers: 2,
+        rate: 10.0,
+        duration: 0.5,
+        stall_timeout: 20.0,
+        database: "postgres".into(),
+        db_processes: Some(format!(" {name} ")),
+        ..OperationsConfig::new(&app.url(""), "bench", 20)
+    };
+    let r = within("operations", switchyard_bench::operations(&cfg))
+        .await
+        .unwrap_or_else(|e| panic!("operations on PostgreSQL: {e}"));
+    let json = serde_json::to_string(&r).expect("report serialises");
+    assert!(r.ok, "{json}");
+    assert_eq!(r.log_lines_received, r.reports_sent, "{json}");
+    assert_eq!(r.database, "postgres", "{json}");
+    assert!(r.db_writes.is_some_and(|w| w > 0), "{json}");
+    assert!(r.db_transactions.is_some_and(|t| t > 0), "{json}");
+    // The backends serving the test database were found (their CPU may round to 0 ticks).
+    assert!(r.db_cpu_s.is_some(), "{json}");
     app.shutdown().await;
 }
 
@@ -188,6 +264,7 @@ async fn the_node_reference_passes_the_same_check() {
         .await
         .expect("rooms");
     assert!(r.result.ok, "{r:?}");
+    connect_checks(&url, "node", Protocol::Sio).await;
     let _ = node.child.kill().await;
 }
 
@@ -207,6 +284,23 @@ async fn the_floor_passes_the_same_check() {
     .expect("rooms");
     assert!(r.result.ok, "{r:?}");
     assert_eq!(r.result.delivered, r.result.sent * 4, "{r:?}");
+    connect_checks(&url, "floor", Protocol::Native).await;
+    // The presence check can fail: the floor announces no one.
+    let cfg = ConnectConfig {
+        presence: true,
+        settle_timeout: 1.0,
+        ..small_connect(&url, "floor", Protocol::Native)
+    };
+    let r = within("connect", switchyard_bench::connect(&cfg))
+        .await
+        .expect("connect");
+    assert!(!r.ok, "no presence, yet the check passed: {r:?}");
+    assert!(
+        r.first_problem
+            .as_deref()
+            .is_some_and(|p| p.contains("did not learn of every room-mate")),
+        "{r:?}"
+    );
     stop.stop();
     served
         .join()
