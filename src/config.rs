@@ -195,6 +195,9 @@ pub struct ServeArgs {
     /// After a WebSocket session ends, how long its connection may still take to deliver what is queued
     #[arg(long, env = "SWITCHYARD_CLOSE_LINGER_MS", default_value = "10000", value_parser = millis(0))]
     pub close_linger_ms: u64,
+    /// Connections the kernel queues for accept (listen backlog; the kernel caps it at net.core.somaxconn)
+    #[arg(long, env = "SWITCHYARD_LISTEN_BACKLOG", default_value = "1024", value_parser = whole(1u32, 65_535))]
+    pub listen_backlog: u32,
     /// HTTP/WebSocket worker threads; 0: one per core
     #[arg(long, env = "SWITCHYARD_WORKERS", default_value = "0", value_parser = whole(0usize, 1_024))]
     pub workers: usize,
@@ -419,6 +422,12 @@ pub struct Settings {
     pub close_linger: Duration,
     /// HTTP worker threads; 0 means one per core (`SWITCHYARD_WORKERS`).
     pub workers: usize,
+    /// Connections the kernel queues for `accept` (`SWITCHYARD_LISTEN_BACKLOG`). Rust's
+    /// standard listener asks for 128: a burst of more connects than that (a page load of many
+    /// users after a deploy, every client reconnecting at once) overflowed it, and the dropped
+    /// SYNs were retried by the clients' kernels a whole second later. Linux caps it at
+    /// `net.core.somaxconn` (4096 by default).
+    pub listen_backlog: u32,
     /// Dedicated threads for room actors (default: one per core); 0 runs rooms on the HTTP
     /// worker threads, next to the sessions (`SWITCHYARD_ROOM_THREADS`). Dedicated threads
     /// batch better under load — while a room fans out, its members' connections collect
@@ -705,6 +714,7 @@ impl Settings {
             shutdown_timeout: ms(a.shutdown_timeout_ms),
             close_linger: ms(a.close_linger_ms),
             workers: a.workers,
+            listen_backlog: a.listen_backlog,
             room_threads: a.room_threads.unwrap_or_else(|| resolve_threads(0)),
             config_file: a.config_file,
             hook_secret: a.hook_secret,

@@ -369,7 +369,7 @@ impl Application {
             user_publishes,
         });
 
-        let listener = TcpListener::bind((settings.host, settings.port))
+        let listener = listen(settings.host, settings.port, settings.listen_backlog)
             .with_context(|| format!("binding {}:{}", settings.host, settings.port))?;
         let port = listener.local_addr()?.port();
         let max_body = settings.max_body_bytes;
@@ -540,4 +540,18 @@ async fn wait_for_signal() {
 
 async fn not_found() -> Result<HttpResponse, AppError> {
     Err(AppError::new(ErrorCode::NotFound, "no such endpoint"))
+}
+
+/// Binds the listening socket as `TcpListener::bind` does (`SO_REUSEADDR`, so a restart does not
+/// wait for the old connections' TIME_WAIT), but with a listen backlog of `backlog`: the
+/// standard library's fixed 128 made a burst of connects wait a second for the clients' SYN
+/// retry (`SWITCHYARD_LISTEN_BACKLOG`). `socket2` was already in the tree, under tokio.
+fn listen(host: std::net::IpAddr, port: u16, backlog: u32) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let addr = std::net::SocketAddr::new(host, port);
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket.into())
 }

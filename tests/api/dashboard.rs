@@ -347,7 +347,6 @@ async fn the_client_library_is_served_as_it_is_in_clients_js_to_any_origin() {
     }
     let (status, body) = app.get("/client.ts").await;
     assert_eq!((status, body["error"].as_str()), (404, Some("not_found")));
-
 }
 
 // ---- the charts' data: the last 15 minutes of stats ------------------------------------------

@@ -199,3 +199,29 @@ async fn a_flag_wins_over_its_variable_and_an_empty_variable_counts_as_unset() {
     assert_eq!(health.status().as_u16(), 200);
     child.kill().await.expect("stop the binary");
 }
+
+/// The listening socket's backlog as `ss` reports it (its Send-Q column for a listener).
+fn listen_backlog_of(port: u16) -> u32 {
+    let out = std::process::Command::new("ss")
+        .args(["-ltnH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .nth(2)
+        .and_then(|q| q.parse().ok())
+        .unwrap_or_else(|| panic!("no listener on {port} in `ss` output: {text}"))
+}
+
+/// Rust's standard listener asks for a backlog of 128: a burst of connects beyond it had its
+/// SYNs dropped and retried a second later (found by the bench's connect scenario).
+#[tokio::test]
+async fn the_listening_socket_has_the_configured_backlog() {
+    let app = crate::helpers::spawn_app().await;
+    assert_eq!(listen_backlog_of(app.port), 1024);
+    let app = crate::helpers::spawn_app_with(crate::helpers::Backend::Sqlite, |s| {
+        s.listen_backlog = 777;
+    })
+    .await;
+    assert_eq!(listen_backlog_of(app.port), 777);
+}

@@ -263,3 +263,33 @@ test('an operation watched after a reload resumes from the persisted offset: no 
   assert.deepEqual(lines, stored.filter((o) => o > before), 'only the lines after the persisted offset, each once');
   console.assertClean();
 });
+
+test("the README's quick-start page runs as written: connected, a publish acknowledged, the demo's progress and log to the end", async () => {
+  const readme = await import('node:fs').then((fs) => fs.readFileSync(new URL('../../README.md', import.meta.url), 'utf8'));
+  const section = readme.split('## Quick start: a web page with the client library')[1];
+  assert.ok(section, 'the README has its quick-start section');
+  const html = section.split('```html\n')[1]?.split('\n```')[0];
+  assert.ok(html?.includes("import { Switchyard }"), 'the quick start imports the client library');
+  // As written, but for the address: the page imports /client.js from this test's server.
+  const page_ = html.replaceAll('http://127.0.0.1:8080', proxy.url);
+  const { page, console: seen } = await openPage(browser);
+  const logged = [];
+  page.on('console', (msg) => logged.push(msg.text()));
+  await page.route(`${proxy.url}/quickstart.html`, (route) =>
+    route.fulfill({ status: 200, contentType: 'text/html; charset=utf-8', body: `<!doctype html><meta charset="utf-8">${page_}` }),
+  );
+  await page.route('**/favicon.ico', (route) => route.fulfill({ status: 204 }));
+  await page.goto(`${proxy.url}/quickstart.html`);
+  await page.waitForFunction(() => document.getElementById('badge').textContent === 'connected', null, { timeout: WAIT });
+  // The demo runs through its stages to 100 %, and its log lines reach the page.
+  await page.waitForFunction(() => document.getElementById('bar').value === 100, null, { timeout: WAIT });
+  await page.waitForFunction(() => document.getElementById('log').textContent.trim().split('\n').length >= 3, null, { timeout: WAIT });
+  // `onDone` logs the end, once; the publish's `onMessage` logged the page's own message.
+  await eventually('the page logged the end of the demo', () => logged.includes('completed'));
+  assert.equal(logged.filter((t) => t === 'completed').length, 1, logged.join('\n'));
+  assert.ok(logged.some((t) => t.startsWith('step-updated')), logged.join('\n'));
+  const text = await page.evaluate(() => document.getElementById('log').textContent);
+  const lines = text.trim().split('\n');
+  assert.equal(new Set(lines).size, lines.length, `no log line twice: ${text}`);
+  seen.assertClean();
+});
