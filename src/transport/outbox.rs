@@ -159,6 +159,19 @@ pub struct Outbox {
     framing: Framing,
 }
 
+impl State {
+    /// The end a waiting poll was told to take (refused wins over released), once.
+    fn take_poll_end(&mut self) -> Option<Taken> {
+        if std::mem::take(&mut self.refuse) {
+            return Some(Taken::Refused);
+        }
+        if std::mem::take(&mut self.release) {
+            return Some(Taken::Released);
+        }
+        None
+    }
+}
+
 impl Outbox {
     pub fn new(max_messages: usize, max_bytes: usize) -> Arc<Self> {
         Self::with_framing(max_messages, max_bytes, Framing::WebSocket)
@@ -294,15 +307,17 @@ impl Outbox {
     /// Long-polling: takes everything queued, or waits. Control frames are WebSocket-only and
     /// are dropped here.
     pub fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Taken> {
+        // A poll that is refused or released registers nothing: the outbox has one waker, and
+        // mid-upgrade the WebSocket may already have registered its own there. A refused poll
+        // that replaced it left the upgraded socket asleep — its pings and messages queued and
+        // never written — until the ping timeout closed the session.
+        if let Some(done) = self.lock().take_poll_end() {
+            return Poll::Ready(done);
+        }
         self.waker.register(cx.waker());
         let mut st = self.lock();
-        if st.refuse {
-            st.refuse = false;
-            return Poll::Ready(Taken::Refused);
-        }
-        if st.release {
-            st.release = false;
-            return Poll::Ready(Taken::Released);
+        if let Some(done) = st.take_poll_end() {
+            return Poll::Ready(done);
         }
         let mut frames = Vec::with_capacity(st.queue.len());
         while let Some(out) = st.queue.pop_front() {

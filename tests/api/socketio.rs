@@ -358,6 +358,38 @@ async fn a_poll_that_arrives_between_the_websocket_and_its_probe_is_released() {
     assert_eq!(answer.unwrap().unwrap(), Message::text("3"));
 }
 
+#[tokio::test]
+async fn a_poll_held_between_the_websocket_and_its_probe_and_refused_by_the_upgrade_leaves_the_websocket_awake(
+) {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    // A client that sends `5` right behind `3probe` (the bench's browser-path client did):
+    // the held poll is refused. That poll used to register its waker on the outbox after the
+    // WebSocket's writer had registered there, so nothing woke the writer again: every
+    // session upgraded this way died at its ping timeout, its pings never written.
+    let app = spawn_app().await;
+    let (sid, url) = connected_by_polling(&app).await;
+    let mut ws = open_probe(&app, &sid).await;
+    let poll = waiting_poll(&app, &url).await;
+    ws.send(Message::text("2probe")).await.unwrap();
+    let probed = tokio::time::timeout(WAIT, ws.next()).await.expect("3probe");
+    assert_eq!(probed.unwrap().unwrap(), Message::text("3probe"));
+    ws.send(Message::text("5")).await.unwrap();
+    let ended = tokio::time::timeout(WAIT, poll)
+        .await
+        .expect("the held poll ends")
+        .unwrap();
+    // Refused (400), or released first by the 100 ms timer on a slow machine.
+    assert!(ended.contains("Bad request") || ended == "6", "{ended}");
+    for _ in 0..3 {
+        ws.send(Message::text("2")).await.unwrap();
+        let answer = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("the server's answer is written to the upgraded WebSocket");
+        assert_eq!(answer.unwrap().unwrap(), Message::text("3"));
+    }
+}
+
 /// A polling Socket.IO session in the middle of its upgrade: connected, the probe answered,
 /// the waiting poll released with a noop (so the client has paused polling). Returns the sid
 /// and the probe WebSocket.

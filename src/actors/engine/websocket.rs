@@ -93,11 +93,16 @@ impl EngineSession {
                             return;
                         }
                         "5" => {
-                            switch.switched.store(true, Ordering::Release);
-                            probe.wake();
+                            // The held poll first: `refuse_poll` wakes whoever waits on the
+                            // outbox, and that must still be the poll. Once the switch is seen
+                            // (`probe.wake()`), the WebSocket's writer registers there instead,
+                            // and a refusal after it would wake the writer and leave the poll
+                            // parked for good.
                             if self.polling && self.held_poll {
                                 self.outbox.refuse_poll();
                             }
+                            switch.switched.store(true, Ordering::Release);
+                            probe.wake();
                             self.outbox.wake();
                             self.transport = Transport::WebSocket;
                             log::debug!("engine.io session {} upgraded to websocket", self.sid);
