@@ -425,20 +425,23 @@ impl Drop for WaitingPoll {
 }
 
 /// The body of an upgrading WebSocket: the probe's own queue until the upgrade completes, then
-/// the session's main outbox.
-pub struct UpgradeStream {
-    probe: OutboxStream,
-    main: Arc<Outbox>,
-    main_stream: Option<OutboxStream>,
-    switch: Arc<UpgradeSwitch>,
+/// the session's main outbox. Once switched it holds the main outbox's stream only: the probe's
+/// outbox and the switch are dropped, not kept for the connection's life (a few hundred bytes
+/// on every connection that came through long-polling, as browsers' do).
+pub enum UpgradeStream {
+    Probing {
+        probe: OutboxStream,
+        main: Arc<Outbox>,
+        switch: Arc<UpgradeSwitch>,
+    },
+    Switched(OutboxStream),
 }
 
 impl UpgradeStream {
     fn new(probe: Arc<Outbox>, main: Arc<Outbox>, switch: Arc<UpgradeSwitch>) -> Self {
-        Self {
+        Self::Probing {
             probe: OutboxStream::new(probe),
             main,
-            main_stream: None,
             switch,
         }
     }
@@ -449,21 +452,26 @@ impl Stream for UpgradeStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        if this.main_stream.is_none() {
+        if let UpgradeStream::Probing {
+            probe,
+            main,
+            switch,
+        } = this
+        {
             // Drain the probe first (it holds `3probe`), whether or not the switch happened.
-            match Pin::new(&mut this.probe).poll_next(cx) {
+            match Pin::new(probe).poll_next(cx) {
                 Poll::Ready(Some(item)) => return Poll::Ready(Some(item)),
                 Poll::Ready(None) => return Poll::Ready(None),
                 Poll::Pending => {}
             }
-            if !this.switch.switched.load(Ordering::Acquire) {
+            if !switch.switched.load(Ordering::Acquire) {
                 return Poll::Pending;
             }
-            this.main_stream = Some(OutboxStream::new(this.main.clone()));
+            *this = UpgradeStream::Switched(OutboxStream::new(main.clone()));
         }
-        match this.main_stream.as_mut() {
-            Some(s) => Pin::new(s).poll_next(cx),
-            None => Poll::Ready(None),
+        match this {
+            UpgradeStream::Switched(s) => Pin::new(s).poll_next(cx),
+            UpgradeStream::Probing { .. } => Poll::Pending,
         }
     }
 }
