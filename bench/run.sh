@@ -177,6 +177,12 @@ for t in "${TARGETS[@]}"; do
     $starter
     gen "idle $server/$proto $n connections" idle --url "$url" --server "$server" --protocol "$proto" \
       --conns "$n" --procs $(( (n + 4999) / 5000 ))
+    # The browser's path (socket.io-client's default): long-polling first, then the upgrade.
+    if [ "$proto" = sio ]; then
+      $starter
+      gen "idle $server/$proto $n connections via polling" idle --url "$url" --server "$server" \
+        --protocol "$proto" --conns "$n" --procs $(( (n + 4999) / 5000 )) --via-polling true
+    fi
   done
 done
 

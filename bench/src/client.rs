@@ -251,10 +251,11 @@ pub async fn member(
 /// Engine.IO session opened over HTTP long-polling, the Socket.IO CONNECT over polling, then the
 /// upgrade to a WebSocket (probe, upgrade packet) while a poll is pending, then the join over
 /// the WebSocket. What the server holds afterwards is what the idle scenario's
-/// `--via-polling` measures. Work in progress (#18), not used by `bench/run.sh` yet: the
-/// pending poll below can reach the server after the upgrade packet (socket.io-client pauses
-/// polling before sending `5`; this does not wait), and the server then parks that late poll
-/// instead of refusing it, so the session dies at its ping timeout. Both sides need fixing.
+/// `--via-polling` measures (`bench/run.sh` runs it for every Socket.IO target). Unlike
+/// socket.io-client, this does not wait for its pending poll to end before sending `5`, so the
+/// poll may be held mid-upgrade and refused: the path that once left every such session asleep
+/// until its ping timeout (fixed in the server; `bench_smoke` holds these connections across
+/// ping rounds).
 pub async fn member_via_polling(
     addr: SocketAddr,
     source: Ipv4Addr,

@@ -307,3 +307,44 @@ async fn the_floor_passes_the_same_check() {
         .expect("the floor's thread")
         .expect("the floor served until stopped");
 }
+
+/// The idle scenario's browser path (#18): Socket.IO connections that start on long-polling and
+/// upgrade, held across several ping rounds. Every one of them used to die at its ping timeout
+/// (a poll refused mid-upgrade took the WebSocket's wake-ups), so the idle run stalled.
+#[tokio::test]
+async fn idle_connections_made_the_browsers_way_survive_their_ping_rounds() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        unlimited(s);
+        s.sio_ping_interval = Duration::from_millis(200);
+        s.sio_ping_timeout = Duration::from_millis(200);
+    })
+    .await;
+    let cfg = switchyard_bench::idle::HoldConfig {
+        url: app.url(""),
+        protocol: Protocol::Sio,
+        conns: 40,
+        offset: 0,
+        rooms: 10,
+        first_source: 1,
+        sources: 2,
+        concurrency: 40,
+        via_polling: true,
+    };
+    let done = within(
+        "holding 40 connections made through long-polling",
+        switchyard_bench::idle::hold(
+            &cfg,
+            |ready| assert_eq!((ready.conns, ready.failed), (40, 0), "{ready:?}"),
+            // What is checked is that nothing happens: no connection ends while five ping
+            // rounds pass (a dead one is closed 400 ms after its last pong). So this waits for
+            // time itself, five times the ping interval plus its timeout.
+            async {
+                tokio::time::sleep(Duration::from_millis(5 * 400)).await;
+                assert_eq!(app.metric("switchyard_connections").await, 40);
+            },
+        ),
+    )
+    .await
+    .expect("hold");
+    assert_eq!(done.failed, 0, "{:?}", done.first_problem);
+}
