@@ -58,6 +58,20 @@ export class SwitchyardError extends Error {
 
 const isTerminal = (op) => Boolean(op && TERMINAL.has(op.status));
 
+/**
+ * Calls the app's handler `opts[name]` if it has one. A handler that throws does not break the
+ * client's own bookkeeping: its error is rethrown on its own task, where the page sees it.
+ */
+function callHandler(opts, name, args) {
+  const fn = opts[name];
+  if (typeof fn !== 'function') return;
+  try {
+    fn(...args);
+  } catch (e) {
+    setTimeout(() => { throw e; });
+  }
+}
+
 function defaultUrl() {
   // Served by the server itself (`<script type="module" src="…/client.js">`): its origin.
   try {
@@ -689,13 +703,7 @@ class Subscription {
   }
 
   _call(name, ...args) {
-    const fn = this.opts[name];
-    if (typeof fn !== 'function') return;
-    try {
-      fn(...args);
-    } catch (e) {
-      setTimeout(() => { throw e; });
-    }
+    callHandler(this.opts, name, args);
   }
 
   async _join({ behind = false }) {
@@ -952,13 +960,7 @@ class OperationWatch {
   }
 
   _call(name, ...args) {
-    const fn = this.opts[name];
-    if (typeof fn !== 'function') return;
-    try {
-      fn(...args);
-    } catch (e) {
-      setTimeout(() => { throw e; });
-    }
+    callHandler(this.opts, name, args);
   }
 
   _start() {
