@@ -1,5 +1,5 @@
-//! docs/deploying.md's nginx configuration, run for real: the block is read from the page
-//! (only its two ports changed) and a real nginx is put in front of Switchyard. WebSocket
+//! docs/deploying.md's nginx and Caddy configurations, run for real: each block is read from
+//! the page (only its ports changed) and a real nginx or Caddy is put in front of Switchyard. WebSocket
 //! upgrades, SSE and Socket.IO long-polling pass through; with `SWITCHYARD_TRUSTED_PROXIES`
 //! the per-address connection limit counts the clients behind nginx (each test client binds
 //! its own loopback address, 127.0.0.2 / 127.0.0.3), and a client's own `X-Forwarded-For`
@@ -107,7 +107,89 @@ async fn websockets_sse_and_polling_pass_through_the_documented_nginx() {
     let app = spawn_app().await;
     let port = free_port();
     let _nginx = Nginx::start(&documented_nginx(port, app.port), &[port]).await;
-    let base = format!("127.0.0.1:{port}");
+    passes_websockets_sse_and_polling(&app, &format!("127.0.0.1:{port}")).await;
+}
+
+/// The documented Caddyfile, run by a real Caddy (Debian's package) in front of Switchyard:
+/// only the site address (plain HTTP on a free port, so no certificate is needed) and the
+/// upstream port are changed, and Caddy's admin API is turned off for the test.
+#[tokio::test]
+async fn websockets_sse_and_polling_pass_through_the_documented_caddy() {
+    let app = spawn_app().await;
+    let port = free_port();
+    let _caddy = Caddy::start(&documented_caddy(port, app.port), port).await;
+    passes_websockets_sse_and_polling(&app, &format!("127.0.0.1:{port}")).await;
+}
+
+/// The ```caddyfile block of docs/deploying.md, serving plain HTTP on `listen` and proxying to
+/// Switchyard on `upstream`.
+fn documented_caddy(listen: u16, upstream: u16) -> String {
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deploying.md"),
+    )
+    .expect("docs/deploying.md");
+    let block = page
+        .split("```caddyfile\n")
+        .nth(1)
+        .and_then(|b| b.split("```").next())
+        .expect("a caddyfile block in docs/deploying.md");
+    assert!(block.contains("realtime.example.com {") && block.contains("127.0.0.1:8080"));
+    let site = block
+        .replace(
+            "realtime.example.com {",
+            &format!("http://127.0.0.1:{listen} {{"),
+        )
+        .replace("127.0.0.1:8080", &format!("127.0.0.1:{upstream}"));
+    format!("{{\n    admin off\n}}\n\n{site}")
+}
+
+/// A Caddy process with `config`, stopped when dropped.
+struct Caddy {
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Caddy {
+    async fn start(config: &str, port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("Caddyfile");
+        std::fs::write(&file, config).expect("write Caddyfile");
+        assert!(
+            std::path::Path::new("/usr/bin/caddy").exists(),
+            "caddy is installed (.ci/run installs the Debian package)"
+        );
+        let child = tokio::process::Command::new("/usr/bin/caddy")
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(&file)
+            // Caddy keeps its state (certificates, autosaved config) under these.
+            .env("HOME", dir.path())
+            .env("XDG_DATA_HOME", dir.path())
+            .env("XDG_CONFIG_HOME", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start caddy");
+        eventually("caddy to listen", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        })
+        .await;
+        Self { child, _dir: dir }
+    }
+}
+
+impl Drop for Caddy {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// A room round trip over `/ws`, an operation's SSE while it runs, and a Socket.IO
+/// long-polling CONNECT, all through the proxy at `base` (`host:port`).
+async fn passes_websockets_sse_and_polling(app: &TestApp, base: &str) {
+    let base = base.to_string();
 
     // /ws: a room round trip between two connections through nginx (a request's answer is
     // read past the frames before it, so the publisher is not the one listening).
