@@ -5,7 +5,8 @@
 #   bash bench/run.sh            # the full run (~8.5 minutes on 2 cores, plus the first build)
 #   BENCH_QUICK=1 bash bench/run.sh   # tiny sizes, ~1.5 minutes: checks the script itself
 #
-# Knobs (environment): CARGO_TARGET_DIR, BENCH_SKIP_BUILD=1 (use the built binaries),
+# Knobs (environment): BENCH_ONLY (scenarios to run, e.g. "connect operations"; all when unset),
+# CARGO_TARGET_DIR, BENCH_SKIP_BUILD=1 (use the built binaries),
 # BENCH_SWITCHYARD_BIN (another server binary), BENCH_OUT, BENCH_PLOTS, BENCH_FANOUT_SIZES,
 # BENCH_IDLE_SIZES, BENCH_CONNECT_CONNS, BENCH_FANOUT_RATE, BENCH_WINDOW, BENCH_SERVER_CORE,
 # BENCH_GEN_CORE, the ports BENCH_SWITCHYARD_PORT / BENCH_NODE_PORT / BENCH_FLOOR_PORT, and
@@ -137,6 +138,9 @@ gen() {
 TARGETS=("switchyard native start_switchyard" "switchyard sio start_switchyard" "node sio start_node"
   "floor native start_floor")
 
+# Whether scenario $1 is part of this run (BENCH_ONLY).
+want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
+
 started=$(date +%s)
 if [ "${BENCH_SKIP_BUILD:-0}" != 1 ]; then
   log "building release binaries (CARGO_TARGET_DIR=$CARGO_TARGET_DIR)"
@@ -157,7 +161,7 @@ for t in "${TARGETS[@]}"; do
   read -r server proto starter <<<"$t"
   url="http://127.0.0.1:$SY_PORT"; [ "$server" = node ] && url="http://127.0.0.1:$NODE_PORT"
   [ "$server" = floor ] && url="http://127.0.0.1:$FLOOR_PORT"
-  for n in $FANOUT_SIZES; do
+  want fanout && for n in $FANOUT_SIZES; do
     $starter
     # One identity for every member: the Node reference has no presence, so Switchyard's
     # (per user) is kept out of this comparison; docs/benchmarks.md says what it costs.
@@ -165,15 +169,16 @@ for t in "${TARGETS[@]}"; do
       --members "$n" --rate "$FANOUT_RATE" --max true --window "$WINDOW" --duration "$PHASE_S" --user bench
   done
   # Distinct users (presence on), rooms of four: connections accepted and joined a second.
-  $starter
-  gen "connect $server/$proto $CONNECT_CONNS users" connect --url "$url" --server "$server" \
-    --protocol "$proto" --conns "$CONNECT_CONNS" --size 4
-  $starter
-  gen "rooms $server/$proto $ROOMS x 4" rooms --url "$url" --server "$server" --protocol "$proto" \
+  if want connect; then
+    $starter
+    gen "connect $server/$proto $CONNECT_CONNS users" connect --url "$url" --server "$server" \
+      --protocol "$proto" --conns "$CONNECT_CONNS" --size 4
+  fi
+  want rooms && $starter && gen "rooms $server/$proto $ROOMS x 4" rooms --url "$url" --server "$server" --protocol "$proto" \
     --rooms "$ROOMS" --size 4 --rate "$ROOMS_RATE" --duration "$ROOMS_S"
   # The floor holds connections in a few bytes each and does nothing else: no memory floor.
   [ "$server" = floor ] && continue
-  for n in $IDLE_SIZES; do
+  want idle && for n in $IDLE_SIZES; do
     $starter
     gen "idle $server/$proto $n connections" idle --url "$url" --server "$server" --protocol "$proto" \
       --conns "$n" --procs $(( (n + 4999) / 5000 ))
@@ -190,8 +195,9 @@ done
 # PostgreSQL, a fresh database each run (the server migrates it at start). PostgreSQL's processes
 # are not pinned (a shared service): their CPU is summed apart, from the backends of $PG_DB.
 printf '[kinds.bench]\nrunner = "external"\nstall_timeout_secs = 600\n' >"$WORK/operations.toml"
-start_switchyard SWITCHYARD_OPERATIONS_FILE="$WORK/operations.toml"
-gen "operations switchyard $OPS on SQLite" operations --url "http://127.0.0.1:$SY_PORT" --kind bench \
+want operations || PG=0
+want operations && start_switchyard SWITCHYARD_OPERATIONS_FILE="$WORK/operations.toml"
+want operations && gen "operations switchyard $OPS on SQLite" operations --url "http://127.0.0.1:$SY_PORT" --kind bench \
   --operations "$OPS" --workers 20 --rate 10 --duration "$OPS_S" --database sqlite
 stop_server
 if [ "$PG" = 1 ]; then
