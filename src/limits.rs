@@ -71,6 +71,28 @@ impl TokenBucket {
 /// Keys tracked before idle ones are swept.
 const SWEEP_AT: usize = 10_000;
 
+/// When a keyed map is swept of its idle keys. Past a sweep that left most keys (all of them
+/// active), the next waits until the map has doubled: sweeping on every check once 10,000 keys
+/// were all busy cost a scan of the whole map per check. Memory stays bounded by the active
+/// keys (each a real user or address within its rate window) plus at most as many idle ones.
+struct Sweeps(std::sync::atomic::AtomicUsize);
+
+impl Sweeps {
+    fn new() -> Self {
+        Self(std::sync::atomic::AtomicUsize::new(SWEEP_AT))
+    }
+
+    /// Sweeps `map` with `keep` if it has grown to the threshold (called under the map's lock).
+    fn maybe<K, V>(&self, map: &mut HashMap<K, V>, keep: impl FnMut(&K, &mut V) -> bool) {
+        use std::sync::atomic::Ordering::Relaxed;
+        if map.len() < self.0.load(Relaxed) {
+            return;
+        }
+        map.retain(keep);
+        self.0.store((map.len() * 2).max(SWEEP_AT), Relaxed);
+    }
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // Every critical section is a single map operation: a poisoned lock is still consistent.
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -85,6 +107,7 @@ pub struct KeyedRate {
     rate: f64,
     burst: f64,
     buckets: Mutex<HashMap<String, TokenBucket>>,
+    sweeps: Sweeps,
     /// Tokens taken per key since the last [`KeyedRate::drain_taken`] (shared ones only).
     taken: Option<Mutex<HashMap<String, u32>>>,
 }
@@ -95,6 +118,7 @@ impl KeyedRate {
             rate,
             burst,
             buckets: Mutex::new(HashMap::new()),
+            sweeps: Sweeps::new(),
             taken: None,
         }
     }
@@ -142,9 +166,7 @@ impl KeyedRate {
         }
         let taken = {
             let mut map = lock(&self.buckets);
-            if map.len() >= SWEEP_AT {
-                map.retain(|_, b| !b.idle());
-            }
+            self.sweeps.maybe(&mut map, |_, b| !b.idle());
             match map.get_mut(key) {
                 Some(bucket) => bucket.take(),
                 None => map
@@ -174,6 +196,7 @@ pub struct ConnectionGate {
     rate: f64,
     burst: f64,
     state: Mutex<HashMap<IpAddr, (usize, TokenBucket)>>,
+    sweeps: Sweeps,
 }
 
 /// Why a connection was refused.
@@ -190,6 +213,7 @@ impl ConnectionGate {
             rate,
             burst,
             state: Mutex::new(HashMap::new()),
+            sweeps: Sweeps::new(),
         })
     }
 
@@ -202,9 +226,8 @@ impl ConnectionGate {
             });
         };
         let mut map = lock(&self.state);
-        if map.len() >= SWEEP_AT {
-            map.retain(|_, (open, bucket)| *open > 0 || !bucket.idle());
-        }
+        self.sweeps
+            .maybe(&mut map, |_, (open, bucket)| *open > 0 || !bucket.idle());
         let (open, bucket) = map
             .entry(ip)
             .or_insert_with(|| (0, TokenBucket::new(self.rate, self.burst)));
@@ -296,5 +319,24 @@ mod tests {
         let paced = ConnectionGate::new(0, 1.0, 1.0);
         let _c = paced.admit(Some(ip)).unwrap();
         assert_eq!(paced.admit(Some(ip)).err(), Some(GateRefusal::TooFast));
+    }
+
+    #[test]
+    fn with_every_key_busy_the_map_is_not_swept_on_every_check() {
+        // A rate so slow that no bucket refills: every key stays busy (not idle).
+        let limit = KeyedRate::new(0.000_001, 5.0);
+        for i in 0..SWEEP_AT + 10 {
+            assert!(limit.try_take(&format!("user-{i}")));
+        }
+        // The sweep at 10,000 kept everything and moved the next one to twice that.
+        let next = limit.sweeps.0.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(next, SWEEP_AT * 2);
+        assert_eq!(lock(&limit.buckets).len(), SWEEP_AT + 10);
+        // Idle keys still go at the next sweep: a fast rate refills at once.
+        let quick = KeyedRate::new(1e9, 1.0);
+        for i in 0..SWEEP_AT + 1 {
+            assert!(quick.try_take(&format!("user-{i}")));
+        }
+        assert!(lock(&quick.buckets).len() < 10, "idle keys swept");
     }
 }
