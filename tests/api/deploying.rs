@@ -1,5 +1,6 @@
-//! docs/deploying.md's nginx and Caddy configurations, run for real: each block is read from
-//! the page (only its ports changed) and a real nginx or Caddy is put in front of Switchyard. WebSocket
+//! docs/deploying.md's nginx (plain and TLS) and Caddy configurations, run for real: each block
+//! is read from the page (only its ports and certificate paths changed) and a real nginx or
+//! Caddy is put in front of Switchyard. WebSocket
 //! upgrades, SSE and Socket.IO long-polling pass through; with `SWITCHYARD_TRUSTED_PROXIES`
 //! the per-address connection limit counts the clients behind nginx (each test client binds
 //! its own loopback address, 127.0.0.2 / 127.0.0.3), and a client's own `X-Forwarded-For`
@@ -267,4 +268,78 @@ async fn passes_websockets_sse_and_polling(app: &TestApp, base: &str) {
         .await
         .expect("body");
     assert!(poll.starts_with("40{"), "{poll}");
+}
+
+/// The documented TLS server (the second ```nginx block) around the documented `location` and
+/// with the documented redirect, on a self-signed certificate made here; everything else is
+/// as written. The client side is `tests/js/deploying-tls.test.mjs` (Node speaks TLS and
+/// `wss://`; the Rust test clients here do not).
+#[tokio::test]
+async fn the_documented_nginx_tls_server_carries_rest_sse_and_secure_websockets() {
+    let app = spawn_app().await;
+    let certs = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (certs.path().join("cert.pem"), certs.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=realtime.example.com", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl runs");
+    assert!(made.status.success(), "{made:?}");
+
+    let page = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deploying.md"),
+    )
+    .expect("docs/deploying.md");
+    let blocks: Vec<&str> = page
+        .split("```nginx\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .collect();
+    let (plain, with_tls) = (blocks[0], blocks[1]);
+    // From the first block: the map and the upstream, and the body of its `location`.
+    let head = &plain[..plain.find("server {").expect("a server block")];
+    let location = plain
+        .split("location / {\n")
+        .nth(1)
+        .and_then(|l| l.rsplit_once("    }\n}"))
+        .map(|(body, _)| body)
+        .expect("the location's body");
+    let (tls_port, http_port) = (free_port(), free_port());
+    assert!(with_tls.contains("# … the location of the configuration above …"));
+    let tls_server = with_tls
+        .replace("# … the location of the configuration above …", location)
+        .replace(
+            "listen 443 ssl;",
+            &format!("listen 127.0.0.1:{tls_port} ssl;"),
+        )
+        .replace("listen 80;", &format!("listen 127.0.0.1:{http_port};"))
+        .replace(
+            "/etc/letsencrypt/live/realtime.example.com/fullchain.pem",
+            &cert.display().to_string(),
+        )
+        .replace(
+            "/etc/letsencrypt/live/realtime.example.com/privkey.pem",
+            &key.display().to_string(),
+        );
+    let config = format!(
+        "{}{tls_server}",
+        head.replace(
+            "server 127.0.0.1:8080;",
+            &format!("server 127.0.0.1:{};", app.port)
+        )
+    );
+    let _nginx = Nginx::start(&config, &[tls_port, http_port]).await;
+    run_node_file(
+        "deploying-tls.test.mjs",
+        &[
+            ("SY_TLS_URL", format!("https://127.0.0.1:{tls_port}")),
+            ("SY_HTTP_URL", format!("http://127.0.0.1:{http_port}")),
+        ],
+    )
+    .await;
 }
