@@ -204,6 +204,12 @@ pub struct ServeArgs {
     /// Rooms run on N dedicated threads; 0: on the HTTP worker threads; unset: one per core
     #[arg(long, env = "SWITCHYARD_ROOM_THREADS", value_parser = whole(0usize, 1_024))]
     pub room_threads: Option<usize>,
+    /// With room threads, rooms start on the HTTP workers next to their members and move to a room thread at N members; 0: they start on the room threads
+    #[arg(long, env = "SWITCHYARD_ROOM_MOVE_AT", default_value = "32", value_parser = whole(0usize, 1_000_000))]
+    pub room_move_at: usize,
+    /// A quiet room (fewer frames than this fanned out in the last 100-200 ms, none waiting) writes straight to idle members' sockets; 0: never
+    #[arg(long, env = "SWITCHYARD_DIRECT_WRITES_PER_100MS", default_value = "2000", value_parser = whole(0usize, 1_000_000_000))]
+    pub direct_writes_per_100ms: usize,
     /// The configuration file (TOML): operation kinds and app profiles
     #[arg(long, env = "SWITCHYARD_CONFIG_FILE", value_parser = existing_file)]
     pub config_file: Option<PathBuf>,
@@ -435,6 +441,18 @@ pub struct Settings {
     /// members, max rate. On the workers a publish saves a thread hop: ~10% cheaper for many
     /// small rooms at a light rate (docs/benchmarks.md).
     pub room_threads: usize,
+    /// With room threads (`room_threads` > 0), rooms start on the HTTP worker threads, next to
+    /// their members (a publish then costs no thread hop), and move to a room thread once they
+    /// have this many members, where large rooms fan out better (`SWITCHYARD_ROOM_MOVE_AT`; 0:
+    /// rooms start on the room threads; docs/benchmarks.md has the numbers).
+    pub room_move_at: usize,
+    /// A quiet room — nothing ordered behind the message at hand, and fewer than this many
+    /// frames fanned out in the current and the previous 100 ms — writes the frame straight to
+    /// each member's socket whose outbox is empty and idle, on the room's thread, instead of
+    /// queueing it and waking the connection's writer (`SWITCHYARD_DIRECT_WRITES_PER_100MS`;
+    /// 0: never; see `transport::socket`). A busy room queues, so frames that pile up for a
+    /// connection go out together in one write.
+    pub direct_writes_per_100ms: usize,
     /// Operation kinds file (`SWITCHYARD_OPERATIONS_FILE`).
     pub operations_file: Option<std::path::PathBuf>,
     /// The configuration file: operation kinds and app profiles (`SWITCHYARD_CONFIG_FILE`).
@@ -716,6 +734,8 @@ impl Settings {
             workers: a.workers,
             listen_backlog: a.listen_backlog,
             room_threads: a.room_threads.unwrap_or_else(|| resolve_threads(0)),
+            direct_writes_per_100ms: a.direct_writes_per_100ms,
+            room_move_at: a.room_move_at,
             config_file: a.config_file,
             hook_secret: a.hook_secret,
             config_vars: std::collections::HashMap::new(),

@@ -86,6 +86,11 @@ pub struct Metrics {
     pub messages_in: Counter,
     /// Frames queued to clients (a broadcast to N members counts N).
     pub messages_out: Counter,
+    /// Frames a room wrote straight to an idle connection's socket (`SWITCHYARD_DIRECT_WRITES`)
+    /// instead of waking its writer; part of `messages_out`.
+    pub direct_writes: Counter,
+    /// Rooms moved from an HTTP worker to a room thread as they grew (`SWITCHYARD_ROOM_MOVE_AT`).
+    pub room_moves: Counter,
     /// Messages published into rooms.
     pub publishes: Counter,
     /// Failed database calls.
@@ -159,6 +164,8 @@ impl Metrics {
             history_rooms: Gauge::default(),
             messages_in: Counter::default(),
             messages_out: Counter::default(),
+            direct_writes: Counter::default(),
+            room_moves: Counter::default(),
             publishes: Counter::default(),
             database_errors: Counter::default(),
             slow_consumers: Counter::default(),
@@ -227,6 +234,18 @@ impl Metrics {
             "switchyard_messages_out",
             "Frames queued to clients",
             &m.messages_out,
+        );
+        counter(
+            r,
+            "switchyard_direct_writes",
+            "Frames written straight to an idle connection's socket by the room (part of messages_out)",
+            &m.direct_writes,
+        );
+        counter(
+            r,
+            "switchyard_room_moves",
+            "Rooms moved from an HTTP worker to a room thread as they grew",
+            &m.room_moves,
         );
         counter(
             r,

@@ -134,9 +134,11 @@ impl Application {
                 presence_list_max: settings.presence_list_max,
                 retained_events_max: settings.retained_events_max,
                 dedupe_window: settings.dedupe_window,
+                direct_writes_per_100ms: settings.direct_writes_per_100ms,
             },
             metrics.clone(),
-        );
+        )
+        .moving_rooms_at(settings.room_move_at);
         // One value serves three seams: ordering (the broker), presence and history. The
         // cluster composes Redis's instead; nothing else changes.
         let node: Arc<str> = settings

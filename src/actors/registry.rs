@@ -29,7 +29,7 @@ use actix::ArbiterHandle;
 
 use super::room::{
     CloseRoom, GetHistory, GetPresence, GetRoomInfo, HistoryPage, JoinRoom, Joined, LeaveRoom,
-    Room, RoomIdle, RoomInfo, RoomLimits,
+    MoveTo, Room, RoomGrew, RoomIdle, RoomInfo, RoomLimits,
 };
 use super::{ServerShutdown, SessionId};
 use crate::auth::UserInfo;
@@ -124,6 +124,8 @@ struct Entry {
     room_id: u64,
     /// Messages routed to this room instance (see the module docs).
     routed: u64,
+    /// Started on an HTTP worker; moves to a room thread when it grows (`RoomGrew`).
+    on_worker: bool,
 }
 
 pub struct RoomRegistry {
@@ -151,6 +153,10 @@ pub struct RoomRegistry {
     limits: RoomLimits,
     /// The live room count; handed to every room for its own counters.
     metrics: Arc<Metrics>,
+    /// With room threads and workers both known: new rooms start on a worker, next to their
+    /// members, and move to a room thread at this many members (`SWITCHYARD_ROOM_MOVE_AT`;
+    /// 0: rooms start on the room threads).
+    move_at: usize,
 }
 
 impl RoomRegistry {
@@ -166,7 +172,15 @@ impl RoomRegistry {
             next_room_id: 1,
             limits,
             metrics,
+            move_at: 0,
         }
+    }
+
+    /// New rooms start on the HTTP workers and move to the room threads at `at` members (0:
+    /// they start on the room threads). Only with room threads and a local log.
+    pub fn moving_rooms_at(mut self, at: usize) -> Self {
+        self.move_at = at;
+        self
     }
 
     /// Rooms of this registry continue a shared log's order (several nodes) instead of ordering
@@ -185,7 +199,14 @@ impl RoomRegistry {
                 let room_id = self.next_room_id;
                 self.next_room_id += 1;
                 let i = self.next_thread;
-                let arbiter = if !self.own_threads.is_empty() {
+                // Small first: on a worker, next to the sessions, while the room may move.
+                let on_worker = self.move_at > 0
+                    && self.shared.is_none()
+                    && !self.own_threads.is_empty()
+                    && !self.workers.is_empty();
+                let arbiter = if on_worker {
+                    self.workers[i % self.workers.len()].1.clone()
+                } else if !self.own_threads.is_empty() {
                     self.own_threads[i % self.own_threads.len()].handle()
                 } else if !self.workers.is_empty() {
                     self.workers[i % self.workers.len()].1.clone()
@@ -222,9 +243,16 @@ impl RoomRegistry {
                     }
                 };
                 let backlog = self.shared.clone();
+                let up_to = log.as_ref().map(|l| l.up_to());
+                let grow = on_worker.then(|| (self.move_at, ctx.address().recipient()));
                 arbiter.spawn_fn(move || {
                     let ctx = Context::with_receiver(rx);
-                    let room = Room::new(owned, room_id, start, limits, registry, metrics, backlog);
+                    let mut room =
+                        Room::new(owned, room_id, start, limits, registry, metrics, backlog)
+                            .with_order(up_to);
+                    if let Some((at, registry)) = grow {
+                        room = room.moving_at(at, registry);
+                    }
                     actix::spawn(ctx.into_future(room));
                 });
                 self.metrics.rooms.inc();
@@ -233,6 +261,7 @@ impl RoomRegistry {
                     log,
                     room_id,
                     routed: 0,
+                    on_worker,
                 })
             }
         }
@@ -405,7 +434,8 @@ impl Handler<AddRoomThread> for RoomRegistry {
     type Result = ();
 
     fn handle(&mut self, msg: AddRoomThread, _ctx: &mut Context<Self>) {
-        if self.own_threads.is_empty() && !self.workers.iter().any(|(t, _)| *t == msg.thread) {
+        // Kept with room threads too: small rooms start on the workers (`move_at`).
+        if !self.workers.iter().any(|(t, _)| *t == msg.thread) {
             self.workers.push((msg.thread, msg.arbiter));
         }
     }
@@ -474,6 +504,36 @@ impl Handler<RoomIdle> for RoomRegistry {
                 self.log.retire(msg.name, log);
             }
         }
+    }
+}
+
+impl Handler<RoomGrew> for RoomRegistry {
+    type Result = ();
+
+    /// Moves a grown room from its worker to a room thread: a new mailbox, the log redirected
+    /// to it with the hand-over (`MoveTo`) as the last thing the old room gets, and this
+    /// table pointing there too — so every sender's order holds across the move.
+    fn handle(&mut self, msg: RoomGrew, _ctx: &mut Context<Self>) {
+        let Some(entry) = self.rooms.get_mut(&msg.name) else {
+            return;
+        };
+        if entry.room_id != msg.room_id || !entry.on_worker || self.own_threads.is_empty() {
+            return;
+        }
+        let Some(log) = entry.log.clone() else {
+            return;
+        };
+        let arbiter = self.own_threads[self.next_thread % self.own_threads.len()].handle();
+        self.next_thread += 1;
+        let (tx, mailbox) = actix::dev::channel::channel(0);
+        let moved: Addr<Room> = Addr::new(tx);
+        let old = entry.addr.clone();
+        log.redirect(moved.clone().recipient(), || {
+            old.do_send(MoveTo { mailbox, arbiter });
+        });
+        entry.addr = moved;
+        entry.on_worker = false;
+        self.metrics.room_moves.inc();
     }
 }
 

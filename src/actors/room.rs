@@ -44,7 +44,7 @@ use self::presence::{Flush, Presence};
 use self::retained::Retained;
 use super::{EvictReason, Evicted, Member, SessionId};
 use crate::auth::UserInfo;
-use crate::broker::local::Ordered;
+use crate::broker::local::{Ordered, OrderedUpTo};
 use crate::broker::{dedupe, Backlog, Envelope, Position, PresenceChange, Retain, Tail};
 // Membership and the views are the broker's vocabulary (defined there, so the broker never
 // names the actors); re-exported here, where the actors have always found them.
@@ -86,6 +86,24 @@ pub struct RoomIdle {
     pub name: String,
     pub room_id: u64,
     pub routed_seen: u64,
+}
+
+/// Room (on an HTTP worker, grown to the size where it moves) → Registry: move me to a room
+/// thread. Sent once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RoomGrew {
+    pub name: String,
+    pub room_id: u64,
+}
+
+/// Registry → Room (through its log, behind everything ordered before): go on as a new actor
+/// on `arbiter`, reading `mailbox` — where everything sent to the room from now on waits.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct MoveTo {
+    pub mailbox: actix::dev::channel::AddressReceiver<Room>,
+    pub arbiter: actix::ArbiterHandle,
 }
 
 /// Registry → Room: you are retired (only sent after a matching [`RoomIdle`]).
@@ -159,6 +177,10 @@ pub struct RoomLimits {
     /// Multi-room message ids a connection's window holds (`SWITCHYARD_DEDUPE_WINDOW`; see
     /// `broker::dedupe`).
     pub dedupe_window: usize,
+    /// A room writes to idle members' sockets directly while it fanned out fewer frames than
+    /// this in the current and previous 100 ms and nothing waits behind the message
+    /// (`SWITCHYARD_DIRECT_WRITES_PER_100MS`; 0: never).
+    pub direct_writes_per_100ms: usize,
 }
 
 /// The room's scheduled presence flush (see `room/presence.rs`).
@@ -217,6 +239,48 @@ pub struct Room {
     /// reader trails its order, see `JoinRoom::after`): they get nothing up to that offset.
     /// Empty with the local broker; an entry leaves once the room delivered past it.
     floors: HashMap<SessionId, u64>,
+    /// How far the local log ordered (`None` with a shared log): when it is no further than
+    /// the message being delivered, nothing waits behind it and frames may go straight to
+    /// idle sockets (`Room::deliver`).
+    ordered: Option<OrderedUpTo>,
+    /// Frames fanned out lately (the direct-write decision).
+    pace: Pace,
+    /// A room started on an HTTP worker, next to its members: at this many members it asks the
+    /// registry to move it to a room thread (`SWITCHYARD_ROOM_MOVE_AT`; see `MoveTo`).
+    grow: Option<(usize, Recipient<RoomGrew>)>,
+}
+
+/// Frames a room fanned out in the current window of 100 ms and the one before it: a quiet
+/// room writes straight to idle sockets; a busy one queues so that frames piling up for a
+/// connection go out in one write (`Room::deliver`).
+#[derive(Default)]
+struct Pace {
+    start: Option<Instant>,
+    this: usize,
+    last: usize,
+}
+
+impl Pace {
+    const WINDOW: Duration = Duration::from_millis(100);
+
+    /// Counts `frames` fanned out at `now`; returns what the two windows held before them.
+    fn count(&mut self, now: Instant, frames: usize) -> usize {
+        let since = self.start.map(|s| now.saturating_duration_since(s));
+        match since {
+            Some(d) if d < Self::WINDOW => {}
+            Some(d) if d < 2 * Self::WINDOW => {
+                self.last = std::mem::take(&mut self.this);
+                self.start = Some(now);
+            }
+            _ => {
+                (self.last, self.this) = (0, 0);
+                self.start = Some(now);
+            }
+        }
+        let before = self.this + self.last;
+        self.this += frames;
+        before
+    }
 }
 
 impl Room {
@@ -259,7 +323,22 @@ impl Room {
             metrics,
             backlog,
             floors: HashMap::new(),
+            ordered: None,
+            pace: Pace::default(),
+            grow: None,
         }
+    }
+
+    /// Asks `registry` to move this room to a room thread once it has `at` members.
+    pub fn moving_at(mut self, at: usize, registry: Recipient<RoomGrew>) -> Self {
+        self.grow = Some((at, registry));
+        self
+    }
+
+    /// Reads how far its log ordered from `ordered` (the local broker's rooms).
+    pub fn with_order(mut self, ordered: Option<OrderedUpTo>) -> Self {
+        self.ordered = ordered;
+        self
     }
 
     /// Counts a message the room now holds (in history or retained) against the bounds.
@@ -455,6 +534,7 @@ impl Room {
         conflate: bool,
         skip: Option<SessionId>,
         shared: Option<u128>,
+        now: bool,
     ) -> usize {
         // Presence changes that happened before this message are announced before it.
         self.flush_presence();
@@ -487,6 +567,8 @@ impl Room {
                 m.outbox.push_frames(encoded.frames())
             } else if conflate {
                 m.outbox.push_latest(encoded.text, self.conflation_key)
+            } else if now {
+                m.outbox.push_text_now(encoded.text)
             } else {
                 m.outbox.push_text(encoded.text)
             };
@@ -590,6 +672,11 @@ impl Actor for Room {
         let every =
             (self.limits.history_ttl / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
         ctx.run_interval(every, |act, _| act.check_idle());
+        // A room that moved here may have had a presence flush scheduled on its old thread
+        // (gone with the old actor): announce what is pending now.
+        if self.presence.has_pending() {
+            ctx.notify(FlushPresence);
+        }
         if let Some(backlog) = self.backlog.clone() {
             // Nothing in the mailbox (deliveries, joins) is handled until the room knows where
             // the shared order stands: `wait` holds them back. Deliveries the backlog already
@@ -633,6 +720,41 @@ impl Actor for Room {
     }
 }
 
+impl Handler<MoveTo> for Room {
+    type Result = ();
+
+    /// Hands the whole room — members, history, presence, positions — to a new actor on
+    /// another thread and stops. Nothing overtakes the hand-over: the log and the registry
+    /// sent everything before it here and everything after it to the new mailbox, which the
+    /// new actor only starts reading with this state.
+    fn handle(&mut self, msg: MoveTo, ctx: &mut Context<Self>) {
+        let husk = Room::new(
+            self.name.to_string(),
+            self.room_id,
+            Position {
+                epoch: self.epoch.clone(),
+                offset: self.last_offset,
+            },
+            self.limits,
+            self.registry.clone(),
+            self.metrics.clone(),
+            None,
+        );
+        let room = std::mem::replace(self, husk);
+        log::debug!(
+            "room {} moves to a room thread with {} members",
+            room.name,
+            room.members.len()
+        );
+        let MoveTo { mailbox, arbiter } = msg;
+        arbiter.spawn_fn(move || {
+            let ctx = Context::with_receiver(mailbox);
+            actix::spawn(ctx.into_future(room));
+        });
+        ctx.stop();
+    }
+}
+
 impl Handler<JoinRoom> for Room {
     type Result = Result<Joined, Refusal>;
 
@@ -671,6 +793,18 @@ impl Handler<JoinRoom> for Room {
             self.members.insert(session, member);
             let flush = self.presence.arrive(&user, Instant::now());
             self.on_presence(flush);
+            if self
+                .grow
+                .as_ref()
+                .is_some_and(|(at, _)| self.members.len() >= *at)
+            {
+                if let Some((_, registry)) = self.grow.take() {
+                    registry.do_send(RoomGrew {
+                        name: self.name.to_string(),
+                        room_id: self.room_id,
+                    });
+                }
+            }
         }
 
         let mut frames: Vec<Frame> = Vec::with_capacity(2 + self.history.len());

@@ -16,6 +16,7 @@
 //! Nothing here names an actor type: the room is a `Recipient<Ordered>`.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -46,13 +47,27 @@ struct LogState {
     epoch: Arc<str>,
     /// The offset of the last message ordered.
     last: u64,
+    /// The room that delivers what is ordered (another one after a move: `redirect`).
+    sink: Recipient<Ordered>,
+}
+
+/// The offset of the last message a [`RoomLog`] ordered, readable without its lock. The room
+/// compares it with the offset it is delivering: equal means nothing waits in its mailbox
+/// behind this message (the room may then write straight to idle sockets, `Room::deliver`).
+#[derive(Clone, Default)]
+pub struct OrderedUpTo(Arc<AtomicU64>);
+
+impl OrderedUpTo {
+    pub fn get(&self) -> u64 {
+        self.0.load(AtomicOrdering::Acquire)
+    }
 }
 
 /// One room's order on this node.
 pub struct RoomLog {
     state: Mutex<LogState>,
-    /// The room that delivers what is ordered.
-    sink: Recipient<Ordered>,
+    /// `state.last`, published for the room.
+    up_to: OrderedUpTo,
 }
 
 impl RoomLog {
@@ -64,7 +79,21 @@ impl RoomLog {
     /// Whether the room behind this log still takes messages (a lane kept past its room's
     /// retirement does not: its publishes are refused `unavailable`).
     pub fn is_open(&self) -> bool {
-        self.sink.connected()
+        self.lock().sink.connected()
+    }
+
+    /// Sends what comes next to `sink` instead: `last` runs under the log's lock first, so a
+    /// message it sends the old room (its hand-over) is behind everything ordered before and
+    /// ahead of nothing ordered after (a room moving to another thread, `RoomRegistry`).
+    pub fn redirect(&self, sink: Recipient<Ordered>, last: impl FnOnce()) {
+        let mut s = self.lock();
+        last();
+        s.sink = sink;
+    }
+
+    /// Where the room reads how far the order went (see [`OrderedUpTo`]).
+    pub fn up_to(&self) -> OrderedUpTo {
+        self.up_to.clone()
     }
 
     /// The position of the last message ordered.
@@ -87,7 +116,7 @@ impl RoomLog {
         reply: Option<oneshot::Sender<Result<Position, Refusal>>>,
     ) -> Result<Position, Refusal> {
         let mut s = self.lock();
-        if !self.sink.connected() {
+        if !s.sink.connected() {
             let refusal = Refusal::new(ErrorCode::Unavailable, "room unavailable");
             match reply {
                 Some(tx) => {
@@ -101,6 +130,7 @@ impl RoomLog {
             return Err(refusal);
         }
         s.last += 1;
+        self.up_to.0.store(s.last, AtomicOrdering::Release);
         let position = Position {
             epoch: s.epoch.clone(),
             offset: s.last,
@@ -108,7 +138,7 @@ impl RoomLog {
         // Under the lock: the room's mailbox holds what is ordered in offset order. (If the
         // room stops between the check above and this push, the message is dropped with its
         // reply, and a waiting publisher is told `unavailable`.)
-        self.sink.do_send(Ordered {
+        s.sink.do_send(Ordered {
             envelope,
             position: position.clone(),
             received_at,
@@ -178,8 +208,9 @@ impl LocalLog {
             state: Mutex::new(LogState {
                 epoch,
                 last: offset,
+                sink,
             }),
-            sink,
+            up_to: OrderedUpTo(Arc::new(AtomicU64::new(offset))),
         })
     }
 

@@ -4,7 +4,7 @@
 
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use actix::AsyncContext;
@@ -21,6 +21,7 @@ use crate::actors::engine::{
 use crate::protocol::engineio::{self, Queued};
 use crate::state::AppState;
 use crate::transport::outbox::{Frame, Outbox, OutboxStream, Taken};
+use crate::transport::socket::WriteSocket;
 use crate::transport::ws::{self, FrameLimit};
 
 /// The Engine.IO error answers (`{"code", "message"}` with the codes of the reference server).
@@ -390,9 +391,22 @@ async fn websocket(
                         .unwrap_or_else(|_| bad_request());
                 }
             };
+            // Direct writes into the main outbox once the switch happened (before it, polls
+            // drain that outbox): the socket waits in the stream until then.
+            let socket = Arc::new(std::sync::OnceLock::new());
+            let direct = ws::Direct {
+                attach: Box::new({
+                    let socket = socket.clone();
+                    move |s| {
+                        let _ = socket.set(s);
+                    }
+                }),
+                written: main.clone(),
+            };
             ws::upgrade_with(
                 &req,
-                UpgradeStream::new(probe, main, switch),
+                UpgradeStream::new(probe, main, switch, socket),
+                Some(direct),
                 config.max_payload,
                 // The session may live on another worker's thread: it polls the reader there.
                 move |reader| session.do_send(AttachProbe(reader)),
@@ -433,16 +447,24 @@ pub enum UpgradeStream {
         probe: OutboxStream,
         main: Arc<Outbox>,
         switch: Arc<UpgradeSwitch>,
+        /// The connection's socket, attached to `main` for direct writes at the switch.
+        socket: Arc<OnceLock<Arc<WriteSocket>>>,
     },
     Switched(OutboxStream),
 }
 
 impl UpgradeStream {
-    fn new(probe: Arc<Outbox>, main: Arc<Outbox>, switch: Arc<UpgradeSwitch>) -> Self {
+    fn new(
+        probe: Arc<Outbox>,
+        main: Arc<Outbox>,
+        switch: Arc<UpgradeSwitch>,
+        socket: Arc<OnceLock<Arc<WriteSocket>>>,
+    ) -> Self {
         Self::Probing {
             probe: OutboxStream::new(probe),
             main,
             switch,
+            socket,
         }
     }
 }
@@ -456,6 +478,7 @@ impl Stream for UpgradeStream {
             probe,
             main,
             switch,
+            socket,
         } = this
         {
             // Drain the probe first (it holds `3probe`), whether or not the switch happened.
@@ -466,6 +489,9 @@ impl Stream for UpgradeStream {
             }
             if !switch.switched.load(Ordering::Acquire) {
                 return Poll::Pending;
+            }
+            if let Some(socket) = socket.get() {
+                main.attach(socket.clone());
             }
             *this = UpgradeStream::Switched(OutboxStream::new(main.clone()));
         }

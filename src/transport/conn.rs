@@ -17,11 +17,12 @@ use actix_web::dev::{Service, ServiceResponse};
 use bytes::BytesMut;
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
 
 use crate::metrics::Metrics;
 
 use super::head::HeadGuarded;
+use super::outbox::Outbox;
+use super::socket::WriteSocket;
 use super::ws::{Body, Ending, FrameSkipper, Returned, Takeover, Upgradable, WsReader};
 
 /// Serves one upgrade request on `app`, the worker's instance of the application.
@@ -89,6 +90,11 @@ where
     drop(parts.read_buf);
     drop(parts.write_buf);
     let (read, write) = socket.into_split();
+    let write = Arc::new(WriteSocket::new(write, metrics.clone()));
+    let written = takeover.direct.map(|d| {
+        (d.attach)(write.clone());
+        d.written
+    });
     (takeover.open)(WsReader::new(
         Some(read),
         early,
@@ -98,7 +104,7 @@ where
     let open = OpenSocket::new(metrics);
     actix_web::rt::spawn(async move {
         let delivered = tokio::select! {
-            () = write_body(write, takeover.body, ending.clone(), &open.0) => true,
+            () = write_body(&write, takeover.body, written, ending.clone()) => true,
             () = async {
                 ending.reader_gone.raised().await;
                 // Boxed: the timer is only needed at the end, so it does not size the task.
@@ -136,12 +142,13 @@ impl Drop for OpenSocket {
 /// Writes every chunk of `body` as it comes, then shuts the socket's write side. Ends the
 /// reader whichever way it finishes (the body ended, the socket failed, or it was dropped).
 /// Each chunk is what the connection's outbox held when it was drained, so its size is that
-/// queue's depth in bytes (`switchyard_outbox_depth_bytes`).
+/// queue's depth in bytes (`switchyard_outbox_depth_bytes`). `written`: the outbox that may
+/// also write to the socket itself, told when each chunk is written.
 async fn write_body(
-    mut socket: OwnedWriteHalf,
+    socket: &WriteSocket,
     mut body: Body,
+    written: Option<Arc<Outbox>>,
     ending: Arc<Ending>,
-    metrics: &Metrics,
 ) {
     struct EndOnDrop(Arc<Ending>);
     impl Drop for EndOnDrop {
@@ -151,13 +158,16 @@ async fn write_body(
     }
     let _end = EndOnDrop(ending);
     while let Some(Ok(chunk)) = body.next().await {
-        metrics.observe_outbox_depth(chunk.len());
-        if let Err(e) = socket.write_all(&chunk).await {
+        let done = socket.write_all(&chunk).await;
+        if let Some(outbox) = &written {
+            outbox.written();
+        }
+        if let Err(e) = done {
             log::debug!("WebSocket write failed: {e}");
             return;
         }
     }
-    let _ = socket.shutdown().await;
+    socket.shutdown_write();
 }
 
 /// Once everything, the close frame last, was written and the write side shut: reads and

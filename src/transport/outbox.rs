@@ -3,7 +3,10 @@
 //! Producers (the session itself and every room it is in, on any thread) push already-encoded
 //! payloads; a `Bytes` clone is a reference count, so a broadcast shares one buffer among all
 //! members. The consumer is the connection's response body ([`OutboxStream`]), which drains
-//! everything queued into one chunk per poll, framing each payload as it goes.
+//! everything queued into one chunk per poll, framing each payload as it goes. Once the
+//! connection's socket is attached, [`Outbox::push_text_now`] skips the queue when it is empty
+//! and the writer idle, writing the frame on the producer's thread (`transport::socket`); under
+//! this outbox's lock, so the one byte order is kept.
 //!
 //! Bounds: `max_messages` and `max_bytes` cap what a client that does not read can pin in
 //! memory. A push past them fails with [`PushError::Full`]; the caller decides what that means
@@ -33,6 +36,8 @@ use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use futures_util::Stream;
 
+use super::socket::{Tried, WriteSocket};
+
 /// Why a push was not queued.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushError {
@@ -48,6 +53,9 @@ enum Out {
     /// (conflation: only the latest progress of an operation matters).
     Latest(Bytes, u64),
     Binary(Bytes),
+    /// The rest of a frame a direct write (`Outbox::push_text_now`) only partly wrote: bytes
+    /// already framed, which go out first and as they are.
+    Framed(Bytes),
 }
 
 /// A data frame to queue.
@@ -139,6 +147,12 @@ struct State {
     release: bool,
     /// ... and be refused.
     refuse: bool,
+    /// The connection's socket, once taken over (`attach`): pushes through `push_text_now`
+    /// write straight to it while nothing is queued and the writer is idle.
+    direct: Option<Arc<WriteSocket>>,
+    /// The writer took a chunk and has not finished writing it (`written`): a direct write
+    /// now would overtake it.
+    writing: bool,
 }
 
 /// How queued payloads go on the wire.
@@ -196,25 +210,72 @@ impl Outbox {
     /// Queues a text payload. A single payload larger than `max_bytes` is accepted when the
     /// queue is empty, so one large message is never refused by the bound meant for backlogs.
     pub fn push_text(&self, payload: Bytes) -> Result<(), PushError> {
+        self.push(payload, false)
+    }
+
+    /// [`push_text`](Self::push_text), but when nothing is queued or being written and the
+    /// connection's socket is attached, the frame is written at once on this thread instead
+    /// of waking the writer (`transport::socket` says when that pays). For a producer with
+    /// nothing else to send right behind it: frames that pile up are written together by the
+    /// writer, one write each here.
+    pub fn push_text_now(&self, payload: Bytes) -> Result<(), PushError> {
+        self.push(payload, true)
+    }
+
+    fn push(&self, payload: Bytes, now: bool) -> Result<(), PushError> {
         {
             let mut st = self.lock();
             if st.finished || st.close.is_some() {
                 return Err(PushError::Closed);
             }
-            if !st.queue.is_empty()
-                && (st.queue.len() >= self.max_messages
-                    || st.bytes + payload.len() > self.max_bytes)
-            {
-                return Err(PushError::Full);
+            let idle = st.queue.is_empty() && !st.writing && !st.ping && st.pong.is_none();
+            let direct = if now && idle { st.direct.clone() } else { None };
+            let written = match direct {
+                Some(socket) => socket.try_text(&payload),
+                None => Tried::Nothing,
+            };
+            if !matches!(written, Tried::Nothing) {
+                if let Some(j) = &mut st.journal {
+                    j.record(&payload);
+                }
             }
-            st.bytes += payload.len();
-            if let Some(j) = &mut st.journal {
-                j.record(&payload);
+            match written {
+                Tried::All => return Ok(()),
+                Tried::Rest(rest) => {
+                    st.bytes += rest.len();
+                    st.queue.push_back(Out::Framed(rest));
+                }
+                Tried::Nothing => {
+                    if !st.queue.is_empty()
+                        && (st.queue.len() >= self.max_messages
+                            || st.bytes + payload.len() > self.max_bytes)
+                    {
+                        return Err(PushError::Full);
+                    }
+                    st.bytes += payload.len();
+                    if let Some(j) = &mut st.journal {
+                        j.record(&payload);
+                    }
+                    st.queue.push_back(Out::Text(payload));
+                }
             }
-            st.queue.push_back(Out::Text(payload));
         }
         self.waker.wake();
         Ok(())
+    }
+
+    /// The connection's socket was taken over: [`push_text_now`](Self::push_text_now) may
+    /// write to it. The writer must report each chunk it finished with [`written`](Self::written).
+    pub fn attach(&self, socket: Arc<WriteSocket>) {
+        let mut st = self.lock();
+        if !st.finished {
+            st.direct = Some(socket);
+        }
+    }
+
+    /// The writer finished writing the chunk it last took.
+    pub fn written(&self) {
+        self.lock().writing = false;
     }
 
     /// Queues a conflatable payload: a queued one with the same `key` is dropped and this one
@@ -330,6 +391,8 @@ impl Outbox {
                     st.bytes -= b.len();
                     frames.push(Frame::Binary(b));
                 }
+                // Only a taken-over socket's outbox holds these, and nothing polls that one.
+                Out::Framed(b) => st.bytes -= b.len(),
             }
         }
         st.ping = false;
@@ -446,6 +509,13 @@ impl Stream for OutboxStream {
         let need: usize = st.bytes + st.queue.len() * 10 + 2 * 128;
         let mut buf = BytesMut::with_capacity(need);
         let raw = outbox.framing == Framing::Raw;
+        // The rest of a frame a direct write began goes before anything, control frames too.
+        if let Some(Out::Framed(p)) = st.queue.front() {
+            let p = p.clone();
+            st.queue.pop_front();
+            st.bytes -= p.len();
+            buf.extend_from_slice(&p);
+        }
         // Control frames first: they must not wait behind a backlog.
         if std::mem::take(&mut st.ping) {
             Parser::write_message(&mut buf, b"", OpCode::Ping, true, false);
@@ -468,6 +538,10 @@ impl Stream for OutboxStream {
                     st.bytes -= p.len();
                     Parser::write_message(&mut buf, &p, OpCode::Binary, true, false);
                 }
+                Out::Framed(p) => {
+                    st.bytes -= p.len();
+                    buf.extend_from_slice(&p);
+                }
             }
         }
         if let Some(reason) = st.close.clone() {
@@ -475,7 +549,10 @@ impl Stream for OutboxStream {
                 Parser::write_close(&mut buf, Some(reason), false);
             }
             st.finished = true;
+            st.direct = None;
         }
+        // Until the writer reports it written, a direct write would overtake this chunk.
+        st.writing = st.direct.is_some();
         Poll::Ready(Some(Ok(buf.freeze())))
     }
 }
@@ -485,6 +562,7 @@ impl Drop for OutboxStream {
         // The connection is gone: refuse further pushes instead of queueing into the void.
         let mut st = self.outbox.lock();
         st.finished = true;
+        st.direct = None;
         st.queue.clear();
         st.bytes = 0;
         st.ping = false;

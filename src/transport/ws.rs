@@ -35,6 +35,7 @@ use futures_util::Stream;
 use tokio::net::tcp::OwnedReadHalf;
 
 use super::outbox::{Outbox, OutboxStream};
+use super::socket::WriteSocket;
 
 /// A whole message from the client.
 #[derive(Debug)]
@@ -85,6 +86,26 @@ impl From<UpgradeError> for crate::error::AppError {
     }
 }
 
+/// How a taken-over socket is shared for direct writes (`transport::socket`).
+pub struct Direct {
+    /// Given the socket once the connection runs; it attaches it to the outbox that may write
+    /// directly (at once for a plain WebSocket, at the switch for an Engine.IO upgrade).
+    pub attach: Box<dyn FnOnce(Arc<WriteSocket>)>,
+    /// The outbox whose chunks the writer reports written (`Outbox::written`).
+    pub written: Arc<Outbox>,
+}
+
+impl Direct {
+    /// Direct writes into `outbox` from the start.
+    pub fn to(outbox: Arc<Outbox>) -> Self {
+        let target = outbox.clone();
+        Self {
+            attach: Box::new(move |socket| target.attach(socket)),
+            written: outbox,
+        }
+    }
+}
+
 /// Put on a request by the upgrade service: its socket can be taken over.
 pub(crate) struct Upgradable;
 
@@ -96,6 +117,9 @@ pub type Body = Pin<Box<dyn Stream<Item = Result<Bytes, actix_web::Error>>>>;
 /// gets the reader of the client's messages (usually to start the connection's actor).
 pub(crate) struct Takeover {
     pub body: Body,
+    /// Direct writes (`transport::socket`): who gets the socket, and which outbox the writer
+    /// tells when it finished a chunk.
+    pub direct: Option<Direct>,
     pub limit: FrameLimit,
     pub open: Box<dyn FnOnce(WsReader)>,
 }
@@ -621,13 +645,16 @@ pub fn upgrade(
     limit: impl Into<FrameLimit>,
     open: impl FnOnce(WsReader) + 'static,
 ) -> Result<HttpResponse, UpgradeError> {
-    upgrade_with(req, OutboxStream::new(outbox), limit, open)
+    let body = OutboxStream::new(outbox.clone());
+    upgrade_with(req, body, Some(Direct::to(outbox)), limit, open)
 }
 
-/// [`upgrade`] with any body stream (the Engine.IO upgrade switches outboxes mid-stream).
+/// [`upgrade`] with any body stream (the Engine.IO upgrade switches outboxes mid-stream) and
+/// its own direct-write arrangement, if any.
 pub fn upgrade_with<S>(
     req: &HttpRequest,
     body: S,
+    direct: Option<Direct>,
     limit: impl Into<FrameLimit>,
     open: impl FnOnce(WsReader) + 'static,
 ) -> Result<HttpResponse, UpgradeError>
@@ -649,6 +676,7 @@ where
         .finish();
     response.extensions_mut().insert(Takeover {
         body: Box::pin(body),
+        direct,
         limit: limit.into(),
         open: Box::new(open),
     });

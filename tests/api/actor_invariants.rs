@@ -38,6 +38,7 @@ fn limits(history_size: usize) -> RoomLimits {
         presence_list_max: 100,
         retained_events_max: 32,
         dedupe_window: 32,
+        direct_writes_per_100ms: 2000,
     }
 }
 

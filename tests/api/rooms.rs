@@ -268,3 +268,55 @@ async fn a_publish_pipelined_right_after_a_leave_is_refused() {
     let rest = alice.drain().await;
     assert!(rest.iter().all(|f| f["type"] != "message"), "{rest:?}");
 }
+
+/// A room starts on an HTTP worker next to its members and moves to a room thread when it
+/// grows (`SWITCHYARD_ROOM_MOVE_AT`), while a member keeps publishing without waiting: every
+/// member gets every message from its join on once, in the one order, across the move.
+#[tokio::test]
+async fn a_room_that_grows_moves_to_a_room_thread_without_a_gap_or_a_reordering() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.room_threads = 1;
+        s.room_move_at = 3;
+        s.publish_rate = 0;
+        s.user_publish_rate = 0;
+    })
+    .await;
+    let mut publisher = app.ws().await;
+    publisher.join("grow").await;
+    let mut members = vec![(app.ws().await, 0u64)];
+    members[0].0.join("grow").await;
+    let mut sent = 0u64;
+    // Publishes in flight while the third and fourth members join: the third one's join moves
+    // the room.
+    for _ in 0..3 {
+        for _ in 0..100 {
+            sent += 1;
+            publisher
+                .send(json!({"type": "publish", "room": "grow", "event": "n", "data": sent}))
+                .await;
+        }
+        if members.len() < 3 {
+            let mut c = app.ws().await;
+            let joined = c.join("grow").await;
+            let at = joined["offset"].as_u64().expect("offset");
+            members.push((c, at));
+        }
+    }
+    eventually("the room to move", || async {
+        app.metric("switchyard_room_moves_total").await == 1
+    })
+    .await;
+    let mut everyone = vec![(publisher, 0u64)];
+    everyone.extend(members);
+    for (k, (c, from)) in everyone.iter_mut().enumerate() {
+        for offset in *from + 1..=sent {
+            let m = c.recv_message().await;
+            assert_eq!(m["offset"], json!(offset), "member {k}: {m}");
+            assert_eq!(m["data"], json!(offset), "member {k}: {m}");
+        }
+        assert!(
+            c.drain().await.iter().all(|v| v["type"] != "message"),
+            "member {k} got a message twice"
+        );
+    }
+}

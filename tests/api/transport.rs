@@ -200,3 +200,67 @@ async fn a_client_still_sending_when_the_server_closes_gets_every_frame_before_t
     })
     .await;
 }
+
+/// A room with nothing else to fan out writes each frame straight to an idle member's socket
+/// (`SWITCHYARD_DIRECT_WRITES`); messages that pile up are queued and written by each
+/// connection's writer. Either way, and across the switches between the two, every member
+/// gets every message once and in the room's order; with the setting off, nothing is written
+/// directly.
+#[tokio::test]
+async fn rooms_write_straight_to_idle_sockets_and_queue_behind_a_burst_in_one_order() {
+    for direct in [true, false] {
+        let app = spawn_app_with(Backend::Sqlite, |s| {
+            s.direct_writes_per_100ms = if direct { 2000 } else { 0 };
+            s.publish_rate = 0;
+            s.user_publish_rate = 0;
+        })
+        .await;
+        // The publisher is in the room too; its own copies are skipped while it waits for its
+        // answers, so the four members below are the ones checked.
+        let mut publisher = app.ws().await;
+        publisher.join("direct").await;
+        let mut members = Vec::new();
+        for _ in 0..4 {
+            let mut c = app.ws().await;
+            c.join("direct").await;
+            members.push(c);
+        }
+        // One at a time (each publish answered before the next): nothing waits behind them.
+        for i in 0..20 {
+            publisher.publish("direct", "one", json!(i)).await;
+        }
+        // Then a burst sent without waiting, then one at a time again.
+        for i in 20..320 {
+            publisher
+                .send(json!({"type": "publish", "room": "direct", "event": "burst", "data": i}))
+                .await;
+        }
+        publisher.publish("direct", "after", json!(320)).await;
+        for (k, c) in members.iter_mut().enumerate() {
+            for i in 0..=320 {
+                let m = c.recv_message().await;
+                assert_eq!(
+                    m["data"],
+                    json!(i),
+                    "member {k}, direct writes {direct}: {m}"
+                );
+                assert_eq!(m["offset"], json!(i + 1), "member {k}: {m}");
+            }
+            assert!(
+                c.drain().await.iter().all(|v| v["type"] != "message"),
+                "member {k} got a message twice"
+            );
+        }
+        let written = app.metric("switchyard_direct_writes_total").await;
+        let out = app.metric("switchyard_messages_out_total").await;
+        assert!(out >= 5 * 321, "{out} frames out");
+        if direct {
+            assert!(
+                written >= 50,
+                "most of the 105 frames of the one-at-a-time publishes go straight out: {written}"
+            );
+        } else {
+            assert_eq!(written, 0);
+        }
+    }
+}

@@ -157,7 +157,15 @@ impl Room {
         let (stored, frame) = self.store(at.offset, msg);
         let name = self.name.clone();
         let event = stored_event(&name, &stored);
-        self.broadcast(&event, &frame, conflate, skip, shared);
+        // A quiet room — nothing ordered behind this message, few frames fanned out lately —
+        // writes each member's frame at once from here (`Outbox::push_text_now`): one write
+        // per frame either way, without waking each connection's writer. A busy room queues,
+        // so each connection's writer takes several frames in one write (the batching that
+        // makes large rooms at full rate cheap: measured in docs/benchmarks.md).
+        let budget = self.limits.direct_writes_per_100ms;
+        let recent = self.pace.count(Instant::now(), self.members.len());
+        let now = recent < budget && self.ordered.as_ref().is_some_and(|o| o.get() <= at.offset);
+        self.broadcast(&event, &frame, conflate, skip, shared, now);
         if !self.floors.is_empty() {
             self.floors.retain(|_, f| *f > at.offset);
         }
