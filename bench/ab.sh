@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Back-to-back A/B of two server binaries on the hot paths of docs/benchmarks.md: fan-out to
-# 1,000 members at max rate and 4,000 rooms of 4 at a fixed rate, /ws and Socket.IO, rounds
-# alternating A and B so that neither gets the quieter minutes. Prints one markdown row per
-# measurement (deliveries per server CPU second, p99) and the median per side.
+# 1,000 members at max rate (`fanout`), 4,000 rooms of 4 at a fixed rate (`rooms`), and one room
+# of 10,000 members at 2 messages a second (`light`, whose number is its p99), /ws and
+# Socket.IO, rounds alternating A and B so that neither gets the quieter minutes. Prints one
+# markdown row per measurement (deliveries per server CPU second, p99) and the medians per side.
 #
 #   bash bench/ab.sh /tmp/switchyard-before target/release/switchyard [rounds]
 #
@@ -39,6 +40,9 @@ run() { # side binary scenario protocol
     fanout) out=$(taskset -c 1 "$BENCH" fanout --url "http://127.0.0.1:$PORT" --server switchyard \
       --protocol "$proto" --members 1000 --rate 2 --max true --window 16 --duration 10 --user bench \
       --pid "$PID" | tail -1) ;;
+    light) out=$(taskset -c 1 "$BENCH" fanout --url "http://127.0.0.1:$PORT" --server switchyard \
+      --protocol "$proto" --members 10000 --rate 2 --max false --duration 10 --user bench \
+      --pid "$PID" | head -1) ;;
     rooms) out=$(taskset -c 1 "$BENCH" rooms --url "http://127.0.0.1:$PORT" --server switchyard \
       --protocol "$proto" --rooms 4000 --size 4 --rate 4000 --duration 20 --pid "$PID") ;;
   esac
@@ -67,9 +71,11 @@ import sys, statistics, collections
 rows = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     c = [x.strip() for x in line.strip().strip('|').split('|')]
-    rows[(c[1], c[2], c[0])].append(float(c[3]))
-print("\n| scenario | protocol | A median | B median | B/A |\n| --- | --- | ---: | ---: | ---: |")
+    rows[(c[1], c[2], c[0])].append((float(c[3]), float(c[4])))
+print("\n| scenario | protocol | A median | B median | B/A | A p99 median (ms) | B p99 median (ms) |")
+print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
 for (scenario, proto) in sorted({(k[0], k[1]) for k in rows}):
-    a = statistics.median(rows[(scenario, proto, "A")]); b = statistics.median(rows[(scenario, proto, "B")])
-    print(f"| {scenario} | {proto} | {a:.0f} | {b:.0f} | {b/a:.3f} |")
+    a = [statistics.median(x) for x in zip(*rows[(scenario, proto, "A")])]
+    b = [statistics.median(x) for x in zip(*rows[(scenario, proto, "B")])]
+    print(f"| {scenario} | {proto} | {a[0]:.0f} | {b[0]:.0f} | {b[0]/a[0]:.3f} | {a[1]:.1f} | {b[1]:.1f} |")
 PY
