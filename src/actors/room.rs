@@ -5,7 +5,8 @@
 //!
 //! In: [`Ordered`] (a message in its place in the room's order, from the broker's
 //! `RoomLog`), [`JoinRoom`], [`LeaveRoom`], [`GetRoomInfo`], [`GetPresence`], [`GetHistory`]
-//! (routed here by the registry), [`CloseRoom`]; with a shared log, [`PresenceChange`] (who
+//! (routed here by the registry), [`CloseRoom`], [`MoveTo`] (the registry moves a grown room
+//! from its worker to a room thread); with a shared log, [`PresenceChange`] (who
 //! arrived or left across the nodes).
 //! Out (with a shared log): every member added or removed, to the log's presence
 //! (`Backlog::arrived` / `Backlog::departed`).
@@ -19,16 +20,21 @@
 //! The room does not number messages: the broker did (`broker::local::RoomLog`), and the room
 //! checks that what it delivers continues what it delivered before (see `Room::continue_at`).
 //!
-//! Why this file is one piece (about 950 lines): the delivered position, the history and the
+//! Why this file is one piece (about 980 lines): the delivered position, the history and the
 //! member table change together under one invariant — a joiner's replay and the live messages
 //! after it have no gap and no duplicate — and every handler reads or changes all three; the
 //! fan-out is the loop over that member table. The room's place in the broker's order
 //! (delivering what was ordered, continuing or resetting, the gap fill, the start from a shared
-//! log) is `order.rs`; presence and retained messages have their own files.
+//! log) is `order.rs`; where the room runs and how quiet it is (the move to a room thread,
+//! direct writes) is `placement.rs`; presence and retained messages have their own files.
 
 mod order;
+mod placement;
 mod presence;
 mod retained;
+
+use self::placement::Pace;
+pub use self::placement::{MoveTo, RoomGrew};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -86,24 +92,6 @@ pub struct RoomIdle {
     pub name: String,
     pub room_id: u64,
     pub routed_seen: u64,
-}
-
-/// Room (on an HTTP worker, grown to the size where it moves) → Registry: move me to a room
-/// thread. Sent once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RoomGrew {
-    pub name: String,
-    pub room_id: u64,
-}
-
-/// Registry → Room (through its log, behind everything ordered before): go on as a new actor
-/// on `arbiter`, reading `mailbox` — where everything sent to the room from now on waits.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct MoveTo {
-    pub mailbox: actix::dev::channel::AddressReceiver<Room>,
-    pub arbiter: actix::ArbiterHandle,
 }
 
 /// Registry → Room: you are retired (only sent after a matching [`RoomIdle`]).
@@ -250,39 +238,6 @@ pub struct Room {
     grow: Option<(usize, Recipient<RoomGrew>)>,
 }
 
-/// Frames a room fanned out in the current window of 100 ms and the one before it: a quiet
-/// room writes straight to idle sockets; a busy one queues so that frames piling up for a
-/// connection go out in one write (`Room::deliver`).
-#[derive(Default)]
-struct Pace {
-    start: Option<Instant>,
-    this: usize,
-    last: usize,
-}
-
-impl Pace {
-    const WINDOW: Duration = Duration::from_millis(100);
-
-    /// Counts `frames` fanned out at `now`; returns what the two windows held before them.
-    fn count(&mut self, now: Instant, frames: usize) -> usize {
-        let since = self.start.map(|s| now.saturating_duration_since(s));
-        match since {
-            Some(d) if d < Self::WINDOW => {}
-            Some(d) if d < 2 * Self::WINDOW => {
-                self.last = std::mem::take(&mut self.this);
-                self.start = Some(now);
-            }
-            _ => {
-                (self.last, self.this) = (0, 0);
-                self.start = Some(now);
-            }
-        }
-        let before = self.this + self.last;
-        self.this += frames;
-        before
-    }
-}
-
 impl Room {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -327,12 +282,6 @@ impl Room {
             pace: Pace::default(),
             grow: None,
         }
-    }
-
-    /// Asks `registry` to move this room to a room thread once it has `at` members.
-    pub fn moving_at(mut self, at: usize, registry: Recipient<RoomGrew>) -> Self {
-        self.grow = Some((at, registry));
-        self
     }
 
     /// Reads how far its log ordered from `ordered` (the local broker's rooms).
@@ -720,41 +669,6 @@ impl Actor for Room {
     }
 }
 
-impl Handler<MoveTo> for Room {
-    type Result = ();
-
-    /// Hands the whole room — members, history, presence, positions — to a new actor on
-    /// another thread and stops. Nothing overtakes the hand-over: the log and the registry
-    /// sent everything before it here and everything after it to the new mailbox, which the
-    /// new actor only starts reading with this state.
-    fn handle(&mut self, msg: MoveTo, ctx: &mut Context<Self>) {
-        let husk = Room::new(
-            self.name.to_string(),
-            self.room_id,
-            Position {
-                epoch: self.epoch.clone(),
-                offset: self.last_offset,
-            },
-            self.limits,
-            self.registry.clone(),
-            self.metrics.clone(),
-            None,
-        );
-        let room = std::mem::replace(self, husk);
-        log::debug!(
-            "room {} moves to a room thread with {} members",
-            room.name,
-            room.members.len()
-        );
-        let MoveTo { mailbox, arbiter } = msg;
-        arbiter.spawn_fn(move || {
-            let ctx = Context::with_receiver(mailbox);
-            actix::spawn(ctx.into_future(room));
-        });
-        ctx.stop();
-    }
-}
-
 impl Handler<JoinRoom> for Room {
     type Result = Result<Joined, Refusal>;
 
@@ -793,18 +707,7 @@ impl Handler<JoinRoom> for Room {
             self.members.insert(session, member);
             let flush = self.presence.arrive(&user, Instant::now());
             self.on_presence(flush);
-            if self
-                .grow
-                .as_ref()
-                .is_some_and(|(at, _)| self.members.len() >= *at)
-            {
-                if let Some((_, registry)) = self.grow.take() {
-                    registry.do_send(RoomGrew {
-                        name: self.name.to_string(),
-                        room_id: self.room_id,
-                    });
-                }
-            }
+            self.check_growth();
         }
 
         let mut frames: Vec<Frame> = Vec::with_capacity(2 + self.history.len());
