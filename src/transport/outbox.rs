@@ -174,6 +174,22 @@ pub struct Outbox {
 }
 
 impl State {
+    /// Whether a payload of `len` bytes fits the bounds: a single payload always fits an empty
+    /// queue, so one large message is never refused by the bound meant for backlogs.
+    fn fits(&self, len: usize, max_messages: usize, max_bytes: usize) -> bool {
+        self.queue.is_empty() || (self.queue.len() < max_messages && self.bytes + len <= max_bytes)
+    }
+
+    /// Queues a text payload (`out` carries it), counting its bytes and recording it in the
+    /// journal.
+    fn enqueue(&mut self, payload_len: usize, out: Out) {
+        self.bytes += payload_len;
+        if let (Some(j), Out::Text(p) | Out::Latest(p, _)) = (&mut self.journal, &out) {
+            j.record(p);
+        }
+        self.queue.push_back(out);
+    }
+
     /// The end a waiting poll was told to take (refused wins over released), once.
     fn take_poll_end(&mut self) -> Option<Taken> {
         if std::mem::take(&mut self.refuse) {
@@ -246,17 +262,10 @@ impl Outbox {
                     st.queue.push_back(Out::Framed(rest));
                 }
                 Tried::Nothing => {
-                    if !st.queue.is_empty()
-                        && (st.queue.len() >= self.max_messages
-                            || st.bytes + payload.len() > self.max_bytes)
-                    {
+                    if !st.fits(payload.len(), self.max_messages, self.max_bytes) {
                         return Err(PushError::Full);
                     }
-                    st.bytes += payload.len();
-                    if let Some(j) = &mut st.journal {
-                        j.record(&payload);
-                    }
-                    st.queue.push_back(Out::Text(payload));
+                    st.enqueue(payload.len(), Out::Text(payload));
                 }
             }
         }
@@ -295,17 +304,10 @@ impl Outbox {
                 if let Some(Out::Latest(old, _)) = st.queue.remove(i) {
                     st.bytes -= old.len();
                 }
-            } else if !st.queue.is_empty()
-                && (st.queue.len() >= self.max_messages
-                    || st.bytes + payload.len() > self.max_bytes)
-            {
+            } else if !st.fits(payload.len(), self.max_messages, self.max_bytes) {
                 return Err(PushError::Full);
             }
-            st.bytes += payload.len();
-            if let Some(j) = &mut st.journal {
-                j.record(&payload);
-            }
-            st.queue.push_back(Out::Latest(payload, key));
+            st.enqueue(payload.len(), Out::Latest(payload, key));
         }
         self.waker.wake();
         Ok(())
