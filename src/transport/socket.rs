@@ -7,13 +7,13 @@
 //! - a producer pushing into an empty, idle outbox with [`Outbox::push_text_now`]
 //!   (`crate::transport::outbox::Outbox`): the frame is written at once, on the producer's
 //!   thread, with no wake-up of the writer task, no task poll and no copy into a chunk. A room
-//!   uses it when nothing else waits to be fanned out (`docs/benchmarks.md`, "Direct writes":
-//!   in rooms of four every delivery used to cost a wake-up of the writer, often on another
-//!   thread, then a poll of its task, for one frame).
+//!   uses it while it is quiet (`room/placement.rs`; docs/benchmarks.md, "Small rooms and quiet
+//!   rooms": in rooms of four every delivery used to cost a wake-up of the writer, often on
+//!   another thread, then a poll of its task, for one frame).
 //!
-//! Writing from any thread is sound: `try_write` is a plain non-blocking `write(2)` on the
-//! socket plus tokio's readiness bookkeeping, which is atomic; a `WouldBlock` clears the
-//! readiness, and the writer task waits for the next writable edge as usual.
+//! Writing from any thread is sound: a direct write is a plain non-blocking `sendmsg(2)` on the
+//! socket inside tokio's `try_io`, whose readiness bookkeeping is atomic; a `WouldBlock` clears
+//! the readiness, and the writer task waits for the next writable edge as usual.
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
@@ -64,7 +64,7 @@ impl WriteSocket {
     }
 
     /// Tries to write `payload` as one WebSocket text frame now, without waiting: the header
-    /// and the shared payload in one `writev`, no copy.
+    /// and the shared payload in one `sendmsg`, no copy.
     pub fn try_text(&self, payload: &Bytes) -> Tried {
         let mut head = [0u8; 10];
         let head = text_header(&mut head, payload.len());
