@@ -240,15 +240,16 @@ impl Outbox {
 
     fn push(&self, payload: Bytes, now: bool) -> Result<(), PushError> {
         {
-            let mut st = self.lock();
+            let mut guard = self.lock();
+            // Reborrowed so the socket is borrowed from the state, not cloned (per delivery).
+            let st = &mut *guard;
             if st.finished || st.close.is_some() {
                 return Err(PushError::Closed);
             }
             let idle = st.queue.is_empty() && !st.writing && !st.ping && st.pong.is_none();
-            let direct = if now && idle { st.direct.clone() } else { None };
-            let written = match direct {
-                Some(socket) => socket.try_text(&payload),
-                None => Tried::Nothing,
+            let written = match st.direct.as_deref() {
+                Some(socket) if now && idle => socket.try_text(&payload),
+                _ => Tried::Nothing,
             };
             if !matches!(written, Tried::Nothing) {
                 if let Some(j) = &mut st.journal {
