@@ -483,7 +483,7 @@ impl Room {
         conflate: bool,
         skip: Option<SessionId>,
         shared: Option<u128>,
-        now: bool,
+        direct: bool,
     ) -> usize {
         // Presence changes that happened before this message are announced before it.
         self.flush_presence();
@@ -516,7 +516,7 @@ impl Room {
                 m.outbox.push_frames(encoded.frames())
             } else if conflate {
                 m.outbox.push_latest(encoded.text, self.conflation_key)
-            } else if now {
+            } else if direct {
                 m.outbox.push_text_now(encoded.text)
             } else {
                 m.outbox.push_text(encoded.text)

@@ -163,9 +163,10 @@ impl Room {
         // so each connection's writer takes several frames in one write (the batching that
         // makes large rooms at full rate cheap: measured in docs/benchmarks.md).
         let budget = self.limits.direct_writes_per_100ms;
-        let recent = self.pace.count(Instant::now(), self.members.len());
-        let now = recent < budget && self.ordered.as_ref().is_some_and(|o| o.get() <= at.offset);
-        self.broadcast(&event, &frame, conflate, skip, shared, now);
+        // The clock read `store` took for the message serves the pace too.
+        let recent = self.pace.count(stored.at, self.members.len());
+        let direct = recent < budget && self.ordered.as_ref().is_some_and(|o| o.get() <= at.offset);
+        self.broadcast(&event, &frame, conflate, skip, shared, direct);
         if !self.floors.is_empty() {
             self.floors.retain(|_, f| *f > at.offset);
         }
