@@ -118,10 +118,13 @@ impl Application {
             .map_err(|e| anyhow::anyhow!(e))?;
         let settings = Arc::new(settings);
         let metrics = Arc::new(Metrics::for_node(settings.node_id.as_deref()));
-        let db = Database::connect(
+        let db = Database::connect_with(
             &settings.database,
             settings.db_pool_size,
             settings.db_timeout,
+            // A transaction idle this long is a stalled node (docs/cluster.md, "A stall
+            // inside a write"): a heartbeat, at least a second.
+            Some(settings.operation_heartbeat.max(Duration::from_secs(1))),
             metrics.clone(),
         )?;
         let registry = RoomRegistry::new(

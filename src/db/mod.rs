@@ -106,12 +106,50 @@ impl CustomizeConnection<SqliteConnection, r2d2::Error> for SqlitePragmas {
     }
 }
 
+/// PostgreSQL settings for a server's sessions: a transaction left idle longer than
+/// `idle_in_transaction` is ended by the database, its locks released.
+///
+/// Why: an owner's fenced write locks its operation's row until it commits. An owner that
+/// stalls between the statements of a write (SIGSTOP, a frozen VM, a process swapped out)
+/// would otherwise hold that lock for as long as it stalls, and a takeover claims with
+/// `SKIP LOCKED`, so it would pass that operation over until the owner woke. With this bound
+/// the database ends the stalled transaction (the server passes its operation heartbeat, at
+/// least a second: our transactions are never idle for more than microseconds on their own),
+/// the takeover claims the row, and the woken owner's retried write finds the new fence and
+/// stops.
+#[derive(Debug)]
+struct PgSession {
+    idle_in_transaction: Duration,
+}
+
+impl CustomizeConnection<PgConnection, r2d2::Error> for PgSession {
+    fn on_acquire(&self, conn: &mut PgConnection) -> Result<(), r2d2::Error> {
+        conn.batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = {}",
+            self.idle_in_transaction.as_millis().max(1)
+        ))
+        .map_err(r2d2::Error::QueryError)
+    }
+}
+
 impl Database {
     /// Connects, creating (SQLite) and migrating the database as needed.
     pub fn connect(
         url: &DatabaseUrl,
         pool_size: u32,
         timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        Self::connect_with(url, pool_size, timeout, None, metrics)
+    }
+
+    /// [`Database::connect`], and on PostgreSQL a bound on how long a transaction may stay
+    /// idle (see [`PgSession`]).
+    pub fn connect_with(
+        url: &DatabaseUrl,
+        pool_size: u32,
+        timeout: Duration,
+        idle_in_transaction: Option<Duration>,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
         let pool = match url {
@@ -151,11 +189,17 @@ impl Database {
                 conn.run_pending_migrations(POSTGRES_MIGRATIONS)
                     .map_err(|e| anyhow::anyhow!("migrating the PostgreSQL database: {e}"))?;
                 drop(conn);
-                let pool = r2d2::Pool::builder()
+                let mut builder = r2d2::Pool::builder()
                     .max_size(pool_size)
                     .min_idle(Some(1))
                     .connection_timeout(timeout)
-                    .error_handler(Box::new(r2d2::NopErrorHandler))
+                    .error_handler(Box::new(r2d2::NopErrorHandler));
+                if let Some(idle_in_transaction) = idle_in_transaction {
+                    builder = builder.connection_customizer(Box::new(PgSession {
+                        idle_in_transaction,
+                    }));
+                }
+                let pool = builder
                     .build(ConnectionManager::<PgConnection>::new(url.as_str()))
                     .context("building the PostgreSQL pool")?;
                 Pool::Postgres(pool)

@@ -142,6 +142,14 @@ target_pattern = "[a-z0-9-]+"
         (r.owner, r.fence, r.status, r.log_offset)
     }
 
+    /// A connection of the test's own to the nodes' database.
+    fn pg(&self) -> PgConnection {
+        let DatabaseUrl::Postgres(url) = &self.db.url else {
+            panic!("postgres")
+        };
+        PgConnection::establish(url).expect("connect")
+    }
+
     /// The highest log line stored for `id`.
     fn last_line(&self, id: &str) -> i64 {
         let DatabaseUrl::Postgres(url) = &self.db.url else {
@@ -669,6 +677,82 @@ async fn an_owner_stopped_with_sigstop_past_its_lease_writes_nothing_when_it_wak
         "the woken owner wrote nothing"
     );
     assert_eq!(nodes.last_line(&id), lines_at_takeover);
+    no_more_terminal_events(&mut watching, &id, Duration::from_secs(1)).await;
+    owner.kill();
+    nodes.stop().await;
+}
+
+/// The owner is stopped between the statements of a write: its fenced UPDATE holds the row's
+/// lock in a transaction it cannot finish. The takeover claims with `SKIP LOCKED`, so without
+/// the database's `idle_in_transaction_session_timeout` (a heartbeat) it passed this
+/// operation over for as long as the owner stayed stopped. The test holds `operation_logs`
+/// so the owner's write is caught after its UPDATE, stops the owner there, then lets go.
+#[actix_web::test]
+async fn an_owner_stopped_inside_its_write_transaction_is_still_taken_over() {
+    use diesel::connection::SimpleConnection;
+    let nodes = Nodes::start(1).await;
+    let mut owner = Process::start(&nodes).await;
+    let op = owner.start_operation("tick", "mid-write").await;
+    let id = id_of(&op);
+    let child = nodes.pid("mid-write").await;
+    eventually("the owner to store some of its lines", || {
+        let n = nodes.last_line(&id);
+        async move { n > 0 }
+    })
+    .await;
+    let mut watching = watcher(nodes.node(0), &id).await;
+
+    let mut holder = nodes.pg();
+    holder
+        .batch_execute("BEGIN; LOCK TABLE operation_logs IN SHARE MODE")
+        .expect("lock operation_logs");
+    let mut observer = nodes.pg();
+    #[derive(QueryableByName)]
+    struct Count {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        n: i64,
+    }
+    // The owner's INSERT of its lines waits on the lock, its UPDATE of the row already done.
+    eventually("the owner's write to wait on operation_logs", || {
+        let waiting: Count = diesel::sql_query(
+            "SELECT COUNT(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock' \
+             AND query ILIKE 'insert into \"operation_logs\"%'",
+        )
+        .get_result(&mut observer)
+        .expect("pg_stat_activity");
+        async move { waiting.n > 0 }
+    })
+    .await;
+    let pid = owner.child.as_ref().expect("running").id() as i32;
+    // SAFETY: signalling a process this test started.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    // The INSERT goes through; the transaction is left idle, holding the row, its owner stopped.
+    holder.batch_execute("COMMIT").expect("unlock");
+    let stopped = Instant::now();
+    let (event, data) = tokio::time::timeout(TAKEOVER, terminal_event(&mut watching, &id))
+        .await
+        .expect("taken over within 20 s although the owner holds an open transaction");
+    assert_eq!(
+        (event.as_str(), data["error"]["code"].as_str()),
+        ("operation.failed", Some("interrupted")),
+        "{data}"
+    );
+    eprintln!("taken over {:?} after the stop", stopped.elapsed());
+    let after_takeover = nodes.row(&id);
+    assert_eq!(after_takeover.1, 2, "one takeover");
+    // SAFETY: as above.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    // Its session ended by the database, the woken owner's retried write meets the new fence.
+    eventually("the woken owner to kill its command", || async move {
+        process_gone(child)
+    })
+    .await;
+    assert_eq!(
+        nodes.row(&id),
+        after_takeover,
+        "the woken owner wrote nothing"
+    );
     no_more_terminal_events(&mut watching, &id, Duration::from_secs(1)).await;
     owner.kill();
     nodes.stop().await;

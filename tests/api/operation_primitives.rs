@@ -820,9 +820,14 @@ async fn reopen_over_socketio(backend: Backend) {
                 if p.starts_with("432") {
                     break;
                 }
+                // The operation's own events: the room's presence (this socket's join, the
+                // previous socket's leave) is batched and may come before or after them.
                 if let Some(body) = p.strip_prefix("42") {
                     let v: Value = serde_json::from_str(body).expect("event JSON");
-                    events.push(v[0].as_str().unwrap_or("").to_string());
+                    let name = v[0].as_str().unwrap_or("");
+                    if name.starts_with("operation.") {
+                        events.push(name.to_string());
+                    }
                 }
             }
             let terminal = events
