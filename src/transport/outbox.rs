@@ -58,6 +58,10 @@ enum Out {
     Framed(Bytes),
 }
 
+/// A drain of at most this many frames frees the queue's memory (its first allocation holds
+/// four): idle connections hold none, busy ones keep theirs between bursts.
+const RELEASE_QUEUE_AT: usize = 4;
+
 /// A data frame to queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
@@ -384,6 +388,7 @@ impl Outbox {
             return Poll::Ready(done);
         }
         let mut frames = Vec::with_capacity(st.queue.len());
+        let release = st.queue.len() <= RELEASE_QUEUE_AT;
         while let Some(out) = st.queue.pop_front() {
             match out {
                 Out::Text(b) | Out::Latest(b, _) => {
@@ -397,6 +402,9 @@ impl Outbox {
                 // Only a taken-over socket's outbox holds these, and nothing polls that one.
                 Out::Framed(b) => st.bytes -= b.len(),
             }
+        }
+        if release {
+            st.queue = VecDeque::new();
         }
         st.ping = false;
         st.pong = None;
@@ -526,6 +534,10 @@ impl Stream for OutboxStream {
         if let Some(p) = st.pong.take() {
             Parser::write_message(&mut buf, &p, OpCode::Pong, true, false);
         }
+        // A connection that queues a few frames at a time (an idle one, a quiet room's member
+        // whose frames mostly go straight to its socket) gives the queue's memory back; a busy
+        // one keeps it for the next burst.
+        let release = st.queue.len() <= RELEASE_QUEUE_AT;
         while let Some(out) = st.queue.pop_front() {
             match out {
                 Out::Text(p) | Out::Latest(p, _) if raw => {
@@ -546,6 +558,9 @@ impl Stream for OutboxStream {
                     buf.extend_from_slice(&p);
                 }
             }
+        }
+        if release {
+            st.queue = VecDeque::new();
         }
         if let Some(reason) = st.close.clone() {
             if !raw {

@@ -46,6 +46,7 @@ use crate::protocol::engineio::{Handshake, Packet};
 use crate::protocol::socketio;
 use crate::transport::outbox::Outbox;
 use crate::transport::ws::FrameLimit;
+use crate::util::VecMap;
 
 use namespaces::Socket;
 pub use polling::{BeginPoll, BeginPost, EndPoll, EndPost, PollRefused, PostPackets};
@@ -165,9 +166,10 @@ pub struct EngineSession {
     /// The waiting GET arrived mid-upgrade before the probe: the upgrade's outcome decides it.
     held_poll: bool,
     /// The connected namespaces and the socket serving each (see [`namespaces`]).
-    sockets: HashMap<Arc<str>, Socket>,
+    /// A [`VecMap`]: a connection has a namespace or two, and every idle one holds these.
+    sockets: VecMap<Arc<str>, Socket>,
     /// Session ids of the sockets, for `SocketEnded`.
-    socket_ids: HashMap<SessionId, Arc<str>>,
+    socket_ids: VecMap<SessionId, Arc<str>>,
     /// A binary packet waiting for its attachments: only for a connected namespace, and at
     /// most `maxPayload` bytes of attachments in all (see `on_binary`).
     pending: Option<(socketio::Packet, Vec<Bytes>)>,
@@ -176,7 +178,7 @@ pub struct EngineSession {
     /// The handshake's headers and cookies that backend hooks forward (src/hooks.rs).
     forwarded: Arc<crate::hooks::Forwarded>,
     /// Namespaces whose CONNECT waits for the backend's `connect` hook.
-    connecting: std::collections::HashSet<Arc<str>>,
+    connecting: VecMap<Arc<str>, ()>,
     /// The WebSocket starts with the open packet (a polling handshake answered it already).
     send_open: bool,
     /// The session was closed: no new packets are applied (it may still be draining).
@@ -228,8 +230,8 @@ impl EngineSession {
             polling: false,
             posting: false,
             held_poll: false,
-            sockets: HashMap::new(),
-            socket_ids: HashMap::new(),
+            sockets: VecMap::new(),
+            socket_ids: VecMap::new(),
             pending: None,
             header_identity,
             forwarded: crate::hooks::Forwarded::none(),

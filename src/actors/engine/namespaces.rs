@@ -138,7 +138,7 @@ impl EngineSession {
         if self.config.mode == EngineMode::Fixture {
             return self.fixture_connect(nsp, auth, ctx);
         }
-        if self.sockets.contains_key(&nsp) || self.connecting.contains(&nsp) {
+        if self.sockets.contains_key(&nsp) || self.connecting.contains_key(&nsp) {
             return; // already connected (or connecting): a repeated CONNECT changes nothing
         }
         if let Some((hooks, cfg)) = self.connect_hook(&nsp) {
@@ -173,7 +173,7 @@ impl EngineSession {
         ctx: &mut Context<Self>,
     ) {
         use crate::hooks::HookKind;
-        self.connecting.insert(nsp.clone());
+        self.connecting.insert(nsp.clone(), ());
         let body = serde_json::json!({
             "hook": HookKind::Connect.as_str(),
             "transport": "socket.io",
@@ -319,10 +319,9 @@ impl EngineSession {
                 let restore = match resumable.iter().all(|ok| *ok) {
                     true => SocketRecovery {
                         pid,
-                        restored_from: offset,
                         recovered: true,
                         restore: rooms,
-                        recoverable: false,
+                        ..SocketRecovery::fresh(offset)
                     },
                     false => SocketRecovery::fresh(offset),
                 };

@@ -146,18 +146,6 @@ pub struct Session {
     forwarded: Arc<crate::hooks::Forwarded>,
     /// Backend hook calls in flight (at most `SWITCHYARD_HOOK_SESSION_CONCURRENCY`).
     hook_calls: usize,
-    /// Where the client stood in each room this session joined (the join's answer, or the
-    /// position a resume started from): what Socket.IO connection-state recovery resumes a
-    /// room from when the client got nothing of it since. Same keys as `rooms` (but for rooms
-    /// joined through their operation).
-    joined_at: HashMap<String, crate::protocol::Since>,
-    /// Operations' rooms joined by watching the operation, each with the log offset the watch
-    /// started after (connection-state recovery watches one again from its backfill when the
-    /// client got none of the room's live events). Keys are in `rooms`.
-    watched: HashMap<String, u64>,
-    /// Operations' rooms a recovered socket is watching again, until their watch is answered
-    /// (`WatchJoined`): one that cannot give every line missed closes the connection.
-    restoring: HashSet<String>,
     /// Socket.IO connection-state recovery for this socket, when it is on (see `recovery.rs`).
     /// Boxed: off by default, and a socket without it should not pay for its fields.
     recovery: Option<Box<SocketRecovery>>,
@@ -232,9 +220,6 @@ impl Session {
             unknown_logged: HashSet::new(),
             forwarded: crate::hooks::Forwarded::none(),
             hook_calls: 0,
-            joined_at: HashMap::new(),
-            watched: HashMap::new(),
-            restoring: HashSet::new(),
             recovery: None,
         }
     }

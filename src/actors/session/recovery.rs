@@ -10,6 +10,7 @@
 //!
 //! [`RecoveryRecords`]: crate::actors::recovery::RecoveryRecords
 
+use std::collections::{HashMap, HashSet};
 use std::time::Instant;
 
 use actix::prelude::*;
@@ -37,6 +38,19 @@ pub struct SocketRecovery {
     pub restore: Vec<(String, Restore)>,
     /// Set by a [`super::Disconnect`] for a connection that ended without the client asking.
     pub recoverable: bool,
+    /// Where the client stood in each room this socket joined (the join's answer, or the
+    /// position a resume started from): what a room resumes from when the client got nothing
+    /// of it since. Same keys as the session's `rooms` (but for rooms joined through their
+    /// operation). Here, not on every session: only recovery reads it, and idle connections
+    /// are what the memory benchmark counts.
+    pub joined_at: HashMap<String, Since>,
+    /// Operations' rooms joined by watching the operation, each with the log offset the watch
+    /// started after (a watch is started again from its backfill when the client got none of
+    /// the room's live events). Keys are in the session's `rooms`.
+    pub watched: HashMap<String, u64>,
+    /// Operations' rooms a recovered socket is watching again, until their watch is answered
+    /// (`WatchJoined`): one that cannot give every line missed closes the connection.
+    pub restoring: HashSet<String>,
 }
 
 impl SocketRecovery {
@@ -48,6 +62,9 @@ impl SocketRecovery {
             recovered: false,
             restore: Vec::new(),
             recoverable: false,
+            joined_at: HashMap::new(),
+            watched: HashMap::new(),
+            restoring: HashSet::new(),
         }
     }
 }
@@ -61,7 +78,19 @@ impl Session {
 
     /// Where the client stands in `room` after a join: where its resume started when it
     /// resumed, else the room's position (the live traffic it gets starts after it).
+    /// The session left `room` (or never got in): recovery no longer resumes it.
+    pub(super) fn forget_position(&mut self, room: &str) {
+        if let Some(recovery) = &mut self.recovery {
+            recovery.joined_at.remove(room);
+            recovery.watched.remove(room);
+        }
+    }
+
+    /// Kept only with recovery on.
     pub(super) fn note_joined(&mut self, room: &str, asked: Option<Since>, joined: &Joined) {
+        let Some(recovery) = &mut self.recovery else {
+            return;
+        };
         let at = match asked {
             Some(since) if joined.recovered => since,
             _ => Since {
@@ -69,7 +98,7 @@ impl Session {
                 offset: joined.position.offset,
             },
         };
-        self.joined_at.insert(room.to_string(), at);
+        recovery.joined_at.insert(room.to_string(), at);
     }
 
     /// A recovered socket joins its rooms again, each resuming where the client stands, before
@@ -144,8 +173,10 @@ impl Session {
                                 Restore::Watch { log_offset } => log_offset,
                                 Restore::Since(s) => s.offset,
                             };
-                            act.watched.insert(room.clone(), log_offset);
-                            act.restoring.insert(room.clone());
+                            if let Some(recovery) = &mut act.recovery {
+                                recovery.watched.insert(room.clone(), log_offset);
+                                recovery.restoring.insert(room.clone());
+                            }
                             act.rooms.insert(room, None);
                         }
                         (Err(refusal), _) => {
@@ -193,11 +224,11 @@ impl Session {
         let mut rooms = Vec::with_capacity(self.rooms.len());
         let mut unanswered = Vec::new();
         for room in self.rooms.keys() {
-            match self.joined_at.get(room) {
+            match recovery.joined_at.get(room) {
                 Some(at) => rooms.push((room.clone(), at.clone())),
                 // A watch whose position has not arrived yet: where the client stands is in
                 // the backfill frames it got (`Record::resume`).
-                None if self.watched.contains_key(room) => unanswered.push(room.clone()),
+                None if recovery.watched.contains_key(room) => unanswered.push(room.clone()),
                 None => return,
             }
         }
@@ -210,7 +241,7 @@ impl Session {
             rooms,
             journal,
             restored_from: recovery.restored_from.clone(),
-            watched: self.watched.clone(),
+            watched: recovery.watched.clone(),
             unanswered,
             at: Instant::now(),
         };

@@ -72,8 +72,7 @@ impl Session {
 
     /// `leave`: refused for a room this session is not in; answered once the room let go.
     pub(super) fn leave(&mut self, id: Option<RequestId>, room: String, ctx: &mut Context<Self>) {
-        self.joined_at.remove(&room);
-        self.watched.remove(&room);
+        self.forget_position(&room);
         if self.rooms.remove(&room).is_none() {
             let r = Refusal::new(ErrorCode::NotMember, format!("not a member of {room}"));
             return self.refuse(ctx, id.as_deref(), r);
@@ -108,8 +107,8 @@ impl Session {
         let log_offset = log_offset.unwrap_or(0);
         // With connection-state recovery the session learns the room's position (`WatchJoined`)
         // and remembers the watch, to resume the room after a drop (`recovery.rs`).
-        let joined_to = self.recovery.is_some().then(|| {
-            self.watched.insert(room.clone(), log_offset);
+        let joined_to = self.recovery.as_mut().map(|recovery| {
+            recovery.watched.insert(room.clone(), log_offset);
             ctx.address().recipient()
         });
         let msg = WatchOperation {
@@ -133,7 +132,7 @@ impl Session {
                     ),
                 };
                 act.rooms.remove(&room);
-                act.watched.remove(&room);
+                act.forget_position(&room);
                 act.refuse(ctx, id.as_deref(), refusal);
             })
             .wait(ctx);
@@ -151,8 +150,7 @@ impl Session {
             .collect();
         for room in revoked {
             self.rooms.remove(&room);
-            self.joined_at.remove(&room);
-            self.watched.remove(&room);
+            self.forget_position(&room);
             log::info!(
                 "session {}: left {room}: the refreshed token of {} does not grant it",
                 self.key,
@@ -177,7 +175,11 @@ impl Handler<WatchJoined> for Session {
             return; // left (or refused) meanwhile
         }
         self.note_joined(&msg.room, None, &msg.joined);
-        if self.restoring.remove(&msg.room) && !msg.joined.recovered {
+        let restoring = self
+            .recovery
+            .as_mut()
+            .is_some_and(|r| r.restoring.remove(&msg.room));
+        if restoring && !msg.joined.recovered {
             log::warn!(
                 "socket.io socket {}: {} could not give every line missed; closing",
                 self.key,
@@ -193,8 +195,7 @@ impl Handler<Evicted> for Session {
 
     fn handle(&mut self, msg: Evicted, ctx: &mut Context<Self>) {
         self.rooms.remove(&msg.room);
-        self.joined_at.remove(&msg.room);
-        self.watched.remove(&msg.room);
+        self.forget_position(&msg.room);
         log::warn!(
             "session {}: evicted from {} ({:?})",
             self.key,
