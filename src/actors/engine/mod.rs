@@ -165,6 +165,9 @@ pub struct EngineSession {
     posting: bool,
     /// The waiting GET arrived mid-upgrade before the probe: the upgrade's outcome decides it.
     held_poll: bool,
+    /// The CONNECT deadline's timer until the first namespace connects: cancelled then, so an
+    /// idle connection does not hold it (about a hundred bytes) for its whole life.
+    connect_timer: Option<SpawnHandle>,
     /// The connected namespaces and the socket serving each (see [`namespaces`]).
     /// A [`VecMap`]: a connection has a namespace or two, and every idle one holds these.
     sockets: VecMap<Arc<str>, Socket>,
@@ -172,7 +175,8 @@ pub struct EngineSession {
     socket_ids: VecMap<SessionId, Arc<str>>,
     /// A binary packet waiting for its attachments: only for a connected namespace, and at
     /// most `maxPayload` bytes of attachments in all (see `on_binary`).
-    pending: Option<(socketio::Packet, Vec<Bytes>)>,
+    /// Boxed: rare, and every idle connection's actor would carry its size.
+    pending: Option<Box<(socketio::Packet, Vec<Bytes>)>>,
     /// Identity from an `Authorization` header at the handshake (non-browser clients).
     header_identity: Option<Identity>,
     /// The handshake's headers and cookies that backend hooks forward (src/hooks.rs).
@@ -230,6 +234,7 @@ impl EngineSession {
             polling: false,
             posting: false,
             held_poll: false,
+            connect_timer: None,
             sockets: VecMap::new(),
             socket_ids: VecMap::new(),
             pending: None,
@@ -443,11 +448,12 @@ impl Actor for EngineSession {
         ctx.run_later(first_ping, |act, ctx| act.ping(ctx));
         if self.config.mode != EngineMode::Echo {
             let connect = self.config.connect_timeout.saturating_sub(since);
-            ctx.run_later(connect, |act, ctx| {
+            self.connect_timer = Some(ctx.run_later(connect, |act, ctx| {
+                act.connect_timer = None;
                 if act.sockets.is_empty() {
                     act.close(ctx, false, CloseCode::Policy, "no CONNECT in time");
                 }
-            });
+            }));
         }
     }
 
@@ -465,5 +471,31 @@ impl Handler<super::ServerShutdown> for EngineSession {
     type Result = ();
     fn handle(&mut self, _: super::ServerShutdown, ctx: &mut Context<Self>) {
         self.close(ctx, false, CloseCode::Away, "server shutting down");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use actix::dev::ContextFut;
+    use actix::Context;
+
+    use crate::actors::session::Session;
+
+    type Task<A> = ContextFut<A, Context<A>>;
+
+    /// Every Socket.IO connection runs these two actors, each a tokio task whose allocation is
+    /// the actor's future rounded up to 128 bytes: at 768 bytes of future or less each task is
+    /// 896 bytes (heaptrack, 4,000 idle connections; docs/benchmarks.md, "Idle memory"). A field
+    /// that pushes one past it costs every idle connection 128 bytes: box what is rarely used
+    /// (`Session::remembered`, `SocketRecovery`, `EngineSession::pending`) instead.
+    #[test]
+    fn an_idle_connections_actors_stay_within_their_task_size() {
+        let engine = std::mem::size_of::<Task<super::EngineSession>>();
+        let session = std::mem::size_of::<Task<Session>>();
+        assert!(
+            engine <= 768,
+            "EngineSession's task future is {engine} bytes"
+        );
+        assert!(session <= 768, "Session's task future is {session} bytes");
     }
 }

@@ -38,9 +38,10 @@ impl EngineSession {
         if self.config.mode == EngineMode::Echo {
             return self.echo_binary(b);
         }
-        let Some((packet, mut parts)) = self.pending.take() else {
+        let Some(pending) = self.pending.take() else {
             return self.protocol_error(ctx, "binary message without a binary packet");
         };
+        let (packet, mut parts) = *pending;
         // A packet's attachments together may be as large as one message may be (maxPayload):
         // each is held until the last arrives, and 16 of maxPayload each let 60 sessions hold
         // 714 MB.
@@ -60,7 +61,7 @@ impl EngineSession {
         }
         parts.push(b);
         if parts.len() < packet.attachments {
-            self.pending = Some((packet, parts));
+            self.pending = Some(Box::new((packet, parts)));
         } else {
             self.dispatch(packet, parts, ctx);
         }
@@ -92,7 +93,7 @@ impl EngineSession {
             {
                 return self.protocol_error(ctx, "placeholders do not match the attachments");
             }
-            self.pending = Some((packet, Vec::new()));
+            self.pending = Some(Box::new((packet, Vec::new())));
         } else {
             self.dispatch(packet, Vec::new(), ctx);
         }
@@ -371,6 +372,9 @@ impl EngineSession {
         self.sockets
             .insert(nsp.clone(), Socket::Switchyard(session));
         self.socket_ids.insert(id, nsp.clone());
+        if let Some(timer) = self.connect_timer.take() {
+            ctx.cancel_future(timer);
+        }
         if let Some(limit) = &self.frame_limit {
             limit.set(Self::frame_bound(&self.config, &self.deps.settings, true));
         }

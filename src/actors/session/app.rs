@@ -19,7 +19,7 @@ use crate::protocol::{Request, Wire};
 struct View<'a> {
     user: &'a str,
     rooms: &'a HashMap<String, Option<Arc<RoomLog>>>,
-    started: &'a HashMap<String, String>,
+    started: Option<&'a HashMap<String, String>>,
 }
 
 impl SocketView for View<'_> {
@@ -30,7 +30,7 @@ impl SocketView for View<'_> {
         self.rooms.keys().map(String::as_str).collect()
     }
     fn started(&self, kind: &str) -> Option<&str> {
-        self.started.get(kind).map(String::as_str)
+        self.started?.get(kind).map(String::as_str)
     }
 }
 
@@ -46,7 +46,7 @@ impl Handler<AppEvent> for Session {
         let view = View {
             user: self.user_id(),
             rooms: &self.rooms,
-            started: &self.started_ops,
+            started: self.remembered.as_ref().map(|r| &r.started_ops),
         };
         if let Some(call) = profile.rpc(&msg.name, &msg.args, &view) {
             return match call {

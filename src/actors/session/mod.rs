@@ -136,12 +136,10 @@ pub struct Session {
     /// The app profile of this socket's namespace (docs/profiles.md): its events become
     /// requests here ([`AppEvent`]); its renames are in [`Self::wire`].
     profile: Option<Arc<Profile>>,
-    /// The last operation this session started, per kind: what a profile's `cancel` without
-    /// an operation id cancels. Bounded by the configured kinds (only a started one is kept).
-    started_ops: HashMap<String, String>,
-    /// Unknown events and unavailable hooks already logged (by refusal message, which names
-    /// the event): each is logged once, and at most [`UNKNOWN_LOGGED_MAX`] of them.
-    unknown_logged: HashSet<String>,
+    /// What a session remembers only once it is used (the last operation started per kind,
+    /// unknown events logged): boxed, created on first use, so an idle connection's actor does
+    /// not carry two empty maps.
+    remembered: Option<Box<Remembered>>,
     /// What of the client's HTTP request hook calls forward (src/hooks.rs).
     forwarded: Arc<crate::hooks::Forwarded>,
     /// Backend hook calls in flight (at most `SWITCHYARD_HOOK_SESSION_CONCURRENCY`).
@@ -153,6 +151,17 @@ pub struct Session {
 
 /// How many distinct unknown events a session logs; past that, they are only counted.
 const UNKNOWN_LOGGED_MAX: usize = 32;
+
+/// See [`Session::remembered`].
+#[derive(Default)]
+struct Remembered {
+    /// The last operation this session started, per kind: what a profile's `cancel` without
+    /// an operation id cancels. Bounded by the configured kinds (only a started one is kept).
+    started_ops: HashMap<String, String>,
+    /// Unknown events and unavailable hooks already logged (by refusal message, which names
+    /// the event): each is logged once, and at most [`UNKNOWN_LOGGED_MAX`] of them.
+    unknown_logged: HashSet<String>,
+}
 
 /// What a session (and the Engine.IO session that serves Socket.IO sockets) uses of the
 /// application: exactly these services, composed once by `startup.rs` and shared by every
@@ -184,6 +193,10 @@ pub struct SessionDeps {
 }
 
 impl Session {
+    fn remembered(&mut self) -> &mut Remembered {
+        self.remembered.get_or_insert_with(Box::default)
+    }
+
     pub fn new(
         id: SessionId,
         identity: Option<Identity>,
@@ -216,8 +229,7 @@ impl Session {
             logged_codes: 0,
             deps,
             profile: None,
-            started_ops: HashMap::new(),
-            unknown_logged: HashSet::new(),
+            remembered: None,
             forwarded: crate::hooks::Forwarded::none(),
             hook_calls: 0,
             recovery: None,
@@ -329,9 +341,8 @@ impl Session {
             ErrorCode::UnknownType | ErrorCode::NotImplemented
         ) && matches!(self.front, FrontEnd::SocketIo { .. })
         {
-            if self.unknown_logged.len() < UNKNOWN_LOGGED_MAX
-                && self.unknown_logged.insert(refusal.message.clone())
-            {
+            let logged = &mut self.remembered().unknown_logged;
+            if logged.len() < UNKNOWN_LOGGED_MAX && logged.insert(refusal.message.clone()) {
                 log::warn!(
                     "session {} ({}): refused {}: {} (logged once per event)",
                     self.key,

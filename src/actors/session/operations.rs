@@ -68,7 +68,7 @@ impl Session {
                                 Reply::Started(&started.operation, started.worker_token.as_deref()),
                             );
                             let op_id = started.operation.id.clone();
-                            act.started_ops.insert(kind, op_id.clone());
+                            act.remembered().started_ops.insert(kind, op_id.clone());
                             if watch {
                                 // As a `join` of the operation's room right after the answer:
                                 // the snapshot and everything since arrive as its backfill.
