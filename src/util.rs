@@ -16,9 +16,11 @@ pub fn rfc3339_millis(ms: i64) -> String {
 }
 
 /// A map kept as a vector of pairs, for the few entries a connection holds (its Socket.IO
-/// namespaces): one exact allocation where a `HashMap` takes four buckets and control bytes
-/// for its first entry (hundreds of bytes on every idle connection), and a search over two or
-/// three keys is no slower than hashing one.
+/// namespaces, its rooms): one exact allocation where a `HashMap` takes four buckets and
+/// control bytes for its first entry (hundreds of bytes on every idle connection), and a search
+/// over a few keys is no slower than hashing one. Only for maps with a small bound: a lookup
+/// is linear (a connection's rooms: at most `SWITCHYARD_MAX_ROOMS_PER_CONNECTION`, 100 by
+/// default, compared by length first).
 #[derive(Debug)]
 pub struct VecMap<K, V>(Vec<(K, V)>);
 
@@ -62,8 +64,10 @@ impl<K: Eq, V> VecMap<K, V> {
         match self.position(&key) {
             Some(i) => Some(std::mem::replace(&mut self.0[i].1, value)),
             None => {
-                // Exactly one more: these maps hold one entry, rarely two.
-                self.0.reserve_exact(1);
+                // Exactly one more while small (most hold one entry), doubling beyond.
+                if self.0.len() < 4 {
+                    self.0.reserve_exact(1);
+                }
                 self.0.push((key, value));
                 None
             }
@@ -80,6 +84,15 @@ impl<K: Eq, V> VecMap<K, V> {
 
     pub fn retain(&mut self, mut keep: impl FnMut(&K, &mut V) -> bool) {
         self.0.retain_mut(|(k, v)| keep(k, v));
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().map(|(k, _)| k)
+    }
+
+    /// Takes every entry out, leaving the map empty (and its memory freed).
+    pub fn drain(&mut self) -> impl Iterator<Item = (K, V)> {
+        std::mem::take(&mut self.0).into_iter()
     }
 
     pub fn values(&self) -> impl Iterator<Item = &V> {

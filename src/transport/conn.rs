@@ -5,8 +5,11 @@
 //! per-connection buffers: the client's bytes go straight to the [`WsReader`] its actor polls,
 //! and the outbox's chunks go straight from the [`Body`] to the socket.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use actix_codec::{Encoder, Framed};
@@ -14,8 +17,7 @@ use actix_http::body::{to_bytes, BodySize, MessageBody};
 use actix_http::h1::{Codec, Message, SendResponse};
 use actix_http::{ConnectionType, HttpMessage, Request, Response};
 use actix_web::dev::{Service, ServiceResponse};
-use bytes::BytesMut;
-use futures_util::StreamExt;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::metrics::Metrics;
@@ -101,24 +103,17 @@ where
         ending.clone(),
         takeover.limit,
     ));
-    let open = OpenSocket::new(metrics);
-    actix_web::rt::spawn(async move {
-        let delivered = tokio::select! {
-            () = write_body(&write, takeover.body, written, ending.clone()) => true,
-            () = async {
-                ending.reader_gone.raised().await;
-                // Boxed: the timer is only needed at the end, so it does not size the task.
-                Box::pin(tokio::time::sleep(linger)).await;
-            } => {
-                log::debug!("dropping a closed connection whose client does not read");
-                false
-            }
-        };
-        if delivered {
-            // Boxed for the same reason.
-            Box::pin(lingering_close(&ending, linger)).await;
-        }
-        drop(open);
+    actix_web::rt::spawn(Writer {
+        socket: write,
+        body: Some(takeover.body),
+        written,
+        ending,
+        linger,
+        chunk: None,
+        at: 0,
+        deadline: None,
+        closing: None,
+        _open: OpenSocket::new(metrics),
     });
     Ok(())
 }
@@ -139,35 +134,118 @@ impl Drop for OpenSocket {
     }
 }
 
-/// Writes every chunk of `body` as it comes, then shuts the socket's write side. Ends the
-/// reader whichever way it finishes (the body ended, the socket failed, or it was dropped).
-/// Each chunk is what the connection's outbox held when it was drained, so its size is that
-/// queue's depth in bytes (`switchyard_outbox_depth_bytes`). `written`: the outbox that may
-/// also write to the socket itself, told when each chunk is written.
-async fn write_body(
-    socket: &WriteSocket,
-    mut body: Body,
+/// A taken-over connection's writer task: writes every chunk of `body` as it comes, then shuts
+/// the socket's write side; each chunk is what the connection's outbox held when it was drained,
+/// so its size is that queue's depth in bytes (`switchyard_outbox_depth_bytes`). `written`: the
+/// outbox that may also write to the socket itself, told when each chunk is written. Once the
+/// body ended (or the socket failed) it closes the connection the lingering way. If the reader
+/// is gone (the connection's actor stopped) while the body still goes on, it gives the rest at
+/// most `linger`: a client that stops reading cannot keep a closed connection (and its queued
+/// bytes) alive longer than that. Ends the reader whichever way it finishes.
+///
+/// A future written out rather than an `async` block: this state is what every idle connection
+/// holds, and the `async` version kept each step's locals side by side (392 bytes, a 512-byte
+/// task; this one is a 256-byte task; docs/benchmarks.md, "Idle memory").
+struct Writer {
+    socket: Arc<WriteSocket>,
+    /// `None` once it ended (or failed).
+    body: Option<Body>,
     written: Option<Arc<Outbox>>,
     ending: Arc<Ending>,
-) {
-    struct EndOnDrop(Arc<Ending>);
-    impl Drop for EndOnDrop {
-        fn drop(&mut self) {
-            self.0.writer_done.raise();
+    linger: Duration,
+    /// The chunk being written, and how much of it is written.
+    chunk: Option<Bytes>,
+    at: usize,
+    /// Armed when the reader is gone while the body still goes on. Boxed, as is `closing`: only
+    /// needed at the end, so they do not size the task.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The lingering close, once the body was delivered.
+    closing: Option<Pin<Box<dyn Future<Output = ()>>>>,
+    _open: OpenSocket,
+}
+
+impl Writer {
+    /// Ready once the body ended or the socket failed.
+    fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if let Some(chunk) = &self.chunk {
+                while self.at < chunk.len() {
+                    match self.socket.poll_write(cx, &chunk[self.at..]) {
+                        Poll::Ready(Ok(n)) => self.at += n,
+                        Poll::Ready(Err(e)) => {
+                            log::debug!("WebSocket write failed: {e}");
+                            if let Some(outbox) = &self.written {
+                                outbox.written();
+                            }
+                            return Poll::Ready(());
+                        }
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                self.chunk = None;
+                if let Some(outbox) = &self.written {
+                    outbox.written();
+                }
+            }
+            let Some(body) = self.body.as_mut() else {
+                return Poll::Ready(());
+            };
+            match body.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Ok(chunk))) => {
+                    self.socket.note_chunk(chunk.len());
+                    self.chunk = Some(chunk);
+                    self.at = 0;
+                }
+                Poll::Ready(Some(Err(_)) | None) => {
+                    self.socket.shutdown_write();
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
-    let _end = EndOnDrop(ending);
-    while let Some(Ok(chunk)) = body.next().await {
-        let done = socket.write_all(&chunk).await;
-        if let Some(outbox) = &written {
-            outbox.written();
-        }
-        if let Err(e) = done {
-            log::debug!("WebSocket write failed: {e}");
-            return;
+}
+
+impl Future for Writer {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        loop {
+            if let Some(closing) = &mut this.closing {
+                return closing.as_mut().poll(cx);
+            }
+            if this.poll_body(cx).is_ready() {
+                this.body = None;
+                this.chunk = None;
+                this.deadline = None;
+                // The reader ends too, as the whole connection did when actix-http drove it.
+                this.ending.writer_done.raise();
+                this.closing = Some(Box::pin(lingering_close(this.ending.clone(), this.linger)));
+                continue;
+            }
+            if this.deadline.is_none() {
+                if this.ending.reader_gone.poll_raised(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                this.deadline = Some(Box::pin(tokio::time::sleep(this.linger)));
+            }
+            if let Some(deadline) = &mut this.deadline {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    log::debug!("dropping a closed connection whose client does not read");
+                    return Poll::Ready(());
+                }
+            }
+            return Poll::Pending;
         }
     }
-    socket.shutdown_write();
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // However it ends (dropped at shutdown too), the reader ends with it.
+        self.ending.writer_done.raise();
+    }
 }
 
 /// Once everything, the close frame last, was written and the write side shut: reads and
@@ -176,7 +254,7 @@ async fn write_body(
 /// which throws away what is still in the send buffer: a client flooding the server when it
 /// is cut off would lose the frames queued before the close, the close frame itself, and the
 /// reason it was closed.
-async fn lingering_close(ending: &Ending, linger: Duration) {
+async fn lingering_close(ending: Arc<Ending>, linger: Duration) {
     let drain = async {
         // The reader ends once the writer is done; its actor drops it and hands the rest back.
         ending.reader_gone.raised().await;

@@ -144,7 +144,8 @@ struct State {
     /// replaces it). Its payload is a copy, at most 125 bytes, so it pins no read buffer.
     pong: Option<Bytes>,
     /// Set once: the close frame to send after the queue drains.
-    close: Option<CloseReason>,
+    /// Boxed: set once, at the end, and every idle connection's outbox would carry its size.
+    close: Option<Box<CloseReason>>,
     /// The connection is gone (the body stream was dropped) or the close frame was written.
     finished: bool,
     /// A long-polling request waiting on this outbox must return at once.
@@ -469,10 +470,10 @@ impl Outbox {
             if st.close.is_some() || st.finished {
                 return;
             }
-            st.close = Some(CloseReason {
+            st.close = Some(Box::new(CloseReason {
                 code,
                 description: Some(reason.to_string()),
-            });
+            }));
         }
         self.waker.wake();
     }
@@ -564,7 +565,7 @@ impl Stream for OutboxStream {
         }
         if let Some(reason) = st.close.clone() {
             if !raw {
-                Parser::write_close(&mut buf, Some(reason), false);
+                Parser::write_close(&mut buf, Some(*reason), false);
             }
             st.finished = true;
             st.direct = None;

@@ -354,7 +354,8 @@ pub struct FrameReader {
     codec: Codec,
     max_size: usize,
     /// A fragmented message being reassembled: (is_text, bytes so far).
-    partial: Option<(bool, BytesMut)>,
+    /// Boxed: rare, and every idle connection's reader would carry its size.
+    partial: Option<Box<(bool, BytesMut)>>,
     /// The client's close frame was read.
     client_closed: bool,
 }
@@ -446,7 +447,7 @@ impl FrameReader {
             let Some(header) = FrameHeader::parse(&self.buf) else {
                 return Ok(None);
             };
-            let partial = self.partial.as_ref().map_or(0, |(_, acc)| acc.len());
+            let partial = self.partial.as_ref().map_or(0, |p| p.1.len());
             admit(&header, partial, self.max_size)?;
             if self.buf.len() < header.frame_len() {
                 return Ok(None);
@@ -494,12 +495,13 @@ impl FrameReader {
                 if first {
                     let mut acc = BytesMut::with_capacity(chunk.len());
                     acc.extend_from_slice(&chunk);
-                    self.partial = Some((text, acc));
+                    self.partial = Some(Box::new((text, acc)));
                     None
                 } else {
-                    let Some((is_text, mut acc)) = self.partial.take() else {
+                    let Some(partial) = self.partial.take() else {
                         return Err(ReadError::Protocol("continuation without a start".into()));
                     };
+                    let (is_text, mut acc) = *partial;
                     // Admitted at the header already; kept as the invariant's last line.
                     if acc.len() + chunk.len() > self.max_size {
                         return Err(ReadError::TooLarge {
@@ -515,7 +517,7 @@ impl FrameReader {
                             WsMessage::Binary(b)
                         })
                     } else {
-                        self.partial = Some((is_text, acc));
+                        self.partial = Some(Box::new((is_text, acc)));
                         None
                     }
                 }

@@ -4,6 +4,7 @@
 //!
 //! In: [`AppEvent`] from the Engine.IO session. Out: whatever the mapped requests do.
 
+use crate::util::VecMap;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
@@ -18,7 +19,7 @@ use crate::protocol::{Request, Wire};
 /// What a profile's mapping may read of a session.
 struct View<'a> {
     user: &'a str,
-    rooms: &'a HashMap<String, Option<Arc<RoomLog>>>,
+    rooms: &'a VecMap<String, Option<Arc<RoomLog>>>,
     started: Option<&'a HashMap<String, String>>,
 }
 

@@ -46,6 +46,7 @@ mod publish;
 mod recovery;
 mod rooms;
 
+use crate::util::VecMap;
 pub use recovery::SocketRecovery;
 
 use std::collections::{HashMap, HashSet};
@@ -114,7 +115,8 @@ pub struct Session {
     /// session's publishes go without another hop. (Operation rooms are joined through their
     /// operation, and a cluster broker gives no lane: those publishes go through the broker.)
     /// Also the membership check of a publish: only a member may publish.
-    rooms: HashMap<String, Option<Arc<RoomLog>>>,
+    /// A [`VecMap`]: most connections are in one room or a few.
+    rooms: VecMap<String, Option<Arc<RoomLog>>>,
     /// Last time anything arrived from the client; the heartbeat drops the session when this is
     /// older than the timeout.
     last_seen: Instant,
@@ -216,7 +218,7 @@ impl Session {
             identity,
             identity_at_connect,
             outbox,
-            rooms: HashMap::new(),
+            rooms: VecMap::new(),
             last_seen: Instant::now(),
             error_window: (Instant::now(), 0),
             wire: Wire::Native,
