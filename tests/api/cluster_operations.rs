@@ -633,19 +633,50 @@ async fn an_owner_killed_with_sigkill_is_taken_over_and_leaves_no_child() {
     nodes.stop().await;
 }
 
+/// One node in this process, and an owner in a process of its own running a `tick` operation
+/// that has stored some of its lines, watched from the node: the set-up of the tests that stop
+/// the owner.
+struct Ticking {
+    nodes: Nodes,
+    owner: Process,
+    id: String,
+    /// The operation's command.
+    child: i32,
+    watching: WsClient,
+}
+
+impl Ticking {
+    async fn start(target: &str) -> Self {
+        let nodes = Nodes::start(1).await;
+        let owner = Process::start(&nodes).await;
+        let op = owner.start_operation("tick", target).await;
+        let id = id_of(&op);
+        let child = nodes.pid(target).await;
+        eventually("the owner to store some of its lines", || {
+            let n = nodes.last_line(&id);
+            async move { n > 0 }
+        })
+        .await;
+        let watching = watcher(nodes.node(0), &id).await;
+        Self {
+            nodes,
+            owner,
+            id,
+            child,
+            watching,
+        }
+    }
+}
+
 #[actix_web::test]
 async fn an_owner_stopped_with_sigstop_past_its_lease_writes_nothing_when_it_wakes() {
-    let nodes = Nodes::start(1).await;
-    let mut owner = Process::start(&nodes).await;
-    let op = owner.start_operation("tick", "frozen").await;
-    let id = id_of(&op);
-    let child = nodes.pid("frozen").await;
-    eventually("the owner to store some of its lines", || {
-        let n = nodes.last_line(&id);
-        async move { n > 0 }
-    })
-    .await;
-    let mut watching = watcher(nodes.node(0), &id).await;
+    let Ticking {
+        nodes,
+        mut owner,
+        id,
+        child,
+        mut watching,
+    } = Ticking::start("frozen").await;
     let pid = owner.child.as_ref().expect("running").id() as i32;
     // SAFETY: signalling a process this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
@@ -690,17 +721,13 @@ async fn an_owner_stopped_with_sigstop_past_its_lease_writes_nothing_when_it_wak
 #[actix_web::test]
 async fn an_owner_stopped_inside_its_write_transaction_is_still_taken_over() {
     use diesel::connection::SimpleConnection;
-    let nodes = Nodes::start(1).await;
-    let mut owner = Process::start(&nodes).await;
-    let op = owner.start_operation("tick", "mid-write").await;
-    let id = id_of(&op);
-    let child = nodes.pid("mid-write").await;
-    eventually("the owner to store some of its lines", || {
-        let n = nodes.last_line(&id);
-        async move { n > 0 }
-    })
-    .await;
-    let mut watching = watcher(nodes.node(0), &id).await;
+    let Ticking {
+        nodes,
+        mut owner,
+        id,
+        child,
+        mut watching,
+    } = Ticking::start("mid-write").await;
 
     let mut holder = nodes.pg();
     holder
