@@ -207,6 +207,19 @@ async fn terminal_event(ws: &mut WsClient, id: &str) -> (String, Value) {
     }
 }
 
+/// The next terminal event of `operation:<id>` on `ws`, within [`TAKEOVER`] (`what` says what
+/// did not happen in time), is the takeover's `interrupted` failure.
+async fn expect_interrupted(ws: &mut WsClient, id: &str, what: &str) {
+    let (event, data) = tokio::time::timeout(TAKEOVER, terminal_event(ws, id))
+        .await
+        .expect(what);
+    assert_eq!(
+        (event.as_str(), data["error"]["code"].as_str()),
+        ("operation.failed", Some("interrupted")),
+        "{data}"
+    );
+}
+
 /// No terminal event of `operation:<id>` within `quiet` (the bounded wait for an absence).
 async fn no_more_terminal_events(ws: &mut WsClient, id: &str, quiet: Duration) {
     if let Ok((event, data)) = tokio::time::timeout(quiet, terminal_event(ws, id)).await {
@@ -332,14 +345,7 @@ async fn a_stalled_owner_that_lost_its_lease_writes_nothing_and_kills_its_comman
     .await;
     let mut watching = watcher(nodes.node(1), &id).await;
     pause.store(true, Ordering::SeqCst);
-    let (event, data) = tokio::time::timeout(TAKEOVER, terminal_event(&mut watching, &id))
-        .await
-        .expect("taken over within 20 s");
-    assert_eq!(
-        (event.as_str(), data["error"]["code"].as_str()),
-        ("operation.failed", Some("interrupted")),
-        "{data}"
-    );
+    expect_interrupted(&mut watching, &id, "taken over within 20 s").await;
     let after_takeover = nodes.row(&id);
     let lines_at_takeover = nodes.last_line(&id);
     assert_eq!(after_takeover.2, "failed");
@@ -619,14 +625,7 @@ async fn an_owner_killed_with_sigkill_is_taken_over_and_leaves_no_child() {
         process_gone(child)
     })
     .await;
-    let (event, data) = tokio::time::timeout(TAKEOVER, terminal_event(&mut watching, &id))
-        .await
-        .expect("a terminal event within 20 s");
-    assert_eq!(
-        (event.as_str(), data["error"]["code"].as_str()),
-        ("operation.failed", Some("interrupted")),
-        "{data}"
-    );
+    expect_interrupted(&mut watching, &id, "a terminal event within 20 s").await;
     eprintln!("taken over after {:?}", killed.elapsed());
     assert_eq!(nodes.row(&id).1, 2, "one takeover");
     no_more_terminal_events(&mut watching, &id, Duration::from_secs(2)).await;
@@ -680,14 +679,7 @@ async fn an_owner_stopped_with_sigstop_past_its_lease_writes_nothing_when_it_wak
     let pid = owner.child.as_ref().expect("running").id() as i32;
     // SAFETY: signalling a process this test started.
     unsafe { libc::kill(pid, libc::SIGSTOP) };
-    let (event, data) = tokio::time::timeout(TAKEOVER, terminal_event(&mut watching, &id))
-        .await
-        .expect("taken over within 20 s");
-    assert_eq!(
-        (event.as_str(), data["error"]["code"].as_str()),
-        ("operation.failed", Some("interrupted")),
-        "{data}"
-    );
+    expect_interrupted(&mut watching, &id, "taken over within 20 s").await;
     let after_takeover = nodes.row(&id);
     let lines_at_takeover = nodes.last_line(&id);
     assert_eq!(after_takeover.1, 2, "one takeover");
@@ -757,14 +749,12 @@ async fn an_owner_stopped_inside_its_write_transaction_is_still_taken_over() {
     // The INSERT goes through; the transaction is left idle, holding the row, its owner stopped.
     holder.batch_execute("COMMIT").expect("unlock");
     let stopped = Instant::now();
-    let (event, data) = tokio::time::timeout(TAKEOVER, terminal_event(&mut watching, &id))
-        .await
-        .expect("taken over within 20 s although the owner holds an open transaction");
-    assert_eq!(
-        (event.as_str(), data["error"]["code"].as_str()),
-        ("operation.failed", Some("interrupted")),
-        "{data}"
-    );
+    expect_interrupted(
+        &mut watching,
+        &id,
+        "taken over within 20 s although the owner holds an open transaction",
+    )
+    .await;
     eprintln!("taken over {:?} after the stop", stopped.elapsed());
     let after_takeover = nodes.row(&id);
     assert_eq!(after_takeover.1, 2, "one takeover");
