@@ -318,12 +318,7 @@ impl EngineSession {
                     return;
                 }
                 let restore = match resumable.iter().all(|ok| *ok) {
-                    true => SocketRecovery {
-                        pid,
-                        recovered: true,
-                        restore: rooms,
-                        ..SocketRecovery::fresh(offset)
-                    },
+                    true => SocketRecovery::resumed(pid, offset, rooms),
                     false => SocketRecovery::fresh(offset),
                 };
                 act.open_socket(nsp, identity, Some(restore), ctx);

@@ -56,8 +56,21 @@ pub struct SocketRecovery {
 impl SocketRecovery {
     /// A socket that starts afresh, under a new pid; `offset`: what its client sent.
     pub fn fresh(offset: Option<String>) -> Self {
+        Self::new(uuid::Uuid::new_v4().simple().to_string(), offset)
+    }
+
+    /// A socket that recovers the disconnected one `pid`, joining `restore` again.
+    pub fn resumed(pid: String, offset: Option<String>, restore: Vec<(String, Restore)>) -> Self {
         Self {
-            pid: uuid::Uuid::new_v4().simple().to_string(),
+            recovered: true,
+            restore,
+            ..Self::new(pid, offset)
+        }
+    }
+
+    fn new(pid: String, offset: Option<String>) -> Self {
+        Self {
+            pid,
             restored_from: offset,
             recovered: false,
             restore: Vec::new(),
