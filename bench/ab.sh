@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Back-to-back A/B of two server binaries on the hot paths of docs/benchmarks.md: fan-out to
-# 1,000 members at max rate (`fanout`), 4,000 rooms of 4 at a fixed rate (`rooms`), and one room
-# of 10,000 members at 2 messages a second (`light`, whose number is its p99), /ws and
-# Socket.IO, rounds alternating A and B so that neither gets the quieter minutes. Prints one
-# markdown row per measurement (deliveries per server CPU second, p99) and the medians per side.
+# 1,000 members at max rate (`fanout`), 4,000 rooms of 4 at a fixed rate (`rooms`), one room
+# of 10,000 members at 2 messages a second (`light`, whose number is its p99), and 5,000
+# distinct users connecting and joining rooms of 4 (`connect`: connections set up per server
+# CPU second, p99 of one set-up), /ws and Socket.IO, rounds alternating A and B so that neither
+# gets the quieter minutes. Prints one markdown row per measurement (deliveries — connections
+# for `connect` — per server CPU second, p99) and the medians per side.
 #
 #   bash bench/ab.sh /tmp/switchyard-before target/release/switchyard [rounds]
 #
@@ -45,18 +47,24 @@ run() { # side binary scenario protocol
       --pid "$PID" | head -1) ;;
     rooms) out=$(taskset -c 1 "$BENCH" rooms --url "http://127.0.0.1:$PORT" --server switchyard \
       --protocol "$proto" --rooms 4000 --size 4 --rate 4000 --duration 20 --pid "$PID") ;;
+    connect) out=$(taskset -c 1 "$BENCH" connect --url "http://127.0.0.1:$PORT" --server switchyard \
+      --protocol "$proto" --conns 5000 --size 4 --pid "$PID" | tail -1) ;;
   esac
   stop
   python3 -c '
 import json, sys
 side, scenario, proto = sys.argv[1:4]
 r = json.loads(sys.stdin.read())
-d, p99, ok = r["deliveries_per_cpu_s"] or 0, r["p99_ms"], r["ok"]
+if scenario == "connect":
+    d = r["joined"] / r["server_cpu_s"] if r.get("server_cpu_s") else 0
+else:
+    d = r["deliveries_per_cpu_s"] or 0
+p99, ok = r["p99_ms"], r["ok"]
 print(f"| {side} | {scenario} | {proto} | {d:.0f} | {p99:.2f} | {ok} |")
 ' "$side" "$scenario" "$proto" <<<"$out" | tee -a "$WORK/rows"
 }
 
-echo "| side | scenario | protocol | deliveries per server CPU-s | p99 ms | ok |"
+echo "| side | scenario | protocol | per server CPU-s | p99 ms | ok |"
 echo "| --- | --- | --- | ---: | ---: | --- |"
 for round in $(seq 1 "$ROUNDS"); do
   for scenario in $SCENARIOS; do

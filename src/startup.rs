@@ -21,9 +21,10 @@ use crate::actors::operation::OpContext;
 use crate::actors::operation_manager::{FlushAll, OperationManager};
 use crate::actors::recovery::{RecoveryRecords, RecoveryStore};
 use crate::actors::registry::LocalBroker;
-use crate::actors::registry::{RoomRegistry, ShutdownSessions};
+use crate::actors::registry::RoomRegistry;
 use crate::actors::room::RoomLimits;
 use crate::actors::session::SessionDeps;
+use crate::actors::sessions::SessionTable;
 use crate::actors::stats::StatsPublisher;
 use crate::actors::watcher::WatcherDeps;
 use crate::auth::Authenticator;
@@ -62,7 +63,7 @@ pub struct Application {
 /// the HTTP server stops. Bounded by `SWITCHYARD_SHUTDOWN_TIMEOUT_MS`.
 #[derive(Clone)]
 pub struct ShutdownHandle {
-    registry: Addr<RoomRegistry>,
+    sessions: Arc<SessionTable>,
     operations: Addr<OperationManager>,
     server: ServerHandle,
     metrics: Arc<Metrics>,
@@ -82,7 +83,7 @@ impl ShutdownHandle {
 
     pub async fn shutdown(&self) {
         let started = Instant::now();
-        let notified = self.registry.send(ShutdownSessions).await.unwrap_or(0);
+        let notified = self.sessions.shut_down();
         log::info!("shutting down: closing {notified} sessions");
         // Sessions uncount themselves as they stop, and their sockets once the close frame is
         // written; give them until the deadline.
@@ -330,9 +331,10 @@ impl Application {
                 (false, Some(log)) => Some(RedisRecords::new(log.clone(), &settings)),
             };
         // The actors' narrow dependencies, composed from the same services as the handlers'.
+        let sessions = Arc::new(SessionTable::default());
         let session_deps = Arc::new(SessionDeps {
             settings: settings.clone(),
-            registry: registry.clone(),
+            sessions: sessions.clone(),
             broker: broker.clone(),
             metrics: metrics.clone(),
             auth: auth.clone(),
@@ -344,7 +346,7 @@ impl Application {
         });
         let watcher_deps = Arc::new(WatcherDeps {
             settings: settings.clone(),
-            registry: registry.clone(),
+            sessions: sessions.clone(),
             broker: broker.clone(),
             operations: operations.clone(),
             metrics: metrics.clone(),
@@ -486,7 +488,7 @@ impl Application {
             settings.database.backend_name()
         );
         let shutdown = ShutdownHandle {
-            registry,
+            sessions,
             operations: operations_for_shutdown,
             server: server.handle(),
             metrics,

@@ -20,6 +20,8 @@
 //! * [`recovery::RecoveryRecords`] — not an actor: where disconnected Socket.IO sockets leave
 //!   what connection-state recovery needs, shared by the Engine.IO sessions (in memory,
 //!   [`recovery::RecoveryStore`]; in cluster mode in Redis, `cluster::RedisRecords`).
+//! * [`sessions::SessionTable`] — not an actor: the open connections, told to close at a
+//!   graceful shutdown; sessions and watchers add and remove themselves.
 //! * [`stats::StatsPublisher`] — publishes `stats` into `system` on an interval.
 
 pub mod engine;
@@ -29,6 +31,7 @@ pub mod recovery;
 pub mod registry;
 pub mod room;
 pub mod session;
+pub mod sessions;
 pub mod stats;
 pub mod watcher;
 
@@ -55,7 +58,7 @@ impl<A: Actor<Context = Context<A>>> StartUnbounded for A {}
 // where the actors have always found it.
 pub use crate::broker::{next_session_id, EvictReason, Evicted, Member, SessionId};
 
-/// Registry → Session: the server is shutting down; close with 1001.
+/// Shutdown (through the session table) → Session: the server is shutting down; close with 1001.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct ServerShutdown;

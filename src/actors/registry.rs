@@ -1,9 +1,8 @@
 //! The room registry: the one owner of the room table.
 //!
-//! In: [`JoinRoom`], [`LeaveRoom`], [`RoutePublish`], queries ([`ListRooms`],
-//! [`QueryPresence`], [`QueryHistory`]) which it routes to the room by name; [`LeaveAll`],
-//! [`SessionOpened`], [`SessionClosed`], [`ShutdownSessions`] from sessions and start-up;
-//! [`RoomIdle`] from rooms.
+//! In: [`RouteJoin`] (and [`JoinRoom`]), [`LeaveRoom`], [`RoutePublish`], queries ([`ListRooms`],
+//! [`QueryPresence`], [`QueryHistory`]) which it routes to the room by name; [`LeaveAll`] from
+//! sessions; [`RoomIdle`] from rooms.
 //!
 //! Every room is created with its log (`broker::local::RoomLog`): a routed publish is ordered
 //! there (offset taken and pushed into the room's mailbox under one lock), and a joiner gets the
@@ -31,7 +30,7 @@ use super::room::{
     CloseRoom, GetHistory, GetPresence, GetRoomInfo, HistoryPage, JoinRoom, Joined, LeaveRoom,
     MoveTo, Room, RoomGrew, RoomIdle, RoomInfo, RoomLimits,
 };
-use super::{ServerShutdown, SessionId};
+use super::SessionId;
 use crate::auth::UserInfo;
 use crate::broker::local::{LocalLog, Ordered, RoomLog};
 use crate::broker::{
@@ -51,14 +50,6 @@ pub struct LeaveAll {
     pub rooms: Vec<String>,
 }
 
-/// Session (started) → Registry: reachable for shutdown.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SessionOpened {
-    pub session: SessionId,
-    pub addr: Recipient<ServerShutdown>,
-}
-
 /// HTTP worker (as it starts) → Registry: rooms may run on this worker's thread. Sessions
 /// live on the workers; a room on the same thread as its members publishes and fans out with
 /// no thread hop (on a one-core deployment, none at all).
@@ -68,18 +59,6 @@ pub struct AddRoomThread {
     pub thread: std::thread::ThreadId,
     pub arbiter: ArbiterHandle,
 }
-
-/// Session (stopped) → Registry.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct SessionClosed {
-    pub session: SessionId,
-}
-
-/// Application (shutting down) → Registry: tell every session to close. Replies with how many.
-#[derive(Message)]
-#[rtype(result = "usize")]
-pub struct ShutdownSessions;
 
 /// Broker → Registry: order this envelope in its room (created here if need be). Replies with
 /// its position once the room delivered it.
@@ -137,8 +116,6 @@ pub struct RoomRegistry {
     /// With a shared log (several nodes): where a new room learns where the order stands
     /// (`Room::started`); its messages then come from the log's reader as [`Deliver`].
     shared: Option<Arc<dyn Backlog>>,
-    /// Open connections (sessions and watchers), told `ServerShutdown` at graceful shutdown.
-    sessions: HashMap<SessionId, Recipient<ServerShutdown>>,
     /// Dedicated room threads (`SWITCHYARD_ROOM_THREADS` > 0), where new rooms start, round
     /// robin.
     own_threads: Vec<Arbiter>,
@@ -165,7 +142,6 @@ impl RoomRegistry {
             rooms: HashMap::new(),
             log: LocalLog::new(),
             shared: None,
-            sessions: HashMap::new(),
             own_threads: (0..room_threads).map(|_| Arbiter::new()).collect(),
             workers: Vec::new(),
             next_thread: 0,
@@ -296,20 +272,61 @@ impl Actor for RoomRegistry {
     }
 }
 
+/// Broker → Registry: a join whose answer goes from the room straight to the joiner. The
+/// registry hands the room's pending answer back at once instead of waiting for it on its own
+/// thread: a join then crosses threads twice (joiner → registry → room, and a small room runs on
+/// its members' worker) instead of four times (and back through the registry). Measured on
+/// connection set-up in docs/benchmarks.md.
+#[derive(Message)]
+#[rtype(result = "RoutedJoin")]
+pub struct RouteJoin(pub JoinRoom);
+
+/// The registry's answer to [`RouteJoin`]: the room's answer, on its way.
+pub struct RoutedJoin {
+    answer: Request<Room, JoinRoom>,
+    lane: Option<Arc<RoomLog>>,
+}
+
+impl RoutedJoin {
+    /// The room's answer, with the room's lane.
+    pub async fn joined(self) -> Result<Joined, Refusal> {
+        let joined = self
+            .answer
+            .await
+            .unwrap_or_else(|e| Err(Refusal::unavailable("room", e)))?;
+        Ok(Joined {
+            lane: self.lane,
+            ..joined
+        })
+    }
+}
+
+impl RoomRegistry {
+    /// Sends the join to its room (created if need be); in the room's order from here.
+    fn route_join(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) -> RoutedJoin {
+        let entry = self.room(&msg.room, ctx);
+        entry.routed += 1;
+        RoutedJoin {
+            answer: entry.addr.send(msg),
+            lane: entry.log.clone(),
+        }
+    }
+}
+
+impl Handler<RouteJoin> for RoomRegistry {
+    type Result = MessageResult<RouteJoin>;
+
+    fn handle(&mut self, msg: RouteJoin, ctx: &mut Context<Self>) -> Self::Result {
+        MessageResult(self.route_join(msg.0, ctx))
+    }
+}
+
+/// The same join, answered through the registry (for callers that hold the registry itself).
 impl Handler<JoinRoom> for RoomRegistry {
     type Result = ResponseFuture<Result<Joined, Refusal>>;
 
     fn handle(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) -> Self::Result {
-        let entry = self.room(&msg.room, ctx);
-        entry.routed += 1;
-        let fut = entry.addr.send(msg);
-        let lane = entry.log.clone();
-        Box::pin(async move {
-            let joined = fut
-                .await
-                .unwrap_or_else(|e| Err(Refusal::unavailable("room", e)))?;
-            Ok(Joined { lane, ..joined })
-        })
+        Box::pin(self.route_join(msg, ctx).joined())
     }
 }
 
@@ -459,33 +476,6 @@ impl Handler<LeaveAll> for RoomRegistry {
     }
 }
 
-impl Handler<SessionOpened> for RoomRegistry {
-    type Result = ();
-
-    fn handle(&mut self, msg: SessionOpened, _ctx: &mut Context<Self>) {
-        self.sessions.insert(msg.session, msg.addr);
-    }
-}
-
-impl Handler<SessionClosed> for RoomRegistry {
-    type Result = ();
-
-    fn handle(&mut self, msg: SessionClosed, _ctx: &mut Context<Self>) {
-        self.sessions.remove(&msg.session);
-    }
-}
-
-impl Handler<ShutdownSessions> for RoomRegistry {
-    type Result = usize;
-
-    fn handle(&mut self, _: ShutdownSessions, _ctx: &mut Context<Self>) -> usize {
-        for s in self.sessions.values() {
-            s.do_send(ServerShutdown);
-        }
-        self.sessions.len()
-    }
-}
-
 impl Handler<RoomIdle> for RoomRegistry {
     type Result = ();
 
@@ -623,8 +613,8 @@ impl Broker for LocalBroker {
     }
 
     fn join(&self, join: JoinRoom) -> JoinFuture {
-        let fut = self.registry.send(join);
-        Box::pin(async move { fut.await.unwrap_or_else(|e| Err(registry_gone(e))) })
+        let fut = self.registry.send(RouteJoin(join));
+        Box::pin(async move { fut.await.map_err(registry_gone)?.joined().await })
     }
 
     fn leave(&self, leave: LeaveRoom) -> LeaveFuture {

@@ -561,10 +561,12 @@ impl Room {
             );
             m.outbox
                 .close(CloseCode::Other(CLOSE_SLOW_CONSUMER), "slow consumer");
-            m.control.do_send(Evicted {
-                room: self.name.to_string(),
-                reason,
-            });
+            if let Some(control) = m.control.upgrade() {
+                control.do_send(Evicted {
+                    room: self.name.to_string(),
+                    reason,
+                });
+            }
             self.metrics.slow_consumers.inc();
             self.metrics.refused(ErrorCode::SlowConsumer);
         }

@@ -17,7 +17,7 @@ use actix::prelude::*;
 use actix_http::ws::CloseCode;
 
 use super::operation_manager::{OperationManager, WatchOperation};
-use super::registry::{RoomRegistry, SessionClosed, SessionOpened};
+use super::sessions::SessionTable;
 use super::{Evicted, Member, ServerShutdown, SessionId};
 use crate::auth::UserInfo;
 use crate::broker::Broker;
@@ -35,8 +35,8 @@ const GONE_CHECK: Duration = Duration::from_secs(1);
 pub struct WatcherDeps {
     /// The keepalive interval (`SWITCHYARD_HEARTBEAT_INTERVAL`).
     pub settings: Arc<Settings>,
-    /// The session table (`SessionOpened`/`SessionClosed`).
-    pub registry: Addr<RoomRegistry>,
+    /// The open connections, told to close at shutdown.
+    pub sessions: Arc<SessionTable>,
     /// Leaving the room at the end.
     pub broker: Arc<dyn Broker>,
     /// Where the watch goes: it joins the operation's room through its actor (or the database).
@@ -107,10 +107,9 @@ impl Actor for Watcher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         self.deps.metrics.connections.inc();
-        self.deps.registry.do_send(SessionOpened {
-            session: self.id,
-            addr: ctx.address().recipient(),
-        });
+        self.deps
+            .sessions
+            .opened(self.id, ctx.address().downgrade().recipient());
         if matches!(self.wire, Wire::Sse(_)) {
             let _ = self.outbox.push_text(sse::retry(3_000));
         }
@@ -118,7 +117,7 @@ impl Actor for Watcher {
             session: self.id,
             user: self.user.clone(),
             outbox: self.outbox.clone(),
-            control: ctx.address().recipient(),
+            control: ctx.address().downgrade().recipient(),
             wire: self.wire.clone(),
         };
         self.deps
@@ -161,9 +160,7 @@ impl Actor for Watcher {
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
         self.deps.broker.leave_all(self.id, vec![self.room()]);
-        self.deps
-            .registry
-            .do_send(SessionClosed { session: self.id });
+        self.deps.sessions.closed(self.id);
         self.deps.metrics.connections.dec();
         self.outbox.close(CloseCode::Normal, "");
     }

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use actix::prelude::*;
+use actix::WeakRecipient;
 
 use super::local::RoomLog;
 use super::Position;
@@ -42,12 +43,16 @@ pub struct Evicted {
 }
 
 /// A session as a room sees it: where to push frames and whom to tell when it is evicted.
+///
+/// `control` is weak: a room's entry must not keep a session alive, and a strong actix
+/// address costs two allocations per clone (~100 bytes on every idle connection); an
+/// eviction upgrades it, and a session already gone needs no telling.
 #[derive(Clone)]
 pub struct Member {
     pub session: SessionId,
     pub user: Arc<UserInfo>,
     pub outbox: Arc<Outbox>,
-    pub control: Recipient<Evicted>,
+    pub control: WeakRecipient<Evicted>,
     /// How this member wants frames encoded.
     pub wire: Wire,
 }

@@ -16,7 +16,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actors::registry::{Deliver, DeliverPresence, LocalBroker, RoomRegistry};
+use crate::actors::registry::{Deliver, DeliverPresence, LocalBroker, RoomRegistry, RouteJoin};
 use crate::broker::local::answer;
 use crate::broker::{
     node_id, Backlog, Broker, Envelope, HistoryPage, HistoryView, JoinFuture, JoinRoom, Joined,
@@ -236,9 +236,13 @@ async fn write_loop(
                 Item::Join(join, tx) => {
                     order(&log, std::mem::take(&mut publishes), &mut last).await;
                     let after = last.get(&join.room).cloned();
-                    let fut = registry.send(JoinRoom { after, ..*join });
+                    let fut = registry.send(RouteJoin(JoinRoom { after, ..*join }));
                     actix::spawn(async move {
-                        let _ = tx.send(fut.await.unwrap_or_else(|e| Err(registry_gone(e))));
+                        let joined = match fut.await {
+                            Ok(routed) => routed.joined().await,
+                            Err(e) => Err(registry_gone(e)),
+                        };
+                        let _ = tx.send(joined);
                     });
                 }
             }

@@ -95,7 +95,7 @@ impl Probe {
             session: self.session,
             user: self.user.clone(),
             outbox: self.outbox.clone(),
-            control: self.control.clone(),
+            control: self.control.downgrade(),
             wire: Wire::Native,
         }
     }

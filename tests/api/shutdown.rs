@@ -29,6 +29,103 @@ async fn graceful_shutdown_flushes_queued_frames_then_closes_with_1001() {
         .unwrap();
 }
 
+/// The next close frame's code on a raw WebSocket, skipping what comes before it.
+async fn close_code<S>(ws: &mut S) -> Option<u16>
+where
+    S: futures_util::Stream<
+            Item = Result<
+                tokio_tungstenite::tungstenite::Message,
+                tokio_tungstenite::tungstenite::Error,
+            >,
+        > + Unpin,
+{
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    loop {
+        match tokio::time::timeout(WAIT, ws.next()).await {
+            Ok(Some(Ok(Message::Close(f)))) => return f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("expected a close frame, got {other:?}"),
+        }
+    }
+}
+
+/// The session table holds every kind of connection (weakly: it keeps none alive), and a
+/// graceful shutdown reaches each: a `/ws` session, a Socket.IO socket over a WebSocket, an
+/// operation's own WebSocket, and an operation's SSE stream.
+#[tokio::test]
+async fn graceful_shutdown_closes_every_kind_of_connection() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let app = spawn_app().await;
+    let mut native = app.ws_as("native").await;
+    native.join("r").await;
+
+    let url = format!(
+        "ws://127.0.0.1:{}/socket.io/?EIO=4&transport=websocket",
+        app.port
+    );
+    let (mut sio, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .expect("socket.io");
+    sio.send(Message::text("40")).await.unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, sio.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.starts_with("40") => break,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no CONNECT answer: {other:?}"),
+        }
+    }
+
+    let (s, op) = app
+        .post(
+            "/api/operations",
+            json!({"kind": "demo", "target": "shutdown", "params": {"step_ms": 1000}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{op}");
+    let id = op["id"].as_str().unwrap().to_string();
+    let (mut op_ws, _) = tokio_tungstenite::connect_async(format!(
+        "ws://127.0.0.1:{}/api/operations/{id}/ws",
+        app.port
+    ))
+    .await
+    .expect("operation socket");
+    // Its first status says it is being watched.
+    match tokio::time::timeout(WAIT, op_ws.next()).await {
+        Ok(Some(Ok(Message::Text(_)))) => {}
+        other => panic!("no status on the operation socket: {other:?}"),
+    }
+    let mut sse = app
+        .http
+        .get(app.url(&format!("/api/operations/{id}/events")))
+        .send()
+        .await
+        .expect("sse");
+    assert_eq!(sse.status(), 200);
+    // Its first event: the SSE watcher is registered.
+    let first = tokio::time::timeout(WAIT, sse.chunk()).await;
+    assert!(matches!(first, Ok(Ok(Some(_)))), "{first:?}");
+
+    let shutdown = tokio::spawn(app.shutdown());
+    assert_eq!(native.closed().await.code, Some(1001));
+    assert_eq!(close_code(&mut sio).await, Some(1001));
+    assert_eq!(close_code(&mut op_ws).await, Some(1001));
+    // The SSE stream ends.
+    loop {
+        match tokio::time::timeout(WAIT, sse.chunk()).await {
+            Ok(Ok(Some(_))) => {}
+            Ok(Ok(None)) | Ok(Err(_)) => break,
+            Err(_) => panic!("the SSE stream did not end at shutdown"),
+        }
+    }
+    tokio::time::timeout(WAIT, shutdown)
+        .await
+        .expect("shutdown finished in time")
+        .unwrap();
+}
+
 fn binary() -> Command {
     Command::new(env!("CARGO_BIN_EXE_switchyard"))
 }

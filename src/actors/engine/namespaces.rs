@@ -352,7 +352,7 @@ impl EngineSession {
             self.outbox.clone(),
             self.deps.clone(),
             nsp.clone(),
-            ctx.address().recipient(),
+            ctx.address().downgrade().recipient(),
             self.config.profiles.for_namespace(&nsp).cloned(),
         )
         .with_forwarded(self.forwarded.clone())

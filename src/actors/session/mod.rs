@@ -19,8 +19,8 @@
 //! In: the `/ws` reader's messages (a stream) or [`Inbound`] requests and [`Disconnect`] from
 //! the Engine.IO session; [`Evicted`] from rooms, [`ReportAnswer`] from the operation manager,
 //! [`ServerShutdown`] from the registry. Out: [`JoinRoom`], [`LeaveRoom`] and publishes to the
-//! [`Broker`] (a publish through the room's lane when the join gave one), `SessionOpened` and
-//! `SessionClosed` to the registry, operation requests to the manager, [`SocketEnded`] to the Engine.IO session; frames into its
+//! [`Broker`] (a publish through the room's lane when the join gave one), itself into and out of the
+//! [`SessionTable`], operation requests to the manager, [`SocketEnded`] to the Engine.IO session; frames into its
 //! own outbox.
 //!
 //! Lifecycle and its undo: `started` registers with the registry and counts the connection;
@@ -54,13 +54,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix::prelude::*;
+use actix::WeakRecipient;
 use actix_http::ws::CloseCode;
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use super::operation_manager::OperationManager;
-use super::registry::RoomRegistry;
-use super::registry::{SessionClosed, SessionOpened};
+use super::sessions::SessionTable;
 use super::{Member, ServerShutdown, SessionId};
 use crate::auth::{Authenticator, Identity};
 use crate::broker::local::RoomLog;
@@ -89,8 +89,9 @@ enum FrontEnd {
     /// A Socket.IO socket: one namespace of an Engine.IO session, which owns the connection,
     /// its liveness and its close, and feeds [`Inbound`] requests.
     SocketIo {
-        /// The Engine.IO session, told when this socket ends itself.
-        engine: Recipient<SocketEnded>,
+        /// The Engine.IO session, told when this socket ends itself. Weak: the session table
+        /// keeps the Engine.IO session alive, and this saves a strong handle's allocations.
+        engine: WeakRecipient<SocketEnded>,
     },
 }
 
@@ -171,8 +172,8 @@ struct Remembered {
 pub struct SessionDeps {
     /// Bounds and timings: frame sizes, heartbeat, auth timeout, rates, room caps.
     pub settings: Arc<Settings>,
-    /// The session table (`SessionOpened`/`SessionClosed`), told to close at shutdown.
-    pub registry: Addr<RoomRegistry>,
+    /// The open connections, told to close at shutdown.
+    pub sessions: Arc<SessionTable>,
     /// Joins, leaves, and publishes that have no lane.
     pub broker: Arc<dyn Broker>,
     /// Connection and message counters, refusals by code.
@@ -247,7 +248,7 @@ impl Session {
         outbox: Arc<Outbox>,
         deps: Arc<SessionDeps>,
         nsp: Arc<str>,
-        engine: Recipient<SocketEnded>,
+        engine: WeakRecipient<SocketEnded>,
         profile: Option<Arc<Profile>>,
     ) -> Self {
         let mut s = Self::new(id, Some(identity), outbox, deps);
@@ -316,11 +317,15 @@ impl Session {
     fn close(&self, ctx: &mut Context<Self>, code: CloseCode, reason: &str) {
         match &self.front {
             FrontEnd::Native { .. } => self.outbox.close(code, reason),
-            FrontEnd::SocketIo { engine } => engine.do_send(SocketEnded {
-                session: self.id,
-                code,
-                reason: reason.to_string(),
-            }),
+            FrontEnd::SocketIo { engine } => {
+                if let Some(engine) = engine.upgrade() {
+                    engine.do_send(SocketEnded {
+                        session: self.id,
+                        code,
+                        reason: reason.to_string(),
+                    });
+                }
+            }
         }
         ctx.stop();
     }
@@ -393,7 +398,7 @@ impl Session {
             session: self.id,
             user: identity.user.clone(),
             outbox: self.outbox.clone(),
-            control: ctx.address().recipient(),
+            control: ctx.address().downgrade().recipient(),
             wire: self.wire.clone(),
         }
     }
@@ -462,10 +467,8 @@ impl Actor for Session {
     fn started(&mut self, ctx: &mut Self::Context) {
         let deps = &self.deps;
         deps.metrics.connections.inc();
-        deps.registry.do_send(SessionOpened {
-            session: self.id,
-            addr: ctx.address().recipient(),
-        });
+        deps.sessions
+            .opened(self.id, ctx.address().downgrade().recipient());
         self.schedule_expiry(ctx);
         match self.front {
             FrontEnd::Native { .. } => self.start_native(ctx),
@@ -488,7 +491,7 @@ impl Actor for Session {
             deps.broker
                 .leave_all(self.id, self.rooms.drain().map(|(room, _)| room).collect());
         }
-        deps.registry.do_send(SessionClosed { session: self.id });
+        deps.sessions.closed(self.id);
         // Its window of multi-room messages, if one ever reached it.
         crate::broker::dedupe::forget(self.id);
         deps.metrics.connections.dec();
