@@ -494,7 +494,7 @@ impl Room {
             Wire::Native,
             Encoded {
                 text: native.clone(),
-                binary: Arc::from(Vec::new()),
+                binary: Arc::default(),
             },
         );
         // No lookup per member unless someone joined ahead of the deliveries (a shared log).

@@ -228,7 +228,9 @@ impl Encoded {
     fn text(text: Bytes) -> Self {
         Self {
             text,
-            binary: Arc::from(Vec::new()),
+            // An empty slice's `Arc::default()` shares one static allocation; `Arc::from(Vec)`
+            // allocated a header per encoded message.
+            binary: Arc::default(),
         }
     }
 
