@@ -826,6 +826,29 @@ impl Settings {
         Ok(())
     }
 
+    /// An app profile whose `connect` hook authenticates from forwarded cookies makes every
+    /// WebSocket a browser opens to this server carry its user's identity, whichever page
+    /// opens it: without `SWITCHYARD_ALLOWED_ORIGINS` any site could (cross-site WebSocket
+    /// hijacking). Refused on a non-loopback address, as open mode is, unless
+    /// `SWITCHYARD_ALLOW_INSECURE=1`; on loopback (development) it is allowed.
+    pub fn check_cookie_connect_origins(&self, cookie_connect: bool) -> Result<(), String> {
+        if cookie_connect
+            && self.allowed_origins.is_empty()
+            && !self.host.is_loopback()
+            && !self.allow_insecure
+        {
+            return Err(format!(
+                "refusing to serve on non-loopback address {}: an app profile's connect hook \
+                 authenticates connections from cookies (forward_cookies) and \
+                 SWITCHYARD_ALLOWED_ORIGINS is unset, so any site's page could connect as your \
+                 users; list your app's origins in SWITCHYARD_ALLOWED_ORIGINS, or set \
+                 SWITCHYARD_ALLOW_INSECURE=1 if you really mean it",
+                self.host
+            ));
+        }
+        Ok(())
+    }
+
     /// Worker count with 0 resolved to the number of cores.
     pub fn resolved_workers(&self) -> usize {
         resolve_threads(self.workers)
@@ -1159,6 +1182,31 @@ mod tests {
         assert_eq!(
             DatabaseUrl::parse("data/x.db").unwrap(),
             DatabaseUrl::Sqlite("data/x.db".into())
+        );
+    }
+
+    #[test]
+    fn cookie_connect_hooks_on_a_public_address_need_allowed_origins() {
+        let public = [
+            ("SWITCHYARD_HOST", "0.0.0.0"),
+            ("SWITCHYARD_JWT_SECRET", "s3cret"),
+        ];
+        let s = from(&public).unwrap();
+        assert!(s.check_cookie_connect_origins(true).is_err());
+        assert!(s.check_cookie_connect_origins(false).is_ok());
+        let s = from(&[
+            public[0],
+            public[1],
+            ("SWITCHYARD_ALLOWED_ORIGINS", "https://app.example"),
+        ])
+        .unwrap();
+        assert!(s.check_cookie_connect_origins(true).is_ok());
+        let s = from(&[public[0], public[1], ("SWITCHYARD_ALLOW_INSECURE", "1")]).unwrap();
+        assert!(s.check_cookie_connect_origins(true).is_ok());
+        let s = from(&[("SWITCHYARD_JWT_SECRET", "s3cret")]).unwrap();
+        assert!(
+            s.check_cookie_connect_origins(true).is_ok(),
+            "loopback: development"
         );
     }
 

@@ -206,6 +206,12 @@ impl Application {
         if !profiles.is_empty() {
             log::info!("app profiles: {}", profiles.names().join(", "));
         }
+        let cookie_connect = profiles
+            .hook_configs()
+            .any(|h| h.connect.is_some() && !h.cookies.is_empty());
+        settings
+            .check_cookie_connect_origins(cookie_connect)
+            .map_err(anyhow::Error::msg)?;
         // Backend hooks are signed, or not made: a backend could not tell an unsigned call
         // from anyone's.
         let hooks = match (profiles.hook_configs().next(), &settings.hook_secret) {

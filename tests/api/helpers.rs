@@ -671,10 +671,20 @@ pub async fn forget_redis_prefix(prefix: &str) {
 /// Runs the real binary with `config` as its `SWITCHYARD_CONFIG_FILE` (a SQLite file in `dir`,
 /// port 0) and expects it to refuse to start: returns what it said on stderr.
 pub async fn binary_refuses_to_start(config: &std::path::Path, dir: &std::path::Path) -> String {
+    binary_refuses_to_start_with(config, dir, &[]).await
+}
+
+/// [`binary_refuses_to_start`] with more settings in its environment.
+pub async fn binary_refuses_to_start_with(
+    config: &std::path::Path,
+    dir: &std::path::Path,
+    env: &[(&str, &str)],
+) -> String {
     let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .env("SWITCHYARD_CONFIG_FILE", config)
         .env("SWITCHYARD_PORT", "0")
         .env("DATABASE_URL", dir.join("db.sqlite"))
+        .envs(env.iter().copied())
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(WAIT, out)

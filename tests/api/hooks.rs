@@ -683,6 +683,28 @@ async fn hooks_without_a_secret_stop_start_up() {
     assert!(stderr.contains("SWITCHYARD_HOOK_SECRET"), "{stderr}");
 }
 
+/// A `connect` hook that authenticates from cookies, on a non-loopback address, with no
+/// `SWITCHYARD_ALLOWED_ORIGINS`: start-up stops (any site's page could connect as the user).
+#[tokio::test]
+async fn cookie_connect_hooks_on_a_public_address_without_allowed_origins_stop_start_up() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = write_config(&dir, &config(dead_port(), dead_port()));
+    let stderr = binary_refuses_to_start_with(
+        file.as_ref(),
+        dir.path(),
+        &[
+            ("SWITCHYARD_HOST", "0.0.0.0"),
+            ("SWITCHYARD_JWT_SECRET", "s3cret"),
+            ("SWITCHYARD_HOOK_SECRET", "h00k"),
+        ],
+    )
+    .await;
+    assert!(
+        stderr.contains("SWITCHYARD_ALLOWED_ORIGINS") && stderr.contains("forward_cookies"),
+        "{stderr}"
+    );
+}
+
 /// Seed 003's dashboard client, socket.io-client@4, asking for its deployments with an ack
 /// (tests/js/hooks.test.mjs) against a backend started here.
 #[tokio::test]
