@@ -443,8 +443,9 @@ pub struct Settings {
     pub room_threads: usize,
     /// With room threads (`room_threads` > 0), rooms start on the HTTP worker threads, next to
     /// their members (a publish then costs no thread hop), and move to a room thread once they
-    /// have this many members, where large rooms fan out better (`SWITCHYARD_ROOM_MOVE_AT`; 0:
-    /// rooms start on the room threads; docs/benchmarks.md has the numbers).
+    /// have this many members, where large rooms fan out better, and back to a worker when
+    /// they shrink to a quarter of it (`SWITCHYARD_ROOM_MOVE_AT`; 0: rooms start on the room
+    /// threads and stay; docs/benchmarks.md has the numbers).
     pub room_move_at: usize,
     /// A quiet room — nothing ordered behind the message at hand, and fewer than this many
     /// frames fanned out in the current and the previous 100 ms — writes the frame straight to

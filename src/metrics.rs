@@ -244,7 +244,7 @@ impl Metrics {
         counter(
             r,
             "switchyard_room_moves",
-            "Rooms moved from an HTTP worker to a room thread as they grew",
+            "Rooms moved from an HTTP worker to a room thread as they grew, or back as they shrank",
             &m.room_moves,
         );
         counter(

@@ -28,7 +28,7 @@ use actix::ArbiterHandle;
 
 use super::room::{
     CloseRoom, GetHistory, GetPresence, GetRoomInfo, HistoryPage, JoinRoom, Joined, LeaveRoom,
-    MoveTo, Room, RoomGrew, RoomIdle, RoomInfo, RoomLimits,
+    MoveTo, Moves, Room, RoomIdle, RoomInfo, RoomLimits, RoomResized,
 };
 use super::SessionId;
 use crate::auth::UserInfo;
@@ -103,7 +103,8 @@ struct Entry {
     room_id: u64,
     /// Messages routed to this room instance (see the module docs).
     routed: u64,
-    /// Started on an HTTP worker; moves to a room thread when it grows (`RoomGrew`).
+    /// On an HTTP worker (where rooms start); moves to a room thread when it grows and back
+    /// when it shrinks (`RoomResized`).
     on_worker: bool,
 }
 
@@ -220,14 +221,14 @@ impl RoomRegistry {
                 };
                 let backlog = self.shared.clone();
                 let up_to = log.as_ref().map(|l| l.up_to());
-                let grow = on_worker.then(|| (self.move_at, ctx.address().recipient()));
+                let moves = on_worker.then(|| Self::moves(self.move_at, true, ctx));
                 arbiter.spawn_fn(move || {
                     let ctx = Context::with_receiver(rx);
                     let mut room =
                         Room::new(owned, room_id, start, limits, registry, metrics, backlog)
                             .with_order(up_to);
-                    if let Some((at, registry)) = grow {
-                        room = room.moving_at(at, registry);
+                    if let Some(moves) = moves {
+                        room = room.moving(moves);
                     }
                     actix::spawn(ctx.into_future(room));
                 });
@@ -497,32 +498,61 @@ impl Handler<RoomIdle> for RoomRegistry {
     }
 }
 
-impl Handler<RoomGrew> for RoomRegistry {
+impl RoomRegistry {
+    /// When a room placed on a worker (`on_worker`) or on a room thread asks to move.
+    fn moves(move_at: usize, on_worker: bool, ctx: &mut Context<Self>) -> Moves {
+        Moves {
+            on_worker,
+            grow_at: move_at,
+            shrink_at: Moves::shrink_at(move_at),
+            registry: ctx.address().recipient(),
+        }
+    }
+}
+
+impl Handler<RoomResized> for RoomRegistry {
     type Result = ();
 
-    /// Moves a grown room from its worker to a room thread: a new mailbox, the log redirected
-    /// to it with the hand-over (`MoveTo`) as the last thing the old room gets, and this
-    /// table pointing there too — so every sender's order holds across the move.
-    fn handle(&mut self, msg: RoomGrew, _ctx: &mut Context<Self>) {
+    /// Moves a grown room from its worker to a room thread, or a shrunk one back to a worker:
+    /// a new mailbox, the log redirected to it with the hand-over (`MoveTo`) as the last thing
+    /// the old room gets, and this table pointing there too — so every sender's order holds
+    /// across the move.
+    fn handle(&mut self, msg: RoomResized, ctx: &mut Context<Self>) {
+        let to_worker = !msg.grown;
+        let arbiter = if to_worker {
+            (!self.workers.is_empty()).then(|| {
+                self.workers[self.next_thread % self.workers.len()]
+                    .1
+                    .clone()
+            })
+        } else {
+            (!self.own_threads.is_empty())
+                .then(|| self.own_threads[self.next_thread % self.own_threads.len()].handle())
+        };
+        let moves = Self::moves(self.move_at, to_worker, ctx);
         let Some(entry) = self.rooms.get_mut(&msg.name) else {
             return;
         };
-        if entry.room_id != msg.room_id || !entry.on_worker || self.own_threads.is_empty() {
+        // Only the room that asked, from where it asked.
+        if entry.room_id != msg.room_id || entry.on_worker == to_worker {
             return;
         }
-        let Some(log) = entry.log.clone() else {
+        let (Some(arbiter), Some(log)) = (arbiter, entry.log.clone()) else {
             return;
         };
-        let arbiter = self.own_threads[self.next_thread % self.own_threads.len()].handle();
         self.next_thread += 1;
         let (tx, mailbox) = actix::dev::channel::channel(0);
         let moved: Addr<Room> = Addr::new(tx);
         let old = entry.addr.clone();
         log.redirect(moved.clone().recipient(), || {
-            old.do_send(MoveTo { mailbox, arbiter });
+            old.do_send(MoveTo {
+                mailbox,
+                arbiter,
+                moves,
+            });
         });
         entry.addr = moved;
-        entry.on_worker = false;
+        entry.on_worker = to_worker;
         self.metrics.room_moves.inc();
     }
 }

@@ -34,7 +34,7 @@ mod presence;
 mod retained;
 
 use self::placement::Pace;
-pub use self::placement::{MoveTo, RoomGrew};
+pub use self::placement::{MoveTo, Moves, RoomResized};
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -233,9 +233,10 @@ pub struct Room {
     ordered: Option<OrderedUpTo>,
     /// Frames fanned out lately (the direct-write decision).
     pace: Pace,
-    /// A room started on an HTTP worker, next to its members: at this many members it asks the
-    /// registry to move it to a room thread (`SWITCHYARD_ROOM_MOVE_AT`; see `MoveTo`).
-    grow: Option<(usize, Recipient<RoomGrew>)>,
+    /// A room that may move (started on an HTTP worker, next to its members): at which size it
+    /// asks the registry to move it to a room thread, or back (`SWITCHYARD_ROOM_MOVE_AT`; see
+    /// `MoveTo`). `None` once asked, until the move hands it its next watch.
+    moves: Option<Moves>,
 }
 
 impl Room {
@@ -280,7 +281,7 @@ impl Room {
             floors: HashMap::new(),
             ordered: None,
             pace: Pace::default(),
-            grow: None,
+            moves: None,
         }
     }
 
@@ -584,6 +585,7 @@ impl Room {
         }
         let flush = self.presence.depart(&m.user, Instant::now());
         self.on_presence(flush);
+        self.check_size();
         true
     }
 
@@ -709,7 +711,7 @@ impl Handler<JoinRoom> for Room {
             self.members.insert(session, member);
             let flush = self.presence.arrive(&user, Instant::now());
             self.on_presence(flush);
-            self.check_growth();
+            self.check_size();
         }
 
         let mut frames: Vec<Frame> = Vec::with_capacity(2 + self.history.len());

@@ -1,4 +1,4 @@
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::helpers::*;
 
@@ -308,6 +308,90 @@ async fn a_room_that_grows_moves_to_a_room_thread_without_a_gap_or_a_reordering(
     .await;
     let mut everyone = vec![(publisher, 0u64)];
     everyone.extend(members);
+    for (k, (c, from)) in everyone.iter_mut().enumerate() {
+        for offset in *from + 1..=sent {
+            let m = c.recv_message().await;
+            assert_eq!(m["offset"], json!(offset), "member {k}: {m}");
+            assert_eq!(m["data"], json!(offset), "member {k}: {m}");
+        }
+        assert!(
+            c.drain().await.iter().all(|v| v["type"] != "message"),
+            "member {k} got a message twice"
+        );
+    }
+}
+
+/// A room that shrank on its room thread moves back to a worker (at a quarter of
+/// `SWITCHYARD_ROOM_MOVE_AT`, here 4 → 1 member), while its member keeps publishing without
+/// waiting; it grows and moves again when others join. The publisher, a member throughout,
+/// gets every message once, in the one order, across both moves; the late joiners get
+/// everything from their join on.
+#[tokio::test]
+async fn a_room_that_shrinks_moves_back_to_a_worker_without_a_gap_and_can_grow_again() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.room_threads = 1;
+        s.room_move_at = 4;
+        s.publish_rate = 0;
+        s.user_publish_rate = 0;
+    })
+    .await;
+    let mut publisher = app.ws().await;
+    publisher.join("shrink").await;
+    let mut others = Vec::new();
+    for _ in 0..3 {
+        let mut c = app.ws().await;
+        c.join("shrink").await;
+        others.push(c);
+    }
+    eventually("the room to move to a room thread", || async {
+        app.metric("switchyard_room_moves_total").await == 1
+    })
+    .await;
+    let mut sent = 0u64;
+    // The next `n` publishes, numbered on from `sent`.
+    fn publish(n: usize, sent: &mut u64) -> Vec<Value> {
+        (0..n)
+            .map(|_| {
+                *sent += 1;
+                json!({"type": "publish", "room": "shrink", "event": "n", "data": *sent})
+            })
+            .collect()
+    }
+    // Publishes in flight while the three others leave: the last leave moves the room back.
+    for mut c in others {
+        for f in publish(50, &mut sent) {
+            publisher.send(f).await;
+        }
+        let left = c.request(json!({"type": "leave", "room": "shrink"})).await;
+        assert_eq!(left["type"], "left", "{left}");
+    }
+    for f in publish(50, &mut sent) {
+        publisher.send(f).await;
+    }
+    eventually("the room to move back to a worker", || async {
+        app.metric("switchyard_room_moves_total").await == 2
+    })
+    .await;
+    // It grows again: three join while the publisher goes on.
+    let mut late = Vec::new();
+    for _ in 0..3 {
+        for f in publish(50, &mut sent) {
+            publisher.send(f).await;
+        }
+        let mut c = app.ws().await;
+        let joined = c.join("shrink").await;
+        let at = joined["offset"].as_u64().expect("offset");
+        late.push((c, at));
+    }
+    for f in publish(50, &mut sent) {
+        publisher.send(f).await;
+    }
+    eventually("the room to move to a room thread again", || async {
+        app.metric("switchyard_room_moves_total").await == 3
+    })
+    .await;
+    let mut everyone = vec![(publisher, 0u64)];
+    everyone.extend(late);
     for (k, (c, from)) in everyone.iter_mut().enumerate() {
         for offset in *from + 1..=sent {
             let m = c.recv_message().await;
