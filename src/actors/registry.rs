@@ -1,6 +1,6 @@
 //! The room registry: the one owner of the room table.
 //!
-//! In: [`RouteJoin`] (and [`JoinRoom`]), [`LeaveRoom`], [`RoutePublish`], queries ([`ListRooms`],
+//! In: [`RouteJoin`], [`LeaveRoom`], [`RoutePublish`], queries ([`ListRooms`],
 //! [`QueryPresence`], [`QueryHistory`]) which it routes to the room by name; [`LeaveAll`] from
 //! sessions; [`RoomIdle`] from rooms.
 //!
@@ -319,15 +319,6 @@ impl Handler<RouteJoin> for RoomRegistry {
 
     fn handle(&mut self, msg: RouteJoin, ctx: &mut Context<Self>) -> Self::Result {
         MessageResult(self.route_join(msg.0, ctx))
-    }
-}
-
-/// The same join, answered through the registry (for callers that hold the registry itself).
-impl Handler<JoinRoom> for RoomRegistry {
-    type Result = ResponseFuture<Result<Joined, Refusal>>;
-
-    fn handle(&mut self, msg: JoinRoom, ctx: &mut Context<Self>) -> Self::Result {
-        Box::pin(self.route_join(msg, ctx).joined())
     }
 }
 

@@ -14,7 +14,9 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::{join_all, poll_fn};
 use serde_json::{json, value::RawValue, Value};
-use switchyard::actors::registry::{ListRooms, LocalBroker, QueryPresence, RoomRegistry};
+use switchyard::actors::registry::{
+    ListRooms, LocalBroker, QueryPresence, RoomRegistry, RouteJoin,
+};
 use switchyard::actors::room::{JoinRoom, Joined, LeaveRoom, RoomLimits};
 use switchyard::actors::{next_session_id, Evicted, Member, SessionId};
 use switchyard::auth::UserInfo;
@@ -61,6 +63,16 @@ impl Handler<Evicted> for EvictProbe {
     fn handle(&mut self, _: Evicted, _: &mut Context<Self>) {
         self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
+}
+
+/// The answer to a join sent to the registry: the room's, within [`WAIT`].
+async fn join_answer(
+    sent: actix::prelude::Request<RoomRegistry, RouteJoin>,
+) -> Result<Joined, switchyard::error_code::Refusal> {
+    let answer = async { sent.await.expect("registry reachable").joined().await };
+    tokio::time::timeout(WAIT, answer)
+        .await
+        .expect("join answered in time")
 }
 
 /// One connection as a room sees it, and the frames the room pushed to it.
@@ -113,10 +125,8 @@ impl Probe {
     }
 
     async fn join(&self, registry: &Addr<RoomRegistry>, room: &str) -> Joined {
-        tokio::time::timeout(WAIT, registry.send(self.join_msg(room)))
+        join_answer(registry.send(RouteJoin(self.join_msg(room))))
             .await
-            .expect("join answered in time")
-            .expect("registry reachable")
             .expect("join accepted")
     }
 
@@ -434,10 +444,8 @@ async fn a_room_is_not_retired_while_it_holds_history_so_a_late_joiner_can_resum
         }),
         ..late.join_msg(ROOM)
     };
-    let resumed = tokio::time::timeout(WAIT, registry.send(msg))
+    let resumed = join_answer(registry.send(RouteJoin(msg)))
         .await
-        .expect("join answered in time")
-        .expect("registry reachable")
         .expect("join accepted");
     assert!(resumed.recovered, "nothing was lost");
     assert_eq!(resumed.position.offset, BURST as u64);
@@ -682,14 +690,15 @@ async fn a_join_is_not_overtaken_by_publishes_sent_after_it_into_a_fresh_room() 
     }
     let mut first = Probe::new("first");
     let mut second = Probe::new("second");
-    let join_first = registry.send(first.join_msg(ROOM));
-    let join_second = registry.send(second.join_msg(ROOM));
+    // Sent (in the registry's mailbox) here, before the publishes below.
+    let join_first = registry.send(RouteJoin(first.join_msg(ROOM)));
+    let join_second = registry.send(RouteJoin(second.join_msg(ROOM)));
     for i in 20..25 {
         futs.push(broker.publish(tagged(ROOM, 0, i)));
     }
     all_ok(futs).await;
-    let joined_first = join_first.await.unwrap().unwrap();
-    let joined_second = join_second.await.unwrap().unwrap();
+    let joined_first = join_answer(join_first).await.unwrap();
+    let joined_second = join_answer(join_second).await.unwrap();
     assert_eq!(joined_first.position.offset, 20);
     let got: Vec<u64> = first.messages(5).await.iter().map(offset).collect();
     assert_eq!(got, [21, 22, 23, 24, 25]);

@@ -269,18 +269,23 @@ async fn a_publish_pipelined_right_after_a_leave_is_refused() {
     assert!(rest.iter().all(|f| f["type"] != "message"), "{rest:?}");
 }
 
+/// A server whose rooms move to its one room thread at `move_at` members, publishing unlimited.
+async fn moving_rooms_app(move_at: usize) -> TestApp {
+    spawn_app_with(Backend::Sqlite, |s| {
+        s.room_threads = 1;
+        s.room_move_at = move_at;
+        s.publish_rate = 0;
+        s.user_publish_rate = 0;
+    })
+    .await
+}
+
 /// A room starts on an HTTP worker next to its members and moves to a room thread when it
 /// grows (`SWITCHYARD_ROOM_MOVE_AT`), while a member keeps publishing without waiting: every
 /// member gets every message from its join on once, in the one order, across the move.
 #[tokio::test]
 async fn a_room_that_grows_moves_to_a_room_thread_without_a_gap_or_a_reordering() {
-    let app = spawn_app_with(Backend::Sqlite, |s| {
-        s.room_threads = 1;
-        s.room_move_at = 3;
-        s.publish_rate = 0;
-        s.user_publish_rate = 0;
-    })
-    .await;
+    let app = moving_rooms_app(3).await;
     let mut publisher = app.ws().await;
     publisher.join("grow").await;
     let mut members = vec![(app.ws().await, 0u64)];
@@ -334,13 +339,7 @@ async fn every_message_once_from_the_join(everyone: &mut [(WsClient, u64)], sent
 /// everything from their join on.
 #[tokio::test]
 async fn a_room_that_shrinks_moves_back_to_a_worker_without_a_gap_and_can_grow_again() {
-    let app = spawn_app_with(Backend::Sqlite, |s| {
-        s.room_threads = 1;
-        s.room_move_at = 4;
-        s.publish_rate = 0;
-        s.user_publish_rate = 0;
-    })
-    .await;
+    let app = moving_rooms_app(4).await;
     let mut publisher = app.ws().await;
     publisher.join("shrink").await;
     let mut others = Vec::new();

@@ -20,7 +20,6 @@ pub struct RoomResized {
 
 /// When a room asks to move: at `grow_at` members on a worker, at `shrink_at` (but not
 /// empty: an empty room retires instead) on a room thread.
-#[derive(Clone)]
 pub struct Moves {
     pub on_worker: bool,
     pub grow_at: usize,
