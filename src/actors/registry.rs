@@ -32,7 +32,7 @@ use super::room::{
 };
 use super::SessionId;
 use crate::auth::UserInfo;
-use crate::broker::local::{LocalLog, Ordered, RoomLog};
+use crate::broker::local::{known_room, remember_room, LocalLog, Ordered, RoomLog};
 use crate::broker::{
     Backlog, Broker, Envelope, HistoryView, JoinFuture, LeaveFuture, Position, PresenceChange,
     PresenceView, PublishFuture, ViewFuture,
@@ -214,7 +214,7 @@ impl RoomRegistry {
                         },
                     ),
                     None => {
-                        let log = self.log.open(name, addr.clone().recipient());
+                        let log = self.log.open(name, Room::sinks(&addr));
                         let start = log.position();
                         (Some(log), start)
                     }
@@ -474,7 +474,10 @@ impl Handler<RoomIdle> for RoomRegistry {
     fn handle(&mut self, msg: RoomIdle, _ctx: &mut Context<Self>) {
         let retire = matches!(
             self.rooms.get(&msg.name),
-            Some(e) if e.room_id == msg.room_id && e.routed == msg.routed_seen
+            Some(e) if e.room_id == msg.room_id
+                && e.routed == msg.routed_seen
+                // Last: it closes the log (no more joins through it) when it holds.
+                && e.log.as_ref().is_none_or(|log| log.close_if(msg.direct_seen))
         );
         if !retire {
             return; // something is in flight to it; it will report again
@@ -535,7 +538,7 @@ impl Handler<RoomResized> for RoomRegistry {
         let (tx, mailbox) = actix::dev::channel::channel(0);
         let moved: Addr<Room> = Addr::new(tx);
         let old = entry.addr.clone();
-        log.redirect(moved.clone().recipient(), || {
+        log.redirect(Room::sinks(&moved), || {
             old.do_send(MoveTo {
                 mailbox,
                 arbiter,
@@ -634,8 +637,37 @@ impl Broker for LocalBroker {
     }
 
     fn join(&self, join: JoinRoom) -> JoinFuture {
+        let room = join.room.clone();
         let fut = self.registry.send(RouteJoin(join));
-        Box::pin(async move { fut.await.map_err(registry_gone)?.joined().await })
+        Box::pin(async move {
+            let routed = fut.await.map_err(registry_gone)?;
+            // Polled on the caller's thread: the next join there may go straight to the room.
+            if let Some(log) = &routed.lane {
+                remember_room(&room, log);
+            }
+            routed.joined().await
+        })
+    }
+
+    fn join_direct(&self, join: JoinRoom) -> JoinFuture {
+        // A room this thread joined before: through its log to the room, without the registry
+        // (whose thread a join otherwise crosses to and back). Refused when the room retired
+        // meanwhile: then through the registry, which creates it again.
+        let Some(log) = known_room(&join.room) else {
+            return self.join(join);
+        };
+        match log.join(join) {
+            Ok(answer) => Box::pin(async move {
+                let joined = answer
+                    .await
+                    .unwrap_or_else(|e| Err(Refusal::unavailable("room", e)))?;
+                Ok(Joined {
+                    lane: Some(log),
+                    ..joined
+                })
+            }),
+            Err(join) => self.join(join),
+        }
     }
 
     fn leave(&self, leave: LeaveRoom) -> LeaveFuture {

@@ -5,7 +5,8 @@
 //!
 //! In: [`Ordered`] (a message in its place in the room's order, from the broker's
 //! `RoomLog`), [`JoinRoom`], [`LeaveRoom`], [`GetRoomInfo`], [`GetPresence`], [`GetHistory`]
-//! (routed here by the registry), [`CloseRoom`], [`MoveTo`] (the registry moves a grown room
+//! (routed here by the registry), [`DirectJoin`] (a join carried by the room's log from a
+//! thread that knew the room), [`CloseRoom`], [`MoveTo`] (the registry moves a grown room
 //! from its worker to a room thread); with a shared log, [`PresenceChange`] (who
 //! arrived or left across the nodes).
 //! Out (with a shared log): every member added or removed, to the log's presence
@@ -50,7 +51,7 @@ use self::presence::{Flush, Presence};
 use self::retained::Retained;
 use super::{EvictReason, Evicted, Member, SessionId};
 use crate::auth::UserInfo;
-use crate::broker::local::{Ordered, OrderedUpTo};
+use crate::broker::local::{DirectJoin, Ordered, OrderedUpTo, RoomSinks};
 use crate::broker::{dedupe, Backlog, Envelope, Position, PresenceChange, Retain, Tail};
 // Membership and the views are the broker's vocabulary (defined there, so the broker never
 // names the actors); re-exported here, where the actors have always found them.
@@ -85,13 +86,15 @@ pub struct GetHistory {
 }
 
 /// Room → Registry: I have no members and no history. The registry retires the room only if
-/// `routed_seen` matches what it routed there (nothing is in flight).
+/// `routed_seen` matches what it routed there and `direct_seen` what the room's log carried
+/// (nothing is in flight).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct RoomIdle {
     pub name: String,
     pub room_id: u64,
     pub routed_seen: u64,
+    pub direct_seen: u64,
 }
 
 /// Registry → Room: you are retired (only sent after a matching [`RoomIdle`]).
@@ -206,6 +209,8 @@ pub struct Room {
     presence: Presence,
     /// Messages received from the registry; compared with the registry's count before retiring.
     routed_seen: u64,
+    /// Joins carried by the room's log ([`DirectJoin`]); compared with the log's count.
+    direct_seen: u64,
     /// History and presence bounds (from `Settings`, copied at creation).
     limits: RoomLimits,
     /// Identifies this room's conflatable messages in member outboxes.
@@ -240,6 +245,14 @@ pub struct Room {
 }
 
 impl Room {
+    /// Where a log hands this room what it orders and the joins it carries.
+    pub fn sinks(addr: &Addr<Room>) -> RoomSinks {
+        RoomSinks {
+            ordered: addr.clone().recipient(),
+            joins: addr.clone().recipient(),
+        }
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: String,
@@ -272,6 +285,7 @@ impl Room {
                 Presence::new(limits.presence_list_max)
             },
             routed_seen: 0,
+            direct_seen: 0,
             conflation_key,
             me: None,
             limits,
@@ -608,6 +622,7 @@ impl Room {
                 name: self.name.to_string(),
                 room_id: self.room_id,
                 routed_seen: self.routed_seen,
+                direct_seen: self.direct_seen,
             });
         }
     }
@@ -678,6 +693,21 @@ impl Handler<JoinRoom> for Room {
 
     fn handle(&mut self, msg: JoinRoom, _ctx: &mut Context<Self>) -> Self::Result {
         self.routed_seen += 1;
+        self.join(msg)
+    }
+}
+
+impl Handler<DirectJoin> for Room {
+    type Result = Result<Joined, Refusal>;
+
+    fn handle(&mut self, msg: DirectJoin, _ctx: &mut Context<Self>) -> Self::Result {
+        self.direct_seen += 1;
+        self.join(msg.0)
+    }
+}
+
+impl Room {
+    fn join(&mut self, msg: JoinRoom) -> Result<Joined, Refusal> {
         self.trim_history();
         let member = msg.member;
         let session = member.session;

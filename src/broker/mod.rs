@@ -74,6 +74,15 @@ pub trait Broker: Send + Sync + 'static {
     /// with its publishes.
     fn join(&self, join: JoinRoom) -> JoinFuture;
 
+    /// [`join`](Self::join) for a caller with nothing of its own still on its way into this
+    /// room through the broker (a session: it publishes through its lane and waits for its
+    /// leaves' answers), so the join need not keep its place behind them: the broker may take
+    /// a shorter road (the local one: straight to a room this thread knows, through the
+    /// room's log). Still before anything the caller sends after it.
+    fn join_direct(&self, join: JoinRoom) -> JoinFuture {
+        self.join(join)
+    }
+
     /// Removes a local member from a room.
     fn leave(&self, leave: LeaveRoom) -> LeaveFuture;
 

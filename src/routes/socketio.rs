@@ -402,6 +402,8 @@ async fn websocket(
                     }
                 }),
                 written: main.clone(),
+                // The body drains the probe's outbox first: the 101 goes out on its own.
+                answer_in_outbox: false,
             };
             ws::upgrade_with(
                 &req,

@@ -288,6 +288,15 @@ impl Outbox {
         }
     }
 
+    /// Queues `answer` (bytes already on the wire's format: the upgrade's 101 response) ahead
+    /// of everything, to be written with what is queued behind it by the writer's first chunk.
+    /// Until then nothing is written directly (the queue is not empty).
+    pub fn answer_first(&self, answer: Bytes) {
+        let mut st = self.lock();
+        st.bytes += answer.len();
+        st.queue.push_front(Out::Framed(answer));
+    }
+
     /// The writer finished writing the chunk it last took.
     pub fn written(&self) {
         self.lock().writing = false;

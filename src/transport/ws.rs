@@ -93,6 +93,10 @@ pub struct Direct {
     pub attach: Box<dyn FnOnce(Arc<WriteSocket>)>,
     /// The outbox whose chunks the writer reports written (`Outbox::written`).
     pub written: Arc<Outbox>,
+    /// `written` is also the body's outbox from the start (a plain WebSocket): the 101 answer
+    /// is queued at its front instead of written on its own, so it goes out in one write with
+    /// what the connection's actor queues as it starts (a welcome, an Engine.IO open packet).
+    pub answer_in_outbox: bool,
 }
 
 impl Direct {
@@ -102,6 +106,7 @@ impl Direct {
         Self {
             attach: Box::new(move |socket| target.attach(socket)),
             written: outbox,
+            answer_in_outbox: true,
         }
     }
 }

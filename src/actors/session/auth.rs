@@ -92,7 +92,7 @@ impl Session {
         }
         log::info!("session {}: authenticated as {}", self.key, fresh.user.id);
         self.reply(id.as_deref(), Reply::Authenticated(&fresh.user));
-        self.leave_revoked_rooms(&fresh);
+        self.leave_revoked_rooms(&fresh, ctx);
         self.identity = Some(fresh);
         if let super::FrontEnd::Native {
             frame_limit: Some(limit),

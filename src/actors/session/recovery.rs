@@ -139,7 +139,8 @@ impl Session {
             .iter()
             .map(|(room, restore)| match restore {
                 Restore::Since(since) => {
-                    let join = self.deps.broker.join(JoinRoom {
+                    // A new session: nothing of its own is on its way into the room.
+                    let join = self.deps.broker.join_direct(JoinRoom {
                         room: room.clone(),
                         member: self.member(ctx, &identity),
                         since: Some(since.clone()),

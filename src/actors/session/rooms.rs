@@ -56,9 +56,11 @@ impl Session {
             backfill_complete: false,
             after: None,
         };
+        // Direct: this session has nothing on its way into the room through the broker (it
+        // publishes through its lane and waits for its leaves).
         self.deps
             .broker
-            .join(msg)
+            .join_direct(msg)
             .into_actor(self)
             .map(move |res, act, ctx| match res {
                 Ok(joined) => {
@@ -141,7 +143,7 @@ impl Session {
     /// A refreshed token can grant fewer rooms than the one the session joined with: the
     /// session leaves every room the new token no longer lets it join, and tells the client
     /// with an unsolicited `left` frame per room.
-    pub(super) fn leave_revoked_rooms(&mut self, fresh: &Identity) {
+    pub(super) fn leave_revoked_rooms(&mut self, fresh: &Identity, ctx: &mut Context<Self>) {
         let revoked: Vec<String> = self
             .rooms
             .keys()
@@ -156,10 +158,20 @@ impl Session {
                 self.key,
                 fresh.user.id
             );
-            // Fire and forget: the membership is already gone on this side, and a broker that
-            // is down has no room to leave.
-            self.deps.broker.leave_all(self.id, vec![room.clone()]);
             self.reply(None, Reply::Left { room: &room });
+            // The membership is already gone on this side, and a broker that is down has no
+            // room to leave: the answer does not matter, but it is waited for (`wait`), as for
+            // a `leave`, so that a later join of this room (a later token may grant it again)
+            // cannot reach the room before this leave does (`Broker::join_direct`).
+            self.deps
+                .broker
+                .leave(LeaveRoom {
+                    room,
+                    session: self.id,
+                })
+                .into_actor(self)
+                .map(|_, _, _| ())
+                .wait(ctx);
         }
     }
 }
