@@ -127,7 +127,10 @@ impl RoomLog {
     /// stopped: then the join comes back, for the registry to route. Not ordered against
     /// anything its caller sent through the registry that may still be on its way there (see
     /// `Broker::join_direct`).
-    pub fn join(&self, join: JoinRoom) -> Result<actix::dev::RecipientRequest<DirectJoin>, JoinRoom> {
+    pub fn join(
+        &self,
+        join: JoinRoom,
+    ) -> Result<actix::dev::RecipientRequest<DirectJoin>, JoinRoom> {
         let mut s = self.lock();
         if !s.open() {
             return Err(join);

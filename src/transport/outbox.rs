@@ -689,6 +689,20 @@ mod tests {
     }
 
     #[actix_web::test]
+    async fn the_upgrade_answer_goes_first_in_one_chunk_with_what_was_queued_behind_it() {
+        let ob = Outbox::new(16, 1024);
+        ob.ping();
+        ob.answer_first(Bytes::from_static(b"HTTP/1.1 101 \r\n\r\n"));
+        ob.push_text(Bytes::from_static(b"welcome")).unwrap();
+        let mut s = OutboxStream::new(ob.clone());
+        let chunk = s.next().await.unwrap().unwrap();
+        // The answer, then the ping (control frames go ahead of data, never of the answer),
+        // then the text frame.
+        assert_eq!(&chunk[..], b"HTTP/1.1 101 \r\n\r\n\x89\x00\x81\x07welcome");
+        assert_eq!(ob.backlog(), (0, 0));
+    }
+
+    #[actix_web::test]
     async fn drains_everything_queued_into_one_chunk_then_closes() {
         let ob = Outbox::new(16, 1024);
         ob.push_text(Bytes::from_static(b"one")).unwrap();

@@ -17,7 +17,7 @@ use serde_json::{json, value::RawValue, Value};
 use switchyard::actors::registry::{
     ListRooms, LocalBroker, QueryPresence, RoomRegistry, RouteJoin,
 };
-use switchyard::actors::room::{JoinRoom, Joined, LeaveRoom, RoomLimits};
+use switchyard::actors::room::{JoinRoom, Joined, LeaveRoom, RoomIdle, RoomLimits};
 use switchyard::actors::{next_session_id, Evicted, Member, SessionId};
 use switchyard::auth::UserInfo;
 use switchyard::broker::{Broker, Envelope, PublishFuture};
@@ -410,6 +410,80 @@ async fn a_room_retired_while_publishes_are_in_flight_loses_none_and_reuses_no_o
         instances > 1,
         "the room was retired and re-created at least once ({instances} instance)"
     );
+}
+
+/// A session's join of a room its thread joined before goes through the room's log, not the
+/// registry (`Broker::join_direct`). Such a join may be on its way while the room, just left
+/// by its last member, reports idle: the registry must not retire the room under it (the log
+/// counts the joins it carried, the room the ones it saw). Once a room is retired, the next
+/// join finds its log closed and goes through the registry, which creates the room again.
+#[actix_web::test]
+async fn a_join_through_a_known_rooms_log_is_never_lost_to_the_rooms_retirement() {
+    const KNOWN: &str = "known";
+    // No history: a room its last member leaves is idle at once. A fresh registry: this is
+    // its first room (instance 1).
+    let registry = registry(0, 0);
+    let broker = LocalBroker::new(registry.clone());
+    let mut a = Probe::new("a");
+    let mut b = Probe::new("b");
+    let joined_a = answered(broker.join(a.join_msg(KNOWN))).await;
+    // This thread now knows the room: b's join goes through its log, to the same room.
+    let joined_b = answered(broker.join_direct(b.join_msg(KNOWN))).await;
+    let lane = joined_b.lane.clone().expect("a lane");
+    assert!(Arc::ptr_eq(&lane, joined_a.lane.as_ref().expect("a lane")));
+
+    // The report the room sends when its last member leaves, as it would read had a left
+    // before b's join reached the room: one message routed by the registry (a's join) and no
+    // join through the log seen. The log carried one: the room must stay.
+    registry
+        .send(RoomIdle {
+            name: KNOWN.into(),
+            room_id: 1,
+            routed_seen: 1,
+            direct_seen: 0,
+        })
+        .await
+        .expect("registry reachable");
+    let offset = all_ok(vec![direct(&joined_b, tagged(KNOWN, 1, 1))]).await[0];
+    for probe in [&mut a, &mut b] {
+        let got = probe.messages(1).await;
+        assert_eq!((tag(&got[0]), self::offset(&got[0])), ((1, 1), offset));
+    }
+
+    // Both leave: the room retires for real, its log closes.
+    answered_leave(broker.leave(a.leave_msg(KNOWN))).await;
+    answered_leave(broker.leave(b.leave_msg(KNOWN))).await;
+    tokio::time::timeout(WAIT, async {
+        while lane.is_open() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the room retired");
+    // The next join goes through the registry: a new room, continuing the retired one's order.
+    let mut c = Probe::new("c");
+    let joined_c = answered(broker.join_direct(c.join_msg(KNOWN))).await;
+    let again = joined_c.lane.clone().expect("a lane");
+    assert!(!Arc::ptr_eq(&again, &lane), "a new instance");
+    assert!(again.is_open());
+    assert_eq!(joined_c.position.offset, offset, "the order continues");
+    let next = all_ok(vec![direct(&joined_c, tagged(KNOWN, 2, 2))]).await[0];
+    assert_eq!(next, offset + 1);
+    assert_eq!(self::offset(&c.messages(1).await[0]), next);
+}
+
+async fn answered(join: switchyard::broker::JoinFuture) -> Joined {
+    tokio::time::timeout(WAIT, join)
+        .await
+        .expect("join answered in time")
+        .expect("join accepted")
+}
+
+async fn answered_leave(leave: switchyard::broker::LeaveFuture) {
+    tokio::time::timeout(WAIT, leave)
+        .await
+        .expect("leave answered in time")
+        .expect("was a member");
 }
 
 #[actix_web::test]
