@@ -666,7 +666,7 @@ impl Broker for LocalBroker {
                     ..joined
                 })
             }),
-            Err(join) => self.join(join),
+            Err(join) => self.join(*join),
         }
     }
 

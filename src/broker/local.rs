@@ -130,10 +130,11 @@ impl RoomLog {
     pub fn join(
         &self,
         join: JoinRoom,
-    ) -> Result<actix::dev::RecipientRequest<DirectJoin>, JoinRoom> {
+    ) -> Result<actix::dev::RecipientRequest<DirectJoin>, Box<JoinRoom>> {
         let mut s = self.lock();
         if !s.open() {
-            return Err(join);
+            // Boxed: a join is large, and coming back is the rare case (a retired room).
+            return Err(Box::new(join));
         }
         s.joins_sent += 1;
         Ok(s.sinks.joins.send(DirectJoin(join)))
