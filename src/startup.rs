@@ -17,10 +17,10 @@ use actix_web::{web, App, HttpResponse};
 use anyhow::Context as _;
 
 use crate::actors::engine::{EngineConfig, EngineMode, EngineSessions};
+use crate::actors::local_broker::LocalBroker;
 use crate::actors::operation::OpContext;
 use crate::actors::operation_manager::{FlushAll, OperationManager};
 use crate::actors::recovery::{RecoveryRecords, RecoveryStore};
-use crate::actors::registry::LocalBroker;
 use crate::actors::registry::RoomRegistry;
 use crate::actors::room::RoomLimits;
 use crate::actors::session::SessionDeps;

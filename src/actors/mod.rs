@@ -25,6 +25,7 @@
 //! * [`stats::StatsPublisher`] — publishes `stats` into `system` on an interval.
 
 pub mod engine;
+pub mod local_broker;
 pub mod operation;
 pub mod operation_manager;
 pub mod recovery;

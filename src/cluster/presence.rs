@@ -30,7 +30,8 @@ use actix::prelude::*;
 use redis::Value;
 use tokio::sync::mpsc;
 
-use crate::actors::registry::{LocalBroker, RoomRegistry};
+use crate::actors::local_broker::LocalBroker;
+use crate::actors::registry::RoomRegistry;
 use crate::auth::UserInfo;
 use crate::broker::{
     node_id, Backlog, Envelope, PresenceSnapshot, PresenceView, RoomInfo, SessionId, Tail,

@@ -16,7 +16,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncConnectionConfig, Client, Value};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::actors::registry::{Deliver, DeliverPresence, LocalBroker, RoomRegistry, RouteJoin};
+use crate::actors::local_broker::LocalBroker;
+use crate::actors::registry::{Deliver, DeliverPresence, RoomRegistry, RouteJoin};
 use crate::broker::local::answer;
 use crate::broker::{
     node_id, Backlog, Broker, Envelope, HistoryPage, HistoryView, JoinFuture, JoinRoom, Joined,

@@ -21,7 +21,7 @@
 //! the client receives them in, whichever rooms pushed them from whichever threads. It is the
 //! only place that order exists, which is why it lives here rather than in a room or session.
 //!
-//! Why this file is one piece (about 580 lines, a third of them tests): the queue, its bounds,
+//! Why this file is one piece (about 720 lines, a third of them tests): the queue, its bounds,
 //! the control frames, the journal and both ways of draining it share one lock and one state,
 //! and each invariant (bounded, control frames never behind data, the journal in push order)
 //! is kept by every push and every drain together.

@@ -14,9 +14,8 @@ use std::time::Duration;
 use actix::prelude::*;
 use futures_util::future::{join_all, poll_fn};
 use serde_json::{json, value::RawValue, Value};
-use switchyard::actors::registry::{
-    ListRooms, LocalBroker, QueryPresence, RoomRegistry, RouteJoin,
-};
+use switchyard::actors::local_broker::LocalBroker;
+use switchyard::actors::registry::{ListRooms, QueryPresence, RoomRegistry, RouteJoin};
 use switchyard::actors::room::{JoinRoom, Joined, LeaveRoom, RoomIdle, RoomLimits};
 use switchyard::actors::{next_session_id, Evicted, Member, SessionId};
 use switchyard::auth::UserInfo;
