@@ -429,7 +429,13 @@ impl actix::dev::MessageResponse<RoomRegistry, RoutePublish> for OrderIn {
         match self {
             // A refusal (the room stopped) is answered on `tx`, or logged when nobody waits.
             OrderIn::Log(log, msg) => {
-                let _ = log.order(msg.envelope, msg.received_at, true, tx);
+                let forgotten = tx.is_none().then(|| msg.envelope.room.clone());
+                if let (Err(refusal), Some(room)) = (
+                    log.order(msg.envelope, msg.received_at, true, tx),
+                    forgotten,
+                ) {
+                    log::warn!("room {room}: a publish nobody waits for was refused: {refusal}");
+                }
             }
             OrderIn::Refused(refusal) => match tx {
                 Some(tx) => {

@@ -986,15 +986,16 @@ fn stored_event<'a>(room: &'a str, m: &'a Stored) -> Event<'a> {
     }
 }
 
-/// Encodings of one frame, at most one per wire (rooms rarely see more than two wires).
+/// Encodings of one frame, at most one per wire (rooms rarely see more than two wires): inline,
+/// so a broadcast allocates nothing for it (a `Vec` here was an allocation per publish).
 struct WireCache<T> {
-    entries: Vec<(Wire, Option<T>)>,
+    entries: smallvec::SmallVec<[(Wire, Option<T>); 2]>,
 }
 
 impl<T> Default for WireCache<T> {
     fn default() -> Self {
         Self {
-            entries: Vec::new(),
+            entries: smallvec::SmallVec::new(),
         }
     }
 }

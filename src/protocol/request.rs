@@ -266,11 +266,11 @@ impl Field<'_> {
         }
     }
 
-    /// Nesting depth of arrays and objects.
-    fn depth(self) -> usize {
+    /// Whether arrays and objects nest deeper than `limit` in it.
+    fn nests_deeper_than(self, limit: usize) -> bool {
         match self {
-            Field::Raw(r) => super::json_depth(r.get()),
-            Field::Json(v) => value_depth(v),
+            Field::Raw(r) => super::nests_deeper_than(r.get(), limit),
+            Field::Json(v) => value_depth(v) > limit,
         }
     }
 }
@@ -337,7 +337,7 @@ pub fn build(verb: Verb, f: &impl Fields) -> Result<Request, Refusal> {
                 ));
             }
             let data = f.field("data");
-            if data.is_some_and(|d| d.depth() > super::MAX_PAYLOAD_DEPTH) {
+            if data.is_some_and(|d| d.nests_deeper_than(super::MAX_PAYLOAD_DEPTH)) {
                 return Err(Refusal::new(
                     ErrorCode::InvalidField,
                     format!(

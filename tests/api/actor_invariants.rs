@@ -703,6 +703,12 @@ async fn a_publish_the_broker_cannot_deliver_is_refused_unavailable_never_left_h
         .expect("answered, not left hanging")
         .expect_err("refused");
     assert_eq!(refusal.code, ErrorCode::Unavailable);
+    // The same publish with nobody waiting (a session's publish without an id) is refused at
+    // once, as the lane orders it: the session answers that with an error frame.
+    let refusal = lane
+        .publish_unanswered(tagged(ROOM, 0, 3))
+        .expect_err("refused");
+    assert_eq!(refusal.code, ErrorCode::Unavailable);
     assert_eq!(probe.evicted.load(std::sync::atomic::Ordering::Relaxed), 0);
     // The room's next instance continues the order: nothing was numbered for the refusal.
     let next = LocalBroker::new(registry.clone())

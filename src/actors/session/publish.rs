@@ -89,6 +89,15 @@ impl Session {
             ..Envelope::new(room.clone(), event, data)
         };
         let sent = match lane {
+            // Without an id nothing is answered once the room has it: only a refusal, known
+            // as the lane orders it. A room stopped right after ordering drops the message
+            // unannounced (its members are told the room closed); an id asks to be told.
+            Some(lane) if id.is_none() => {
+                if let Err(refusal) = lane.publish_unanswered(envelope) {
+                    self.refuse(ctx, None, refusal);
+                }
+                return;
+            }
             Some(lane) => lane.publish(envelope),
             None => self.deps.broker.publish(envelope),
         };
