@@ -2,9 +2,10 @@
 //! once into a typed [`Request`] (the one request type of every front end, [`request`]), and
 //! replies are encoded from plain data ([`Reply`], [`Wire`]).
 //!
-//! Why this file is one piece (about 530 lines): [`Wire`] is the one place that knows how each
-//! kind of client gets each kind of traffic (room messages, backfill, join answers, presence,
-//! replies), an app profile's renames included; a client kind's encodings read best together.
+//! Why this file is one piece (about 600 lines, and 80 of tests): [`Wire`] is the one place
+//! that knows how each kind of client gets each kind of traffic (room messages, backfill, join
+//! answers, presence, replies), an app profile's renames included; a client kind's encodings
+//! read best together.
 
 pub mod engineio;
 pub mod native;
