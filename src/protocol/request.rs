@@ -270,18 +270,9 @@ impl Field<'_> {
     fn nests_deeper_than(self, limit: usize) -> bool {
         match self {
             Field::Raw(r) => super::nests_deeper_than(r.get(), limit),
-            Field::Json(v) => value_depth(v) > limit,
+            // Counted as `super::json_depth` counts the text: 0 for a scalar, 1 for flat.
+            Field::Json(v) => crate::operations::json_depth(v) > limit,
         }
-    }
-}
-
-/// Nesting depth of a parsed value, counted as [`super::json_depth`] counts its text. (The
-/// parser that built it bounds the recursion.)
-fn value_depth(v: &Value) -> usize {
-    match v {
-        Value::Array(a) => 1 + a.iter().map(value_depth).max().unwrap_or(0),
-        Value::Object(o) => 1 + o.values().map(value_depth).max().unwrap_or(0),
-        _ => 0,
     }
 }
 
