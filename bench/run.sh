@@ -119,9 +119,9 @@ start_node() {
 }
 
 # The floor: a bare epoll loop in the bench tool (bench/src/floor.rs): fan-out, rooms and
-# connection set-up.
+# connection set-up (extra arguments: `--presence true`).
 start_floor() {
-  serve_pinned "$FLOOR_PORT" BENCH_FLOOR_PORT "$BENCH" floor-server --port "$FLOOR_PORT"
+  serve_pinned "$FLOOR_PORT" BENCH_FLOOR_PORT "$BENCH" floor-server --port "$FLOOR_PORT" "$@"
 }
 
 # Runs the generator pinned to its core, appends its JSON lines, notes failures (the run goes on).
@@ -169,7 +169,16 @@ for t in "${TARGETS[@]}"; do
       --members "$n" --rate "$FANOUT_RATE" --max true --window "$WINDOW" --duration "$PHASE_S" --user bench
   done
   # Distinct users (presence on), rooms of four: connections accepted and joined a second.
-  if want connect; then
+  # The floor announces arrivals as presence does (one write per room-mate) and is checked the
+  # same way; the floor without that I/O is measured too, as `floor-bare`.
+  if want connect && [ "$server" = floor ]; then
+    start_floor --presence true
+    gen "connect floor/native $CONNECT_CONNS users, presence" connect --url "$url" --server floor \
+      --protocol native --conns "$CONNECT_CONNS" --size 4 --presence true
+    start_floor
+    gen "connect floor-bare/native $CONNECT_CONNS users" connect --url "$url" --server floor-bare \
+      --protocol native --conns "$CONNECT_CONNS" --size 4
+  elif want connect; then
     $starter
     gen "connect $server/$proto $CONNECT_CONNS users" connect --url "$url" --server "$server" \
       --protocol "$proto" --conns "$CONNECT_CONNS" --size 4

@@ -11,6 +11,12 @@
 //! gets each message as it happens. It keeps no offsets, no presence, no history and checks
 //! nothing, so what it costs per delivery is what the kernel costs, plus very little.
 //!
+//! With `--presence true` (the connection set-up scenario) it also does the I/O presence
+//! needs and nothing more: the `auth` frame's user is kept, a join's answer lists the users
+//! already in the room, and each of them gets one canned `presence` frame naming the newcomer
+//! (one write per delivery, as for a publish). A server with presence cannot write less at a
+//! join; without it the floor would be spared frames the scenario checks every server for.
+//!
 //! Not a server to use: no limits, no timeouts, no fragmentation (continuation frames are
 //! dropped), no TLS. Loopback only.
 
@@ -34,6 +40,8 @@ struct Conn {
     /// What a write could not take; sent when the socket is writable again.
     out: Vec<u8>,
     room: Option<usize>,
+    /// The `auth` frame's user (presence only).
+    user: Option<Box<str>>,
     dead: bool,
 }
 
@@ -50,6 +58,7 @@ pub struct Floor {
     poll: Poll,
     listener: TcpListener,
     waker: std::sync::Arc<mio::Waker>,
+    presence: bool,
 }
 
 /// Stops a serving [`Floor`] (from another thread).
@@ -63,8 +72,8 @@ impl Stop {
 }
 
 impl Floor {
-    /// Listens on 127.0.0.1:`port` (0: any free port).
-    pub fn bind(port: u16) -> Result<Floor, String> {
+    /// Listens on 127.0.0.1:`port` (0: any free port); `presence`: joins announce (module doc).
+    pub fn bind(port: u16, presence: bool) -> Result<Floor, String> {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut listener = TcpListener::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
         let poll = Poll::new().map_err(|e| format!("epoll: {e}"))?;
@@ -76,6 +85,7 @@ impl Floor {
             poll,
             listener,
             waker: std::sync::Arc::new(waker),
+            presence,
         })
     }
 
@@ -93,9 +103,15 @@ impl Floor {
     /// Serves until [`Stop::stop`] (the binary: until it is killed).
     pub fn serve(self) -> Result<(), String> {
         let Floor {
-            mut poll, listener, ..
+            mut poll,
+            listener,
+            presence,
+            ..
         } = self;
-        let mut st = State::default();
+        let mut st = State {
+            presence,
+            ..State::default()
+        };
         let mut events = Events::with_capacity(1024);
         let mut buf = vec![0u8; 64 * 1024];
         let mut incoming = Vec::new();
@@ -148,6 +164,7 @@ struct State {
     rooms: Vec<Vec<usize>>,
     names: HashMap<String, usize>,
     dead: Vec<usize>,
+    presence: bool,
 }
 
 impl State {
@@ -177,6 +194,7 @@ impl State {
                 inbuf: Vec::new(),
                 out: Vec::new(),
                 room: None,
+                user: None,
                 dead: false,
             };
             if id == self.conns.len() {
@@ -238,12 +256,43 @@ impl State {
             let Some(Some(c)) = self.conns.get_mut(id) else {
                 return;
             };
-            if c.room.is_none() {
-                c.room = Some(room);
-                self.rooms[room].push(id);
+            if c.room.is_some() {
+                return self.send(registry, id, &frame(0x1, br#"{"type":"joined"}"#));
             }
-            self.send(registry, id, &frame(0x1, br#"{"type":"joined"}"#));
+            c.room = Some(room);
+            let user = c.user.clone();
+            let members = std::mem::take(&mut self.rooms[room]);
+            match user.filter(|_| self.presence) {
+                None => self.send(registry, id, &frame(0x1, br#"{"type":"joined"}"#)),
+                Some(user) => {
+                    // The answer lists who is here; each of them hears of the newcomer.
+                    let mut answer = String::from(r#"{"type":"joined","presence":["#);
+                    for (k, &m) in members.iter().enumerate() {
+                        if let Some(u) = self.conns[m].as_ref().and_then(|c| c.user.as_deref()) {
+                            let comma = if k > 0 { "," } else { "" };
+                            answer.push_str(&format!(r#"{comma}{{"user":"{u}"}}"#));
+                        }
+                    }
+                    answer.push_str("]}");
+                    self.send(registry, id, &frame(0x1, answer.as_bytes()));
+                    let news = frame(
+                        0x1,
+                        format!(r#"{{"type":"presence","joined":[{{"user":"{user}"}}]}}"#)
+                            .as_bytes(),
+                    );
+                    for &m in &members {
+                        self.send(registry, m, &news);
+                    }
+                }
+            }
+            self.rooms[room] = members;
+            self.rooms[room].push(id);
         } else if find(text, br#""type":"auth""#).is_some() {
+            if let (Some(Some(c)), Some(user)) =
+                (self.conns.get_mut(id), string_after(text, br#""user":""#))
+            {
+                c.user = Some(String::from_utf8_lossy(user).into());
+            }
             self.send(registry, id, &frame(0x1, br#"{"type":"authenticated"}"#));
         }
     }

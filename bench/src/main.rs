@@ -14,7 +14,7 @@
 //! switchyard-bench operations --url … [--kind bench] [--operations 1000] [--workers 20] \
 //!     [--rate 10] [--duration 15] [--pid …] [--database sqlite|postgres] \
 //!     [--db-processes switchyard_bench]      # also sum the CPU of the database's backends
-//! switchyard-bench floor-server --port 18482      # the floor target (see floor.rs)
+//! switchyard-bench floor-server --port 18482 [--presence true]  # the floor target (floor.rs)
 //! switchyard-bench machine [--node-dir bench/node]
 //! switchyard-bench report bench/results/latest.jsonl [--out docs/benchmarks]
 //! ```
@@ -271,7 +271,9 @@ fn main() {
     if cmd == "floor-server" {
         // A blocking epoll loop of its own: no Tokio runtime under it.
         let port = args.get("port", 18482u16);
-        let served = port.and_then(|port| switchyard_bench::floor::Floor::bind(port)?.serve());
+        let presence = args.get("presence", false);
+        let served =
+            port.and_then(|port| switchyard_bench::floor::Floor::bind(port, presence?)?.serve());
         if let Err(e) = served {
             eprintln!("error: floor-server: {e}");
             std::process::exit(1);

@@ -336,7 +336,12 @@ pub fn report(input: &str, out_dir: &str) -> Result<(), String> {
 
     let connect = grouped(&lines, "connect", |v| v["conns"].as_u64());
     for (n, g) in &connect {
-        connect_table(&mut md, *n, g);
+        let bare = lines.iter().find(|v| {
+            s(v, "scenario") == "connect"
+                && s(v, "server") == "floor-bare"
+                && v["conns"].as_u64() == Some(*n)
+        });
+        connect_table(&mut md, *n, g, bare);
     }
     operations_table(&mut md, &lines);
 
@@ -386,8 +391,10 @@ pub fn report(input: &str, out_dir: &str) -> Result<(), String> {
 }
 
 /// Connection set-up: a row per target, the floor the yardstick (issue #18: at least the
-/// floor's rate within 20 %).
-fn connect_table(md: &mut String, conns: u64, g: &[Option<&Value>; NT]) {
+/// floor's rate within 20 %). The floor does presence's I/O (`floor-server --presence true`);
+/// `bare`, the floor without it (no announcements, a join answer with no list), is a row of its
+/// own and a second ratio, so the change of yardstick is in every table.
+fn connect_table(md: &mut String, conns: u64, g: &[Option<&Value>; NT], bare: Option<&Value>) {
     let size = g
         .iter()
         .flatten()
@@ -400,32 +407,37 @@ fn connect_table(md: &mut String, conns: u64, g: &[Option<&Value>; NT]) {
     );
     let _ = writeln!(
         md,
-        "| target | connections/s | vs floor | server CPU s per 1,000 | vs floor | set-up p50 (ms) | set-up p99 (ms) | accept-queue overflows | presence events | generator core busy |"
+        "| target | connections/s | vs floor | vs floor without presence | server CPU s per 1,000 | vs floor | set-up p50 (ms) | set-up p99 (ms) | accept-queue overflows | presence events | generator core busy |"
     );
     let _ = writeln!(
         md,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
-    let floor = g[NT - 1];
-    let of_floor = |v: &Value, key: &str| -> String {
-        match (f(v, key), floor.and_then(|fl| f(fl, key))) {
+    let of = |v: &Value, yardstick: Option<&Value>, key: &str| -> String {
+        match (f(v, key), yardstick.and_then(|y| f(y, key))) {
             (Some(a), Some(b)) if b > 0.0 => format!("{:.0} %", a / b * 100.0),
             _ => "–".into(),
         }
     };
-    for (t, (_, _, label)) in TARGETS.iter().enumerate() {
-        let Some(v) = g[t] else { continue };
+    let floor = g[NT - 1];
+    let rows = TARGETS
+        .iter()
+        .zip(g.iter())
+        .filter_map(|((_, _, label), v)| Some((*label, (*v)?)))
+        .chain(bare.map(|v| ("bare epoll loop without presence", v)));
+    for (label, v) in rows {
         let busy = v["core_busy"]
             .as_array()
             .and_then(|c| c.get(1))
             .and_then(Value::as_f64);
         let _ = writeln!(
             md,
-            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {label} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             num(f(v, "conns_per_s")),
-            of_floor(v, "conns_per_s"),
+            of(v, floor, "conns_per_s"),
+            of(v, bare, "conns_per_s"),
             num(f(v, "cpu_s_per_1k")),
-            of_floor(v, "cpu_s_per_1k"),
+            of(v, floor, "cpu_s_per_1k"),
             num(f(v, "p50_ms")),
             num(f(v, "p99_ms")),
             num(f(v, "listen_overflows")),

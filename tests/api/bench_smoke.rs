@@ -270,7 +270,7 @@ async fn the_node_reference_passes_the_same_check() {
 
 #[tokio::test]
 async fn the_floor_passes_the_same_check() {
-    let floor = switchyard_bench::floor::Floor::bind(0).expect("the floor binds");
+    let floor = switchyard_bench::floor::Floor::bind(0, false).expect("the floor binds");
     let url = format!("http://127.0.0.1:{}", floor.port().expect("its port"));
     let stop = floor.stopper();
     let served = std::thread::spawn(move || floor.serve());
@@ -301,6 +301,38 @@ async fn the_floor_passes_the_same_check() {
             .is_some_and(|p| p.contains("did not learn of every room-mate")),
         "{r:?}"
     );
+    stop.stop();
+    served
+        .join()
+        .expect("the floor's thread")
+        .expect("the floor served until stopped");
+}
+
+/// The floor of the connection set-up scenario (`floor-server --presence true`) does the I/O
+/// presence needs, so the generator's presence check holds for it as for Switchyard.
+#[tokio::test]
+async fn the_floor_with_presence_passes_the_presence_check() {
+    let floor = switchyard_bench::floor::Floor::bind(0, true).expect("the floor binds");
+    let url = format!("http://127.0.0.1:{}", floor.port().expect("its port"));
+    let stop = floor.stopper();
+    let served = std::thread::spawn(move || floor.serve());
+    let cfg = ConnectConfig {
+        presence: true,
+        ..small_connect(&url, "floor", Protocol::Native)
+    };
+    let r = within("connect", switchyard_bench::connect(&cfg))
+        .await
+        .expect("connect");
+    assert!(r.ok, "{r:?}");
+    assert!(r.presence_checked, "{r:?}");
+    // Rooms of four filled one arrival at a time: 0 + 1 + 2 + 3 announcements per room.
+    assert_eq!(r.presence_events, r.rooms as u64 * 6, "{r:?}");
+    // Publishing still reaches every member.
+    let cfg = small_rooms(&url, "floor", Protocol::Native);
+    let r = within("rooms", switchyard_bench::rooms(&cfg))
+        .await
+        .expect("rooms");
+    assert!(r.result.ok, "{r:?}");
     stop.stop();
     served
         .join()
