@@ -93,6 +93,16 @@ impl Identity {
         }
     }
 
+    /// A verified identity with no grants, for unit tests.
+    #[cfg(test)]
+    pub fn verified_for_tests(id: &str) -> Self {
+        Self {
+            open: false,
+            role: Role::User,
+            ..Self::open(id.into(), None)
+        }
+    }
+
     fn from_claims(c: Claims) -> Self {
         let role = match c.role.as_deref() {
             Some("admin") => Role::Admin,

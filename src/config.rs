@@ -289,6 +289,10 @@ pub struct ServeArgs {
     #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS_PER_IP", default_value = "2000",
           value_parser = whole(0usize, 10_000_000))]
     pub max_connections_per_ip: usize,
+    /// Open connections per verified user (token or backend hook; not open mode's declared users), per node; 0: no limit
+    #[arg(long, env = "SWITCHYARD_MAX_CONNECTIONS_PER_USER", default_value = "100",
+          value_parser = whole(0usize, 10_000_000))]
+    pub max_connections_per_user: usize,
     /// Operations (queued, running, cancelling) one user may have started and not ended, per node; 0: no limit
     #[arg(long, env = "SWITCHYARD_MAX_ACTIVE_OPERATIONS_PER_USER", default_value = "1000",
           value_parser = whole(0usize, 10_000_000))]
@@ -531,6 +535,9 @@ pub struct Settings {
     pub user_publish_rate: u32,
     /// Open connections per client address (`SWITCHYARD_MAX_CONNECTIONS_PER_IP`, 0: no limit).
     pub max_connections_per_ip: usize,
+    /// Open connections per verified user, per node (`SWITCHYARD_MAX_CONNECTIONS_PER_USER`, 0: no
+    /// limit): with the outbound queue's bound, what one token holder can pin.
+    pub max_connections_per_user: usize,
     /// New connections a second per client address, burst twice that
     /// (`SWITCHYARD_NEW_CONNECTIONS_PER_IP`, 0: no limit).
     pub new_connections_per_ip: u32,
@@ -760,6 +767,7 @@ impl Settings {
             publish_rate: a.publish_rate,
             user_publish_rate: a.user_publish_rate,
             max_connections_per_ip: a.max_connections_per_ip,
+            max_connections_per_user: a.max_connections_per_user,
             max_active_operations_per_user: a.max_active_operations_per_user,
             new_connections_per_ip: a.new_connections_per_ip,
             allowed_origins: a.allowed_origins.unwrap_or_default(),

@@ -1,4 +1,5 @@
-//! Abuse limits: token buckets for rates, and a gate counting connections per client address.
+//! Abuse limits: token buckets for rates, a gate counting connections per client address, and
+//! one counting them per user.
 //!
 //! Everything here is in memory and per node. Keys are bounded: idle buckets are dropped when a
 //! map grows, so a scan over many user ids or addresses cannot grow memory without bound. On a
@@ -223,6 +224,7 @@ impl ConnectionGate {
             return Ok(ConnectionSlot {
                 gate: None,
                 ip: None,
+                user: None,
             });
         };
         let mut map = lock(&self.state);
@@ -241,6 +243,7 @@ impl ConnectionGate {
         Ok(ConnectionSlot {
             gate: Some(self.clone()),
             ip: Some(ip),
+            user: None,
         })
     }
 
@@ -249,10 +252,19 @@ impl ConnectionGate {
     }
 }
 
-/// One admitted connection; dropping it frees the slot.
+/// One admitted connection; dropping it frees the slot (and its user's, when it holds one).
 pub struct ConnectionSlot {
     gate: Option<Arc<ConnectionGate>>,
     ip: Option<IpAddr>,
+    user: Option<UserSlot>,
+}
+
+impl ConnectionSlot {
+    /// Also holds the connection's place in its user's count.
+    pub fn with_user(mut self, user: Option<UserSlot>) -> Self {
+        self.user = user;
+        self
+    }
 }
 
 impl Drop for ConnectionSlot {
@@ -261,6 +273,84 @@ impl Drop for ConnectionSlot {
             let mut map = lock(&gate.state);
             if let Some((open, _)) = map.get_mut(&ip) {
                 *open = open.saturating_sub(1);
+            }
+        }
+    }
+}
+
+/// Counts open connections per verified user (`SWITCHYARD_MAX_CONNECTIONS_PER_USER`): what bounds
+/// the memory one token holder can pin across connections, each of which may hold a full
+/// outbound queue until it is evicted. Only identities the server verified count (a token, or a
+/// backend hook's answer): in open mode a client declares any user it likes, so a bound per user
+/// would stop no one, and the per-address gate is the bound there.
+pub struct UserGate {
+    max: usize,
+    /// Users with at least one open connection (an entry leaves with its last connection: the
+    /// map holds no more users than there are connections).
+    open: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+impl UserGate {
+    pub fn new(max: usize) -> Arc<Self> {
+        Arc::new(Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A place for one more connection of `identity`'s user, held until the returned slot drops;
+    /// `Ok(None)` for an identity that is not counted (open mode) or when there is no limit.
+    pub fn admit(
+        self: &Arc<Self>,
+        identity: &crate::auth::Identity,
+    ) -> Result<Option<UserSlot>, crate::error_code::Refusal> {
+        if self.max == 0 || identity.is_open() {
+            return Ok(None);
+        }
+        let user: Arc<str> = Arc::from(identity.user.id.as_str());
+        let mut open = lock(&self.open);
+        let n = open.entry(user.clone()).or_insert(0);
+        if *n >= self.max {
+            return Err(crate::error_code::Refusal::new(
+                crate::error_code::ErrorCode::TooManyConnections,
+                format!(
+                    "user {} already has {} open connections on this server (at most {})",
+                    identity.user.id, n, self.max
+                ),
+            ));
+        }
+        *n += 1;
+        Ok(Some(UserSlot {
+            gate: self.clone(),
+            user,
+        }))
+    }
+
+    /// Open connections of `user` counted here.
+    pub fn open_for(&self, user: &str) -> usize {
+        lock(&self.open).get(user).copied().unwrap_or(0)
+    }
+}
+
+/// One counted connection of a user; dropping it frees the place.
+pub struct UserSlot {
+    gate: Arc<UserGate>,
+    user: Arc<str>,
+}
+
+impl UserSlot {
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+}
+
+impl Drop for UserSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.gate.open);
+        if let Some(n) = open.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.user);
             }
         }
     }
@@ -290,6 +380,33 @@ mod tests {
         let local = KeyedRate::new(10.0, 5.0);
         assert!(local.try_take("u"));
         assert!(local.drain_taken().is_empty());
+    }
+
+    #[test]
+    fn a_user_gate_counts_verified_users_and_frees_a_place_with_its_slot() {
+        let gate = UserGate::new(2);
+        let alice = crate::auth::Identity::verified_for_tests("alice");
+        let a = gate.admit(&alice).unwrap().expect("counted");
+        let _b = gate.admit(&alice).unwrap().expect("counted");
+        let refused = gate.admit(&alice).err().expect("a third is refused");
+        assert_eq!(
+            refused.code,
+            crate::error_code::ErrorCode::TooManyConnections
+        );
+        // Another user has places of their own.
+        let bob = crate::auth::Identity::verified_for_tests("bob");
+        assert!(gate.admit(&bob).unwrap().is_some());
+        assert_eq!(gate.open_for("bob"), 0, "bob's slot dropped at once");
+        drop(a);
+        assert_eq!(gate.open_for("alice"), 1);
+        assert!(gate.admit(&alice).unwrap().is_some());
+        // Declared identities (open mode) are not counted; no limit counts nothing.
+        let open = crate::auth::Identity::open("alice".into(), None);
+        for _ in 0..5 {
+            assert!(gate.admit(&open).unwrap().is_none());
+        }
+        assert!(UserGate::new(0).admit(&alice).unwrap().is_none());
+        assert_eq!(gate.open_for("alice"), 1, "{:?}", lock(&gate.open));
     }
 
     #[test]

@@ -349,6 +349,7 @@ impl Application {
             hooks: hooks.clone(),
             recovery: recovery.clone(),
             history: history.clone(),
+            users: crate::limits::UserGate::new(settings.max_connections_per_user),
         });
         let watcher_deps = Arc::new(WatcherDeps {
             settings: settings.clone(),

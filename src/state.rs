@@ -94,4 +94,18 @@ impl AppState {
             Refusal::new(ErrorCode::TooManyConnections, message)
         })
     }
+
+    /// A place in `identity`'s user's count of open connections
+    /// (`SWITCHYARD_MAX_CONNECTIONS_PER_USER`), for a connection whose identity is known before
+    /// it starts (a token in the header, a watch ticket, a backend hook's answer): held with the
+    /// connection's slot ([`ConnectionSlot::with_user`]). `None`: not counted.
+    pub fn admit_user(
+        &self,
+        identity: Option<&crate::auth::Identity>,
+    ) -> Result<Option<crate::limits::UserSlot>, crate::error_code::Refusal> {
+        match identity {
+            Some(i) => self.session_deps.users.admit(i),
+            None => Ok(None),
+        }
+    }
 }

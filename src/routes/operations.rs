@@ -824,7 +824,8 @@ pub struct EventsQuery {
         (status = 404, description = "`not_found`: no such operation, or the caller may not \
             see it.", body = ErrorBody),
         (status = 429, description = "`too_many_connections`: over the per-address connection \
-            limits (`SWITCHYARD_MAX_CONNECTIONS_PER_IP`, `SWITCHYARD_NEW_CONNECTIONS_PER_IP`).",
+            limits (`SWITCHYARD_MAX_CONNECTIONS_PER_IP`, `SWITCHYARD_NEW_CONNECTIONS_PER_IP`), or \
+            the user's (`SWITCHYARD_MAX_CONNECTIONS_PER_USER`).",
             body = ErrorBody),
         (status = 503, description = E503, body = ErrorBody),
     ),
@@ -870,7 +871,9 @@ pub(super) async fn events_shaped(
     }
     // Aliases live outside `/api` (no CORS middleware there): the origin is checked here.
     require_allowed_origin(&req, &state)?;
-    let slot = state.admit(&req)?;
+    let slot = state
+        .admit(&req)?
+        .with_user(state.admit_user(Some(&caller.identity))?);
     let settings = &state.settings;
     let outbox = Outbox::with_framing(
         settings.outbox_max_messages,
@@ -915,7 +918,7 @@ pub(super) async fn events_shaped(
         (status = 404, description = "`not_found`: no such operation, or the caller may not \
             see it.", body = ErrorBody),
         (status = 429, description = "`too_many_connections`: over the per-address connection \
-            limits.", body = ErrorBody),
+            limits, or the user's (`SWITCHYARD_MAX_CONNECTIONS_PER_USER`).", body = ErrorBody),
         (status = 503, description = E503, body = ErrorBody),
     ),
     security(("bearer" = []), ("ticket" = [])),
@@ -941,7 +944,9 @@ pub(super) async fn socket_shaped(
     // An app's alias of this socket lives outside `/api`, where the CORS middleware checks
     // origins; a WebSocket gets no CORS from the browser, so the origin is checked here.
     require_allowed_origin(&req, &state)?;
-    let slot = state.admit(&req)?;
+    let slot = state
+        .admit(&req)?
+        .with_user(state.admit_user(Some(&caller.identity))?);
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
     let watcher = watcher(

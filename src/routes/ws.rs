@@ -50,6 +50,9 @@ pub async fn connect(
             identity = Some(answer.and_then(|a| crate::hooks::identity(&a))?);
         }
     }
+    // A signed-in user's connections are counted (the address's were, above); one who
+    // authenticates with an `auth` frame is counted then.
+    let slot = slot.with_user(state.admit_user(identity.as_ref())?);
     let settings = &state.settings;
     let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
     // Until it authenticates, a client may send what an `auth` frame needs; the session

@@ -183,3 +183,66 @@ async fn a_session_whose_token_expires_is_told_and_closed_unless_it_refreshed() 
         "pong"
     );
 }
+
+/// What one token holder can pin is bounded across connections: at most
+/// `SWITCHYARD_MAX_CONNECTIONS_PER_USER` open at once, each with its bounded outbound queue. A
+/// token in the header is refused at the upgrade (429), an `auth` frame with an error frame and
+/// the close; other users are not affected, and a closed connection frees its place.
+#[tokio::test]
+async fn connections_per_user_are_bounded_whether_the_token_comes_in_the_header_or_a_frame() {
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        s.jwt_secret = Some(SECRET.into());
+        s.max_connections_per_user = 2;
+    })
+    .await;
+    let alice = token("alice", &["*"], &[], None);
+    let mut first = WsClient::connect(&app.ws_url(), Some(&alice)).await;
+    let mut second = app.ws().await;
+    let r = second
+        .request(json!({"type": "auth", "token": alice}))
+        .await;
+    assert_eq!(r["type"], "authenticated", "{r}");
+
+    // A third, by header: refused before the upgrade.
+    let res = app.raw_upgrade(Some(&alice)).await;
+    assert_eq!(res.status(), 429);
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body["error"], "too_many_connections", "{body}");
+    // A third, by `auth` frame: told, then closed.
+    let mut third = app.ws().await;
+    let r = third.request(json!({"type": "auth", "token": alice})).await;
+    assert_eq!(
+        (r["type"].as_str(), r["code"].as_str()),
+        (Some("error"), Some("too_many_connections")),
+        "{r}"
+    );
+    let closed = third.closed().await;
+    assert_eq!(closed.code, Some(1008), "{closed:?}");
+
+    // A refresh on a counted connection keeps its place; another user has places of their own.
+    let r = first.request(json!({"type": "auth", "token": alice})).await;
+    assert_eq!(r["type"], "authenticated", "{r}");
+    let bob = token("bob", &["*"], &[], None);
+    let _bob = WsClient::connect(&app.ws_url(), Some(&bob)).await;
+
+    // Closing one frees its place (the session ends after the socket does).
+    second.close().await;
+    eventually("alice's place to be freed", || async {
+        app.raw_upgrade(Some(&alice)).await.status() == 101
+    })
+    .await;
+    assert!(app
+        .metrics_text()
+        .await
+        .contains("switchyard_refusals_total{code=\"too_many_connections\"}"));
+}
+
+/// In open mode a client declares any user it likes: a per-user count would stop no one, so
+/// declared users are not counted (the per-address bound holds there).
+#[tokio::test]
+async fn declared_users_in_open_mode_are_not_counted() {
+    let app = spawn_app_with(Backend::Sqlite, |s| s.max_connections_per_user = 1).await;
+    let _a = app.ws_as("same").await;
+    let _b = app.ws_as("same").await;
+    let _c = app.ws_as("same").await;
+}

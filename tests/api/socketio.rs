@@ -20,7 +20,12 @@ async fn socket_io_client_v4_works_against_switchyard() {
         s.workers = 2;
     })
     .await;
-    let secure = spawn_app_with(Backend::Sqlite, |s| s.jwt_secret = Some(SECRET.into())).await;
+    // At most 3 connections per user: the suite checks the fourth is refused.
+    let secure = spawn_app_with(Backend::Sqlite, |s| {
+        s.jwt_secret = Some(SECRET.into());
+        s.max_connections_per_user = 3;
+    })
+    .await;
     let run = tokio::process::Command::new("node")
         .args([
             "--test",

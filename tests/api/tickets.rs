@@ -599,3 +599,49 @@ async fn a_browser_follows_an_operation_over_event_source_and_websocket_with_a_t
         "the ticket browser tests did not report their results:\n{stdout}"
     );
 }
+
+/// Watching an operation counts as one of the user's connections
+/// (`SWITCHYARD_MAX_CONNECTIONS_PER_USER`), by ticket or by token, on the socket and on SSE.
+#[tokio::test]
+async fn watchers_count_as_their_users_connections() {
+    let s = secured(|s| s.max_connections_per_user = 2).await;
+    let id = s.start("a").await;
+    let ticket = s.ticket_for(&id).await;
+    let path = format!("/api/operations/{id}/ws?ticket={ticket}");
+    let mut one = open_ws(&s.app, &path).await.expect("the first watcher");
+    let mut two = open_ws(&s.app, &path).await.expect("the second watcher");
+    next_json(&mut one).await;
+    next_json(&mut two).await;
+    let Err(refused) = open_ws(&s.app, &path).await else {
+        panic!("the third watcher was let in");
+    };
+    assert_eq!(
+        (refused.0, refused.1["error"].as_str()),
+        (429, Some("too_many_connections")),
+        "{refused:?}"
+    );
+    let (code, _) = sse_events(
+        &s.app,
+        &format!("/api/operations/{id}/events?ticket={ticket}"),
+        "operation.completed",
+    )
+    .await;
+    assert_eq!(code, 429, "SSE counts too");
+    // Another user (the service's token) is not affected.
+    let res = s
+        .app
+        .http
+        .get(s.app.url(&format!("/api/operations/{id}/events")))
+        .bearer_auth(&s.service)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    drop(res);
+    // A watcher that ends frees its place.
+    drop(one);
+    eventually("the watcher's place to be freed", || async {
+        open_ws(&s.app, &path).await.is_ok()
+    })
+    .await;
+}

@@ -1,7 +1,7 @@
 // Real socket.io-client@4 (and the `ws` package for the native protocol) against a running
 // Switchyard. Started by `cargo test` (tests/api/socketio.rs), which passes:
 //   SY_URL         an open-mode server (maxPayload 100000, extra namespace /admin)
-//   SY_SECURE_URL  a server with SY_SECRET as its JWT secret
+//   SY_SECURE_URL  a server with SY_SECRET as its JWT secret, at most 3 connections per user
 // Every wait has a timeout; nothing sleeps.
 import { test } from "node:test";
 import assert from "node:assert/strict";
@@ -175,6 +175,49 @@ test("a refused token gets connect_error; a good one connects with its permissio
     assert.equal(p.ok, true);
   } finally {
     ok.close();
+  }
+});
+
+test("a user's fourth connection gets connect_error too_many_connections; a closed one frees its place", async () => {
+  const t = token({ sub: "dora", rooms: ["*"], exp: Math.floor(Date.now() / 1000) + 600 });
+  // Over WebSocket and over long-polling alike: each counts once its CONNECT is accepted.
+  const open = [];
+  try {
+    for (const transports of [["websocket"], ["polling"], ["websocket"]]) {
+      open.push(await connected(connect({ transports, auth: { token: t } }, SECURE_URL)));
+    }
+    const fourth = connect({ transports: ["polling"], auth: { token: t } }, SECURE_URL);
+    const [err] = await once(fourth, "connect_error");
+    assert.match(err.message, /open connections/);
+    assert.equal(err.data?.code, "too_many_connections");
+    fourth.close();
+    // Another user is not affected.
+    const other = token({ sub: "ed", rooms: ["*"], exp: Math.floor(Date.now() / 1000) + 600 });
+    const ed = await connected(connect({ auth: { token: other } }, SECURE_URL));
+    ed.close();
+    // Closing one frees its place once the server has seen it go.
+    open.shift().close();
+    const deadline = Date.now() + WAIT;
+    for (;;) {
+      const again = connect({ auth: { token: t } }, SECURE_URL);
+      const outcome = await within(
+        new Promise((resolve) => {
+          again.once("connect", () => resolve("connected"));
+          again.once("connect_error", (e) => resolve(e.data?.code ?? e.message));
+        }),
+        "an answer to the CONNECT",
+      );
+      if (outcome === "connected") {
+        open.push(again);
+        break;
+      }
+      again.close();
+      assert.equal(outcome, "too_many_connections");
+      assert.ok(Date.now() < deadline, "the closed connection's place was never freed");
+      await new Promise((resolve) => setImmediate(resolve));
+    }
+  } finally {
+    for (const s of open) s.close();
   }
 });
 

@@ -21,6 +21,7 @@ use crate::actors::recovery::Restore;
 use crate::actors::session::{AppEvent, Disconnect, Inbound, Session, SocketEnded, SocketRecovery};
 use crate::auth::Identity;
 use crate::error::{ErrorCode, Refusal};
+use crate::limits::UserSlot;
 use crate::protocol::sio;
 use crate::protocol::socketio::{self, Kind};
 
@@ -221,10 +222,16 @@ impl EngineSession {
         auth: Option<Value>,
         ctx: &mut Context<Self>,
     ) {
+        // Counted before anything is taken for it (a recovery record): a user at
+        // `SWITCHYARD_MAX_CONNECTIONS_PER_USER` is refused here, with nothing lost.
+        let user = match self.deps.users.admit(&identity) {
+            Ok(user) => user,
+            Err(r) => return self.refuse_connect(&nsp, r),
+        };
         if self.deps.recovery.is_some() {
-            return self.connect_recovering(nsp, auth.as_ref(), identity, ctx);
+            return self.connect_recovering(nsp, auth.as_ref(), identity, user, ctx);
         }
-        self.open_socket(nsp, identity, None, ctx);
+        self.open_socket(nsp, identity, user, None, ctx);
     }
 
     /// Connection-state recovery (docs/socketio.md): a CONNECT whose auth carries the `pid` of
@@ -238,13 +245,14 @@ impl EngineSession {
         nsp: Arc<str>,
         auth: Option<&Value>,
         identity: Identity,
+        user: Option<UserSlot>,
         ctx: &mut Context<Self>,
     ) {
         let field = |name: &str| auth.and_then(|a| a.get(name)).and_then(Value::as_str);
         let offset = field("offset").map(str::to_string);
         let (Some(pid), Some(store)) = (field("pid"), self.deps.recovery.as_ref()) else {
             let fresh = SocketRecovery::fresh(offset);
-            return self.open_socket(nsp, identity, Some(fresh), ctx);
+            return self.open_socket(nsp, identity, user, Some(fresh), ctx);
         };
         // The store checks the user and namespace before it gives the record up: in cluster
         // mode it is in Redis, so the take is a round trip (`wait`: nothing else of this
@@ -257,7 +265,7 @@ impl EngineSession {
                     return;
                 }
                 let record = record.map(|r| (pid, r));
-                act.check_recovery(nsp, offset, identity, record, ctx);
+                act.check_recovery(nsp, offset, identity, user, record, ctx);
             })
             .wait(ctx);
     }
@@ -268,6 +276,7 @@ impl EngineSession {
         nsp: Arc<str>,
         offset: Option<String>,
         identity: Identity,
+        user: Option<UserSlot>,
         record: Option<(String, crate::actors::recovery::Record)>,
         ctx: &mut Context<Self>,
     ) {
@@ -281,7 +290,7 @@ impl EngineSession {
         });
         let Some((pid, rooms)) = plan else {
             let fresh = SocketRecovery::fresh(offset);
-            return self.open_socket(nsp, identity, Some(fresh), ctx);
+            return self.open_socket(nsp, identity, user, Some(fresh), ctx);
         };
         let checks: Vec<_> = rooms
             .iter()
@@ -321,7 +330,7 @@ impl EngineSession {
                     true => SocketRecovery::resumed(pid, offset, rooms),
                     false => SocketRecovery::fresh(offset),
                 };
-                act.open_socket(nsp, identity, Some(restore), ctx);
+                act.open_socket(nsp, identity, user, Some(restore), ctx);
             })
             .wait(ctx);
     }
@@ -332,6 +341,7 @@ impl EngineSession {
         &mut self,
         nsp: Arc<str>,
         identity: Identity,
+        user: Option<UserSlot>,
         restore: Option<SocketRecovery>,
         ctx: &mut Context<Self>,
     ) {
@@ -356,6 +366,7 @@ impl EngineSession {
             self.config.profiles.for_namespace(&nsp).cloned(),
         )
         .with_forwarded(self.forwarded.clone())
+        .with_user_slot(user)
         .with_key(sid);
         if let Some(r) = recovery {
             session = session.with_recovery(r);

@@ -90,6 +90,21 @@ impl Session {
                 return self.refuse(ctx, id.as_deref(), r);
             }
         }
+        // A user signing in here is counted now (`SWITCHYARD_MAX_CONNECTIONS_PER_USER`); one who
+        // came with the connection was counted with it, and a refresh keeps its place.
+        if !self.identity_at_connect
+            && self.user_slot.as_ref().map(|s| s.user()) != Some(fresh.user.id.as_str())
+        {
+            match self.deps.users.admit(&fresh) {
+                Ok(slot) => self.user_slot = slot,
+                Err(refusal) => {
+                    log::warn!("session {}: {}", self.key, refusal.message);
+                    self.refuse(ctx, id.as_deref(), refusal);
+                    self.close(ctx, CloseCode::Policy, "too many connections for this user");
+                    return;
+                }
+            }
+        }
         log::info!("session {}: authenticated as {}", self.key, fresh.user.id);
         self.reply(id.as_deref(), Reply::Authenticated(&fresh.user));
         self.leave_revoked_rooms(&fresh, ctx);

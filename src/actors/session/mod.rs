@@ -132,6 +132,9 @@ pub struct Session {
     publishes: TokenBucket,
     /// This connection's place in the per-address count; freed when the session ends.
     slot: Option<ConnectionSlot>,
+    /// Its place in its user's count, when the user signed in after the connection started
+    /// (an `auth` frame, a Socket.IO CONNECT); else `slot` holds it.
+    user_slot: Option<crate::limits::UserSlot>,
     /// Codes already logged for this session: a refusal is logged once per client, not per frame.
     logged_codes: u64,
     /// What a session uses of the application, composed at start-up (see [`SessionDeps`]).
@@ -193,6 +196,8 @@ pub struct SessionDeps {
     /// What rooms have kept: a recovering socket's rooms are checked against it before its
     /// CONNECT is answered.
     pub history: Arc<dyn crate::broker::HistoryView>,
+    /// Open connections per verified user (`SWITCHYARD_MAX_CONNECTIONS_PER_USER`).
+    pub users: Arc<crate::limits::UserGate>,
 }
 
 impl Session {
@@ -229,6 +234,7 @@ impl Session {
                 deps.settings.publish_rate as f64 * 2.0,
             ),
             slot: None,
+            user_slot: None,
             logged_codes: 0,
             deps,
             profile: None,
@@ -289,6 +295,12 @@ impl Session {
     /// Holds the connection's per-address slot for the session's lifetime.
     pub fn with_slot(mut self, slot: ConnectionSlot) -> Self {
         self.slot = Some(slot);
+        self
+    }
+
+    /// Holds the socket's place in its user's count for the session's lifetime.
+    pub fn with_user_slot(mut self, slot: Option<crate::limits::UserSlot>) -> Self {
+        self.user_slot = slot;
         self
     }
 
