@@ -22,9 +22,10 @@ use super::{Event, Sender};
 pub use super::request::{fail_fields, log_lines, Request, RequestId, Since};
 use super::request::{Field, Fields, Verb};
 
-/// A frame's fields, borrowed from its text: only the ones some request reads.
+/// A frame's fields, borrowed from its text: only the ones some request reads. (Also a Socket.IO
+/// event's argument object, read the same way: `socketio::event_fast`.)
 #[derive(Deserialize)]
-struct RawFrame<'a> {
+pub(super) struct RawFrame<'a> {
     #[serde(rename = "type", borrow, default)]
     frame_type: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -334,19 +335,7 @@ pub fn message_of(e: &Event) -> Bytes {
     out.extend_from_slice(br#","from":"#);
     match Sender::of(e.from, e.connection) {
         None => out.extend_from_slice(b"null"),
-        Some(from) => {
-            out.extend_from_slice(br#"{"user":"#);
-            json_str(&mut out, from.user);
-            if let Some(name) = from.name {
-                out.extend_from_slice(br#","name":"#);
-                json_str(&mut out, name);
-            }
-            if let Some(session) = from.session {
-                out.extend_from_slice(br#","session":"#);
-                json_str(&mut out, session);
-            }
-            out.push(b'}');
-        }
+        Some(from) => sender_json(&mut out, &from),
     }
     if let Some(id) = e.message_id {
         out.extend_from_slice(br#","message_id":"#);
@@ -373,9 +362,25 @@ pub fn message_of(e: &Event) -> Bytes {
     Bytes::from(out)
 }
 
+/// Appends `from` as its derived encoding would (`{"user", "name"?, "session"?}`): shared by the
+/// native message and the Socket.IO event's meta (`protocol::sio::event`).
+pub(crate) fn sender_json(out: &mut Vec<u8>, from: &Sender) {
+    out.extend_from_slice(br#"{"user":"#);
+    json_str(out, from.user);
+    if let Some(name) = from.name {
+        out.extend_from_slice(br#","name":"#);
+        json_str(out, name);
+    }
+    if let Some(session) = from.session {
+        out.extend_from_slice(br#","session":"#);
+        json_str(out, session);
+    }
+    out.push(b'}');
+}
+
 /// Appends `s` as a JSON string, escaped as serde_json escapes it (control characters, `"`
 /// and `\\`); the common string with none of them is copied in one go.
-fn json_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn json_str(out: &mut Vec<u8>, s: &str) {
     // A fold, not `any`: no early exit, so the check runs many bytes at a time.
     if s.bytes().fold(false, |hit, b| {
         hit | (b < 0x20) | (b == b'"') | (b == b'\\')

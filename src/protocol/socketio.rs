@@ -11,6 +11,7 @@
 //! ([`super::request::build`]).
 
 use bytes::Bytes;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::request::{self, Request, Verb};
@@ -339,6 +340,71 @@ pub fn request(event: &str, args: &[Value], attachments: Vec<Bytes>) -> Result<R
     Ok(request)
 }
 
+/// An EVENT packet read without building a JSON tree: the common case of the publish path
+/// (`2[/nsp,][ack id]["verb",{fields}]`, no attachments), whose argument object is read into
+/// borrowed raw fields as a native frame is (`native::RawFrame`), so `data` is kept as the raw
+/// JSON it came as and copied once into the delivery. `None` for anything else — other packet
+/// kinds, other argument shapes, duplicate keys, bad JSON — which [`parse`] then reads (and
+/// refuses, when it must) as before: this only skips work, it never decides differently.
+pub struct FastEvent<'a> {
+    pub nsp: &'a str,
+    pub id: Option<u64>,
+    /// Borrowed: a name with escapes takes the general path.
+    pub name: &'a str,
+    fields: super::native::RawFrame<'a>,
+}
+
+impl FastEvent<'_> {
+    /// The request the event names, checked as [`request`] checks it.
+    pub fn request(&self) -> Result<Request, Refusal> {
+        let Some(verb) = verb(self.name) else {
+            return request(self.name, &[], Vec::new());
+        };
+        request::build(verb, &self.fields)
+    }
+}
+
+pub fn event_fast(s: &str) -> Option<FastEvent<'_>> {
+    let bytes = s.as_bytes();
+    if bytes.first() != Some(&b'2') {
+        return None;
+    }
+    let mut i = 1;
+    let mut nsp = "/";
+    if bytes.get(i) == Some(&b'/') {
+        let start = i;
+        while i < bytes.len() && bytes[i] != b',' {
+            i += 1;
+        }
+        if i >= bytes.len() || i - start > 128 {
+            return None;
+        }
+        nsp = &s[start..i];
+        i += 1;
+    }
+    let start = i;
+    while i < bytes.len() && bytes[i].is_ascii_digit() {
+        i += 1;
+    }
+    let id = match i - start {
+        0 => None,
+        1..=15 => Some(s[start..i].parse().ok()?),
+        _ => return None,
+    };
+    let (name, args): (&str, &RawValue) = serde_json::from_str(&s[i..]).ok()?;
+    // Only an object: serde would read an array into the struct by position.
+    if !args.get().starts_with('{') {
+        return None;
+    }
+    let fields = serde_json::from_str(args.get()).ok()?;
+    Some(FastEvent {
+        nsp,
+        id,
+        name,
+        fields,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -417,6 +483,67 @@ mod tests {
             ),
             r#"4/random,{"message":"Invalid namespace"}"#
         );
+    }
+
+    /// The publish path's reader without a JSON tree decides as the general one: the same
+    /// namespace, ack id, event and request (or refusal) for every packet it reads; the rest it
+    /// leaves to the general path.
+    #[test]
+    fn the_fast_event_reader_decides_as_the_general_one() {
+        let general = |s: &str| {
+            let p = parse(s).expect("a packet");
+            let Some(Value::Array(args)) = p.data else {
+                panic!("an event: {s}")
+            };
+            let Some(Value::String(name)) = args.first() else {
+                panic!("named: {s}")
+            };
+            let r = request(name, &args[1..], Vec::new());
+            (p.nsp, p.id, name.clone(), format!("{r:?}"))
+        };
+        let read = [
+            r#"2["publish",{"room":"r","event":"e","data":{"x":1}}]"#,
+            r#"2["publish",{"room":"r","event":"e","data":[1,2,"s\"q"],"echo":false}]"#,
+            r#"27["publish",{"room":"r","event":"e","data":"x","retain":true,"id":"m-1"}]"#,
+            r#"2/admin,7["join",{"room":"r","since":{"epoch":"e","offset":3}}]"#,
+            r#"2["leave",{"room":"r"}]"#,
+            r#"2["ping",{}]"#,
+            r#"2["publish",{"room":"r"}]"#,
+            r#"2["publish",{"room":"r","event":"e","data":null}]"#,
+            r#"2["publish",{"room":"bad room!","event":"e"}]"#,
+            r#"2["publish",{"room":7,"event":"e"}]"#,
+            r#"2["nope",{}]"#,
+            r#"2["operation:start",{"kind":"k","target":"t","params":{"a":1}}]"#,
+            r#"2["join",{"room":"r","unknown":[1,{"deep":true}]}]"#,
+        ];
+        for s in read {
+            let e = event_fast(s).unwrap_or_else(|| panic!("read fast: {s}"));
+            let fast = (
+                e.nsp.to_string(),
+                e.id,
+                e.name.to_string(),
+                format!("{:?}", e.request()),
+            );
+            assert_eq!(fast, general(s), "{s}");
+        }
+        // Left to the general path (which refuses, reads or maps them as before).
+        let left = [
+            r#"2["publish",["r"]]"#,
+            r#"2["publish"]"#,
+            r#"2["publish",{"room":"r"},3]"#,
+            r#"2["pub\u006cish",{"room":"r"}]"#,
+            r#"2["publish",{"room":"a","room":"b"}]"#,
+            r#"2["publish",null]"#,
+            r#"2/admin["join",{}]"#,
+            r#"2["join",{"room":"r"}"#,
+            r#"3["join",{"room":"r"}]"#,
+            r#"0{"token":"t"}"#,
+            r#"51-["publish",{"room":"r","data":{"_placeholder":true,"num":0}}]"#,
+            r#"21234567890123456["join",{"room":"r"}]"#,
+        ];
+        for s in left {
+            assert!(event_fast(s).is_none(), "{s}");
+        }
     }
 
     #[test]
