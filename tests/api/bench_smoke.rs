@@ -268,12 +268,35 @@ async fn the_node_reference_passes_the_same_check() {
     let _ = node.child.kill().await;
 }
 
+/// A floor server on its own thread (a blocking epoll loop), stopped and joined by `stop`.
+struct RunningFloor {
+    url: String,
+    stop: switchyard_bench::floor::Stop,
+    served: std::thread::JoinHandle<Result<(), String>>,
+}
+
+impl RunningFloor {
+    fn start(presence: bool) -> Self {
+        let floor = switchyard_bench::floor::Floor::bind(0, presence).expect("the floor binds");
+        let url = format!("http://127.0.0.1:{}", floor.port().expect("its port"));
+        let stop = floor.stopper();
+        let served = std::thread::spawn(move || floor.serve());
+        Self { url, stop, served }
+    }
+
+    fn stop(self) {
+        self.stop.stop();
+        self.served
+            .join()
+            .expect("the floor's thread")
+            .expect("the floor served until stopped");
+    }
+}
+
 #[tokio::test]
 async fn the_floor_passes_the_same_check() {
-    let floor = switchyard_bench::floor::Floor::bind(0, false).expect("the floor binds");
-    let url = format!("http://127.0.0.1:{}", floor.port().expect("its port"));
-    let stop = floor.stopper();
-    let served = std::thread::spawn(move || floor.serve());
+    let floor = RunningFloor::start(false);
+    let url = floor.url.clone();
     fanout_checks(&url, "floor", Protocol::Native).await;
     shared_identity_check(&url, "floor").await;
     let r = within(
@@ -301,21 +324,15 @@ async fn the_floor_passes_the_same_check() {
             .is_some_and(|p| p.contains("did not learn of every room-mate")),
         "{r:?}"
     );
-    stop.stop();
-    served
-        .join()
-        .expect("the floor's thread")
-        .expect("the floor served until stopped");
+    floor.stop();
 }
 
 /// The floor of the connection set-up scenario (`floor-server --presence true`) does the I/O
 /// presence needs, so the generator's presence check holds for it as for Switchyard.
 #[tokio::test]
 async fn the_floor_with_presence_passes_the_presence_check() {
-    let floor = switchyard_bench::floor::Floor::bind(0, true).expect("the floor binds");
-    let url = format!("http://127.0.0.1:{}", floor.port().expect("its port"));
-    let stop = floor.stopper();
-    let served = std::thread::spawn(move || floor.serve());
+    let floor = RunningFloor::start(true);
+    let url = floor.url.clone();
     let cfg = ConnectConfig {
         presence: true,
         ..small_connect(&url, "floor", Protocol::Native)
@@ -333,11 +350,7 @@ async fn the_floor_with_presence_passes_the_presence_check() {
         .await
         .expect("rooms");
     assert!(r.result.ok, "{r:?}");
-    stop.stop();
-    served
-        .join()
-        .expect("the floor's thread")
-        .expect("the floor served until stopped");
+    floor.stop();
 }
 
 /// The idle scenario's browser path (#18): Socket.IO connections that start on long-polling and
