@@ -311,6 +311,13 @@ impl UserGate {
         let mut open = lock(&self.open);
         let n = open.entry(user.clone()).or_insert(0);
         if *n >= self.max {
+            // Said once per refusal, for the operator: an app that gives many people one
+            // identity (a public page's shared `guest`) needs the bound raised or off.
+            log::warn!(
+                "user {}: connection refused at {} open (SWITCHYARD_MAX_CONNECTIONS_PER_USER)",
+                identity.user.id,
+                n
+            );
             return Err(crate::error_code::Refusal::new(
                 crate::error_code::ErrorCode::TooManyConnections,
                 format!(

@@ -98,7 +98,6 @@ impl Session {
             match self.deps.users.admit(&fresh) {
                 Ok(slot) => self.user_slot = slot,
                 Err(refusal) => {
-                    log::warn!("session {}: {}", self.key, refusal.message);
                     self.refuse(ctx, id.as_deref(), refusal);
                     self.close(ctx, CloseCode::Policy, "too many connections for this user");
                     return;
