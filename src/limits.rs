@@ -334,7 +334,8 @@ impl UserGate {
     }
 
     /// Open connections of `user` counted here.
-    pub fn open_for(&self, user: &str) -> usize {
+    #[cfg(test)]
+    fn open_for(&self, user: &str) -> usize {
         lock(&self.open).get(user).copied().unwrap_or(0)
     }
 }

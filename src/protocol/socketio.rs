@@ -59,7 +59,18 @@ pub struct PacketError(pub &'static str);
 /// At most this many attachments per packet: each is held in memory until all arrive.
 pub const MAX_ATTACHMENTS: usize = 16;
 
-pub fn parse(s: &str) -> Result<Packet, PacketError> {
+/// What precedes a packet's JSON: its type, attachment count, namespace and ack id (checked
+/// and bounded), and the rest of the text. Shared by [`parse`] and [`event_fast`], so the two
+/// read a packet's head alike.
+struct Head<'a> {
+    kind: Kind,
+    attachments: usize,
+    nsp: &'a str,
+    id: Option<u64>,
+    rest: &'a str,
+}
+
+fn head(s: &str) -> Result<Head<'_>, PacketError> {
     let bytes = s.as_bytes();
     let kind = match bytes.first() {
         Some(b'0') => Kind::Connect,
@@ -89,13 +100,13 @@ pub fn parse(s: &str) -> Result<Packet, PacketError> {
         }
         i += 1;
     }
-    let mut nsp = "/".to_string();
+    let mut nsp = "/";
     if i < bytes.len() && bytes[i] == b'/' {
         let start = i;
         while i < bytes.len() && bytes[i] != b',' {
             i += 1;
         }
-        nsp = s[start..i].to_string();
+        nsp = &s[start..i];
         if i < bytes.len() {
             i += 1; // the comma
         }
@@ -114,7 +125,23 @@ pub fn parse(s: &str) -> Result<Packet, PacketError> {
         }
         id = Some(s[start..i].parse().map_err(|_| PacketError("bad ack id"))?);
     }
-    let rest = &s[i..];
+    Ok(Head {
+        kind,
+        attachments,
+        nsp,
+        id,
+        rest: &s[i..],
+    })
+}
+
+pub fn parse(s: &str) -> Result<Packet, PacketError> {
+    let Head {
+        kind,
+        attachments,
+        nsp,
+        id,
+        rest,
+    } = head(s)?;
     let data = if rest.is_empty() {
         None
     } else {
@@ -135,7 +162,7 @@ pub fn parse(s: &str) -> Result<Packet, PacketError> {
     }
     Ok(Packet {
         kind,
-        nsp,
+        nsp: nsp.to_string(),
         id,
         data,
         attachments,
@@ -365,33 +392,17 @@ impl FastEvent<'_> {
 }
 
 pub fn event_fast(s: &str) -> Option<FastEvent<'_>> {
-    let bytes = s.as_bytes();
-    if bytes.first() != Some(&b'2') {
+    let Head {
+        kind: Kind::Event,
+        nsp,
+        id,
+        rest,
+        ..
+    } = head(s).ok()?
+    else {
         return None;
-    }
-    let mut i = 1;
-    let mut nsp = "/";
-    if bytes.get(i) == Some(&b'/') {
-        let start = i;
-        while i < bytes.len() && bytes[i] != b',' {
-            i += 1;
-        }
-        if i >= bytes.len() || i - start > 128 {
-            return None;
-        }
-        nsp = &s[start..i];
-        i += 1;
-    }
-    let start = i;
-    while i < bytes.len() && bytes[i].is_ascii_digit() {
-        i += 1;
-    }
-    let id = match i - start {
-        0 => None,
-        1..=15 => Some(s[start..i].parse().ok()?),
-        _ => return None,
     };
-    let (name, args): (&str, &RawValue) = serde_json::from_str(&s[i..]).ok()?;
+    let (name, args): (&str, &RawValue) = serde_json::from_str(rest).ok()?;
     // Only an object: serde would read an array into the struct by position.
     if !args.get().starts_with('{') {
         return None;

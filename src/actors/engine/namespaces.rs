@@ -435,19 +435,23 @@ impl EngineSession {
         let Some(Socket::Switchyard(session)) = self.sockets.get(nsp) else {
             return false;
         };
-        let profiled = self
-            .config
-            .profiles
-            .for_namespace(nsp)
-            .is_some_and(|profile| profile.handles(e.name));
-        if profiled {
+        if self.profiled(nsp, e.name) {
             return false;
         }
         session.do_send(Inbound {
-            id: e.id.and_then(|i| RawValue::from_string(i.to_string()).ok()),
+            id: ack_id(e.id),
             request: e.request(),
         });
         true
+    }
+
+    /// Whether the namespace's app profile maps this event (its own events take precedence over
+    /// Switchyard's of the same name; the session maps them, it knows the socket's rooms).
+    fn profiled(&self, nsp: &str, event: &str) -> bool {
+        self.config
+            .profiles
+            .for_namespace(nsp)
+            .is_some_and(|profile| profile.handles(event))
     }
 
     /// An EVENT (or a BINARY_EVENT with all its attachments) for a connected namespace: a
@@ -466,15 +470,8 @@ impl EngineSession {
         let Some(Socket::Switchyard(session)) = self.sockets.get(nsp) else {
             return;
         };
-        let id = p.id.and_then(|i| RawValue::from_string(i.to_string()).ok());
-        // An event the namespace's app profile maps is the session's to map (it knows the
-        // socket's rooms); its own events take precedence over Switchyard's of the same name.
-        let profiled = self
-            .config
-            .profiles
-            .for_namespace(nsp)
-            .is_some_and(|profile| profile.handles(name));
-        if profiled {
+        let id = ack_id(p.id);
+        if self.profiled(nsp, name) {
             let name = match args.remove(0) {
                 Value::String(name) => name,
                 _ => return,
@@ -509,4 +506,9 @@ impl Handler<SocketEnded> for EngineSession {
         // flood, slow consumer, shutdown).
         self.close(ctx, false, msg.code, &msg.reason);
     }
+}
+
+/// A Socket.IO ack id as the request id a session answers with.
+fn ack_id(id: Option<u64>) -> Option<Box<RawValue>> {
+    id.and_then(|i| RawValue::from_string(i.to_string()).ok())
 }
