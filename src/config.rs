@@ -186,6 +186,9 @@ pub struct ServeArgs {
     /// Per-session outbound queue bound, in bytes
     #[arg(long, env = "SWITCHYARD_OUTBOX_MAX_BYTES", default_value = "1048576", value_parser = whole(1024usize, 1 << 30))]
     pub outbox_max_bytes: usize,
+    /// Bytes all outbound queues together may hold; over it the largest are evicted (0 = off)
+    #[arg(long, env = "SWITCHYARD_OUTBOX_TOTAL_BYTES", default_value = "2147483648", value_parser = whole(0usize, 1 << 50))]
+    pub outbox_total_bytes: usize,
     /// Refused frames per 10 s before a session is closed (1008)
     #[arg(long, env = "SWITCHYARD_ERROR_LIMIT", default_value = "20", value_parser = whole(1u32, 1_000_000))]
     pub error_limit: u32,
@@ -422,6 +425,9 @@ pub struct Settings {
     pub outbox_max_messages: usize,
     /// Per-session outbound queue limit in bytes (`SWITCHYARD_OUTBOX_MAX_BYTES`).
     pub outbox_max_bytes: usize,
+    /// What every client connection's outbound queue together may hold
+    /// (`SWITCHYARD_OUTBOX_TOTAL_BYTES`, 0 = no bound): `transport::outbox::Budget`.
+    pub outbox_total_bytes: usize,
     /// Refused frames tolerated per 10 seconds before the session is closed (`SWITCHYARD_ERROR_LIMIT`).
     pub error_limit: u32,
     /// Bound on graceful shutdown (`SWITCHYARD_SHUTDOWN_TIMEOUT_MS`).
@@ -736,6 +742,7 @@ impl Settings {
             request_timeout: ms(a.request_timeout_ms),
             outbox_max_messages: a.outbox_max_messages,
             outbox_max_bytes: a.outbox_max_bytes,
+            outbox_total_bytes: a.outbox_total_bytes,
             error_limit: a.error_limit,
             shutdown_timeout: ms(a.shutdown_timeout_ms),
             close_linger: ms(a.close_linger_ms),

@@ -82,6 +82,9 @@ pub struct Metrics {
     pub history_bytes: Gauge,
     /// Rooms holding history (for the even share of `SWITCHYARD_HISTORY_TOTAL_MAX_BYTES`).
     pub history_rooms: Gauge,
+    /// Bytes all client connections' outbound queues hold (`SWITCHYARD_OUTBOX_TOTAL_BYTES`);
+    /// read from the budget when the metrics are scraped.
+    pub outbox_held_bytes: Gauge,
     /// Frames received from clients.
     pub messages_in: Counter,
     /// Frames queued to clients (a broadcast to N members counts N).
@@ -162,6 +165,7 @@ impl Metrics {
             operations: Gauge::default(),
             history_bytes: Gauge::default(),
             history_rooms: Gauge::default(),
+            outbox_held_bytes: Gauge::default(),
             messages_in: Counter::default(),
             messages_out: Counter::default(),
             direct_writes: Counter::default(),
@@ -222,6 +226,12 @@ impl Metrics {
             "switchyard_history_bytes",
             "Bytes of room history kept for resume, over all rooms",
             &m.history_bytes,
+        );
+        gauge(
+            r,
+            "switchyard_outbox_held_bytes",
+            "Bytes held by all client connections' outbound queues (bounded by SWITCHYARD_OUTBOX_TOTAL_BYTES)",
+            &m.outbox_held_bytes,
         );
         counter(
             r,

@@ -40,6 +40,7 @@ use crate::protocol::profile::Profiles;
 use crate::routes;
 use crate::state::AppState;
 use crate::transport::head::HeadGuarded;
+use crate::transport::outbox::Budget;
 
 /// How long a request head may take to arrive, from its first byte (from the connection's start
 /// for its first request).
@@ -381,6 +382,7 @@ impl Application {
                 settings.new_connections_per_ip as f64 * 2.0,
             ),
             user_publishes,
+            outbound: Budget::new(settings.outbox_total_bytes),
         });
 
         let listener = listen(settings.host, settings.port, settings.listen_backlog)

@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::db::Database;
 use crate::limits::{ConnectionGate, ConnectionSlot, GateRefusal, KeyedRate};
 use crate::metrics::Metrics;
+use crate::transport::outbox::{Budget, Framing, Outbox};
 
 pub struct AppState {
     pub settings: Arc<Settings>,
@@ -49,9 +50,23 @@ pub struct AppState {
     pub gate: Arc<ConnectionGate>,
     /// Publishes per user, across connections.
     pub user_publishes: Arc<KeyedRate>,
+    /// What every client connection's outbound queue together may hold.
+    pub outbound: Arc<Budget>,
 }
 
 impl AppState {
+    /// A new client connection's outbound queue, within its own bounds
+    /// (`SWITCHYARD_OUTBOX_MAX_*`) and the server's (`SWITCHYARD_OUTBOX_TOTAL_BYTES`).
+    pub fn outbox(&self, framing: Framing) -> Arc<Outbox> {
+        let s = &self.settings;
+        Outbox::bounded(
+            s.outbox_max_messages,
+            s.outbox_max_bytes,
+            framing,
+            &self.outbound,
+        )
+    }
+
     /// Takes one publish from `user`'s budget (`SWITCHYARD_USER_PUBLISH_RATE`), shared by every
     /// way to publish: REST publishes and activities here, `/ws` and Socket.IO in the session.
     /// Refused as `rate_limited` with the wait until the next token (`Retry-After` over HTTP).

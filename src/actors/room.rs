@@ -567,8 +567,15 @@ impl Room {
 
     fn evict(&mut self, id: SessionId, reason: EvictReason) {
         if let Some(m) = self.members.get(&id) {
+            // Over the server-wide budget a queue is refused before its own bound: say which.
+            let server = match m.outbox.budget_usage() {
+                Some((held, limit)) if held > limit => format!(
+                    "; all queues hold {held} bytes, over SWITCHYARD_OUTBOX_TOTAL_BYTES ({limit})"
+                ),
+                _ => String::new(),
+            };
             log::warn!(
-                "room {}: evicting session {} (user {}): slow consumer, {:?} queued",
+                "room {}: evicting session {} (user {}): slow consumer, {:?} queued{server}",
                 self.name,
                 id,
                 m.user.id,

@@ -133,6 +133,11 @@ pub async fn health(state: web::Data<AppState>) -> HttpResponse {
     ),
 )]
 pub async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    let (held, _) = state.outbound.usage();
+    state
+        .metrics
+        .outbox_held_bytes
+        .set(i64::try_from(held).unwrap_or(i64::MAX));
     HttpResponse::Ok()
         .content_type(crate::metrics::CONTENT_TYPE)
         .body(state.metrics.render())

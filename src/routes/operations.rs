@@ -874,12 +874,7 @@ pub(super) async fn events_shaped(
     let slot = state
         .admit(&req)?
         .with_user(state.admit_user(Some(&caller.identity))?);
-    let settings = &state.settings;
-    let outbox = Outbox::with_framing(
-        settings.outbox_max_messages,
-        settings.outbox_max_bytes,
-        Framing::Raw,
-    );
+    let outbox = state.outbox(Framing::Raw);
     watcher(
         &state,
         &caller,
@@ -948,7 +943,7 @@ pub(super) async fn socket_shaped(
         .admit(&req)?
         .with_user(state.admit_user(Some(&caller.identity))?);
     let settings = &state.settings;
-    let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
+    let outbox = state.outbox(Framing::WebSocket);
     let watcher = watcher(
         &state,
         &caller,

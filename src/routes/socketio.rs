@@ -20,7 +20,7 @@ use crate::actors::engine::{
 };
 use crate::protocol::engineio::{self, Queued};
 use crate::state::AppState;
-use crate::transport::outbox::{Frame, Outbox, OutboxStream, Taken};
+use crate::transport::outbox::{Frame, Framing, Outbox, OutboxStream, Taken};
 use crate::transport::socket::WriteSocket;
 use crate::transport::ws::{self, FrameLimit};
 
@@ -235,8 +235,7 @@ async fn polling(
             Err(refused) => return *refused,
         };
         let sid = new_sid(state.settings.node_id.as_deref());
-        let settings = &state.settings;
-        let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
+        let outbox = state.outbox(Framing::WebSocket);
         let open = EngineSession::open_packet(&sid, &config, false);
         EngineSession::new(
             sid,
@@ -339,7 +338,7 @@ async fn websocket(
                 Ok(ok) => ok,
                 Err(refused) => return *refused,
             };
-            let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
+            let outbox = state.outbox(Framing::WebSocket);
             let limit = FrameLimit::new(EngineSession::frame_bound(&config, settings, false));
             let session = EngineSession::new(
                 new_sid(state.settings.node_id.as_deref()),

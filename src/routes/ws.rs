@@ -6,7 +6,7 @@ use actix_web::{http::header, web, HttpRequest, HttpResponse};
 use crate::actors::session::Session;
 use crate::error::{AppError, ErrorCode};
 use crate::state::AppState;
-use crate::transport::outbox::Outbox;
+use crate::transport::outbox::Framing;
 use crate::transport::ws::{upgrade, FrameLimit};
 
 pub async fn connect(
@@ -54,7 +54,7 @@ pub async fn connect(
     // authenticates with an `auth` frame is counted then.
     let slot = slot.with_user(state.admit_user(identity.as_ref())?);
     let settings = &state.settings;
-    let outbox = Outbox::new(settings.outbox_max_messages, settings.outbox_max_bytes);
+    let outbox = state.outbox(Framing::WebSocket);
     // Until it authenticates, a client may send what an `auth` frame needs; the session
     // raises the bound when it does.
     let unauthenticated = identity.is_none() && !state.auth.open_mode();

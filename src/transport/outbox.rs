@@ -11,6 +11,9 @@
 //! Bounds: `max_messages` and `max_bytes` cap what a client that does not read can pin in
 //! memory. A push past them fails with [`PushError::Full`]; the caller decides what that means
 //! (for a room member: disconnect as a slow consumer, the client resumes through offsets).
+//! Across all outboxes, a [`Budget`] (`SWITCHYARD_OUTBOX_TOTAL_BYTES`) bounds what every
+//! connection together can pin: while the total is over it, pushes to the largest queues are
+//! refused the same way, so the clients that read least are evicted first.
 //! Control frames never wait behind that bound, and never pile up either: at most one ping and
 //! one pong are pending at a time. A newer pong replaces a pending one (RFC 6455 §5.5.3 allows
 //! answering only the most recent ping), so a client that floods pings and never reads makes
@@ -27,7 +30,9 @@
 //! is kept by every push and every drain together.
 
 use std::collections::VecDeque;
+use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -56,6 +61,73 @@ enum Out {
     /// The rest of a frame a direct write (`Outbox::push_text_now`) only partly wrote: bytes
     /// already framed, which go out first and as they are.
     Framed(Bytes),
+}
+
+/// The server-wide bound on bytes held by outbound queues (`SWITCHYARD_OUTBOX_TOTAL_BYTES`),
+/// shared by every outbox made with [`Outbox::bounded`].
+///
+/// Each queue's own bound (`SWITCHYARD_OUTBOX_MAX_*`) caps one client that does not read; this
+/// caps many of them together (distinct users, each within their own connection bounds). While
+/// the total is over the budget, a push is refused (as [`PushError::Full`]: the member is
+/// evicted as a slow consumer and resumes by offset) to any queue holding at least the average
+/// of the non-empty queues, or at least a sixteenth of its own byte bound: the largest queues
+/// go first, and a queue below both keeps going, so the total passes the budget by at most a
+/// sixteenth of the per-queue bound per connection. An empty queue still takes one payload, as
+/// it does under its own bound.
+///
+/// Payloads are counted whole in every queue that holds them, although a broadcast shares one
+/// buffer among its members: the count is an upper bound on the memory, never below it.
+/// Besides what is queued, each queue's chunk being written to a blocked socket is counted.
+#[derive(Debug)]
+pub struct Budget {
+    limit: usize,
+    held: AtomicUsize,
+    /// Queues holding anything (for the average).
+    queues: AtomicUsize,
+}
+
+impl Budget {
+    /// A budget of `limit` bytes; 0 turns it off (nothing is ever refused for it).
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(Self {
+            limit,
+            held: AtomicUsize::new(0),
+            queues: AtomicUsize::new(0),
+        })
+    }
+
+    /// Bytes held by all queues now, and the budget.
+    pub fn usage(&self) -> (usize, usize) {
+        (self.held.load(Ordering::Relaxed), self.limit)
+    }
+
+    /// A queue went from holding `before` bytes to holding `after`.
+    fn moved(&self, before: usize, after: usize) {
+        if after > before {
+            self.held.fetch_add(after - before, Ordering::Relaxed);
+        } else {
+            self.held.fetch_sub(before - after, Ordering::Relaxed);
+        }
+        if before == 0 {
+            self.queues.fetch_add(1, Ordering::Relaxed);
+        } else if after == 0 {
+            self.queues.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a queue holding `mine` bytes (of its own bound `max_bytes`) may not grow by
+    /// `len` now.
+    fn refuses(&self, mine: usize, len: usize, max_bytes: usize) -> bool {
+        if self.limit == 0 {
+            return false;
+        }
+        let held = self.held.load(Ordering::Relaxed);
+        if held.saturating_add(len) <= self.limit {
+            return false;
+        }
+        let queues = self.queues.load(Ordering::Relaxed).max(1);
+        mine >= max_bytes / 16 || mine.saturating_mul(queues) >= held
+    }
 }
 
 /// A drain of at most this many frames frees the queue's memory (its first allocation holds
@@ -158,6 +230,8 @@ struct State {
     /// The writer took a chunk and has not finished writing it (`written`): a direct write
     /// now would overtake it.
     writing: bool,
+    /// The size of that chunk: held until written, so counted against the [`Budget`].
+    in_flight: usize,
 }
 
 /// How queued payloads go on the wire.
@@ -176,13 +250,57 @@ pub struct Outbox {
     max_messages: usize,
     max_bytes: usize,
     framing: Framing,
+    budget: Option<Arc<Budget>>,
+}
+
+/// The outbox's state, locked; when it is let go, what the queue holds now is told to the
+/// [`Budget`] (one place for every push, drain and clear to keep the total right).
+struct Locked<'a> {
+    st: MutexGuard<'a, State>,
+    budget: Option<&'a Budget>,
+    held: usize,
+}
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.st
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.st
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.budget {
+            let now = self.st.held();
+            if now != self.held {
+                b.moved(self.held, now);
+            }
+        }
+    }
 }
 
 impl State {
+    /// Bytes this outbox holds: queued, and the chunk its writer has yet to finish.
+    fn held(&self) -> usize {
+        self.bytes + self.in_flight
+    }
+
     /// Whether a payload of `len` bytes fits the bounds: a single payload always fits an empty
     /// queue, so one large message is never refused by the bound meant for backlogs.
-    fn fits(&self, len: usize, max_messages: usize, max_bytes: usize) -> bool {
-        self.queue.is_empty() || (self.queue.len() < max_messages && self.bytes + len <= max_bytes)
+    fn fits(&self, len: usize, ob: &Outbox) -> bool {
+        self.queue.is_empty()
+            || (self.queue.len() < ob.max_messages
+                && self.bytes + len <= ob.max_bytes
+                && !ob
+                    .budget
+                    .as_deref()
+                    .is_some_and(|b| b.refuses(self.held(), len, ob.max_bytes)))
     }
 
     /// Queues a text payload (`out` carries it), counting its bytes and recording it in the
@@ -213,19 +331,52 @@ impl Outbox {
     }
 
     pub fn with_framing(max_messages: usize, max_bytes: usize, framing: Framing) -> Arc<Self> {
+        Self::make(max_messages, max_bytes, framing, None)
+    }
+
+    /// A client connection's outbox: its own bounds, and the server-wide [`Budget`].
+    pub fn bounded(
+        max_messages: usize,
+        max_bytes: usize,
+        framing: Framing,
+        budget: &Arc<Budget>,
+    ) -> Arc<Self> {
+        let budget = (budget.limit > 0).then(|| budget.clone());
+        Self::make(max_messages, max_bytes, framing, budget)
+    }
+
+    fn make(
+        max_messages: usize,
+        max_bytes: usize,
+        framing: Framing,
+        budget: Option<Arc<Budget>>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             waker: AtomicWaker::new(),
             max_messages,
             max_bytes,
             framing,
+            budget,
         })
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> Locked<'_> {
         // A panic while holding this lock cannot leave the queue half-updated (every mutation is
         // a single push/pop), so a poisoned lock is still safe to use.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let held = st.held();
+        Locked {
+            st,
+            budget: self.budget.as_deref(),
+            held,
+        }
+    }
+
+    /// Bytes held by all client connections' queues now, and the budget (0: none); `None` for
+    /// an outbox outside the budget.
+    pub fn budget_usage(&self) -> Option<(usize, usize)> {
+        self.budget.as_deref().map(Budget::usage)
     }
 
     /// Queues a text payload. A single payload larger than `max_bytes` is accepted when the
@@ -268,7 +419,7 @@ impl Outbox {
                     st.queue.push_back(Out::Framed(rest));
                 }
                 Tried::Nothing => {
-                    if !st.fits(payload.len(), self.max_messages, self.max_bytes) {
+                    if !st.fits(payload.len(), self) {
                         return Err(PushError::Full);
                     }
                     st.enqueue(payload.len(), Out::Text(payload));
@@ -299,7 +450,9 @@ impl Outbox {
 
     /// The writer finished writing the chunk it last took.
     pub fn written(&self) {
-        self.lock().writing = false;
+        let mut st = self.lock();
+        st.writing = false;
+        st.in_flight = 0;
     }
 
     /// Queues a conflatable payload: a queued one with the same `key` is dropped and this one
@@ -319,7 +472,7 @@ impl Outbox {
                 if let Some(Out::Latest(old, _)) = st.queue.remove(i) {
                     st.bytes -= old.len();
                 }
-            } else if !st.fits(payload.len(), self.max_messages, self.max_bytes) {
+            } else if !st.fits(payload.len(), self) {
                 return Err(PushError::Full);
             }
             st.enqueue(payload.len(), Out::Latest(payload, key));
@@ -344,9 +497,15 @@ impl Outbox {
             }
             let frames: Vec<Frame> = frames.into_iter().collect();
             let add: usize = frames.iter().map(Frame::len).sum();
+            let over_budget = || {
+                self.budget
+                    .as_deref()
+                    .is_some_and(|b| b.refuses(st.held(), add, self.max_bytes))
+            };
             if !st.queue.is_empty()
                 && (st.queue.len() + frames.len() > self.max_messages
-                    || st.bytes + add > self.max_bytes)
+                    || st.bytes + add > self.max_bytes
+                    || over_budget())
             {
                 return Err(PushError::Full);
             }
@@ -579,8 +738,10 @@ impl Stream for OutboxStream {
             st.finished = true;
             st.direct = None;
         }
-        // Until the writer reports it written, a direct write would overtake this chunk.
+        // Until the writer reports it written, a direct write would overtake this chunk (and
+        // the chunk is held: counted against the budget until then).
         st.writing = st.direct.is_some();
+        st.in_flight = if st.writing { buf.len() } else { 0 };
         Poll::Ready(Some(Ok(buf.freeze())))
     }
 }
@@ -593,8 +754,21 @@ impl Drop for OutboxStream {
         st.direct = None;
         st.queue.clear();
         st.bytes = 0;
+        st.in_flight = 0;
         st.ping = false;
         st.pong = None;
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        // What an outbox never drained (a long-polling session's, say) leaves the total with it.
+        if let Some(b) = &self.budget {
+            let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+            if st.held() > 0 {
+                b.moved(st.held(), 0);
+            }
+        }
     }
 }
 
@@ -700,6 +874,64 @@ mod tests {
         // then the text frame.
         assert_eq!(&chunk[..], b"HTTP/1.1 101 \r\n\r\n\x89\x00\x81\x07welcome");
         assert_eq!(ob.backlog(), (0, 0));
+    }
+
+    #[actix_web::test]
+    async fn over_the_server_wide_budget_the_largest_queues_are_refused_first() {
+        // Per-queue bounds far above what the test pushes: only the budget refuses.
+        let budget = Budget::new(1000);
+        let ob = |_| Outbox::bounded(1000, 1 << 20, Framing::WebSocket, &budget);
+        let (big, small, empty) = (ob(0), ob(1), ob(2));
+        let payload = |n: usize| Bytes::from(vec![b'x'; n]);
+        for _ in 0..6 {
+            big.push_text(payload(100)).unwrap();
+        }
+        small.push_text(payload(100)).unwrap();
+        small.push_text(payload(100)).unwrap();
+        assert_eq!(budget.usage(), (800, 1000));
+        // Within the budget, any queue grows.
+        big.push_text(payload(100)).unwrap();
+        // Over it (900 + 200 > 1000): the queue above the average (900 / 2 = 450) is refused,
+        // the one below it still takes what it is sent; an empty queue always takes one.
+        assert_eq!(big.push_text(payload(200)), Err(PushError::Full));
+        small.push_text(payload(200)).unwrap();
+        empty.push_text(payload(200)).unwrap();
+        assert_eq!(budget.usage(), (1300, 1000));
+        // The same for a batch (push_frames), and conflated values.
+        assert_eq!(big.push_all([payload(1)]), Err(PushError::Full));
+        assert_eq!(big.push_latest(payload(1), 1), Err(PushError::Full));
+        // Draining gives the bytes back: the big queue may grow again.
+        let mut s = OutboxStream::new(big.clone());
+        let chunk = s.next().await.unwrap().unwrap();
+        assert_eq!(chunk.len(), 7 * 102);
+        assert_eq!(budget.usage(), (600, 1000));
+        big.push_text(payload(100)).unwrap();
+        // A connection that goes away (its stream dropped) or an outbox dropped undrained
+        // takes its bytes with it.
+        drop(s);
+        assert_eq!(budget.usage(), (600, 1000));
+        drop(small);
+        drop(empty);
+        assert_eq!(budget.usage(), (0, 1000));
+    }
+
+    #[test]
+    fn over_the_budget_a_queue_past_a_sixteenth_of_its_bound_is_refused_even_below_average() {
+        let budget = Budget::new(1000);
+        let a = Outbox::bounded(1000, 1600, Framing::WebSocket, &budget);
+        let b = Outbox::bounded(1000, 1600, Framing::WebSocket, &budget);
+        a.push_text(Bytes::from(vec![b'x'; 900])).unwrap();
+        b.push_text(Bytes::from(vec![b'x'; 100])).unwrap();
+        // b holds 100 (a sixteenth of 1,600), under the average (500): still refused, so
+        // queues under the average cannot grow the total far past the budget.
+        assert_eq!(b.push_text(Bytes::from_static(b"y")), Err(PushError::Full));
+        // Without a budget (0), nothing is refused for it.
+        let off = Budget::new(0);
+        let c = Outbox::bounded(1000, 1 << 20, Framing::WebSocket, &off);
+        for _ in 0..100 {
+            c.push_text(Bytes::from(vec![b'x'; 100])).unwrap();
+        }
+        assert_eq!(c.budget_usage(), None);
     }
 
     #[actix_web::test]

@@ -246,3 +246,73 @@ async fn declared_users_in_open_mode_are_not_counted() {
     let _b = app.ws_as("same").await;
     let _c = app.ws_as("same").await;
 }
+
+/// Clients that stop reading, each within its own queue's bound, are evicted once all queues
+/// together pass `SWITCHYARD_OUTBOX_TOTAL_BYTES` (the ones holding most first), while a member
+/// that reads gets every message, in order, and stays.
+#[tokio::test]
+async fn queues_together_are_bounded_by_the_server_wide_budget() {
+    const MIB: usize = 1 << 20;
+    let app = spawn_app_with(Backend::Sqlite, |s| {
+        // Each queue's own bound is out of reach here (more than one member is sent), so only
+        // the server-wide budget can evict anyone.
+        s.outbox_max_messages = 1 << 20;
+        s.outbox_max_bytes = 16 * MIB;
+        s.outbox_total_bytes = 2 * MIB;
+        // REST publishes count against the publisher's rate; this floods on purpose.
+        s.user_publish_rate = 0;
+    })
+    .await;
+    let mut slow = Vec::new();
+    for i in 0..4 {
+        let mut c = app.ws_as(&format!("slow-{i}")).await;
+        c.join("busy").await;
+        slow.push(c);
+    }
+    let mut fast = app.ws_as("fast").await;
+    fast.join("busy").await;
+
+    // 8 MB to each member: half of a queue's own bound, and for the four that do not read far
+    // more than the socket buffers hold (~4 MB each at most) and 16 times the budget together.
+    let payload = "x".repeat(4000);
+    let total = 2_000u64;
+    let publisher = {
+        let url = app.url("/api/rooms/busy/publish");
+        let http = app.http.clone();
+        tokio::spawn(async move {
+            for i in 0..total {
+                let r = http
+                    .post(&url)
+                    .json(&json!({"event": "tick", "data": {"i": i, "pad": payload}}))
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(r.status(), 200);
+            }
+        })
+    };
+    for i in 0..total {
+        let m = fast.recv_message().await;
+        assert_eq!(m["offset"], i + 1);
+    }
+    publisher.await.expect("publisher");
+    for (i, c) in slow.iter_mut().enumerate() {
+        let closed = c.closed().await;
+        assert_eq!(closed.code, Some(4008), "slow-{i}: {closed:?}");
+    }
+    assert_eq!(
+        app.metric("switchyard_slow_consumer_disconnects_total")
+            .await,
+        4
+    );
+    // The reader was not evicted: it still publishes and receives.
+    assert_eq!(
+        fast.publish("busy", "e", json!("still here")).await,
+        total + 1
+    );
+    // What the evicted held is given back once their connections end.
+    eventually("the queues to be released", || async {
+        (app.metric("switchyard_outbox_held_bytes").await as usize) < 2 * MIB
+    })
+    .await;
+}
