@@ -1,13 +1,18 @@
 // Big data: 1,000 operations in the list and a 100,000-line log. The pages must render
-// incrementally, keep the DOM capped and never block the main thread for long.
+// incrementally, keep the DOM capped and never block the main thread for long — checked by
+// counting, not timing: the most rows or lines the page inserts in one task is bounded by its
+// own settings, however much data there is. (Durations are reported as diagnostics; speed is
+// the benchmarks' business, a timed assertion here would only measure the machine.)
 // Uses the `import` kind (runner = external): a test plays the worker over REST.
 
 import { test, before, after, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { WAIT, env, eventually, launch, openPage, restClient, shownLog, waitForBadge } from './lib/harness.mjs';
 
-/** No single task may block the page longer than this (generous: 2 cores, a debug server). */
-const LONGEST_TASK_MS = 500;
+/** The page's own bounds (templates/assets/switchyard.js, CONFIG): rows rendered per frame. */
+const ROWS_PER_FRAME = 150;
+/** ... and log lines kept in the DOM, the most one render can insert. */
+const LOG_MAX_LINES = 5000;
 
 let browser, rest, base;
 /** Targets are unique per run, so the tests also run again against the same server. */
@@ -29,6 +34,11 @@ after(async () => {
 
 async function longestTask(page) {
   return page.evaluate(() => Math.max(0, ...window.__longTasks));
+}
+
+/** The most operation rows and log lines the page inserted in one task (harness.mjs). */
+async function mostInserted(page) {
+  return page.evaluate(() => window.__mostInserted);
 }
 
 test('the operations list stays fast with 1,000 operations', async (t) => {
@@ -72,9 +82,10 @@ test('the operations list stays fast with 1,000 operations', async (t) => {
   assert.equal(await rows(), 1001);
 
   const longest = await longestTask(page);
-  t.diagnostic(`1,000 rows in ${loaded} ms; 200 live updates shown in ${burst} ms; longest task ${longest} ms`);
-  assert.ok(loaded < 15000, `loading 1,000 rows took ${loaded} ms`);
-  assert.ok(longest < LONGEST_TASK_MS, `a task blocked the page for ${longest} ms`);
+  const most = await mostInserted(page);
+  t.diagnostic(`1,000 rows in ${loaded} ms; 200 live updates shown in ${burst} ms; longest task ${longest} ms; at most ${most.rows} rows inserted in one task`);
+  // A page of 200 rows arrives at once; it is rendered over two frames, never in one task.
+  assert.equal(most.rows, ROWS_PER_FRAME, 'rows inserted in one task');
   await rest.post(`/api/operations/${fresh.body.id}/complete`, {});
   console.assertClean();
   await page.close();
@@ -153,9 +164,11 @@ test('a 100,000-line log opens at its tail, pages back, streams on with a capped
   assert.match(await page.textContent('#op-result'), /"lines": 112000/);
 
   const longest = await longestTask(page);
-  t.diagnostic(`opened at line 100,000 in ${opened} ms; longest task ${longest} ms`);
-  assert.ok(opened < 10000, `opening took ${opened} ms`);
-  assert.ok(longest < LONGEST_TASK_MS, `a task blocked the page for ${longest} ms`);
+  const most = await mostInserted(page);
+  t.diagnostic(`opened at line 100,000 in ${opened} ms; longest task ${longest} ms; at most ${most.lines} lines inserted in one task`);
+  // 112,000 lines went by (10,000 of them in one burst while the page watched); no task
+  // inserted more than the view keeps.
+  assert.ok(most.lines > 0 && most.lines <= LOG_MAX_LINES, `${most.lines} lines inserted in one task`);
   console.assertClean();
   await page.close();
 });

@@ -86,7 +86,10 @@ export function watchConsole(page) {
 
 /**
  * A page with its console watched. In the page, `window.__badge` records every state the
- * connection badge shows and `window.__longTasks` the duration of every long task (> 50 ms).
+ * connection badge shows, `window.__longTasks` the duration of every long task (> 50 ms; for
+ * diagnostics only: durations depend on the machine) and `window.__mostInserted` the most
+ * operation rows (`tr`) and log lines (`.ln`) the page inserted in one go — one mutation
+ * observer delivery, which runs after each task's script: the page's work per task, counted.
  */
 export async function openPage(browser, url) {
   const page = await browser.context.newPage();
@@ -99,6 +102,21 @@ export async function openPage(browser, url) {
         for (const e of list.getEntries()) window.__longTasks.push(Math.round(e.duration));
       }).observe({ type: 'longtask', buffered: true });
     } catch { /* not supported: stays empty */ }
+    window.__mostInserted = { rows: 0, lines: 0 };
+    new MutationObserver((records) => {
+      let rows = 0;
+      let lines = 0;
+      for (const r of records) {
+        for (const n of r.addedNodes) {
+          if (n.nodeType !== 1) continue;
+          if (n.matches('#ops-body tr')) rows++;
+          else if (n.matches('#log .ln')) lines++;
+        }
+      }
+      const most = window.__mostInserted;
+      most.rows = Math.max(most.rows, rows);
+      most.lines = Math.max(most.lines, lines);
+    }).observe(document, { childList: true, subtree: true });
     document.addEventListener('DOMContentLoaded', () => {
       const badge = document.getElementById('conn');
       if (!badge) return;
