@@ -246,24 +246,6 @@ pub fn welcome(
 }
 
 #[derive(Serialize)]
-struct Joined<'a> {
-    #[serde(rename = "type")]
-    t: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<&'a RawValue>,
-    #[serde(flatten)]
-    answer: &'a super::JoinAnswer<'a>,
-}
-
-pub fn joined(id: Option<&RawValue>, answer: &super::JoinAnswer<'_>) -> Bytes {
-    encode(&Joined {
-        t: "joined",
-        id,
-        answer,
-    })
-}
-
-#[derive(Serialize)]
 struct RoomReply<'a> {
     #[serde(rename = "type")]
     t: &'static str,
