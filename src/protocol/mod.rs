@@ -560,10 +560,11 @@ impl Wire {
                 Some(Bytes::from(out))
             }
             Wire::SocketIo(nsp, ..) => {
-                out.extend_from_slice(br#"{"ok":true"#);
+                // The ack's one argument, `[{"ok":true,…}]`.
+                out.extend_from_slice(br#"[{"ok":true"#);
                 answer.close_object_with_fields(&mut out);
-                let body = String::from_utf8(out).ok()?;
-                sio::ack_ok(nsp, id, &RawValue::from_string(body).ok()?)
+                out.push(b']');
+                sio::ack_args(nsp, id, std::str::from_utf8(&out).ok()?)
             }
             _ => None,
         }

@@ -126,13 +126,17 @@ pub fn emit_as(
 
 /// An ack with one argument, when the request asked for one.
 pub fn ack_ok(nsp: &str, id: Option<&RawValue>, body: &impl serde::Serialize) -> Option<Bytes> {
+    ack_args(nsp, id, &serde_json::to_string(&[body]).ok()?)
+}
+
+/// An ACK of the packet `id` whose arguments (`args`, a JSON array) are already written.
+pub fn ack_args(nsp: &str, id: Option<&RawValue>, args: &str) -> Option<Bytes> {
     let id: u64 = id?.get().parse().ok()?;
-    let args = serde_json::to_string(&[body]).ok()?;
     Some(engine_message(encode(
         Kind::Ack,
         nsp,
         Some(id),
-        Some(&args),
+        Some(args),
         0,
     )))
 }
