@@ -176,6 +176,26 @@ pub async fn spawn_app_on(db: TestDb, settings: Settings) -> TestApp {
 }
 
 impl TestApp {
+    /// Publishes `total` messages of ~`pad` bytes each (`{"i": n, "pad": …}`) to `room` over
+    /// REST, one after the other, in a task: a flood for the slow-consumer tests (the server
+    /// must run with `user_publish_rate = 0`).
+    pub fn flood(&self, room: &str, total: u64, pad: usize) -> tokio::task::JoinHandle<()> {
+        let url = self.url(&format!("/api/rooms/{room}/publish"));
+        let http = self.http.clone();
+        let payload = "x".repeat(pad);
+        tokio::spawn(async move {
+            for i in 0..total {
+                let r = http
+                    .post(&url)
+                    .json(&serde_json::json!({"event": "tick", "data": {"i": i, "pad": payload}}))
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(r.status(), 200);
+            }
+        })
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

@@ -274,23 +274,8 @@ async fn queues_together_are_bounded_by_the_server_wide_budget() {
 
     // 8 MB to each member: half of a queue's own bound, and for the four that do not read far
     // more than the socket buffers hold (~4 MB each at most) and 16 times the budget together.
-    let payload = "x".repeat(4000);
     let total = 2_000u64;
-    let publisher = {
-        let url = app.url("/api/rooms/busy/publish");
-        let http = app.http.clone();
-        tokio::spawn(async move {
-            for i in 0..total {
-                let r = http
-                    .post(&url)
-                    .json(&json!({"event": "tick", "data": {"i": i, "pad": payload}}))
-                    .send()
-                    .await
-                    .expect("publish");
-                assert_eq!(r.status(), 200);
-            }
-        })
-    };
+    let publisher = app.flood("busy", total, 4000);
     for i in 0..total {
         let m = fast.recv_message().await;
         assert_eq!(m["offset"], i + 1);

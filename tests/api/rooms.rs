@@ -170,24 +170,8 @@ async fn a_client_that_does_not_read_is_dropped_without_holding_up_the_room() {
     fast.join("busy").await;
 
     // ~8 MB in total: far more than the socket buffers and the slow client's outbox hold.
-    let payload = "x".repeat(4000);
     let total = 2_000u64;
-    let publisher = {
-        let url = app.url("/api/rooms/busy/publish");
-        let http = app.http.clone();
-        let payload = payload.clone();
-        tokio::spawn(async move {
-            for i in 0..total {
-                let r = http
-                    .post(&url)
-                    .json(&json!({"event": "tick", "data": {"i": i, "pad": payload}}))
-                    .send()
-                    .await
-                    .expect("publish");
-                assert_eq!(r.status(), 200);
-            }
-        })
-    };
+    let publisher = app.flood("busy", total, 4000);
     // The fast member gets every message, in order, while the slow one is not reading.
     for i in 0..total {
         let m = fast.recv_message().await;
