@@ -176,6 +176,17 @@ pub async fn spawn_app_on(db: TestDb, settings: Settings) -> TestApp {
 }
 
 impl TestApp {
+    /// Floods `room` (below) while `reader`, a member since the room began, receives every
+    /// message, in order: the room is not held up by its members that do not read.
+    pub async fn flood_past(&self, reader: &mut WsClient, room: &str, total: u64, pad: usize) {
+        let publisher = self.flood(room, total, pad);
+        for i in 0..total {
+            let m = reader.recv_message().await;
+            assert_eq!(m["offset"], i + 1);
+        }
+        publisher.await.expect("publisher");
+    }
+
     /// Publishes `total` messages of ~`pad` bytes each (`{"i": n, "pad": …}`) to `room` over
     /// REST, one after the other, in a task: a flood for the slow-consumer tests (the server
     /// must run with `user_publish_rate = 0`).

@@ -171,13 +171,8 @@ async fn a_client_that_does_not_read_is_dropped_without_holding_up_the_room() {
 
     // ~8 MB in total: far more than the socket buffers and the slow client's outbox hold.
     let total = 2_000u64;
-    let publisher = app.flood("busy", total, 4000);
     // The fast member gets every message, in order, while the slow one is not reading.
-    for i in 0..total {
-        let m = fast.recv_message().await;
-        assert_eq!(m["offset"], i + 1);
-    }
-    publisher.await.expect("publisher");
+    app.flood_past(&mut fast, "busy", total, 4000).await;
     let fast_frames = fast.drain().await;
     assert!(fast_frames
         .iter()
