@@ -39,8 +39,8 @@ use crate::operations::config::Kinds;
 use crate::protocol::profile::Profiles;
 use crate::routes;
 use crate::state::AppState;
+use crate::transport::budget::Budget;
 use crate::transport::head::HeadGuarded;
-use crate::transport::outbox::Budget;
 
 /// How long a request head may take to arrive, from its first byte (from the connection's start
 /// for its first request).

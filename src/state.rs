@@ -17,7 +17,8 @@ use crate::config::Settings;
 use crate::db::Database;
 use crate::limits::{ConnectionGate, ConnectionSlot, GateRefusal, KeyedRate};
 use crate::metrics::Metrics;
-use crate::transport::outbox::{Budget, Framing, Outbox};
+use crate::transport::budget::Budget;
+use crate::transport::outbox::{Framing, Outbox};
 
 pub struct AppState {
     pub settings: Arc<Settings>,

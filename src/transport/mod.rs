@@ -13,6 +13,7 @@
 //! [`deadline`] bounds how long an ordinary request's body may take to arrive, [`head`] how long
 //! any request's head may.
 
+pub mod budget;
 pub mod conn;
 pub mod deadline;
 pub mod head;

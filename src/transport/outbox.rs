@@ -24,15 +24,15 @@
 //! the client receives them in, whichever rooms pushed them from whichever threads. It is the
 //! only place that order exists, which is why it lives here rather than in a room or session.
 //!
-//! Why this file is one piece (about 720 lines, a third of them tests): the queue, its bounds,
-//! the control frames, the journal and both ways of draining it share one lock and one state,
-//! and each invariant (bounded, control frames never behind data, the journal in push order)
-//! is kept by every push and every drain together.
+//! Why this file is one piece (about 700 lines; its tests in `outbox/tests.rs`, the budget's
+//! sum in `budget.rs`): the queue, its bounds, the control frames, the journal and both ways of
+//! draining it share one lock and one state, and each invariant (bounded, control frames never
+//! behind data, the journal in push order, the budget told of every change) is kept by every
+//! push and every drain together.
 
 use std::collections::VecDeque;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 
@@ -41,6 +41,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::task::AtomicWaker;
 use futures_util::Stream;
 
+use super::budget::Budget;
 use super::socket::{Tried, WriteSocket};
 
 /// Why a push was not queued.
@@ -61,73 +62,6 @@ enum Out {
     /// The rest of a frame a direct write (`Outbox::push_text_now`) only partly wrote: bytes
     /// already framed, which go out first and as they are.
     Framed(Bytes),
-}
-
-/// The server-wide bound on bytes held by outbound queues (`SWITCHYARD_OUTBOX_TOTAL_BYTES`),
-/// shared by every outbox made with [`Outbox::bounded`].
-///
-/// Each queue's own bound (`SWITCHYARD_OUTBOX_MAX_*`) caps one client that does not read; this
-/// caps many of them together (distinct users, each within their own connection bounds). While
-/// the total is over the budget, a push is refused (as [`PushError::Full`]: the member is
-/// evicted as a slow consumer and resumes by offset) to any queue holding at least the average
-/// of the non-empty queues, or at least a sixteenth of its own byte bound: the largest queues
-/// go first, and a queue below both keeps going, so the total passes the budget by at most a
-/// sixteenth of the per-queue bound per connection. An empty queue still takes one payload, as
-/// it does under its own bound.
-///
-/// Payloads are counted whole in every queue that holds them, although a broadcast shares one
-/// buffer among its members: the count is an upper bound on the memory, never below it.
-/// Besides what is queued, each queue's chunk being written to a blocked socket is counted.
-#[derive(Debug)]
-pub struct Budget {
-    limit: usize,
-    held: AtomicUsize,
-    /// Queues holding anything (for the average).
-    queues: AtomicUsize,
-}
-
-impl Budget {
-    /// A budget of `limit` bytes; 0 turns it off (nothing is ever refused for it).
-    pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(Self {
-            limit,
-            held: AtomicUsize::new(0),
-            queues: AtomicUsize::new(0),
-        })
-    }
-
-    /// Bytes held by all queues now, and the budget.
-    pub fn usage(&self) -> (usize, usize) {
-        (self.held.load(Ordering::Relaxed), self.limit)
-    }
-
-    /// A queue went from holding `before` bytes to holding `after`.
-    fn moved(&self, before: usize, after: usize) {
-        if after > before {
-            self.held.fetch_add(after - before, Ordering::Relaxed);
-        } else {
-            self.held.fetch_sub(before - after, Ordering::Relaxed);
-        }
-        if before == 0 {
-            self.queues.fetch_add(1, Ordering::Relaxed);
-        } else if after == 0 {
-            self.queues.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Whether a queue holding `mine` bytes (of its own bound `max_bytes`) may not grow by
-    /// `len` now.
-    fn refuses(&self, mine: usize, len: usize, max_bytes: usize) -> bool {
-        if self.limit == 0 {
-            return false;
-        }
-        let held = self.held.load(Ordering::Relaxed);
-        if held.saturating_add(len) <= self.limit {
-            return false;
-        }
-        let queues = self.queues.load(Ordering::Relaxed).max(1);
-        mine >= max_bytes / 16 || mine.saturating_mul(queues) >= held
-    }
 }
 
 /// A drain of at most this many frames frees the queue's memory (its first allocation holds
@@ -773,182 +707,4 @@ impl Drop for Outbox {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use futures_util::StreamExt;
-
-    #[test]
-    fn bounds_refuse_a_backlog_but_not_a_single_large_message() {
-        let ob = Outbox::new(2, 10);
-        assert_eq!(ob.push_text(Bytes::from(vec![b'x'; 100])), Ok(()));
-        assert_eq!(ob.push_text(Bytes::from_static(b"a")), Err(PushError::Full));
-        let ob = Outbox::new(2, 100);
-        ob.push_text(Bytes::from_static(b"a")).unwrap();
-        ob.push_text(Bytes::from_static(b"b")).unwrap();
-        assert_eq!(ob.push_text(Bytes::from_static(b"c")), Err(PushError::Full));
-        // A ping does not wait behind the full data queue, but only one is ever pending.
-        ob.ping();
-        ob.ping();
-        assert_eq!(ob.backlog().0, 3);
-    }
-
-    #[actix_web::test]
-    async fn a_ping_flood_leaves_one_pong_pending_answering_the_latest_ping() {
-        let ob = Outbox::new(2, 100);
-        ob.push_text(Bytes::from_static(b"a")).unwrap();
-        for i in 0..10_000u32 {
-            ob.pong(Bytes::from(i.to_be_bytes().to_vec()));
-        }
-        ob.ping();
-        // One data frame, one ping, one pong: whatever the client sent.
-        assert_eq!(ob.backlog(), (3, 1));
-        let mut s = OutboxStream::new(ob.clone());
-        let chunk = s.next().await.unwrap().unwrap();
-        // ping (2), pong with the last ping's 4 bytes (2 + 4), then the data frame (2 + 1).
-        assert_eq!(&chunk[..], b"\x89\x00\x8a\x04\x00\x00\x27\x0f\x81\x01a");
-        assert_eq!(ob.backlog(), (0, 0));
-    }
-
-    #[test]
-    fn a_newer_latest_value_replaces_the_queued_one_even_when_full() {
-        let ob = Outbox::new(2, 1024);
-        ob.push_latest(Bytes::from_static(b"p1"), 7).unwrap();
-        ob.push_text(Bytes::from_static(b"log")).unwrap();
-        // Full, but p2 replaces p1 (and goes after the log line).
-        ob.push_latest(Bytes::from_static(b"p2"), 7).unwrap();
-        assert_eq!(ob.backlog(), (2, 5));
-        assert_eq!(ob.push_text(Bytes::from_static(b"x")), Err(PushError::Full));
-        assert_eq!(
-            ob.push_latest(Bytes::from_static(b"q"), 8),
-            Err(PushError::Full)
-        );
-        let mut cx = std::task::Context::from_waker(futures_util::task::noop_waker_ref());
-        match ob.poll_take(&mut cx) {
-            Poll::Ready(Taken::Frames(f)) => assert_eq!(
-                f,
-                vec![
-                    Frame::Text(Bytes::from_static(b"log")),
-                    Frame::Text(Bytes::from_static(b"p2"))
-                ]
-            ),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    fn tag(p: &[u8]) -> Option<(u64, u64)> {
-        let s = std::str::from_utf8(p).ok()?;
-        let (stream, offset) = s.split_once('@')?;
-        Some((stream.parse().ok()?, offset.parse().ok()?))
-    }
-
-    #[test]
-    fn a_journal_keeps_the_push_order_of_tagged_payloads_and_folds_the_oldest() {
-        let ob = Outbox::new(64, 1 << 20);
-        ob.push_text(Bytes::from_static(b"1@1")).unwrap();
-        ob.keep_journal(tag, 3);
-        ob.push_text(Bytes::from_static(b"untagged")).unwrap();
-        ob.push_text(Bytes::from_static(b"1@2")).unwrap();
-        ob.push_all([Bytes::from_static(b"2@7"), Bytes::from_static(b"1@3")])
-            .unwrap();
-        ob.push_latest(Bytes::from_static(b"2@8"), 1).unwrap();
-        let j = ob.journal().unwrap();
-        assert_eq!(Vec::from(j.entries), vec![(2, 7), (1, 3), (2, 8)]);
-        assert_eq!(j.base.get(&1), Some(&2));
-        assert!(!j.base_lost);
-        // More streams fall out than `cap`: what they held is known to be unknown.
-        for stream in 10..20 {
-            ob.push_text(Bytes::from(format!("{stream}@1"))).unwrap();
-        }
-        assert!(ob.journal().unwrap().base_lost);
-    }
-
-    #[actix_web::test]
-    async fn the_upgrade_answer_goes_first_in_one_chunk_with_what_was_queued_behind_it() {
-        let ob = Outbox::new(16, 1024);
-        ob.ping();
-        ob.answer_first(Bytes::from_static(b"HTTP/1.1 101 \r\n\r\n"));
-        ob.push_text(Bytes::from_static(b"welcome")).unwrap();
-        let mut s = OutboxStream::new(ob.clone());
-        let chunk = s.next().await.unwrap().unwrap();
-        // The answer, then the ping (control frames go ahead of data, never of the answer),
-        // then the text frame.
-        assert_eq!(&chunk[..], b"HTTP/1.1 101 \r\n\r\n\x89\x00\x81\x07welcome");
-        assert_eq!(ob.backlog(), (0, 0));
-    }
-
-    #[actix_web::test]
-    async fn over_the_server_wide_budget_the_largest_queues_are_refused_first() {
-        // Per-queue bounds far above what the test pushes: only the budget refuses.
-        let budget = Budget::new(1000);
-        let ob = |_| Outbox::bounded(1000, 1 << 20, Framing::WebSocket, &budget);
-        let (big, small, empty) = (ob(0), ob(1), ob(2));
-        let payload = |n: usize| Bytes::from(vec![b'x'; n]);
-        for _ in 0..6 {
-            big.push_text(payload(100)).unwrap();
-        }
-        small.push_text(payload(100)).unwrap();
-        small.push_text(payload(100)).unwrap();
-        assert_eq!(budget.usage(), (800, 1000));
-        // Within the budget, any queue grows.
-        big.push_text(payload(100)).unwrap();
-        // Over it (900 + 200 > 1000): the queue above the average (900 / 2 = 450) is refused,
-        // the one below it still takes what it is sent; an empty queue always takes one.
-        assert_eq!(big.push_text(payload(200)), Err(PushError::Full));
-        small.push_text(payload(200)).unwrap();
-        empty.push_text(payload(200)).unwrap();
-        assert_eq!(budget.usage(), (1300, 1000));
-        // The same for a batch (push_frames), and conflated values.
-        assert_eq!(big.push_all([payload(1)]), Err(PushError::Full));
-        assert_eq!(big.push_latest(payload(1), 1), Err(PushError::Full));
-        // Draining gives the bytes back: the big queue may grow again.
-        let mut s = OutboxStream::new(big.clone());
-        let chunk = s.next().await.unwrap().unwrap();
-        assert_eq!(chunk.len(), 7 * 102);
-        assert_eq!(budget.usage(), (600, 1000));
-        big.push_text(payload(100)).unwrap();
-        // A connection that goes away (its stream dropped) or an outbox dropped undrained
-        // takes its bytes with it.
-        drop(s);
-        assert_eq!(budget.usage(), (600, 1000));
-        drop(small);
-        drop(empty);
-        assert_eq!(budget.usage(), (0, 1000));
-    }
-
-    #[test]
-    fn over_the_budget_a_queue_past_a_sixteenth_of_its_bound_is_refused_even_below_average() {
-        let budget = Budget::new(1000);
-        let a = Outbox::bounded(1000, 1600, Framing::WebSocket, &budget);
-        let b = Outbox::bounded(1000, 1600, Framing::WebSocket, &budget);
-        a.push_text(Bytes::from(vec![b'x'; 900])).unwrap();
-        b.push_text(Bytes::from(vec![b'x'; 100])).unwrap();
-        // b holds 100 (a sixteenth of 1,600), under the average (500): still refused, so
-        // queues under the average cannot grow the total far past the budget.
-        assert_eq!(b.push_text(Bytes::from_static(b"y")), Err(PushError::Full));
-        // Without a budget (0), nothing is refused for it.
-        let off = Budget::new(0);
-        let c = Outbox::bounded(1000, 1 << 20, Framing::WebSocket, &off);
-        for _ in 0..100 {
-            c.push_text(Bytes::from(vec![b'x'; 100])).unwrap();
-        }
-        assert_eq!(c.budget_usage(), None);
-    }
-
-    #[actix_web::test]
-    async fn drains_everything_queued_into_one_chunk_then_closes() {
-        let ob = Outbox::new(16, 1024);
-        ob.push_text(Bytes::from_static(b"one")).unwrap();
-        ob.push_text(Bytes::from_static(b"two")).unwrap();
-        ob.close(CloseCode::Away, "bye");
-        assert_eq!(
-            ob.push_text(Bytes::from_static(b"late")),
-            Err(PushError::Closed)
-        );
-        let mut s = OutboxStream::new(ob.clone());
-        let chunk = s.next().await.unwrap().unwrap();
-        // two text frames (2-byte header + payload) and a close frame (2 + 2 code + "bye")
-        assert_eq!(chunk.len(), 5 + 5 + 7);
-        assert_eq!(&chunk[..5], b"\x81\x03one");
-        assert!(s.next().await.is_none());
-    }
-}
+mod tests;
