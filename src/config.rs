@@ -426,7 +426,7 @@ pub struct Settings {
     /// Per-session outbound queue limit in bytes (`SWITCHYARD_OUTBOX_MAX_BYTES`).
     pub outbox_max_bytes: usize,
     /// What every client connection's outbound queue together may hold
-    /// (`SWITCHYARD_OUTBOX_TOTAL_BYTES`, 0 = no bound): `transport::outbox::Budget`.
+    /// (`SWITCHYARD_OUTBOX_TOTAL_BYTES`, 0 = no bound): `transport::budget::Budget`.
     pub outbox_total_bytes: usize,
     /// Refused frames tolerated per 10 seconds before the session is closed (`SWITCHYARD_ERROR_LIMIT`).
     pub error_limit: u32,
